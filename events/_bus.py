@@ -1,0 +1,181 @@
+"""The bus client every process uses: connect with endless reconnects, publish with retry
+and fencing, read the last event of a subject."""
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+
+from events._catalogue import Event, TaskMessage
+from events._codec import decode_event, encode
+from events._errors import ConflictError, ConnectError, PublishError
+from events._subjects import EVENTS_STREAM, Header, subject_for, task_queue_subject
+
+log = logging.getLogger(__name__)
+
+WRONG_LAST_SEQUENCE = 10071
+PUBLISH_TIMEOUT_S = 5.0
+PUBLISH_RETRY_BUDGET_S = 60.0
+RETRY_BASE_S = 0.05
+RETRY_CAP_S = 2.0
+
+T = TypeVar("T")
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.js.errors.NoStreamResponseError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.ServerError,
+    asyncio.TimeoutError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return True
+    return isinstance(exc, nats.js.errors.APIError) and exc.code in (408, 503)
+
+
+def backoff_s(attempt: int, *, base_s: float = RETRY_BASE_S, cap_s: float = RETRY_CAP_S) -> float:
+    """Exponential backoff with full jitter."""
+    return random.uniform(0, min(cap_s, base_s * 2 ** min(attempt, 30)))
+
+
+async def with_retry(
+    operation: Callable[[], Awaitable[T]], *, what: str, budget_s: float = PUBLISH_RETRY_BUDGET_S
+) -> T:
+    """Run `operation` until it succeeds, retrying transient NATS errors within `budget_s`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget_s
+    attempt = 0
+    while True:
+        try:
+            return await operation()
+        except Exception as exc:
+            if not is_transient(exc) or loop.time() >= deadline:
+                raise
+            attempt += 1
+            log.warning("%s: %s, retry %d", what, type(exc).__name__, attempt)
+            await asyncio.sleep(backoff_s(attempt))
+
+
+class Bus:
+    """A NATS connection with the JetStream context and jobstream's publish rules."""
+
+    def __init__(self, nc: NatsClient, js: JetStreamContext) -> None:
+        self.nc = nc
+        self.js = js
+
+    @classmethod
+    async def connect(
+        cls,
+        servers: Sequence[str],
+        *,
+        name: str,
+        connect_timeout_s: float = 5.0,
+        user_credentials: str | None = None,
+    ) -> "Bus":
+        """Connect to NATS, then reconnect forever: a restart of the server is not an exit."""
+        url = ",".join(servers)
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats: %s", exc)
+
+        try:
+            nc = await nats.connect(
+                list(servers),
+                name=name,
+                connect_timeout=int(max(1, connect_timeout_s)),
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+                allow_reconnect=True,
+                error_cb=on_error,
+                user_credentials=user_credentials,
+                # The first connect fails fast; reconnects after that go on forever.
+                dont_randomize=False,
+            )
+        except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
+            raise ConnectError("NATS", url, str(exc) or type(exc).__name__) from exc
+        return cls(nc, nc.jetstream(timeout=PUBLISH_TIMEOUT_S))
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except (nats.errors.Error, asyncio.TimeoutError):
+                await self.nc.close()
+
+    async def publish_event(
+        self, event: Event, *, expected_last_subject_seq: int | None = None
+    ) -> int:
+        """Append `event` to the log; return its stream sequence.
+
+        The event id is the `Nats-Msg-Id`, so a retry after a lost ack is a no-op. With
+        `expected_last_subject_seq` the write is fenced: it lands only if the subject's last
+        sequence is still that one, else `ConflictError` (unless the last message is this very
+        event, written by an earlier try whose ack was lost).
+        """
+        subject = subject_for(event)
+        headers = {Header.MSG_ID.value: event.id}
+        if expected_last_subject_seq is not None:
+            headers[Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value] = str(expected_last_subject_seq)
+        payload = encode(event)
+
+        async def publish() -> int:
+            ack = await self.js.publish(
+                subject, payload, headers=headers, timeout=PUBLISH_TIMEOUT_S
+            )
+            return ack.seq
+
+        try:
+            return await with_retry(publish, what=f"publish {subject}")
+        except nats.js.errors.APIError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE or expected_last_subject_seq is None:
+                raise PublishError(subject, str(exc)) from exc
+        last = await self.last_on_subject(subject)
+        if last is not None and last[1].id == event.id:
+            return last[0]
+        raise ConflictError(
+            subject, expected_last_subject_seq, last[0] if last is not None else None
+        )
+
+    async def publish_task(self, queue: str, message: TaskMessage, *, msg_id: str) -> int:
+        subject = task_queue_subject(queue, message.job_id)
+        payload = encode(message)
+        headers = {Header.MSG_ID.value: msg_id}
+
+        async def publish() -> int:
+            ack = await self.js.publish(
+                subject, payload, headers=headers, timeout=PUBLISH_TIMEOUT_S
+            )
+            return ack.seq
+
+        return await with_retry(publish, what=f"publish {subject}")
+
+    async def last_on_subject(self, subject: str) -> tuple[int, Event] | None:
+        """The last event on `subject` with its sequence, or None if the subject is empty."""
+
+        async def get() -> tuple[int, Event] | None:
+            try:
+                raw = await self.js.get_last_msg(EVENTS_STREAM, subject, direct=True)
+            except nats.js.errors.NotFoundError:
+                return None
+            assert raw.data is not None and raw.seq is not None
+            return raw.seq, decode_event(raw.data)
+
+        return await with_retry(get, what=f"read last of {subject}")
+
+    async def stream_last_seq(self, stream: str = EVENTS_STREAM) -> int:
+        info = await with_retry(lambda: self.js.stream_info(stream), what=f"info {stream}")
+        return info.state.last_seq
