@@ -105,7 +105,7 @@ class Bus:
                 # The first connect fails fast; reconnects after that go on forever.
                 dont_randomize=False,
             )
-        except (OSError, nats.errors.Error, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
             raise ConnectError("NATS", url, str(exc) or type(exc).__name__) from exc
         return cls(nc, nc.jetstream(timeout=PUBLISH_TIMEOUT_S))
 
@@ -113,7 +113,7 @@ class Bus:
         if not self.nc.is_closed:
             try:
                 await self.nc.drain()
-            except (nats.errors.Error, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.Error):
                 await self.nc.close()
 
     async def publish_event(

@@ -36,7 +36,7 @@ class _Event(
 # --- job -------------------------------------------------------------------
 
 
-class JobSubmitted(_Event, tag="job.submitted", kw_only=True):
+class JobSubmitted(_Event, tag="job.submitted", frozen=True, kw_only=True):
     job_id: str
     name: str = ""
     queue: str = "default"
@@ -53,12 +53,12 @@ class JobSubmitted(_Event, tag="job.submitted", kw_only=True):
         return sum(spec.count for spec in self.tasks)
 
 
-class JobCancelled(_Event, tag="job.cancelled", kw_only=True):
+class JobCancelled(_Event, tag="job.cancelled", frozen=True, kw_only=True):
     job_id: str
     reason: str = ""
 
 
-class JobCompleted(_Event, tag="job.completed", kw_only=True):
+class JobCompleted(_Event, tag="job.completed", frozen=True, kw_only=True):
     job_id: str
     succeeded: int
     dead_lettered: int = 0
@@ -66,7 +66,7 @@ class JobCompleted(_Event, tag="job.completed", kw_only=True):
     duration_s: float
 
 
-class JobFailed(_Event, tag="job.failed", kw_only=True):
+class JobFailed(_Event, tag="job.failed", frozen=True, kw_only=True):
     job_id: str
     succeeded: int
     dead_lettered: int
@@ -81,7 +81,7 @@ JobEvent = JobSubmitted | JobCancelled | JobCompleted | JobFailed
 # --- task ------------------------------------------------------------------
 
 
-class TaskStarted(_Event, tag="task.started", kw_only=True):
+class TaskStarted(_Event, tag="task.started", frozen=True, kw_only=True):
     job_id: str
     task_id: str
     worker_id: str
@@ -89,7 +89,7 @@ class TaskStarted(_Event, tag="task.started", kw_only=True):
     lease_deadline: datetime
 
 
-class TaskProgress(_Event, tag="task.progress", kw_only=True):
+class TaskProgress(_Event, tag="task.progress", frozen=True, kw_only=True):
     job_id: str
     task_id: str
     worker_id: str
@@ -98,7 +98,7 @@ class TaskProgress(_Event, tag="task.progress", kw_only=True):
     fraction: float | None = None
 
 
-class TaskSucceeded(_Event, tag="task.succeeded", kw_only=True):
+class TaskSucceeded(_Event, tag="task.succeeded", frozen=True, kw_only=True):
     job_id: str
     task_id: str
     kind: str
@@ -109,7 +109,7 @@ class TaskSucceeded(_Event, tag="task.succeeded", kw_only=True):
     duration_s: float
 
 
-class TaskFailed(_Event, tag="task.failed", kw_only=True):
+class TaskFailed(_Event, tag="task.failed", frozen=True, kw_only=True):
     """One failed attempt. Not terminal: a retry follows, or a `task.dead_lettered`."""
 
     job_id: str
@@ -122,7 +122,7 @@ class TaskFailed(_Event, tag="task.failed", kw_only=True):
     duration_s: float = 0.0
 
 
-class TaskDeadLettered(_Event, tag="task.dead_lettered", kw_only=True):
+class TaskDeadLettered(_Event, tag="task.dead_lettered", frozen=True, kw_only=True):
     job_id: str
     task_id: str
     kind: str
@@ -133,7 +133,7 @@ class TaskDeadLettered(_Event, tag="task.dead_lettered", kw_only=True):
     worker_id: str = ""
 
 
-class TaskCancelled(_Event, tag="task.cancelled", kw_only=True):
+class TaskCancelled(_Event, tag="task.cancelled", frozen=True, kw_only=True):
     job_id: str
     task_id: str
     reason: str = ""
@@ -148,7 +148,7 @@ TERMINAL_TASK_EVENTS = (TaskSucceeded, TaskDeadLettered, TaskCancelled)
 # --- worker ----------------------------------------------------------------
 
 
-class WorkerStarted(_Event, tag="worker.started", kw_only=True):
+class WorkerStarted(_Event, tag="worker.started", frozen=True, kw_only=True):
     worker_id: str
     host: str
     pid: int
@@ -157,12 +157,12 @@ class WorkerStarted(_Event, tag="worker.started", kw_only=True):
     version: str
 
 
-class WorkerStopped(_Event, tag="worker.stopped", kw_only=True):
+class WorkerStopped(_Event, tag="worker.stopped", frozen=True, kw_only=True):
     worker_id: str
     reason: str = "graceful"
 
 
-class WorkerLost(_Event, tag="worker.lost", kw_only=True):
+class WorkerLost(_Event, tag="worker.lost", frozen=True, kw_only=True):
     worker_id: str
     last_seen: datetime | None = None
 

@@ -7,7 +7,7 @@ import msgspec
 from events._catalogue import Event, TaskMessage
 
 _encoder = msgspec.json.Encoder()
-_event_decoder = msgspec.json.Decoder(Event)
+_event_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)
 _task_decoder = msgspec.json.Decoder(TaskMessage)
 
 

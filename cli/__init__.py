@@ -1,0 +1,1 @@
+"""The `jobstream` command line."""

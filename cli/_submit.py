@@ -1,0 +1,95 @@
+"""Building a job from the command line's words, checked before anything is published."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from events import MAX_MSG_SIZE, Bus, JobstreamError, JobSubmitted, TaskSpec, encode, new_id
+from services.worker import HandlerRegistry
+
+
+class _TaskLine(msgspec.Struct, forbid_unknown_fields=True):
+    kind: str
+    args: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+_task_line_decoder = msgspec.json.Decoder(_TaskLine)
+
+
+def parse_args_json(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise JobstreamError(f"--args is not valid JSON ({exc}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise JobstreamError(f"--args must be a JSON object, got {type(value).__name__}: {text!r}")
+    return value
+
+
+def read_tasks_file(path: Path) -> list[TaskSpec]:
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise JobstreamError(f"cannot read tasks file {path}: {exc.strerror or exc}") from None
+    specs: list[TaskSpec] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            task = _task_line_decoder.decode(line)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise JobstreamError(
+                f'{path}:{number}: expected {{"kind": ..., "args": {{...}}}}: {exc}'
+            ) from None
+        specs.append(TaskSpec(kind=task.kind, args=task.args))
+    if not specs:
+        raise JobstreamError(f"tasks file {path} holds no tasks")
+    return specs
+
+
+def check_kinds(specs: list[TaskSpec], registry: HandlerRegistry) -> None:
+    for spec in specs:
+        if spec.kind not in registry:
+            raise JobstreamError(
+                f"unknown task kind {spec.kind!r}; known kinds: {', '.join(registry.kinds())} "
+                "(add your own with --handler name=module:function)"
+            )
+
+
+def build_job(
+    specs: list[TaskSpec],
+    *,
+    name: str,
+    queue: str,
+    max_attempts: int,
+    timeout_s: float | None,
+    priority: int = 0,
+    labels: dict[str, str] | None = None,
+    idempotency_key: str | None = None,
+    submitted_by: str = "cli",
+) -> JobSubmitted:
+    job = JobSubmitted(
+        job_id=new_id(),
+        name=name,
+        queue=queue,
+        priority=priority,
+        tasks=specs,
+        max_attempts=max_attempts,
+        timeout_s=timeout_s,
+        idempotency_key=idempotency_key,
+        submitted_by=submitted_by,
+        labels=labels or {},
+    )
+    size = len(encode(job))
+    if size > MAX_MSG_SIZE:
+        raise JobstreamError(
+            f"job is {size} bytes, over the {MAX_MSG_SIZE}-byte message limit: "
+            "split it into several jobs or use --count for repeated tasks"
+        )
+    return job
+
+
+async def submit(bus: Bus, job: JobSubmitted) -> int:
+    return await bus.publish_event(job)

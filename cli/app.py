@@ -1,0 +1,501 @@
+"""The `jobstream` command: submit, watch and run every process."""
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli._runtime import (
+    connect_bus,
+    connect_database,
+    run,
+    run_until_stopped,
+    setup_logging,
+    stop_on_signals,
+)
+from cli._settings import (
+    DEFAULT_DATA_DIR,
+    ConcurrencyOption,
+    DatabaseUrlOption,
+    DataDirOption,
+    LeaseOption,
+    NatsUrlOption,
+    QueueOption,
+    SchemaOption,
+    resolve_endpoints,
+)
+from events import (
+    DEFAULT_LEASE_S,
+    JobstreamError,
+    TaskSpec,
+    ensure_buckets,
+    ensure_streams,
+    ensure_worker_consumer,
+    event_json_schema,
+    validate_name,
+)
+from projections import DEFAULT_SCHEMA, migrate
+
+app = typer.Typer(
+    name="jobstream",
+    help="Distributed jobs on NATS JetStream: submit, watch, and run every process.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+log = logging.getLogger("jobstream")
+
+DEFAULT_CONCURRENCY = 8
+HandlerOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--handler",
+        help="Extra task kind as name=package.module:function (repeatable).",
+    ),
+]
+
+
+def _queue(value: str) -> str:
+    try:
+        return validate_name(value, "queue")
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+# --- set-up -----------------------------------------------------------------
+
+
+@app.command()
+def init(
+    nats_url: NatsUrlOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    lease_s: LeaseOption = DEFAULT_LEASE_S,
+    queue: QueueOption = "default",
+    schema: SchemaOption = DEFAULT_SCHEMA,
+    replicas: Annotated[
+        int, typer.Option(min=1, max=5, help="Stream replicas (3 on a cluster).")
+    ] = 1,
+) -> None:
+    """Create the streams, the queue's consumer, the buckets and the read-model tables."""
+    endpoints = resolve_endpoints(nats_url, database_url, data_dir)
+
+    async def main() -> None:
+        bus = await connect_bus(endpoints.nats_urls, name="jobstream-init")
+        try:
+            await ensure_streams(bus.js, replicas=replicas)
+            await ensure_worker_consumer(bus.js, _queue(queue), lease_s=lease_s, replicas=replicas)
+            await ensure_buckets(bus.js, liveness_ttl_s=max(3600.0, 4 * lease_s), replicas=replicas)
+        finally:
+            await bus.close()
+        pool = await connect_database(endpoints.database_url, min_size=1, max_size=1)
+        try:
+            async with pool.acquire() as conn:
+                applied = await migrate(conn, schema)
+        finally:
+            await pool.close()
+        typer.echo(f"streams ready; migrations applied: {', '.join(applied) or 'none needed'}")
+
+    run(main())
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of every event and of the task message, for integrators."""
+    typer.echo(json.dumps(event_json_schema(), indent=2))
+
+
+# --- processes --------------------------------------------------------------
+
+
+@app.command()
+def worker(
+    nats_url: NatsUrlOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    database_url: DatabaseUrlOption = None,
+    queue: QueueOption = "default",
+    concurrency: ConcurrencyOption = DEFAULT_CONCURRENCY,
+    lease_s: LeaseOption = DEFAULT_LEASE_S,
+    grace_s: Annotated[float, typer.Option(min=0, help="Drain time on SIGTERM.")] = 10.0,
+    retry_base_s: Annotated[float, typer.Option(min=0, help="Backoff base.")] = 1.0,
+    retry_cap_s: Annotated[float, typer.Option(min=0, help="Backoff cap.")] = 60.0,
+    failure_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Simulated failure rate, as the old bots.")
+    ] = 0.0,
+    extra_duration_s: Annotated[
+        float, typer.Option(min=0.0, help="Simulated processing time added to each task.")
+    ] = 0.0,
+    worker_id: Annotated[str | None, typer.Option(help="Default: host-pid-random.")] = None,
+    handler: HandlerOption = None,
+) -> None:
+    """Run a worker: pull tasks from the queue and run their handlers."""
+    from services.worker import HandlerRegistry, Worker, WorkerOptions
+
+    setup_logging()
+    endpoints = resolve_endpoints(nats_url, database_url, data_dir, need_database=False)
+    options = WorkerOptions(
+        queue=_queue(queue),
+        concurrency=concurrency,
+        lease_s=lease_s,
+        grace_s=grace_s,
+        retry_base_s=retry_base_s,
+        retry_cap_s=retry_cap_s,
+        failure_rate=failure_rate,
+        extra_duration_s=extra_duration_s,
+        worker_id=worker_id,
+    )
+    registry = HandlerRegistry.default(handler)
+
+    async def main() -> None:
+        stop = stop_on_signals()
+        bus = await connect_bus(endpoints.nats_urls, name="jobstream-worker")
+        try:
+            await ensure_streams(bus.js)
+            await ensure_buckets(bus.js, liveness_ttl_s=max(3600.0, 4 * lease_s))
+            await Worker(bus, options=options, handlers=registry).run(stop)
+        finally:
+            await bus.close()
+
+    run(main())
+
+
+@app.command()
+def dispatcher(
+    nats_url: NatsUrlOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    database_url: DatabaseUrlOption = None,
+    lease_s: LeaseOption = DEFAULT_LEASE_S,
+) -> None:
+    """Run the dispatcher: expand jobs into tasks, end finished jobs, report lost workers."""
+    from services.dispatcher import Dispatcher
+
+    setup_logging()
+    endpoints = resolve_endpoints(nats_url, database_url, data_dir, need_database=False)
+
+    async def main() -> None:
+        stop = stop_on_signals()
+        bus = await connect_bus(endpoints.nats_urls, name="jobstream-dispatcher")
+        try:
+            await Dispatcher(bus, lease_s=lease_s).run(stop)
+        finally:
+            await bus.close()
+
+    run(main())
+
+
+@app.command()
+def projector(
+    nats_url: NatsUrlOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+    only: Annotated[str | None, typer.Option(help="Run one projector: postgres or ndjson.")] = None,
+) -> None:
+    """Run the projectors: PostgreSQL read models and daily NDJSON result files."""
+    from projections import NdjsonProjector, PostgresProjector
+
+    if only not in (None, "postgres", "ndjson"):
+        raise typer.BadParameter("--only takes postgres or ndjson")
+    setup_logging()
+    endpoints = resolve_endpoints(nats_url, database_url, data_dir, need_database=only != "ndjson")
+
+    async def main() -> None:
+        stop = stop_on_signals()
+        bus = await connect_bus(endpoints.nats_urls, name="jobstream-projector")
+        pool = None
+        try:
+            await ensure_streams(bus.js)
+            runners = []
+            if only in (None, "postgres"):
+                pool = await connect_database(endpoints.database_url, min_size=1, max_size=2)
+                async with pool.acquire() as conn:
+                    await migrate(conn, schema)
+                runners.append(PostgresProjector(bus, pool, schema=schema).run)
+            if only in (None, "ndjson"):
+                runners.append(NdjsonProjector(bus, endpoints.results_dir).run)
+            await run_until_stopped(stop, *runners)
+        finally:
+            if pool is not None:
+                await pool.close()
+            await bus.close()
+
+    run(main())
+
+
+@app.command()
+def api(
+    nats_url: NatsUrlOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+    host: Annotated[str, typer.Option(envvar="JOBSTREAM_API_HOST", show_envvar=True)] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(envvar="JOBSTREAM_API_PORT", show_envvar=True, min=0, max=65535)
+    ] = 8000,
+) -> None:
+    """Run the read-only HTTP API and the dashboard."""
+    import uvicorn
+
+    from services.api import create_app
+
+    setup_logging()
+    endpoints = resolve_endpoints(nats_url, database_url, data_dir)
+    application = create_app(
+        database_url=endpoints.database_url, schema=schema, nats_urls=endpoints.nats_urls
+    )
+    uvicorn.run(application, host=host, port=port, log_level="warning")
+
+
+@app.command()
+def up(
+    nats_url: NatsUrlOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+    concurrency: ConcurrencyOption = DEFAULT_CONCURRENCY,
+    lease_s: LeaseOption = DEFAULT_LEASE_S,
+    api_host: Annotated[
+        str, typer.Option(envvar="JOBSTREAM_API_HOST", show_envvar=True)
+    ] = "127.0.0.1",
+    api_port: Annotated[
+        int, typer.Option(envvar="JOBSTREAM_API_PORT", show_envvar=True, min=1, max=65535)
+    ] = 8000,
+) -> None:
+    """Start everything: embedded NATS and PostgreSQL unless URLs are given, then the
+    dispatcher, workers, projectors and API. Ctrl-C stops all cleanly."""
+    from cli._stack import LocalStack, StackOptions
+
+    setup_logging()
+    options = StackOptions(
+        data_dir=data_dir,
+        nats_url=nats_url,
+        database_url=database_url,
+        api_host=api_host,
+        api_port=api_port,
+        workers=workers,
+        concurrency=concurrency,
+        lease_s=lease_s,
+    )
+
+    async def main() -> None:
+        stop = stop_on_signals()
+        async with LocalStack(options) as stack:
+            typer.echo(f"jobstream is up: API {stack.api_url}  NATS {stack.nats_url}")
+            typer.echo("Ctrl-C stops everything.")
+            await stop.wait()
+        typer.echo("stopped")
+
+    run(main())
+
+
+# --- jobs --------------------------------------------------------------------
+
+
+@app.command()
+def submit(
+    kind: Annotated[str | None, typer.Option(help="Task kind: sum, noop, sleep, fail, ...")] = None,
+    args: Annotated[str, typer.Option("--args", help="Task arguments as a JSON object.")] = "{}",
+    count: Annotated[int, typer.Option(min=1, max=1_000_000, help="Copies of the task.")] = 1,
+    tasks_file: Annotated[
+        Path | None,
+        typer.Option(help='NDJSON file, one {"kind": ..., "args": {...}} per line.'),
+    ] = None,
+    name: Annotated[str, typer.Option(help="Job name.")] = "",
+    queue: QueueOption = "default",
+    max_attempts: Annotated[int, typer.Option(min=1, max=1000)] = 3,
+    timeout_s: Annotated[float | None, typer.Option(min=0.001, help="Per-task timeout.")] = None,
+    handler: HandlerOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help='Print {"job_id": ...}.')] = False,
+    nats_url: NatsUrlOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+) -> None:
+    """Submit a job of one or many tasks; print its id."""
+    from cli._submit import build_job, check_kinds, parse_args_json, read_tasks_file
+    from cli._submit import submit as publish_job
+    from services.worker import HandlerRegistry
+
+    try:
+        if (kind is None) == (tasks_file is None):
+            raise JobstreamError("give either --kind (with --args, --count) or --tasks-file")
+        if tasks_file is not None:
+            specs = read_tasks_file(tasks_file)
+        else:
+            assert kind is not None
+            specs = [TaskSpec(kind=kind, args=parse_args_json(args), count=count)]
+        check_kinds(specs, HandlerRegistry.default(handler))
+        job = build_job(
+            specs,
+            name=name,
+            queue=_queue(queue),
+            max_attempts=max_attempts,
+            timeout_s=timeout_s,
+        )
+        endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
+    except JobstreamError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    async def main() -> None:
+        bus = await connect_bus(endpoints.nats_urls, name="jobstream-submit")
+        try:
+            await ensure_streams(bus.js)
+            await publish_job(bus, job)
+        finally:
+            await bus.close()
+
+    run(main())
+    typer.echo(json.dumps({"job_id": job.job_id}) if as_json else job.job_id)
+
+
+@app.command()
+def status(
+    job_id: Annotated[str, typer.Argument(help="The job id that submit printed.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+) -> None:
+    """Show a job's status and its task counts (from the read model)."""
+    from services.api import job_summary
+
+    endpoints = resolve_endpoints(None, database_url, data_dir, need_nats=False)
+
+    async def main() -> dict[str, object] | None:
+        pool = await connect_database(
+            endpoints.database_url, min_size=1, max_size=1, server_settings={"search_path": schema}
+        )
+        try:
+            async with pool.acquire() as conn:
+                return await job_summary(conn, job_id)
+        finally:
+            await pool.close()
+
+    summary = run(main())
+    if summary is None:
+        typer.echo(f"error: job {job_id} not found (not submitted, or not projected yet)", err=True)
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    tasks = summary["tasks"]
+    assert isinstance(tasks, dict)
+    typer.echo(f"job {job_id}: {summary['status']}")
+    typer.echo("  " + "  ".join(f"{state} {n}" for state, n in tasks.items()))
+
+
+@app.command()
+def demo(
+    nats_url: NatsUrlOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    workers: Annotated[int, typer.Option(min=1, max=16)] = 2,
+    api_port: Annotated[int, typer.Option(envvar="JOBSTREAM_API_PORT", min=1, max=65535)] = 8000,
+    timeout_s: Annotated[float, typer.Option(min=1, help="Give up after this long.")] = 120.0,
+    serve: Annotated[bool, typer.Option("--serve", help="Keep the stack and API running.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+) -> None:
+    """Start the stack, run sample jobs (sums, sleeps, retries, failures) and summarise."""
+    from cli._demo import report_json, run_demo
+    from cli._stack import LocalStack, StackOptions
+
+    setup_logging("WARNING" if as_json else "INFO")
+    options = StackOptions(
+        data_dir=data_dir,
+        nats_url=nats_url,
+        database_url=database_url,
+        api_port=api_port,
+        workers=workers,
+        lease_s=10.0,
+        worker_args=["--retry-base-s", "0.2", "--retry-cap-s", "2"],
+    )
+
+    async def main() -> int:
+        stop = stop_on_signals()
+        async with LocalStack(options) as stack:
+            await _wait_ready(stack.api_url, stack.database_url, schema)
+            bus = await connect_bus([stack.nats_url], name="jobstream-demo")
+            pool = await connect_database(
+                stack.database_url, min_size=1, max_size=2, server_settings={"search_path": schema}
+            )
+            try:
+                report = await run_demo(
+                    bus,
+                    pool,
+                    api_url=stack.api_url,
+                    results_dir=data_dir / "results",
+                    timeout_s=timeout_s,
+                )
+            finally:
+                await pool.close()
+                await bus.close()
+            if as_json:
+                typer.echo(report_json(report))
+            else:
+                _print_report(report)
+            if serve:
+                typer.echo(f"serving the API at {stack.api_url}; Ctrl-C stops everything")
+                await stop.wait()
+        return 0 if report.consistent else 1
+
+    raise typer.Exit(run(main()))
+
+
+async def _wait_ready(
+    api_url: str, database_url: str, schema: str, timeout_s: float = 60.0
+) -> None:
+    """Wait until the API answers and the projector has created the read models."""
+    import httpx
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    async with httpx.AsyncClient(base_url=api_url, timeout=2) as client:
+        while loop.time() < deadline:
+            try:
+                if (await client.get("/jobs", params={"limit": 1})).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    raise JobstreamError(f"the API at {api_url} did not become ready in {timeout_s:.0f}s")
+
+
+def _print_report(report: "object") -> None:
+    from cli._demo import DemoReport
+
+    assert isinstance(report, DemoReport)
+    typer.echo("")
+    typer.echo(f"{'job':<28} {'name':<10} {'status':<10} tasks")
+    for job in report.jobs:
+        counts = job["tasks"]
+        typer.echo(
+            f"{job['job_id']:<28} {job['name']:<10} {job['status']:<10} "
+            f"{counts['succeeded']} succeeded, {counts['dead_lettered']} dead-lettered "
+            f"of {counts['total']}"
+        )
+    typer.echo("")
+    typer.echo(
+        f"{report.tasks_submitted} tasks submitted, {report.tasks_succeeded} succeeded, "
+        f"{report.tasks_failed_final} failed for good (dead-lettered) in {report.elapsed_s}s"
+    )
+    typer.echo(
+        f"results table: {report.results_rows} rows; NDJSON: {report.ndjson_lines} lines; "
+        f"API: {report.api_url}"
+    )
+    if report.consistent:
+        typer.echo("API, read model and NDJSON files agree.")
+    else:
+        for mismatch in report.mismatches:
+            typer.echo(f"MISMATCH: {mismatch}", err=True)
+
+
+def main() -> None:
+    try:
+        app()
+    except JobstreamError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,48 @@
+"""The read-only HTTP API over the read models, and the live dashboard at `/`.
+
+Run it with uvicorn's factory mode, e.g. from the CLI::
+
+    uvicorn.run(functools.partial(create_app, database_url=url), factory=True)
+"""
+
+from services.api._app import (
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_SCHEMA,
+    MAX_PAGE_SIZE,
+    BadQueryValueError,
+    DatabaseUnavailableError,
+    Job,
+    JobPage,
+    ReadModelsMissingError,
+    Result,
+    ResultPage,
+    Task,
+    TaskCounts,
+    TaskPage,
+    Worker,
+    WorkerList,
+    create_app,
+)
+from services.api._queries import QueryFileError, load_queries, parse_queries
+
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "DEFAULT_SCHEMA",
+    "MAX_PAGE_SIZE",
+    "BadQueryValueError",
+    "DatabaseUnavailableError",
+    "Job",
+    "JobPage",
+    "QueryFileError",
+    "ReadModelsMissingError",
+    "Result",
+    "ResultPage",
+    "Task",
+    "TaskCounts",
+    "TaskPage",
+    "Worker",
+    "WorkerList",
+    "create_app",
+    "load_queries",
+    "parse_queries",
+]

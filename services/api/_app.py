@@ -1,0 +1,619 @@
+"""The read-only HTTP API over the PostgreSQL read models, and the dashboard page.
+
+Settings arrive as arguments (the CLI reads the environment); this module reads none.
+Every error body is `{"detail": "<a sentence>"}`; bad query values answer 422, a missing job
+404, an unreachable or unmigrated database 503 — never a traceback.
+"""
+
+import asyncio
+import base64
+import binascii
+import html
+import logging
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime, time, timedelta
+from importlib import resources
+from typing import Annotated, Any, Literal, TypeVar
+
+import asyncpg
+import msgspec
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, JsonValue
+
+from events import JobstreamError
+from services.api._queries import load_queries
+
+DEFAULT_SCHEMA = "jobstream"
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+POOL_MIN_SIZE = 1
+POOL_MAX_SIZE = 10
+CONNECT_TIMEOUT_S = 5.0
+ACQUIRE_TIMEOUT_S = 5.0
+COMMAND_TIMEOUT_S = 30.0
+CLOSE_TIMEOUT_S = 10.0
+RETRY_AFTER_S = 5
+
+JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+TaskState = Literal["queued", "running", "succeeded", "failed", "dead_lettered", "cancelled"]
+_TASK_STATES: tuple[TaskState, ...] = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "dead_lettered",
+    "cancelled",
+)
+_TERMINAL_TASK_STATES = frozenset({"succeeded", "dead_lettered", "cancelled"})
+_TERMINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled"})
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+_SQL = load_queries("services.api", "queries.sql")
+log = logging.getLogger("jobstream.api")
+
+
+# --- errors -----------------------------------------------------------------
+
+
+class DatabaseUnavailableError(JobstreamError):
+    """PostgreSQL cannot be reached (down, restarting, refusing, too slow)."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(f"the read-model database is unavailable: {cause}")
+        self.cause = cause
+
+
+class ReadModelsMissingError(JobstreamError):
+    """PostgreSQL answers, but the read-model tables are not in the schema."""
+
+    def __init__(self, schema: str, cause: str) -> None:
+        super().__init__(f"the read models are missing from schema {schema!r}: {cause}")
+        self.schema = schema
+
+
+class BadQueryValueError(JobstreamError):
+    """A value PostgreSQL refused as data (e.g. a NUL character in a text parameter)."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(f"invalid query value: {cause}")
+
+
+# --- response models --------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class Health(_Model):
+    status: Literal["ok"] = "ok"
+
+
+class ErrorBody(_Model):
+    detail: str
+
+
+class TaskCounts(_Model):
+    total: int = 0
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    cancelled: int = 0
+
+
+class Job(_Model):
+    job_id: str
+    name: str
+    queue: str
+    status: str
+    priority: int
+    labels: dict[str, str]
+    submitted_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_s: float | None
+    total_tasks: int
+    max_attempts: int
+    timeout_s: float | None
+    idempotency_key: str | None
+    submitted_by: str
+    tasks: TaskCounts
+    progress: float
+
+
+class JobPage(_Model):
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+class Task(_Model):
+    task_id: str
+    job_id: str
+    task_index: int
+    kind: str
+    args: dict[str, JsonValue]
+    state: str
+    attempts: int
+    worker_id: str | None
+    result: JsonValue
+    error: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_s: float | None
+
+
+class TaskPage(_Model):
+    tasks: list[Task]
+    next_cursor: str | None
+
+
+class Worker(_Model):
+    worker_id: str
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    version: str
+    state: str
+    started_at: datetime | None
+    last_seen_at: datetime | None
+    stopped_at: datetime | None
+    tasks_succeeded: int
+    tasks_failed: int
+
+
+class WorkerList(_Model):
+    workers: list[Worker]
+
+
+class Result(_Model):
+    task_id: str
+    job_id: str
+    kind: str
+    inputs: JsonValue
+    output: JsonValue
+    processed_by: str
+    duration_s: float | None
+    status: str
+    error: str | None
+    attempts: int
+    finished_at: datetime
+    seq: int
+
+
+class ResultPage(_Model):
+    results: list[Result]
+    next_cursor: str | None
+
+
+# --- cursors ----------------------------------------------------------------
+# Opaque to clients: urlsafe base64 of a tagged JSON array naming the last row of a page.
+
+_AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+_PgInteger = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+
+
+class _JobCursor(msgspec.Struct, frozen=True, array_like=True, tag="j"):
+    submitted_at: _AwareDatetime
+    job_id: str
+
+
+class _TaskCursor(msgspec.Struct, frozen=True, array_like=True, tag="t"):
+    task_index: _PgInteger
+    task_id: str
+
+
+class _ResultCursor(msgspec.Struct, frozen=True, array_like=True, tag="r"):
+    finished_at: _AwareDatetime
+    task_id: str
+
+
+_C = TypeVar("_C", _JobCursor, _TaskCursor, _ResultCursor)
+_cursor_encoder = msgspec.json.Encoder()
+
+
+def _encode_cursor(cursor: _JobCursor | _TaskCursor | _ResultCursor) -> str:
+    return base64.urlsafe_b64encode(_cursor_encoder.encode(cursor)).rstrip(b"=").decode("ascii")
+
+
+def _decode_cursor(cursor: str | None, kind: type[_C]) -> _C | None:
+    if cursor is None:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        raw = base64.b64decode(padded, altchars=b"-_", validate=True)
+        return msgspec.json.decode(raw, type=kind)
+    except (binascii.Error, ValueError, msgspec.DecodeError) as exc:
+        message = "not a cursor of this listing; pass back the next_cursor it returned"
+        raise _bad_query("cursor", cursor, message) from exc
+
+
+def _bad_query(name: str, value: object, message: str) -> RequestValidationError:
+    return RequestValidationError(
+        [{"type": "value_error", "loc": ("query", name), "msg": message, "input": value}]
+    )
+
+
+# --- the database -----------------------------------------------------------
+
+_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InvalidCatalogNameError,
+    asyncpg.InvalidAuthorizationSpecificationError,
+    asyncpg.TooManyConnectionsError,
+)
+_MISSING = (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError)
+
+
+def _json_encode(value: object) -> str:
+    return msgspec.json.encode(value).decode("utf-8")
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec(
+        "jsonb", encoder=_json_encode, decoder=msgspec.json.decode, schema="pg_catalog"
+    )
+
+
+class _ReadModels:
+    """An asyncpg pool over the read-model schema; opened at start-up, or at the first request
+    if PostgreSQL was down then, so the process outlives a database outage."""
+
+    def __init__(self, *, database_url: str, schema: str, pool_max_size: int) -> None:
+        self.schema = schema
+        self._database_url = database_url
+        self._pool_max_size = pool_max_size
+        self._pool: asyncpg.Pool | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self._reachable = True
+
+    async def open(self) -> None:
+        try:
+            await self._get_pool()
+        except DatabaseUnavailableError:
+            log.warning("starting without the database; it is retried on each request")
+
+    async def close(self) -> None:
+        self._closed = True
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), timeout=CLOSE_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("connections still busy after %.0f s; terminating", CLOSE_TIMEOUT_S)
+            pool.terminate()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection; driver errors come out as this module's errors."""
+        pool = await self._get_pool()
+        try:
+            async with pool.acquire(timeout=ACQUIRE_TIMEOUT_S) as conn:
+                yield conn
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from exc
+        except _MISSING as exc:
+            raise ReadModelsMissingError(self.schema, str(exc)) from exc
+        except asyncpg.DataError as exc:
+            raise BadQueryValueError(str(exc)) from exc
+        self._mark_reachable()
+
+    async def _get_pool(self) -> asyncpg.Pool:
+        if self._closed:
+            raise DatabaseUnavailableError("the API is shutting down")
+        if self._pool is not None:
+            return self._pool
+        async with self._lock:
+            if self._pool is None:
+                self._pool = await self._create_pool()
+            return self._pool
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        try:
+            return await asyncpg.create_pool(
+                self._database_url,
+                min_size=POOL_MIN_SIZE,
+                max_size=self._pool_max_size,
+                timeout=CONNECT_TIMEOUT_S,
+                command_timeout=COMMAND_TIMEOUT_S,
+                init=_init_connection,
+                server_settings={
+                    "search_path": f'"{self.schema}"',
+                    "application_name": "jobstream-api",
+                    "default_transaction_read_only": "on",
+                    # Plan each call with its values so optional filters pick their index.
+                    "plan_cache_mode": "force_custom_plan",
+                },
+            )
+        except asyncpg.ClientConfigurationError:
+            raise  # a malformed URL or option: no retry will fix it
+        except _UNAVAILABLE as exc:
+            raise self._unavailable(exc) from exc
+
+    def _unavailable(self, exc: BaseException) -> DatabaseUnavailableError:
+        cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if self._reachable:
+            log.warning("PostgreSQL unavailable: %s", cause)
+        self._reachable = False
+        return DatabaseUnavailableError(cause)
+
+    def _mark_reachable(self) -> None:
+        if not self._reachable:
+            log.info("PostgreSQL reachable again")
+        self._reachable = True
+
+
+def _read_models(request: Request) -> _ReadModels:
+    read_models: _ReadModels = request.app.state.read_models
+    return read_models
+
+
+ReadModels = Annotated[_ReadModels, Depends(_read_models)]
+
+
+# --- rows to models ---------------------------------------------------------
+
+
+async def _task_counts(
+    conn: asyncpg.Connection, job_ids: Sequence[str]
+) -> dict[str, dict[str, int]]:
+    """Task counts by state for many jobs, in one query."""
+    counts: dict[str, dict[str, int]] = {job_id: {} for job_id in job_ids}
+    if job_ids:
+        for row in await conn.fetch(_SQL["task_counts"], list(job_ids)):
+            counts[row["job_id"]][row["state"]] = row["n"]
+    return counts
+
+
+def _counts(by_state: Mapping[str, int], total_tasks: int) -> TaskCounts:
+    """Counts from the tasks table; tasks the job announced but the projector has not written
+    yet count as queued, so a fresh job never shows 0 of 0."""
+    per_state = {state: by_state.get(state, 0) for state in _TASK_STATES}
+    counted = sum(by_state.values())
+    unprojected = max(total_tasks - counted, 0)
+    per_state["queued"] += unprojected
+    return TaskCounts(total=counted + unprojected, **per_state)
+
+
+def _progress(counts: TaskCounts, status: str) -> float:
+    if counts.total == 0:
+        return 1.0 if status in _TERMINAL_JOB_STATUSES else 0.0
+    terminal = counts.succeeded + counts.dead_lettered + counts.cancelled
+    return terminal / counts.total
+
+
+def _job(row: asyncpg.Record, by_state: Mapping[str, int]) -> Job:
+    counts = _counts(by_state, row["total_tasks"])
+    return Job(**dict(row), tasks=counts, progress=_progress(counts, row["status"]))
+
+
+# --- routes -----------------------------------------------------------------
+
+router = APIRouter()
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}}
+Limit = Annotated[
+    int, Query(ge=1, le=MAX_PAGE_SIZE, description=f"rows per page, 1..{MAX_PAGE_SIZE}")
+]
+Cursor = Annotated[
+    str | None, Query(min_length=1, description="the next_cursor of the previous page")
+]
+JobId = Annotated[str, Path(min_length=1)]
+
+
+@router.get("/healthz")
+async def healthz() -> Health:
+    """The process is alive (no database call)."""
+    return Health()
+
+
+@router.get("/jobs")
+async def list_jobs(
+    read_models: ReadModels,
+    status: Annotated[JobStatus | None, Query()] = None,
+    queue: Annotated[str | None, Query(min_length=1)] = None,
+    limit: Limit = DEFAULT_PAGE_SIZE,
+    cursor: Cursor = None,
+) -> JobPage:
+    """Jobs, newest first, with their task counts."""
+    after = _decode_cursor(cursor, _JobCursor)
+    async with read_models.connection() as conn:
+        rows = await conn.fetch(
+            _SQL["list_jobs"],
+            status,
+            queue,
+            after.submitted_at if after else None,
+            after.job_id if after else None,
+            limit + 1,
+        )
+        page = rows[:limit]
+        counts = await _task_counts(conn, [row["job_id"] for row in page])
+    next_cursor = None
+    if len(rows) > limit:
+        last = page[-1]
+        next_cursor = _encode_cursor(_JobCursor(last["submitted_at"], last["job_id"]))
+    jobs = [_job(row, counts[row["job_id"]]) for row in page]
+    return JobPage(jobs=jobs, next_cursor=next_cursor)
+
+
+@router.get("/jobs/{job_id}", responses=_NOT_FOUND)
+async def get_job(job_id: JobId, read_models: ReadModels) -> Job:
+    """One job with its task counts and progress."""
+    async with read_models.connection() as conn:
+        row = await conn.fetchrow(_SQL["get_job"], job_id)
+        counts = await _task_counts(conn, [job_id] if row else [])
+    if row is None:
+        raise HTTPException(404, f"job {job_id} not found")
+    return _job(row, counts[job_id])
+
+
+@router.get("/jobs/{job_id}/tasks", responses=_NOT_FOUND)
+async def list_tasks(
+    job_id: JobId,
+    read_models: ReadModels,
+    state: Annotated[TaskState | None, Query()] = None,
+    limit: Limit = DEFAULT_PAGE_SIZE,
+    cursor: Cursor = None,
+) -> TaskPage:
+    """A job's tasks in task order."""
+    after = _decode_cursor(cursor, _TaskCursor)
+    async with read_models.connection() as conn:
+        rows = await conn.fetch(
+            _SQL["list_tasks"],
+            job_id,
+            state,
+            after.task_index if after else None,
+            after.task_id if after else None,
+            limit + 1,
+        )
+        missing = not rows and not await conn.fetchval(_SQL["job_exists"], job_id)
+    if missing:
+        raise HTTPException(404, f"job {job_id} not found")
+    page = rows[:limit]
+    next_cursor = None
+    if len(rows) > limit:
+        last = page[-1]
+        next_cursor = _encode_cursor(_TaskCursor(last["task_index"], last["task_id"]))
+    return TaskPage(tasks=[Task(**dict(row)) for row in page], next_cursor=next_cursor)
+
+
+@router.get("/workers")
+async def list_workers(read_models: ReadModels) -> WorkerList:
+    """Every worker the log has seen: active ones first."""
+    async with read_models.connection() as conn:
+        rows = await conn.fetch(_SQL["list_workers"])
+    return WorkerList(workers=[Worker(**dict(row)) for row in rows])
+
+
+@router.get("/results")
+async def list_results(
+    read_models: ReadModels,
+    day: Annotated[date | None, Query(description="UTC day the task finished, YYYY-MM-DD")] = None,
+    job_id: Annotated[str | None, Query(min_length=1)] = None,
+    limit: Limit = DEFAULT_PAGE_SIZE,
+    cursor: Cursor = None,
+) -> ResultPage:
+    """Finished tasks' results, in the order they finished."""
+    after = _decode_cursor(cursor, _ResultCursor)
+    since = datetime.combine(day, time(), tzinfo=UTC) if day else None
+    until = since + timedelta(days=1) if since else None
+    async with read_models.connection() as conn:
+        rows = await conn.fetch(
+            _SQL["list_results"],
+            since,
+            until,
+            job_id,
+            after.finished_at if after else None,
+            after.task_id if after else None,
+            limit + 1,
+        )
+    page = rows[:limit]
+    next_cursor = None
+    if len(rows) > limit:
+        last = page[-1]
+        next_cursor = _encode_cursor(_ResultCursor(last["finished_at"], last["task_id"]))
+    return ResultPage(results=[Result(**dict(row)) for row in page], next_cursor=next_cursor)
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def dashboard(request: Request) -> HTMLResponse:
+    page: str = request.app.state.dashboard_html
+    return HTMLResponse(page)
+
+
+# --- error handlers ---------------------------------------------------------
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    loc = [str(part) for part in error.get("loc", ())]
+    where = {"query": "query parameter", "path": "path parameter"}.get(loc[0] if loc else "", "")
+    name = ".".join(loc[1:]) if where else ".".join(loc)
+    text = f"{where} {name!r}: {error.get('msg', 'invalid')}".strip()
+    value = error.get("input")
+    if isinstance(value, str) and len(value) <= 80:
+        text += f" (got {value!r})"
+    return text
+
+
+async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    detail = "; ".join(_describe(error) for error in errors) or "invalid request"
+    body = {"detail": detail, "errors": jsonable_encoder(errors)}
+    return JSONResponse(body, status_code=422)
+
+
+async def _on_bad_value(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=422)
+
+
+async def _on_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    detail = "the read-model database is unavailable; try again shortly"
+    headers = {"Retry-After": str(RETRY_AFTER_S)}
+    return JSONResponse({"detail": detail}, status_code=503, headers=headers)
+
+
+async def _on_missing(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ReadModelsMissingError)
+    detail = f"the read models are not ready: schema {exc.schema!r} is not migrated"
+    headers = {"Retry-After": str(RETRY_AFTER_S)}
+    return JSONResponse({"detail": detail}, status_code=503, headers=headers)
+
+
+# --- the factory ------------------------------------------------------------
+
+
+def _dashboard_html(title: str) -> str:
+    template = (resources.files("services.api") / "static" / "index.html").read_text("utf-8")
+    return template.replace("{{title}}", html.escape(title))
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    read_models: _ReadModels = app.state.read_models
+    await read_models.open()
+    try:
+        yield
+    finally:
+        await read_models.close()
+
+
+def create_app(
+    *,
+    database_url: str,
+    schema: str = DEFAULT_SCHEMA,
+    nats_urls: list[str] | None = None,
+    title: str = "jobstream",
+    pool_max_size: int = POOL_MAX_SIZE,
+) -> FastAPI:
+    """The API over the read models in `schema` of `database_url`.
+
+    `nats_urls` is kept on `app.state` for the endpoints that read the event log (a job's
+    history, readiness, the live stream); this first cut serves the read models only.
+    """
+    if not _SCHEMA_NAME.match(schema):
+        raise ValueError(f"schema name {schema!r}: use letters, digits and underscores")
+    app = FastAPI(title=title, lifespan=_lifespan)
+    app.state.read_models = _ReadModels(
+        database_url=database_url, schema=schema, pool_max_size=pool_max_size
+    )
+    app.state.nats_urls = list(nats_urls or [])
+    app.state.dashboard_html = _dashboard_html(title)
+    app.include_router(router)
+    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(BadQueryValueError, _on_bad_value)
+    app.add_exception_handler(DatabaseUnavailableError, _on_unavailable)
+    app.add_exception_handler(ReadModelsMissingError, _on_missing)
+    return app

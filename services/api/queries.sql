@@ -1,0 +1,66 @@
+-- Read queries of the HTTP API over the read models (projections/sql/migrations).
+-- Tables are unqualified: the API's connections set search_path to the read-model schema.
+-- Optional filters are written `($n::type IS NULL OR ...)`; the pool sets
+-- plan_cache_mode = force_custom_plan, so the planner folds the unused branches away and
+-- picks the matching index for each call instead of one generic plan for all.
+-- Keyset cursors compare row values, which the (…, submitted_at DESC, job_id DESC) indexes serve.
+
+-- name: list_jobs
+-- $1 status, $2 queue (NULL: any), $3/$4 the last (submitted_at, job_id) seen (NULL: first page),
+-- $5 rows to fetch. Newest first.
+SELECT job_id, name, queue, status, priority, total_tasks, max_attempts, timeout_s,
+       idempotency_key, submitted_by, labels, submitted_at, started_at, finished_at, duration_s
+FROM jobs
+WHERE ($1::text IS NULL OR status = $1::text)
+  AND ($2::text IS NULL OR queue = $2::text)
+  AND ($3::timestamptz IS NULL OR (submitted_at, job_id) < ($3::timestamptz, $4::text))
+ORDER BY submitted_at DESC, job_id DESC
+LIMIT $5::integer;
+
+-- name: get_job
+SELECT job_id, name, queue, status, priority, total_tasks, max_attempts, timeout_s,
+       idempotency_key, submitted_by, labels, submitted_at, started_at, finished_at, duration_s
+FROM jobs
+WHERE job_id = $1::text;
+
+-- name: job_exists
+SELECT EXISTS (SELECT 1 FROM jobs WHERE job_id = $1::text);
+
+-- name: task_counts
+-- Task counts by state for a page of jobs, in one round trip.
+SELECT job_id, state, count(*) AS n
+FROM tasks
+WHERE job_id = ANY($1::text[])
+GROUP BY job_id, state;
+
+-- name: list_tasks
+-- $1 job, $2 state (NULL: any), $3/$4 the last (task_index, task_id) seen, $5 rows to fetch.
+SELECT task_id, job_id, task_index, kind, args, state, attempts, worker_id, result, error,
+       started_at, finished_at, duration_s
+FROM tasks
+WHERE job_id = $1::text
+  AND ($2::text IS NULL OR state = $2::text)
+  AND ($3::integer IS NULL OR (task_index, task_id) > ($3::integer, $4::text))
+ORDER BY task_index, task_id
+LIMIT $5::integer;
+
+-- name: list_workers
+-- Active workers first, then the most recently started.
+SELECT worker_id, host, pid, queues, concurrency, version, state, started_at, last_seen_at,
+       stopped_at, tasks_succeeded, tasks_failed
+FROM workers
+ORDER BY (state = 'active') DESC, started_at DESC NULLS LAST, worker_id;
+
+-- name: list_results
+-- $1/$2 finished_at bounds [from, to) (NULL: open), $3 job (NULL: any),
+-- $4/$5 the last (finished_at, task_id) seen, $6 rows to fetch. In the order tasks finished,
+-- like the daily NDJSON partitions.
+SELECT task_id, job_id, kind, inputs, output, processed_by, duration_s, status, error,
+       attempts, finished_at, seq
+FROM results
+WHERE ($1::timestamptz IS NULL OR finished_at >= $1::timestamptz)
+  AND ($2::timestamptz IS NULL OR finished_at < $2::timestamptz)
+  AND ($3::text IS NULL OR job_id = $3::text)
+  AND ($4::timestamptz IS NULL OR (finished_at, task_id) > ($4::timestamptz, $5::text))
+ORDER BY finished_at, task_id
+LIMIT $6::integer;

@@ -1,0 +1,240 @@
+"""The dispatcher (process manager): expands submitted jobs into task messages, ends jobs
+when all their tasks have ended, and reports workers whose liveness key went quiet."""
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import datetime
+
+import msgspec
+import nats.js.errors
+import nats.js.kv
+
+from events import (
+    DISPATCHER_BUCKET,
+    LIVENESS_BUCKET,
+    Bus,
+    ConflictError,
+    Event,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobSubmitted,
+    TaskCancelled,
+    TaskDeadLettered,
+    TaskSucceeded,
+    WorkerLost,
+    WorkerStarted,
+    WorkerStopped,
+    derived_id,
+    ensure_buckets,
+    ensure_streams,
+    expand_tasks,
+    is_transient,
+    utc_now,
+)
+from events._source import EventSource, LogEntry
+from services.dispatcher._state import (
+    DispatcherState,
+    LiveWorker,
+    OpenJob,
+    dump_state,
+    load_state,
+)
+
+log = logging.getLogger(__name__)
+
+STATE_KEY = "state"
+SNAPSHOT_INTERVAL_S = 1.0
+PUBLISH_WINDOW = 256
+
+
+class _Liveness(msgspec.Struct):
+    at: float
+    lease_s: float = 30.0
+
+
+_liveness_decoder = msgspec.json.Decoder(_Liveness)
+
+
+class Dispatcher:
+    def __init__(self, bus: Bus, *, lease_s: float = 30.0) -> None:
+        self.bus = bus
+        self.lease_s = lease_s
+        self.state = DispatcherState()
+        self._dirty = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await ensure_streams(self.bus.js)
+        await ensure_buckets(self.bus.js, liveness_ttl_s=max(3600.0, 4 * self.lease_s))
+        snapshots = await self.bus.js.key_value(DISPATCHER_BUCKET)
+        await self._load(snapshots)
+        source = EventSource(self.bus, start_seq=self.state.last_seq + 1)
+        lost_check = asyncio.create_task(self._lost_worker_loop(stop))
+        last_snapshot = time.monotonic()
+        log.info("dispatcher started at log sequence %d", self.state.last_seq + 1)
+        try:
+            async for batch in source.batches(stop):
+                for entry in batch:
+                    await self._apply(entry)
+                if self._dirty and time.monotonic() - last_snapshot >= SNAPSHOT_INTERVAL_S:
+                    await self._save(snapshots)
+                    last_snapshot = time.monotonic()
+        finally:
+            lost_check.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lost_check
+            if self._dirty:
+                with contextlib.suppress(Exception):
+                    await self._save(snapshots)
+
+    async def _load(self, snapshots: "nats.js.kv.KeyValue") -> None:
+        try:
+            entry = await snapshots.get(STATE_KEY)
+        except nats.js.errors.KeyNotFoundError:
+            return
+        if entry.value:
+            self.state = load_state(entry.value)
+
+    async def _save(self, snapshots: "nats.js.kv.KeyValue") -> None:
+        await snapshots.put(STATE_KEY, dump_state(self.state))
+        self._dirty = False
+
+    async def _apply(self, entry: LogEntry) -> None:
+        self.state.last_seq = entry.seq
+        self._dirty = True
+        if entry.event is None:
+            log.warning(
+                "skipping malformed event at seq %d on %s: %s",
+                entry.seq,
+                entry.subject,
+                entry.error,
+            )
+            return
+        await self._on_event(entry.seq, entry.event)
+
+    async def _on_event(self, seq: int, event: Event) -> None:
+        match event:
+            case JobSubmitted():
+                job = self.state.on_job_submitted(seq, event)
+                if job is not None:
+                    await self._expand(event)
+                    if job.done:
+                        await self._end_job(job)
+            case TaskSucceeded() | TaskDeadLettered() | TaskCancelled():
+                finished = self.state.on_task_ended(event)
+                if finished is not None:
+                    await self._end_job(finished)
+            case JobCompleted() | JobFailed() | JobCancelled():
+                self.state.on_job_ended(event)
+            case WorkerStarted():
+                self.state.workers[event.worker_id] = _live_worker(seq, event)
+            case WorkerStopped() | WorkerLost():
+                self.state.workers.pop(event.worker_id, None)
+            case _:
+                pass
+
+    async def _expand(self, job: JobSubmitted) -> None:
+        """Publish one task message per task; the task id is the message id, so a replayed
+        expansion inside the duplicate window is a no-op (and after it, fencing drops the rerun)."""
+        messages = expand_tasks(job)
+        window: set[asyncio.Task[int]] = set()
+        for message in messages:
+            if len(window) >= PUBLISH_WINDOW:
+                done, window = await asyncio.wait(window, return_when=asyncio.FIRST_COMPLETED)
+                for finished in done:
+                    finished.result()
+            window.add(
+                asyncio.create_task(
+                    self.bus.publish_task(job.queue, message, msg_id=message.task_id)
+                )
+            )
+        if window:
+            for finished in (await asyncio.wait(window))[0]:
+                finished.result()
+        log.info("job %s: %d tasks queued on %s", job.job_id, len(messages), job.queue)
+
+    async def _end_job(self, job: OpenJob) -> None:
+        duration_s = (utc_now() - job.submitted_at).total_seconds()
+        event: JobCompleted | JobFailed
+        if job.dead_lettered:
+            event = JobFailed(
+                id=derived_id(job.job_id, "ended"),
+                job_id=job.job_id,
+                succeeded=job.succeeded,
+                dead_lettered=job.dead_lettered,
+                cancelled=job.cancelled,
+                duration_s=duration_s,
+                reason=f"{job.dead_lettered} task(s) dead-lettered",
+            )
+        else:
+            event = JobCompleted(
+                id=derived_id(job.job_id, "ended"),
+                job_id=job.job_id,
+                succeeded=job.succeeded,
+                dead_lettered=job.dead_lettered,
+                cancelled=job.cancelled,
+                duration_s=duration_s,
+            )
+        try:
+            await self.bus.publish_event(event, expected_last_subject_seq=job.job_seq)
+        except ConflictError:
+            log.info("job %s was already ended", job.job_id)
+        self.state.jobs.pop(job.job_id, None)
+        log.info("job %s ended: %s", job.job_id, type(event).__name__)
+
+    # --- worker liveness --------------------------------------------------------
+
+    async def _lost_worker_loop(self, stop: asyncio.Event) -> None:
+        liveness = await self.bus.js.key_value(LIVENESS_BUCKET)
+        interval = max(0.2, self.lease_s / 3)
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+            try:
+                await self._check_workers(liveness)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("liveness check: %s", type(exc).__name__)
+
+    async def _check_workers(self, liveness: "nats.js.kv.KeyValue") -> None:
+        now = time.time()
+        for worker in list(self.state.workers.values()):
+            last_seen, lease_s = await self._last_seen(liveness, worker)
+            if now - last_seen <= 2 * lease_s:
+                continue
+            event = WorkerLost(
+                id=derived_id(worker.worker_id, "lost", str(worker.worker_seq)),
+                worker_id=worker.worker_id,
+                last_seen=datetime.fromtimestamp(last_seen, tz=utc_now().tzinfo),
+            )
+            try:
+                await self.bus.publish_event(event, expected_last_subject_seq=worker.worker_seq)
+                log.warning("worker %s lost: silent for %.1fs", worker.worker_id, now - last_seen)
+            except ConflictError:
+                pass
+            # Its own event, read back from the log, removes it from the live set; until then
+            # the fence keeps a second report out.
+
+    async def _last_seen(
+        self, liveness: "nats.js.kv.KeyValue", worker: LiveWorker
+    ) -> tuple[float, float]:
+        """When the worker last renewed its liveness key, and the lease it runs with."""
+        fallback = worker.started_at.timestamp(), self.lease_s
+        try:
+            entry = await liveness.get(worker.worker_id)
+        except nats.js.errors.KeyNotFoundError:
+            return fallback
+        if not entry.value:
+            return fallback
+        try:
+            value = _liveness_decoder.decode(entry.value)
+        except msgspec.DecodeError:
+            return fallback
+        return value.at, value.lease_s
+
+
+def _live_worker(seq: int, event: WorkerStarted) -> LiveWorker:
+    return LiveWorker(worker_id=event.worker_id, worker_seq=seq, started_at=event.at)

@@ -1,0 +1,27 @@
+"""The worker process and the handler API users write their own task kinds against."""
+
+from services.worker._handlers import (
+    BUILTIN_HANDLERS,
+    Handler,
+    HandlerRegistry,
+    PermanentError,
+    Retry,
+    TaskContext,
+    UnknownTaskKind,
+    load_handler,
+)
+from services.worker._worker import SimulatedFailure, Worker, WorkerOptions
+
+__all__ = [
+    "BUILTIN_HANDLERS",
+    "Handler",
+    "HandlerRegistry",
+    "PermanentError",
+    "Retry",
+    "SimulatedFailure",
+    "TaskContext",
+    "UnknownTaskKind",
+    "Worker",
+    "WorkerOptions",
+    "load_handler",
+]

@@ -1,0 +1,131 @@
+"""Task handlers: the built-ins and the registry that finds a user's own by name."""
+
+import asyncio
+import importlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Protocol
+
+from events import JobstreamError
+
+ENTRY_POINT_GROUP = "jobstream.handlers"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskContext:
+    job_id: str
+    task_id: str
+    attempt: int
+    max_attempts: int
+    worker_id: str
+
+
+class Handler(Protocol):
+    def __call__(self, args: Mapping[str, Any], ctx: TaskContext) -> Awaitable[Any]: ...
+
+
+class Retry(JobstreamError):
+    """Raised by a handler to ask for another attempt after `delay_s` seconds."""
+
+    def __init__(self, message: str = "retry requested", *, delay_s: float | None = None) -> None:
+        super().__init__(message)
+        self.delay_s = delay_s
+
+
+class PermanentError(JobstreamError):
+    """Raised by a handler for a failure that no retry can fix: the task is dead-lettered."""
+
+
+class UnknownTaskKind(JobstreamError):
+    def __init__(self, kind: str, known: list[str]) -> None:
+        super().__init__(f"unknown task kind {kind!r}; known kinds: {', '.join(sorted(known))}")
+        self.kind = kind
+
+
+def _number(args: Mapping[str, Any], name: str) -> float:
+    value = args.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PermanentError(f"argument {name!r} must be a number, got {value!r}")
+    return value
+
+
+async def sum_handler(args: Mapping[str, Any], ctx: TaskContext) -> dict[str, float]:
+    """The original system's task: add `a` and `b`."""
+    return {"sum": _number(args, "a") + _number(args, "b")}
+
+
+async def noop_handler(args: Mapping[str, Any], ctx: TaskContext) -> None:
+    return None
+
+
+async def sleep_handler(args: Mapping[str, Any], ctx: TaskContext) -> dict[str, float]:
+    seconds = _number(args, "seconds") if "seconds" in args else 0.5
+    await asyncio.sleep(seconds)
+    return {"slept_s": seconds}
+
+
+async def fail_handler(args: Mapping[str, Any], ctx: TaskContext) -> dict[str, int]:
+    """Fails, retryably, for tests and demos of the retry path: always, or until the attempt
+    given as `succeed_on_attempt`."""
+    succeed_on = args.get("succeed_on_attempt")
+    if isinstance(succeed_on, int) and ctx.attempt >= succeed_on:
+        return {"succeeded_on_attempt": ctx.attempt}
+    raise RuntimeError(str(args.get("message", "failed on purpose")))
+
+
+BUILTIN_HANDLERS: dict[str, Handler] = {
+    "sum": sum_handler,
+    "noop": noop_handler,
+    "sleep": sleep_handler,
+    "fail": fail_handler,
+}
+
+
+def load_handler(spec: str) -> tuple[str, Handler]:
+    """Load `name=package.module:function` (or `package.module:function`, named after it)."""
+    name, _, target = spec.rpartition("=")
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise JobstreamError(f"handler {spec!r}: expected [name=]package.module:function")
+    try:
+        handler = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise JobstreamError(f"handler {spec!r}: {exc}") from exc
+    if not callable(handler):
+        raise JobstreamError(f"handler {spec!r} is not callable")
+    return (name or attribute), handler
+
+
+class HandlerRegistry:
+    """Handlers by task kind: the built-ins, the `jobstream.handlers` entry points, and any
+    added by import path."""
+
+    def __init__(self, handlers: Mapping[str, Handler] | None = None) -> None:
+        self._handlers: dict[str, Handler] = dict(
+            BUILTIN_HANDLERS if handlers is None else handlers
+        )
+
+    @classmethod
+    def default(cls, extra_specs: list[str] | None = None) -> "HandlerRegistry":
+        registry = cls()
+        for entry in entry_points(group=ENTRY_POINT_GROUP):
+            registry.add(entry.name, entry.load())
+        for spec in extra_specs or []:
+            registry.add(*load_handler(spec))
+        return registry
+
+    def add(self, kind: str, handler: Callable[..., Awaitable[Any]]) -> None:
+        self._handlers[kind] = handler
+
+    def get(self, kind: str) -> Handler:
+        try:
+            return self._handlers[kind]
+        except KeyError:
+            raise UnknownTaskKind(kind, list(self._handlers)) from None
+
+    def kinds(self) -> list[str]:
+        return sorted(self._handlers)
+
+    def __contains__(self, kind: object) -> bool:
+        return kind in self._handlers

@@ -1,0 +1,420 @@
+"""The worker: pulls tasks from its queue's durable consumer, runs handlers, and appends
+each attempt's outcome to the log, fenced so that a stale worker cannot record a second end."""
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from events import (
+    LIVENESS_BUCKET,
+    TASKS_STREAM,
+    TERMINAL_TASK_EVENTS,
+    Bus,
+    ConflictError,
+    DecodeError,
+    Event,
+    TaskDeadLettered,
+    TaskFailed,
+    TaskMessage,
+    TaskStarted,
+    TaskSucceeded,
+    WorkerStarted,
+    WorkerStopped,
+    backoff_s,
+    decode_task_message,
+    encode,
+    ensure_worker_consumer,
+    is_transient,
+    new_id,
+    task_event_subject,
+    utc_now,
+    worker_consumer_name,
+)
+from services.worker._handlers import (
+    HandlerRegistry,
+    PermanentError,
+    Retry,
+    TaskContext,
+    UnknownTaskKind,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONCURRENCY = 8
+DEFAULT_GRACE_S = 10.0
+DEFAULT_RETRY_BASE_S = 1.0
+DEFAULT_RETRY_CAP_S = 60.0
+DEFAULT_STARTED_EVENT_AFTER_S = 0.25
+FETCH_TIMEOUT_S = 0.1
+
+
+def _package_version() -> str:
+    try:
+        return version("jobstream")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerOptions:
+    queue: str = "default"
+    concurrency: int = DEFAULT_CONCURRENCY
+    lease_s: float = 30.0
+    grace_s: float = DEFAULT_GRACE_S
+    retry_base_s: float = DEFAULT_RETRY_BASE_S
+    retry_cap_s: float = DEFAULT_RETRY_CAP_S
+    started_event_after_s: float = DEFAULT_STARTED_EVENT_AFTER_S
+    failure_rate: float = 0.0
+    extra_duration_s: float = 0.0
+    worker_id: str | None = None
+
+
+class SimulatedFailure(RuntimeError):
+    """The `--failure-rate` option's injected failure, like the original bots' settings."""
+
+
+@dataclass
+class _Attempt:
+    """What one worker knows about the task it holds: the last log sequence on its subject."""
+
+    msg: Msg
+    task: TaskMessage
+    attempt: int
+    subject: str
+    expected_seq: int
+
+
+class Worker:
+    def __init__(
+        self, bus: Bus, *, options: WorkerOptions, handlers: HandlerRegistry | None = None
+    ) -> None:
+        self.bus = bus
+        self.options = options
+        self.handlers = handlers or HandlerRegistry.default()
+        self.worker_id = (
+            options.worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_id()[-6:]}"
+        )
+        self._inflight: dict[asyncio.Task[None], Msg] = {}
+        self._stopping = asyncio.Event()
+        self.tasks_done = 0
+
+    # --- lifecycle ---------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set, then drain gracefully."""
+        js = self.bus.js
+        await ensure_worker_consumer(js, self.options.queue, lease_s=self.options.lease_s)
+        await self._publish(
+            WorkerStarted(
+                worker_id=self.worker_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                queues=[self.options.queue],
+                concurrency=self.options.concurrency,
+                version=_package_version(),
+            )
+        )
+        log.info("worker %s started on queue %s", self.worker_id, self.options.queue)
+        liveness = asyncio.create_task(self._liveness_loop(stop))
+        try:
+            await self._fetch_loop(js, stop)
+        finally:
+            await self._shutdown()
+            liveness.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await liveness
+            await self._publish(WorkerStopped(worker_id=self.worker_id))
+            log.info("worker %s stopped after %d tasks", self.worker_id, self.tasks_done)
+
+    async def _shutdown(self) -> None:
+        """Stop fetching (done by the caller), let in-flight tasks finish within the grace
+        period, then give back what is left with a nak so another worker takes it at once."""
+        self._stopping.set()
+        if not self._inflight:
+            return
+        log.info(
+            "draining %d in-flight tasks (grace %.1fs)", len(self._inflight), self.options.grace_s
+        )
+        _, pending = await asyncio.wait(list(self._inflight), timeout=self.options.grace_s)
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            msg = self._inflight.get(task)
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            if msg is not None:
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.nak()
+        if pending:
+            log.warning("gave back %d unfinished tasks", len(pending))
+
+    async def _fetch_loop(self, js: JetStreamContext, stop: asyncio.Event) -> None:
+        psub = await js.pull_subscribe_bind(
+            durable=worker_consumer_name(self.options.queue), stream=TASKS_STREAM
+        )
+        failures = 0
+        while not stop.is_set():
+            free = self.options.concurrency - len(self._inflight)
+            if free <= 0:
+                await asyncio.wait(list(self._inflight), return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                messages = await psub.fetch(free, timeout=FETCH_TIMEOUT_S)
+            except (TimeoutError, nats.errors.TimeoutError):
+                continue
+            except Exception as exc:
+                if not is_transient(exc) and not isinstance(exc, nats.js.errors.NotFoundError):
+                    raise
+                failures += 1
+                log.warning("fetch: %s; retrying", type(exc).__name__)
+                await asyncio.sleep(backoff_s(failures, base_s=0.1, cap_s=2.0))
+                if isinstance(exc, nats.js.errors.NotFoundError):
+                    await ensure_worker_consumer(
+                        js, self.options.queue, lease_s=self.options.lease_s
+                    )
+                continue
+            failures = 0
+            for msg in messages:
+                task = asyncio.create_task(self._handle(msg))
+                self._inflight[task] = msg
+                task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._inflight.pop(task, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task handling crashed", exc_info=task.exception())
+
+    async def _liveness_loop(self, stop: asyncio.Event) -> None:
+        """An ephemeral liveness key, refreshed at a third of the lease: never log events."""
+        kv = await self.bus.js.key_value(LIVENESS_BUCKET)
+        interval = max(0.2, self.options.lease_s / 3)
+        while not stop.is_set():
+            value = {
+                "at": time.time(),
+                "inflight": len(self._inflight),
+                "lease_s": self.options.lease_s,
+            }
+            try:
+                await kv.put(self.worker_id, encode(value))
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("liveness: %s", type(exc).__name__)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    # --- one task ------------------------------------------------------------
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            task = decode_task_message(msg.data)
+        except DecodeError as exc:
+            log.error("malformed task message on %s, dropped: %s", msg.subject, exc)
+            await msg.term()
+            return
+        attempt = msg.metadata.num_delivered
+        state = _Attempt(
+            msg=msg,
+            task=task,
+            attempt=attempt,
+            subject=task_event_subject(task.job_id, task.task_id),
+            expected_seq=0,
+        )
+        try:
+            if not await self._catch_up(state):
+                return
+            if state.attempt > task.max_attempts:
+                await self._dead_letter(state, "attempts exhausted (lease expired)", "", 0.0)
+                return
+            await self._run(state)
+        except ConflictError as exc:
+            await self._on_conflict(state, exc)
+
+    async def _catch_up(self, state: _Attempt) -> bool:
+        """On a redelivery, learn the subject's last sequence; False if the task already ended.
+
+        A first delivery needs no look-up: its subject is empty, and the fence (expected
+        sequence 0) proves it.
+        """
+        if state.attempt == 1:
+            return True
+        last = await self.bus.last_on_subject(state.subject)
+        if last is None:
+            return True
+        seq, event = last
+        if isinstance(event, TERMINAL_TASK_EVENTS):
+            log.info("task %s already ended (%s); acking", state.task.task_id, type(event).__name__)
+            await state.msg.ack()
+            return False
+        state.expected_seq = seq
+        return True
+
+    async def _run(self, state: _Attempt) -> None:
+        task = state.task
+        ctx = TaskContext(
+            job_id=task.job_id,
+            task_id=task.task_id,
+            attempt=state.attempt,
+            max_attempts=task.max_attempts,
+            worker_id=self.worker_id,
+        )
+        started = time.monotonic()
+        runner = asyncio.create_task(self._call_handler(task, ctx))
+        lease = asyncio.create_task(self._extend_lease(state.msg))
+        try:
+            done, _ = await asyncio.wait({runner}, timeout=self.options.started_event_after_s)
+            if not done:
+                state.expected_seq = await self._publish_task_event(
+                    state,
+                    TaskStarted(
+                        job_id=task.job_id,
+                        task_id=task.task_id,
+                        worker_id=self.worker_id,
+                        attempt=state.attempt,
+                        lease_deadline=utc_now() + timedelta(seconds=self.options.lease_s),
+                    ),
+                )
+            result = await runner
+        except ConflictError:
+            runner.cancel()
+            raise
+        except asyncio.CancelledError:
+            runner.cancel()
+            raise
+        except Exception as exc:
+            await self._on_failure(state, exc, time.monotonic() - started)
+            return
+        finally:
+            lease.cancel()
+        await self._publish_task_event(
+            state,
+            TaskSucceeded(
+                job_id=task.job_id,
+                task_id=task.task_id,
+                kind=task.kind,
+                args=task.args,
+                worker_id=self.worker_id,
+                attempt=state.attempt,
+                result=result,
+                duration_s=time.monotonic() - started,
+            ),
+        )
+        await state.msg.ack()
+        self.tasks_done += 1
+
+    async def _call_handler(self, task: TaskMessage, ctx: TaskContext) -> Any:
+        handler = self.handlers.get(task.kind)
+        if self.options.extra_duration_s:
+            await asyncio.sleep(self.options.extra_duration_s)
+        if self.options.failure_rate and random.random() < self.options.failure_rate:
+            raise SimulatedFailure(f"simulated failure (rate {self.options.failure_rate})")
+        coroutine = handler(task.args, ctx)
+        if task.timeout_s is None:
+            return await coroutine
+        try:
+            return await asyncio.wait_for(coroutine, task.timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"timed out after {task.timeout_s}s") from None
+
+    async def _extend_lease(self, msg: Msg) -> None:
+        """The ack deadline is the heartbeat: extend it at a third of the lease while running."""
+        interval = max(0.1, self.options.lease_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(nats.errors.Error):
+                await msg.in_progress()
+
+    async def _on_failure(self, state: _Attempt, exc: Exception, duration_s: float) -> None:
+        error = f"{type(exc).__name__}: {exc}"
+        permanent = isinstance(exc, PermanentError | UnknownTaskKind)
+        last_attempt = state.attempt >= state.task.max_attempts
+        delay_s = self._retry_delay_s(state.attempt, exc)
+        will_retry = not permanent and not last_attempt
+        next_retry_at = utc_now() + timedelta(seconds=delay_s) if will_retry else None
+        await self._publish_task_event(
+            state,
+            TaskFailed(
+                job_id=state.task.job_id,
+                task_id=state.task.task_id,
+                worker_id=self.worker_id,
+                attempt=state.attempt,
+                error=error,
+                retryable=not permanent,
+                next_retry_at=next_retry_at,
+                duration_s=duration_s,
+            ),
+        )
+        if will_retry:
+            log.info(
+                "task %s attempt %d failed (%s); retry in %.2fs",
+                state.task.task_id,
+                state.attempt,
+                error,
+                delay_s,
+            )
+            await state.msg.nak(delay=delay_s)
+            return
+        reason = "permanent error" if permanent else f"failed {state.attempt} attempts"
+        await self._dead_letter(state, reason, error, duration_s)
+
+    def _retry_delay_s(self, attempt: int, exc: Exception) -> float:
+        if isinstance(exc, Retry) and exc.delay_s is not None:
+            return max(0.0, exc.delay_s)
+        return backoff_s(
+            attempt - 1, base_s=self.options.retry_base_s, cap_s=self.options.retry_cap_s
+        )
+
+    async def _dead_letter(
+        self, state: _Attempt, reason: str, error: str, duration_s: float
+    ) -> None:
+        await self._publish_task_event(
+            state,
+            TaskDeadLettered(
+                job_id=state.task.job_id,
+                task_id=state.task.task_id,
+                kind=state.task.kind,
+                args=state.task.args,
+                reason=reason,
+                attempts=state.attempt,
+                last_error=error,
+                worker_id=self.worker_id,
+            ),
+        )
+        log.warning("task %s dead-lettered: %s %s", state.task.task_id, reason, error)
+        await state.msg.term()
+
+    async def _publish_task_event(self, state: _Attempt, event: Event) -> int:
+        seq = await self.bus.publish_event(event, expected_last_subject_seq=state.expected_seq)
+        state.expected_seq = seq
+        return seq
+
+    async def _on_conflict(self, state: _Attempt, exc: ConflictError) -> None:
+        """Another worker moved the task on while this one held a stale lease.
+
+        If the task has ended, the message is acked (it is done). Otherwise the current holder
+        owns it: this worker neither acks nor naks, and its late result is dropped.
+        """
+        last = await self.bus.last_on_subject(state.subject)
+        if last is not None and isinstance(last[1], TERMINAL_TASK_EVENTS):
+            log.warning(
+                "stale result for task %s dropped: the task already ended", state.task.task_id
+            )
+            await state.msg.ack()
+        else:
+            log.warning("stale lease on task %s: %s; result dropped", state.task.task_id, exc)
+
+    async def _publish(self, event: Event) -> None:
+        await self.bus.publish_event(event)
