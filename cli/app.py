@@ -89,7 +89,7 @@ def init(
         try:
             await ensure_streams(bus.js, replicas=replicas)
             await ensure_worker_consumer(bus.js, _queue(queue), lease_s=lease_s, replicas=replicas)
-            await ensure_buckets(bus.js, liveness_ttl_s=max(3600.0, 4 * lease_s), replicas=replicas)
+            await ensure_buckets(bus.js, replicas=replicas)
         finally:
             await bus.close()
         pool = await connect_database(endpoints.database_url, min_size=1, max_size=1)
@@ -155,7 +155,7 @@ def worker(
         bus = await connect_bus(endpoints.nats_urls, name="jobstream-worker")
         try:
             await ensure_streams(bus.js)
-            await ensure_buckets(bus.js, liveness_ttl_s=max(3600.0, 4 * lease_s))
+            await ensure_buckets(bus.js)
             await Worker(bus, options=options, handlers=registry).run(stop)
         finally:
             await bus.close()

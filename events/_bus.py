@@ -25,6 +25,7 @@ PUBLISH_TIMEOUT_S = 5.0
 PUBLISH_RETRY_BUDGET_S = 60.0
 RETRY_BASE_S = 0.05
 RETRY_CAP_S = 2.0
+INITIAL_CONNECT_ATTEMPTS = 2
 
 T = TypeVar("T")
 
@@ -88,25 +89,28 @@ class Bus:
     ) -> "Bus":
         """Connect to NATS, then reconnect forever: a restart of the server is not an exit."""
         url = ",".join(servers)
+        connected = False
 
         async def on_error(exc: Exception) -> None:
-            log.warning("nats: %s", exc)
+            # Failed first attempts are reported once, by the ConnectError below.
+            log.log(logging.WARNING if connected else logging.DEBUG, "nats: %s", exc)
 
         try:
             nc = await nats.connect(
                 list(servers),
                 name=name,
                 connect_timeout=int(max(1, connect_timeout_s)),
-                max_reconnect_attempts=-1,
+                max_reconnect_attempts=INITIAL_CONNECT_ATTEMPTS,
                 reconnect_time_wait=1,
-                allow_reconnect=True,
                 error_cb=on_error,
                 user_credentials=user_credentials,
-                # The first connect fails fast; reconnects after that go on forever.
-                dont_randomize=False,
+                drain_timeout=5,
             )
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             raise ConnectError("NATS", url, str(exc) or type(exc).__name__) from exc
+        connected = True
+        # Once connected, reconnect forever: a server restart or a leader change is not an exit.
+        nc.options["max_reconnect_attempts"] = -1
         return cls(nc, nc.jetstream(timeout=PUBLISH_TIMEOUT_S))
 
     async def close(self) -> None:

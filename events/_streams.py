@@ -28,6 +28,8 @@ DUPLICATE_WINDOW_S = 120.0
 DEFAULT_LEASE_S = 30.0
 DEFAULT_MAX_ACK_PENDING = 20_000
 MAX_MSG_SIZE = 8 * 1024 * 1024
+# Liveness keys carry their own timestamp; the bucket's TTL only clears out old workers.
+LIVENESS_TTL_S = 3600.0
 
 
 def events_stream_config(
@@ -100,9 +102,9 @@ async def ensure_worker_consumer(
     await js.add_consumer(TASKS_STREAM, config)
 
 
-async def ensure_buckets(js: JetStreamContext, *, liveness_ttl_s: float, replicas: int = 1) -> None:
+async def ensure_buckets(js: JetStreamContext, *, replicas: int = 1) -> None:
     for config in (
-        KeyValueConfig(bucket=LIVENESS_BUCKET, ttl=liveness_ttl_s, replicas=replicas, history=1),
+        KeyValueConfig(bucket=LIVENESS_BUCKET, ttl=LIVENESS_TTL_S, replicas=replicas, history=1),
         KeyValueConfig(bucket=DISPATCHER_BUCKET, replicas=replicas, history=1),
     ):
         await js.create_key_value(config)

@@ -34,7 +34,7 @@ def nats_url(nats_server: NatsServer) -> str:
 async def bus(nats_url: str) -> AsyncIterator[Bus]:
     connected = await Bus.connect([nats_url], name="test")
     await ensure_streams(connected.js)
-    await ensure_buckets(connected.js, liveness_ttl_s=10)
+    await ensure_buckets(connected.js)
     yield connected
     await connected.close()
 

@@ -11,6 +11,8 @@ from services.api._app import (
     MAX_PAGE_SIZE,
     BadQueryValueError,
     DatabaseUnavailableError,
+    ErrorBody,
+    Health,
     Job,
     JobPage,
     ReadModelsMissingError,
@@ -19,9 +21,11 @@ from services.api._app import (
     Task,
     TaskCounts,
     TaskPage,
+    ValidationErrorBody,
     Worker,
     WorkerList,
     create_app,
+    job_summary,
 )
 from services.api._queries import QueryFileError, load_queries, parse_queries
 
@@ -31,6 +35,8 @@ __all__ = [
     "MAX_PAGE_SIZE",
     "BadQueryValueError",
     "DatabaseUnavailableError",
+    "ErrorBody",
+    "Health",
     "Job",
     "JobPage",
     "QueryFileError",
@@ -40,9 +46,11 @@ __all__ = [
     "Task",
     "TaskCounts",
     "TaskPage",
+    "ValidationErrorBody",
     "Worker",
     "WorkerList",
     "create_app",
+    "job_summary",
     "load_queries",
     "parse_queries",
 ]

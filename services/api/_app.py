@@ -37,6 +37,7 @@ CONNECT_TIMEOUT_S = 5.0
 ACQUIRE_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 10.0
+RECONNECT_INTERVAL_S = 1.0
 RETRY_AFTER_S = 5
 
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
@@ -96,6 +97,11 @@ class Health(_Model):
 
 class ErrorBody(_Model):
     detail: str
+
+
+class ValidationErrorBody(_Model):
+    detail: str
+    errors: list[dict[str, JsonValue]]
 
 
 class TaskCounts(_Model):
@@ -278,6 +284,7 @@ class _ReadModels:
         self._lock = asyncio.Lock()
         self._closed = False
         self._reachable = True
+        self._next_attempt = 0.0
 
     async def open(self) -> None:
         try:
@@ -318,6 +325,11 @@ class _ReadModels:
             return self._pool
         async with self._lock:
             if self._pool is None:
+                # While PostgreSQL is down, fail fast between attempts instead of queueing.
+                now = asyncio.get_running_loop().time()
+                if now < self._next_attempt:
+                    raise DatabaseUnavailableError("still unreachable; not retried yet")
+                self._next_attempt = now + RECONNECT_INTERVAL_S
                 self._pool = await self._create_pool()
             return self._pool
 
@@ -396,14 +408,36 @@ def _progress(counts: TaskCounts, status: str) -> float:
 
 
 def _job(row: asyncpg.Record, by_state: Mapping[str, int]) -> Job:
+    fields = dict(row)
+    if isinstance(fields["labels"], str):  # a caller's connection without our jsonb codec
+        fields["labels"] = msgspec.json.decode(fields["labels"])
     counts = _counts(by_state, row["total_tasks"])
-    return Job(**dict(row), tasks=counts, progress=_progress(counts, row["status"]))
+    return Job(**fields, tasks=counts, progress=_progress(counts, row["status"]))
+
+
+async def _load_job(conn: asyncpg.Connection, job_id: str) -> Job | None:
+    row = await conn.fetchrow(_SQL["get_job"], job_id)
+    if row is None:
+        return None
+    counts = await _task_counts(conn, [job_id])
+    return _job(row, counts[job_id])
+
+
+async def job_summary(conn: asyncpg.Connection, job_id: str) -> dict[str, object] | None:
+    """One job as `GET /jobs/{job_id}` shows it, JSON-safe, read on the caller's connection
+    (its search_path must name the read-model schema); None if the job is not there."""
+    job = await _load_job(conn, job_id)
+    return None if job is None else job.model_dump(mode="json")
 
 
 # --- routes -----------------------------------------------------------------
 
 router = APIRouter()
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}}
+_READS: dict[int | str, dict[str, Any]] = {
+    422: {"model": ValidationErrorBody, "description": "A bad query value"},
+    503: {"model": ErrorBody, "description": "The database is unavailable or not migrated"},
+}
+_ONE_JOB: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}, **_READS}
 Limit = Annotated[
     int, Query(ge=1, le=MAX_PAGE_SIZE, description=f"rows per page, 1..{MAX_PAGE_SIZE}")
 ]
@@ -419,7 +453,7 @@ async def healthz() -> Health:
     return Health()
 
 
-@router.get("/jobs")
+@router.get("/jobs", responses=_READS)
 async def list_jobs(
     read_models: ReadModels,
     status: Annotated[JobStatus | None, Query()] = None,
@@ -448,18 +482,17 @@ async def list_jobs(
     return JobPage(jobs=jobs, next_cursor=next_cursor)
 
 
-@router.get("/jobs/{job_id}", responses=_NOT_FOUND)
+@router.get("/jobs/{job_id}", responses=_ONE_JOB)
 async def get_job(job_id: JobId, read_models: ReadModels) -> Job:
     """One job with its task counts and progress."""
     async with read_models.connection() as conn:
-        row = await conn.fetchrow(_SQL["get_job"], job_id)
-        counts = await _task_counts(conn, [job_id] if row else [])
-    if row is None:
+        job = await _load_job(conn, job_id)
+    if job is None:
         raise HTTPException(404, f"job {job_id} not found")
-    return _job(row, counts[job_id])
+    return job
 
 
-@router.get("/jobs/{job_id}/tasks", responses=_NOT_FOUND)
+@router.get("/jobs/{job_id}/tasks", responses=_ONE_JOB)
 async def list_tasks(
     job_id: JobId,
     read_models: ReadModels,
@@ -489,7 +522,7 @@ async def list_tasks(
     return TaskPage(tasks=[Task(**dict(row)) for row in page], next_cursor=next_cursor)
 
 
-@router.get("/workers")
+@router.get("/workers", responses=_READS)
 async def list_workers(read_models: ReadModels) -> WorkerList:
     """Every worker the log has seen: active ones first."""
     async with read_models.connection() as conn:
@@ -497,7 +530,7 @@ async def list_workers(read_models: ReadModels) -> WorkerList:
     return WorkerList(workers=[Worker(**dict(row)) for row in rows])
 
 
-@router.get("/results")
+@router.get("/results", responses=_READS)
 async def list_results(
     read_models: ReadModels,
     day: Annotated[date | None, Query(description="UTC day the task finished, YYYY-MM-DD")] = None,

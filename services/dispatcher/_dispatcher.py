@@ -67,7 +67,7 @@ class Dispatcher:
 
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_streams(self.bus.js)
-        await ensure_buckets(self.bus.js, liveness_ttl_s=max(3600.0, 4 * self.lease_s))
+        await ensure_buckets(self.bus.js)
         snapshots = await self.bus.js.key_value(DISPATCHER_BUCKET)
         await self._load(snapshots)
         source = EventSource(self.bus, start_seq=self.state.last_seq + 1)

@@ -105,7 +105,9 @@ class NatsServer:
                 url: str = ports["nats"][0]
                 return int(url.rsplit(":", 1)[1])
             time.sleep(0.02)
-        raise JobstreamError(f"nats-server did not start in {START_TIMEOUT_S}s; see {self.log_file}")
+        raise JobstreamError(
+            f"nats-server did not start in {START_TIMEOUT_S}s; see {self.log_file}"
+        )
 
     def stop(self, *, timeout_s: float = 10.0) -> None:
         if self.process is None or self.process.poll() is not None:

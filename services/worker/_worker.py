@@ -165,6 +165,15 @@ class Worker:
         psub = await js.pull_subscribe_bind(
             durable=worker_consumer_name(self.options.queue), stream=TASKS_STREAM
         )
+        try:
+            await self._fetch_until_stopped(js, psub, stop)
+        finally:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await psub.unsubscribe()
+
+    async def _fetch_until_stopped(
+        self, js: JetStreamContext, psub: JetStreamContext.PullSubscription, stop: asyncio.Event
+    ) -> None:
         failures = 0
         while not stop.is_set():
             free = self.options.concurrency - len(self._inflight)
