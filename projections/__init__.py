@@ -1,5 +1,34 @@
 """Projectors that turn the event log into PostgreSQL read models and NDJSON files."""
 
 from projections._migrate import DEFAULT_SCHEMA, migrate, quote_ident
+from projections._ndjson import (
+    NdjsonProjector,
+    ResultLine,
+    last_written_seq,
+    partition_path,
+    repair_partitions,
+    result_line,
+)
+from projections._postgres import DEFAULT_NAME, PostgresProjector, checkpoint
+from projections._queries import load_queries
+from projections._source import DEFAULT_BATCH_MAX, SourceItem, decode_item, event_batches
 
-__all__ = ["DEFAULT_SCHEMA", "migrate", "quote_ident"]
+__all__ = [
+    "DEFAULT_BATCH_MAX",
+    "DEFAULT_NAME",
+    "DEFAULT_SCHEMA",
+    "NdjsonProjector",
+    "PostgresProjector",
+    "ResultLine",
+    "SourceItem",
+    "checkpoint",
+    "decode_item",
+    "event_batches",
+    "last_written_seq",
+    "load_queries",
+    "migrate",
+    "partition_path",
+    "quote_ident",
+    "repair_partitions",
+    "result_line",
+]

@@ -1,0 +1,316 @@
+"""The NDJSON projector: one line per finished task in `results-YYYY-MM-DD.ndjson` files.
+
+A line carries its event's stream sequence, and that is the whole checkpoint. Lines are
+written in sequence order (a file is flushed and synced before the next one is written),
+so the lines on disk are always a prefix of the log, at worst followed by one torn line.
+On start the projector truncates torn or undecodable last lines and resumes after the
+highest sequence found: after a crash at any point no line is lost and none is doubled.
+"""
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import msgspec
+
+from events import (
+    TASK_EVENT_SUBJECTS,
+    Bus,
+    JobstreamError,
+    TaskDeadLettered,
+    TaskSucceeded,
+    backoff_s,
+    encode_into,
+)
+from projections._source import (
+    DEFAULT_BATCH_MAX,
+    SourceItem,
+    event_batches,
+    sleep_unless_stopped,
+)
+
+log = logging.getLogger(__name__)
+
+FILE_PREFIX = "results-"
+FILE_SUFFIX = ".ndjson"
+LOCK_FILE = ".ndjson-projector.lock"
+READ_CHUNK = 64 * 1024
+RETRY_CAP_S = 5.0
+
+
+class ResultLine(msgspec.Struct, kw_only=True):
+    """One finished task: a line of a results file."""
+
+    seq: int
+    at: datetime
+    job_id: str
+    task_id: str
+    kind: str
+    status: str  # succeeded | dead_lettered
+    inputs: dict[str, Any]
+    output: Any
+    worker_id: str
+    attempts: int
+    duration_s: float | None
+    error: str | None
+
+
+class _Seq(msgspec.Struct):
+    seq: int
+
+
+_seq_decoder = msgspec.json.Decoder(_Seq)
+
+
+def _utc(at: datetime) -> datetime:
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def partition_path(results_dir: Path, at: datetime) -> Path:
+    """The file of the UTC day of `at`."""
+    return results_dir / f"{FILE_PREFIX}{_utc(at).date().isoformat()}{FILE_SUFFIX}"
+
+
+def result_line(item: SourceItem) -> ResultLine | None:
+    """The line of a `task.succeeded` or `task.dead_lettered` event; None for other items."""
+    match item.event:
+        case TaskSucceeded() as event:
+            return ResultLine(
+                seq=item.seq,
+                at=_utc(event.at),
+                job_id=event.job_id,
+                task_id=event.task_id,
+                kind=event.kind,
+                status="succeeded",
+                inputs=event.args,
+                output=event.result,
+                worker_id=event.worker_id,
+                attempts=event.attempt,
+                duration_s=event.duration_s,
+                error=None,
+            )
+        case TaskDeadLettered() as event:
+            return ResultLine(
+                seq=item.seq,
+                at=_utc(event.at),
+                job_id=event.job_id,
+                task_id=event.task_id,
+                kind=event.kind,
+                status="dead_lettered",
+                inputs=event.args,
+                output=None,
+                worker_id=event.worker_id,
+                attempts=event.attempts,
+                duration_s=None,
+                error=event.last_error or event.reason,
+            )
+        case _:
+            return None
+
+
+# --- recovery ------------------------------------------------------------------------------
+
+
+def partition_files(results_dir: Path) -> list[Path]:
+    return sorted(results_dir.glob(f"{FILE_PREFIX}*{FILE_SUFFIX}"))
+
+
+def _newline_before(f: BinaryIO, end: int) -> int:
+    """The position of the last b"\\n" in the file before `end`, or -1."""
+    pos = end
+    while pos > 0:
+        start = max(0, pos - READ_CHUNK)
+        f.seek(start)
+        found = f.read(pos - start).rfind(b"\n")
+        if found >= 0:
+            return start + found
+        pos = start
+    return -1
+
+
+def _decode_seq(line: bytes) -> int | None:
+    try:
+        return _seq_decoder.decode(line).seq
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+def _last_seq(f: BinaryIO, *, repair: bool) -> int:
+    """The seq of the last whole, decodable line (0: none), reading backwards from the end.
+
+    With `repair`, what follows that line (a torn or undecodable tail) is truncated.
+    """
+    end = f.seek(0, os.SEEK_END)
+    size = end
+    seq: int | None = None
+    while end > 0 and seq is None:
+        newline = _newline_before(f, end)
+        if newline != end - 1:  # a last line without its newline: torn
+            end = newline + 1
+            continue
+        start = _newline_before(f, newline) + 1
+        f.seek(start)
+        seq = _decode_seq(f.read(newline - start))
+        if seq is None:
+            end = start
+    if repair and end < size:
+        f.truncate(end)
+        f.flush()
+        os.fsync(f.fileno())
+        log.warning("%s: truncated %d bytes of a torn last line", f.name, size - end)
+    return seq or 0
+
+
+def last_written_seq(results_dir: Path) -> int:
+    """The highest stream sequence written to the results files (0: none). Reads only."""
+    last = 0
+    for path in partition_files(results_dir):
+        with path.open("rb") as f:
+            last = max(last, _last_seq(f, repair=False))
+    return last
+
+
+def repair_partitions(results_dir: Path) -> int:
+    """Truncate torn last lines of the results files; return `last_written_seq`."""
+    last = 0
+    for path in partition_files(results_dir):
+        with path.open("r+b") as f:
+            last = max(last, _last_seq(f, repair=True))
+    return last
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+class PartitionWriter:
+    """Appends lines to the day files, in order, syncing each file it leaves or finishes."""
+
+    def __init__(self, results_dir: Path) -> None:
+        self.results_dir = results_dir
+        self._files: dict[Path, BinaryIO] = {}
+        self._buffer = bytearray()
+
+    def write(self, lines: Sequence[ResultLine]) -> None:
+        """Append `lines` (in seq order) and make them durable."""
+        touched: list[Path] = []
+        for path, group in _runs(self.results_dir, lines):
+            if touched:  # leaving a file: what is written there must precede what follows
+                self._sync(touched[-1])
+            buffer = self._buffer
+            buffer.clear()
+            for line in group:
+                encode_into(line, buffer, -1)
+                buffer.extend(b"\n")
+            f = self._file(path)
+            f.write(buffer)
+            f.flush()
+            touched.append(path)
+        if touched:
+            self._sync(touched[-1])
+
+    def _file(self, path: Path) -> BinaryIO:
+        f = self._files.get(path)
+        if f is None:
+            for old in list(self._files.values()):  # one day at a time is the usual case
+                old.close()
+            self._files.clear()
+            f = self._files[path] = path.open("ab")
+        return f
+
+    def _sync(self, path: Path) -> None:
+        os.fsync(self._files[path].fileno())
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+
+def _runs(
+    results_dir: Path, lines: Sequence[ResultLine]
+) -> Iterator[tuple[Path, list[ResultLine]]]:
+    """Consecutive lines grouped by file, in order."""
+    group: list[ResultLine] = []
+    path: Path | None = None
+    for line in lines:
+        line_path = partition_path(results_dir, line.at)
+        if line_path != path and group:
+            assert path is not None
+            yield path, group
+            group = []
+        path = line_path
+        group.append(line)
+    if group:
+        assert path is not None
+        yield path, group
+
+
+@contextlib.contextmanager
+def _exclusive(results_dir: Path) -> Iterator[None]:
+    """One writer per results directory: a second one would double lines."""
+    with (results_dir / LOCK_FILE).open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise JobstreamError(f"another NDJSON projector writes to {results_dir}") from exc
+        yield
+
+
+class NdjsonProjector:
+    """Writes the results of `evt.task.>` to `results_dir`, resuming after its last line."""
+
+    def __init__(self, bus: Bus, results_dir: Path, *, batch_max: int = DEFAULT_BATCH_MAX) -> None:
+        self.bus = bus
+        self.results_dir = results_dir
+        self.batch_max = batch_max
+        self.last_seq = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Project until `stop` is set. A failed write restarts from the files' last line."""
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        attempt = 0
+        with _exclusive(self.results_dir):
+            while not stop.is_set():
+                try:
+                    await self._project(stop)
+                except OSError as exc:
+                    attempt += 1
+                    log.error("writing results to %s: %s, retry %d", self.results_dir, exc, attempt)
+                    await sleep_unless_stopped(stop, backoff_s(attempt, cap_s=RETRY_CAP_S))
+
+    async def _project(self, stop: asyncio.Event) -> None:
+        start = await asyncio.to_thread(repair_partitions, self.results_dir)
+        self.last_seq = start
+        log.info("ndjson results in %s: resuming after seq %d", self.results_dir, start)
+        writer = PartitionWriter(self.results_dir)
+        batches = event_batches(
+            self.bus,
+            start_seq=start + 1,
+            stop=stop,
+            filter_subject=TASK_EVENT_SUBJECTS,
+            batch_max=self.batch_max,
+        )
+        try:
+            async with contextlib.aclosing(batches):
+                async for batch in batches:
+                    await self.write_batch(writer, batch)
+        finally:
+            writer.close()
+
+    async def write_batch(self, writer: PartitionWriter, items: Sequence[SourceItem]) -> None:
+        lines: list[ResultLine] = []
+        for item in items:
+            if item.error is not None:
+                log.warning("skipped seq %d on %s: %s", item.seq, item.subject, item.error)
+            line = result_line(item)
+            if line is not None:
+                lines.append(line)
+        if lines:
+            await asyncio.to_thread(writer.write, lines)
+        self.last_seq = items[-1].seq if items else self.last_seq

@@ -1,0 +1,510 @@
+"""The Postgres projector: the event log applied, batch by batch, to the read-model tables.
+
+Exactly once: each batch is one transaction that locks the projection's checkpoint row,
+skips the events at or below it, applies the rest and moves the checkpoint to the batch's
+last sequence. A crash at any point neither loses nor doubles an effect, a retried batch is
+a no-op, and two projectors of one name take turns.
+
+Fast: a round trip to the database costs far more than running a statement, so a batch is
+planned into rounds. The events of one round touch disjoint rows (or commute, like the
+counters of a worker), so within a round they are grouped by type and each group is one
+statement, its rows passed as one JSON array (`sql/projector.sql`); the rounds run in
+order. The result is the same as applying the events one by one in log order, whatever
+the batch boundaries, so a replay yields identical tables.
+
+Robust: a payload that is not an event is parked in `rejected_events`; an event the database
+refuses (a NUL character, a number out of range) is found by bisecting the batch under
+savepoints and parked there too, so no input stalls the projector.
+"""
+
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import aclosing
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple, TypeVar
+
+import asyncpg
+
+from events import (
+    Bus,
+    Event,
+    JobCancelled,
+    JobCompleted,
+    JobEvent,
+    JobFailed,
+    JobSubmitted,
+    TaskCancelled,
+    TaskDeadLettered,
+    TaskEvent,
+    TaskFailed,
+    TaskProgress,
+    TaskStarted,
+    TaskSucceeded,
+    WorkerEvent,
+    WorkerLost,
+    WorkerStarted,
+    WorkerStopped,
+    backoff_s,
+    encode,
+    task_id_for,
+)
+from projections._migrate import DEFAULT_SCHEMA, quote_ident
+from projections._queries import load_queries
+from projections._source import (
+    DEFAULT_BATCH_MAX,
+    SourceItem,
+    event_batches,
+    sleep_unless_stopped,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAME = "postgres"
+# A job.submitted that expands to more tasks than this is parked, not projected.
+MAX_JOB_TASKS = 1_000_000
+RETRY_CAP_S = 5.0
+
+T = TypeVar("T")
+
+# Errors caused by an event's values: the event is parked, the batch goes on.
+_DATA_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.ProgramLimitExceededError,
+)
+# Errors that pass: the same batch is tried again.
+_RETRY_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.TransactionRollbackError,
+)
+
+_Key = tuple[str, str]
+_Row = dict[str, Any]
+
+
+class RejectedEvent(ValueError):
+    """An event that decodes but cannot be projected."""
+
+
+class _Rewound(Exception):
+    """The checkpoint is below the last one this projector committed."""
+
+    def __init__(self, *, expected: int, found: int) -> None:
+        super().__init__(f"checkpoint {found}, expected at least {expected}")
+        self.expected = expected
+        self.found = found
+
+
+class Step(NamedTuple):
+    """What one event does: its `row` joins the JSON input of `query`.
+
+    `owned` rows must see every earlier event touching them applied first; `shared` rows
+    (a task's job, a worker) take commuting updates and only wait for their owner's events.
+    """
+
+    query: str
+    row: _Row
+    owned: Sequence[_Key]
+    shared: Sequence[_Key] = ()
+
+
+def _utc(at: datetime) -> datetime:
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
+
+
+def _attempt_start(event: TaskStarted | TaskSucceeded | TaskFailed) -> datetime:
+    """When the attempt began: a finish event without a started one counts back its duration."""
+    at = _utc(event.at)
+    if isinstance(event, TaskStarted):
+        return at
+    try:
+        return at - timedelta(seconds=max(0.0, event.duration_s))
+    except OverflowError:
+        return at
+
+
+# --- events to steps ---------------------------------------------------------------------
+
+
+def event_step(seq: int, event: Event) -> Step:
+    """The statement applying `event`; `RejectedEvent` if it cannot be projected."""
+    match event:
+        case JobSubmitted() | JobCancelled() | JobCompleted() | JobFailed():
+            return _job_step(seq, event)
+        case WorkerStarted() | WorkerStopped() | WorkerLost():
+            return _worker_step(seq, event)
+        case _:
+            return _task_step(seq, event)
+
+
+def _job_step(seq: int, event: JobEvent) -> Step:
+    if isinstance(event, JobSubmitted):
+        return _submitted_step(seq, event)
+    row: _Row = {"seq": seq, "at": _utc(event.at), "job_id": event.job_id}
+    match event:
+        case JobCancelled():
+            row |= {"status": "cancelled", "duration_s": None}
+        case JobCompleted():
+            row |= {"status": "completed", "duration_s": event.duration_s}
+        case JobFailed():
+            row |= {"status": "failed", "duration_s": event.duration_s}
+    return Step("job_finished", row, [("job", event.job_id)])
+
+
+def _submitted_step(seq: int, job: JobSubmitted) -> Step:
+    count = sum(max(0, spec.count) for spec in job.tasks)
+    if count > MAX_JOB_TASKS:
+        raise RejectedEvent(f"job {job.job_id} has {count} tasks, over {MAX_JOB_TASKS}")
+    tasks: list[_Row] = []
+    for spec in job.tasks:
+        for _ in range(spec.count):
+            index = len(tasks)
+            task_id = task_id_for(job.job_id, index)
+            tasks.append(
+                {"task_id": task_id, "task_index": index, "kind": spec.kind, "args": spec.args}
+            )
+    row: _Row = {
+        "seq": seq,
+        "at": _utc(job.at),
+        "job_id": job.job_id,
+        "name": job.name,
+        "queue": job.queue,
+        "priority": job.priority,
+        "total_tasks": len(tasks),
+        "max_attempts": job.max_attempts,
+        "timeout_s": job.timeout_s,
+        "idempotency_key": job.idempotency_key,
+        "submitted_by": job.submitted_by,
+        "labels": job.labels,
+        "tasks": tasks,
+    }
+    owned = [("job", job.job_id), *(("task", task["task_id"]) for task in tasks)]
+    return Step("job_submitted", row, owned)
+
+
+def _task_step(seq: int, event: TaskEvent) -> Step:
+    row: _Row = {"seq": seq, "at": _utc(event.at), "job_id": event.job_id, "task_id": event.task_id}
+    owned, job = [("task", event.task_id)], ("job", event.job_id)
+    match event:
+        case TaskStarted():
+            row |= {"worker_id": event.worker_id, "attempt": event.attempt}
+            return Step("task_started", row, owned, [job, ("worker", event.worker_id)])
+        case TaskProgress():
+            return Step("task_progress", row, owned, [job, ("worker", event.worker_id)])
+        case TaskSucceeded():
+            row |= {
+                "worker_id": event.worker_id,
+                "attempt": event.attempt,
+                "started_at": _attempt_start(event),
+                "duration_s": event.duration_s,
+                "kind": event.kind,
+                "args": event.args,
+                "result": event.result,
+            }
+            return Step("task_succeeded", row, owned, [job, ("worker", event.worker_id)])
+        case TaskFailed():
+            row |= {
+                "worker_id": event.worker_id,
+                "attempt": event.attempt,
+                "started_at": _attempt_start(event),
+                "duration_s": event.duration_s,
+                "error": event.error,
+            }
+            return Step("task_failed", row, owned, [job, ("worker", event.worker_id)])
+        case TaskDeadLettered():
+            row |= {
+                "worker_id": event.worker_id or None,
+                "attempts": event.attempts,
+                "kind": event.kind,
+                "args": event.args,
+                "error": event.last_error or event.reason,
+            }
+            return Step("task_dead_lettered", row, owned, [job])
+        case TaskCancelled():
+            return Step("task_cancelled", row, owned, [job])
+
+
+def _worker_step(seq: int, event: WorkerEvent) -> Step:
+    row: _Row = {"seq": seq, "at": _utc(event.at), "worker_id": event.worker_id}
+    match event:
+        case WorkerStarted():
+            row |= {
+                "host": event.host,
+                "pid": event.pid,
+                "queues": event.queues,
+                "concurrency": event.concurrency,
+                "version": event.version,
+            }
+            query = "worker_started"
+        case WorkerStopped():
+            query = "worker_stopped"
+        case WorkerLost():
+            row["last_seen_at"] = None if event.last_seen is None else _utc(event.last_seen)
+            query = "worker_lost"
+    return Step(query, row, [("worker", event.worker_id)])
+
+
+# --- steps to rounds ---------------------------------------------------------------------
+
+
+class _Round:
+    """Steps that touch disjoint rows, grouped by query, and the sums for shared rows."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[_Row]] = {}
+        self.jobs: dict[str, _Row] = {}
+        self.workers: dict[str, _Row] = {}
+
+    def add(self, seq: int, event: Event, step: Step) -> None:
+        self.rows.setdefault(step.query, []).append(step.row)
+        if isinstance(event, TaskStarted | TaskSucceeded | TaskFailed):
+            self._job_running(seq, event.job_id, _attempt_start(event))
+        if isinstance(event, TaskStarted | TaskProgress | TaskSucceeded | TaskFailed):
+            self._worker_seen(seq, event)
+
+    def _job_running(self, seq: int, job_id: str, started_at: datetime) -> None:
+        job = self.jobs.get(job_id)
+        if job is None:
+            self.jobs[job_id] = {"job_id": job_id, "started_at": started_at, "seq": seq}
+        else:
+            job["started_at"] = min(job["started_at"], started_at)
+            job["seq"] = seq
+
+    def _worker_seen(
+        self, seq: int, event: TaskStarted | TaskProgress | TaskSucceeded | TaskFailed
+    ) -> None:
+        worker = self.workers.get(event.worker_id)
+        if worker is None:
+            worker = self.workers[event.worker_id] = {
+                "worker_id": event.worker_id,
+                "succeeded": 0,
+                "failed": 0,
+                "last_seen_at": _utc(event.at),
+            }
+        worker["succeeded"] += isinstance(event, TaskSucceeded)
+        worker["failed"] += isinstance(event, TaskFailed)
+        worker["last_seen_at"] = max(worker["last_seen_at"], _utc(event.at))
+        worker["seq"] = seq
+
+    def statements(self) -> Iterator[tuple[str, list[_Row]]]:
+        yield from self.rows.items()
+        if self.jobs:
+            yield "jobs_running", list(self.jobs.values())
+        if self.workers:
+            yield "workers_seen", list(self.workers.values())
+
+
+def plan_rounds(entries: Iterable[tuple[SourceItem, Event, Step]]) -> list[_Round]:
+    """Place each step in the first round after every earlier step it must follow."""
+    rounds: list[_Round] = []
+    last_touch: dict[_Key, int] = {}
+    last_owner: dict[_Key, int] = {}
+    for item, event, step in entries:
+        index = 0
+        for key in step.owned:
+            index = max(index, last_touch.get(key, -1) + 1)
+        for key in step.shared:
+            index = max(index, last_owner.get(key, -1) + 1)
+        if index == len(rounds):
+            rounds.append(_Round())
+        rounds[index].add(item.seq, event, step)
+        for key in step.owned:
+            last_touch[key] = last_owner[key] = index
+        for key in step.shared:
+            if last_touch.get(key, -1) < index:
+                last_touch[key] = index
+    return rounds
+
+
+# --- the projector -----------------------------------------------------------------------
+
+
+class _Parked(NamedTuple):
+    seq: int
+    subject: str
+    error: str
+    payload: bytes
+
+
+def _parked(item: SourceItem, error: object) -> _Parked:
+    return _Parked(item.seq, item.subject, str(error), item.data)
+
+
+def _sort_out(
+    items: Sequence[SourceItem],
+) -> tuple[list[tuple[SourceItem, Event, Step]], list[_Parked]]:
+    entries: list[tuple[SourceItem, Event, Step]] = []
+    parked: list[_Parked] = []
+    for item in items:
+        if item.event is None:
+            parked.append(_parked(item, item.error))
+            continue
+        try:
+            entries.append((item, item.event, event_step(item.seq, item.event)))
+        except RejectedEvent as exc:
+            parked.append(_parked(item, exc))
+    return entries, parked
+
+
+async def checkpoint(
+    pool: asyncpg.Pool, *, schema: str = DEFAULT_SCHEMA, name: str = DEFAULT_NAME
+) -> int:
+    """The last stream sequence projection `name` applied to `schema` (0: none yet)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(f"SET LOCAL search_path TO {quote_ident(schema)}")
+        last = await conn.fetchval(load_queries()["read_checkpoint"], name)
+    return int(last) if last is not None else 0
+
+
+class PostgresProjector:
+    """Applies `evt.>` to the read models in `schema`, from its checkpoint on, until stopped."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        pool: asyncpg.Pool,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        name: str = DEFAULT_NAME,
+        batch_max: int = DEFAULT_BATCH_MAX,
+    ) -> None:
+        self.bus = bus
+        self.pool = pool
+        self.schema = schema
+        self.name = name
+        self.batch_max = batch_max
+        self.last_seq = 0
+        self._search_path = f"SET LOCAL search_path TO {quote_ident(schema)}"
+        self._queries = load_queries()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Project until `stop` is set; database outages are waited out, batch by batch."""
+        read = functools.partial(checkpoint, self.pool, schema=self.schema, name=self.name)
+        while not stop.is_set():
+            start = await self._retrying(read, stop)
+            if start is None:
+                break
+            log.info("projection %s into %s: resuming after seq %d", self.name, self.schema, start)
+            try:
+                await self._follow(start, stop)
+            except _Rewound as exc:
+                log.warning(
+                    "projection %s: the checkpoint went back from %d to %d (a database restored"
+                    " or crashed without its last commits); reading again from there",
+                    self.name,
+                    exc.expected,
+                    exc.found,
+                )
+        log.info("projection %s stopped after seq %d", self.name, self.last_seq)
+
+    async def _follow(self, start: int, stop: asyncio.Event) -> None:
+        self.last_seq = start
+        batches = event_batches(self.bus, start_seq=start + 1, stop=stop, batch_max=self.batch_max)
+        async with aclosing(batches):
+            async for batch in batches:
+                apply = functools.partial(self._apply_batch, batch, after=self.last_seq)
+                if await self._retrying(apply, stop) is None:
+                    return
+
+    async def apply_batch(self, items: Sequence[SourceItem]) -> int:
+        """Apply `items` (in log order) in one transaction; return the checkpoint after it.
+
+        Items at or below the checkpoint are skipped, so offering a batch twice is harmless.
+        """
+        if not items:
+            return await checkpoint(self.pool, schema=self.schema, name=self.name)
+        return await self._apply_batch(items, after=None)
+
+    async def _apply_batch(self, items: Sequence[SourceItem], *, after: int | None) -> int:
+        """`apply_batch`, first checking that the checkpoint is not below `after`."""
+        async with self.pool.acquire() as conn:
+            try:
+                last_seq, parked = await self._transaction(conn, items, after, isolate=False)
+            except _DATA_ERRORS as exc:
+                log.warning(
+                    "seq %d..%d: %s; looking for the event at fault",
+                    items[0].seq,
+                    items[-1].seq,
+                    exc,
+                )
+                last_seq, parked = await self._transaction(conn, items, after, isolate=True)
+        for rejected in parked:
+            log.warning("parked seq %d on %s: %s", rejected.seq, rejected.subject, rejected.error)
+        self.last_seq = last_seq
+        return last_seq
+
+    async def _transaction(
+        self,
+        conn: asyncpg.Connection,
+        items: Sequence[SourceItem],
+        after: int | None,
+        *,
+        isolate: bool,
+    ) -> tuple[int, list[_Parked]]:
+        async with conn.transaction():
+            await conn.execute(self._search_path)
+            last_seq: int = await conn.fetchval(self._queries["lock_checkpoint"], self.name)
+            if after is not None and last_seq < after:
+                raise _Rewound(expected=after, found=last_seq)
+            fresh = [item for item in items if item.seq > last_seq]
+            if not fresh:
+                return last_seq, []
+            entries, parked = _sort_out(fresh)
+            if isolate:
+                await self._apply_isolating(conn, entries, parked)
+            else:
+                await self._apply(conn, entries)
+            if parked:
+                await conn.executemany(self._queries["reject_event"], parked)
+            await conn.execute(self._queries["save_checkpoint"], self.name, fresh[-1].seq)
+            return fresh[-1].seq, parked
+
+    async def _apply(
+        self, conn: asyncpg.Connection, entries: Sequence[tuple[SourceItem, Event, Step]]
+    ) -> None:
+        for round_ in plan_rounds(entries):
+            for query, rows in round_.statements():
+                await conn.execute(self._queries[query], encode(rows).decode())
+
+    async def _apply_isolating(
+        self,
+        conn: asyncpg.Connection,
+        entries: Sequence[tuple[SourceItem, Event, Step]],
+        parked: list[_Parked],
+    ) -> None:
+        """Apply `entries` under savepoints, halving them on a data error to park its event."""
+        if not entries:
+            return
+        try:
+            async with conn.transaction():
+                await self._apply(conn, entries)
+        except _DATA_ERRORS as exc:
+            if len(entries) == 1:
+                parked.append(_parked(entries[0][0], exc))
+                return
+            middle = len(entries) // 2
+            await self._apply_isolating(conn, entries[:middle], parked)
+            await self._apply_isolating(conn, entries[middle:], parked)
+
+    async def _retrying(
+        self, operation: Callable[[], Awaitable[T]], stop: asyncio.Event
+    ) -> T | None:
+        """Run `operation` until it succeeds or `stop` is set (then None)."""
+        attempt = 0
+        while not stop.is_set():
+            try:
+                return await operation()
+            except _RETRY_ERRORS as exc:
+                if isinstance(exc, ValueError):  # asyncpg's client-side errors: a bug
+                    raise
+                attempt += 1
+                log.warning("projection %s: %r, retry %d", self.name, exc, attempt)
+            await sleep_unless_stopped(stop, backoff_s(attempt, cap_s=RETRY_CAP_S))
+        return None

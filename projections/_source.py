@@ -1,0 +1,282 @@
+"""Read the event log in batches through an ephemeral pull consumer that is recreated at need.
+
+The consumer has no acks (`ack_policy=none`): the reader's position is the last sequence it
+yielded, kept here and, durably, by the projector's checkpoint. When anything goes wrong (a
+server restart, a deleted consumer, a lost message, a JetStream leader change) the consumer
+is thrown away and a new one starts at the last yielded sequence + 1, so a batch never skips
+or repeats an event.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator
+from typing import NamedTuple
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from events import (
+    EVENT_SUBJECTS,
+    EVENTS_STREAM,
+    Bus,
+    DecodeError,
+    Event,
+    backoff_s,
+    decode_event,
+    is_transient,
+    new_id,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH_MAX = 1000
+# Batches read ahead while the caller applies one: fetching overlaps the caller's I/O.
+DEFAULT_PREFETCH = 1
+FETCH_TIMEOUT_S = 0.1
+INACTIVE_THRESHOLD_S = 30.0
+# After this long without a message, ask the server whether the consumer still exists.
+IDLE_CHECK_S = 5.0
+API_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S = 1.0
+CONSUMER_PREFIX = "projection-"
+
+
+class SourceItem(NamedTuple):
+    """One message of the log: decoded to `event`, or carrying the `error` that prevented it."""
+
+    seq: int
+    subject: str
+    data: bytes
+    event: Event | None
+    error: DecodeError | None
+
+
+class ConsumerLost(Exception):
+    """The consumer's deliveries can no longer be trusted to continue the log without a gap."""
+
+
+def decode_item(seq: int, subject: str, data: bytes) -> SourceItem:
+    try:
+        return SourceItem(seq, subject, data, decode_event(data), None)
+    except DecodeError as exc:
+        return SourceItem(seq, subject, data, None, exc)
+
+
+class _Reader:
+    """One ephemeral consumer and its subscription, positioned at `next_seq`."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        stream: str,
+        filter_subject: str,
+        next_seq: int,
+        batch_max: int,
+        fetch_timeout_s: float,
+        inactive_threshold_s: float,
+    ) -> None:
+        self.js = js
+        self.stream = stream
+        self.filter_subject = filter_subject
+        self.next_seq = next_seq
+        self.batch_max = batch_max
+        self.fetch_timeout_s = fetch_timeout_s
+        self.inactive_threshold_s = inactive_threshold_s
+        self.psub: JetStreamContext.PullSubscription | None = None
+        self.name = ""
+        self.lost = ""
+        self.consumer_seq = 0
+        self.last_fetch = 0.0
+        self.last_message = 0.0
+
+    async def open(self) -> None:
+        name = f"{CONSUMER_PREFIX}{new_id()}"
+        config = ConsumerConfig(
+            name=name,
+            description="jobstream projection reader",
+            filter_subject=self.filter_subject,
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.next_seq,
+            inactive_threshold=self.inactive_threshold_s,
+            mem_storage=True,
+            num_replicas=1,
+        )
+        await self.js.add_consumer(self.stream, config, timeout=API_TIMEOUT_S)
+        self.name = name
+        self.psub = await self.js.pull_subscribe_bind(name, stream=self.stream)
+        self.consumer_seq = 0
+        self.lost = ""
+        self.last_fetch = self.last_message = time.monotonic()
+        log.debug("reading %s from seq %d (consumer %s)", self.filter_subject, self.next_seq, name)
+
+    async def close(self) -> None:
+        """Unsubscribe and delete the consumer, best effort: the server drops it when idle."""
+        psub, self.psub = self.psub, None
+        if psub is None:
+            return
+        try:
+            await psub.unsubscribe()
+            await asyncio.wait_for(self.js.delete_consumer(self.stream, self.name), CLOSE_TIMEOUT_S)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.debug("closing consumer %s: %s", self.name, exc or type(exc).__name__)
+
+    async def fetch(self) -> list[SourceItem]:
+        """The next messages, in log order; [] when none came within the fetch timeout."""
+        assert self.psub is not None
+        if self.lost:
+            raise ConsumerLost(self.lost)
+        now = time.monotonic()
+        if now - self.last_fetch > self.inactive_threshold_s / 2:
+            # We were away long enough for the server to drop an idle consumer.
+            raise ConsumerLost(f"no fetch for {now - self.last_fetch:.1f}s")
+        self.last_fetch = now
+        try:
+            msgs = await self.psub.fetch(self.batch_max, timeout=self.fetch_timeout_s)
+        except TimeoutError:
+            await self._check_idle()
+            return []
+        self.last_message = self.last_fetch = time.monotonic()
+        return self._items(msgs)
+
+    async def _check_idle(self) -> None:
+        assert self.psub is not None
+        if time.monotonic() - self.last_message < IDLE_CHECK_S:
+            return
+        self.last_message = time.monotonic()
+        try:
+            await self.js.consumer_info(self.stream, self.name, timeout=API_TIMEOUT_S)
+        except nats.js.errors.NotFoundError as exc:
+            raise ConsumerLost("the consumer is gone") from exc
+
+    def _items(self, msgs: list[Msg]) -> list[SourceItem]:
+        items: list[SourceItem] = []
+        for msg in msgs:
+            meta = msg.metadata
+            stream_seq, consumer_seq = meta.sequence.stream, meta.sequence.consumer
+            if consumer_seq != self.consumer_seq + 1:
+                # A delivery was lost (reconnect, slow consumer): yield what came before it.
+                self.lost = (
+                    f"consumer sequence {consumer_seq} after {self.consumer_seq}"
+                    f" (stream sequence {stream_seq}, expected at least {self.next_seq})"
+                )
+                break
+            self.consumer_seq = consumer_seq
+            if stream_seq < self.next_seq:
+                continue
+            self.next_seq = stream_seq + 1
+            items.append(decode_item(stream_seq, msg.subject, msg.data))
+        return items
+
+
+async def event_batches(
+    bus: Bus,
+    *,
+    start_seq: int,
+    stop: asyncio.Event,
+    filter_subject: str = EVENT_SUBJECTS,
+    batch_max: int = DEFAULT_BATCH_MAX,
+    prefetch: int = DEFAULT_PREFETCH,
+    fetch_timeout_s: float = FETCH_TIMEOUT_S,
+    inactive_threshold_s: float = INACTIVE_THRESHOLD_S,
+    stream: str = EVENTS_STREAM,
+) -> AsyncGenerator[list[SourceItem], None]:
+    """Yield non-empty batches of the log from stream sequence `start_seq` on, until `stop`.
+
+    Batches hold up to `batch_max` items, as many as the server has ready: large under load,
+    small when idle. Up to `prefetch` batches are read ahead while the caller works on one.
+    Transient failures are retried forever with backoff; reading resumes at the sequence
+    after the last one read. Close the generator (`contextlib.aclosing`) to delete its
+    consumer at once.
+    """
+    reader = _Reader(
+        bus.js,
+        stream=stream,
+        filter_subject=filter_subject,
+        next_seq=max(1, start_seq),
+        batch_max=batch_max,
+        fetch_timeout_s=fetch_timeout_s,
+        inactive_threshold_s=inactive_threshold_s,
+    )
+    batches = _read(reader, stop)
+    if prefetch > 0:
+        batches = _ahead(batches, prefetch)
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            yield batch
+
+
+async def _read(reader: _Reader, stop: asyncio.Event) -> AsyncGenerator[list[SourceItem], None]:
+    failures = 0
+    try:
+        while not stop.is_set():
+            try:
+                if reader.psub is None:
+                    await reader.open()
+                batch = await reader.fetch()
+            except Exception as exc:
+                failures += 1
+                await _recover(reader, exc, failures, stop)
+                continue
+            failures = 0
+            if batch:
+                yield batch
+    finally:
+        await reader.close()
+
+
+async def _ahead(
+    batches: AsyncGenerator[list[SourceItem], None], depth: int
+) -> AsyncGenerator[list[SourceItem], None]:
+    """Run `batches` in a task that stays up to `depth` batches ahead of the caller."""
+    queue: asyncio.Queue[list[SourceItem]] = asyncio.Queue(depth)
+
+    async def pump() -> None:
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                await queue.put(batch)
+
+    pumping = asyncio.create_task(pump())
+    try:
+        while True:
+            getting = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getting, pumping}, return_when=asyncio.FIRST_COMPLETED)
+            if getting.done():
+                yield getting.result()
+                continue
+            getting.cancel()
+            while not queue.empty():
+                yield queue.get_nowait()
+            pumping.result()  # the reader's error, if it failed
+            return
+    finally:
+        pumping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pumping
+
+
+async def _recover(reader: _Reader, exc: Exception, failures: int, stop: asyncio.Event) -> None:
+    """Log `exc`, drop the consumer and wait before the next one; re-raise programming errors."""
+    if isinstance(exc, ConsumerLost):
+        log.info("recreating the consumer at seq %d: %s", reader.next_seq, exc)
+    elif is_transient(exc):
+        log.warning("reading the log: %s, retry %d", type(exc).__name__, failures)
+    elif isinstance(exc, nats.errors.Error):
+        log.error("reading the log: %s, retry %d", exc, failures)
+    else:
+        raise exc
+    await reader.close()
+    if failures > 1:
+        await sleep_unless_stopped(stop, backoff_s(failures))
+
+
+async def sleep_unless_stopped(stop: asyncio.Event, delay_s: float) -> None:
+    """Wait `delay_s`, or less if `stop` gets set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay_s)

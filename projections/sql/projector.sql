@@ -1,0 +1,341 @@
+-- Queries of the Postgres projector, loaded once by projections/_queries.py.
+-- Each block starts with "-- name: <name>". They run inside the batch transaction with
+-- search_path set to the projection's schema.
+--
+-- One block per event type, run once per "round" of a batch (see projections/_postgres.py)
+-- for all the events of that type in the round: $1 is a JSON array of one object per event,
+-- unpacked into the rows of `e`. Events of one round touch disjoint rows, so their order
+-- within the round does not matter and no statement touches a row twice. The effects of
+-- task events on the shared job and worker rows are summed per round in `jobs_running`
+-- and `workers_seen`. Within one statement no two CTEs touch the same row (they all see
+-- the snapshot taken before the statement).
+--
+-- A terminal task state (succeeded, dead_lettered, cancelled) or job status (completed,
+-- failed, cancelled) is never left. Events whose rows are missing match nothing.
+
+
+-- name: lock_checkpoint
+-- $1 projection. Creates the checkpoint row if missing, locks it until commit (projectors
+-- sharing a name take turns) and returns the last applied sequence.
+INSERT INTO projection_checkpoints AS c (projection, last_seq)
+VALUES ($1, 0)
+ON CONFLICT (projection) DO UPDATE SET projection = c.projection
+RETURNING c.last_seq;
+
+
+-- name: save_checkpoint
+-- $1 projection, $2 last applied sequence
+UPDATE projection_checkpoints SET last_seq = $2, updated_at = now() WHERE projection = $1;
+
+
+-- name: read_checkpoint
+-- $1 projection
+SELECT last_seq FROM projection_checkpoints WHERE projection = $1;
+
+
+-- name: reject_event
+-- $1 seq, $2 subject, $3 error, $4 payload
+INSERT INTO rejected_events (seq, subject, error, payload)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (seq) DO NOTHING;
+
+
+-- name: job_submitted
+-- A second job.submitted for a known job id changes nothing, its tasks included.
+WITH e AS (
+    SELECT *
+    FROM json_to_recordset($1::json) AS e (
+        seq bigint, at timestamptz, job_id text, name text, queue text, priority integer,
+        total_tasks integer, max_attempts integer, timeout_s float8, idempotency_key text,
+        submitted_by text, labels jsonb, tasks json
+    )
+),
+job AS (
+    INSERT INTO jobs (
+        job_id, name, queue, priority, status, total_tasks, max_attempts, timeout_s,
+        idempotency_key, submitted_by, labels, submitted_at, submitted_seq, updated_seq
+    )
+    SELECT
+        e.job_id, e.name, e.queue, e.priority, 'queued', e.total_tasks, e.max_attempts,
+        e.timeout_s, e.idempotency_key, e.submitted_by, e.labels, e.at, e.seq, e.seq
+    FROM e
+    ON CONFLICT (job_id) DO NOTHING
+    RETURNING job_id
+)
+INSERT INTO tasks (task_id, job_id, task_index, kind, args, state, updated_seq)
+SELECT t.task_id, e.job_id, t.task_index, t.kind, t.args, 'queued', e.seq
+FROM e
+JOIN job ON job.job_id = e.job_id
+CROSS JOIN json_to_recordset(e.tasks) AS t (task_id text, task_index integer, kind text, args jsonb)
+ON CONFLICT (task_id) DO NOTHING;
+
+
+-- name: job_finished
+-- status: completed | failed | cancelled; duration_s NULL: the time since submission.
+WITH e AS (
+    SELECT *
+    FROM json_to_recordset($1::json)
+        AS e (seq bigint, at timestamptz, job_id text, status text, duration_s float8)
+)
+UPDATE jobs
+SET status = e.status,
+    finished_at = e.at,
+    duration_s = coalesce(e.duration_s, extract(epoch FROM e.at - jobs.submitted_at)),
+    updated_seq = e.seq
+FROM e
+WHERE jobs.job_id = e.job_id
+  AND jobs.status NOT IN ('completed', 'failed', 'cancelled');
+
+
+-- name: jobs_running
+-- One row per job: the sum of a round's task.started, .succeeded and .failed events of the
+-- job, with the earliest attempt start. A queued job is now running.
+WITH e AS (
+    SELECT *
+    FROM json_to_recordset($1::json) AS e (job_id text, started_at timestamptz, seq bigint)
+)
+UPDATE jobs
+SET status = CASE jobs.status WHEN 'queued' THEN 'running' ELSE jobs.status END,
+    started_at = least(jobs.started_at, e.started_at),
+    updated_seq = greatest(jobs.updated_seq, e.seq)
+FROM e
+WHERE jobs.job_id = e.job_id
+  AND (jobs.status = 'queued' OR jobs.started_at IS NULL OR jobs.started_at > e.started_at);
+
+
+-- name: task_started
+-- An earlier attempt still running never reported an outcome: its lease expired.
+WITH e AS (
+    SELECT *
+    FROM json_to_recordset($1::json) AS e (
+        seq bigint, at timestamptz, job_id text, task_id text, worker_id text, attempt integer
+    )
+),
+task AS (
+    UPDATE tasks
+    SET state = 'running', attempts = e.attempt, worker_id = e.worker_id,
+        started_at = e.at, updated_seq = e.seq
+    FROM e
+    WHERE tasks.task_id = e.task_id
+      AND tasks.state NOT IN ('succeeded', 'dead_lettered', 'cancelled')
+),
+abandoned AS (
+    UPDATE task_attempts AS a
+    SET outcome = 'failed', error = 'lease expired', finished_at = e.at
+    FROM e
+    WHERE a.task_id = e.task_id AND a.attempt < e.attempt AND a.outcome = 'running'
+)
+INSERT INTO task_attempts (task_id, attempt, job_id, worker_id, outcome, started_at)
+SELECT e.task_id, e.attempt, e.job_id, e.worker_id, 'running', e.at
+FROM e
+ON CONFLICT (task_id, attempt) DO NOTHING;
+
+
+-- name: task_progress
+WITH e AS (
+    SELECT * FROM json_to_recordset($1::json) AS e (seq bigint, task_id text)
+)
+UPDATE tasks
+SET updated_seq = e.seq
+FROM e
+WHERE tasks.task_id = e.task_id
+  AND tasks.state NOT IN ('succeeded', 'dead_lettered', 'cancelled');
+
+
+-- name: task_succeeded
+-- started_at: when the attempt started. The result's inputs are the event's args, else the
+-- task's.
+WITH e AS (
+    SELECT *
+    FROM json_to_recordset($1::json) AS e (
+        seq bigint, at timestamptz, job_id text, task_id text, worker_id text,
+        attempt integer, started_at timestamptz, duration_s float8, kind text, args jsonb,
+        result jsonb
+    )
+),
+task AS (
+    UPDATE tasks
+    SET state = 'succeeded', attempts = e.attempt, worker_id = e.worker_id,
+        result = e.result, error = NULL,
+        started_at = CASE
+            WHEN tasks.attempts = e.attempt AND tasks.started_at IS NOT NULL
+                THEN tasks.started_at
+            ELSE e.started_at
+        END,
+        finished_at = e.at, duration_s = e.duration_s, updated_seq = e.seq
+    FROM e
+    WHERE tasks.task_id = e.task_id
+      AND tasks.state NOT IN ('succeeded', 'dead_lettered', 'cancelled')
+),
+attempt AS (
+    INSERT INTO task_attempts AS a (
+        task_id, attempt, job_id, worker_id, outcome, started_at, finished_at, duration_s
+    )
+    SELECT
+        e.task_id, e.attempt, e.job_id, e.worker_id, 'succeeded', e.started_at, e.at,
+        e.duration_s
+    FROM e
+    ON CONFLICT (task_id, attempt) DO UPDATE
+    SET worker_id = excluded.worker_id, outcome = excluded.outcome, error = NULL,
+        started_at = coalesce(a.started_at, excluded.started_at),
+        finished_at = excluded.finished_at, duration_s = excluded.duration_s
+)
+INSERT INTO results (
+    task_id, job_id, kind, inputs, output, processed_by, duration_s, status, error,
+    attempts, finished_at, seq
+)
+SELECT
+    e.task_id, e.job_id, e.kind,
+    coalesce(
+        nullif(e.args, '{}'::jsonb),
+        (SELECT tasks.args FROM tasks WHERE tasks.task_id = e.task_id),
+        '{}'::jsonb
+    ),
+    e.result, e.worker_id, e.duration_s, 'succeeded', NULL, e.attempt, e.at, e.seq
+FROM e
+ON CONFLICT (task_id) DO NOTHING;
+
+
+-- name: task_failed
+-- Not terminal: a retry or a dead letter follows. started_at: when the attempt started.
+WITH e AS (
+    SELECT *
+    FROM json_to_recordset($1::json) AS e (
+        seq bigint, at timestamptz, job_id text, task_id text, worker_id text,
+        attempt integer, started_at timestamptz, duration_s float8, error text
+    )
+),
+task AS (
+    UPDATE tasks
+    SET state = 'failed', attempts = e.attempt, worker_id = e.worker_id, error = e.error,
+        updated_seq = e.seq
+    FROM e
+    WHERE tasks.task_id = e.task_id
+      AND tasks.state NOT IN ('succeeded', 'dead_lettered', 'cancelled')
+)
+INSERT INTO task_attempts AS a (
+    task_id, attempt, job_id, worker_id, outcome, error, started_at, finished_at, duration_s
+)
+SELECT
+    e.task_id, e.attempt, e.job_id, e.worker_id, 'failed', e.error, e.started_at, e.at,
+    e.duration_s
+FROM e
+ON CONFLICT (task_id, attempt) DO UPDATE
+SET worker_id = excluded.worker_id, outcome = excluded.outcome, error = excluded.error,
+    started_at = coalesce(a.started_at, excluded.started_at),
+    finished_at = excluded.finished_at, duration_s = excluded.duration_s;
+
+
+-- name: task_dead_lettered
+-- worker_id NULL: unknown. error: the last error, else the reason. Attempts still running
+-- end as failed.
+WITH e AS (
+    SELECT *
+    FROM json_to_recordset($1::json) AS e (
+        seq bigint, at timestamptz, job_id text, task_id text, worker_id text,
+        attempts integer, kind text, args jsonb, error text
+    )
+),
+task AS (
+    UPDATE tasks
+    SET state = 'dead_lettered', attempts = e.attempts,
+        worker_id = coalesce(e.worker_id, tasks.worker_id), error = e.error,
+        finished_at = e.at, updated_seq = e.seq
+    FROM e
+    WHERE tasks.task_id = e.task_id
+      AND tasks.state NOT IN ('succeeded', 'dead_lettered', 'cancelled')
+),
+abandoned AS (
+    UPDATE task_attempts AS a
+    SET outcome = 'failed', error = e.error, finished_at = e.at
+    FROM e
+    WHERE a.task_id = e.task_id AND a.outcome = 'running'
+)
+INSERT INTO results (
+    task_id, job_id, kind, inputs, output, processed_by, duration_s, status, error,
+    attempts, finished_at, seq
+)
+SELECT
+    e.task_id, e.job_id, e.kind,
+    coalesce(
+        nullif(e.args, '{}'::jsonb),
+        (SELECT tasks.args FROM tasks WHERE tasks.task_id = e.task_id),
+        '{}'::jsonb
+    ),
+    NULL, coalesce(e.worker_id, ''), NULL, 'dead_lettered', e.error, e.attempts, e.at, e.seq
+FROM e
+ON CONFLICT (task_id) DO NOTHING;
+
+
+-- name: task_cancelled
+WITH e AS (
+    SELECT * FROM json_to_recordset($1::json) AS e (seq bigint, at timestamptz, task_id text)
+)
+UPDATE tasks
+SET state = 'cancelled', finished_at = e.at, updated_seq = e.seq
+FROM e
+WHERE tasks.task_id = e.task_id
+  AND tasks.state NOT IN ('succeeded', 'dead_lettered', 'cancelled');
+
+
+-- name: worker_started
+-- A restarted worker keeps its counters.
+INSERT INTO workers AS w (
+    worker_id, host, pid, queues, concurrency, version, state, started_at, last_seen_at,
+    updated_seq
+)
+SELECT
+    e.worker_id, e.host, e.pid, e.queues, e.concurrency, e.version, 'active', e.at, e.at,
+    e.seq
+FROM json_to_recordset($1::json) AS e (
+    seq bigint, at timestamptz, worker_id text, host text, pid integer, queues text[],
+    concurrency integer, version text
+)
+ON CONFLICT (worker_id) DO UPDATE
+SET host = excluded.host, pid = excluded.pid, queues = excluded.queues,
+    concurrency = excluded.concurrency, version = excluded.version, state = 'active',
+    started_at = excluded.started_at,
+    last_seen_at = greatest(w.last_seen_at, excluded.last_seen_at),
+    stopped_at = NULL, updated_seq = excluded.updated_seq;
+
+
+-- name: worker_stopped
+WITH e AS (
+    SELECT * FROM json_to_recordset($1::json) AS e (seq bigint, at timestamptz, worker_id text)
+)
+UPDATE workers
+SET state = 'stopped', stopped_at = e.at,
+    last_seen_at = greatest(workers.last_seen_at, e.at), updated_seq = e.seq
+FROM e
+WHERE workers.worker_id = e.worker_id;
+
+
+-- name: worker_lost
+-- last_seen_at NULL: unknown. Only an active worker is lost.
+WITH e AS (
+    SELECT *
+    FROM json_to_recordset($1::json)
+        AS e (seq bigint, at timestamptz, worker_id text, last_seen_at timestamptz)
+)
+UPDATE workers
+SET state = 'lost', last_seen_at = coalesce(e.last_seen_at, workers.last_seen_at),
+    updated_seq = e.seq
+FROM e
+WHERE workers.worker_id = e.worker_id AND workers.state = 'active';
+
+
+-- name: workers_seen
+-- One row per worker: the sum of a round's task.started, .progress, .succeeded and .failed
+-- events of the worker. A worker known only from its task events gets a row, shown active.
+INSERT INTO workers AS w (
+    worker_id, state, tasks_succeeded, tasks_failed, last_seen_at, updated_seq
+)
+SELECT e.worker_id, 'active', e.succeeded, e.failed, e.last_seen_at, e.seq
+FROM json_to_recordset($1::json) AS e (
+    worker_id text, succeeded bigint, failed bigint, last_seen_at timestamptz, seq bigint
+)
+ON CONFLICT (worker_id) DO UPDATE
+SET tasks_succeeded = w.tasks_succeeded + excluded.tasks_succeeded,
+    tasks_failed = w.tasks_failed + excluded.tasks_failed,
+    last_seen_at = greatest(w.last_seen_at, excluded.last_seen_at),
+    updated_seq = greatest(w.updated_seq, excluded.updated_seq);
