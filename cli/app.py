@@ -352,6 +352,29 @@ def submit(
 
 
 @app.command()
+def cancel(
+    job_id: Annotated[str, typer.Argument(help="The job to cancel.")],
+    reason: Annotated[str, typer.Option(help="Recorded in the job.cancelled event.")] = "",
+    nats_url: NatsUrlOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+) -> None:
+    """Cancel a job: its queued tasks are purged, running ones stop within a lease tick."""
+    from cli._jobs import cancel_job
+
+    endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
+
+    async def main() -> None:
+        bus = await connect_bus(endpoints.nats_urls, name="jobstream-cancel")
+        try:
+            await cancel_job(bus, job_id, reason=reason)
+        finally:
+            await bus.close()
+
+    run(main())
+    typer.echo(f"job {job_id} cancelled")
+
+
+@app.command()
 def status(
     job_id: Annotated[str, typer.Argument(help="The job id that submit printed.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

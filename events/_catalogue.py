@@ -208,3 +208,8 @@ def expand_tasks(job: JobSubmitted) -> list[TaskMessage]:
                 )
             )
     return messages
+
+
+def event_type(event: Event) -> str:
+    """The event's wire name, such as `task.succeeded`."""
+    return str(type(event).__struct_config__.tag)

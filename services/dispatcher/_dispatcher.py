@@ -14,6 +14,8 @@ import nats.js.kv
 from events import (
     DISPATCHER_BUCKET,
     LIVENESS_BUCKET,
+    TASKS_STREAM,
+    TERMINAL_TASK_EVENTS,
     Bus,
     ConflictError,
     Event,
@@ -32,7 +34,11 @@ from events import (
     ensure_streams,
     expand_tasks,
     is_transient,
+    job_queue_purge_subject,
+    task_event_subject,
+    task_id_for,
     utc_now,
+    with_retry,
 )
 from events._source import EventSource, LogEntry
 from services.dispatcher._state import (
@@ -48,6 +54,7 @@ log = logging.getLogger(__name__)
 STATE_KEY = "state"
 SNAPSHOT_INTERVAL_S = 1.0
 PUBLISH_WINDOW = 256
+CANCEL_CONCURRENCY = 64
 
 
 class _Liveness(msgspec.Struct):
@@ -126,7 +133,10 @@ class Dispatcher:
                 finished = self.state.on_task_ended(event)
                 if finished is not None:
                     await self._end_job(finished)
-            case JobCompleted() | JobFailed() | JobCancelled():
+            case JobCancelled():
+                await self._cancel_job(event)
+                self.state.on_job_ended(event)
+            case JobCompleted() | JobFailed():
                 self.state.on_job_ended(event)
             case WorkerStarted():
                 self.state.workers[event.worker_id] = _live_worker(seq, event)
@@ -183,6 +193,44 @@ class Dispatcher:
             log.info("job %s was already ended", job.job_id)
         self.state.jobs.pop(job.job_id, None)
         log.info("job %s ended: %s", job.job_id, type(event).__name__)
+
+    # --- cancellation --------------------------------------------------------------
+
+    async def _cancel_job(self, event: JobCancelled) -> None:
+        """Purge the job's queued task messages, then end every task that has not ended.
+
+        Each `task.cancelled` is fenced on the task's subject, so it never lands after a
+        worker's ending; running tasks see it at their next lease tick and stop.
+        """
+        job = self.state.jobs.get(event.job_id)
+        if job is None:
+            return
+        subject = job_queue_purge_subject(job.job_id)
+        await with_retry(
+            lambda: self.bus.js.purge_stream(TASKS_STREAM, subject=subject), what="purge"
+        )
+        task_ids = [task_id_for(job.job_id, index) for index in range(job.total)]
+        for start in range(0, len(task_ids), CANCEL_CONCURRENCY):
+            chunk = task_ids[start : start + CANCEL_CONCURRENCY]
+            await asyncio.gather(*(self._cancel_task(job.job_id, t, event.reason) for t in chunk))
+        log.info("job %s cancelled", job.job_id)
+
+    async def _cancel_task(self, job_id: str, task_id: str, reason: str) -> None:
+        subject = task_event_subject(job_id, task_id)
+        while True:
+            last = await self.bus.last_on_subject(subject)
+            if last is not None and isinstance(last[1], TERMINAL_TASK_EVENTS):
+                return
+            cancelled = TaskCancelled(
+                id=derived_id(task_id, "cancelled"), job_id=job_id, task_id=task_id, reason=reason
+            )
+            try:
+                await self.bus.publish_event(
+                    cancelled, expected_last_subject_seq=last[0] if last is not None else 0
+                )
+                return
+            except ConflictError:
+                continue  # a worker wrote meanwhile: look again
 
     # --- worker liveness --------------------------------------------------------
 

@@ -26,6 +26,7 @@ from events import (
     ConflictError,
     DecodeError,
     Event,
+    TaskCancelled,
     TaskDeadLettered,
     TaskFailed,
     TaskMessage,
@@ -95,6 +96,7 @@ class _Attempt:
     attempt: int
     subject: str
     expected_seq: int
+    cancelled: bool = False
 
 
 class Worker:
@@ -282,7 +284,7 @@ class Worker:
         )
         started = time.monotonic()
         runner = asyncio.create_task(self._call_handler(task, ctx))
-        lease = asyncio.create_task(self._extend_lease(state.msg))
+        lease = asyncio.create_task(self._extend_lease(state, runner))
         try:
             done, _ = await asyncio.wait({runner}, timeout=self.options.started_event_after_s)
             if not done:
@@ -302,6 +304,10 @@ class Worker:
             raise
         except asyncio.CancelledError:
             runner.cancel()
+            if state.cancelled and not _being_cancelled():
+                log.info("task %s cancelled while running; stopped", task.task_id)
+                await state.msg.ack()
+                return
             raise
         except Exception as exc:
             await self._on_failure(state, exc, time.monotonic() - started)
@@ -338,13 +344,24 @@ class Worker:
         except TimeoutError:
             raise TimeoutError(f"timed out after {task.timeout_s}s") from None
 
-    async def _extend_lease(self, msg: Msg) -> None:
-        """The ack deadline is the heartbeat: extend it at a third of the lease while running."""
+    async def _extend_lease(self, state: _Attempt, runner: asyncio.Task[Any]) -> None:
+        """The ack deadline is the heartbeat: extend it at a third of the lease while the
+        handler runs, and look for a cancel of the task at the same tick."""
         interval = max(0.1, self.options.lease_s / 3)
         while True:
             await asyncio.sleep(interval)
             with contextlib.suppress(nats.errors.Error):
-                await msg.in_progress()
+                await state.msg.in_progress()
+            try:
+                last = await self.bus.last_on_subject(state.subject)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                continue
+            if last is not None and isinstance(last[1], TaskCancelled):
+                state.cancelled = True
+                runner.cancel()
+                return
 
     async def _on_failure(self, state: _Attempt, exc: Exception, duration_s: float) -> None:
         error = f"{type(exc).__name__}: {exc}"
@@ -427,3 +444,9 @@ class Worker:
 
     async def _publish(self, event: Event) -> None:
         await self.bus.publish_event(event)
+
+
+def _being_cancelled() -> bool:
+    """True when the current task itself is being cancelled (a shutdown), not just its handler."""
+    current = asyncio.current_task()
+    return current is not None and current.cancelling() > 0
