@@ -78,8 +78,13 @@ def init(
     queue: QueueOption = "default",
     schema: SchemaOption = DEFAULT_SCHEMA,
     replicas: Annotated[
-        int, typer.Option(min=1, max=5, help="Stream replicas (3 on a cluster).")
-    ] = 1,
+        int | None,
+        typer.Option(
+            min=1,
+            max=5,
+            help="Stream replicas (3 on a cluster). Default: keep the existing count, 1 if new.",
+        ),
+    ] = None,
 ) -> None:
     """Create the streams, the queue's consumer, the buckets and the read-model tables."""
     endpoints = resolve_endpoints(nats_url, database_url, data_dir)
@@ -374,6 +379,78 @@ def cancel(
     typer.echo(f"job {job_id} cancelled")
 
 
+dlq_app = typer.Typer(help="Dead-lettered tasks: list them, give them another round.")
+app.add_typer(dlq_app, name="dlq")
+
+
+@dlq_app.command("list")
+def dlq_list(
+    job_id: Annotated[str | None, typer.Option("--job", help="Only this job's tasks.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000)] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+) -> None:
+    """List dead-lettered tasks, the latest first (from the read model)."""
+    from cli._dlq import list_dead_letters
+
+    endpoints = resolve_endpoints(None, database_url, data_dir, need_nats=False)
+
+    async def main() -> list[dict[str, object]]:
+        pool = await connect_database(
+            endpoints.database_url, min_size=1, max_size=1, server_settings={"search_path": schema}
+        )
+        try:
+            async with pool.acquire() as conn:
+                return await list_dead_letters(conn, job_id=job_id, limit=limit)
+        finally:
+            await pool.close()
+
+    rows = run(main())
+    for row in rows:
+        if as_json:
+            typer.echo(json.dumps(row))
+        else:
+            typer.echo(
+                f"{row['task_id']}  {row['kind']}  attempts {row['attempts']}  {row['error']}"
+            )
+    if not rows and not as_json:
+        typer.echo("no dead-lettered tasks")
+
+
+@dlq_app.command("retry")
+def dlq_retry(
+    target: Annotated[str | None, typer.Argument(help="A job id or a task id.")] = None,
+    retry_all: Annotated[bool, typer.Option("--all", help="Every dead-lettered task.")] = False,
+    nats_url: NatsUrlOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+) -> None:
+    """Give dead-lettered tasks another round of attempts (their job re-opens)."""
+    from cli._dlq import RetryOutcome, retry_dead_letters
+
+    endpoints = resolve_endpoints(nats_url, database_url, data_dir)
+
+    async def main() -> RetryOutcome:
+        bus = await connect_bus(endpoints.nats_urls, name="jobstream-dlq")
+        pool = await connect_database(
+            endpoints.database_url, min_size=1, max_size=1, server_settings={"search_path": schema}
+        )
+        try:
+            async with pool.acquire() as conn:
+                return await retry_dead_letters(bus, conn, target=target, retry_all=retry_all)
+        finally:
+            await pool.close()
+            await bus.close()
+
+    outcome = run(main())
+    for task_id, reason in outcome.skipped.items():
+        typer.echo(f"skipped {task_id}: {reason}", err=True)
+    typer.echo(f"requeued {len(outcome.requeued)} task(s)")
+
+
 @app.command()
 def status(
     job_id: Annotated[str, typer.Argument(help="The job id that submit printed.")],
@@ -514,6 +591,76 @@ def _print_report(report: "object") -> None:
     else:
         for mismatch in report.mismatches:
             typer.echo(f"MISMATCH: {mismatch}", err=True)
+
+
+# --- measuring -----------------------------------------------------------------
+
+
+@app.command()
+def bench(
+    quick: Annotated[
+        bool, typer.Option("--quick", help="A short run (under a minute), for CI.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    tasks: Annotated[
+        int | None,
+        typer.Option(
+            min=100, max=1_000_000, help="Tasks per throughput figure [default: 20000; quick 2000]"
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, max=16, help="Worker processes (the baselines' too).")
+    ] = 2,
+    concurrency: Annotated[
+        int, typer.Option(min=1, max=1000, help="Tasks (or loops) at once per worker process.")
+    ] = 64,
+    runs: Annotated[
+        int, typer.Option(min=1, max=20, help="Runs, each on fresh servers; medians reported.")
+    ] = 1,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated sections: throughput, chunked, latency, recovery, replay, "
+            "ceiling, baselines."
+        ),
+    ] = None,
+    lease_s: Annotated[
+        float | None, typer.Option(min=0.5, help="Workers' lease [default: 5; quick 2]")
+    ] = None,
+    nats_sync_always: Annotated[
+        bool, typer.Option("--nats-sync-always", help="Embedded nats-server fsyncs every write.")
+    ] = False,
+    nats_url: NatsUrlOption = None,
+    database_url: DatabaseUrlOption = None,
+) -> None:
+    """Measure throughput, latency and recovery, against JetStream's own ceiling and the two
+    Postgres designs jobstream replaces, in one run (embedded servers unless URLs are given)."""
+    from rich.console import Console
+
+    from cli.bench import build_options, render, run_bench, to_json
+
+    try:
+        options = build_options(
+            quick=quick,
+            tasks=tasks,
+            workers=workers,
+            concurrency=concurrency,
+            runs=runs,
+            only=only,
+            lease_s=lease_s,
+            nats_url=nats_url,
+            database_url=database_url,
+            nats_sync_always=nats_sync_always,
+        )
+    except JobstreamError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    setup_logging("WARNING")
+    summary = run(run_bench(options, lambda line: typer.echo(f"bench: {line}", err=True)))
+    if as_json:
+        typer.echo(to_json(summary))
+    else:
+        render(summary, Console())
 
 
 def main() -> None:

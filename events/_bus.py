@@ -180,6 +180,21 @@ class Bus:
 
         return await with_retry(get, what=f"read last of {subject}")
 
+    async def first_on_subject(self, subject: str) -> tuple[int, Event] | None:
+        """The first event on `subject` (a job's `job.submitted`), or None."""
+
+        async def get() -> tuple[int, Event] | None:
+            try:
+                raw = await self.js.get_msg(
+                    EVENTS_STREAM, seq=1, subject=subject, direct=True, next=True
+                )
+            except nats.js.errors.NotFoundError:
+                return None
+            assert raw.data is not None and raw.seq is not None
+            return raw.seq, decode_event(raw.data)
+
+        return await with_retry(get, what=f"read first of {subject}")
+
     async def stream_last_seq(self, stream: str = EVENTS_STREAM) -> int:
         info = await with_retry(lambda: self.js.stream_info(stream), what=f"info {stream}")
         return info.state.last_seq

@@ -133,6 +133,20 @@ class TaskDeadLettered(_Event, tag="task.dead_lettered", frozen=True, kw_only=Tr
     worker_id: str = ""
 
 
+class TaskRequeued(_Event, tag="task.requeued", frozen=True, kw_only=True):
+    """A dead-lettered task given another round of attempts (`jobstream dlq retry`)."""
+
+    job_id: str
+    task_id: str
+    kind: str
+    args: dict[str, JsonValue] = msgspec.field(default_factory=dict)
+    queue: str = "default"
+    max_attempts: int = 3
+    timeout_s: float | None = None
+    attempts_before: int = 0
+    requeued_by: str = ""
+
+
 class TaskCancelled(_Event, tag="task.cancelled", frozen=True, kw_only=True):
     job_id: str
     task_id: str
@@ -140,7 +154,13 @@ class TaskCancelled(_Event, tag="task.cancelled", frozen=True, kw_only=True):
 
 
 TaskEvent = (
-    TaskStarted | TaskProgress | TaskSucceeded | TaskFailed | TaskDeadLettered | TaskCancelled
+    TaskStarted
+    | TaskProgress
+    | TaskSucceeded
+    | TaskFailed
+    | TaskDeadLettered
+    | TaskRequeued
+    | TaskCancelled
 )
 TERMINAL_TASK_EVENTS = (TaskSucceeded, TaskDeadLettered, TaskCancelled)
 
@@ -182,6 +202,8 @@ class TaskMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     args: dict[str, JsonValue] = msgspec.field(default_factory=dict)
     max_attempts: int = 3
     timeout_s: float | None = None
+    # Attempts made before a `jobstream dlq retry`; attempt numbers go on from there.
+    attempts_before: int = 0
 
 
 def task_ids(job_id: str, count: int) -> list[str]:

@@ -85,26 +85,50 @@ def worker_consumer_config(
     )
 
 
-async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
+# `replicas=None` below means "keep what exists, 1 if new": every process runs these
+# definitions at start-up, and one that starts against an R3 cluster must not scale its
+# streams, consumer or buckets down. Only an explicit count (`jobstream init --replicas`)
+# changes it.
+
+
+async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -> None:
     """Create both streams, or bring existing ones up to date with these definitions."""
-    for config in (events_stream_config(replicas=replicas), tasks_stream_config(replicas=replicas)):
+    for make_config in (events_stream_config, tasks_stream_config):
+        config = make_config(replicas=replicas or 1)
         try:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:
+            if replicas is None:
+                current = await js.stream_info(str(config.name))
+                config = make_config(replicas=current.config.num_replicas or 1)
             await js.update_stream(config)
 
 
 async def ensure_worker_consumer(
-    js: JetStreamContext, queue: str, *, lease_s: float, replicas: int = 1
+    js: JetStreamContext, queue: str, *, lease_s: float, replicas: int | None = None
 ) -> None:
     """Create the queue's consumer, or update it: `pull_subscribe` ignores config once it exists."""
+    if replicas is None:
+        try:
+            current = await js.consumer_info(TASKS_STREAM, worker_consumer_name(queue))
+            replicas = current.config.num_replicas or 1
+        except nats.js.errors.NotFoundError:
+            replicas = 1
     config = worker_consumer_config(queue, lease_s=lease_s, replicas=replicas)
     await js.add_consumer(TASKS_STREAM, config)
 
 
-async def ensure_buckets(js: JetStreamContext, *, replicas: int = 1) -> None:
+async def ensure_buckets(js: JetStreamContext, *, replicas: int | None = None) -> None:
+    count = replicas or 1
     for config in (
-        KeyValueConfig(bucket=LIVENESS_BUCKET, ttl=LIVENESS_TTL_S, replicas=replicas, history=1),
-        KeyValueConfig(bucket=DISPATCHER_BUCKET, replicas=replicas, history=1),
+        KeyValueConfig(bucket=LIVENESS_BUCKET, ttl=LIVENESS_TTL_S, replicas=count, history=1),
+        KeyValueConfig(bucket=DISPATCHER_BUCKET, replicas=count, history=1),
     ):
-        await js.create_key_value(config)
+        try:
+            await js.create_key_value(config)
+        except nats.js.errors.BadRequestError:
+            # It exists with another configuration: keep it, or set the count asked for.
+            if replicas is None:
+                continue
+            stream = await js.stream_info(f"KV_{config.bucket}")
+            await js.update_stream(stream.config.evolve(num_replicas=replicas))

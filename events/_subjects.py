@@ -12,6 +12,7 @@ from events._catalogue import (
     TaskDeadLettered,
     TaskFailed,
     TaskProgress,
+    TaskRequeued,
     TaskStarted,
     TaskSucceeded,
     WorkerLost,
@@ -91,6 +92,7 @@ def subject_for(event: Event) -> str:
             | TaskSucceeded()
             | TaskFailed()
             | TaskDeadLettered()
+            | TaskRequeued()
             | TaskCancelled()
         ):
             return task_event_subject(event.job_id, event.task_id)

@@ -12,7 +12,7 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -299,11 +299,11 @@ class NdjsonProjector:
         try:
             async with contextlib.aclosing(batches):
                 async for batch in batches:
-                    await self.write_batch(writer, batch)
+                    await self._write_batch(writer, batch)
         finally:
             writer.close()
 
-    async def write_batch(self, writer: PartitionWriter, items: Sequence[SourceItem]) -> None:
+    async def _write_batch(self, writer: PartitionWriter, items: Sequence[SourceItem]) -> None:
         lines: list[ResultLine] = []
         for item in items:
             if item.error is not None:
@@ -312,5 +312,22 @@ class NdjsonProjector:
             if line is not None:
                 lines.append(line)
         if lines:
-            await asyncio.to_thread(writer.write, lines)
-        self.last_seq = items[-1].seq if items else self.last_seq
+            await _in_thread_to_the_end(writer.write, lines)
+        if items:
+            self.last_seq = items[-1].seq
+
+
+async def _in_thread_to_the_end(
+    write: Callable[[list[ResultLine]], None], lines: list[ResultLine]
+) -> None:
+    """Run `write` in a thread; if cancelled, still wait for it before the files get closed."""
+    writing = asyncio.ensure_future(asyncio.to_thread(write, lines))
+    try:
+        await asyncio.shield(writing)
+    except asyncio.CancelledError:
+        while not writing.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({writing})
+        if not writing.cancelled() and writing.exception() is not None:
+            log.error("writing results while cancelled: %s", writing.exception())
+        raise

@@ -40,6 +40,7 @@ from events import (
     TaskEvent,
     TaskFailed,
     TaskProgress,
+    TaskRequeued,
     TaskStarted,
     TaskSucceeded,
     WorkerEvent,
@@ -227,6 +228,8 @@ def _task_step(seq: int, event: TaskEvent) -> Step:
                 "error": event.last_error or event.reason,
             }
             return Step("task_dead_lettered", row, owned, [job])
+        case TaskRequeued():
+            return Step("task_requeued", row, owned, [job])
         case TaskCancelled():
             return Step("task_cancelled", row, owned, [job])
 

@@ -1,10 +1,10 @@
 """Read the event log in batches through an ephemeral pull consumer that is recreated at need.
 
 The consumer has no acks (`ack_policy=none`): the reader's position is the last sequence it
-yielded, kept here and, durably, by the projector's checkpoint. When anything goes wrong (a
-server restart, a deleted consumer, a lost message, a JetStream leader change) the consumer
-is thrown away and a new one starts at the last yielded sequence + 1, so a batch never skips
-or repeats an event.
+read, kept here and, durably, by the projector's checkpoint. When anything goes wrong (a
+server restart, a deleted or idle-expired consumer, a delivery lost in a reconnect, a
+JetStream leader change) the consumer is thrown away and a new one starts at the last
+sequence read + 1, so the batches never skip or repeat an event.
 """
 
 import asyncio
@@ -43,6 +43,7 @@ INACTIVE_THRESHOLD_S = 30.0
 IDLE_CHECK_S = 5.0
 API_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 1.0
+HALT_WAIT_S = 0.5
 CONSUMER_PREFIX = "projection-"
 
 
@@ -204,18 +205,21 @@ async def event_batches(
         fetch_timeout_s=fetch_timeout_s,
         inactive_threshold_s=inactive_threshold_s,
     )
-    batches = _read(reader, stop)
+    halt = asyncio.Event()
+    batches = _read(reader, stop, halt)
     if prefetch > 0:
-        batches = _ahead(batches, prefetch)
+        batches = _ahead(batches, prefetch, halt)
     async with contextlib.aclosing(batches):
         async for batch in batches:
             yield batch
 
 
-async def _read(reader: _Reader, stop: asyncio.Event) -> AsyncGenerator[list[SourceItem], None]:
+async def _read(
+    reader: _Reader, stop: asyncio.Event, halt: asyncio.Event
+) -> AsyncGenerator[list[SourceItem], None]:
     failures = 0
     try:
-        while not stop.is_set():
+        while not (stop.is_set() or halt.is_set()):
             try:
                 if reader.psub is None:
                     await reader.open()
@@ -232,7 +236,7 @@ async def _read(reader: _Reader, stop: asyncio.Event) -> AsyncGenerator[list[Sou
 
 
 async def _ahead(
-    batches: AsyncGenerator[list[SourceItem], None], depth: int
+    batches: AsyncGenerator[list[SourceItem], None], depth: int, halt: asyncio.Event
 ) -> AsyncGenerator[list[SourceItem], None]:
     """Run `batches` in a task that stays up to `depth` batches ahead of the caller."""
     queue: asyncio.Queue[list[SourceItem]] = asyncio.Queue(depth)
@@ -256,9 +260,23 @@ async def _ahead(
             pumping.result()  # the reader's error, if it failed
             return
     finally:
+        await _halt(pumping, queue, halt)
+
+
+async def _halt(
+    pumping: asyncio.Task[None], queue: asyncio.Queue[list[SourceItem]], halt: asyncio.Event
+) -> None:
+    """End the pump for sure. A cancel alone is not enough: nats-py's `next_msg` may swallow
+    one (Python 3.11's `wait_for` does when a message lands at the same moment), and the pump
+    then blocks on the full queue."""
+    halt.set()
+    while not pumping.done():
         pumping.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pumping
+        while not queue.empty():
+            queue.get_nowait()
+        await asyncio.wait({pumping}, timeout=HALT_WAIT_S)
+    if not pumping.cancelled() and pumping.exception() is not None:
+        log.debug("reader ended with %r", pumping.exception())
 
 
 async def _recover(reader: _Reader, exc: Exception, failures: int, stop: asyncio.Event) -> None:

@@ -2,6 +2,7 @@
 session with a fresh database per test, copied from a migrated template."""
 
 import asyncio
+import itertools
 import os
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -15,7 +16,7 @@ from projections import migrate
 from services.stack import NatsServer, PostgresServer
 
 TEMPLATE_DB = "jobstream_template"
-_database_counter = 0
+_database_numbers = itertools.count(1)
 
 
 @pytest.fixture
@@ -72,9 +73,7 @@ def postgres_admin_url() -> Iterator[str]:
 
 @pytest.fixture
 async def database_url(postgres_admin_url: str) -> AsyncIterator[str]:
-    global _database_counter
-    _database_counter += 1
-    name = f"jobstream_test_{os.getpid()}_{_database_counter}"
+    name = f"jobstream_test_{os.getpid()}_{next(_database_numbers)}"
     admin = await asyncpg.connect(postgres_admin_url)
     try:
         await admin.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")

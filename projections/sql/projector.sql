@@ -267,6 +267,29 @@ FROM e
 ON CONFLICT (task_id) DO NOTHING;
 
 
+-- name: task_requeued
+-- A dead-lettered task given another round (`jobstream dlq retry`): it is queued again and no
+-- longer finished, so its results row goes, and its job runs again.
+WITH e AS (
+    SELECT *
+    FROM json_to_recordset($1::json) AS e (seq bigint, at timestamptz, job_id text, task_id text)
+),
+task AS (
+    UPDATE tasks
+    SET state = 'queued', finished_at = NULL, duration_s = NULL, updated_seq = e.seq
+    FROM e
+    WHERE tasks.task_id = e.task_id AND tasks.state = 'dead_lettered'
+    RETURNING tasks.task_id
+),
+unfinished AS (
+    DELETE FROM results USING task WHERE results.task_id = task.task_id
+)
+UPDATE jobs
+SET status = 'running', finished_at = NULL, duration_s = NULL, updated_seq = e.seq
+FROM e
+WHERE jobs.job_id = e.job_id AND jobs.status IN ('failed', 'completed');
+
+
 -- name: task_cancelled
 WITH e AS (
     SELECT * FROM json_to_recordset($1::json) AS e (seq bigint, at timestamptz, task_id text)

@@ -25,6 +25,7 @@ from services.api._app import (
     Worker,
     WorkerList,
     create_app,
+    dead_letters,
     job_summary,
 )
 from services.api._queries import QueryFileError, load_queries, parse_queries
@@ -50,6 +51,7 @@ __all__ = [
     "Worker",
     "WorkerList",
     "create_app",
+    "dead_letters",
     "job_summary",
     "load_queries",
     "parse_queries",

@@ -430,6 +430,24 @@ async def job_summary(conn: asyncpg.Connection, job_id: str) -> dict[str, object
     return None if job is None else job.model_dump(mode="json")
 
 
+async def dead_letters(
+    conn: asyncpg.Connection, *, job_id: str | None = None, limit: int = 1000
+) -> list[dict[str, object]]:
+    """Dead-lettered tasks from the read model, JSON-safe, on the caller's connection."""
+    rows = await conn.fetch(_SQL["list_dead_letters"], job_id, limit)
+    return [
+        {
+            "task_id": row["task_id"],
+            "job_id": row["job_id"],
+            "kind": row["kind"],
+            "attempts": row["attempts"],
+            "error": row["error"],
+            "finished_at": row["finished_at"].isoformat() if row["finished_at"] else None,
+        }
+        for row in rows
+    ]
+
+
 # --- routes -----------------------------------------------------------------
 
 router = APIRouter()

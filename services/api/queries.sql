@@ -64,3 +64,12 @@ WHERE ($1::timestamptz IS NULL OR finished_at >= $1::timestamptz)
   AND ($4::timestamptz IS NULL OR (finished_at, task_id) > ($4::timestamptz, $5::text))
 ORDER BY finished_at, task_id
 LIMIT $6::integer;
+
+-- name: list_dead_letters
+-- $1 job (NULL: any), $2 rows to fetch. Dead-lettered tasks, the latest first.
+SELECT task_id, job_id, kind, args, attempts, error, finished_at
+FROM tasks
+WHERE state = 'dead_lettered'
+  AND ($1::text IS NULL OR job_id = $1::text)
+ORDER BY finished_at DESC NULLS LAST, task_id
+LIMIT $2::integer;

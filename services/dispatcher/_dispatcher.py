@@ -5,7 +5,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import msgspec
 import nats.js.errors
@@ -25,6 +25,8 @@ from events import (
     JobSubmitted,
     TaskCancelled,
     TaskDeadLettered,
+    TaskMessage,
+    TaskRequeued,
     TaskSucceeded,
     WorkerLost,
     WorkerStarted,
@@ -35,9 +37,12 @@ from events import (
     expand_tasks,
     is_transient,
     job_queue_purge_subject,
+    job_subject,
+    subject_for,
     task_event_subject,
     task_id_for,
     utc_now,
+    validate_name,
     with_retry,
 )
 from events._source import EventSource, LogEntry
@@ -111,12 +116,10 @@ class Dispatcher:
     async def _apply(self, entry: LogEntry) -> None:
         self.state.last_seq = entry.seq
         self._dirty = True
-        if entry.event is None:
+        error = entry.error if entry.event is None else _unusable(entry.event)
+        if entry.event is None or error is not None:
             log.warning(
-                "skipping malformed event at seq %d on %s: %s",
-                entry.seq,
-                entry.subject,
-                entry.error,
+                "skipping malformed event at seq %d on %s: %s", entry.seq, entry.subject, error
             )
             return
         await self._on_event(entry.seq, entry.event)
@@ -133,6 +136,8 @@ class Dispatcher:
                 finished = self.state.on_task_ended(event)
                 if finished is not None:
                     await self._end_job(finished)
+            case TaskRequeued():
+                await self._requeue(seq, event)
             case JobCancelled():
                 await self._cancel_job(event)
                 self.state.on_job_ended(event)
@@ -170,7 +175,7 @@ class Dispatcher:
         event: JobCompleted | JobFailed
         if job.dead_lettered:
             event = JobFailed(
-                id=derived_id(job.job_id, "ended"),
+                id=derived_id(job.job_id, "ended", str(job.job_seq)),
                 job_id=job.job_id,
                 succeeded=job.succeeded,
                 dead_lettered=job.dead_lettered,
@@ -180,7 +185,7 @@ class Dispatcher:
             )
         else:
             event = JobCompleted(
-                id=derived_id(job.job_id, "ended"),
+                id=derived_id(job.job_id, "ended", str(job.job_seq)),
                 job_id=job.job_id,
                 succeeded=job.succeeded,
                 dead_lettered=job.dead_lettered,
@@ -193,6 +198,55 @@ class Dispatcher:
             log.info("job %s was already ended", job.job_id)
         self.state.jobs.pop(job.job_id, None)
         log.info("job %s ended: %s", job.job_id, type(event).__name__)
+
+    # --- dead letters given another round ---------------------------------------
+
+    async def _requeue(self, seq: int, event: TaskRequeued) -> None:
+        """Count the task as open again (re-opening its job if the job had ended) and queue it.
+
+        The message id carries the requeue's log sequence: each requeue is queued once.
+        """
+        job = self.state.jobs.get(event.job_id)
+        if job is None:
+            job = await self._reopen(event)
+            if job is None:
+                log.warning("requeue of %s ignored: its job is not open", event.task_id)
+                return
+        else:
+            job.dead_lettered = max(0, job.dead_lettered - 1)
+        message = TaskMessage(
+            job_id=event.job_id,
+            task_id=event.task_id,
+            kind=event.kind,
+            args=event.args,
+            max_attempts=event.max_attempts,
+            timeout_s=event.timeout_s,
+            attempts_before=event.attempts_before,
+        )
+        await self.bus.publish_task(event.queue, message, msg_id=f"{event.task_id}@{seq}")
+        log.info("task %s requeued", event.task_id)
+
+    async def _reopen(self, event: TaskRequeued) -> OpenJob | None:
+        """An ended job whose dead-lettered task was requeued is tracked again, from the
+        counts its ending recorded."""
+        last = await self.bus.last_on_subject(job_subject(event.job_id))
+        if last is None:
+            return None
+        job_seq, ended = last
+        if not isinstance(ended, JobFailed | JobCompleted):
+            return None
+        job = OpenJob(
+            job_id=event.job_id,
+            queue=event.queue,
+            total=ended.succeeded + ended.dead_lettered + ended.cancelled,
+            submitted_at=ended.at - timedelta(seconds=ended.duration_s),
+            job_seq=job_seq,
+            succeeded=ended.succeeded,
+            dead_lettered=max(0, ended.dead_lettered - 1),
+            cancelled=ended.cancelled,
+        )
+        self.state.jobs[event.job_id] = job
+        return job
 
     # --- cancellation --------------------------------------------------------------
 
@@ -282,6 +336,19 @@ class Dispatcher:
         except msgspec.DecodeError:
             return fallback
         return value.at, value.lease_s
+
+
+def _unusable(event: Event) -> str | None:
+    """Why a decoded event cannot be acted on, if it cannot: ids or a queue name that are not
+    subject tokens (a foreign writer's), for which no task, ending or report can be written."""
+    try:
+        subject_for(event)
+        queue = getattr(event, "queue", None)
+        if queue is not None:
+            validate_name(queue, "queue")
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _live_worker(seq: int, event: WorkerStarted) -> LiveWorker:

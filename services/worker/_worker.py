@@ -24,7 +24,6 @@ from events import (
     TERMINAL_TASK_EVENTS,
     Bus,
     ConflictError,
-    DecodeError,
     Event,
     TaskCancelled,
     TaskDeadLettered,
@@ -232,22 +231,23 @@ class Worker:
     async def _handle(self, msg: Msg) -> None:
         try:
             task = decode_task_message(msg.data)
-        except DecodeError as exc:
+            subject = task_event_subject(task.job_id, task.task_id)
+        except ValueError as exc:  # a DecodeError, or ids that cannot be subject tokens
             log.error("malformed task message on %s, dropped: %s", msg.subject, exc)
             await msg.term()
             return
-        attempt = msg.metadata.num_delivered
+        attempt = task.attempts_before + msg.metadata.num_delivered
         state = _Attempt(
             msg=msg,
             task=task,
             attempt=attempt,
-            subject=task_event_subject(task.job_id, task.task_id),
+            subject=subject,
             expected_seq=0,
         )
         try:
             if not await self._catch_up(state):
                 return
-            if state.attempt > task.max_attempts:
+            if state.attempt > task.attempts_before + task.max_attempts:
                 await self._dead_letter(state, "attempts exhausted (lease expired)", "", 0.0)
                 return
             await self._run(state)
@@ -260,7 +260,7 @@ class Worker:
         A first delivery needs no look-up: its subject is empty, and the fence (expected
         sequence 0) proves it.
         """
-        if state.attempt == 1:
+        if state.attempt == 1 and state.task.attempts_before == 0:
             return True
         last = await self.bus.last_on_subject(state.subject)
         if last is None:
@@ -279,7 +279,7 @@ class Worker:
             job_id=task.job_id,
             task_id=task.task_id,
             attempt=state.attempt,
-            max_attempts=task.max_attempts,
+            max_attempts=task.attempts_before + task.max_attempts,
             worker_id=self.worker_id,
         )
         started = time.monotonic()
@@ -366,7 +366,7 @@ class Worker:
     async def _on_failure(self, state: _Attempt, exc: Exception, duration_s: float) -> None:
         error = f"{type(exc).__name__}: {exc}"
         permanent = isinstance(exc, PermanentError | UnknownTaskKind)
-        last_attempt = state.attempt >= state.task.max_attempts
+        last_attempt = state.attempt >= state.task.attempts_before + state.task.max_attempts
         delay_s = self._retry_delay_s(state.attempt, exc)
         will_retry = not permanent and not last_attempt
         next_retry_at = utc_now() + timedelta(seconds=delay_s) if will_retry else None

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import json
 import random
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -47,6 +48,7 @@ from projections import (
 from services.stack import NatsServer, PostgresServer
 
 TIMEOUT_S = 30.0
+REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 TABLES = {
     "jobs": "job_id",
@@ -569,6 +571,7 @@ async def test_exactly_once_through_postgres_crashes(bus: Bus, tmp_path: Path) -
             async with crash_pool.acquire() as conn:
                 await migrate(conn)
                 await migrate(conn, "replay")
+                await conn.execute("CHECKPOINT")  # the crashes must not take the schema too
             projector = PostgresProjector(bus, crash_pool, batch_max=7)
             async with running(projector.run):
                 for wave in range(3):
@@ -701,3 +704,67 @@ async def test_a_second_ndjson_projector_on_one_directory_is_refused(
         await asyncio.sleep(0.2)
         with pytest.raises(JobstreamError, match="another NDJSON projector"):
             await NdjsonProjector(bus, tmp_path).run(asyncio.Event())
+
+
+NDJSON_CHILD = """
+import asyncio, sys
+from pathlib import Path
+from events import Bus
+from projections import NdjsonProjector
+
+async def main() -> None:
+    bus = await Bus.connect([sys.argv[1]], name="ndjson-child")
+    await NdjsonProjector(bus, Path(sys.argv[2]), batch_max=int(sys.argv[3])).run(asyncio.Event())
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.faults
+async def test_ndjson_exactly_one_line_per_task_through_sigkills(
+    bus: Bus, nats_url: str, tmp_path: Path
+) -> None:
+    job = JobSubmitted(job_id="K", tasks=[TaskSpec(kind="sum", count=3000)], at=at(0))
+    finished = [  # spread over two UTC days
+        TaskSucceeded(
+            job_id="K",
+            task_id=task_id_for("K", index),
+            kind="sum",
+            args={"a": index, "b": 0},
+            worker_id="w",
+            attempt=1,
+            result={"sum": index},
+            duration_s=0.01,
+            at=at(index * 40.0),
+        )
+        for index in range(3000)
+    ]
+    await publish(bus, [job])
+    for start in range(0, len(finished), 500):
+        await asyncio.gather(*(bus.publish_event(e) for e in finished[start : start + 500]))
+    last = await bus.stream_last_seq()
+    results = tmp_path / "results"
+    results.mkdir()
+    rng = random.Random(3)
+    kills = 0
+    while last_written_seq(results) < last and kills < 20:
+        before = last_written_seq(results)
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", NDJSON_CHILD, nats_url, str(results), "25", cwd=REPO
+        )
+        try:
+
+            async def progressed(before: int = before) -> bool:
+                return last_written_seq(results) > before
+
+            await wait_until(progressed, "the child to write")
+            await asyncio.sleep(rng.uniform(0.0, 0.2))
+        finally:
+            child.kill()  # SIGKILL: no cleanup, possibly in the middle of a line
+            await child.wait()
+        kills += last_written_seq(results) < last
+    assert kills >= 3, "the children finished before they could be killed"
+    await write_results(bus, results, until_seq=last)
+    lines = read_lines(results)
+    assert sorted(line["seq"] for line in lines) == list(range(2, last + 1))
+    assert len({line["file"] for line in lines}) == 2

@@ -1,0 +1,35 @@
+"""`jobstream bench`: jobstream's throughput, latency and recovery, measured in one run
+against JetStream's own ceiling and the two Postgres designs it replaces."""
+
+import time
+from typing import Any
+
+from cli.bench._options import SECTIONS, BenchOptions, build_options, parse_sections
+from cli.bench._report import render, summarize, to_json
+from cli.bench._run import Progress, run_once
+
+__all__ = [
+    "SECTIONS",
+    "BenchOptions",
+    "Progress",
+    "build_options",
+    "parse_sections",
+    "render",
+    "run_bench",
+    "summarize",
+    "to_json",
+]
+
+
+async def run_bench(options: BenchOptions, progress: Progress) -> dict[str, Any]:
+    """Every run in turn (fresh servers each), then the summary with medians."""
+    started = time.monotonic()
+    runs: list[dict[str, Any]] = []
+    environment: dict[str, Any] = {}
+    for index in range(options.runs):
+        progress(f"run {index + 1} of {options.runs}")
+        run, environment = await run_once(options, index + 1, progress)
+        runs.append(run)
+    return summarize(
+        runs, options=options, environment=environment, wall_s=time.monotonic() - started
+    )

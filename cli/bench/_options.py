@@ -1,0 +1,111 @@
+"""What one `jobstream bench` invocation measures, and how hard: the flags, checked once."""
+
+from dataclasses import dataclass, replace
+
+from events import JobstreamError
+
+SECTIONS = ("throughput", "chunked", "latency", "recovery", "replay", "ceiling", "baselines")
+# The sections that need the jobstream processes (dispatcher, projector, workers).
+PRODUCT_SECTIONS = frozenset({"throughput", "latency", "recovery"})
+
+DEFAULT_TASKS = 20_000
+QUICK_TASKS = 2_000
+DEFAULT_WORKERS = 2
+DEFAULT_CONCURRENCY = 64
+DEFAULT_LEASE_S = 5.0
+QUICK_LEASE_S = 2.0
+DEFAULT_TASKS_PER_JOB = 2_000
+LATENCY_RATE_PER_S = 200.0
+LATENCY_DURATION_S = 5.0
+QUICK_LATENCY_DURATION_S = 1.0
+RECOVERY_TASK_S = 1.0
+BENCH_QUEUE = "bench"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchOptions:
+    tasks: int = DEFAULT_TASKS
+    tasks_per_job: int = DEFAULT_TASKS_PER_JOB
+    workers: int = DEFAULT_WORKERS
+    concurrency: int = DEFAULT_CONCURRENCY
+    runs: int = 1
+    sections: frozenset[str] = frozenset(SECTIONS)
+    quick: bool = False
+    lease_s: float = DEFAULT_LEASE_S
+    latency_rate_per_s: float = LATENCY_RATE_PER_S
+    latency_duration_s: float = LATENCY_DURATION_S
+    recovery_task_s: float = RECOVERY_TASK_S
+    nats_url: str | None = None
+    database_url: str | None = None
+    nats_sync_always: bool = False
+    queue: str = BENCH_QUEUE
+
+    @property
+    def embedded(self) -> bool:
+        return self.nats_url is None and self.database_url is None
+
+    @property
+    def jobs(self) -> int:
+        return max(1, -(-self.tasks // self.tasks_per_job))
+
+    def wants(self, section: str) -> bool:
+        return section in self.sections
+
+    def wants_product(self) -> bool:
+        return bool(self.sections & PRODUCT_SECTIONS)
+
+
+def parse_sections(only: str | None) -> frozenset[str]:
+    """`--only throughput,latency` → the set of sections; every section when not given."""
+    if only is None or not only.strip():
+        return frozenset(SECTIONS)
+    chosen = {part.strip() for part in only.split(",") if part.strip()}
+    unknown = sorted(chosen - set(SECTIONS))
+    if unknown:
+        raise JobstreamError(
+            f"--only: unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}"
+        )
+    return frozenset(chosen)
+
+
+def build_options(
+    *,
+    quick: bool,
+    tasks: int | None,
+    workers: int,
+    concurrency: int,
+    runs: int,
+    only: str | None,
+    lease_s: float | None,
+    nats_url: str | None,
+    database_url: str | None,
+    nats_sync_always: bool,
+) -> BenchOptions:
+    """The options of one invocation: `--quick` scales the defaults down, flags win."""
+    if (nats_url is None) != (database_url is None):
+        raise JobstreamError("give both --nats-url and --database-url, or neither (embedded)")
+    if nats_sync_always and nats_url is not None:
+        raise JobstreamError("--nats-sync-always applies to the embedded nats-server only")
+    options = BenchOptions(
+        workers=workers,
+        concurrency=concurrency,
+        runs=runs,
+        sections=parse_sections(only),
+        quick=quick,
+        nats_url=nats_url,
+        database_url=database_url,
+        nats_sync_always=nats_sync_always,
+    )
+    if quick:
+        options = replace(
+            options,
+            tasks=QUICK_TASKS,
+            tasks_per_job=QUICK_TASKS // 4,
+            lease_s=QUICK_LEASE_S,
+            latency_duration_s=QUICK_LATENCY_DURATION_S,
+        )
+    if tasks is not None:
+        options = replace(options, tasks=tasks)
+    if lease_s is not None:
+        options = replace(options, lease_s=lease_s)
+    return options

@@ -1,0 +1,97 @@
+"""Recovery: SIGKILL a worker while it holds tasks; how long until each of its tasks is
+started again and finished by another worker, against the lease (the consumer's ack wait)."""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+
+from cli.bench._common import job_of, poll_until
+from cli.bench._sql import read_model_query
+from cli.bench._stack import ProductProcesses
+from events import Bus
+
+POLL_S = 0.02
+RECOVERY_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecoveryResult:
+    lease_s: float
+    task_s: float
+    tasks_held: int
+    # Tasks the killed worker had finished before the kill landed: not counted.
+    finished_before_kill: int
+    # Kill → the last of its tasks started again elsewhere (worst case).
+    restart_s: float
+    # Kill → the last of its tasks finished elsewhere (the restart plus one run of the task).
+    recovery_s: float
+
+
+async def _hold_tasks(
+    pool: asyncpg.Pool, processes: ProductProcesses, job_id: str, total: int, task_s: float
+) -> None:
+    """Wait until every task of the job is running: each worker holds its full share."""
+
+    async def all_running() -> bool | None:
+        rows = await pool.fetch(read_model_query("running_by_worker"), job_id)
+        return True if sum(row["n"] for row in rows) >= total else None
+
+    await poll_until(
+        all_running,
+        timeout_s=task_s + 10.0,
+        interval_s=POLL_S,
+        what="every recovery task running",
+        alive=processes.check_alive,
+    )
+
+
+async def measure_recovery(
+    bus: Bus,
+    pool: asyncpg.Pool,
+    processes: ProductProcesses,
+    *,
+    concurrency: int,
+    task_s: float,
+    queue: str,
+    alive: Callable[[], None] | None = None,
+) -> RecoveryResult:
+    total = concurrency * len(processes.workers)
+    job = job_of("sleep", total, queue=queue, name="bench-recovery", args={"seconds": task_s})
+    await bus.publish_event(job)
+    await _hold_tasks(pool, processes, job.job_id, total, task_s)
+    victim, victim_id = processes.workers[0], processes.worker_ids[0]
+    held = [
+        row["task_id"]
+        for row in await pool.fetch(read_model_query("running_tasks_of"), job.job_id, victim_id)
+    ]
+    killed_at = time.time()
+    victim.kill()
+
+    async def all_ended() -> list[asyncpg.Record] | None:
+        rows: list[asyncpg.Record] = await pool.fetch(read_model_query("ended_tasks"), held)
+        return rows if len(rows) >= len(held) else None
+
+    ended = await poll_until(
+        all_ended,
+        timeout_s=processes.lease_s * 3 + task_s + RECOVERY_TIMEOUT_S,
+        interval_s=POLL_S,
+        what="the killed worker's tasks finished elsewhere",
+        alive=alive,
+    )
+    elsewhere = [
+        row for row in ended if row["worker_id"] != victim_id and row["state"] == "succeeded"
+    ]
+    finished = [row["finished_at"].timestamp() - killed_at for row in elsewhere]
+    restarted = [
+        row["finished_at"].timestamp() - row["duration_s"] - killed_at for row in elsewhere
+    ]
+    return RecoveryResult(
+        lease_s=processes.lease_s,
+        task_s=task_s,
+        tasks_held=len(held),
+        finished_before_kill=len(ended) - len(elsewhere),
+        restart_s=round(max(restarted, default=0.0), 3),
+        recovery_s=round(max(finished, default=0.0), 3),
+    )

@@ -1,0 +1,168 @@
+"""The bench's output: medians over the runs, ratios, the JSON document and a readable table."""
+
+import json
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from cli.bench._options import BenchOptions
+
+NOTES = {
+    "chunked_tasks_per_s": "chunked mode (many tasks per message) is not built yet",
+    "replay_events_per_s": "`jobstream replay` does not exist yet (issue 4); not measured",
+}
+SCALAR_KEYS = (
+    "tasks_per_s",
+    "worker_tasks_per_s",
+    "chunked_tasks_per_s",
+    "baseline_http_tasks_per_s",
+    "baseline_skip_locked_tasks_per_s",
+    "baseline_skip_locked_batch_tasks_per_s",
+    "recovery_s",
+    "recovery_restart_s",
+    "lease_s",
+    "replay_events_per_s",
+    "ceiling_publish_per_s",
+    "ceiling_consume_per_s",
+)
+SPANS = ("submit_to_started", "submit_to_done")
+PERCENTILES = ("p50", "p95", "p99")
+RATIOS = {
+    "vs_baseline_http": "baseline_http_tasks_per_s",
+    "vs_baseline_skip_locked": "baseline_skip_locked_tasks_per_s",
+    "vs_baseline_skip_locked_batch": "baseline_skip_locked_batch_tasks_per_s",
+    "of_ceiling_publish": "ceiling_publish_per_s",
+    "of_ceiling_consume": "ceiling_consume_per_s",
+}
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return round(statistics.median(present), 2) if present else None
+
+
+def _latency_median(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]] | None:
+    measured = [run["latency_ms"] for run in runs if run["latency_ms"] is not None]
+    if not measured:
+        return None
+    return {
+        span: {p: _median([latency[span][p] for latency in measured]) for p in PERCENTILES}
+        for span in SPANS
+    }
+
+
+def _ratios(figures: dict[str, Any]) -> dict[str, float | None]:
+    tasks_per_s = figures["tasks_per_s"]
+    ratios: dict[str, float | None] = {}
+    for name, key in RATIOS.items():
+        other = figures[key]
+        ratios[name] = round(tasks_per_s / other, 2) if tasks_per_s and other else None
+    return ratios
+
+
+def summarize(
+    runs: Sequence[dict[str, Any]],
+    *,
+    options: BenchOptions,
+    environment: dict[str, Any],
+    wall_s: float,
+) -> dict[str, Any]:
+    """Medians of every headline figure over the runs, then ratios of the medians."""
+    figures: dict[str, Any] = {key: _median([run[key] for run in runs]) for key in SCALAR_KEYS}
+    figures["latency_ms"] = _latency_median(runs)
+    return {
+        **figures,
+        "ratios": _ratios(figures),
+        "notes": NOTES,
+        "settings": {
+            "tasks": options.tasks,
+            "jobs": options.jobs,
+            "workers": options.workers,
+            "concurrency": options.concurrency,
+            "lease_s": options.lease_s,
+            "latency_rate_per_s": options.latency_rate_per_s,
+            "latency_duration_s": options.latency_duration_s,
+            "recovery_task_s": options.recovery_task_s,
+            "sections": sorted(options.sections),
+            "quick": options.quick,
+            "runs": options.runs,
+        },
+        "environment": environment,
+        "wall_s": round(wall_s, 1),
+        "runs": list(runs),
+    }
+
+
+def to_json(summary: dict[str, Any]) -> str:
+    return json.dumps(summary, indent=2, default=str)
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.0f}{unit}" if abs(value) >= 100 else f"{value:,.2f}{unit}"
+
+
+def _throughput_rows(table: Table, summary: dict[str, Any]) -> None:
+    per_run = summary["runs"]
+    rows = (
+        ("jobstream end to end (tasks/s)", "tasks_per_s", None),
+        ("  workers' own pace (tasks/s)", "worker_tasks_per_s", None),
+        ("  chunked mode (tasks/s)", "chunked_tasks_per_s", None),
+        ("baseline: HTTP control plane", "baseline_http_tasks_per_s", "vs_baseline_http"),
+        (
+            "baseline: SKIP LOCKED, 1/txn",
+            "baseline_skip_locked_tasks_per_s",
+            "vs_baseline_skip_locked",
+        ),
+        (
+            "baseline: SKIP LOCKED, 100/txn",
+            "baseline_skip_locked_batch_tasks_per_s",
+            "vs_baseline_skip_locked_batch",
+        ),
+        ("ceiling: JetStream publish (msgs/s)", "ceiling_publish_per_s", "of_ceiling_publish"),
+        ("ceiling: JetStream pull+ack (msgs/s)", "ceiling_consume_per_s", "of_ceiling_consume"),
+        ("replay (events/s)", "replay_events_per_s", None),
+        ("recovery: restart after kill (s)", "recovery_restart_s", None),
+        ("recovery: finished after kill (s)", "recovery_s", None),
+    )
+    for label, key, ratio in rows:
+        runs = ", ".join(_fmt(run[key]) for run in per_run)
+        ratio_text = _fmt(summary["ratios"][ratio], "x") if ratio else ""
+        table.add_row(label, _fmt(summary[key]), ratio_text, runs)
+
+
+def _latency_rows(table: Table, summary: dict[str, Any]) -> None:
+    latency = summary["latency_ms"]
+    if latency is None:
+        return
+    for span in SPANS:
+        values = " / ".join(_fmt(latency[span][p]) for p in PERCENTILES)
+        table.add_row(f"latency {span.replace('_', ' ')} p50/p95/p99 (ms)", values, "", "")
+
+
+def render(summary: dict[str, Any], console: Console) -> None:
+    settings, environment = summary["settings"], summary["environment"]
+    table = Table(
+        title=(
+            f"jobstream bench — {settings['tasks']:,} tasks, {settings['workers']} workers x "
+            f"{settings['concurrency']}, median of {len(summary['runs'])} run(s)"
+        ),
+        caption=(
+            f"{environment['cores']} cores, {environment['memory_gb']} GB, NATS sync "
+            f"{environment['nats_server']['sync']}, PostgreSQL fsync "
+            f"{environment['postgres']['fsync']}; wall {summary['wall_s']} s"
+        ),
+    )
+    table.add_column("figure")
+    table.add_column("median", justify="right")
+    table.add_column("jobstream ÷", justify="right")
+    table.add_column("runs", justify="right")
+    _throughput_rows(table, summary)
+    _latency_rows(table, summary)
+    console.print(table)
+    for key, note in summary["notes"].items():
+        console.print(f"[dim]{key}: {note}[/dim]")

@@ -1,0 +1,211 @@
+"""One bench run: fresh servers, then the ceiling, the baselines and jobstream's own sections,
+each with nothing else busy; and the loop over `--runs`."""
+
+import contextlib
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from cli.bench._baselines import (
+    BATCH,
+    BaselineSetup,
+    drop_schema,
+    measure_http,
+    measure_skip_locked,
+)
+from cli.bench._ceiling import measure_ceiling
+from cli.bench._common import read_model_pool
+from cli.bench._cpu import CpuMeter
+from cli.bench._environment import describe
+from cli.bench._latency import measure_latency
+from cli.bench._options import BenchOptions
+from cli.bench._ready import wait_until_ready
+from cli.bench._recovery import measure_recovery
+from cli.bench._stack import ProductProcesses, Servers, bench_servers, product_processes
+from cli.bench._throughput import measure_throughput
+from events import Bus, ensure_streams
+
+Progress = Callable[[str], None]
+RunFigures = dict[str, Any]
+
+
+def empty_figures() -> RunFigures:
+    """Every headline key, null until its section has run."""
+    return {
+        "tasks_per_s": None,
+        "worker_tasks_per_s": None,
+        "chunked_tasks_per_s": None,
+        "baseline_http_tasks_per_s": None,
+        "baseline_skip_locked_tasks_per_s": None,
+        "baseline_skip_locked_batch_tasks_per_s": None,
+        "latency_ms": None,
+        "recovery_s": None,
+        "recovery_restart_s": None,
+        "lease_s": None,
+        "replay_events_per_s": None,
+        "ceiling_publish_per_s": None,
+        "ceiling_consume_per_s": None,
+    }
+
+
+async def _ceiling(servers: Servers, options: BenchOptions, run: RunFigures) -> None:
+    ceiling = await measure_ceiling(servers.nats_url, messages=options.tasks)
+    run["ceiling_publish_per_s"] = ceiling.publish_per_s
+    run["ceiling_consume_per_s"] = ceiling.consume_per_s
+    run["detail"]["ceiling"] = asdict(ceiling)
+
+
+async def _baselines(
+    servers: Servers, options: BenchOptions, run: RunFigures, log_dir: Path, progress: Progress
+) -> None:
+    setup = BaselineSetup(
+        servers=servers,
+        tasks=options.tasks,
+        workers=options.workers,
+        concurrency=options.concurrency,
+        log_dir=log_dir,
+    )
+    try:
+        progress("baseline: HTTP control plane")
+        http = await measure_http(setup)
+        progress("baseline: SKIP LOCKED, one job per transaction")
+        single = await measure_skip_locked(setup, batch=1)
+        progress(f"baseline: SKIP LOCKED, {BATCH} jobs per transaction")
+        batched = await measure_skip_locked(setup, batch=BATCH)
+    finally:
+        await drop_schema(servers.database_url)
+    run["baseline_http_tasks_per_s"] = http.tasks_per_s
+    run["baseline_skip_locked_tasks_per_s"] = single.tasks_per_s
+    run["baseline_skip_locked_batch_tasks_per_s"] = batched.tasks_per_s
+    run["detail"]["baselines"] = {r.design: asdict(r) for r in (http, single, batched)}
+
+
+def _meter(servers: Servers, processes: ProductProcesses) -> CpuMeter:
+    pids = {**processes.pids(), "bench": os.getpid()}
+    if servers.nats_pid is not None:
+        pids["nats-server"] = servers.nats_pid
+    if servers.postgres_pid is not None:
+        pids["postgres"] = servers.postgres_pid
+    return CpuMeter(pids, trees=frozenset({"postgres"}))
+
+
+async def _product_sections(
+    bus: Bus,
+    pool: asyncpg.Pool,
+    processes: ProductProcesses,
+    servers: Servers,
+    options: BenchOptions,
+    run: RunFigures,
+    progress: Progress,
+) -> None:
+    alive = processes.check_alive
+    if options.wants("throughput"):
+        progress(f"throughput: {options.tasks} no-op tasks in {options.jobs} jobs")
+        result = await measure_throughput(
+            bus,
+            pool,
+            _meter(servers, processes),
+            tasks=options.tasks,
+            jobs=options.jobs,
+            queue=options.queue,
+            alive=alive,
+        )
+        run["tasks_per_s"] = result.tasks_per_s
+        run["worker_tasks_per_s"] = result.worker_tasks_per_s
+        run["detail"]["throughput"] = asdict(result)
+    if options.wants("latency"):
+        progress(f"latency: {options.latency_rate_per_s:.0f} tasks/s")
+        latency = await measure_latency(
+            bus,
+            pool,
+            rate_per_s=options.latency_rate_per_s,
+            duration_s=options.latency_duration_s,
+            queue=options.queue,
+            alive=alive,
+        )
+        run["latency_ms"] = {
+            "submit_to_started": asdict(latency.submit_to_started),
+            "submit_to_done": asdict(latency.submit_to_done),
+        }
+        run["detail"]["latency"] = asdict(latency)
+    if options.wants("recovery"):
+        progress(f"recovery: SIGKILL a worker (lease {options.lease_s}s)")
+        recovery = await measure_recovery(
+            bus,
+            pool,
+            processes,
+            concurrency=options.concurrency,
+            task_s=options.recovery_task_s,
+            queue=options.queue,
+            alive=alive,
+        )
+        run["recovery_s"] = recovery.recovery_s
+        run["recovery_restart_s"] = recovery.restart_s
+        run["lease_s"] = recovery.lease_s
+        run["detail"]["recovery"] = asdict(recovery)
+
+
+async def _product(
+    servers: Servers,
+    options: BenchOptions,
+    run: RunFigures,
+    run_dir: Path,
+    index: int,
+    progress: Progress,
+) -> None:
+    progress(f"starting dispatcher, projector and {options.workers} workers")
+    async with product_processes(options, servers, run_dir, index) as processes:
+        bus = await Bus.connect([servers.nats_url], name="jobstream-bench")
+        pool = await read_model_pool(servers.database_url, servers.schema)
+        try:
+            await ensure_streams(bus.js)
+            await wait_until_ready(
+                bus,
+                pool,
+                processes,
+                queue=options.queue,
+                tasks=options.workers * options.concurrency,
+            )
+            await _product_sections(bus, pool, processes, servers, options, run, progress)
+        finally:
+            await pool.close()
+            await bus.close()
+
+
+@contextlib.asynccontextmanager
+async def _run_dir(progress: Progress) -> AsyncIterator[Path]:
+    """A fresh directory per run, removed after a good run and kept (logs) after a failure."""
+    path = Path(tempfile.mkdtemp(prefix="jobstream-bench-"))
+    try:
+        yield path
+    except BaseException:
+        progress(f"run failed; its servers' data and the processes' logs are in {path}")
+        raise
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def run_once(
+    options: BenchOptions, index: int, progress: Progress
+) -> tuple[RunFigures, dict[str, Any]]:
+    """One run; returns its figures and the environment it ran in."""
+    started = time.monotonic()
+    run = empty_figures() | {"detail": {}}
+    async with _run_dir(progress) as run_dir, bench_servers(options, run_dir, index) as servers:
+        progress(f"servers in {run_dir}" if servers.embedded else "configured servers")
+        environment = await describe(servers)
+        if options.wants("ceiling"):
+            progress("ceiling: raw JetStream publish and pull+ack")
+            await _ceiling(servers, options, run)
+        if options.wants("baselines"):
+            await _baselines(servers, options, run, run_dir / "logs", progress)
+        if options.wants_product():
+            await _product(servers, options, run, run_dir, index, progress)
+    run["wall_s"] = round(time.monotonic() - started, 1)
+    return run, environment

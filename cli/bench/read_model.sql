@@ -1,0 +1,58 @@
+-- What the bench reads from jobstream's read models (search_path: the projection's schema).
+-- The tables' schema (projections/sql/migrations) is the contract with the projector.
+
+
+-- name: active_workers
+-- $1 worker ids
+SELECT count(*) FROM workers WHERE worker_id = ANY($1::text[]) AND state = 'active';
+
+
+-- name: succeeded_by_job
+-- $1 job ids: succeeded tasks per job
+SELECT job_id, count(*) AS n
+FROM tasks
+WHERE job_id = ANY($1::text[]) AND state = 'succeeded'
+GROUP BY job_id;
+
+
+-- name: finish_span
+-- $1 job ids: the first and last task.succeeded time (the event's `at`, set by the worker)
+SELECT min(finished_at) AS first_at, max(finished_at) AS last_at
+FROM tasks
+WHERE job_id = ANY($1::text[]) AND state = 'succeeded';
+
+
+-- name: tasks_by_worker
+-- $1 job ids
+SELECT worker_id, count(*) AS n
+FROM tasks
+WHERE job_id = ANY($1::text[]) AND state = 'succeeded'
+GROUP BY worker_id
+ORDER BY worker_id;
+
+
+-- name: succeeded_tasks
+-- $1 job ids: the finished ones, with the event's time and the handler's duration
+SELECT job_id, task_id, worker_id, finished_at, duration_s
+FROM tasks
+WHERE job_id = ANY($1::text[]) AND state = 'succeeded';
+
+
+-- name: running_by_worker
+-- $1 job id
+SELECT worker_id, count(*) AS n
+FROM tasks
+WHERE job_id = $1 AND state = 'running'
+GROUP BY worker_id;
+
+
+-- name: running_tasks_of
+-- $1 job id, $2 worker id
+SELECT task_id FROM tasks WHERE job_id = $1 AND state = 'running' AND worker_id = $2;
+
+
+-- name: ended_tasks
+-- $1 task ids: those in a terminal state, with who ended them and when
+SELECT task_id, state, worker_id, finished_at, duration_s
+FROM tasks
+WHERE task_id = ANY($1::text[]) AND state IN ('succeeded', 'dead_lettered', 'cancelled');
