@@ -26,6 +26,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, JsonValue
 
 from events import JobstreamError
+from services.api._live import LiveLog, live_router
 from services.api._queries import load_queries
 
 DEFAULT_SCHEMA = "jobstream"
@@ -634,10 +635,13 @@ def _dashboard_html(title: str) -> str:
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     read_models: _ReadModels = app.state.read_models
+    live_log: LiveLog = app.state.live_log
     await read_models.open()
+    await live_log.open()
     try:
         yield
     finally:
+        await live_log.close()
         await read_models.close()
 
 
@@ -651,8 +655,8 @@ def create_app(
 ) -> FastAPI:
     """The API over the read models in `schema` of `database_url`.
 
-    `nats_urls` is kept on `app.state` for the endpoints that read the event log (a job's
-    history, readiness, the live stream); this first cut serves the read models only.
+    With `nats_urls`, the endpoints that read the event log (a job's history, readiness, the
+    live stream) work too; the API starts without NATS and connects in the background.
     """
     if not _SCHEMA_NAME.match(schema):
         raise ValueError(f"schema name {schema!r}: use letters, digits and underscores")
@@ -660,9 +664,11 @@ def create_app(
     app.state.read_models = _ReadModels(
         database_url=database_url, schema=schema, pool_max_size=pool_max_size
     )
-    app.state.nats_urls = list(nats_urls or [])
+    app.state.live_log = LiveLog(list(nats_urls or []))
+    app.state.sql = _SQL
     app.state.dashboard_html = _dashboard_html(title)
     app.include_router(router)
+    app.include_router(live_router)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(BadQueryValueError, _on_bad_value)
     app.add_exception_handler(DatabaseUnavailableError, _on_unavailable)

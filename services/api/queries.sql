@@ -73,3 +73,9 @@ WHERE state = 'dead_lettered'
   AND ($1::text IS NULL OR job_id = $1::text)
 ORDER BY finished_at DESC NULLS LAST, task_id
 LIMIT $2::integer;
+
+-- name: list_checkpoints
+SELECT projection, last_seq, updated_at FROM projection_checkpoints ORDER BY projection;
+
+-- name: count_jobs_by_status
+SELECT status, count(*) AS n FROM jobs GROUP BY status;

@@ -1,0 +1,96 @@
+"""The API endpoints that read the event log: history, readiness, metrics, live stream."""
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+
+from events import Bus, JobSubmitted, TaskSpec, TaskSucceeded, new_id
+from projections import PostgresProjector, checkpoint
+from services.api import create_app
+from services.stack import free_port
+from tests.integration.test_worker_dispatcher import running
+
+
+@pytest.fixture
+async def api_url(nats_url: str, database_url: str) -> AsyncIterator[str]:
+    port = free_port()
+    app = create_app(database_url=database_url, nats_urls=[nats_url])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=url) as client:
+        for _ in range(100):
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get("/healthz")).status_code == 200:
+                    break
+            await asyncio.sleep(0.05)
+    yield url
+    server.should_exit = True
+    await asyncio.wait_for(serving, 10)
+
+
+async def project_all(bus: Bus, database_url: str) -> None:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        async with running(PostgresProjector(bus, pool).run):
+            last = await bus.stream_last_seq()
+            while await checkpoint(pool) < last:
+                await asyncio.sleep(0.05)
+    finally:
+        await pool.close()
+
+
+async def test_job_history_readiness_and_metrics(bus: Bus, database_url: str, api_url: str) -> None:
+    job = JobSubmitted(job_id=new_id(), tasks=[TaskSpec(kind="sum", args={"a": 1, "b": 2})])
+    await bus.publish_event(job)
+    done = TaskSucceeded(
+        job_id=job.job_id,
+        task_id=f"{job.job_id}-0",
+        kind="sum",
+        worker_id="w1",
+        attempt=1,
+        result={"sum": 3},
+        duration_s=0.01,
+    )
+    await bus.publish_event(done, expected_last_subject_seq=0)
+    async with httpx.AsyncClient(base_url=api_url, timeout=10) as client:
+        history = (await client.get(f"/jobs/{job.job_id}/events")).json()
+        assert [e["event"]["type"] for e in history["events"]] == [
+            "job.submitted",
+            "task.succeeded",
+        ]
+        assert (await client.get("/jobs/01NOPE/events")).status_code == 404
+        assert (await client.get("/jobs/a.b/events")).status_code == 422
+
+        not_ready = await client.get("/readyz")
+        assert not_ready.status_code == 503  # no projection has run yet
+        await project_all(bus, database_url)
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["projector_lag"] == {"postgres": 0}
+
+        metrics = (await client.get("/metrics")).text
+        assert 'jobstream_projector_lag_events{projection="postgres"} 0.0' in metrics
+        assert "jobstream_log_last_seq 2.0" in metrics
+
+
+async def test_live_event_stream(bus: Bus, api_url: str) -> None:
+    job = JobSubmitted(job_id=new_id(), tasks=[TaskSpec(kind="noop")])
+    async with (
+        httpx.AsyncClient(base_url=api_url, timeout=10) as client,
+        client.stream("GET", "/events/stream", params={"job_id": job.job_id}) as response,
+    ):
+        lines = (line async for line in response.aiter_lines() if line)
+        assert await anext(lines) == ": connected"
+        await bus.publish_event(job)
+        received = [await asyncio.wait_for(anext(lines), 5) for _ in range(3)]
+    assert received[0] == "event: job.submitted"
+    assert received[1].startswith("id: ")
+    data = json.loads(received[2].removeprefix("data: "))
+    assert data["job_id"] == job.job_id
