@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from events import MAX_MSG_SIZE, JobstreamError
+from services.stack._child import kill_process, stop_process
 
 START_TIMEOUT_S = 15.0
 
@@ -110,19 +111,10 @@ class NatsServer:
         )
 
     def stop(self, *, timeout_s: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, signum=signal.SIGTERM, timeout_s=timeout_s)
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        kill_process(self.process)
 
     def restart(self) -> None:
         self.stop()

@@ -2,6 +2,7 @@
 
 import os
 import pwd
+import signal
 import socket
 import stat
 import subprocess
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 from events import JobstreamError
+from services.stack._child import kill_process, stop_process
 
 START_TIMEOUT_S = 30.0
 # PostgreSQL refuses to run as root; the wheel's own helper creates this user.
@@ -143,19 +145,10 @@ class PostgresServer:
 
     def stop(self, *, timeout_s: float = 20.0) -> None:
         """A fast shutdown (SIGINT): open transactions roll back, data is kept."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(2)
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, signum=signal.SIGINT, timeout_s=timeout_s)
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        kill_process(self.process)
 
     def restart(self) -> None:
         self.stop()
