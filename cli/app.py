@@ -4,6 +4,7 @@ import asyncio
 import json
 import logging
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -452,6 +453,65 @@ def dlq_retry(
 
 
 @app.command()
+def replay(
+    target: Annotated[
+        str, typer.Option(help="postgres (rebuild and swap), ndjson (rewrite files) or stdout.")
+    ] = "stdout",
+    from_seq: Annotated[int, typer.Option(min=1, help="Start at this log sequence.")] = 1,
+    since: Annotated[
+        datetime | None, typer.Option(help="Start at the first event at or after this time (UTC).")
+    ] = None,
+    job_id: Annotated[str | None, typer.Option("--job", help="stdout: one job's history.")] = None,
+    nats_url: NatsUrlOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+) -> None:
+    """Rebuild the read models or the NDJSON files from the log, or print the log as NDJSON."""
+    from cli._replay import TARGETS, seq_since
+    from cli._replay import replay as run_replay
+
+    if target not in TARGETS:
+        raise typer.BadParameter(f"--target takes one of {', '.join(TARGETS)}")
+    endpoints = resolve_endpoints(
+        nats_url, database_url, data_dir, need_database=target == "postgres"
+    )
+
+    async def main() -> str:
+        bus = await connect_bus(endpoints.nats_urls, name="jobstream-replay")
+        pool = None
+        try:
+            start = (
+                await seq_since(bus, since.replace(tzinfo=since.tzinfo or UTC))
+                if since
+                else from_seq
+            )
+            if target == "postgres":
+                pool = await connect_database(endpoints.database_url, min_size=2, max_size=4)
+            report = await run_replay(
+                bus,
+                pool,
+                target=target,
+                from_seq=start,
+                job_id=job_id,
+                schema=schema,
+                results_dir=endpoints.results_dir,
+                show_progress=sys.stderr.isatty(),
+            )
+        finally:
+            if pool is not None:
+                await pool.close()
+            await bus.close()
+        return (
+            f"replayed {report.events} events (seq {report.first_seq}..{report.last_seq}) "
+            f"into {target} in {report.seconds:.2f}s: {report.events_per_s:,.0f} events/s"
+        )
+
+    summary = run(main())
+    typer.echo(summary, err=True)
+
+
+@app.command()
 def status(
     job_id: Annotated[str, typer.Argument(help="The job id that submit printed.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -612,8 +672,11 @@ def bench(
         int, typer.Option(min=1, max=16, help="Worker processes (the baselines' too).")
     ] = 2,
     concurrency: Annotated[
-        int, typer.Option(min=1, max=1000, help="Tasks (or loops) at once per worker process.")
+        int, typer.Option(min=1, max=1000, help="Tasks at once per jobstream worker process.")
     ] = 64,
+    baseline_concurrency: Annotated[
+        int, typer.Option(min=1, max=100, help="Loops per baseline worker process.")
+    ] = 8,
     runs: Annotated[
         int, typer.Option(min=1, max=20, help="Runs, each on fresh servers; medians reported.")
     ] = 1,
@@ -637,7 +700,7 @@ def bench(
     Postgres designs jobstream replaces, in one run (embedded servers unless URLs are given)."""
     from rich.console import Console
 
-    from cli.bench import build_options, render, run_bench, to_json
+    from cli.bench import build_options, render, run_bench, stderr_progress, to_json
 
     try:
         options = build_options(
@@ -645,6 +708,7 @@ def bench(
             tasks=tasks,
             workers=workers,
             concurrency=concurrency,
+            baseline_concurrency=baseline_concurrency,
             runs=runs,
             only=only,
             lease_s=lease_s,
@@ -656,7 +720,7 @@ def bench(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     setup_logging("WARNING")
-    summary = run(run_bench(options, lambda line: typer.echo(f"bench: {line}", err=True)))
+    summary = run(run_bench(options, stderr_progress()))
     if as_json:
         typer.echo(to_json(summary))
     else:

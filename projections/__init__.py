@@ -11,6 +11,13 @@ from projections._ndjson import (
 )
 from projections._postgres import DEFAULT_NAME, PostgresProjector, checkpoint
 from projections._queries import load_queries
+from projections._replay import (
+    ReplayReport,
+    replay_ndjson,
+    replay_postgres,
+    replay_stdout,
+    swap_schemas,
+)
 from projections._source import DEFAULT_BATCH_MAX, SourceItem, decode_item, event_batches
 
 __all__ = [
@@ -19,6 +26,7 @@ __all__ = [
     "DEFAULT_SCHEMA",
     "NdjsonProjector",
     "PostgresProjector",
+    "ReplayReport",
     "ResultLine",
     "SourceItem",
     "checkpoint",
@@ -30,5 +38,9 @@ __all__ = [
     "partition_path",
     "quote_ident",
     "repair_partitions",
+    "replay_ndjson",
+    "replay_postgres",
+    "replay_stdout",
     "result_line",
+    "swap_schemas",
 ]

@@ -252,7 +252,7 @@ def _runs(
 
 
 @contextlib.contextmanager
-def _exclusive(results_dir: Path) -> Iterator[None]:
+def exclusive_results_dir(results_dir: Path) -> Iterator[None]:
     """One writer per results directory: a second one would double lines."""
     with (results_dir / LOCK_FILE).open("a") as lock:
         try:
@@ -275,7 +275,7 @@ class NdjsonProjector:
         """Project until `stop` is set. A failed write restarts from the files' last line."""
         self.results_dir.mkdir(parents=True, exist_ok=True)
         attempt = 0
-        with _exclusive(self.results_dir):
+        with exclusive_results_dir(self.results_dir):
             while not stop.is_set():
                 try:
                     await self._project(stop)

@@ -1,6 +1,7 @@
 """`jobstream bench`: jobstream's throughput, latency and recovery, measured in one run
 against JetStream's own ceiling and the two Postgres designs it replaces."""
 
+import sys
 import time
 from typing import Any
 
@@ -16,6 +17,7 @@ __all__ = [
     "parse_sections",
     "render",
     "run_bench",
+    "stderr_progress",
     "summarize",
     "to_json",
 ]
@@ -33,3 +35,13 @@ async def run_bench(options: BenchOptions, progress: Progress) -> dict[str, Any]
     return summarize(
         runs, options=options, environment=environment, wall_s=time.monotonic() - started
     )
+
+
+def stderr_progress() -> Progress:
+    """Progress lines on stderr, each with the seconds since the bench started."""
+    started = time.monotonic()
+
+    def progress(line: str) -> None:
+        print(f"bench [{time.monotonic() - started:6.1f}s] {line}", file=sys.stderr, flush=True)
+
+    return progress

@@ -24,7 +24,7 @@ SUBJECT = "bench.ceiling.jobs"
 CONSUMER = "bench-ceiling"
 PUBLISH_WINDOW = 1_000
 FETCH_BATCH = 500
-ACK_TIMEOUT_S = 10.0
+API_TIMEOUT_S = 10.0
 FETCH_TIMEOUT_S = 1.0
 DEADLINE_S = 120.0
 
@@ -51,15 +51,20 @@ def _payload() -> bytes:
 
 
 async def _publish(js: JetStreamContext, count: int, payload: bytes) -> float:
-    """Publish `count` messages with at most PUBLISH_WINDOW unacknowledged; return seconds."""
+    """Publish `count` messages with at most PUBLISH_WINDOW unacknowledged; return seconds.
+
+    The acks are awaited under one deadline for the whole batch (`asyncio.timeout`), not a
+    `wait_for` each: on this machine a `wait_for` per ack costs two thirds of the rate.
+    """
     window: deque[asyncio.Future[PubAck]] = deque()
     started = time.monotonic()
-    for _ in range(count):
-        if len(window) >= PUBLISH_WINDOW:
-            await asyncio.wait_for(window.popleft(), ACK_TIMEOUT_S)
-        window.append(await js.publish_async(SUBJECT, payload))
-    while window:
-        await asyncio.wait_for(window.popleft(), ACK_TIMEOUT_S)
+    async with asyncio.timeout(DEADLINE_S):
+        for _ in range(count):
+            if len(window) >= PUBLISH_WINDOW:
+                await window.popleft()
+            window.append(await js.publish_async(SUBJECT, payload))
+        while window:
+            await window.popleft()
     return time.monotonic() - started
 
 
@@ -89,7 +94,7 @@ async def _consume(nc: NatsClient, js: JetStreamContext, count: int) -> float:
 
 async def measure_ceiling(nats_url: str, *, messages: int) -> CeilingResult:
     nc = await nats.connect([nats_url], name="jobstream-bench-ceiling", connect_timeout=5)
-    js = nc.jetstream(timeout=ACK_TIMEOUT_S)
+    js = nc.jetstream(timeout=API_TIMEOUT_S)
     payload = _payload()
     try:
         with contextlib.suppress(nats.js.errors.NotFoundError):

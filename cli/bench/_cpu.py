@@ -42,6 +42,9 @@ class CpuReport:
 
     per_process: dict[str, float]
     machine_busy_percent: float
+    # CPU the machine spent outside the measured processes (percent of one core): other
+    # work on a shared machine, which the figures of the span compete with.
+    others_percent: float
 
 
 class CpuMeter:
@@ -76,10 +79,9 @@ class CpuMeter:
         busy, total = _machine_busy_s()
         busy_delta = busy - self._machine_start[0]
         total_delta = max(1e-9, total - self._machine_start[1])
+        used = {name: max(0.0, end[name] - self._start.get(name, 0.0)) for name in end}
         return CpuReport(
-            per_process={
-                name: round(100 * max(0.0, end[name] - self._start.get(name, 0.0)) / elapsed, 1)
-                for name in end
-            },
+            per_process={name: round(100 * cpu_s / elapsed, 1) for name, cpu_s in used.items()},
             machine_busy_percent=round(100 * busy_delta / total_delta, 1),
+            others_percent=round(100 * max(0.0, busy_delta - sum(used.values())) / elapsed, 1),
         )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from cli.bench._common import Percentiles, job_of, percentiles_ms, poll_until, rate
+from cli.bench._cpu import CpuMeter, CpuReport
 from cli.bench._sql import read_model_query
 from events import Bus
 
@@ -29,6 +30,7 @@ class LatencyResult:
     submit_to_started: Percentiles
     submit_to_done: Percentiles
     poll_interval_ms: float
+    cpu: CpuReport
 
 
 @dataclass
@@ -74,6 +76,7 @@ async def _watch(pool: asyncpg.Pool, samples: _Samples, *, count: int, timeout_s
 async def measure_latency(
     bus: Bus,
     pool: asyncpg.Pool,
+    meter: CpuMeter,
     *,
     rate_per_s: float,
     duration_s: float,
@@ -82,6 +85,7 @@ async def measure_latency(
 ) -> LatencyResult:
     count = max(1, round(rate_per_s * duration_s))
     samples = _Samples(submitted={}, seen={})
+    meter.start()
     watcher = asyncio.create_task(
         _watch(pool, samples, count=count, timeout_s=duration_s + DRAIN_TIMEOUT_S)
     )
@@ -94,6 +98,7 @@ async def measure_latency(
         await watcher
     finally:
         watcher.cancel()
+    cpu = meter.stop()
     started = [start - samples.submitted[job] for job, (_, start) in samples.seen.items()]
     done = [seen - samples.submitted[job] for job, (seen, _) in samples.seen.items()]
     return LatencyResult(
@@ -103,4 +108,5 @@ async def measure_latency(
         submit_to_started=percentiles_ms(started),
         submit_to_done=percentiles_ms(done),
         poll_interval_ms=POLL_S * 1000,
+        cpu=cpu,
     )

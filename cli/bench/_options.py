@@ -9,9 +9,14 @@ SECTIONS = ("throughput", "chunked", "latency", "recovery", "replay", "ceiling",
 PRODUCT_SECTIONS = frozenset({"throughput", "latency", "recovery"})
 
 DEFAULT_TASKS = 20_000
-QUICK_TASKS = 2_000
+QUICK_TASKS = 1_000
 DEFAULT_WORKERS = 2
 DEFAULT_CONCURRENCY = 64
+# Loops per baseline worker process: past ~8 per process the 2-core machine's Postgres (and
+# the control plane) only queue more, so more is not fairer.
+DEFAULT_BASELINE_CONCURRENCY = 8
+CEILING_MESSAGES = 50_000
+QUICK_CEILING_MESSAGES = 10_000
 DEFAULT_LEASE_S = 5.0
 QUICK_LEASE_S = 2.0
 DEFAULT_TASKS_PER_JOB = 2_000
@@ -28,6 +33,8 @@ class BenchOptions:
     tasks_per_job: int = DEFAULT_TASKS_PER_JOB
     workers: int = DEFAULT_WORKERS
     concurrency: int = DEFAULT_CONCURRENCY
+    baseline_concurrency: int = DEFAULT_BASELINE_CONCURRENCY
+    ceiling_messages: int = CEILING_MESSAGES
     runs: int = 1
     sections: frozenset[str] = frozenset(SECTIONS)
     quick: bool = False
@@ -74,6 +81,7 @@ def build_options(
     tasks: int | None,
     workers: int,
     concurrency: int,
+    baseline_concurrency: int,
     runs: int,
     only: str | None,
     lease_s: float | None,
@@ -89,6 +97,7 @@ def build_options(
     options = BenchOptions(
         workers=workers,
         concurrency=concurrency,
+        baseline_concurrency=baseline_concurrency,
         runs=runs,
         sections=parse_sections(only),
         quick=quick,
@@ -101,11 +110,13 @@ def build_options(
             options,
             tasks=QUICK_TASKS,
             tasks_per_job=QUICK_TASKS // 4,
+            ceiling_messages=QUICK_CEILING_MESSAGES,
             lease_s=QUICK_LEASE_S,
             latency_duration_s=QUICK_LATENCY_DURATION_S,
         )
     if tasks is not None:
         options = replace(options, tasks=tasks)
+    options = replace(options, ceiling_messages=max(options.ceiling_messages, options.tasks))
     if lease_s is not None:
         options = replace(options, lease_s=lease_s)
     return options

@@ -14,6 +14,7 @@ from events import Bus
 
 POLL_S = 0.02
 RECOVERY_TIMEOUT_S = 60.0
+HOLD_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,19 +31,24 @@ class RecoveryResult:
 
 
 async def _hold_tasks(
-    pool: asyncpg.Pool, processes: ProductProcesses, job_id: str, total: int, task_s: float
+    pool: asyncpg.Pool, processes: ProductProcesses, job_id: str, victim_id: str
 ) -> None:
-    """Wait until every task of the job is running: each worker holds its full share."""
+    """Wait until every task of the job has started (none still `queued` in the read model)
+    and the victim is running some of them."""
 
-    async def all_running() -> bool | None:
-        rows = await pool.fetch(read_model_query("running_by_worker"), job_id)
-        return True if sum(row["n"] for row in rows) >= total else None
+    async def victim_holds_tasks() -> bool | None:
+        rows = await pool.fetch(read_model_query("task_states"), job_id)
+        queued = sum(row["n"] for row in rows if row["state"] == "queued")
+        held = sum(
+            row["n"] for row in rows if row["state"] == "running" and row["worker_id"] == victim_id
+        )
+        return True if rows and not queued and held else None
 
     await poll_until(
-        all_running,
-        timeout_s=task_s + 10.0,
+        victim_holds_tasks,
+        timeout_s=HOLD_TIMEOUT_S,
         interval_s=POLL_S,
-        what="every recovery task running",
+        what="the worker to kill holding recovery tasks",
         alive=processes.check_alive,
     )
 
@@ -60,8 +66,8 @@ async def measure_recovery(
     total = concurrency * len(processes.workers)
     job = job_of("sleep", total, queue=queue, name="bench-recovery", args={"seconds": task_s})
     await bus.publish_event(job)
-    await _hold_tasks(pool, processes, job.job_id, total, task_s)
     victim, victim_id = processes.workers[0], processes.worker_ids[0]
+    await _hold_tasks(pool, processes, job.job_id, victim_id)
     held = [
         row["task_id"]
         for row in await pool.fetch(read_model_query("running_tasks_of"), job.job_id, victim_id)

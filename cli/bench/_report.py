@@ -82,6 +82,8 @@ def summarize(
             "jobs": options.jobs,
             "workers": options.workers,
             "concurrency": options.concurrency,
+            "baseline_concurrency": options.baseline_concurrency,
+            "ceiling_messages": options.ceiling_messages,
             "lease_s": options.lease_s,
             "latency_rate_per_s": options.latency_rate_per_s,
             "latency_duration_s": options.latency_duration_s,
@@ -144,6 +146,32 @@ def _latency_rows(table: Table, summary: dict[str, Any]) -> None:
         table.add_row(f"latency {span.replace('_', ' ')} p50/p95/p99 (ms)", values, "", "")
 
 
+def _cpu_text(cpu: dict[str, Any]) -> str:
+    ordered = sorted(cpu["per_process"].items(), key=lambda item: -item[1])
+    parts = [f"{name} {percent:.0f}" for name, percent in ordered if percent >= 1]
+    return ", ".join([*parts, f"(others {cpu['others_percent']:.0f})"])
+
+
+def _cpu_table(summary: dict[str, Any]) -> Table | None:
+    """Where the CPU went in the last run, per measured section: the busiest process first."""
+    detail = summary["runs"][-1]["detail"]
+    sections = {
+        "jobstream throughput": detail.get("throughput", {}).get("cpu"),
+        "jobstream latency": detail.get("latency", {}).get("cpu"),
+    }
+    for design, result in detail.get("baselines", {}).items():
+        sections[f"baseline {design}"] = result["cpu"]
+    rows = [(name, cpu) for name, cpu in sections.items() if cpu is not None]
+    if not rows:
+        return None
+    table = Table(title="CPU, % of one core, last run (the busiest process is the limit)")
+    table.add_column("section")
+    table.add_column("processes")
+    for name, cpu in rows:
+        table.add_row(name, _cpu_text(cpu))
+    return table
+
+
 def render(summary: dict[str, Any], console: Console) -> None:
     settings, environment = summary["settings"], summary["environment"]
     table = Table(
@@ -164,5 +192,8 @@ def render(summary: dict[str, Any], console: Console) -> None:
     _throughput_rows(table, summary)
     _latency_rows(table, summary)
     console.print(table)
+    cpu_table = _cpu_table(summary)
+    if cpu_table is not None:
+        console.print(cpu_table)
     for key, note in summary["notes"].items():
         console.print(f"[dim]{key}: {note}[/dim]")

@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ def empty_figures() -> RunFigures:
 
 
 async def _ceiling(servers: Servers, options: BenchOptions, run: RunFigures) -> None:
-    ceiling = await measure_ceiling(servers.nats_url, messages=options.tasks)
+    ceiling = await measure_ceiling(servers.nats_url, messages=options.ceiling_messages)
     run["ceiling_publish_per_s"] = ceiling.publish_per_s
     run["ceiling_consume_per_s"] = ceiling.consume_per_s
     run["detail"]["ceiling"] = asdict(ceiling)
@@ -69,7 +69,7 @@ async def _baselines(
         servers=servers,
         tasks=options.tasks,
         workers=options.workers,
-        concurrency=options.concurrency,
+        concurrency=options.baseline_concurrency,
         log_dir=log_dir,
     )
     try:
@@ -125,6 +125,7 @@ async def _product_sections(
         latency = await measure_latency(
             bus,
             pool,
+            _meter(servers, processes),
             rate_per_s=options.latency_rate_per_s,
             duration_s=options.latency_duration_s,
             queue=options.queue,
@@ -179,6 +180,16 @@ async def _product(
             await bus.close()
 
 
+@contextlib.contextmanager
+def timed(run: RunFigures, section: str) -> Iterator[None]:
+    """Record how long a section took, in the run's detail."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        run["detail"].setdefault("section_s", {})[section] = round(time.monotonic() - started, 1)
+
+
 @contextlib.asynccontextmanager
 async def _run_dir(progress: Progress) -> AsyncIterator[Path]:
     """A fresh directory per run, removed after a good run and kept (logs) after a failure."""
@@ -196,16 +207,19 @@ async def run_once(
 ) -> tuple[RunFigures, dict[str, Any]]:
     """One run; returns its figures and the environment it ran in."""
     started = time.monotonic()
-    run = empty_figures() | {"detail": {}}
+    run = empty_figures() | {"detail": {"load_average_at_start": os.getloadavg()}}
     async with _run_dir(progress) as run_dir, bench_servers(options, run_dir, index) as servers:
         progress(f"servers in {run_dir}" if servers.embedded else "configured servers")
         environment = await describe(servers)
         if options.wants("ceiling"):
             progress("ceiling: raw JetStream publish and pull+ack")
-            await _ceiling(servers, options, run)
+            with timed(run, "ceiling"):
+                await _ceiling(servers, options, run)
         if options.wants("baselines"):
-            await _baselines(servers, options, run, run_dir / "logs", progress)
+            with timed(run, "baselines"):
+                await _baselines(servers, options, run, run_dir / "logs", progress)
         if options.wants_product():
-            await _product(servers, options, run, run_dir, index, progress)
+            with timed(run, "jobstream"):
+                await _product(servers, options, run, run_dir, index, progress)
     run["wall_s"] = round(time.monotonic() - started, 1)
     return run, environment

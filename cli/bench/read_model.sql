@@ -38,12 +38,12 @@ FROM tasks
 WHERE job_id = ANY($1::text[]) AND state = 'succeeded';
 
 
--- name: running_by_worker
--- $1 job id
-SELECT worker_id, count(*) AS n
+-- name: task_states
+-- $1 job id: how many tasks of the job are in each state, per worker
+SELECT state, worker_id, count(*) AS n
 FROM tasks
-WHERE job_id = $1 AND state = 'running'
-GROUP BY worker_id;
+WHERE job_id = $1
+GROUP BY state, worker_id;
 
 
 -- name: running_tasks_of

@@ -1,0 +1,320 @@
+"""Replay: rebuild the read models or the NDJSON partitions from the log, or print the log.
+
+PostgreSQL is rebuilt into a fresh schema while the live one keeps serving, then swapped in
+by renaming both in one transaction. The live projector needs no pause: each of its batches
+locks and checks its checkpoint row, so after the swap it skips what the rebuild already
+applied, or reads again from where the rebuild stopped.
+"""
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import asyncpg
+
+from events import (
+    EVENT_SUBJECTS,
+    EVENTS_STREAM,
+    TASK_EVENT_SUBJECTS,
+    Bus,
+    JobstreamError,
+    new_id,
+)
+from projections._migrate import DEFAULT_SCHEMA, migrate, quote_ident
+from projections._ndjson import (
+    FILE_PREFIX,
+    FILE_SUFFIX,
+    PartitionWriter,
+    ResultLine,
+    exclusive_results_dir,
+    result_line,
+)
+from projections._postgres import DEFAULT_NAME, PostgresProjector
+from projections._source import SourceItem, event_batches
+
+log = logging.getLogger(__name__)
+
+REPLAY_BATCH_MAX = 5000
+PROGRESS_INTERVAL_S = 0.2
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    target: str
+    first_seq: int
+    last_seq: int
+    events: int
+    seconds: float
+    schema: str = ""
+    replaced_schema: str | None = None
+    files: int = 0
+
+    @property
+    def events_per_s(self) -> float:
+        return self.events / self.seconds if self.seconds > 0 else 0.0
+
+
+def _no_progress(done: int, total: int) -> None:
+    return None
+
+
+async def _log_bounds(bus: Bus, from_seq: int) -> tuple[int, int]:
+    """The sequences to replay: from `from_seq` (or the log's first) to the log's end now."""
+    info = await bus.js.stream_info(EVENTS_STREAM)
+    return max(1, from_seq, info.state.first_seq or 1), info.state.last_seq
+
+
+# --- PostgreSQL ------------------------------------------------------------------------------
+
+
+async def replay_postgres(
+    bus: Bus,
+    pool: asyncpg.Pool,
+    *,
+    schema: str = DEFAULT_SCHEMA,
+    from_seq: int = 1,
+    swap: bool = True,
+    keep_old: bool = False,
+    batch_max: int = REPLAY_BATCH_MAX,
+    on_progress: Progress = _no_progress,
+) -> ReplayReport:
+    """Rebuild the read models of `schema` from the log into a fresh schema; swap it in."""
+    first, last = await _log_bounds(bus, from_seq)
+    build = f"{schema}_replay_{new_id()[-8:].lower()}"
+    async with pool.acquire() as conn:
+        await migrate(conn, build)
+        if first > 1:
+            await conn.execute(
+                f"INSERT INTO {quote_ident(build)}.projection_checkpoints (projection, last_seq)"
+                " VALUES ($1, $2)",
+                DEFAULT_NAME,
+                first - 1,
+            )
+    started = time.perf_counter()
+    projector = PostgresProjector(bus, pool, schema=build, batch_max=batch_max)
+    stop = asyncio.Event()
+    running = asyncio.create_task(projector.run(stop))
+    try:
+        while projector.last_seq < last:
+            if running.done():
+                running.result()
+                raise JobstreamError("the replay projector stopped before the log's end")
+            on_progress(max(0, projector.last_seq - first + 1), last - first + 1)
+            await asyncio.sleep(PROGRESS_INTERVAL_S)
+    finally:
+        stop.set()
+        await running
+    seconds = time.perf_counter() - started
+    on_progress(last - first + 1, last - first + 1)
+    replaced = await swap_schemas(pool, schema, build, keep_old=keep_old) if swap else None
+    return ReplayReport(
+        target="postgres",
+        first_seq=first,
+        last_seq=last,
+        events=max(0, last - first + 1),
+        seconds=seconds,
+        schema=schema if swap else build,
+        replaced_schema=replaced,
+    )
+
+
+async def swap_schemas(
+    pool: asyncpg.Pool, schema: str, build: str, *, keep_old: bool = False
+) -> str | None:
+    """Put `build` in the place of `schema` atomically; return the old schema's new name (or
+    None if it was dropped or did not exist)."""
+    old = f"{schema}_old_{new_id()[-8:].lower()}"
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            exists = await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", schema)
+            if exists:
+                # Wait for the live projector's batch in flight; the next one sees the new schema.
+                await conn.execute(
+                    f"LOCK TABLE {quote_ident(schema)}.projection_checkpoints IN EXCLUSIVE MODE"
+                )
+                await conn.execute(
+                    f"ALTER SCHEMA {quote_ident(schema)} RENAME TO {quote_ident(old)}"
+                )
+            await conn.execute(f"ALTER SCHEMA {quote_ident(build)} RENAME TO {quote_ident(schema)}")
+        if not exists:
+            return None
+        if keep_old:
+            return old
+        await conn.execute(f"DROP SCHEMA {quote_ident(old)} CASCADE")
+    log.info("read models of %s rebuilt and swapped in", schema)
+    return None
+
+
+async def _rename_schema(conn: asyncpg.Connection, name: str, new_name: str) -> None:
+    await conn.execute(f"ALTER SCHEMA {quote_ident(name)} RENAME TO {quote_ident(new_name)}")
+
+
+# --- NDJSON ----------------------------------------------------------------------------------
+
+
+async def replay_ndjson(
+    bus: Bus,
+    results_dir: Path,
+    *,
+    from_seq: int = 1,
+    on_progress: Progress = _no_progress,
+) -> ReplayReport:
+    """Rewrite the day files from the log: written beside them, then renamed over them.
+
+    Days the replayed part of the log does not reach are left alone (they may be the only
+    history left once the stream's retention has dropped their events).
+    """
+    first, last = await _log_bounds(bus, from_seq)
+    scratch = results_dir / f".replay-{new_id()[-8:].lower()}"
+    await asyncio.to_thread(scratch.mkdir, parents=True)
+    started = time.perf_counter()
+    try:
+        with _replay_lock(results_dir):
+            await _write_partitions(bus, scratch, first, last, on_progress)
+            files = await asyncio.to_thread(_move_partitions, scratch, results_dir)
+    finally:
+        await asyncio.to_thread(shutil.rmtree, scratch, ignore_errors=True)
+    return ReplayReport(
+        target="ndjson",
+        first_seq=first,
+        last_seq=last,
+        events=max(0, last - first + 1),
+        seconds=time.perf_counter() - started,
+        files=files,
+    )
+
+
+@contextlib.contextmanager
+def _replay_lock(results_dir: Path) -> Iterator[None]:
+    try:
+        with exclusive_results_dir(results_dir):
+            yield
+    except JobstreamError as exc:
+        if "another NDJSON projector" not in str(exc):
+            raise
+        raise JobstreamError(
+            f"an NDJSON projector is writing to {results_dir}: stop it (or run the projectors "
+            "with --only postgres) while the files are rewritten"
+        ) from exc
+
+
+async def _write_partitions(
+    bus: Bus, scratch: Path, first: int, last: int, on_progress: Progress
+) -> None:
+    if last < first:
+        return
+    writer = PartitionWriter(scratch)
+    stop = asyncio.Event()
+    try:
+        batches = event_batches(
+            bus,
+            start_seq=first,
+            stop=stop,
+            filter_subject=TASK_EVENT_SUBJECTS,
+            batch_max=REPLAY_BATCH_MAX,
+        )
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                lines = _lines_up_to(batch, last)
+                if lines:
+                    await asyncio.to_thread(writer.write, lines)
+                on_progress(min(batch[-1].seq, last) - first + 1, last - first + 1)
+                if batch[-1].seq >= last or await _nothing_more(bus, batch[-1].seq, last):
+                    break
+    finally:
+        writer.close()
+
+
+def _lines_up_to(batch: list[SourceItem], last: int) -> list[ResultLine]:
+    lines = []
+    for item in batch:
+        if item.seq > last:
+            break
+        line = result_line(item)
+        if line is not None:
+            lines.append(line)
+    return lines
+
+
+async def _nothing_more(bus: Bus, seq: int, last: int) -> bool:
+    """True when no task event lies after `seq` up to `last` (the filter hides other events)."""
+    try:
+        nxt = await bus.js.get_msg(
+            EVENTS_STREAM, seq=seq + 1, subject=TASK_EVENT_SUBJECTS, direct=True, next=True
+        )
+    except Exception:
+        return True
+    return nxt.seq is None or nxt.seq > last
+
+
+def _move_partitions(scratch: Path, results_dir: Path) -> int:
+    files = sorted(scratch.glob(f"{FILE_PREFIX}*{FILE_SUFFIX}"))
+    for path in files:
+        os.replace(path, results_dir / path.name)
+    _fsync_dir(results_dir)
+    return len(files)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- stdout ----------------------------------------------------------------------------------
+
+
+async def replay_stdout(
+    bus: Bus,
+    out: BinaryIO,
+    *,
+    from_seq: int = 1,
+    job_id: str | None = None,
+) -> ReplayReport:
+    """Write the log's events (from `from_seq`, optionally one job's) as NDJSON to `out`."""
+    first, last = await _log_bounds(bus, from_seq)
+    started = time.perf_counter()
+    written = 0
+    if last >= first:
+        stop = asyncio.Event()
+        batches = event_batches(
+            bus,
+            start_seq=first,
+            stop=stop,
+            filter_subject=EVENT_SUBJECTS,
+            batch_max=REPLAY_BATCH_MAX,
+        )
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                for item in batch:
+                    if item.seq > last:
+                        break
+                    if job_id is None or _job_of(item.subject) == job_id:
+                        out.write(item.data.rstrip(b"\n") + b"\n")
+                        written += 1
+                if batch[-1].seq >= last:
+                    break
+        out.flush()
+    return ReplayReport(
+        target="stdout",
+        first_seq=first,
+        last_seq=last,
+        events=written,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _job_of(subject: str) -> str | None:
+    parts = subject.split(".")
+    return parts[2] if len(parts) >= 3 and parts[1] in ("job", "task") else None
