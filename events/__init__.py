@@ -38,6 +38,7 @@ from events._codec import (
 )
 from events._errors import ConflictError, ConnectError, JobstreamError, PublishError
 from events._ids import derived_id, new_id
+from events._sql import QueryFileError, load_queries, parse_queries
 from events._streams import (
     DEFAULT_LEASE_S,
     MAX_MSG_SIZE,
@@ -95,6 +96,7 @@ __all__ = [
     "JobSubmitted",
     "JobstreamError",
     "PublishError",
+    "QueryFileError",
     "TaskCancelled",
     "TaskDeadLettered",
     "TaskEvent",
@@ -126,7 +128,9 @@ __all__ = [
     "job_queue_purge_subject",
     "job_subject",
     "job_task_events_subject",
+    "load_queries",
     "new_id",
+    "parse_queries",
     "queue_subjects",
     "subject_for",
     "task_event_subject",

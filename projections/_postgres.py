@@ -20,8 +20,8 @@ savepoints and parked there too, so no input stalls the projector.
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import aclosing, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
@@ -81,6 +81,7 @@ _RETRY_ERRORS: tuple[type[Exception], ...] = (
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection left mid-reply by a lost server
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
     asyncpg.TransactionRollbackError,
@@ -101,6 +102,10 @@ class _Rewound(Exception):
         super().__init__(f"checkpoint {found}, expected at least {expected}")
         self.expected = expected
         self.found = found
+
+
+# Errors after which a connection is in a clean state (its transaction rolled back).
+_CLEAN_ERRORS: tuple[type[Exception], ...] = (*_DATA_ERRORS, _Rewound)
 
 
 class Step(NamedTuple):
@@ -356,11 +361,25 @@ def _sort_out(
     return entries, parked
 
 
+@asynccontextmanager
+async def _connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection, closed rather than reused when an operation on it failed midway:
+    after the server went away it may still be waiting for the end of a reply."""
+    async with pool.acquire() as conn:
+        try:
+            yield conn
+        except _CLEAN_ERRORS:  # answered in full and rolled back: reusable
+            raise
+        except BaseException:
+            conn.terminate()
+            raise
+
+
 async def checkpoint(
     pool: asyncpg.Pool, *, schema: str = DEFAULT_SCHEMA, name: str = DEFAULT_NAME
 ) -> int:
     """The last stream sequence projection `name` applied to `schema` (0: none yet)."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with _connection(pool) as conn, conn.transaction():
         await conn.execute(f"SET LOCAL search_path TO {quote_ident(schema)}")
         last = await conn.fetchval(load_queries()["read_checkpoint"], name)
     return int(last) if last is not None else 0
@@ -427,7 +446,7 @@ class PostgresProjector:
 
     async def _apply_batch(self, items: Sequence[SourceItem], *, after: int | None) -> int:
         """`apply_batch`, first checking that the checkpoint is not below `after`."""
-        async with self.pool.acquire() as conn:
+        async with _connection(self.pool) as conn:
             try:
                 last_seq, parked = await self._transaction(conn, items, after, isolate=False)
             except _DATA_ERRORS as exc:

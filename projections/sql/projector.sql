@@ -285,9 +285,9 @@ unfinished AS (
     DELETE FROM results USING task WHERE results.task_id = task.task_id
 )
 UPDATE jobs
-SET status = 'running', finished_at = NULL, duration_s = NULL, updated_seq = e.seq
-FROM e
-WHERE jobs.job_id = e.job_id AND jobs.status IN ('failed', 'completed');
+SET status = 'running', finished_at = NULL, duration_s = NULL, updated_seq = j.seq
+FROM (SELECT e.job_id, max(e.seq) AS seq FROM e GROUP BY e.job_id) AS j  -- a row once
+WHERE jobs.job_id = j.job_id AND jobs.status IN ('failed', 'completed');
 
 
 -- name: task_cancelled

@@ -28,7 +28,6 @@ from services.api._app import (
     dead_letters,
     job_summary,
 )
-from services.api._queries import QueryFileError, load_queries, parse_queries
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -40,7 +39,6 @@ __all__ = [
     "Health",
     "Job",
     "JobPage",
-    "QueryFileError",
     "ReadModelsMissingError",
     "Result",
     "ResultPage",
@@ -53,6 +51,4 @@ __all__ = [
     "create_app",
     "dead_letters",
     "job_summary",
-    "load_queries",
-    "parse_queries",
 ]

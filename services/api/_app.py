@@ -25,9 +25,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, JsonValue
 
-from events import JobstreamError
+from events import JobstreamError, load_queries
 from services.api._live import LiveLog, live_router
-from services.api._queries import load_queries
 
 DEFAULT_SCHEMA = "jobstream"
 DEFAULT_PAGE_SIZE = 50

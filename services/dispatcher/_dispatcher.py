@@ -110,7 +110,15 @@ class Dispatcher:
             self.state = load_state(entry.value)
 
     async def _save(self, snapshots: "nats.js.kv.KeyValue") -> None:
-        await snapshots.put(STATE_KEY, dump_state(self.state))
+        """A snapshot only shortens the replay after a restart: one that fails in a server
+        restart or a leader change is tried again at the next interval, not fatal."""
+        try:
+            await snapshots.put(STATE_KEY, dump_state(self.state))
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("snapshot: %s; trying again later", type(exc).__name__)
+            return
         self._dirty = False
 
     async def _apply(self, entry: LogEntry) -> None:

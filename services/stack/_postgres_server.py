@@ -80,7 +80,7 @@ class PostgresServer:
         self.pgdata.mkdir(parents=True, exist_ok=True)
         user = _prepare_for_root(self.pgdata)
         if not (self.pgdata / "PG_VERSION").exists():
-            subprocess.run(
+            initdb = subprocess.run(
                 [
                     str(_bin_dir() / "initdb"),
                     "-D",
@@ -90,10 +90,13 @@ class PostgresServer:
                     "--encoding=UTF8",
                     "--no-sync",
                 ],
-                check=True,
+                check=False,
                 capture_output=True,
+                text=True,
                 user=user,
             )
+            if initdb.returncode != 0:
+                raise JobstreamError(f"initdb {self.pgdata} failed: {initdb.stderr.strip()}")
         if not self.port:
             self.port = free_port(self.host)
         command = [

@@ -14,7 +14,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from services.api import QueryFileError, create_app, job_summary, load_queries, parse_queries
+from events import QueryFileError, load_queries, parse_queries
+from services.api import create_app, job_summary
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 JsonObject = dict[str, Any]

@@ -1,12 +1,13 @@
-"""A tiny loader for named SQL blocks: `-- name: list_jobs` starts a block that runs to the next
-name line. Blocks keep their comments; asyncpg sends them to the server as they are."""
+"""The one loader of named SQL blocks: in a `.sql` file, `-- name: list_jobs` starts a block
+that runs to the next name line. Blocks keep their comments; asyncpg sends them as they are."""
 
+import functools
 import re
 from collections.abc import Mapping
 from importlib import resources
 from types import MappingProxyType
 
-from events import JobstreamError
+from events._errors import JobstreamError
 
 _NAME_LINE = re.compile(r"^--\s*name:\s*(?P<name>\S+)\s*$")
 _VALID_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -50,7 +51,8 @@ def _has_statement(sql: str) -> bool:
     return any(line.strip() and not line.strip().startswith("--") for line in sql.splitlines())
 
 
+@functools.cache
 def load_queries(package: str, resource: str) -> Mapping[str, str]:
-    """Read and parse a `.sql` file shipped inside `package`."""
+    """Read and parse a `.sql` file shipped inside `package`, once per process."""
     text = (resources.files(package) / resource).read_text(encoding="utf-8")
     return parse_queries(text, source=f"{package}/{resource}")
