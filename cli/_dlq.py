@@ -80,7 +80,8 @@ async def _requeue(bus: Bus, job: JobSubmitted | None, job_id: str, task_id: str
         return "no events in the log"
     seq, dead = last
     if not isinstance(dead, TaskDeadLettered):
-        return f"not dead-lettered in the log (last event: {event_type(dead)})"
+        last_type = event_type(dead) if dead is not None else "not a jobstream event"
+        return f"not dead-lettered in the log (last event: {last_type})"
     requeued = TaskRequeued(
         job_id=job_id,
         task_id=task_id,

@@ -14,7 +14,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from events._catalogue import Event, TaskMessage
-from events._codec import decode_event, encode
+from events._codec import DecodeError, decode_event, encode
 from events._errors import ConflictError, ConnectError, PublishError
 from events._subjects import EVENTS_STREAM, Header, subject_for, task_queue_subject
 
@@ -28,6 +28,8 @@ RETRY_CAP_S = 2.0
 INITIAL_CONNECT_ATTEMPTS = 2
 
 T = TypeVar("T")
+# A message's place in the log and its event (None: not a jobstream event).
+LogPosition = tuple[int, Event | None]
 
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     nats.errors.TimeoutError,
@@ -148,7 +150,7 @@ class Bus:
             if exc.err_code != WRONG_LAST_SEQUENCE or expected_last_subject_seq is None:
                 raise PublishError(subject, str(exc)) from exc
         last = await self.last_on_subject(subject)
-        if last is not None and last[1].id == event.id:
+        if last is not None and last[1] is not None and last[1].id == event.id:
             return last[0]
         raise ConflictError(
             subject, expected_last_subject_seq, last[0] if last is not None else None
@@ -167,33 +169,33 @@ class Bus:
 
         return await with_retry(publish, what=f"publish {subject}")
 
-    async def last_on_subject(self, subject: str) -> tuple[int, Event] | None:
-        """The last event on `subject` with its sequence, or None if the subject is empty."""
+    async def last_on_subject(self, subject: str) -> LogPosition | None:
+        """The last message on `subject`: its sequence and its event (None if a foreign
+        client wrote something that is not one); None if the subject is empty."""
+        return await self._direct_get(subject, last=True)
 
-        async def get() -> tuple[int, Event] | None:
+    async def first_on_subject(self, subject: str) -> LogPosition | None:
+        """The first message on `subject` (a job's `job.submitted`), as `last_on_subject`."""
+        return await self._direct_get(subject, last=False)
+
+    async def _direct_get(self, subject: str, *, last: bool) -> LogPosition | None:
+        async def get() -> LogPosition | None:
             try:
-                raw = await self.js.get_last_msg(EVENTS_STREAM, subject, direct=True)
+                if last:
+                    raw = await self.js.get_last_msg(EVENTS_STREAM, subject, direct=True)
+                else:
+                    raw = await self.js.get_msg(
+                        EVENTS_STREAM, seq=1, subject=subject, direct=True, next=True
+                    )
             except nats.js.errors.NotFoundError:
                 return None
-            assert raw.data is not None and raw.seq is not None
-            return raw.seq, decode_event(raw.data)
-
-        return await with_retry(get, what=f"read last of {subject}")
-
-    async def first_on_subject(self, subject: str) -> tuple[int, Event] | None:
-        """The first event on `subject` (a job's `job.submitted`), or None."""
-
-        async def get() -> tuple[int, Event] | None:
+            assert raw.seq is not None
             try:
-                raw = await self.js.get_msg(
-                    EVENTS_STREAM, seq=1, subject=subject, direct=True, next=True
-                )
-            except nats.js.errors.NotFoundError:
-                return None
-            assert raw.data is not None and raw.seq is not None
-            return raw.seq, decode_event(raw.data)
+                return raw.seq, decode_event(raw.data or b"")
+            except DecodeError:
+                return raw.seq, None
 
-        return await with_retry(get, what=f"read first of {subject}")
+        return await with_retry(get, what=f"read {'last' if last else 'first'} of {subject}")
 
     async def stream_last_seq(self, stream: str = EVENTS_STREAM) -> int:
         info = await with_retry(lambda: self.js.stream_info(stream), what=f"info {stream}")

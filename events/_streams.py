@@ -92,15 +92,23 @@ def worker_consumer_config(
 
 
 async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -> None:
-    """Create both streams, or bring existing ones up to date with these definitions."""
+    """Create both streams, or bring existing ones up to date with these definitions.
+
+    What an operator sets on a running stream stays: its replica count (unless `replicas` is
+    given) and its retention limits (age, bytes, messages).
+    """
     for make_config in (events_stream_config, tasks_stream_config):
         config = make_config(replicas=replicas or 1)
         try:
             await js.add_stream(config)
         except nats.js.errors.BadRequestError:
-            if replicas is None:
-                current = await js.stream_info(str(config.name))
-                config = make_config(replicas=current.config.num_replicas or 1)
+            current = (await js.stream_info(str(config.name))).config
+            config = config.evolve(
+                num_replicas=replicas or current.num_replicas or 1,
+                max_age=current.max_age,
+                max_bytes=current.max_bytes,
+                max_msgs=current.max_msgs,
+            )
             await js.update_stream(config)
 
 

@@ -284,10 +284,21 @@ task AS (
 unfinished AS (
     DELETE FROM results USING task WHERE results.task_id = task.task_id
 )
+-- Written to commute (any order of a round's requeues of one job gives the same row), and
+-- to touch the job row once however many of its tasks are requeued in the round.
 UPDATE jobs
-SET status = 'running', finished_at = NULL, duration_s = NULL, updated_seq = j.seq
-FROM (SELECT e.job_id, max(e.seq) AS seq FROM e GROUP BY e.job_id) AS j  -- a row once
-WHERE jobs.job_id = j.job_id AND jobs.status IN ('failed', 'completed');
+SET status = CASE
+        WHEN jobs.status IN ('failed', 'completed') THEN 'running' ELSE jobs.status
+    END,
+    finished_at = CASE
+        WHEN jobs.status IN ('failed', 'completed') THEN NULL ELSE jobs.finished_at
+    END,
+    duration_s = CASE
+        WHEN jobs.status IN ('failed', 'completed') THEN NULL ELSE jobs.duration_s
+    END,
+    updated_seq = greatest(jobs.updated_seq, j.seq)
+FROM (SELECT e.job_id, max(e.seq) AS seq FROM e GROUP BY e.job_id) AS j
+WHERE jobs.job_id = j.job_id;
 
 
 -- name: task_cancelled

@@ -248,7 +248,11 @@ class Worker:
             if not await self._catch_up(state):
                 return
             if state.attempt > task.attempts_before + task.max_attempts:
-                await self._dead_letter(state, "attempts exhausted (lease expired)", "", 0.0)
+                # The last delivery's lease ran out too: every attempt it was given has started.
+                attempts = task.attempts_before + task.max_attempts
+                await self._dead_letter(
+                    state, "attempts exhausted (lease expired)", "", attempts=attempts
+                )
                 return
             await self._run(state)
         except ConflictError as exc:
@@ -394,7 +398,7 @@ class Worker:
             await state.msg.nak(delay=delay_s)
             return
         reason = "permanent error" if permanent else f"failed {state.attempt} attempts"
-        await self._dead_letter(state, reason, error, duration_s)
+        await self._dead_letter(state, reason, error, attempts=state.attempt)
 
     def _retry_delay_s(self, attempt: int, exc: Exception) -> float:
         if isinstance(exc, Retry) and exc.delay_s is not None:
@@ -404,7 +408,7 @@ class Worker:
         )
 
     async def _dead_letter(
-        self, state: _Attempt, reason: str, error: str, duration_s: float
+        self, state: _Attempt, reason: str, error: str, *, attempts: int
     ) -> None:
         await self._publish_task_event(
             state,
@@ -414,7 +418,7 @@ class Worker:
                 kind=state.task.kind,
                 args=state.task.args,
                 reason=reason,
-                attempts=state.attempt,
+                attempts=attempts,
                 last_error=error,
                 worker_id=self.worker_id,
             ),

@@ -166,11 +166,6 @@ async def _ghost_lost(bus: Bus) -> bool:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: Bus.last_on_subject raises DecodeError on an undecodable last message, "
-    "so a worker can neither fence on, extend nor end a task whose own subject got garbage",
-)
 async def test_garbage_on_a_running_tasks_subject(nats_server: NatsServer, tmp_path: Path) -> None:
     url = nats_server.url
     data = tmp_path / "data"

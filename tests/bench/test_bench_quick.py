@@ -1,0 +1,78 @@
+"""`jobstream bench --quick --json` end to end in a subprocess, on its own embedded servers:
+the harness keeps working and reports every key. The figures themselves are not asserted
+(they depend on the machine); only that each measured one is a positive number."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+BENCH_TIMEOUT_S = 170
+THROUGHPUT_KEYS = (
+    "tasks_per_s",
+    "worker_tasks_per_s",
+    "baseline_http_tasks_per_s",
+    "baseline_skip_locked_tasks_per_s",
+    "baseline_skip_locked_batch_tasks_per_s",
+    "ceiling_publish_per_s",
+    "ceiling_consume_per_s",
+    "recovery_s",
+    "recovery_restart_s",
+    "lease_s",
+)
+NOT_BUILT_KEYS = ("chunked_tasks_per_s", "replay_events_per_s")
+
+
+def _run_bench(cwd: Path) -> dict[str, Any]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("JOBSTREAM_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "cli", "bench", "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=BENCH_TIMEOUT_S,
+        cwd=cwd,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary: dict[str, Any] = json.loads(result.stdout)
+    return summary
+
+
+def _assert_positive(figures: dict[str, Any]) -> None:
+    for key in THROUGHPUT_KEYS:
+        value = figures[key]
+        assert isinstance(value, int | float) and value > 0, (key, value)
+    for key in NOT_BUILT_KEYS:
+        assert figures[key] is None, key
+    latency = figures["latency_ms"]
+    for span in ("submit_to_started", "submit_to_done"):
+        values = latency[span]
+        assert set(values) == {"p50", "p95", "p99"}
+        assert 0 < values["p50"] <= values["p95"] <= values["p99"], (span, values)
+
+
+def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
+    summary = _run_bench(tmp_path)
+
+    _assert_positive(summary)
+    assert len(summary["runs"]) == 1
+    _assert_positive(summary["runs"][0])
+    assert set(summary["ratios"]) == {
+        "vs_baseline_http",
+        "vs_baseline_skip_locked",
+        "vs_baseline_skip_locked_batch",
+        "of_ceiling_publish",
+        "of_ceiling_consume",
+    }
+    assert all(ratio > 0 for ratio in summary["ratios"].values())
+    environment = summary["environment"]
+    assert environment["cores"] >= 1 and environment["memory_gb"] > 0
+    assert environment["nats_server"]["sync"] and environment["postgres"]["fsync"]
+    assert summary["settings"]["quick"] is True
+    detail = summary["runs"][0]["detail"]
+    assert sum(detail["throughput"]["tasks_by_worker"].values()) == detail["throughput"]["tasks"]
+    assert detail["recovery"]["tasks_held"] > 0
+    assert not list(tmp_path.iterdir()), "the bench leaves nothing in the working directory"
