@@ -13,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 
 import asyncpg
+import httpx
 
 from cli._settings import remove_stack_file, write_stack_file
 from events import ConnectError, JobstreamError
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 EMBEDDED_DATABASE = "jobstream"
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 STOP_TIMEOUT_S = 15.0
+API_START_TIMEOUT_S = 60.0
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
@@ -75,11 +77,23 @@ class LocalStack:
             self._start_servers()
             await self._ensure_database()
             self._start_children()
+            await self._wait_for_api()
         except BaseException:
-            self.stop()
+            await asyncio.to_thread(self.stop)
             raise
         self._supervisor = asyncio.create_task(self._supervise())
         return self
+
+    async def _wait_for_api(self) -> None:
+        """Return once the API answers, so callers can use every process at once."""
+        deadline = asyncio.get_running_loop().time() + API_START_TIMEOUT_S
+        async with httpx.AsyncClient(base_url=self.api_url, timeout=1) as client:
+            while asyncio.get_running_loop().time() < deadline:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get("/healthz")).status_code == 200:
+                        return
+                await asyncio.sleep(0.1)
+        raise JobstreamError(f"the API did not answer at {self.api_url} in {API_START_TIMEOUT_S}s")
 
     async def __aexit__(
         self,

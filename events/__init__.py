@@ -38,6 +38,13 @@ from events._codec import (
 )
 from events._errors import ConflictError, ConnectError, JobstreamError, PublishError
 from events._ids import derived_id, new_id
+from events._source import (
+    DEFAULT_BATCH_MAX,
+    SourceItem,
+    decode_item,
+    event_batches,
+    sleep_unless_stopped,
+)
 from events._sql import QueryFileError, load_queries, parse_queries
 from events._streams import (
     DEFAULT_LEASE_S,
@@ -72,6 +79,7 @@ from events._subjects import (
 )
 
 __all__ = [
+    "DEFAULT_BATCH_MAX",
     "DEFAULT_LEASE_S",
     "DISPATCHER_BUCKET",
     "EVENTS_STREAM",
@@ -97,6 +105,7 @@ __all__ = [
     "JobstreamError",
     "PublishError",
     "QueryFileError",
+    "SourceItem",
     "TaskCancelled",
     "TaskDeadLettered",
     "TaskEvent",
@@ -113,6 +122,7 @@ __all__ = [
     "WorkerStopped",
     "backoff_s",
     "decode_event",
+    "decode_item",
     "decode_task_message",
     "derived_id",
     "encode",
@@ -120,6 +130,7 @@ __all__ = [
     "ensure_buckets",
     "ensure_streams",
     "ensure_worker_consumer",
+    "event_batches",
     "event_json_schema",
     "event_type",
     "events_stream_config",
@@ -132,6 +143,7 @@ __all__ = [
     "new_id",
     "parse_queries",
     "queue_subjects",
+    "sleep_unless_stopped",
     "subject_for",
     "task_event_subject",
     "task_id_for",

@@ -1,118 +1,294 @@
-"""Read the event log in order from a sequence, in batches, through any server restart."""
+"""Read the event log in batches through an ephemeral pull consumer that is recreated at need.
+
+The consumer has no acks (`ack_policy=none`): the reader's position is the last sequence it
+read, kept here and, durably, by the projector's checkpoint. When anything goes wrong (a
+server restart, a deleted or idle-expired consumer, a delivery lost in a reconnect, a
+JetStream leader change) the consumer is thrown away and a new one starts at the last
+sequence read + 1, so the batches never skip or repeat an event.
+"""
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncGenerator
+from typing import NamedTuple
 
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from events._bus import Bus, backoff_s, is_transient
 from events._catalogue import Event
 from events._codec import DecodeError, decode_event
+from events._ids import new_id
 from events._subjects import EVENT_SUBJECTS, EVENTS_STREAM
 
 log = logging.getLogger(__name__)
 
-FETCH_TIMEOUT_S = 0.2
-# An idle reader checks now and then that its consumer still exists (a restarted server may
-# have dropped it, and a fetch on a missing consumer only times out).
-IDLE_CHECK_S = 5.0
+DEFAULT_BATCH_MAX = 1000
+# Batches read ahead while the caller applies one: fetching overlaps the caller's I/O.
+DEFAULT_PREFETCH = 1
+FETCH_TIMEOUT_S = 0.1
 INACTIVE_THRESHOLD_S = 30.0
+# After this long without a message, ask the server whether the consumer still exists.
+IDLE_CHECK_S = 5.0
+API_TIMEOUT_S = 5.0
+CLOSE_TIMEOUT_S = 1.0
+HALT_WAIT_S = 0.5
+CONSUMER_PREFIX = "reader-"
 
 
-@dataclass(frozen=True, slots=True)
-class LogEntry:
+class SourceItem(NamedTuple):
+    """One message of the log: decoded to `event`, or carrying the `error` that prevented it."""
+
     seq: int
     subject: str
     data: bytes
     event: Event | None
-    error: str | None
+    error: DecodeError | None
 
 
-class EventSource:
-    """Batches of log entries from `start_seq` on: large under load, small when idle.
+class ConsumerLost(Exception):
+    """The consumer's deliveries can no longer be trusted to continue the log without a gap."""
 
-    An ephemeral pull consumer with no acks: the reader keeps its own position, so after a
-    server restart or a lost consumer it simply starts again after the last entry it gave out.
-    """
+
+def decode_item(seq: int, subject: str, data: bytes) -> SourceItem:
+    try:
+        return SourceItem(seq, subject, data, decode_event(data), None)
+    except DecodeError as exc:
+        return SourceItem(seq, subject, data, None, exc)
+
+
+class _Reader:
+    """One ephemeral consumer and its subscription, positioned at `next_seq`."""
 
     def __init__(
         self,
-        bus: Bus,
+        js: JetStreamContext,
         *,
-        start_seq: int = 1,
-        subjects: str = EVENT_SUBJECTS,
-        batch_max: int = 1000,
+        stream: str,
+        filter_subject: str,
+        next_seq: int,
+        batch_max: int,
+        fetch_timeout_s: float,
+        inactive_threshold_s: float,
     ) -> None:
-        self.bus = bus
-        self.next_seq = max(1, start_seq)
-        self.subjects = subjects
+        self.js = js
+        self.stream = stream
+        self.filter_subject = filter_subject
+        self.next_seq = next_seq
         self.batch_max = batch_max
+        self.fetch_timeout_s = fetch_timeout_s
+        self.inactive_threshold_s = inactive_threshold_s
+        self.psub: JetStreamContext.PullSubscription | None = None
+        self.name = ""
+        self.lost = ""
+        self.consumer_seq = 0
+        self.last_fetch = 0.0
+        self.last_message = 0.0
 
-    async def _subscribe(self) -> "nats.js.JetStreamContext.PullSubscription":
+    async def open(self) -> None:
+        name = f"{CONSUMER_PREFIX}{new_id()}"
         config = ConsumerConfig(
+            name=name,
+            description="jobstream projection reader",
+            filter_subject=self.filter_subject,
             ack_policy=AckPolicy.NONE,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=self.next_seq,
-            inactive_threshold=INACTIVE_THRESHOLD_S,
-            filter_subject=self.subjects,
-            max_waiting=1,
+            inactive_threshold=self.inactive_threshold_s,
+            mem_storage=True,
+            num_replicas=1,
         )
-        return await self.bus.js.pull_subscribe(
-            self.subjects, durable=None, stream=EVENTS_STREAM, config=config
-        )
+        await self.js.add_consumer(self.stream, config, timeout=API_TIMEOUT_S)
+        self.name = name
+        self.psub = await self.js.pull_subscribe_bind(name, stream=self.stream)
+        self.consumer_seq = 0
+        self.lost = ""
+        self.last_fetch = self.last_message = time.monotonic()
+        log.debug("reading %s from seq %d (consumer %s)", self.filter_subject, self.next_seq, name)
 
-    async def batches(self, stop: asyncio.Event) -> AsyncIterator[list[LogEntry]]:
-        failures = 0
-        psub = None
-        loop = asyncio.get_running_loop()
-        idle_since = loop.time()
-        while not stop.is_set():
-            try:
-                if psub is None:
-                    psub = await self._subscribe()
-                    idle_since = loop.time()
-                if loop.time() - idle_since > IDLE_CHECK_S:
-                    idle_since = loop.time()
-                    await psub.consumer_info()
-                messages = await psub.fetch(self.batch_max, timeout=FETCH_TIMEOUT_S)
-            except (nats.errors.TimeoutError, TimeoutError):
-                yield []
-                continue
-            except Exception as exc:
-                if not is_transient(exc) and not isinstance(exc, nats.js.errors.NotFoundError):
-                    raise
-                failures += 1
-                log.warning("reading %s: %s; resuming at %d", self.subjects, exc, self.next_seq)
-                await _drop(psub)
-                psub = None
-                await asyncio.sleep(backoff_s(failures, base_s=0.1, cap_s=2.0))
-                continue
-            failures = 0
-            idle_since = loop.time()
-            batch = [_entry(msg) for msg in messages]
-            batch = [entry for entry in batch if entry.seq >= self.next_seq]
-            if batch:
-                self.next_seq = batch[-1].seq + 1
-            yield batch
-        await _drop(psub)
-
-
-async def _drop(psub: "nats.js.JetStreamContext.PullSubscription | None") -> None:
-    if psub is not None:
+    async def close(self) -> None:
+        """Unsubscribe and delete the consumer, best effort: the server drops it when idle."""
+        psub, self.psub = self.psub, None
+        if psub is None:
+            return
         try:
             await psub.unsubscribe()
+            await asyncio.wait_for(self.js.delete_consumer(self.stream, self.name), CLOSE_TIMEOUT_S)
         except (nats.errors.Error, TimeoutError) as exc:
-            log.debug("unsubscribe: %s", exc)
+            log.debug("closing consumer %s: %s", self.name, exc or type(exc).__name__)
+
+    async def fetch(self) -> list[SourceItem]:
+        """The next messages, in log order; [] when none came within the fetch timeout."""
+        assert self.psub is not None
+        if self.lost:
+            raise ConsumerLost(self.lost)
+        now = time.monotonic()
+        if now - self.last_fetch > self.inactive_threshold_s / 2:
+            # We were away long enough for the server to drop an idle consumer.
+            raise ConsumerLost(f"no fetch for {now - self.last_fetch:.1f}s")
+        self.last_fetch = now
+        try:
+            msgs = await self.psub.fetch(self.batch_max, timeout=self.fetch_timeout_s)
+        except TimeoutError:
+            await self._check_idle()
+            return []
+        self.last_message = self.last_fetch = time.monotonic()
+        return self._items(msgs)
+
+    async def _check_idle(self) -> None:
+        assert self.psub is not None
+        if time.monotonic() - self.last_message < IDLE_CHECK_S:
+            return
+        self.last_message = time.monotonic()
+        try:
+            await self.js.consumer_info(self.stream, self.name, timeout=API_TIMEOUT_S)
+        except nats.js.errors.NotFoundError as exc:
+            raise ConsumerLost("the consumer is gone") from exc
+
+    def _items(self, msgs: list[Msg]) -> list[SourceItem]:
+        items: list[SourceItem] = []
+        for msg in msgs:
+            meta = msg.metadata
+            stream_seq, consumer_seq = meta.sequence.stream, meta.sequence.consumer
+            if consumer_seq != self.consumer_seq + 1:
+                # A delivery was lost (reconnect, slow consumer): yield what came before it.
+                self.lost = (
+                    f"consumer sequence {consumer_seq} after {self.consumer_seq}"
+                    f" (stream sequence {stream_seq}, expected at least {self.next_seq})"
+                )
+                break
+            self.consumer_seq = consumer_seq
+            if stream_seq < self.next_seq:
+                continue
+            self.next_seq = stream_seq + 1
+            items.append(decode_item(stream_seq, msg.subject, msg.data))
+        return items
 
 
-def _entry(msg: Msg) -> LogEntry:
-    seq = msg.metadata.sequence.stream
+async def event_batches(
+    bus: Bus,
+    *,
+    start_seq: int,
+    stop: asyncio.Event,
+    filter_subject: str = EVENT_SUBJECTS,
+    batch_max: int = DEFAULT_BATCH_MAX,
+    prefetch: int = DEFAULT_PREFETCH,
+    fetch_timeout_s: float = FETCH_TIMEOUT_S,
+    inactive_threshold_s: float = INACTIVE_THRESHOLD_S,
+    stream: str = EVENTS_STREAM,
+) -> AsyncGenerator[list[SourceItem], None]:
+    """Yield non-empty batches of the log from stream sequence `start_seq` on, until `stop`.
+
+    Batches hold up to `batch_max` items, as many as the server has ready: large under load,
+    small when idle. Up to `prefetch` batches are read ahead while the caller works on one.
+    Transient failures are retried forever with backoff; reading resumes at the sequence
+    after the last one read. Close the generator (`contextlib.aclosing`) to delete its
+    consumer at once.
+    """
+    reader = _Reader(
+        bus.js,
+        stream=stream,
+        filter_subject=filter_subject,
+        next_seq=max(1, start_seq),
+        batch_max=batch_max,
+        fetch_timeout_s=fetch_timeout_s,
+        inactive_threshold_s=inactive_threshold_s,
+    )
+    halt = asyncio.Event()
+    batches = _read(reader, stop, halt)
+    if prefetch > 0:
+        batches = _ahead(batches, prefetch, halt)
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            yield batch
+
+
+async def _read(
+    reader: _Reader, stop: asyncio.Event, halt: asyncio.Event
+) -> AsyncGenerator[list[SourceItem], None]:
+    failures = 0
     try:
-        return LogEntry(seq, msg.subject, msg.data, decode_event(msg.data), None)
-    except DecodeError as exc:
-        return LogEntry(seq, msg.subject, msg.data, None, str(exc))
+        while not (stop.is_set() or halt.is_set()):
+            try:
+                if reader.psub is None:
+                    await reader.open()
+                batch = await reader.fetch()
+            except Exception as exc:
+                failures += 1
+                await _recover(reader, exc, failures, stop)
+                continue
+            failures = 0
+            if batch:
+                yield batch
+    finally:
+        await reader.close()
+
+
+async def _ahead(
+    batches: AsyncGenerator[list[SourceItem], None], depth: int, halt: asyncio.Event
+) -> AsyncGenerator[list[SourceItem], None]:
+    """Run `batches` in a task that stays up to `depth` batches ahead of the caller."""
+    queue: asyncio.Queue[list[SourceItem]] = asyncio.Queue(depth)
+
+    async def pump() -> None:
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                await queue.put(batch)
+
+    pumping = asyncio.create_task(pump())
+    try:
+        while True:
+            getting = asyncio.ensure_future(queue.get())
+            await asyncio.wait({getting, pumping}, return_when=asyncio.FIRST_COMPLETED)
+            if getting.done():
+                yield getting.result()
+                continue
+            getting.cancel()
+            while not queue.empty():
+                yield queue.get_nowait()
+            pumping.result()  # the reader's error, if it failed
+            return
+    finally:
+        await _halt(pumping, queue, halt)
+
+
+async def _halt(
+    pumping: asyncio.Task[None], queue: asyncio.Queue[list[SourceItem]], halt: asyncio.Event
+) -> None:
+    """End the pump for sure. A cancel alone is not enough: nats-py's `next_msg` may swallow
+    one (Python 3.11's `wait_for` does when a message lands at the same moment), and the pump
+    then blocks on the full queue."""
+    halt.set()
+    while not pumping.done():
+        pumping.cancel()
+        while not queue.empty():
+            queue.get_nowait()
+        await asyncio.wait({pumping}, timeout=HALT_WAIT_S)
+    if not pumping.cancelled() and pumping.exception() is not None:
+        log.debug("reader ended with %r", pumping.exception())
+
+
+async def _recover(reader: _Reader, exc: Exception, failures: int, stop: asyncio.Event) -> None:
+    """Log `exc`, drop the consumer and wait before the next one; re-raise programming errors."""
+    if isinstance(exc, ConsumerLost):
+        log.info("recreating the consumer at seq %d: %s", reader.next_seq, exc)
+    elif is_transient(exc):
+        log.warning("reading the log: %s, retry %d", type(exc).__name__, failures)
+    elif isinstance(exc, nats.errors.Error):
+        log.error("reading the log: %s, retry %d", exc, failures)
+    else:
+        raise exc
+    await reader.close()
+    if failures > 1:
+        await sleep_unless_stopped(stop, backoff_s(failures))
+
+
+async def sleep_unless_stopped(stop: asyncio.Event, delay_s: float) -> None:
+    """Wait `delay_s`, or less if `stop` gets set."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), delay_s)

@@ -18,20 +18,15 @@ from projections._replay import (
     replay_stdout,
     swap_schemas,
 )
-from projections._source import DEFAULT_BATCH_MAX, SourceItem, decode_item, event_batches
 
 __all__ = [
-    "DEFAULT_BATCH_MAX",
     "DEFAULT_NAME",
     "DEFAULT_SCHEMA",
     "NdjsonProjector",
     "PostgresProjector",
     "ReplayReport",
     "ResultLine",
-    "SourceItem",
     "checkpoint",
-    "decode_item",
-    "event_batches",
     "last_written_seq",
     "load_queries",
     "migrate",

@@ -20,17 +20,15 @@ from typing import Any, BinaryIO
 import msgspec
 
 from events import (
+    DEFAULT_BATCH_MAX,
     TASK_EVENT_SUBJECTS,
     Bus,
     JobstreamError,
+    SourceItem,
     TaskDeadLettered,
     TaskSucceeded,
     backoff_s,
     encode_into,
-)
-from projections._source import (
-    DEFAULT_BATCH_MAX,
-    SourceItem,
     event_batches,
     sleep_unless_stopped,
 )

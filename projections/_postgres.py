@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, TypeVar
 import asyncpg
 
 from events import (
+    DEFAULT_BATCH_MAX,
     Bus,
     Event,
     JobCancelled,
@@ -35,6 +36,7 @@ from events import (
     JobEvent,
     JobFailed,
     JobSubmitted,
+    SourceItem,
     TaskCancelled,
     TaskDeadLettered,
     TaskEvent,
@@ -49,16 +51,12 @@ from events import (
     WorkerStopped,
     backoff_s,
     encode,
+    event_batches,
+    sleep_unless_stopped,
     task_id_for,
 )
 from projections._migrate import DEFAULT_SCHEMA, quote_ident
 from projections._queries import load_queries
-from projections._source import (
-    DEFAULT_BATCH_MAX,
-    SourceItem,
-    event_batches,
-    sleep_unless_stopped,
-)
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,8 @@ from events import (
     TASK_EVENT_SUBJECTS,
     Bus,
     JobstreamError,
+    SourceItem,
+    event_batches,
     new_id,
 )
 from projections._migrate import DEFAULT_SCHEMA, migrate, quote_ident
@@ -37,7 +39,6 @@ from projections._ndjson import (
     result_line,
 )
 from projections._postgres import DEFAULT_NAME, PostgresProjector
-from projections._source import SourceItem, event_batches
 
 log = logging.getLogger(__name__)
 

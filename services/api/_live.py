@@ -19,13 +19,14 @@ from events import (
     EVENT_SUBJECTS,
     Bus,
     ConnectError,
+    SourceItem,
     decode_event,
+    event_batches,
     event_type,
     job_subject,
     job_task_events_subject,
     validate_name,
 )
-from events._source import EventSource, LogEntry
 
 log = logging.getLogger("jobstream.api")
 
@@ -85,21 +86,25 @@ def _job_id(value: str) -> str:
         raise HTTPException(422, str(exc)) from None
 
 
-def _entry_json(entry: LogEntry) -> dict[str, Any]:
+def _entry_json(entry: SourceItem) -> dict[str, Any]:
     event = msgspec.to_builtins(entry.event) if entry.event is not None else None
-    return {"seq": entry.seq, "subject": entry.subject, "event": event, "error": entry.error}
+    error = str(entry.error) if entry.error is not None else None
+    return {"seq": entry.seq, "subject": entry.subject, "event": event, "error": error}
 
 
-async def _read_subject(bus: Bus, subject: str, limit: int) -> list[LogEntry]:
-    """Every entry on `subject` up to the log's current end (bounded by `limit`)."""
-    last = await bus.stream_last_seq()
-    entries: list[LogEntry] = []
+async def _read_subject(bus: Bus, subject: str, limit: int) -> list[SourceItem]:
+    """Every message on `subject` (a wildcard is fine), up to `limit`, in log order."""
+    last = await bus.last_on_subject(subject)
+    if last is None:
+        return []
+    entries: list[SourceItem] = []
     stop = asyncio.Event()
-    source = EventSource(bus, start_seq=1, subjects=subject, batch_max=1000)
-    async for batch in source.batches(stop):
-        entries.extend(batch)
-        if not batch or batch[-1].seq >= last or len(entries) >= limit:
-            stop.set()
+    batches = event_batches(bus, start_seq=1, stop=stop, filter_subject=subject)
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            entries.extend(batch)
+            if batch[-1].seq >= last[0] or len(entries) >= limit:
+                break
     return entries[:limit]
 
 

@@ -23,6 +23,7 @@ from events import (
     JobCompleted,
     JobFailed,
     JobSubmitted,
+    SourceItem,
     TaskCancelled,
     TaskDeadLettered,
     TaskMessage,
@@ -34,6 +35,7 @@ from events import (
     derived_id,
     ensure_buckets,
     ensure_streams,
+    event_batches,
     expand_tasks,
     is_transient,
     job_queue_purge_subject,
@@ -45,7 +47,6 @@ from events import (
     validate_name,
     with_retry,
 )
-from events._source import EventSource, LogEntry
 from services.dispatcher._state import (
     DispatcherState,
     LiveWorker,
@@ -82,17 +83,18 @@ class Dispatcher:
         await ensure_buckets(self.bus.js)
         snapshots = await self.bus.js.key_value(DISPATCHER_BUCKET)
         await self._load(snapshots)
-        source = EventSource(self.bus, start_seq=self.state.last_seq + 1)
+        batches = event_batches(self.bus, start_seq=self.state.last_seq + 1, stop=stop)
         lost_check = asyncio.create_task(self._lost_worker_loop(stop))
         last_snapshot = time.monotonic()
         log.info("dispatcher started at log sequence %d", self.state.last_seq + 1)
         try:
-            async for batch in source.batches(stop):
-                for entry in batch:
-                    await self._apply(entry)
-                if self._dirty and time.monotonic() - last_snapshot >= SNAPSHOT_INTERVAL_S:
-                    await self._save(snapshots)
-                    last_snapshot = time.monotonic()
+            async with contextlib.aclosing(batches):
+                async for batch in batches:
+                    for entry in batch:
+                        await self._apply(entry)
+                    if self._dirty and time.monotonic() - last_snapshot >= SNAPSHOT_INTERVAL_S:
+                        await self._save(snapshots)
+                        last_snapshot = time.monotonic()
         finally:
             lost_check.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -121,7 +123,7 @@ class Dispatcher:
             return
         self._dirty = False
 
-    async def _apply(self, entry: LogEntry) -> None:
+    async def _apply(self, entry: SourceItem) -> None:
         self.state.last_seq = entry.seq
         self._dirty = True
         error = entry.error if entry.event is None else _unusable(entry.event)

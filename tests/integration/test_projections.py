@@ -23,6 +23,7 @@ from events import (
     JobFailed,
     JobstreamError,
     JobSubmitted,
+    SourceItem,
     TaskCancelled,
     TaskDeadLettered,
     TaskFailed,
@@ -34,14 +35,13 @@ from events import (
     WorkerLost,
     WorkerStarted,
     WorkerStopped,
+    event_batches,
     task_id_for,
 )
 from projections import (
     NdjsonProjector,
     PostgresProjector,
-    SourceItem,
     checkpoint,
-    event_batches,
     last_written_seq,
     migrate,
     partition_path,

@@ -1,6 +1,7 @@
 """The dispatcher and worker against a real nats-server: the log is the truth we assert on."""
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -21,9 +22,9 @@ from events import (
     TaskSucceeded,
     WorkerStarted,
     WorkerStopped,
+    event_batches,
     new_id,
 )
-from events._source import EventSource
 from services.dispatcher import Dispatcher
 from services.worker import Worker, WorkerOptions
 
@@ -49,11 +50,15 @@ async def running(
 async def read_log(bus: Bus) -> list[Event]:
     last = await bus.stream_last_seq()
     events: list[Event] = []
+    if last == 0:
+        return events
     stop = asyncio.Event()
-    async for batch in EventSource(bus, start_seq=1, subjects=EVENT_SUBJECTS).batches(stop):
-        events.extend(entry.event for entry in batch if entry.event is not None)
-        if batch and batch[-1].seq >= last:
-            stop.set()
+    batches = event_batches(bus, start_seq=1, stop=stop, filter_subject=EVENT_SUBJECTS)
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            events.extend(entry.event for entry in batch if entry.event is not None)
+            if batch[-1].seq >= last:
+                break
     return events
 
 

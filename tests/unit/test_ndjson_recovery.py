@@ -6,11 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from events import TaskDeadLettered, TaskStarted, TaskSucceeded, encode
+from events import (
+    SourceItem,
+    TaskDeadLettered,
+    TaskStarted,
+    TaskSucceeded,
+    decode_item,
+    encode,
+)
 from projections import (
     ResultLine,
-    SourceItem,
-    decode_item,
     last_written_seq,
     partition_path,
     repair_partitions,
