@@ -5,13 +5,14 @@ are ignored on decode, so an older reader survives a newer writer.
 """
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
 from events._ids import new_id
 
 JsonValue = Any
+Positive = Annotated[int, msgspec.Meta(ge=1)]
 
 
 def utc_now() -> datetime:
@@ -23,7 +24,7 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     kind: str
     args: dict[str, JsonValue] = msgspec.field(default_factory=dict)
-    count: int = 1
+    count: Positive = 1
 
 
 class _Event(
@@ -42,7 +43,7 @@ class JobSubmitted(_Event, tag="job.submitted", frozen=True, kw_only=True):
     queue: str = "default"
     priority: int = 0
     tasks: list[TaskSpec]
-    max_attempts: int = 3
+    max_attempts: Positive = 3
     timeout_s: float | None = None
     idempotency_key: str | None = None
     submitted_by: str = ""
@@ -141,7 +142,7 @@ class TaskRequeued(_Event, tag="task.requeued", frozen=True, kw_only=True):
     kind: str
     args: dict[str, JsonValue] = msgspec.field(default_factory=dict)
     queue: str = "default"
-    max_attempts: int = 3
+    max_attempts: Positive = 3
     timeout_s: float | None = None
     attempts_before: int = 0
     requeued_by: str = ""
@@ -200,7 +201,7 @@ class TaskMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     task_id: str
     kind: str
     args: dict[str, JsonValue] = msgspec.field(default_factory=dict)
-    max_attempts: int = 3
+    max_attempts: Positive = 3
     timeout_s: float | None = None
     # Attempts made before a `jobstream dlq retry`; attempt numbers go on from there.
     attempts_before: int = 0

@@ -1,0 +1,79 @@
+"""The event catalogue and codec: JSON on the wire, tolerant of new fields, strict on types."""
+
+import json
+
+import pytest
+
+from events import (
+    DecodeError,
+    JobSubmitted,
+    TaskSpec,
+    TaskSucceeded,
+    decode_event,
+    decode_task_message,
+    encode,
+    event_json_schema,
+    event_type,
+    expand_tasks,
+    job_subject,
+    subject_for,
+    task_event_subject,
+    task_queue_subject,
+)
+
+
+def test_round_trip_and_wire_name() -> None:
+    event = TaskSucceeded(
+        job_id="J", task_id="J-0", kind="sum", worker_id="w", attempt=1, result=3, duration_s=0.1
+    )
+    wire = json.loads(encode(event))
+    assert wire["type"] == "task.succeeded" == event_type(event)
+    assert decode_event(encode(event)) == event
+
+
+def test_unknown_fields_are_ignored_and_new_fields_default() -> None:
+    data = b'{"type":"job.submitted","job_id":"J","tasks":[{"kind":"noop"}],"from_the_future":1}'
+    job = decode_event(data)
+    assert isinstance(job, JobSubmitted)
+    assert job.max_attempts == 3 and job.tasks == [TaskSpec(kind="noop")]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not json",
+        b'{"type":"job.exploded","job_id":"J"}',
+        b'{"type":"job.submitted","job_id":"J","tasks":[{"kind":"noop","count":0}]}',
+        b'{"type":"job.submitted","job_id":"J","tasks":[],"max_attempts":0}',
+        b'{"type":"task.succeeded","job_id":"J"}',
+    ],
+)
+def test_malformed_payloads_are_decode_errors(data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        decode_event(data)
+
+
+def test_task_ids_are_derived_from_the_job() -> None:
+    job = JobSubmitted(
+        job_id="J", tasks=[TaskSpec(kind="sum", args={"a": 1}, count=2), TaskSpec(kind="noop")]
+    )
+    messages = expand_tasks(job)
+    assert [m.task_id for m in messages] == ["J-0", "J-1", "J-2"]
+    assert decode_task_message(encode(messages[0])) == messages[0]
+    assert job.task_count == 3
+
+
+def test_subjects() -> None:
+    assert job_subject("J") == "evt.job.J"
+    assert task_event_subject("J", "J-0") == "evt.task.J.J-0"
+    assert task_queue_subject("default", "J") == "task.default.J"
+    assert subject_for(JobSubmitted(job_id="J", tasks=[])) == "evt.job.J"
+    for bad in ("a.b", "a*", "a>", "a b", ""):
+        with pytest.raises(ValueError, match="subject token"):
+            job_subject(bad)
+
+
+def test_schema_covers_every_event() -> None:
+    schema = event_json_schema()
+    names = set(schema["$defs"])
+    assert {"JobSubmitted", "TaskSucceeded", "WorkerLost", "TaskMessage"} <= names
