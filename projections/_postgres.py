@@ -279,8 +279,10 @@ class _Round:
         job = self.jobs.get(job_id)
         if job is None:
             self.jobs[job_id] = {"job_id": job_id, "started_at": started_at, "seq": seq}
-        else:
-            job["started_at"] = min(job["started_at"], started_at)
+        elif started_at < job["started_at"]:
+            # As if applied one by one: only an event that moves started_at back touches the
+            # row, so updated_seq does not depend on where batches begin and end.
+            job["started_at"] = started_at
             job["seq"] = seq
 
     def _worker_seen(
