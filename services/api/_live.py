@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, gen
 
 from events import (
     EVENT_SUBJECTS,
+    EVENTS_STREAM,
     Bus,
     ConnectError,
     SourceItem,
@@ -128,8 +129,9 @@ async def job_events(
     return JSONResponse({"job_id": job_id, "events": [_entry_json(e) for e in entries]})
 
 
-async def _lag(request: Request) -> tuple[int | None, dict[str, int]]:
-    """The log's last sequence and each Postgres projection's distance from it."""
+async def _lag(request: Request) -> tuple[int | None, dict[str, int], dict[str, float]]:
+    """The log's last sequence, and each Postgres projection's distance from it: in events,
+    and in seconds (the age of the oldest event it has not applied; 0 when caught up)."""
     live = _live(request)
     last_seq = None
     if live.bus is not None and live.bus.nc.is_connected:
@@ -137,12 +139,25 @@ async def _lag(request: Request) -> tuple[int | None, dict[str, int]]:
             last_seq = await asyncio.wait_for(live.bus.stream_last_seq(), 2)
     read_models = request.app.state.read_models
     lags: dict[str, int] = {}
+    seconds: dict[str, float] = {}
     async with read_models.connection() as conn:
         rows = await conn.fetch(request.app.state.sql["list_checkpoints"])
     for row in rows:
-        if last_seq is not None:
-            lags[row["projection"]] = max(0, last_seq - row["last_seq"])
-    return last_seq, lags
+        if last_seq is None or live.bus is None:
+            continue
+        name, behind = row["projection"], max(0, last_seq - row["last_seq"])
+        lags[name] = behind
+        seconds[name] = await _age_of(live.bus, row["last_seq"] + 1) if behind else 0.0
+    return last_seq, lags, seconds
+
+
+async def _age_of(bus: Bus, seq: int) -> float:
+    """How long ago the event at `seq` was written (0 if it cannot be read)."""
+    with contextlib.suppress(Exception):
+        raw = await asyncio.wait_for(bus.js.get_msg(EVENTS_STREAM, seq=seq, direct=True), 2)
+        if raw.time is not None:
+            return max(0.0, (datetime.now(UTC) - raw.time).total_seconds())
+    return 0.0
 
 
 @live_router.get("/readyz")
@@ -151,10 +166,11 @@ async def readyz(request: Request) -> JSONResponse:
     to the log's end (within READY_MAX_LAG_EVENTS)."""
     checks: dict[str, Any] = {"nats": False, "postgres": False, "projector_lag": None}
     try:
-        last_seq, lags = await _lag(request)
+        last_seq, lags, seconds = await _lag(request)
         checks["postgres"] = True
         checks["nats"] = last_seq is not None
         checks["projector_lag"] = lags
+        checks["projector_lag_seconds"] = seconds
         checks["log_last_seq"] = last_seq
     except Exception as exc:
         checks["error"] = str(exc)
@@ -179,15 +195,22 @@ async def metrics(request: Request) -> Response:
         ["projection"],
         registry=registry,
     )
+    lag_seconds = Gauge(
+        "jobstream_projector_lag_seconds",
+        "Age of the oldest event a projection has not applied (0: caught up)",
+        ["projection"],
+        registry=registry,
+    )
     jobs = Gauge(
         "jobstream_jobs", "Jobs in the read model by status", ["status"], registry=registry
     )
     with contextlib.suppress(Exception):
-        last_seq, lags = await _lag(request)
+        last_seq, lags, seconds = await _lag(request)
         if last_seq is not None:
             last.set(last_seq)
         for name, value in lags.items():
             lag.labels(projection=name).set(value)
+            lag_seconds.labels(projection=name).set(seconds[name])
         async with request.app.state.read_models.connection() as conn:
             for row in await conn.fetch(request.app.state.sql["count_jobs_by_status"]):
                 jobs.labels(status=row["status"]).set(row["n"])
