@@ -5,7 +5,6 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 
 import asyncpg
@@ -13,6 +12,7 @@ import httpx
 
 from cli._stack import LocalStack, StackOptions
 from services.stack import free_port
+from tests.faults._harness import ndjson_task_counts
 
 JOBSTREAM = [sys.executable, "-m", "cli"]
 
@@ -37,16 +37,6 @@ async def wait_until_finished(conn: asyncpg.Connection, job_id: str, timeout_s: 
             await asyncio.sleep(0.2)
 
     return await asyncio.wait_for(poll(), timeout_s)
-
-
-def ndjson_task_ids(results_dir: Path, job_id: str) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for path in results_dir.glob("results-*.ndjson"):
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            if row["job_id"] == job_id:
-                counts[row["task_id"]] += 1
-    return counts
 
 
 async def test_thousand_tasks_over_two_worker_processes(
@@ -98,7 +88,7 @@ async def test_thousand_tasks_over_two_worker_processes(
     assert {json.loads(row["output"])["sum"] for row in results} == {5}
     assert {row["state"]: row["n"] for row in states} == {"succeeded": 1000}
     assert len({row["processed_by"] for row in results}) == 2, "both workers took tasks"
-    ndjson = ndjson_task_ids(options.data_dir / "results", job_id)
+    ndjson = ndjson_task_counts(options.data_dir / "results", job_id)
     assert len(ndjson) == 1000 and set(ndjson.values()) == {1}
     assert api_job["status"] == status["status"] == "completed"
     assert api_job["tasks"] == status["tasks"]
