@@ -665,7 +665,9 @@ def bench(
     tasks: Annotated[
         int | None,
         typer.Option(
-            min=100, max=1_000_000, help="Tasks per throughput figure [default: 20000; quick 2000]"
+            min=100,
+            max=1_000_000,
+            help="Tasks per throughput figure (default 20,000; 1,000 with --quick).",
         ),
     ] = None,
     workers: Annotated[
@@ -688,7 +690,8 @@ def bench(
         ),
     ] = None,
     lease_s: Annotated[
-        float | None, typer.Option(min=0.5, help="Workers' lease [default: 5; quick 2]")
+        float | None,
+        typer.Option(min=0.5, help="Workers' lease in seconds (default 5; 2 with --quick)."),
     ] = None,
     nats_sync_always: Annotated[
         bool, typer.Option("--nats-sync-always", help="Embedded nats-server fsyncs every write.")

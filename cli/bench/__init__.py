@@ -8,6 +8,7 @@ from typing import Any
 from cli.bench._options import SECTIONS, BenchOptions, build_options, parse_sections
 from cli.bench._report import render, summarize, to_json
 from cli.bench._run import Progress, run_once
+from events import JobstreamError
 
 __all__ = [
     "SECTIONS",
@@ -30,7 +31,13 @@ async def run_bench(options: BenchOptions, progress: Progress) -> dict[str, Any]
     environment: dict[str, Any] = {}
     for index in range(options.runs):
         progress(f"run {index + 1} of {options.runs}")
-        run, environment = await run_once(options, index + 1, progress)
+        try:
+            run, environment = await run_once(options, index + 1, progress)
+        except JobstreamError:
+            raise
+        except Exception as exc:
+            # A driver's or a timeout's error: one line for the user, the cause kept.
+            raise JobstreamError(f"bench run {index + 1}: {type(exc).__name__}: {exc}") from exc
         runs.append(run)
     return summarize(
         runs, options=options, environment=environment, wall_s=time.monotonic() - started

@@ -36,7 +36,9 @@ from services.stack import free_port
 SCHEMA = "jobstream_bench_baseline"
 BATCH = 100
 READY_TIMEOUT_S = 60.0
-RUN_TIMEOUT_S = 600.0
+MIN_RUN_TIMEOUT_S = 600.0
+# Generous: even 20 jobs/s finishes in time.
+RUN_TIMEOUT_S_PER_TASK = 0.05
 CONTROL_PLANE_POOL = 20
 PYTHON = [sys.executable, "-m"]
 
@@ -143,7 +145,7 @@ async def _wait_ready(workers: _Workers) -> None:
             raise workers.fail(index, "did not get ready")
 
 
-async def _go_and_wait(workers: _Workers) -> tuple[int, dict[str, float]]:
+async def _go_and_wait(workers: _Workers, *, timeout_s: float) -> tuple[int, dict[str, float]]:
     """Release every worker at once; wait for all to exit; return the jobs they did and the
     CPU seconds each reported."""
     for process in workers.processes:
@@ -154,7 +156,7 @@ async def _go_and_wait(workers: _Workers) -> tuple[int, dict[str, float]]:
     cpu_s: dict[str, float] = {}
     for index, process in enumerate(workers.processes):
         assert process.stdout is not None
-        output = await asyncio.wait_for(process.stdout.read(), RUN_TIMEOUT_S)
+        output = await asyncio.wait_for(process.stdout.read(), timeout_s)
         if await process.wait() != 0:
             raise workers.fail(index, f"exited with {process.returncode}")
         report = json.loads(output)
@@ -179,7 +181,8 @@ async def _measure(
         meter.start()
         started = time.monotonic()
         await conn.execute(baseline_query("insert_jobs"), setup.tasks)
-        done, worker_cpu_s = await _go_and_wait(workers)
+        timeout_s = max(MIN_RUN_TIMEOUT_S, setup.tasks * RUN_TIMEOUT_S_PER_TASK)
+        done, worker_cpu_s = await _go_and_wait(workers, timeout_s=timeout_s)
         elapsed_s = time.monotonic() - started
         cpu = meter.stop(exited=worker_cpu_s)
         succeeded = await conn.fetchval(baseline_query("count_succeeded"))

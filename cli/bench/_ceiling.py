@@ -17,6 +17,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, PubAck, StorageType, StreamConfig
 
 from cli.bench._common import rate
+from cli.bench._cpu import CpuMeter, CpuReport
 from events import JobstreamError, TaskMessage, encode
 
 STREAM = "JOBSTREAM_BENCH_CEILING"
@@ -37,6 +38,8 @@ class CeilingResult:
     fetch_batch: int
     publish_per_s: float
     consume_per_s: float
+    publish_cpu: CpuReport
+    consume_cpu: CpuReport
 
 
 def _payload() -> bytes:
@@ -92,7 +95,7 @@ async def _consume(nc: NatsClient, js: JetStreamContext, count: int) -> float:
     return elapsed
 
 
-async def measure_ceiling(nats_url: str, *, messages: int) -> CeilingResult:
+async def measure_ceiling(nats_url: str, meter: CpuMeter, *, messages: int) -> CeilingResult:
     nc = await nats.connect([nats_url], name="jobstream-bench-ceiling", connect_timeout=5)
     js = nc.jetstream(timeout=API_TIMEOUT_S)
     payload = _payload()
@@ -100,8 +103,12 @@ async def measure_ceiling(nats_url: str, *, messages: int) -> CeilingResult:
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_stream(STREAM)
         await js.add_stream(StreamConfig(name=STREAM, subjects=[SUBJECT], storage=StorageType.FILE))
+        meter.start()
         published_s = await _publish(js, messages, payload)
+        publish_cpu = meter.stop()
+        meter.start()
         consumed_s = await _consume(nc, js, messages)
+        consume_cpu = meter.stop()
         await js.delete_stream(STREAM)
     finally:
         await nc.close()
@@ -112,4 +119,6 @@ async def measure_ceiling(nats_url: str, *, messages: int) -> CeilingResult:
         fetch_batch=FETCH_BATCH,
         publish_per_s=rate(messages, published_s),
         consume_per_s=rate(messages, consumed_s),
+        publish_cpu=publish_cpu,
+        consume_cpu=consume_cpu,
     )

@@ -62,7 +62,8 @@ async def _postgres_facts(database_url: str) -> dict[str, str]:
 async def describe(servers: Servers) -> dict[str, Any]:
     bus = await Bus.connect([servers.nats_url], name="jobstream-bench-environment")
     try:
-        nats_version = str(bus.nc.connected_server_version)
+        server = bus.nc.connected_server_version
+        nats_version = f"{server.major}.{server.minor}.{server.patch}"
     finally:
         await bus.close()
     memory = psutil.virtual_memory()

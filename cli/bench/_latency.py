@@ -29,6 +29,9 @@ class LatencyResult:
     achieved_rate_per_s: float
     submit_to_started: Percentiles
     submit_to_done: Percentiles
+    # The p50 of submit → started for the tasks submitted in each second: flat when the
+    # system keeps up with the rate, rising when a backlog builds.
+    started_p50_by_second_ms: list[float]
     poll_interval_ms: float
     cpu: CpuReport
 
@@ -100,6 +103,11 @@ async def measure_latency(
         watcher.cancel()
     cpu = meter.stop()
     started = [start - samples.submitted[job] for job, (_, start) in samples.seen.items()]
+    first_submit = min(samples.submitted.values())
+    by_second: dict[int, list[float]] = {}
+    for job, (_, start) in samples.seen.items():
+        second = int(samples.submitted[job] - first_submit)
+        by_second.setdefault(second, []).append(start - samples.submitted[job])
     done = [seen - samples.submitted[job] for job, (seen, _) in samples.seen.items()]
     return LatencyResult(
         tasks=count,
@@ -107,6 +115,9 @@ async def measure_latency(
         achieved_rate_per_s=rate(count, took_s),
         submit_to_started=percentiles_ms(started),
         submit_to_done=percentiles_ms(done),
+        started_p50_by_second_ms=[
+            percentiles_ms(by_second[second]).p50 for second in sorted(by_second)
+        ],
         poll_interval_ms=POLL_S * 1000,
         cpu=cpu,
     )

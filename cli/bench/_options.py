@@ -17,6 +17,8 @@ DEFAULT_CONCURRENCY = 64
 DEFAULT_BASELINE_CONCURRENCY = 8
 CEILING_MESSAGES = 50_000
 QUICK_CEILING_MESSAGES = 10_000
+REPLAY_EVENTS = 100_000
+QUICK_REPLAY_EVENTS = 5_000
 DEFAULT_LEASE_S = 5.0
 QUICK_LEASE_S = 2.0
 DEFAULT_TASKS_PER_JOB = 2_000
@@ -35,6 +37,7 @@ class BenchOptions:
     concurrency: int = DEFAULT_CONCURRENCY
     baseline_concurrency: int = DEFAULT_BASELINE_CONCURRENCY
     ceiling_messages: int = CEILING_MESSAGES
+    replay_events: int = REPLAY_EVENTS
     runs: int = 1
     sections: frozenset[str] = frozenset(SECTIONS)
     quick: bool = False
@@ -111,6 +114,7 @@ def build_options(
             tasks=QUICK_TASKS,
             tasks_per_job=QUICK_TASKS // 4,
             ceiling_messages=QUICK_CEILING_MESSAGES,
+            replay_events=QUICK_REPLAY_EVENTS,
             lease_s=QUICK_LEASE_S,
             latency_duration_s=QUICK_LATENCY_DURATION_S,
         )

@@ -12,7 +12,6 @@ from cli.bench._options import BenchOptions
 
 NOTES = {
     "chunked_tasks_per_s": "chunked mode (many tasks per message) is not built yet",
-    "replay_events_per_s": "`jobstream replay` does not exist yet (issue 4); not measured",
 }
 SCALAR_KEYS = (
     "tasks_per_s",
@@ -84,6 +83,7 @@ def summarize(
             "concurrency": options.concurrency,
             "baseline_concurrency": options.baseline_concurrency,
             "ceiling_messages": options.ceiling_messages,
+            "replay_events": options.replay_events,
             "lease_s": options.lease_s,
             "latency_rate_per_s": options.latency_rate_per_s,
             "latency_duration_s": options.latency_duration_s,
@@ -156,8 +156,11 @@ def _cpu_table(summary: dict[str, Any]) -> Table | None:
     """Where the CPU went in the last run, per measured section: the busiest process first."""
     detail = summary["runs"][-1]["detail"]
     sections = {
+        "ceiling publish": detail.get("ceiling", {}).get("publish_cpu"),
+        "ceiling pull+ack": detail.get("ceiling", {}).get("consume_cpu"),
         "jobstream throughput": detail.get("throughput", {}).get("cpu"),
         "jobstream latency": detail.get("latency", {}).get("cpu"),
+        "replay": detail.get("replay", {}).get("cpu"),
     }
     for design, result in detail.get("baselines", {}).items():
         sections[f"baseline {design}"] = result["cpu"]

@@ -6,8 +6,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import asdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from cli.bench._latency import measure_latency
 from cli.bench._options import BenchOptions
 from cli.bench._ready import wait_until_ready
 from cli.bench._recovery import measure_recovery
+from cli.bench._replay import measure_replay
 from cli.bench._stack import ProductProcesses, Servers, bench_servers, product_processes
 from cli.bench._throughput import measure_throughput
 from events import Bus, ensure_streams
@@ -56,7 +57,9 @@ def empty_figures() -> RunFigures:
 
 
 async def _ceiling(servers: Servers, options: BenchOptions, run: RunFigures) -> None:
-    ceiling = await measure_ceiling(servers.nats_url, messages=options.ceiling_messages)
+    ceiling = await measure_ceiling(
+        servers.nats_url, _server_meter(servers), messages=options.ceiling_messages
+    )
     run["ceiling_publish_per_s"] = ceiling.publish_per_s
     run["ceiling_consume_per_s"] = ceiling.consume_per_s
     run["detail"]["ceiling"] = asdict(ceiling)
@@ -87,8 +90,26 @@ async def _baselines(
     run["detail"]["baselines"] = {r.design: asdict(r) for r in (http, single, batched)}
 
 
-def _meter(servers: Servers, processes: ProductProcesses) -> CpuMeter:
-    pids = {**processes.pids(), "bench": os.getpid()}
+async def _replay(servers: Servers, options: BenchOptions, run: RunFigures) -> None:
+    """After jobstream's processes have stopped: nothing acts on the synthetic history."""
+    bus = await Bus.connect([servers.nats_url], name="jobstream-bench-replay")
+    try:
+        await ensure_streams(bus.js)
+        result = await measure_replay(
+            bus,
+            servers.database_url,
+            _server_meter(servers),
+            min_events=options.replay_events,
+        )
+    finally:
+        await bus.close()
+    run["replay_events_per_s"] = result.events_per_s
+    run["detail"]["replay"] = asdict(result)
+
+
+def _server_meter(servers: Servers, extra: dict[str, int] | None = None) -> CpuMeter:
+    """CPU of the bench's own process, the servers (PostgreSQL with its backends) and `extra`."""
+    pids = {**(extra or {}), "bench": os.getpid()}
     if servers.nats_pid is not None:
         pids["nats-server"] = servers.nats_pid
     if servers.postgres_pid is not None:
@@ -96,61 +117,82 @@ def _meter(servers: Servers, processes: ProductProcesses) -> CpuMeter:
     return CpuMeter(pids, trees=frozenset({"postgres"}))
 
 
-async def _product_sections(
-    bus: Bus,
-    pool: asyncpg.Pool,
-    processes: ProductProcesses,
-    servers: Servers,
-    options: BenchOptions,
-    run: RunFigures,
-    progress: Progress,
-) -> None:
-    alive = processes.check_alive
-    if options.wants("throughput"):
-        progress(f"throughput: {options.tasks} no-op tasks in {options.jobs} jobs")
-        result = await measure_throughput(
-            bus,
-            pool,
-            _meter(servers, processes),
-            tasks=options.tasks,
-            jobs=options.jobs,
-            queue=options.queue,
-            alive=alive,
-        )
-        run["tasks_per_s"] = result.tasks_per_s
-        run["worker_tasks_per_s"] = result.worker_tasks_per_s
-        run["detail"]["throughput"] = asdict(result)
-    if options.wants("latency"):
-        progress(f"latency: {options.latency_rate_per_s:.0f} tasks/s")
-        latency = await measure_latency(
-            bus,
-            pool,
-            _meter(servers, processes),
-            rate_per_s=options.latency_rate_per_s,
-            duration_s=options.latency_duration_s,
-            queue=options.queue,
-            alive=alive,
-        )
-        run["latency_ms"] = {
-            "submit_to_started": asdict(latency.submit_to_started),
-            "submit_to_done": asdict(latency.submit_to_done),
-        }
-        run["detail"]["latency"] = asdict(latency)
-    if options.wants("recovery"):
-        progress(f"recovery: SIGKILL a worker (lease {options.lease_s}s)")
-        recovery = await measure_recovery(
-            bus,
-            pool,
-            processes,
-            concurrency=options.concurrency,
-            task_s=options.recovery_task_s,
-            queue=options.queue,
-            alive=alive,
-        )
-        run["recovery_s"] = recovery.recovery_s
-        run["recovery_restart_s"] = recovery.restart_s
-        run["lease_s"] = recovery.lease_s
-        run["detail"]["recovery"] = asdict(recovery)
+def _meter(servers: Servers, processes: ProductProcesses) -> CpuMeter:
+    return _server_meter(servers, processes.pids())
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Context:
+    """What jobstream's own sections share: the running processes and the connections."""
+
+    bus: Bus
+    pool: asyncpg.Pool
+    processes: ProductProcesses
+    servers: Servers
+    options: BenchOptions
+    run: RunFigures
+    progress: Progress
+
+
+async def _throughput(ctx: _Context) -> None:
+    options = ctx.options
+    ctx.progress(f"throughput: {options.tasks} no-op tasks in {options.jobs} jobs")
+    result = await measure_throughput(
+        ctx.bus,
+        ctx.pool,
+        _meter(ctx.servers, ctx.processes),
+        tasks=options.tasks,
+        jobs=options.jobs,
+        queue=options.queue,
+        alive=ctx.processes.check_alive,
+    )
+    ctx.run["tasks_per_s"] = result.tasks_per_s
+    ctx.run["worker_tasks_per_s"] = result.worker_tasks_per_s
+    ctx.run["detail"]["throughput"] = asdict(result)
+
+
+async def _latency(ctx: _Context) -> None:
+    options = ctx.options
+    ctx.progress(f"latency: {options.latency_rate_per_s:.0f} tasks/s")
+    latency = await measure_latency(
+        ctx.bus,
+        ctx.pool,
+        _meter(ctx.servers, ctx.processes),
+        rate_per_s=options.latency_rate_per_s,
+        duration_s=options.latency_duration_s,
+        queue=options.queue,
+        alive=ctx.processes.check_alive,
+    )
+    ctx.run["latency_ms"] = {
+        "submit_to_started": asdict(latency.submit_to_started),
+        "submit_to_done": asdict(latency.submit_to_done),
+    }
+    ctx.run["detail"]["latency"] = asdict(latency)
+
+
+async def _recovery(ctx: _Context) -> None:
+    options = ctx.options
+    ctx.progress(f"recovery: SIGKILL a worker (lease {options.lease_s}s)")
+    recovery = await measure_recovery(
+        ctx.bus,
+        ctx.pool,
+        ctx.processes,
+        concurrency=options.concurrency,
+        task_s=options.recovery_task_s,
+        queue=options.queue,
+        alive=ctx.processes.check_alive,
+    )
+    ctx.run["recovery_s"] = recovery.recovery_s
+    ctx.run["recovery_restart_s"] = recovery.restart_s
+    ctx.run["lease_s"] = recovery.lease_s
+    ctx.run["detail"]["recovery"] = asdict(recovery)
+
+
+_PRODUCT_MEASURES: tuple[tuple[str, Callable[[_Context], Awaitable[None]]], ...] = (
+    ("throughput", _throughput),
+    ("latency", _latency),
+    ("recovery", _recovery),
+)
 
 
 async def _product(
@@ -174,7 +216,18 @@ async def _product(
                 queue=options.queue,
                 tasks=options.workers * options.concurrency,
             )
-            await _product_sections(bus, pool, processes, servers, options, run, progress)
+            ctx = _Context(
+                bus=bus,
+                pool=pool,
+                processes=processes,
+                servers=servers,
+                options=options,
+                run=run,
+                progress=progress,
+            )
+            for section, measure in _PRODUCT_MEASURES:
+                if options.wants(section):
+                    await measure(ctx)
         finally:
             await pool.close()
             await bus.close()
@@ -221,5 +274,9 @@ async def run_once(
         if options.wants_product():
             with timed(run, "jobstream"):
                 await _product(servers, options, run, run_dir, index, progress)
+        if options.wants("replay"):
+            progress(f"replay: rebuild the read models from a log of >= {options.replay_events}")
+            with timed(run, "replay"):
+                await _replay(servers, options, run)
     run["wall_s"] = round(time.monotonic() - started, 1)
     return run, environment
