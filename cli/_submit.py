@@ -58,6 +58,14 @@ def check_kinds(specs: list[TaskSpec], registry: HandlerRegistry) -> None:
             )
 
 
+def with_kind_defaults(specs: list[TaskSpec], registry: HandlerRegistry) -> list[TaskSpec]:
+    """Give each task its kind's own attempt limit, where the kind has one."""
+    return [
+        msgspec.structs.replace(spec, max_attempts=registry.default_max_attempts(spec.kind))
+        for spec in specs
+    ]
+
+
 def build_job(
     specs: list[TaskSpec],
     *,

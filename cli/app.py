@@ -51,6 +51,7 @@ app = typer.Typer(
 log = logging.getLogger("jobstream")
 
 DEFAULT_CONCURRENCY = 8
+DEFAULT_MAX_ATTEMPTS = 3
 HandlerOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -312,7 +313,10 @@ def submit(
     ] = None,
     name: Annotated[str, typer.Option(help="Job name.")] = "",
     queue: QueueOption = "default",
-    max_attempts: Annotated[int, typer.Option(min=1, max=1000)] = 3,
+    max_attempts: Annotated[
+        int | None,
+        typer.Option(min=1, max=1000, help="Attempts per task. Default: the kind's own, else 3."),
+    ] = None,
     timeout_s: Annotated[float | None, typer.Option(min=0.001, help="Per-task timeout.")] = None,
     handler: HandlerOption = None,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"job_id": ...}.')] = False,
@@ -320,7 +324,13 @@ def submit(
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
 ) -> None:
     """Submit a job of one or many tasks; print its id."""
-    from cli._submit import build_job, check_kinds, parse_args_json, read_tasks_file
+    from cli._submit import (
+        build_job,
+        check_kinds,
+        parse_args_json,
+        read_tasks_file,
+        with_kind_defaults,
+    )
     from cli._submit import submit as publish_job
     from services.worker import HandlerRegistry
 
@@ -332,12 +342,15 @@ def submit(
         else:
             assert kind is not None
             specs = [TaskSpec(kind=kind, args=parse_args_json(args), count=count)]
-        check_kinds(specs, HandlerRegistry.default(handler))
+        registry = HandlerRegistry.default(handler)
+        check_kinds(specs, registry)
+        if max_attempts is None:
+            specs = with_kind_defaults(specs, registry)
         job = build_job(
             specs,
             name=name,
             queue=_queue(queue),
-            max_attempts=max_attempts,
+            max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS,
             timeout_s=timeout_s,
         )
         endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)

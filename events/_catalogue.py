@@ -25,6 +25,8 @@ class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     kind: str
     args: dict[str, JsonValue] = msgspec.field(default_factory=dict)
     count: Positive = 1
+    # The kind's own attempt limit; None: the job's `max_attempts`.
+    max_attempts: Positive | None = None
 
 
 class _Event(
@@ -226,7 +228,7 @@ def expand_tasks(job: JobSubmitted) -> list[TaskMessage]:
                     task_id=task_id_for(job.job_id, len(messages)),
                     kind=spec.kind,
                     args=spec.args,
-                    max_attempts=job.max_attempts,
+                    max_attempts=spec.max_attempts or job.max_attempts,
                     timeout_s=job.timeout_s,
                 )
             )

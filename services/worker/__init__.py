@@ -9,6 +9,7 @@ from services.worker._handlers import (
     TaskContext,
     UnknownTaskKind,
     load_handler,
+    task_kind,
 )
 from services.worker._worker import SimulatedFailure, Worker, WorkerOptions
 
@@ -24,4 +25,5 @@ __all__ = [
     "Worker",
     "WorkerOptions",
     "load_handler",
+    "task_kind",
 ]

@@ -5,11 +5,12 @@ import importlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from events import JobstreamError
 
 ENTRY_POINT_GROUP = "jobstream.handlers"
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,6 +24,22 @@ class TaskContext:
 
 class Handler(Protocol):
     def __call__(self, args: Mapping[str, Any], ctx: TaskContext) -> Awaitable[Any]: ...
+
+
+def task_kind(*, max_attempts: int) -> Callable[[F], F]:
+    """Give a handler its kind's default attempt limit, used when a job sets none:
+
+    @task_kind(max_attempts=10)
+    async def warm(args, ctx): ...
+    """
+    if max_attempts < 1:
+        raise ValueError("max_attempts must be at least 1")
+
+    def mark(handler: F) -> F:
+        handler.max_attempts = max_attempts  # type: ignore[attr-defined]
+        return handler
+
+    return mark
 
 
 class Retry(JobstreamError):
@@ -123,6 +140,11 @@ class HandlerRegistry:
             return self._handlers[kind]
         except KeyError:
             raise UnknownTaskKind(kind, list(self._handlers)) from None
+
+    def default_max_attempts(self, kind: str) -> int | None:
+        """The kind's own attempt limit (set with `task_kind`), if it has one."""
+        value = getattr(self._handlers.get(kind), "max_attempts", None)
+        return value if isinstance(value, int) else None
 
     def kinds(self) -> list[str]:
         return sorted(self._handlers)
