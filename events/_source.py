@@ -107,7 +107,6 @@ class _Reader:
         self.name = name
         self.psub = await self.js.pull_subscribe_bind(name, stream=self.stream)
         self.consumer_seq = 0
-        self.caught_up = False
         self.lost = ""
         self.last_fetch = self.last_message = time.monotonic()
         log.debug("reading %s from seq %d (consumer %s)", self.filter_subject, self.next_seq, name)
@@ -133,16 +132,11 @@ class _Reader:
             # We were away long enough for the server to drop an idle consumer.
             raise ConsumerLost(f"no fetch for {now - self.last_fetch:.1f}s")
         self.last_fetch = now
-        # When caught up, wait for one message: nats-py's fetch of a larger batch holds the
-        # first message that arrives until the batch is full or the timeout passes.
-        batch = 1 if self.caught_up else self.batch_max
         try:
-            msgs = await self.psub.fetch(batch, timeout=self.fetch_timeout_s)
+            msgs = await self.psub.fetch(self.batch_max, timeout=self.fetch_timeout_s)
         except TimeoutError:
-            self.caught_up = True
             await self._check_idle()
             return []
-        self.caught_up = False
         self.last_message = self.last_fetch = time.monotonic()
         return self._items(msgs)
 

@@ -176,18 +176,14 @@ class Worker:
         self, js: JetStreamContext, psub: JetStreamContext.PullSubscription, stop: asyncio.Event
     ) -> None:
         failures = 0
-        idle = True
         while not stop.is_set():
             free = self.options.concurrency - len(self._inflight)
             if free <= 0:
                 await asyncio.wait(list(self._inflight), return_when=asyncio.FIRST_COMPLETED)
                 continue
             try:
-                # An idle worker waits for one task: nats-py's fetch of a larger batch holds
-                # the first task that arrives until the batch is full or the timeout passes.
-                messages = await psub.fetch(1 if idle else free, timeout=FETCH_TIMEOUT_S)
+                messages = await psub.fetch(free, timeout=FETCH_TIMEOUT_S)
             except (TimeoutError, nats.errors.TimeoutError):
-                idle = True
                 continue
             except Exception as exc:
                 if not is_transient(exc) and not isinstance(exc, nats.js.errors.NotFoundError):
@@ -201,7 +197,6 @@ class Worker:
                     )
                 continue
             failures = 0
-            idle = not messages
             for msg in messages:
                 task = asyncio.create_task(self._handle(msg))
                 self._inflight[task] = msg
