@@ -30,22 +30,26 @@ class RecoveryResult:
     recovery_s: float
 
 
-async def _hold_tasks(
-    pool: asyncpg.Pool, processes: ProductProcesses, job_id: str, victim_id: str
-) -> None:
+async def _hold_tasks(pool: asyncpg.Pool, processes: ProductProcesses, job_id: str) -> int:
     """Wait until every task of the job has started (none still `queued` in the read model)
-    and the victim is running some of them."""
+    and a worker is running some of them; return the index of the worker holding the most.
 
-    async def victim_holds_tasks() -> bool | None:
+    Any worker will do: nats-py's fetch can hand one worker more than its share, and under
+    load a worker's quick tasks may be seen only once they have ended."""
+
+    async def holder() -> int | None:
         rows = await pool.fetch(read_model_query("task_states"), job_id)
-        queued = sum(row["n"] for row in rows if row["state"] == "queued")
-        held = sum(
-            row["n"] for row in rows if row["state"] == "running" and row["worker_id"] == victim_id
-        )
-        return True if rows and not queued and held else None
+        if not rows or any(row["state"] == "queued" for row in rows):
+            return None
+        held = {worker_id: 0 for worker_id in processes.worker_ids}
+        for row in rows:
+            if row["state"] == "running" and row["worker_id"] in held:
+                held[row["worker_id"]] += row["n"]
+        worker_id, count = max(held.items(), key=lambda item: item[1])
+        return processes.worker_ids.index(worker_id) if count else None
 
-    await poll_until(
-        victim_holds_tasks,
+    return await poll_until(
+        holder,
         timeout_s=HOLD_TIMEOUT_S,
         interval_s=POLL_S,
         what="the worker to kill holding recovery tasks",
@@ -66,8 +70,8 @@ async def measure_recovery(
     total = concurrency * len(processes.workers)
     job = job_of("sleep", total, queue=queue, name="bench-recovery", args={"seconds": task_s})
     await bus.publish_event(job)
-    victim, victim_id = processes.workers[0], processes.worker_ids[0]
-    await _hold_tasks(pool, processes, job.job_id, victim_id)
+    index = await _hold_tasks(pool, processes, job.job_id)
+    victim, victim_id = processes.workers[index], processes.worker_ids[index]
     held = [
         row["task_id"]
         for row in await pool.fetch(read_model_query("running_tasks_of"), job.job_id, victim_id)
