@@ -6,7 +6,7 @@ import logging
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -40,6 +40,9 @@ from events import (
     validate_name,
 )
 from projections import DEFAULT_SCHEMA, migrate
+
+if TYPE_CHECKING:
+    from cli._demo import DemoReport
 
 app = typer.Typer(
     name="jobstream",
@@ -590,7 +593,7 @@ def demo(
     async def main() -> int:
         stop = stop_on_signals()
         async with LocalStack(options) as stack:
-            await _wait_ready(stack.api_url, stack.database_url, schema)
+            await _wait_for_read_models(stack.api_url)
             bus = await connect_bus([stack.nats_url], name="jobstream-demo")
             pool = await connect_database(
                 stack.database_url, min_size=1, max_size=2, server_settings={"search_path": schema}
@@ -618,10 +621,8 @@ def demo(
     raise typer.Exit(run(main()))
 
 
-async def _wait_ready(
-    api_url: str, database_url: str, schema: str, timeout_s: float = 60.0
-) -> None:
-    """Wait until the API answers and the projector has created the read models."""
+async def _wait_for_read_models(api_url: str, timeout_s: float = 60.0) -> None:
+    """Wait until the API can list jobs: the projector has created the read models."""
     import httpx
 
     loop = asyncio.get_running_loop()
@@ -637,10 +638,7 @@ async def _wait_ready(
     raise JobstreamError(f"the API at {api_url} did not become ready in {timeout_s:.0f}s")
 
 
-def _print_report(report: "object") -> None:
-    from cli._demo import DemoReport
-
-    assert isinstance(report, DemoReport)
+def _print_report(report: "DemoReport") -> None:
     typer.echo("")
     typer.echo(f"{'job':<28} {'name':<10} {'status':<10} tasks")
     for job in report.jobs:

@@ -209,12 +209,8 @@ class TaskMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     attempts_before: int = 0
 
 
-def task_ids(job_id: str, count: int) -> list[str]:
-    """Task ids of a job are derived from the job id and the task's index in the job."""
-    return [task_id_for(job_id, index) for index in range(count)]
-
-
 def task_id_for(job_id: str, index: int) -> str:
+    """Task ids of a job are derived from the job id and the task's index in the job."""
     return f"{job_id}-{index}"
 
 

@@ -109,7 +109,6 @@ class Worker:
             options.worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_id()[-6:]}"
         )
         self._inflight: dict[asyncio.Task[None], Msg] = {}
-        self._stopping = asyncio.Event()
         self.tasks_done = 0
 
     # --- lifecycle ---------------------------------------------------------
@@ -143,7 +142,6 @@ class Worker:
     async def _shutdown(self) -> None:
         """Stop fetching (done by the caller), let in-flight tasks finish within the grace
         period, then give back what is left with a nak so another worker takes it at once."""
-        self._stopping.set()
         if not self._inflight:
             return
         log.info(
