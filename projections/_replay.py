@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import asyncpg
+import nats.js.errors
 
 from events import (
     EVENT_SUBJECTS,
@@ -28,6 +29,7 @@ from events import (
     SourceItem,
     event_batches,
     new_id,
+    with_retry,
 )
 from projections._migrate import DEFAULT_SCHEMA, migrate, quote_ident
 from projections._ndjson import (
@@ -248,13 +250,19 @@ def _lines_up_to(batch: list[SourceItem], last: int) -> list[ResultLine]:
 
 async def _nothing_more(bus: Bus, seq: int, last: int) -> bool:
     """True when no task event lies after `seq` up to `last` (the filter hides other events)."""
-    try:
-        nxt = await bus.js.get_msg(
-            EVENTS_STREAM, seq=seq + 1, subject=TASK_EVENT_SUBJECTS, direct=True, next=True
-        )
-    except Exception:
-        return True
-    return nxt.seq is None or nxt.seq > last
+
+    async def next_seq() -> int | None:
+        try:
+            nxt = await bus.js.get_msg(
+                EVENTS_STREAM, seq=seq + 1, subject=TASK_EVENT_SUBJECTS, direct=True, next=True
+            )
+        except nats.js.errors.NotFoundError:
+            return None
+        return nxt.seq
+
+    # Only "not found" means the end: a transient error must not cut the rewrite short.
+    found = await with_retry(next_seq, what="look for the next task event")
+    return found is None or found > last
 
 
 def _move_partitions(scratch: Path, results_dir: Path) -> int:
