@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import nats.errors
 import nats.js.errors
-from nats.aio.msg import Msg
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -24,6 +24,7 @@ from events._bus import Bus, backoff_s, is_transient
 from events._catalogue import Event
 from events._codec import DecodeError, decode_event
 from events._ids import new_id
+from events._pull import Delivery, PullFeed
 from events._subjects import EVENT_SUBJECTS, EVENTS_STREAM
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ API_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 1.0
 HALT_WAIT_S = 0.5
 CONSUMER_PREFIX = "reader-"
+# Messages asked for ahead of the caller, in batches of `batch_max`.
+READ_AHEAD_BATCHES = 2
 
 
 class SourceItem(NamedTuple):
@@ -67,6 +70,7 @@ class _Reader:
 
     def __init__(
         self,
+        nc: NatsClient,
         js: JetStreamContext,
         *,
         stream: str,
@@ -76,6 +80,7 @@ class _Reader:
         fetch_timeout_s: float,
         inactive_threshold_s: float,
     ) -> None:
+        self.nc = nc
         self.js = js
         self.stream = stream
         self.filter_subject = filter_subject
@@ -83,9 +88,8 @@ class _Reader:
         self.batch_max = batch_max
         self.fetch_timeout_s = fetch_timeout_s
         self.inactive_threshold_s = inactive_threshold_s
-        self.psub: JetStreamContext.PullSubscription | None = None
+        self.feed: PullFeed | None = None
         self.name = ""
-        self.lost = ""
         self.consumer_seq = 0
         self.last_fetch = 0.0
         self.last_message = 0.0
@@ -105,43 +109,46 @@ class _Reader:
         )
         await self.js.add_consumer(self.stream, config, timeout=API_TIMEOUT_S)
         self.name = name
-        self.psub = await self.js.pull_subscribe_bind(name, stream=self.stream)
+        self.feed = PullFeed(
+            self.nc, stream=self.stream, consumer=name, window=self.batch_max * READ_AHEAD_BATCHES
+        )
+        await self.feed.start()
         self.consumer_seq = 0
-        self.lost = ""
         self.last_fetch = self.last_message = time.monotonic()
         log.debug("reading %s from seq %d (consumer %s)", self.filter_subject, self.next_seq, name)
 
     async def close(self) -> None:
         """Unsubscribe and delete the consumer, best effort: the server drops it when idle."""
-        psub, self.psub = self.psub, None
-        if psub is None:
+        feed, self.feed = self.feed, None
+        if feed is None:
             return
         try:
-            await psub.unsubscribe()
+            await feed.stop()
             await asyncio.wait_for(self.js.delete_consumer(self.stream, self.name), CLOSE_TIMEOUT_S)
         except (nats.errors.Error, TimeoutError) as exc:
             log.debug("closing consumer %s: %s", self.name, exc or type(exc).__name__)
 
     async def fetch(self) -> list[SourceItem]:
         """The next messages, in log order; [] when none came within the fetch timeout."""
-        assert self.psub is not None
-        if self.lost:
-            raise ConsumerLost(self.lost)
+        assert self.feed is not None
+        if self.feed.lost:
+            raise ConsumerLost(self.feed.lost)
         now = time.monotonic()
         if now - self.last_fetch > self.inactive_threshold_s / 2:
             # We were away long enough for the server to drop an idle consumer.
             raise ConsumerLost(f"no fetch for {now - self.last_fetch:.1f}s")
         self.last_fetch = now
-        try:
-            msgs = await self.psub.fetch(self.batch_max, timeout=self.fetch_timeout_s)
-        except TimeoutError:
+        deliveries = await self.feed.take(self.batch_max, self.fetch_timeout_s)
+        if not deliveries:
             await self._check_idle()
             return []
         self.last_message = self.last_fetch = time.monotonic()
-        return self._items(msgs)
+        return self._items(deliveries)
 
     async def _check_idle(self) -> None:
-        assert self.psub is not None
+        assert self.feed is not None
+        if self.feed.lost:
+            raise ConsumerLost(self.feed.lost)
         if time.monotonic() - self.last_message < IDLE_CHECK_S:
             return
         self.last_message = time.monotonic()
@@ -150,14 +157,14 @@ class _Reader:
         except nats.js.errors.NotFoundError as exc:
             raise ConsumerLost("the consumer is gone") from exc
 
-    def _items(self, msgs: list[Msg]) -> list[SourceItem]:
+    def _items(self, deliveries: list[Delivery]) -> list[SourceItem]:
         items: list[SourceItem] = []
-        for msg in msgs:
-            meta = msg.metadata
-            stream_seq, consumer_seq = meta.sequence.stream, meta.sequence.consumer
+        for delivery in deliveries:
+            stream_seq, consumer_seq = delivery.stream_seq, delivery.consumer_seq
             if consumer_seq != self.consumer_seq + 1:
                 # A delivery was lost (reconnect, slow consumer): yield what came before it.
-                self.lost = (
+                assert self.feed is not None
+                self.feed.lost = (
                     f"consumer sequence {consumer_seq} after {self.consumer_seq}"
                     f" (stream sequence {stream_seq}, expected at least {self.next_seq})"
                 )
@@ -166,7 +173,7 @@ class _Reader:
             if stream_seq < self.next_seq:
                 continue
             self.next_seq = stream_seq + 1
-            items.append(decode_item(stream_seq, msg.subject, msg.data))
+            items.append(decode_item(stream_seq, delivery.subject, delivery.data))
         return items
 
 
@@ -191,6 +198,7 @@ async def event_batches(
     consumer at once.
     """
     reader = _Reader(
+        bus.nc,
         bus.js,
         stream=stream,
         filter_subject=filter_subject,
@@ -215,7 +223,7 @@ async def _read(
     try:
         while not (stop.is_set() or halt.is_set()):
             try:
-                if reader.psub is None:
+                if reader.feed is None:
                     await reader.open()
                 batch = await reader.fetch()
             except Exception as exc:

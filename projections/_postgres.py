@@ -68,7 +68,7 @@ RETRY_CAP_S = 5.0
 T = TypeVar("T")
 
 # Errors caused by an event's values: the event is parked, the batch goes on.
-_DATA_ERRORS: tuple[type[Exception], ...] = (
+DATA_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.DataError,
     asyncpg.IntegrityConstraintViolationError,
     asyncpg.ProgramLimitExceededError,
@@ -103,7 +103,7 @@ class _Rewound(Exception):
 
 
 # Errors after which a connection is in a clean state (its transaction rolled back).
-_CLEAN_ERRORS: tuple[type[Exception], ...] = (*_DATA_ERRORS, _Rewound)
+_CLEAN_ERRORS: tuple[type[Exception], ...] = (*DATA_ERRORS, _Rewound)
 
 
 class Step(NamedTuple):
@@ -449,7 +449,7 @@ class PostgresProjector:
         async with _connection(self.pool) as conn:
             try:
                 last_seq, parked = await self._transaction(conn, items, after, isolate=False)
-            except _DATA_ERRORS as exc:
+            except DATA_ERRORS as exc:
                 log.warning(
                     "seq %d..%d: %s; looking for the event at fault",
                     items[0].seq,
@@ -507,7 +507,7 @@ class PostgresProjector:
         try:
             async with conn.transaction():
                 await self._apply(conn, entries)
-        except _DATA_ERRORS as exc:
+        except DATA_ERRORS as exc:
             if len(entries) == 1:
                 parked.append(_parked(entries[0][0], exc))
                 return

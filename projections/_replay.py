@@ -31,6 +31,7 @@ from events import (
     new_id,
     with_retry,
 )
+from projections._fold import ReadModelFold, write_fold
 from projections._migrate import DEFAULT_SCHEMA, migrate, quote_ident
 from projections._ndjson import (
     FILE_PREFIX,
@@ -40,11 +41,13 @@ from projections._ndjson import (
     exclusive_results_dir,
     result_line,
 )
-from projections._postgres import DEFAULT_NAME, PostgresProjector
+from projections._postgres import DATA_ERRORS, DEFAULT_NAME, PostgresProjector
 
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH_MAX = 5000
+# A row the database (or asyncpg's encoder) will not take: the bulk replay steps aside.
+_BULK_REFUSED_ERRORS: tuple[type[Exception], ...] = (*DATA_ERRORS, OverflowError, ValueError)
 PROGRESS_INTERVAL_S = 0.2
 
 Progress = Callable[[int, int], None]
@@ -87,22 +90,97 @@ async def replay_postgres(
     from_seq: int = 1,
     swap: bool = True,
     keep_old: bool = False,
+    bulk: bool = True,
     batch_max: int = REPLAY_BATCH_MAX,
     on_progress: Progress = _no_progress,
 ) -> ReplayReport:
-    """Rebuild the read models of `schema` from the log into a fresh schema; swap it in."""
+    """Rebuild the read models of `schema` from the log into a fresh schema; swap it in.
+
+    `bulk` folds the log in memory and loads the tables with COPY (`_fold.py`); should the
+    database refuse a row (a value out of its range), the projector's statements rebuild it
+    instead, parking the refused events as the live projector does.
+    """
     first, last = await _log_bounds(bus, from_seq)
     build = f"{schema}_replay_{new_id()[-8:].lower()}"
+    started = time.perf_counter()
+    built = False
+    if bulk:
+        built = await _build_bulk(bus, pool, build, first, last, on_progress)
+    if not built:
+        await _build_with_projector(bus, pool, build, first, last, batch_max, on_progress)
+    seconds = time.perf_counter() - started
+    on_progress(last - first + 1, last - first + 1)
+    replaced = await swap_schemas(pool, schema, build, keep_old=keep_old) if swap else None
+    return ReplayReport(
+        target="postgres",
+        first_seq=first,
+        last_seq=last,
+        events=max(0, last - first + 1),
+        seconds=seconds,
+        schema=schema if swap else build,
+        replaced_schema=replaced,
+    )
+
+
+async def _create_build_schema(pool: asyncpg.Pool, build: str, checkpoint_seq: int) -> None:
     async with pool.acquire() as conn:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(build)} CASCADE")
         await migrate(conn, build)
-        if first > 1:
+        if checkpoint_seq > 0:
             await conn.execute(
                 f"INSERT INTO {quote_ident(build)}.projection_checkpoints (projection, last_seq)"
                 " VALUES ($1, $2)",
                 DEFAULT_NAME,
-                first - 1,
+                checkpoint_seq,
             )
+
+
+async def _build_bulk(
+    bus: Bus, pool: asyncpg.Pool, build: str, first: int, last: int, on_progress: Progress
+) -> bool:
+    """Fold `first`..`last` in memory and COPY the tables into `build`; False if the
+    database refused a row (`build` is then left empty for the projector's way)."""
     started = time.perf_counter()
+    fold = ReadModelFold()
+    if last >= first:
+        stop = asyncio.Event()
+        batches = event_batches(bus, start_seq=first, stop=stop, batch_max=REPLAY_BATCH_MAX)
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                for item in batch:
+                    if item.seq > last:
+                        break
+                    fold.apply_item(item)
+                on_progress(min(batch[-1].seq, last) - first + 1, last - first + 1)
+                if batch[-1].seq >= last:
+                    break
+    folded = time.perf_counter()
+    await _create_build_schema(pool, build, max(first - 1, min(last, fold.last_seq)))
+    try:
+        await write_fold(pool, build, fold)
+    except _BULK_REFUSED_ERRORS as exc:
+        log.warning("bulk replay: the database refused a row (%s); rebuilding event by event", exc)
+        return False
+    log.info(
+        "bulk replay of seq %d..%d: read and folded in %.2fs, written in %.2fs",
+        first,
+        last,
+        folded - started,
+        time.perf_counter() - folded,
+    )
+    return True
+
+
+async def _build_with_projector(
+    bus: Bus,
+    pool: asyncpg.Pool,
+    build: str,
+    first: int,
+    last: int,
+    batch_max: int,
+    on_progress: Progress,
+) -> None:
+    await _create_build_schema(pool, build, first - 1)
     projector = PostgresProjector(bus, pool, schema=build, batch_max=batch_max)
     stop = asyncio.Event()
     running = asyncio.create_task(projector.run(stop))
@@ -116,18 +194,6 @@ async def replay_postgres(
     finally:
         stop.set()
         await running
-    seconds = time.perf_counter() - started
-    on_progress(last - first + 1, last - first + 1)
-    replaced = await swap_schemas(pool, schema, build, keep_old=keep_old) if swap else None
-    return ReplayReport(
-        target="postgres",
-        first_seq=first,
-        last_seq=last,
-        events=max(0, last - first + 1),
-        seconds=seconds,
-        schema=schema if swap else build,
-        replaced_schema=replaced,
-    )
 
 
 async def swap_schemas(

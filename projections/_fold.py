@@ -1,0 +1,631 @@
+"""The read models folded in memory from the log, then written with COPY: the bulk replay.
+
+Applying the log through the projector's statements costs a Postgres round of work per
+event; a replay into an empty schema needs none of it. `ReadModelFold` applies each event to
+rows held in dicts, with the very rules of `sql/projector.sql` (one event at a time, in log
+order: the result the projector's rounds are built to equal), and `write` loads the final
+rows with one COPY per table. tests/integration/test_replay.py holds the two to identical
+tables; a change to a statement in `sql/projector.sql` needs its twin here.
+
+Memory grows with the read model (about 1 KB per task), not with the log.
+"""
+
+import asyncio
+import math
+import operator
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from events import (
+    Event,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobSubmitted,
+    SourceItem,
+    TaskCancelled,
+    TaskDeadLettered,
+    TaskEvent,
+    TaskFailed,
+    TaskProgress,
+    TaskRequeued,
+    TaskStarted,
+    TaskSucceeded,
+    WorkerLost,
+    WorkerStarted,
+    WorkerStopped,
+    encode,
+    task_id_for,
+)
+from projections._migrate import quote_ident
+from projections._postgres import MAX_JOB_TASKS, _attempt_start, _utc
+
+TERMINAL_TASK_STATES = frozenset({"succeeded", "dead_lettered", "cancelled"})
+TERMINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+_Row = dict[str, Any]
+
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "jobs": (
+        "job_id",
+        "name",
+        "queue",
+        "priority",
+        "status",
+        "total_tasks",
+        "max_attempts",
+        "timeout_s",
+        "idempotency_key",
+        "submitted_by",
+        "labels",
+        "submitted_at",
+        "started_at",
+        "finished_at",
+        "duration_s",
+        "submitted_seq",
+        "updated_seq",
+    ),
+    "tasks": (
+        "task_id",
+        "job_id",
+        "task_index",
+        "kind",
+        "args",
+        "state",
+        "attempts",
+        "worker_id",
+        "result",
+        "error",
+        "started_at",
+        "finished_at",
+        "duration_s",
+        "updated_seq",
+    ),
+    "task_attempts": (
+        "task_id",
+        "attempt",
+        "job_id",
+        "worker_id",
+        "outcome",
+        "error",
+        "started_at",
+        "finished_at",
+        "duration_s",
+    ),
+    "workers": (
+        "worker_id",
+        "host",
+        "pid",
+        "queues",
+        "concurrency",
+        "version",
+        "state",
+        "started_at",
+        "last_seen_at",
+        "stopped_at",
+        "tasks_succeeded",
+        "tasks_failed",
+        "updated_seq",
+    ),
+    "results": (
+        "task_id",
+        "job_id",
+        "kind",
+        "inputs",
+        "output",
+        "processed_by",
+        "duration_s",
+        "status",
+        "error",
+        "attempts",
+        "finished_at",
+        "seq",
+    ),
+    "rejected_events": ("seq", "subject", "error", "payload"),
+}
+_JSON_COLUMNS = {"labels", "args", "result", "inputs", "output"}
+
+
+def _float(value: float | None) -> float | None:
+    """As the projector's JSON carries it: a number that is not finite becomes null."""
+    return value if value is None or math.isfinite(value) else None
+
+
+def _json(value: Any) -> str | None:
+    """A jsonb value as the projector's JSON input carries it (null: SQL NULL)."""
+    return None if value is None else encode(value).decode()
+
+
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    """Postgres `greatest`: NULLs ignored."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return max(a, b)
+
+
+class ReadModelFold:
+    """The read-model tables as rows in memory, changed event by event."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, _Row] = {}
+        self.tasks: dict[str, _Row] = {}
+        self.attempts: dict[str, dict[int, _Row]] = {}
+        self.workers: dict[str, _Row] = {}
+        self.results: dict[str, _Row] = {}
+        self.rejected: dict[int, _Row] = {}
+        self.last_seq = 0
+
+    def apply_item(self, item: SourceItem) -> None:
+        self.last_seq = max(self.last_seq, item.seq)
+        if item.event is None:
+            self._reject(item, str(item.error))
+            return
+        try:
+            self.apply(item.seq, item.event)
+        except _Rejected as exc:
+            self._reject(item, str(exc))
+
+    def _reject(self, item: SourceItem, error: str) -> None:
+        row = {"seq": item.seq, "subject": item.subject, "error": error, "payload": item.data}
+        self.rejected.setdefault(item.seq, row)
+
+    def apply(self, seq: int, event: Event) -> None:
+        at = _utc(event.at)
+        match event:
+            case JobSubmitted():
+                self._job_submitted(seq, at, event)
+            case JobCancelled():
+                self._job_finished(seq, at, event.job_id, "cancelled", None)
+            case JobCompleted():
+                self._job_finished(seq, at, event.job_id, "completed", event.duration_s)
+            case JobFailed():
+                self._job_finished(seq, at, event.job_id, "failed", event.duration_s)
+            case WorkerStarted():
+                self._worker_started(seq, at, event)
+            case WorkerStopped():
+                self._worker_stopped(seq, at, event)
+            case WorkerLost():
+                self._worker_lost(seq, event)
+            case _:
+                self._task_event(seq, at, event)
+
+    def _task_event(self, seq: int, at: datetime, event: TaskEvent) -> None:
+        match event:
+            case TaskStarted():
+                self._task_started(seq, at, event)
+            case TaskProgress():
+                self._task_progress(seq, event)
+            case TaskSucceeded():
+                self._task_succeeded(seq, at, event)
+            case TaskFailed():
+                self._task_failed(seq, at, event)
+            case TaskDeadLettered():
+                self._task_dead_lettered(seq, at, event)
+            case TaskRequeued():
+                self._task_requeued(seq, event)
+            case TaskCancelled():
+                self._task_cancelled(seq, at, event)
+
+    # --- jobs ------------------------------------------------------------------------------
+
+    def _job_submitted(self, seq: int, at: datetime, job: JobSubmitted) -> None:
+        count = sum(max(0, spec.count) for spec in job.tasks)
+        if count > MAX_JOB_TASKS:
+            raise _Rejected(f"job {job.job_id} has {count} tasks, over {MAX_JOB_TASKS}")
+        if job.job_id in self.jobs:
+            return
+        self.jobs[job.job_id] = {
+            "job_id": job.job_id,
+            "name": job.name,
+            "queue": job.queue,
+            "priority": job.priority,
+            "status": "queued",
+            "total_tasks": count,
+            "max_attempts": job.max_attempts,
+            "timeout_s": _float(job.timeout_s),
+            "idempotency_key": job.idempotency_key,
+            "submitted_by": job.submitted_by,
+            "labels": _json(job.labels),
+            "submitted_at": at,
+            "started_at": None,
+            "finished_at": None,
+            "duration_s": None,
+            "submitted_seq": seq,
+            "updated_seq": seq,
+        }
+        index = 0
+        for spec in job.tasks:
+            args = _json(spec.args)
+            for _ in range(spec.count):
+                task_id = task_id_for(job.job_id, index)
+                if task_id not in self.tasks:
+                    task = _new_task(task_id, job.job_id, index, spec.kind, args, seq)
+                    self.tasks[task_id] = task
+                index += 1
+
+    def _job_finished(
+        self, seq: int, at: datetime, job_id: str, status: str, duration_s: float | None
+    ) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or job["status"] in TERMINAL_JOB_STATUSES:
+            return
+        job["status"] = status
+        job["finished_at"] = at
+        duration = _float(duration_s)
+        job["duration_s"] = (
+            duration if duration is not None else (at - job["submitted_at"]) / timedelta(seconds=1)
+        )
+        job["updated_seq"] = seq
+
+    def _job_running(self, seq: int, job_id: str, started_at: datetime) -> None:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return
+        if not (
+            job["status"] == "queued" or job["started_at"] is None or job["started_at"] > started_at
+        ):
+            return
+        if job["status"] == "queued":
+            job["status"] = "running"
+        job["started_at"] = _earlier(job["started_at"], started_at)
+        job["updated_seq"] = max(job["updated_seq"], seq)
+
+    # --- tasks -----------------------------------------------------------------------------
+
+    def _open_task(self, task_id: str) -> _Row | None:
+        task = self.tasks.get(task_id)
+        return None if task is None or task["state"] in TERMINAL_TASK_STATES else task
+
+    def _task_started(self, seq: int, at: datetime, event: TaskStarted) -> None:
+        task = self._open_task(event.task_id)
+        if task is not None:
+            task.update(
+                state="running",
+                attempts=event.attempt,
+                worker_id=event.worker_id,
+                started_at=at,
+                updated_seq=seq,
+            )
+        attempts = self.attempts.setdefault(event.task_id, {})
+        for number, attempt in attempts.items():
+            if number < event.attempt and attempt["outcome"] == "running":
+                attempt.update(outcome="failed", error="lease expired", finished_at=at)
+        if event.attempt not in attempts:
+            attempts[event.attempt] = _new_attempt(event, "running", started_at=at)
+        self._job_running(seq, event.job_id, at)
+        self._worker_seen(seq, at, event.worker_id)
+
+    def _task_progress(self, seq: int, event: TaskProgress) -> None:
+        task = self._open_task(event.task_id)
+        if task is not None:
+            task["updated_seq"] = seq
+        self._worker_seen(seq, _utc(event.at), event.worker_id)
+
+    def _task_succeeded(self, seq: int, at: datetime, event: TaskSucceeded) -> None:
+        started_at = _attempt_start(event)
+        duration = _float(event.duration_s)
+        task = self._open_task(event.task_id)
+        if task is not None:
+            if not (task["attempts"] == event.attempt and task["started_at"] is not None):
+                task["started_at"] = started_at
+            task.update(
+                state="succeeded",
+                attempts=event.attempt,
+                worker_id=event.worker_id,
+                result=_json(event.result),
+                error=None,
+                finished_at=at,
+                duration_s=duration,
+                updated_seq=seq,
+            )
+        self._finish_attempt(event, "succeeded", None, started_at, at, duration)
+        if event.task_id not in self.results:
+            self.results[event.task_id] = {
+                "task_id": event.task_id,
+                "job_id": event.job_id,
+                "kind": event.kind,
+                "inputs": self._inputs(event.task_id, event.args),
+                "output": _json(event.result),
+                "processed_by": event.worker_id,
+                "duration_s": duration,
+                "status": "succeeded",
+                "error": None,
+                "attempts": event.attempt,
+                "finished_at": at,
+                "seq": seq,
+            }
+        self._job_running(seq, event.job_id, started_at)
+        self._worker_seen(seq, at, event.worker_id, succeeded=1)
+
+    def _task_failed(self, seq: int, at: datetime, event: TaskFailed) -> None:
+        started_at = _attempt_start(event)
+        duration = _float(event.duration_s)
+        task = self._open_task(event.task_id)
+        if task is not None:
+            task.update(
+                state="failed",
+                attempts=event.attempt,
+                worker_id=event.worker_id,
+                error=event.error,
+                updated_seq=seq,
+            )
+        self._finish_attempt(event, "failed", event.error, started_at, at, duration)
+        self._job_running(seq, event.job_id, started_at)
+        self._worker_seen(seq, at, event.worker_id, failed=1)
+
+    def _finish_attempt(
+        self,
+        event: TaskSucceeded | TaskFailed,
+        outcome: str,
+        error: str | None,
+        started_at: datetime,
+        at: datetime,
+        duration: float | None,
+    ) -> None:
+        attempts = self.attempts.setdefault(event.task_id, {})
+        attempt = attempts.get(event.attempt)
+        if attempt is None:
+            attempt = attempts[event.attempt] = _new_attempt(event, outcome, started_at=started_at)
+        elif attempt["started_at"] is None:
+            attempt["started_at"] = started_at
+        attempt.update(
+            worker_id=event.worker_id,
+            outcome=outcome,
+            error=error,
+            finished_at=at,
+            duration_s=duration,
+        )
+
+    def _task_dead_lettered(self, seq: int, at: datetime, event: TaskDeadLettered) -> None:
+        worker_id = event.worker_id or None
+        error = event.last_error or event.reason
+        task = self._open_task(event.task_id)
+        if task is not None:
+            task.update(
+                state="dead_lettered",
+                attempts=event.attempts,
+                worker_id=worker_id if worker_id is not None else task["worker_id"],
+                error=error,
+                finished_at=at,
+                updated_seq=seq,
+            )
+        for attempt in self.attempts.get(event.task_id, {}).values():
+            if attempt["outcome"] == "running":
+                attempt.update(outcome="failed", error=error, finished_at=at)
+        if event.task_id not in self.results:
+            self.results[event.task_id] = {
+                "task_id": event.task_id,
+                "job_id": event.job_id,
+                "kind": event.kind,
+                "inputs": self._inputs(event.task_id, event.args),
+                "output": None,
+                "processed_by": worker_id or "",
+                "duration_s": None,
+                "status": "dead_lettered",
+                "error": error,
+                "attempts": event.attempts,
+                "finished_at": at,
+                "seq": seq,
+            }
+
+    def _task_requeued(self, seq: int, event: TaskRequeued) -> None:
+        task = self.tasks.get(event.task_id)
+        if task is not None and task["state"] == "dead_lettered":
+            task.update(state="queued", finished_at=None, duration_s=None, updated_seq=seq)
+            self.results.pop(event.task_id, None)
+        job = self.jobs.get(event.job_id)
+        if job is None:
+            return
+        if job["status"] in ("failed", "completed"):
+            job.update(status="running", finished_at=None, duration_s=None)
+        job["updated_seq"] = max(job["updated_seq"], seq)
+
+    def _task_cancelled(self, seq: int, at: datetime, event: TaskCancelled) -> None:
+        task = self._open_task(event.task_id)
+        if task is not None:
+            task.update(state="cancelled", finished_at=at, updated_seq=seq)
+
+    def _inputs(self, task_id: str, args: dict[str, Any]) -> str:
+        if args:
+            return _json(args) or "{}"
+        task = self.tasks.get(task_id)
+        return task["args"] if task is not None else "{}"
+
+    # --- workers ---------------------------------------------------------------------------
+
+    def _worker_started(self, seq: int, at: datetime, event: WorkerStarted) -> None:
+        worker = self.workers.get(event.worker_id)
+        if worker is None:
+            worker = self.workers[event.worker_id] = _new_worker(event.worker_id, seq)
+            worker.update(tasks_succeeded=0, tasks_failed=0, last_seen_at=at)
+        worker.update(
+            host=event.host,
+            pid=event.pid,
+            queues=list(event.queues),
+            concurrency=event.concurrency,
+            version=event.version,
+            state="active",
+            started_at=at,
+            last_seen_at=_later(worker["last_seen_at"], at),
+            stopped_at=None,
+            updated_seq=seq,
+        )
+
+    def _worker_stopped(self, seq: int, at: datetime, event: WorkerStopped) -> None:
+        worker = self.workers.get(event.worker_id)
+        if worker is not None:
+            worker.update(
+                state="stopped",
+                stopped_at=at,
+                last_seen_at=_later(worker["last_seen_at"], at),
+                updated_seq=seq,
+            )
+
+    def _worker_lost(self, seq: int, event: WorkerLost) -> None:
+        worker = self.workers.get(event.worker_id)
+        if worker is None or worker["state"] != "active":
+            return
+        if event.last_seen is not None:
+            worker["last_seen_at"] = _utc(event.last_seen)
+        worker.update(state="lost", updated_seq=seq)
+
+    def _worker_seen(
+        self, seq: int, at: datetime, worker_id: str, *, succeeded: int = 0, failed: int = 0
+    ) -> None:
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            worker = self.workers[worker_id] = _new_worker(worker_id, seq)
+            worker.update(tasks_succeeded=succeeded, tasks_failed=failed, last_seen_at=at)
+            return
+        worker["tasks_succeeded"] += succeeded
+        worker["tasks_failed"] += failed
+        worker["last_seen_at"] = _later(worker["last_seen_at"], at)
+        worker["updated_seq"] = max(worker["updated_seq"], seq)
+
+    # --- output ----------------------------------------------------------------------------
+
+    def table_rows(self) -> dict[str, list[tuple[Any, ...]]]:
+        """Each table's rows as tuples in `COLUMNS` order."""
+        sources: dict[str, list[_Row]] = {
+            "jobs": list(self.jobs.values()),
+            "tasks": list(self.tasks.values()),
+            "task_attempts": [a for per_task in self.attempts.values() for a in per_task.values()],
+            "workers": list(self.workers.values()),
+            "results": list(self.results.values()),
+            "rejected_events": list(self.rejected.values()),
+        }
+        return {
+            table: list(map(operator.itemgetter(*COLUMNS[table]), rows))
+            for table, rows in sources.items()
+        }
+
+
+class _Rejected(ValueError):
+    pass
+
+
+def _earlier(a: datetime | None, b: datetime) -> datetime:
+    return b if a is None else min(a, b)
+
+
+def _new_task(task_id: str, job_id: str, index: int, kind: str, args: str | None, seq: int) -> _Row:
+    return {
+        "task_id": task_id,
+        "job_id": job_id,
+        "task_index": index,
+        "kind": kind,
+        "args": args,
+        "state": "queued",
+        "attempts": 0,
+        "worker_id": None,
+        "result": None,
+        "error": None,
+        "started_at": None,
+        "finished_at": None,
+        "duration_s": None,
+        "updated_seq": seq,
+    }
+
+
+def _new_attempt(
+    event: TaskStarted | TaskSucceeded | TaskFailed, outcome: str, *, started_at: datetime
+) -> _Row:
+    return {
+        "task_id": event.task_id,
+        "attempt": event.attempt,
+        "job_id": event.job_id,
+        "worker_id": event.worker_id,
+        "outcome": outcome,
+        "error": None,
+        "started_at": started_at,
+        "finished_at": None,
+        "duration_s": None,
+    }
+
+
+def _new_worker(worker_id: str, seq: int) -> _Row:
+    return {
+        "worker_id": worker_id,
+        "host": "",
+        "pid": 0,
+        "queues": [],
+        "concurrency": 0,
+        "version": "",
+        "state": "active",
+        "started_at": None,
+        "last_seen_at": None,
+        "stopped_at": None,
+        "tasks_succeeded": 0,
+        "tasks_failed": 0,
+        "updated_seq": seq,
+    }
+
+
+async def write_fold(pool: asyncpg.Pool, schema: str, fold: ReadModelFold) -> None:
+    """Load the fold's rows into the empty tables of `schema`: indexes dropped, one COPY per
+    table on its own connection, indexes built again (a sort each, not row by row)."""
+    tables = fold.table_rows()
+    async with pool.acquire() as conn:
+        rebuild = await _drop_indexes(conn, schema)
+
+    async def run(statements: list[str]) -> None:
+        async with pool.acquire() as conn:
+            for statement in statements:
+                await conn.execute(statement)
+
+    async def copy(table: str, rows: list[tuple[Any, ...]]) -> None:
+        async with pool.acquire() as conn:
+            await conn.copy_records_to_table(
+                table, schema_name=schema, columns=list(COLUMNS[table]), records=rows
+            )
+
+    await asyncio.gather(*(copy(table, rows) for table, rows in tables.items() if rows))
+    await asyncio.gather(*(run(statements) for statements in rebuild.values()))
+
+
+async def _drop_indexes(conn: asyncpg.Connection, schema: str) -> dict[str, list[str]]:
+    """Drop the primary keys and indexes of `schema`'s tables; return, per table, the
+    statements that make them again."""
+    rebuild: dict[str, list[str]] = {}
+    drops: list[str] = []
+    keys = await conn.fetch(
+        """
+        SELECT t.relname AS table_name, c.conname, pg_get_constraintdef(c.oid) AS definition
+        FROM pg_constraint c
+        JOIN pg_class t ON t.oid = c.conrelid
+        JOIN pg_namespace n ON n.oid = t.relnamespace
+        WHERE n.nspname = $1 AND c.contype = 'p'
+        """,
+        schema,
+    )
+    indexes = await conn.fetch(
+        """
+        SELECT i.tablename AS table_name, i.indexname, i.indexdef
+        FROM pg_indexes i
+        WHERE i.schemaname = $1
+          AND NOT EXISTS (
+              SELECT 1 FROM pg_constraint c
+              JOIN pg_namespace n ON n.oid = c.connamespace
+              WHERE n.nspname = $1 AND c.conname = i.indexname
+          )
+        """,
+        schema,
+    )
+    for key in keys:
+        table = f"{quote_ident(schema)}.{quote_ident(key['table_name'])}"
+        drops.append(f"ALTER TABLE {table} DROP CONSTRAINT {quote_ident(key['conname'])}")
+        rebuild.setdefault(key["table_name"], []).insert(
+            0,
+            f"ALTER TABLE {table} ADD CONSTRAINT {quote_ident(key['conname'])} {key['definition']}",
+        )
+    for index in indexes:
+        drops.append(f"DROP INDEX {quote_ident(schema)}.{quote_ident(index['indexname'])}")
+        rebuild.setdefault(index["table_name"], []).append(index["indexdef"])
+    async with conn.transaction():
+        for statement in drops:
+            await conn.execute(statement)
+    return rebuild
