@@ -38,6 +38,7 @@ from events._codec import (
 )
 from events._errors import ConflictError, ConnectError, JobstreamError, PublishError
 from events._ids import derived_id, new_id
+from events._pull import Delivery, PullFeed
 from events._source import (
     DEFAULT_BATCH_MAX,
     SourceItem,
@@ -79,6 +80,8 @@ from events._subjects import (
 )
 
 __all__ = [
+    "Delivery",
+    "PullFeed",
     "DEFAULT_BATCH_MAX",
     "DEFAULT_LEASE_S",
     "DISPATCHER_BUCKET",

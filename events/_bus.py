@@ -12,7 +12,9 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
+from nats.js.api import PubAck
 
+from events._acks import PipelinedPublisher
 from events._catalogue import Event, TaskMessage
 from events._codec import DecodeError, decode_event, encode
 from events._errors import ConflictError, ConnectError, PublishError
@@ -79,6 +81,7 @@ class Bus:
     def __init__(self, nc: NatsClient, js: JetStreamContext) -> None:
         self.nc = nc
         self.js = js
+        self._pipeline = PipelinedPublisher(nc, timeout_s=PUBLISH_TIMEOUT_S)
 
     @classmethod
     async def connect(
@@ -116,6 +119,7 @@ class Bus:
         return cls(nc, nc.jetstream(timeout=PUBLISH_TIMEOUT_S))
 
     async def close(self) -> None:
+        await self._pipeline.close()
         if not self.nc.is_closed:
             try:
                 await self.nc.drain()
@@ -136,16 +140,8 @@ class Bus:
         headers = {Header.MSG_ID.value: event.id}
         if expected_last_subject_seq is not None:
             headers[Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value] = str(expected_last_subject_seq)
-        payload = encode(event)
-
-        async def publish() -> int:
-            ack = await self.js.publish(
-                subject, payload, headers=headers, timeout=PUBLISH_TIMEOUT_S
-            )
-            return ack.seq
-
         try:
-            return await with_retry(publish, what=f"publish {subject}")
+            return await self._publish(subject, encode(event), headers)
         except nats.js.errors.APIError as exc:
             if exc.err_code != WRONG_LAST_SEQUENCE or expected_last_subject_seq is None:
                 raise PublishError(subject, str(exc)) from exc
@@ -158,8 +154,33 @@ class Bus:
 
     async def publish_task(self, queue: str, message: TaskMessage, *, msg_id: str) -> int:
         subject = task_queue_subject(queue, message.job_id)
-        payload = encode(message)
-        headers = {Header.MSG_ID.value: msg_id}
+        return await self._publish(subject, encode(message), {Header.MSG_ID.value: msg_id})
+
+    async def start_event_publish(
+        self, event: Event, *, expected_last_subject_seq: int | None = None
+    ) -> "asyncio.Future[PubAck]":
+        """Send `event` without waiting: the future gets its ack, or the error that calls for
+        `publish_event` (transient, a lost ack, or a fence to look into)."""
+        headers = {Header.MSG_ID.value: event.id}
+        if expected_last_subject_seq is not None:
+            headers[Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value] = str(expected_last_subject_seq)
+        return await self._pipeline.publish(subject_for(event), encode(event), headers)
+
+    async def start_task_publish(
+        self, queue: str, message: TaskMessage, *, msg_id: str
+    ) -> "asyncio.Future[PubAck]":
+        """Send a task message without waiting, as `start_event_publish`."""
+        subject = task_queue_subject(queue, message.job_id)
+        return await self._pipeline.publish(subject, encode(message), {Header.MSG_ID.value: msg_id})
+
+    async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:
+        """Publish and wait for the ack: first pipelined, then, on a transient failure, awaited
+        with retries (same `Nats-Msg-Id`, so a write that did land is not doubled)."""
+        try:
+            return (await (await self._pipeline.publish(subject, payload, headers))).seq
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
 
         async def publish() -> int:
             ack = await self.js.publish(

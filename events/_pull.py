@@ -104,9 +104,22 @@ class PullFeed:
         if sub is not None:
             await sub.unsubscribe()
 
+    async def restart(self) -> None:
+        """Start over on a new inbox, dropping what was buffered (a lost feed)."""
+        await self.stop()
+        self.lost = ""
+        self._requested = 0
+        self._buffer.clear()
+        self._inbox = self.nc.new_inbox()
+        await self.start()
+
     @property
     def buffered(self) -> int:
         return len(self._buffer)
+
+    @property
+    def requested(self) -> int:
+        return self._requested
 
     async def resize(self, window: int) -> None:
         """Change how many messages may be requested or buffered at once."""

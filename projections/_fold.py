@@ -265,10 +265,6 @@ class ReadModelFold:
         job = self.jobs.get(job_id)
         if job is None:
             return
-        if not (
-            job["status"] == "queued" or job["started_at"] is None or job["started_at"] > started_at
-        ):
-            return
         if job["status"] == "queued":
             job["status"] = "running"
         job["started_at"] = _earlier(job["started_at"], started_at)

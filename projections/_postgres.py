@@ -276,14 +276,13 @@ class _Round:
             self._worker_seen(seq, event)
 
     def _job_running(self, seq: int, job_id: str, started_at: datetime) -> None:
+        # Commutes: the earliest start, the latest sequence, whatever the events' order.
         job = self.jobs.get(job_id)
         if job is None:
             self.jobs[job_id] = {"job_id": job_id, "started_at": started_at, "seq": seq}
-        elif started_at < job["started_at"]:
-            # As if applied one by one: only an event that moves started_at back touches the
-            # row, so updated_seq does not depend on where batches begin and end.
-            job["started_at"] = started_at
-            job["seq"] = seq
+            return
+        job["started_at"] = min(job["started_at"], started_at)
+        job["seq"] = max(job["seq"], seq)
 
     def _worker_seen(
         self, seq: int, event: TaskStarted | TaskProgress | TaskSucceeded | TaskFailed

@@ -89,7 +89,8 @@ WHERE jobs.job_id = e.job_id
 
 -- name: jobs_running
 -- One row per job: the sum of a round's task.started, .succeeded and .failed events of the
--- job, with the earliest attempt start. A queued job is now running.
+-- job, with the earliest attempt start and the latest sequence. A queued job is now
+-- running. Every change commutes, so the order of the events in a round does not matter.
 WITH e AS (
     SELECT *
     FROM json_to_recordset($1::json) AS e (job_id text, started_at timestamptz, seq bigint)
@@ -99,8 +100,7 @@ SET status = CASE jobs.status WHEN 'queued' THEN 'running' ELSE jobs.status END,
     started_at = least(jobs.started_at, e.started_at),
     updated_seq = greatest(jobs.updated_seq, e.seq)
 FROM e
-WHERE jobs.job_id = e.job_id
-  AND (jobs.status = 'queued' OR jobs.started_at IS NULL OR jobs.started_at > e.started_at);
+WHERE jobs.job_id = e.job_id;
 
 
 -- name: task_started

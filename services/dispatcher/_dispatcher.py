@@ -3,13 +3,17 @@ when all their tasks have ended, and reports workers whose liveness key went qui
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 import msgspec
+import nats.errors
 import nats.js.errors
 import nats.js.kv
+from nats.js.api import PubAck
 
 from events import (
     DISPATCHER_BUCKET,
@@ -59,7 +63,6 @@ log = logging.getLogger(__name__)
 
 STATE_KEY = "state"
 SNAPSHOT_INTERVAL_S = 1.0
-PUBLISH_WINDOW = 256
 CANCEL_CONCURRENCY = 64
 
 
@@ -71,12 +74,33 @@ class _Liveness(msgspec.Struct):
 _liveness_decoder = msgspec.json.Decoder(_Liveness)
 
 
+class _Outbox:
+    """Publishes sent and not yet confirmed, each with the awaited publish that replaces it
+    if its ack fails. Settled once per batch of events: acks overlap instead of queueing."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[asyncio.Future[PubAck], Callable[[], Awaitable[object]]]] = []
+
+    def add(self, sent: "asyncio.Future[PubAck]", again: Callable[[], Awaitable[object]]) -> None:
+        self._pending.append((sent, again))
+
+    async def settle(self) -> None:
+        pending, self._pending = self._pending, []
+        for sent, again in pending:
+            try:
+                await sent
+            except (nats.errors.Error, nats.js.errors.APIError, TimeoutError) as exc:
+                log.debug("publish to be repeated, awaited: %r", exc)
+                await again()
+
+
 class Dispatcher:
     def __init__(self, bus: Bus, *, lease_s: float = 30.0) -> None:
         self.bus = bus
         self.lease_s = lease_s
         self.state = DispatcherState()
         self._dirty = False
+        self._outbox = _Outbox()
 
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_streams(self.bus.js)
@@ -92,6 +116,7 @@ class Dispatcher:
                 async for batch in batches:
                     for entry in batch:
                         await self._apply(entry)
+                    await self._outbox.settle()
                     if self._dirty and time.monotonic() - last_snapshot >= SNAPSHOT_INTERVAL_S:
                         await self._save(snapshots)
                         last_snapshot = time.monotonic()
@@ -101,6 +126,7 @@ class Dispatcher:
                 await lost_check
             if self._dirty:
                 with contextlib.suppress(Exception):
+                    await self._outbox.settle()
                     await self._save(snapshots)
 
     async def _load(self, snapshots: "nats.js.kv.KeyValue") -> None:
@@ -147,8 +173,10 @@ class Dispatcher:
                 if finished is not None:
                     await self._end_job(finished)
             case TaskRequeued():
+                await self._outbox.settle()
                 await self._requeue(seq, event)
             case JobCancelled():
+                await self._outbox.settle()
                 await self._cancel_job(event)
                 self.state.on_job_ended(event)
             case JobCompleted() | JobFailed():
@@ -164,20 +192,14 @@ class Dispatcher:
         """Publish one task message per task; the task id is the message id, so a replayed
         expansion inside the duplicate window is a no-op (and after it, fencing drops the rerun)."""
         messages = expand_tasks(job)
-        window: set[asyncio.Task[int]] = set()
         for message in messages:
-            if len(window) >= PUBLISH_WINDOW:
-                done, window = await asyncio.wait(window, return_when=asyncio.FIRST_COMPLETED)
-                for finished in done:
-                    finished.result()
-            window.add(
-                asyncio.create_task(
-                    self.bus.publish_task(job.queue, message, msg_id=message.task_id)
-                )
+            sent = await self.bus.start_task_publish(job.queue, message, msg_id=message.task_id)
+            self._outbox.add(
+                sent,
+                functools.partial(
+                    self.bus.publish_task, job.queue, message, msg_id=message.task_id
+                ),
             )
-        if window:
-            for finished in (await asyncio.wait(window))[0]:
-                finished.result()
         log.info("job %s: %d tasks queued on %s", job.job_id, len(messages), job.queue)
 
     async def _end_job(self, job: OpenJob) -> None:
@@ -202,12 +224,16 @@ class Dispatcher:
                 cancelled=job.cancelled,
                 duration_s=duration_s,
             )
-        try:
-            await self.bus.publish_event(event, expected_last_subject_seq=job.job_seq)
-        except ConflictError:
-            log.info("job %s was already ended", job.job_id)
+        sent = await self.bus.start_event_publish(event, expected_last_subject_seq=job.job_seq)
+        self._outbox.add(sent, functools.partial(self._publish_job_end, event, job.job_seq))
         self.state.jobs.pop(job.job_id, None)
         log.info("job %s ended: %s", job.job_id, type(event).__name__)
+
+    async def _publish_job_end(self, event: JobCompleted | JobFailed, job_seq: int) -> None:
+        try:
+            await self.bus.publish_event(event, expected_last_subject_seq=job_seq)
+        except ConflictError:
+            log.info("job %s was already ended", event.job_id)
 
     # --- dead letters given another round ---------------------------------------
 

@@ -16,7 +16,6 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-from nats.js import JetStreamContext
 
 from events import (
     LIVENESS_BUCKET,
@@ -25,6 +24,7 @@ from events import (
     Bus,
     ConflictError,
     Event,
+    PullFeed,
     TaskCancelled,
     TaskDeadLettered,
     TaskFailed,
@@ -59,6 +59,9 @@ DEFAULT_RETRY_BASE_S = 1.0
 DEFAULT_RETRY_CAP_S = 60.0
 DEFAULT_STARTED_EVENT_AFTER_S = 0.25
 FETCH_TIMEOUT_S = 0.1
+# Pull requests expire soon so that a stopping worker is not sent tasks for long.
+PULL_EXPIRES_S = 1.0
+PULL_HEARTBEAT_S = 0.25
 
 
 def _package_version() -> str:
@@ -130,75 +133,90 @@ class Worker:
         log.info("worker %s started on queue %s", self.worker_id, self.options.queue)
         liveness = asyncio.create_task(self._liveness_loop(stop))
         try:
-            await self._fetch_loop(js, stop)
+            await self._pull_loop(stop)
         finally:
-            await self._shutdown()
             liveness.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await liveness
             await self._publish(WorkerStopped(worker_id=self.worker_id))
             log.info("worker %s stopped after %d tasks", self.worker_id, self.tasks_done)
 
-    async def _shutdown(self) -> None:
-        """Stop fetching (done by the caller), let in-flight tasks finish within the grace
-        period, then give back what is left with a nak so another worker takes it at once."""
-        if not self._inflight:
-            return
-        log.info(
-            "draining %d in-flight tasks (grace %.1fs)", len(self._inflight), self.options.grace_s
-        )
-        _, pending = await asyncio.wait(list(self._inflight), timeout=self.options.grace_s)
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            msg = self._inflight.get(task)
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            if msg is not None:
+    async def _shutdown(self, feed: PullFeed) -> None:
+        """Ask for no more tasks, let in-flight tasks finish within the grace period, then give
+        back what is left, and what still arrives for requests outstanding, with a nak so
+        another worker takes it at once."""
+        await feed.resize(0)
+        deadline = time.monotonic() + self.options.grace_s
+        if self._inflight:
+            log.info(
+                "draining %d in-flight tasks (grace %.1fs)",
+                len(self._inflight),
+                self.options.grace_s,
+            )
+            _, pending = await asyncio.wait(list(self._inflight), timeout=self.options.grace_s)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                msg = self._inflight.get(task)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                if msg is not None:
+                    with contextlib.suppress(nats.errors.Error):
+                        await msg.nak()
+            if pending:
+                log.warning("gave back %d unfinished tasks", len(pending))
+        # Outstanding pull requests end within their expiry; nak what they still bring.
+        settle_by = max(deadline, time.monotonic()) + PULL_EXPIRES_S
+        while (feed.requested or feed.buffered) and time.monotonic() < settle_by:
+            for delivery in await feed.take(feed.buffered or 1, FETCH_TIMEOUT_S):
                 with contextlib.suppress(nats.errors.Error):
-                    await msg.nak()
-        if pending:
-            log.warning("gave back %d unfinished tasks", len(pending))
+                    await delivery.msg.nak()
+        await feed.stop()
 
-    async def _fetch_loop(self, js: JetStreamContext, stop: asyncio.Event) -> None:
-        psub = await js.pull_subscribe_bind(
-            durable=worker_consumer_name(self.options.queue), stream=TASKS_STREAM
+    async def _open_feed(self) -> PullFeed:
+        feed = PullFeed(
+            self.bus.nc,
+            stream=TASKS_STREAM,
+            consumer=worker_consumer_name(self.options.queue),
+            window=self.options.concurrency,
+            expires_s=PULL_EXPIRES_S,
+            heartbeat_s=PULL_HEARTBEAT_S,
         )
-        try:
-            await self._fetch_until_stopped(js, psub, stop)
-        finally:
-            with contextlib.suppress(nats.errors.Error, TimeoutError):
-                await psub.unsubscribe()
+        await feed.start()
+        return feed
 
-    async def _fetch_until_stopped(
-        self, js: JetStreamContext, psub: JetStreamContext.PullSubscription, stop: asyncio.Event
-    ) -> None:
+    async def _pull_loop(self, stop: asyncio.Event) -> None:
+        feed = await self._open_feed()
+        try:
+            await self._pull_until_stopped(feed, stop)
+        finally:
+            await self._shutdown(feed)
+
+    async def _pull_until_stopped(self, feed: PullFeed, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
             free = self.options.concurrency - len(self._inflight)
+            await feed.resize(free)
             if free <= 0:
                 await asyncio.wait(list(self._inflight), return_when=asyncio.FIRST_COMPLETED)
                 continue
-            try:
-                messages = await psub.fetch(free, timeout=FETCH_TIMEOUT_S)
-            except (TimeoutError, nats.errors.TimeoutError):
-                continue
-            except Exception as exc:
-                if not is_transient(exc) and not isinstance(exc, nats.js.errors.NotFoundError):
-                    raise
-                failures += 1
-                log.warning("fetch: %s; retrying", type(exc).__name__)
-                await asyncio.sleep(backoff_s(failures, base_s=0.1, cap_s=2.0))
-                if isinstance(exc, nats.js.errors.NotFoundError):
-                    await ensure_worker_consumer(
-                        js, self.options.queue, lease_s=self.options.lease_s
-                    )
-                continue
-            failures = 0
-            for msg in messages:
-                task = asyncio.create_task(self._handle(msg))
-                self._inflight[task] = msg
+            deliveries = await feed.take(free, FETCH_TIMEOUT_S)
+            for delivery in deliveries:
+                task = asyncio.create_task(self._handle(delivery.msg, delivery.num_delivered))
+                self._inflight[task] = delivery.msg
                 task.add_done_callback(self._finished)
+            if not feed.lost:
+                failures = 0
+                continue
+            failures += 1
+            log.warning("pulling tasks: %s; pulling again", feed.lost)
+            await feed.stop()
+            await asyncio.sleep(backoff_s(failures, base_s=0.1, cap_s=2.0))
+            with contextlib.suppress(Exception):
+                await ensure_worker_consumer(
+                    self.bus.js, self.options.queue, lease_s=self.options.lease_s
+                )
+            await feed.restart()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.pop(task, None)
@@ -226,7 +244,7 @@ class Worker:
 
     # --- one task ------------------------------------------------------------
 
-    async def _handle(self, msg: Msg) -> None:
+    async def _handle(self, msg: Msg, num_delivered: int) -> None:
         try:
             task = decode_task_message(msg.data)
             subject = task_event_subject(task.job_id, task.task_id)
@@ -234,7 +252,7 @@ class Worker:
             log.error("malformed task message on %s, dropped: %s", msg.subject, exc)
             await msg.term()
             return
-        attempt = task.attempts_before + msg.metadata.num_delivered
+        attempt = task.attempts_before + num_delivered
         state = _Attempt(
             msg=msg,
             task=task,
@@ -286,10 +304,13 @@ class Worker:
         )
         started = time.monotonic()
         runner = asyncio.create_task(self._call_handler(task, ctx))
-        lease = asyncio.create_task(self._extend_lease(state, runner))
+        lease: asyncio.Task[None] | None = None
         try:
-            done, _ = await asyncio.wait({runner}, timeout=self.options.started_event_after_s)
+            # Most tasks end within this wait: they need neither lease extension nor started.
+            quick_s = min(self.options.started_event_after_s, self.options.lease_s / 3)
+            done, _ = await asyncio.wait({runner}, timeout=quick_s)
             if not done:
+                lease = asyncio.create_task(self._extend_lease(state, runner))
                 state.expected_seq = await self._publish_task_event(
                     state,
                     TaskStarted(
@@ -315,7 +336,8 @@ class Worker:
             await self._on_failure(state, exc, time.monotonic() - started)
             return
         finally:
-            lease.cancel()
+            if lease is not None:
+                lease.cancel()
         await self._publish_task_event(
             state,
             TaskSucceeded(
