@@ -1,5 +1,6 @@
 """Stream names, subjects and headers: the one place that spells them."""
 
+import re
 from enum import StrEnum
 
 from events._catalogue import (
@@ -37,8 +38,11 @@ class Header(StrEnum):
     EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
 
 
+_NOT_IN_TOKENS = re.compile(r"[.*> \t\r\n]")
+
+
 def _token(value: str, what: str) -> str:
-    if not value or any(c in value for c in ".*> \t\r\n"):
+    if not value or _NOT_IN_TOKENS.search(value):
         raise ValueError(f"{what} {value!r} cannot be a subject token")
     return value
 

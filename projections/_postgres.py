@@ -402,7 +402,12 @@ class PostgresProjector:
         self.name = name
         self.batch_max = batch_max
         self.last_seq = 0
-        self._search_path = f"SET LOCAL search_path TO {quote_ident(schema)}"
+        # synchronous_commit off: a commit does not wait for its WAL flush. A database crash
+        # may then lose the last batches, checkpoint included, and they are applied again
+        # (`_Rewound`): the log, not the read model, is what must be durable.
+        self._search_path = (
+            f"SET LOCAL search_path TO {quote_ident(schema)}; SET LOCAL synchronous_commit TO off"
+        )
         self._queries = load_queries()
 
     async def run(self, stop: asyncio.Event) -> None:
