@@ -67,8 +67,9 @@ def delivery_of(msg: Msg) -> Delivery | None:
 class PullFeed:
     """Outstanding pull requests on consumer `consumer` of `stream`, and a buffer they fill.
 
-    At most `window` messages are asked for or buffered at once: a reader keeps it fixed; a
-    worker sets it to its free slots (`resize`), so it never holds a lease it cannot start.
+    At most `window` messages are asked for or buffered at once. A reader keeps it fixed. A
+    worker passes `holds_taken`: what it takes shrinks the window until it `resize`s it to
+    its free slots again, so it never holds a lease it cannot start.
     """
 
     def __init__(
@@ -78,11 +79,13 @@ class PullFeed:
         stream: str,
         consumer: str,
         window: int,
+        holds_taken: bool = False,
         expires_s: float = DEFAULT_EXPIRES_S,
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
     ) -> None:
         self.nc = nc
         self.window = window
+        self.holds_taken = holds_taken
         self.expires_s = expires_s
         self.heartbeat_s = heartbeat_s
         self.lost = ""
@@ -139,6 +142,8 @@ class PullFeed:
                 return []
         count = min(max_items, len(self._buffer))
         taken = [self._buffer.popleft() for _ in range(count)]
+        if self.holds_taken:
+            self.window -= count
         await self._top_up()
         return taken
 

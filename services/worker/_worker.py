@@ -179,6 +179,7 @@ class Worker:
             stream=TASKS_STREAM,
             consumer=worker_consumer_name(self.options.queue),
             window=self.options.concurrency,
+            holds_taken=True,
             expires_s=PULL_EXPIRES_S,
             heartbeat_s=PULL_HEARTBEAT_S,
         )
