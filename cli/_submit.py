@@ -77,6 +77,7 @@ def build_job(
     labels: dict[str, str] | None = None,
     idempotency_key: str | None = None,
     submitted_by: str = "cli",
+    chunk_size: int | None = None,
 ) -> JobSubmitted:
     job = JobSubmitted(
         job_id=new_id(),
@@ -89,7 +90,10 @@ def build_job(
         idempotency_key=idempotency_key,
         submitted_by=submitted_by,
         labels=labels or {},
+        chunk_size=chunk_size if chunk_size and chunk_size > 1 else None,
     )
+    if job.chunk_size:
+        _check_chunk_size(specs, job.chunk_size)
     size = len(encode(job))
     if size > MAX_MSG_SIZE:
         raise JobstreamError(
@@ -101,3 +105,19 @@ def build_job(
 
 async def submit(bus: Bus, job: JobSubmitted) -> int:
     return await bus.publish_event(job)
+
+
+# Bytes per task in a chunk message besides its args (task id, kind, field names).
+_CHUNK_ITEM_OVERHEAD = 120
+
+
+def _check_chunk_size(specs: list[TaskSpec], chunk_size: int) -> None:
+    """A chunk message, and the event with its results, must fit in one NATS message: keep
+    the message to half of it, leaving the other half for results."""
+    widest = max(len(encode(spec.args)) + len(spec.kind) for spec in specs) + _CHUNK_ITEM_OVERHEAD
+    if widest * chunk_size > MAX_MSG_SIZE // 2:
+        fitting = max(1, (MAX_MSG_SIZE // 2) // widest)
+        raise JobstreamError(
+            f"--chunk-size {chunk_size}: a chunk of these tasks would be about "
+            f"{widest * chunk_size} bytes; at most {fitting} fit in half a message"
+        )

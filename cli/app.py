@@ -321,6 +321,15 @@ def submit(
         typer.Option(min=1, max=1000, help="Attempts per task. Default: the kind's own, else 3."),
     ] = None,
     timeout_s: Annotated[float | None, typer.Option(min=0.001, help="Per-task timeout.")] = None,
+    chunk_size: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=10_000,
+            help="Chunked mode: tasks per message, run in turn by one worker, their results in"
+            " one event (for many tiny tasks). 1: a message per task.",
+        ),
+    ] = 1,
     handler: HandlerOption = None,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"job_id": ...}.')] = False,
     nats_url: NatsUrlOption = None,
@@ -355,6 +364,7 @@ def submit(
             queue=_queue(queue),
             max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS,
             timeout_s=timeout_s,
+            chunk_size=chunk_size,
         )
         endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
     except JobstreamError as exc:

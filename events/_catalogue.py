@@ -15,6 +15,9 @@ JsonValue = Any
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 
 
+CHUNK_KIND = "chunk"
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -50,6 +53,8 @@ class JobSubmitted(_Event, tag="job.submitted", frozen=True, kw_only=True):
     idempotency_key: str | None = None
     submitted_by: str = ""
     labels: dict[str, str] = msgspec.field(default_factory=dict)
+    # Chunked mode: up to this many consecutive tasks per task message (None or 1: one each).
+    chunk_size: Positive | None = None
 
     @property
     def task_count(self) -> int:
@@ -156,6 +161,41 @@ class TaskCancelled(_Event, tag="task.cancelled", frozen=True, kw_only=True):
     reason: str = ""
 
 
+class ChunkResult(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """One task of a chunk that succeeded."""
+
+    task_id: str
+    kind: str
+    args: dict[str, JsonValue] = msgspec.field(default_factory=dict)
+    result: JsonValue = None
+    duration_s: float
+
+
+class ChunkFailure(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """One task of a chunk that failed: it goes on alone, with the attempts it has left."""
+
+    task_id: str
+    kind: str
+    args: dict[str, JsonValue] = msgspec.field(default_factory=dict)
+    error: str
+    duration_s: float = 0.0
+
+
+class TaskChunkFinished(_Event, tag="task.chunk_finished", frozen=True, kw_only=True):
+    """A chunk's one run: the results of its tasks that succeeded, and the failures of the
+    others, which are queued again one by one. Terminal for the chunk (`task_id` is the
+    chunk's id); each task it names is counted as by its own `task.succeeded` or
+    `task.failed`."""
+
+    job_id: str
+    task_id: str
+    worker_id: str
+    attempt: int
+    duration_s: float
+    results: list[ChunkResult] = msgspec.field(default_factory=list)
+    failed: list[ChunkFailure] = msgspec.field(default_factory=list)
+
+
 TaskEvent = (
     TaskStarted
     | TaskProgress
@@ -164,8 +204,9 @@ TaskEvent = (
     | TaskDeadLettered
     | TaskRequeued
     | TaskCancelled
+    | TaskChunkFinished
 )
-TERMINAL_TASK_EVENTS = (TaskSucceeded, TaskDeadLettered, TaskCancelled)
+TERMINAL_TASK_EVENTS = (TaskSucceeded, TaskDeadLettered, TaskCancelled, TaskChunkFinished)
 
 
 # --- worker ----------------------------------------------------------------
@@ -198,7 +239,18 @@ Event = JobEvent | TaskEvent | WorkerEvent
 # --- the work-queue message (not an event: it lives in the TASKS stream) ----
 
 
+class ChunkItem(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """One task carried by a chunk message."""
+
+    task_id: str
+    kind: str
+    args: dict[str, JsonValue] = msgspec.field(default_factory=dict)
+    max_attempts: Positive = 3
+
+
 class TaskMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
+    """One task, or (chunked mode) a chunk of `items`, whose `task_id` is the chunk's id."""
+
     job_id: str
     task_id: str
     kind: str
@@ -207,6 +259,7 @@ class TaskMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     timeout_s: float | None = None
     # Attempts made before a `jobstream dlq retry`; attempt numbers go on from there.
     attempts_before: int = 0
+    items: list[ChunkItem] = msgspec.field(default_factory=list)
 
 
 def task_id_for(job_id: str, index: int) -> str:
@@ -229,6 +282,75 @@ def expand_tasks(job: JobSubmitted) -> list[TaskMessage]:
                 )
             )
     return messages
+
+
+def chunk_id_for(job_id: str, first_index: int) -> str:
+    """A chunk's id: distinct from its job's task ids (`<job>-<index>`)."""
+    return f"{job_id}-c{first_index}"
+
+
+def is_chunk_id(job_id: str, task_id: str) -> bool:
+    return task_id.removeprefix(f"{job_id}-").startswith("c")
+
+
+def expand_chunks(job: JobSubmitted) -> list[TaskMessage]:
+    """The job's tasks in messages of up to `chunk_size` consecutive tasks each."""
+    tasks = expand_tasks(job)
+    size = job.chunk_size or 1
+    if size <= 1:
+        return tasks
+    chunks: list[TaskMessage] = []
+    for first in range(0, len(tasks), size):
+        items = [
+            ChunkItem(
+                task_id=task.task_id, kind=task.kind, args=task.args, max_attempts=task.max_attempts
+            )
+            for task in tasks[first : first + size]
+        ]
+        chunks.append(
+            TaskMessage(
+                job_id=job.job_id,
+                task_id=chunk_id_for(job.job_id, first),
+                kind=CHUNK_KIND,
+                max_attempts=job.max_attempts,
+                timeout_s=job.timeout_s,
+                items=items,
+            )
+        )
+    return chunks
+
+
+def chunk_task_events(chunk: TaskChunkFinished) -> list[TaskSucceeded | TaskFailed]:
+    """What a chunk's run says about each of its tasks, as their own events would."""
+    events: list[TaskSucceeded | TaskFailed] = [
+        TaskSucceeded(
+            id=f"{chunk.id}-{index}",
+            at=chunk.at,
+            task_id=item.task_id,
+            kind=item.kind,
+            args=item.args,
+            result=item.result,
+            duration_s=item.duration_s,
+            job_id=chunk.job_id,
+            worker_id=chunk.worker_id,
+            attempt=chunk.attempt,
+        )
+        for index, item in enumerate(chunk.results)
+    ]
+    events += [
+        TaskFailed(
+            id=f"{chunk.id}-f{index}",
+            at=chunk.at,
+            task_id=item.task_id,
+            error=item.error,
+            duration_s=item.duration_s,
+            job_id=chunk.job_id,
+            worker_id=chunk.worker_id,
+            attempt=chunk.attempt,
+        )
+        for index, item in enumerate(chunk.failed)
+    ]
+    return events
 
 
 def event_type(event: Event) -> str:

@@ -10,6 +10,7 @@ from events._catalogue import (
     JobFailed,
     JobSubmitted,
     TaskCancelled,
+    TaskChunkFinished,
     TaskDeadLettered,
     TaskFailed,
     TaskProgress,
@@ -98,6 +99,7 @@ def subject_for(event: Event) -> str:
             | TaskDeadLettered()
             | TaskRequeued()
             | TaskCancelled()
+            | TaskChunkFinished()
         ):
             return task_event_subject(event.job_id, event.task_id)
         case WorkerStarted() | WorkerStopped() | WorkerLost():

@@ -3,8 +3,9 @@
 Applying the log through the projector's statements costs a Postgres round of work per
 event; a replay into an empty schema needs none of it. `ReadModelFold` applies each event to
 rows held in dicts, with the very rules of `sql/projector.sql` (one event at a time, in log
-order: the result the projector's rounds are built to equal), and `write` loads the final
-rows with one COPY per table. tests/integration/test_replay.py holds the two to identical
+order: the result the projector's rounds are built to equal; a `task.chunk_finished` as the
+per-task events it stands for), and `write_fold` loads the final rows with one COPY per
+table. tests/integration/test_replay.py and test_replay_fold.py hold the two to identical
 tables; a change to a statement in `sql/projector.sql` needs its twin here.
 
 Memory grows with the read model (about 1 KB per task), not with the log.
@@ -26,8 +27,8 @@ from events import (
     JobSubmitted,
     SourceItem,
     TaskCancelled,
+    TaskChunkFinished,
     TaskDeadLettered,
-    TaskEvent,
     TaskFailed,
     TaskProgress,
     TaskRequeued,
@@ -36,11 +37,12 @@ from events import (
     WorkerLost,
     WorkerStarted,
     WorkerStopped,
+    chunk_task_events,
     encode,
     task_id_for,
 )
 from projections._migrate import quote_ident
-from projections._postgres import MAX_JOB_TASKS, _attempt_start, _utc
+from projections._postgres import MAX_JOB_TASKS, OneTaskEvent, _attempt_start, _utc
 
 TERMINAL_TASK_STATES = frozenset({"succeeded", "dead_lettered", "cancelled"})
 TERMINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled"})
@@ -190,10 +192,13 @@ class ReadModelFold:
                 self._worker_stopped(seq, at, event)
             case WorkerLost():
                 self._worker_lost(seq, event)
+            case TaskChunkFinished():
+                for task_event in chunk_task_events(event):
+                    self._task_event(seq, at, task_event)
             case _:
                 self._task_event(seq, at, event)
 
-    def _task_event(self, seq: int, at: datetime, event: TaskEvent) -> None:
+    def _task_event(self, seq: int, at: datetime, event: OneTaskEvent) -> None:
         match event:
             case TaskStarted():
                 self._task_started(seq, at, event)

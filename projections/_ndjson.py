@@ -1,10 +1,13 @@
 """The NDJSON projector: one line per finished task in `results-YYYY-MM-DD.ndjson` files.
 
-A line carries its event's stream sequence, and that is the whole checkpoint. Lines are
+A line carries its event's stream sequence, and that is the whole checkpoint. A
+`task.chunk_finished` makes one line per task that succeeded, all of its sequence and its
+day; when there are several, each says which `part` of how many `parts` it is. Lines are
 written in sequence order (a file is flushed and synced before the next one is written),
-so the lines on disk are always a prefix of the log, at worst followed by one torn line.
-On start the projector truncates torn or undecodable last lines and resumes after the
-highest sequence found: after a crash at any point no line is lost and none is doubled.
+so the lines on disk are always a prefix of the log's lines, at worst followed by one torn
+line. On start the projector truncates torn or undecodable last lines, and the lines of a
+last event whose last part is missing, then resumes after the highest sequence left: after
+a crash at any point no line is lost and none is doubled.
 """
 
 import asyncio
@@ -25,9 +28,11 @@ from events import (
     Bus,
     JobstreamError,
     SourceItem,
+    TaskChunkFinished,
     TaskDeadLettered,
     TaskSucceeded,
     backoff_s,
+    chunk_task_events,
     encode_into,
     event_batches,
     sleep_unless_stopped,
@@ -42,7 +47,7 @@ READ_CHUNK = 64 * 1024
 RETRY_CAP_S = 5.0
 
 
-class ResultLine(msgspec.Struct, kw_only=True):
+class ResultLine(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One finished task: a line of a results file."""
 
     seq: int
@@ -57,13 +62,20 @@ class ResultLine(msgspec.Struct, kw_only=True):
     attempts: int
     duration_s: float | None
     error: str | None
+    # This line's place (from 1) among the lines of its event; omitted when it is alone.
+    part: int | None = None
+    parts: int | None = None
 
 
-class _Seq(msgspec.Struct):
+class _Tail(msgspec.Struct):
+    """What recovery reads of a line (a line alone is part 1 of 1)."""
+
     seq: int
+    part: int = 1
+    parts: int = 1
 
 
-_seq_decoder = msgspec.json.Decoder(_Seq)
+_tail_decoder = msgspec.json.Decoder(_Tail)
 
 
 def _utc(at: datetime) -> datetime:
@@ -75,24 +87,48 @@ def partition_path(results_dir: Path, at: datetime) -> Path:
     return results_dir / f"{FILE_PREFIX}{_utc(at).date().isoformat()}{FILE_SUFFIX}"
 
 
+def result_lines(item: SourceItem) -> list[ResultLine]:
+    """The lines of `item`: that of a finished task, or one per task of a chunk that
+    succeeded, numbered when there are several; none for other items."""
+    if not isinstance(item.event, TaskChunkFinished):
+        line = result_line(item)
+        return [] if line is None else [line]
+    succeeded = [e for e in chunk_task_events(item.event) if isinstance(e, TaskSucceeded)]
+    if len(succeeded) == 1:
+        return [_succeeded_line(item.seq, succeeded[0])]
+    return [
+        _succeeded_line(item.seq, event, part=part, parts=len(succeeded))
+        for part, event in enumerate(succeeded, start=1)
+    ]
+
+
+def _succeeded_line(
+    seq: int, event: TaskSucceeded, *, part: int | None = None, parts: int | None = None
+) -> ResultLine:
+    return ResultLine(
+        seq=seq,
+        at=_utc(event.at),
+        job_id=event.job_id,
+        task_id=event.task_id,
+        kind=event.kind,
+        status="succeeded",
+        inputs=event.args,
+        output=event.result,
+        worker_id=event.worker_id,
+        attempts=event.attempt,
+        duration_s=event.duration_s,
+        error=None,
+        part=part,
+        parts=parts,
+    )
+
+
 def result_line(item: SourceItem) -> ResultLine | None:
-    """The line of a `task.succeeded` or `task.dead_lettered` event; None for other items."""
+    """The line of a `task.succeeded` or `task.dead_lettered` event; None for other items
+    (a `task.chunk_finished` makes several: `result_lines`)."""
     match item.event:
         case TaskSucceeded() as event:
-            return ResultLine(
-                seq=item.seq,
-                at=_utc(event.at),
-                job_id=event.job_id,
-                task_id=event.task_id,
-                kind=event.kind,
-                status="succeeded",
-                inputs=event.args,
-                output=event.result,
-                worker_id=event.worker_id,
-                attempts=event.attempt,
-                duration_s=event.duration_s,
-                error=None,
-            )
+            return _succeeded_line(item.seq, event)
         case TaskDeadLettered() as event:
             return ResultLine(
                 seq=item.seq,
@@ -132,21 +168,24 @@ def _newline_before(f: BinaryIO, end: int) -> int:
     return -1
 
 
-def _decode_seq(line: bytes) -> int | None:
+def _decode_tail(line: bytes) -> _Tail | None:
     try:
-        return _seq_decoder.decode(line).seq
+        return _tail_decoder.decode(line)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
 
 
 def _last_seq(f: BinaryIO, *, repair: bool) -> int:
-    """The seq of the last whole, decodable line (0: none), reading backwards from the end.
+    """The seq of the last event whose lines are all whole and decodable (0: none), reading
+    backwards from the end.
 
-    With `repair`, what follows that line (a torn or undecodable tail) is truncated.
+    With `repair`, what follows them (a torn or undecodable tail, the first parts only of
+    the last event's lines) is truncated.
     """
     end = f.seek(0, os.SEEK_END)
     size = end
     seq: int | None = None
+    incomplete: int | None = None  # an event whose last part is missing
     while end > 0 and seq is None:
         newline = _newline_before(f, end)
         if newline != end - 1:  # a last line without its newline: torn
@@ -154,19 +193,25 @@ def _last_seq(f: BinaryIO, *, repair: bool) -> int:
             continue
         start = _newline_before(f, newline) + 1
         f.seek(start)
-        seq = _decode_seq(f.read(newline - start))
-        if seq is None:
+        tail = _decode_tail(f.read(newline - start))
+        if tail is None or tail.seq == incomplete:
             end = start
+        elif tail.part < tail.parts:
+            incomplete = tail.seq
+            end = start
+        else:
+            seq = tail.seq
     if repair and end < size:
         f.truncate(end)
         f.flush()
         os.fsync(f.fileno())
-        log.warning("%s: truncated %d bytes of a torn last line", f.name, size - end)
+        log.warning("%s: truncated %d bytes of an unfinished last write", f.name, size - end)
     return seq or 0
 
 
 def last_written_seq(results_dir: Path) -> int:
-    """The highest stream sequence written to the results files (0: none). Reads only."""
+    """The highest stream sequence whose lines are all in the results files (0: none).
+    Reads only."""
     last = 0
     for path in partition_files(results_dir):
         with path.open("rb") as f:
@@ -175,7 +220,8 @@ def last_written_seq(results_dir: Path) -> int:
 
 
 def repair_partitions(results_dir: Path) -> int:
-    """Truncate torn last lines of the results files; return `last_written_seq`."""
+    """Truncate torn last lines of the results files, and the lines of an event only some
+    of whose lines were written; return `last_written_seq`."""
     last = 0
     for path in partition_files(results_dir):
         with path.open("r+b") as f:
@@ -306,9 +352,7 @@ class NdjsonProjector:
         for item in items:
             if item.error is not None:
                 log.warning("skipped seq %d on %s: %s", item.seq, item.subject, item.error)
-            line = result_line(item)
-            if line is not None:
-                lines.append(line)
+            lines += result_lines(item)
         if lines:
             await _in_thread_to_the_end(writer.write, lines)
         if items:

@@ -6,11 +6,12 @@ last sequence. A crash at any point neither loses nor doubles an effect, a retri
 a no-op, and two projectors of one name take turns.
 
 Fast: a round trip to the database costs far more than running a statement, so a batch is
-planned into rounds. The events of one round touch disjoint rows (or commute, like the
+planned into rounds. The steps of one round touch disjoint rows (or commute, like the
 counters of a worker), so within a round they are grouped by type and each group is one
 statement, its rows passed as one JSON array (`sql/projector.sql`); the rounds run in
-order. The result is the same as applying the events one by one in log order, whatever
-the batch boundaries, so a replay yields identical tables.
+order. The result is the same as applying the events one by one in log order (a
+`task.chunk_finished` as the per-task events it stands for), whatever the batch
+boundaries, so a replay yields identical tables.
 
 Robust: a payload that is not an event is parked in `rejected_events`; an event the database
 refuses (a NUL character, a number out of range) is found by bisecting the batch under
@@ -38,8 +39,8 @@ from events import (
     JobSubmitted,
     SourceItem,
     TaskCancelled,
+    TaskChunkFinished,
     TaskDeadLettered,
-    TaskEvent,
     TaskFailed,
     TaskProgress,
     TaskRequeued,
@@ -50,6 +51,7 @@ from events import (
     WorkerStarted,
     WorkerStopped,
     backoff_s,
+    chunk_task_events,
     encode,
     event_batches,
     sleep_unless_stopped,
@@ -87,6 +89,16 @@ _RETRY_ERRORS: tuple[type[Exception], ...] = (
 
 _Key = tuple[str, str]
 _Row = dict[str, Any]
+# The events about one task; a `task.chunk_finished` is applied as those it stands for.
+OneTaskEvent = (
+    TaskStarted
+    | TaskProgress
+    | TaskSucceeded
+    | TaskFailed
+    | TaskDeadLettered
+    | TaskRequeued
+    | TaskCancelled
+)
 
 
 class RejectedEvent(ValueError):
@@ -107,7 +119,7 @@ _CLEAN_ERRORS: tuple[type[Exception], ...] = (*DATA_ERRORS, _Rewound)
 
 
 class Step(NamedTuple):
-    """What one event does: its `row` joins the JSON input of `query`.
+    """What one event (or one task of a chunk) does: its `row` joins the JSON input of `query`.
 
     `owned` rows must see every earlier event touching them applied first; `shared` rows
     (a task's job, a worker) take commuting updates and only wait for their owner's events.
@@ -137,15 +149,19 @@ def _attempt_start(event: TaskStarted | TaskSucceeded | TaskFailed) -> datetime:
 # --- events to steps ---------------------------------------------------------------------
 
 
-def event_step(seq: int, event: Event) -> Step:
-    """The statement applying `event`; `RejectedEvent` if it cannot be projected."""
+def event_steps(seq: int, event: Event) -> list[tuple[Event, Step]]:
+    """The statements applying `event`, each with the event it applies: `event` itself, or
+    for a chunk the per-task events it stands for, in order (nothing for the chunk's own
+    id). `RejectedEvent` if it cannot be projected."""
     match event:
         case JobSubmitted() | JobCancelled() | JobCompleted() | JobFailed():
-            return _job_step(seq, event)
+            return [(event, _job_step(seq, event))]
         case WorkerStarted() | WorkerStopped() | WorkerLost():
-            return _worker_step(seq, event)
+            return [(event, _worker_step(seq, event))]
+        case TaskChunkFinished():
+            return [(task, _task_step(seq, task)) for task in chunk_task_events(event)]
         case _:
-            return _task_step(seq, event)
+            return [(event, _task_step(seq, event))]
 
 
 def _job_step(seq: int, event: JobEvent) -> Step:
@@ -193,7 +209,7 @@ def _submitted_step(seq: int, job: JobSubmitted) -> Step:
     return Step("job_submitted", row, owned)
 
 
-def _task_step(seq: int, event: TaskEvent) -> Step:
+def _task_step(seq: int, event: OneTaskEvent) -> Step:
     row: _Row = {"seq": seq, "at": _utc(event.at), "job_id": event.job_id, "task_id": event.task_id}
     owned, job = [("task", event.task_id)], ("job", event.job_id)
     match event:
@@ -308,12 +324,25 @@ class _Round:
             yield "workers_seen", list(self.workers.values())
 
 
-def plan_rounds(entries: Iterable[tuple[SourceItem, Event, Step]]) -> list[_Round]:
+class Entry(NamedTuple):
+    """A log item and its steps: applied, or parked, as a whole."""
+
+    item: SourceItem
+    steps: list[tuple[Event, Step]]
+
+
+def _all_steps(entries: Iterable[Entry]) -> Iterator[tuple[int, Event, Step]]:
+    for item, steps in entries:
+        for event, step in steps:
+            yield item.seq, event, step
+
+
+def plan_rounds(entries: Iterable[Entry]) -> list[_Round]:
     """Place each step in the first round after every earlier step it must follow."""
     rounds: list[_Round] = []
     last_touch: dict[_Key, int] = {}
     last_owner: dict[_Key, int] = {}
-    for item, event, step in entries:
+    for seq, event, step in _all_steps(entries):
         index = 0
         for key in step.owned:
             index = max(index, last_touch.get(key, -1) + 1)
@@ -321,7 +350,7 @@ def plan_rounds(entries: Iterable[tuple[SourceItem, Event, Step]]) -> list[_Roun
             index = max(index, last_owner.get(key, -1) + 1)
         if index == len(rounds):
             rounds.append(_Round())
-        rounds[index].add(item.seq, event, step)
+        rounds[index].add(seq, event, step)
         for key in step.owned:
             last_touch[key] = last_owner[key] = index
         for key in step.shared:
@@ -344,17 +373,15 @@ def _parked(item: SourceItem, error: object) -> _Parked:
     return _Parked(item.seq, item.subject, str(error), item.data)
 
 
-def _sort_out(
-    items: Sequence[SourceItem],
-) -> tuple[list[tuple[SourceItem, Event, Step]], list[_Parked]]:
-    entries: list[tuple[SourceItem, Event, Step]] = []
+def _sort_out(items: Sequence[SourceItem]) -> tuple[list[Entry], list[_Parked]]:
+    entries: list[Entry] = []
     parked: list[_Parked] = []
     for item in items:
         if item.event is None:
             parked.append(_parked(item, item.error))
             continue
         try:
-            entries.append((item, item.event, event_step(item.seq, item.event)))
+            entries.append(Entry(item, event_steps(item.seq, item.event)))
         except RejectedEvent as exc:
             parked.append(_parked(item, exc))
     return entries, parked
@@ -492,9 +519,7 @@ class PostgresProjector:
             await conn.execute(self._queries["save_checkpoint"], self.name, fresh[-1].seq)
             return fresh[-1].seq, parked
 
-    async def _apply(
-        self, conn: asyncpg.Connection, entries: Sequence[tuple[SourceItem, Event, Step]]
-    ) -> None:
+    async def _apply(self, conn: asyncpg.Connection, entries: Sequence[Entry]) -> None:
         for round_ in plan_rounds(entries):
             for query, rows in round_.statements():
                 await conn.execute(self._queries[query], encode(rows).decode())
@@ -502,7 +527,7 @@ class PostgresProjector:
     async def _apply_isolating(
         self,
         conn: asyncpg.Connection,
-        entries: Sequence[tuple[SourceItem, Event, Step]],
+        entries: Sequence[Entry],
         parked: list[_Parked],
     ) -> None:
         """Apply `entries` under savepoints, halving them on a data error to park its event."""
@@ -513,7 +538,7 @@ class PostgresProjector:
                 await self._apply(conn, entries)
         except DATA_ERRORS as exc:
             if len(entries) == 1:
-                parked.append(_parked(entries[0][0], exc))
+                parked.append(_parked(entries[0].item, exc))
                 return
             middle = len(entries) // 2
             await self._apply_isolating(conn, entries[:middle], parked)

@@ -39,7 +39,7 @@ from projections._ndjson import (
     PartitionWriter,
     ResultLine,
     exclusive_results_dir,
-    result_line,
+    result_lines,
 )
 from projections._postgres import DATA_ERRORS, DEFAULT_NAME, PostgresProjector
 
@@ -304,13 +304,11 @@ async def _write_partitions(
 
 
 def _lines_up_to(batch: list[SourceItem], last: int) -> list[ResultLine]:
-    lines = []
+    lines: list[ResultLine] = []
     for item in batch:
         if item.seq > last:
             break
-        line = result_line(item)
-        if line is not None:
-            lines.append(line)
+        lines += result_lines(item)
     return lines
 
 

@@ -68,7 +68,13 @@ def rate(count: int, seconds: float) -> float:
 
 
 def job_of(
-    kind: str, count: int, *, queue: str, name: str, args: dict[str, float] | None = None
+    kind: str,
+    count: int,
+    *,
+    queue: str,
+    name: str,
+    args: dict[str, float] | None = None,
+    chunk_size: int | None = None,
 ) -> JobSubmitted:
     return build_job(
         [TaskSpec(kind=kind, args=dict(args or {}), count=count)],
@@ -77,6 +83,7 @@ def job_of(
         max_attempts=3,
         timeout_s=None,
         submitted_by="bench",
+        chunk_size=chunk_size,
     )
 
 

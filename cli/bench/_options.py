@@ -4,9 +4,11 @@ from dataclasses import dataclass, replace
 
 from events import JobstreamError
 
+# Tasks per message in the chunked section: the batch of the batched SKIP LOCKED baseline.
+CHUNK_SIZE = 100
 SECTIONS = ("throughput", "chunked", "latency", "recovery", "replay", "ceiling", "baselines")
 # The sections that need the jobstream processes (dispatcher, projector, workers).
-PRODUCT_SECTIONS = frozenset({"throughput", "latency", "recovery"})
+PRODUCT_SECTIONS = frozenset({"throughput", "chunked", "latency", "recovery"})
 
 DEFAULT_TASKS = 20_000
 QUICK_TASKS = 1_000

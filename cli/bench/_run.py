@@ -25,7 +25,7 @@ from cli.bench._common import read_model_pool
 from cli.bench._cpu import CpuMeter
 from cli.bench._environment import describe
 from cli.bench._latency import measure_latency
-from cli.bench._options import BenchOptions
+from cli.bench._options import CHUNK_SIZE, BenchOptions
 from cli.bench._ready import wait_until_ready
 from cli.bench._recovery import measure_recovery
 from cli.bench._replay import measure_replay
@@ -151,6 +151,23 @@ async def _throughput(ctx: _Context) -> None:
     ctx.run["detail"]["throughput"] = asdict(result)
 
 
+async def _chunked(ctx: _Context) -> None:
+    options = ctx.options
+    ctx.progress(f"chunked: {options.tasks} no-op tasks, {CHUNK_SIZE} per message")
+    result = await measure_throughput(
+        ctx.bus,
+        ctx.pool,
+        _meter(ctx.servers, ctx.processes),
+        tasks=options.tasks,
+        jobs=options.jobs,
+        queue=options.queue,
+        chunk_size=CHUNK_SIZE,
+        alive=ctx.processes.check_alive,
+    )
+    ctx.run["chunked_tasks_per_s"] = result.tasks_per_s
+    ctx.run["detail"]["chunked"] = asdict(result)
+
+
 async def _latency(ctx: _Context) -> None:
     options = ctx.options
     ctx.progress(f"latency: {options.latency_rate_per_s:.0f} tasks/s")
@@ -190,6 +207,7 @@ async def _recovery(ctx: _Context) -> None:
 
 _PRODUCT_MEASURES: tuple[tuple[str, Callable[[_Context], Awaitable[None]]], ...] = (
     ("throughput", _throughput),
+    ("chunked", _chunked),
     ("latency", _latency),
     ("recovery", _recovery),
 )

@@ -66,10 +66,13 @@ async def measure_throughput(
     tasks: int,
     jobs: int,
     queue: str,
+    chunk_size: int | None = None,
     alive: Callable[[], None] | None = None,
 ) -> ThroughputResult:
+    """`chunk_size`: chunked mode, that many tasks per message."""
+    label = "chunked" if chunk_size else "throughput"
     batch = [
-        job_of("noop", size, queue=queue, name=f"bench-throughput-{index}")
+        job_of("noop", size, queue=queue, name=f"bench-{label}-{index}", chunk_size=chunk_size)
         for index, size in enumerate(split(tasks, jobs))
     ]
     sizes = {job.job_id: job.task_count for job in batch}

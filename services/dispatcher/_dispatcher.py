@@ -29,6 +29,7 @@ from events import (
     JobSubmitted,
     SourceItem,
     TaskCancelled,
+    TaskChunkFinished,
     TaskDeadLettered,
     TaskMessage,
     TaskRequeued,
@@ -36,11 +37,12 @@ from events import (
     WorkerLost,
     WorkerStarted,
     WorkerStopped,
+    chunk_id_for,
     derived_id,
     ensure_buckets,
     ensure_streams,
     event_batches,
-    expand_tasks,
+    expand_chunks,
     is_transient,
     job_queue_purge_subject,
     job_subject,
@@ -168,7 +170,7 @@ class Dispatcher:
                     await self._expand(event)
                     if job.done:
                         await self._end_job(job)
-            case TaskSucceeded() | TaskDeadLettered() | TaskCancelled():
+            case TaskSucceeded() | TaskDeadLettered() | TaskCancelled() | TaskChunkFinished():
                 finished = self.state.on_task_ended(event)
                 if finished is not None:
                     await self._end_job(finished)
@@ -191,7 +193,7 @@ class Dispatcher:
     async def _expand(self, job: JobSubmitted) -> None:
         """Publish one task message per task; the task id is the message id, so a replayed
         expansion inside the duplicate window is a no-op (and after it, fencing drops the rerun)."""
-        messages = expand_tasks(job)
+        messages = expand_chunks(job)
         for message in messages:
             sent = await self.bus.start_task_publish(job.queue, message, msg_id=message.task_id)
             self._outbox.add(
@@ -299,11 +301,54 @@ class Dispatcher:
         await with_retry(
             lambda: self.bus.js.purge_stream(TASKS_STREAM, subject=subject), what="purge"
         )
-        task_ids = [task_id_for(job.job_id, index) for index in range(job.total)]
+        if job.chunk_size > 1:
+            await self._cancel_chunks(job, event.reason)
+        else:
+            await self._cancel_tasks(job.job_id, range(job.total), event.reason)
+        log.info("job %s cancelled", job.job_id)
+
+    async def _cancel_tasks(self, job_id: str, indexes: range, reason: str) -> None:
+        task_ids = [task_id_for(job_id, index) for index in indexes]
+        await self._cancel_task_ids(job_id, task_ids, reason)
+
+    async def _cancel_task_ids(self, job_id: str, task_ids: list[str], reason: str) -> None:
         for start in range(0, len(task_ids), CANCEL_CONCURRENCY):
             chunk = task_ids[start : start + CANCEL_CONCURRENCY]
-            await asyncio.gather(*(self._cancel_task(job.job_id, t, event.reason) for t in chunk))
-        log.info("job %s cancelled", job.job_id)
+            await asyncio.gather(*(self._cancel_task(job_id, t, reason) for t in chunk))
+
+    async def _cancel_chunks(self, job: OpenJob, reason: str) -> None:
+        """Cancel each chunk on its own subject (fenced, so never after its run recorded an
+        end), then its tasks; of a chunk that ran, only the failed tasks (they went on alone)."""
+        for first in range(0, job.total, job.chunk_size):
+            indexes = range(first, min(first + job.chunk_size, job.total))
+            chunk_id = chunk_id_for(job.job_id, first)
+            ran = await self._cancel_chunk(job.job_id, chunk_id, reason)
+            if ran is None:
+                await self._cancel_tasks(job.job_id, indexes, reason)
+            else:
+                await self._cancel_task_ids(job.job_id, [f.task_id for f in ran.failed], reason)
+
+    async def _cancel_chunk(
+        self, job_id: str, chunk_id: str, reason: str
+    ) -> TaskChunkFinished | None:
+        """Record the chunk cancelled, unless it ran: then return its run."""
+        subject = task_event_subject(job_id, chunk_id)
+        while True:
+            last = await self.bus.last_on_subject(subject)
+            if last is not None and isinstance(last[1], TaskChunkFinished):
+                return last[1]
+            if last is not None and isinstance(last[1], TaskCancelled):
+                return None
+            cancelled = TaskCancelled(
+                id=derived_id(chunk_id, "cancelled"), job_id=job_id, task_id=chunk_id, reason=reason
+            )
+            try:
+                await self.bus.publish_event(
+                    cancelled, expected_last_subject_seq=last[0] if last is not None else 0
+                )
+                return None
+            except ConflictError:
+                continue  # a worker wrote meanwhile: look again
 
     async def _cancel_task(self, job_id: str, task_id: str, reason: str) -> None:
         subject = task_event_subject(job_id, task_id)

@@ -14,8 +14,10 @@ from events import (
     JobFailed,
     JobSubmitted,
     TaskCancelled,
+    TaskChunkFinished,
     TaskDeadLettered,
     TaskSucceeded,
+    is_chunk_id,
 )
 
 
@@ -29,6 +31,8 @@ class OpenJob(msgspec.Struct, kw_only=True):
     succeeded: int = 0
     dead_lettered: int = 0
     cancelled: int = 0
+    # Chunked mode: tasks per task message (1: one each).
+    chunk_size: int = 1
 
     @property
     def finished(self) -> int:
@@ -61,23 +65,31 @@ class DispatcherState(msgspec.Struct, kw_only=True):
             total=event.task_count,
             submitted_at=event.at,
             job_seq=seq,
+            chunk_size=event.chunk_size or 1,
         )
         self.jobs[event.job_id] = job
         return job
 
     def on_task_ended(
-        self, event: TaskSucceeded | TaskDeadLettered | TaskCancelled
+        self, event: TaskSucceeded | TaskDeadLettered | TaskCancelled | TaskChunkFinished
     ) -> OpenJob | None:
-        """Count a terminal task event; return its job if that made the job finished."""
+        """Count a terminal task event; return its job if that made the job finished.
+
+        A chunk counts its tasks that succeeded; its failed ones end by their own events,
+        and the cancel of a chunk is followed by one for each of its tasks."""
         job = self.jobs.get(event.job_id)
         if job is None or job.done:
             return None
         match event:
             case TaskSucceeded():
                 job.succeeded += 1
+            case TaskChunkFinished():
+                job.succeeded += len(event.results)
             case TaskDeadLettered():
                 job.dead_lettered += 1
             case TaskCancelled():
+                if is_chunk_id(event.job_id, event.task_id):
+                    return None
                 job.cancelled += 1
         return job if job.done else None
 

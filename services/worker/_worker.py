@@ -22,10 +22,13 @@ from events import (
     TASKS_STREAM,
     TERMINAL_TASK_EVENTS,
     Bus,
+    ChunkFailure,
+    ChunkResult,
     ConflictError,
     Event,
     PullFeed,
     TaskCancelled,
+    TaskChunkFinished,
     TaskDeadLettered,
     TaskFailed,
     TaskMessage,
@@ -35,6 +38,7 @@ from events import (
     WorkerStopped,
     backoff_s,
     decode_task_message,
+    derived_id,
     encode,
     ensure_worker_consumer,
     is_transient,
@@ -43,6 +47,7 @@ from events import (
     utc_now,
     worker_consumer_name,
 )
+from services.worker._chunk import failed_in_chunk, run_items, split
 from services.worker._handlers import (
     HandlerRegistry,
     PermanentError,
@@ -264,6 +269,9 @@ class Worker:
         try:
             if not await self._catch_up(state):
                 return
+            if task.items:
+                await self._run_chunk(state)
+                return
             if state.attempt > task.attempts_before + task.max_attempts:
                 # The last delivery's lease ran out too: every attempt it was given has started.
                 attempts = task.attempts_before + task.max_attempts
@@ -289,6 +297,8 @@ class Worker:
         seq, event = last
         if isinstance(event, TERMINAL_TASK_EVENTS):
             log.info("task %s already ended (%s); acking", state.task.task_id, type(event).__name__)
+            if isinstance(event, TaskChunkFinished):
+                await self._split(state, event.failed, event.attempt)  # again: it may not have
             await state.msg.ack()
             return False
         state.expected_seq = seq
@@ -354,6 +364,75 @@ class Worker:
         )
         await state.msg.ack()
         self.tasks_done += 1
+
+    async def _run_chunk(self, state: _Attempt) -> None:
+        """Run a chunk's tasks, record them in one `task.chunk_finished`, then queue its failed
+        tasks again one by one. A chunk whose every lease ran out fails all its tasks."""
+        task = state.task
+        results: list[ChunkResult] = []
+        started = time.monotonic()
+        if state.attempt > task.attempts_before + task.max_attempts:
+            failures = failed_in_chunk(task, "attempts exhausted (lease expired)")
+        else:
+            runner = asyncio.create_task(
+                run_items(task, state.attempt, self.worker_id, self._call_handler)
+            )
+            lease: asyncio.Task[None] | None = None
+            try:
+                quick_s = min(self.options.started_event_after_s, self.options.lease_s / 3)
+                done, _ = await asyncio.wait({runner}, timeout=quick_s)
+                if not done:
+                    lease = asyncio.create_task(self._extend_lease(state, runner))
+                results, failures = await runner
+            except asyncio.CancelledError:
+                runner.cancel()
+                if state.cancelled and not _being_cancelled():
+                    log.info("chunk %s cancelled while running; stopped", task.task_id)
+                    await state.msg.ack()
+                    return
+                raise
+            finally:
+                if lease is not None:
+                    lease.cancel()
+        await self._publish_task_event(
+            state,
+            TaskChunkFinished(
+                job_id=task.job_id,
+                task_id=task.task_id,
+                worker_id=self.worker_id,
+                attempt=state.attempt,
+                duration_s=time.monotonic() - started,
+                results=results,
+                failed=failures,
+            ),
+        )
+        await self._split(state, failures, state.attempt)
+        await state.msg.ack()
+        self.tasks_done += len(results)
+
+    async def _split(self, state: _Attempt, failures: list[ChunkFailure], attempt: int) -> None:
+        """Queue the chunk's failed tasks alone (message id: the task's, so a repeat is not
+        doubled); dead-letter those with no attempt left."""
+        again, exhausted = split(state.task, failures, attempt)
+        for message in again:
+            await self.bus.publish_task(
+                self.options.queue, message, msg_id=f"{message.task_id}@split"
+            )
+        errors = {failure.task_id: failure.error for failure in failures}
+        for item in exhausted:
+            dead = TaskDeadLettered(
+                id=derived_id(item.task_id, "dead-lettered-in-chunk"),
+                job_id=state.task.job_id,
+                task_id=item.task_id,
+                kind=item.kind,
+                args=item.args,
+                reason=f"failed {attempt} attempts",
+                attempts=attempt,
+                last_error=errors.get(item.task_id, ""),
+                worker_id=self.worker_id,
+            )
+            with contextlib.suppress(ConflictError):  # the task was ended meanwhile
+                await self.bus.publish_event(dead, expected_last_subject_seq=0)
 
     async def _call_handler(self, task: TaskMessage, ctx: TaskContext) -> Any:
         handler = self.handlers.get(task.kind)

@@ -36,6 +36,7 @@ from events import (
     JobCompleted,
     JobFailed,
     TaskCancelled,
+    TaskChunkFinished,
     TaskDeadLettered,
     TaskSucceeded,
     decode_event,
@@ -59,7 +60,7 @@ LOG_TAIL_CHARS = 6000
 READ_BATCH = 1000
 READ_TIMEOUT_S = 60.0
 
-TerminalEvent = TaskSucceeded | TaskDeadLettered | TaskCancelled
+TerminalEvent = TaskSucceeded | TaskDeadLettered | TaskCancelled | TaskChunkFinished
 
 # The open `Processes` block, whose children `wait_for` watches.
 _active: contextvars.ContextVar["Processes | None"] = contextvars.ContextVar(

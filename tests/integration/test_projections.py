@@ -17,6 +17,8 @@ from events import (
     EVENTS_STREAM,
     TASK_EVENT_SUBJECTS,
     Bus,
+    ChunkFailure,
+    ChunkResult,
     Event,
     JobCancelled,
     JobCompleted,
@@ -25,6 +27,7 @@ from events import (
     JobSubmitted,
     SourceItem,
     TaskCancelled,
+    TaskChunkFinished,
     TaskDeadLettered,
     TaskFailed,
     TaskProgress,
@@ -35,6 +38,9 @@ from events import (
     WorkerLost,
     WorkerStarted,
     WorkerStopped,
+    chunk_id_for,
+    chunk_task_events,
+    encode,
     event_batches,
     task_id_for,
 )
@@ -496,6 +502,110 @@ async def test_requeued_dead_letters_reopen_their_job(bus: Bus, pool: asyncpg.Po
     assert tables["results"] == []
 
 
+def chunked_job(job_id: str = "C") -> list[Event]:
+    """Four tasks in chunks of two: one chunk all succeeded, one with a task failed and
+    retried alone."""
+    args = {"a": 1, "b": 2}
+    job = JobSubmitted(
+        job_id=job_id,
+        tasks=[TaskSpec(kind="sum", args=args) for _ in range(4)],
+        chunk_size=2,
+        at=at(0),
+    )
+
+    def result(index: int, duration_s: float) -> ChunkResult:
+        task_id = task_id_for(job_id, index)
+        return ChunkResult(
+            task_id=task_id, kind="sum", args=args, result={"sum": 3}, duration_s=duration_s
+        )
+
+    return [
+        job,
+        TaskChunkFinished(
+            job_id=job_id,
+            task_id=chunk_id_for(job_id, 0),
+            worker_id="w1",
+            attempt=1,
+            duration_s=0.5,
+            results=[result(0, 0.2), result(1, 0.3)],
+            at=at(2),
+        ),
+        TaskChunkFinished(
+            job_id=job_id,
+            task_id=chunk_id_for(job_id, 2),
+            worker_id="w2",
+            attempt=1,
+            duration_s=0.5,
+            results=[result(2, 0.1)],
+            failed=[
+                ChunkFailure(
+                    task_id=task_id_for(job_id, 3),
+                    kind="sum",
+                    args=args,
+                    error="boom",
+                    duration_s=0.4,
+                )
+            ],
+            at=at(3),
+        ),
+        succeeded(job, 3, 2, 4),
+        JobCompleted(job_id=job_id, succeeded=4, duration_s=5.0, at=at(5)),
+    ]
+
+
+async def test_a_chunk_counts_as_its_tasks_own_events_at_its_seq(
+    bus: Bus, pool: asyncpg.Pool
+) -> None:
+    last = await publish(bus, chunked_job())
+    async with pool.acquire() as conn:
+        await migrate(conn, "one_by_one")
+        await migrate(conn, "expanded")
+    await project(bus, pool)
+    await project(bus, pool, schema="one_by_one", batch_max=1)
+    # The same log with each chunk replaced by its per-task events, all at the chunk's seq.
+    expanded: list[SourceItem] = []
+    for item in await read_log(bus, last):
+        if isinstance(item.event, TaskChunkFinished):
+            expanded += [
+                SourceItem(item.seq, item.subject, encode(event), event, None)
+                for event in chunk_task_events(item.event)
+            ]
+        else:
+            expanded.append(item)
+    assert await PostgresProjector(bus, pool, schema="expanded").apply_batch(expanded) == last
+
+    tables = await snapshot(pool)
+    assert tables == await snapshot(pool, "one_by_one")
+    assert tables == await snapshot(pool, "expanded")
+    tasks = {row["task_id"]: row for row in tables["tasks"]}
+    assert list(tasks) == [task_id_for("C", index) for index in range(4)]
+    assert [(row["state"], row["attempts"], row["updated_seq"]) for row in tasks.values()] == [
+        ("succeeded", 1, 2),
+        ("succeeded", 1, 2),
+        ("succeeded", 1, 3),
+        ("succeeded", 2, 4),
+    ]
+    assert [row["started_at"] for row in tasks.values()][:3] == [at(1.8), at(1.7), at(2.9)]
+    attempts = [(row["task_id"], row["attempt"], row["outcome"]) for row in tables["task_attempts"]]
+    assert attempts == [
+        ("C-0", 1, "succeeded"),
+        ("C-1", 1, "succeeded"),
+        ("C-2", 1, "succeeded"),
+        ("C-3", 1, "failed"),
+        ("C-3", 2, "succeeded"),
+    ]
+    assert [(row["task_id"], row["seq"]) for row in tables["results"]] == [
+        ("C-0", 2),
+        ("C-1", 2),
+        ("C-2", 3),
+        ("C-3", 4),
+    ]
+    workers = [(w["worker_id"], w["tasks_succeeded"], w["tasks_failed"]) for w in tables["workers"]]
+    assert workers == [("w1", 3, 0), ("w2", 1, 1)]
+    [job] = tables["jobs"]
+    assert (job["status"], job["started_at"]) == ("completed", at(1.7))
+
+
 async def test_source_reads_in_large_batches_from_any_sequence(bus: Bus) -> None:
     job = JobSubmitted(job_id="S", tasks=[TaskSpec(kind="noop", count=1)], at=at(0))
     events: list[Event] = [job]
@@ -733,6 +843,34 @@ async def test_ndjson_rewrites_a_torn_last_line_once(bus: Bus, tmp_path: Path) -
     await write_results(bus, results, until_seq=13)
     assert path.read_bytes() == whole
     assert [line["seq"] for line in read_lines(results)] == [4, 8, 13]
+
+
+async def test_ndjson_a_chunk_makes_a_line_per_succeeded_task(bus: Bus, tmp_path: Path) -> None:
+    last = await publish(bus, chunked_job())
+    results = tmp_path / "results"
+    await write_results(bus, results, until_seq=last - 1)
+    path = partition_path(results, at(0))
+    whole = path.read_bytes()
+    lines = read_lines(results)
+    assert [
+        (line["seq"], line["task_id"], line.get("part"), line.get("parts")) for line in lines
+    ] == [
+        (2, "C-0", 1, 2),
+        (2, "C-1", 2, 2),
+        (3, "C-2", None, None),
+        (4, "C-3", None, None),
+    ]
+    assert (lines[1]["at"], lines[1]["duration_s"], lines[1]["worker_id"]) == (
+        "2026-03-01T12:00:02Z",
+        0.3,
+        "w1",
+    )
+
+    # A crash after the first of the chunk's two lines: both are written again, once.
+    path.write_bytes(whole[: whole.index(b"\n") + 1])
+    assert last_written_seq(results) == 0
+    await write_results(bus, results, until_seq=last - 1)
+    assert path.read_bytes() == whole
 
 
 async def test_a_second_ndjson_projector_on_one_directory_is_refused(

@@ -9,12 +9,15 @@ import asyncpg
 
 from events import (
     Bus,
+    ChunkFailure,
+    ChunkResult,
     Event,
     JobCancelled,
     JobCompleted,
     JobFailed,
     JobSubmitted,
     TaskCancelled,
+    TaskChunkFinished,
     TaskDeadLettered,
     TaskFailed,
     TaskProgress,
@@ -25,6 +28,7 @@ from events import (
     WorkerLost,
     WorkerStarted,
     WorkerStopped,
+    chunk_id_for,
 )
 from projections import PostgresProjector, checkpoint, replay_postgres
 from tests.integration.test_replay import TABLES, table_rows
@@ -38,7 +42,7 @@ def at(seconds: float) -> datetime:
 
 
 def tricky_log() -> list[Event]:
-    a, b = "job-a", "job-b"
+    a, b, c = "job-a", "job-b", "job-c"
     lease = at(60)
     return [
         JobSubmitted(
@@ -180,6 +184,48 @@ def tricky_log() -> list[Event]:
         ),
         JobCancelled(at=at(20), job_id=b, reason="operator"),
         TaskCancelled(at=at(21), job_id=b, task_id="job-b-0"),
+        JobSubmitted(
+            at=at(21.1),
+            job_id=c,
+            chunk_size=2,
+            tasks=[TaskSpec(kind="sum", args={"a": 5}, count=3), TaskSpec(kind="noop")],
+        ),
+        # Each task as by its own event, with its own duration; the chunk's id gets no row.
+        TaskChunkFinished(
+            at=at(21.5),
+            job_id=c,
+            task_id=chunk_id_for(c, 0),
+            worker_id="w1",
+            attempt=1,
+            duration_s=0.3,
+            results=[
+                ChunkResult(task_id="job-c-0", kind="sum", args={"a": 5}, result=5, duration_s=0.1),
+                # No args: the results row takes the task's.
+                ChunkResult(task_id="job-c-1", kind="sum", result={"n": [5]}, duration_s=0.2),
+            ],
+        ),
+        # A worker known from a chunk only, which both succeeded and failed.
+        TaskChunkFinished(
+            at=at(21.7),
+            job_id=c,
+            task_id=chunk_id_for(c, 2),
+            worker_id="w4",
+            attempt=1,
+            duration_s=0.6,
+            results=[
+                ChunkResult(task_id="job-c-2", kind="sum", args={"a": 5}, result=5, duration_s=0.5)
+            ],
+            failed=[ChunkFailure(task_id="job-c-3", kind="noop", error="boom", duration_s=0.1)],
+        ),
+        TaskSucceeded(
+            at=at(21.9),
+            job_id=c,
+            task_id="job-c-3",
+            kind="noop",
+            worker_id="w1",
+            attempt=2,
+            duration_s=0.05,
+        ),
         # Events of a job and task that were never submitted.
         TaskStarted(
             at=at(22),
@@ -230,6 +276,27 @@ async def test_bulk_replay_equals_the_projector_on_every_rule(bus: Bus, database
                 assert live or table in ("projection_checkpoints",), table
                 assert await table_rows(conn, bulk.schema, table) == live, table
             assert await conn.fetchval("SELECT count(*) FROM jobstream.rejected_events") == 3
+            states = await conn.fetch(
+                "SELECT task_id, state, attempts FROM jobstream.tasks"
+                " WHERE job_id = 'job-c' ORDER BY task_id"
+            )
+            assert [tuple(row) for row in states] == [
+                ("job-c-0", "succeeded", 1),
+                ("job-c-1", "succeeded", 1),
+                ("job-c-2", "succeeded", 1),
+                ("job-c-3", "succeeded", 2),
+            ]
+            attempts = await conn.fetch(
+                "SELECT task_id, attempt, outcome FROM jobstream.task_attempts"
+                " WHERE job_id = 'job-c' ORDER BY task_id, attempt"
+            )
+            assert [tuple(row) for row in attempts] == [
+                ("job-c-0", 1, "succeeded"),
+                ("job-c-1", 1, "succeeded"),
+                ("job-c-2", 1, "succeeded"),
+                ("job-c-3", 1, "failed"),
+                ("job-c-3", 2, "succeeded"),
+            ]
     finally:
         await pool.close()
 

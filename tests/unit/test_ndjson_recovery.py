@@ -7,7 +7,10 @@ from pathlib import Path
 import pytest
 
 from events import (
+    ChunkFailure,
+    ChunkResult,
     SourceItem,
+    TaskChunkFinished,
     TaskDeadLettered,
     TaskStarted,
     TaskSucceeded,
@@ -21,17 +24,24 @@ from projections import (
     repair_partitions,
     result_line,
 )
-from projections._ndjson import READ_CHUNK, PartitionWriter
+from projections._ndjson import READ_CHUNK, PartitionWriter, result_lines
 
 DAY = datetime(2026, 5, 4, 10, 0, tzinfo=UTC)
 
 
-def line(seq: int, at: datetime = DAY, output: object = None) -> ResultLine:
+def line(
+    seq: int,
+    at: datetime = DAY,
+    output: object = None,
+    *,
+    part: int | None = None,
+    parts: int | None = None,
+) -> ResultLine:
     return ResultLine(
         seq=seq,
         at=at,
         job_id="J",
-        task_id=f"J-{seq}",
+        task_id=f"J-{seq}" if part is None else f"J-{seq}-{part}",
         kind="sum",
         status="succeeded",
         inputs={"a": seq, "b": 1},
@@ -40,7 +50,14 @@ def line(seq: int, at: datetime = DAY, output: object = None) -> ResultLine:
         attempts=1,
         duration_s=0.1,
         error=None,
+        part=part,
+        parts=parts,
     )
+
+
+def chunk(seq: int, parts: int, at: datetime = DAY) -> list[ResultLine]:
+    """The lines of one event that makes `parts` of them."""
+    return [line(seq, at, part=part, parts=parts) for part in range(1, parts + 1)]
 
 
 def write(results_dir: Path, *lines: ResultLine) -> None:
@@ -200,3 +217,99 @@ def test_only_finished_tasks_make_lines() -> None:
     )
     assert result_line(item(12, encode(started))) is None
     assert result_line(item(13, b"not json")) is None
+
+
+def test_a_chunk_makes_a_numbered_line_per_task_that_succeeded() -> None:
+    def done(index: int) -> ChunkResult:
+        return ChunkResult(
+            task_id=f"J-{index}", kind="sum", args={"a": index}, result=index, duration_s=0.5
+        )
+
+    def finished(results: list[ChunkResult], failed: list[ChunkFailure]) -> SourceItem:
+        event = TaskChunkFinished(
+            job_id="J",
+            task_id="J-c0",
+            worker_id="w",
+            attempt=2,
+            duration_s=2.0,
+            results=results,
+            failed=failed,
+            at=DAY,
+        )
+        return item(20, encode(event))
+
+    failure = ChunkFailure(task_id="J-1", kind="sum", error="boom")
+    made = result_lines(finished([done(0), done(2)], [failure]))
+    assert made == [
+        ResultLine(
+            seq=20,
+            at=DAY,
+            job_id="J",
+            task_id=f"J-{index}",
+            kind="sum",
+            status="succeeded",
+            inputs={"a": index},
+            output=index,
+            worker_id="w",
+            attempts=2,
+            duration_s=0.5,
+            error=None,
+            part=part,
+            parts=2,
+        )
+        for part, index in ((1, 0), (2, 2))
+    ]
+    assert result_line(finished([done(0), done(2)], [])) is None
+    [alone] = result_lines(finished([done(0)], [failure]))
+    assert (alone.task_id, alone.part, alone.parts) == ("J-0", None, None)
+    assert result_lines(finished([], [failure])) == []
+
+
+def test_only_the_lines_of_an_event_with_several_say_which_part_they_are(
+    tmp_path: Path,
+) -> None:
+    write(tmp_path, line(1), *chunk(2, 2))
+    single, first, second = map(json.loads, partition_path(tmp_path, DAY).read_text().splitlines())
+    assert "part" not in single and "parts" not in single
+    assert (first["part"], first["parts"], second["part"], second["parts"]) == (1, 2, 2, 2)
+    assert last_written_seq(tmp_path) == 2
+
+
+@pytest.mark.parametrize("whole_parts", [0, 1, 2])
+@pytest.mark.parametrize("torn", [False, True])
+def test_the_lines_of_a_partly_written_event_are_all_removed(
+    tmp_path: Path, whole_parts: int, torn: bool
+) -> None:
+    write(tmp_path, line(4), *chunk(6, 3))
+    path = partition_path(tmp_path, DAY)
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert len(lines) == 4
+    kept = b"".join(lines[: 1 + whole_parts])
+    if torn:  # the next part half written
+        kept += lines[1 + whole_parts][:20]
+    path.write_bytes(kept)
+
+    assert last_written_seq(tmp_path) == 4
+    assert repair_partitions(tmp_path) == 4
+    assert path.read_bytes() == lines[0]
+    write(tmp_path, *chunk(6, 3))
+    assert seqs(path) == [4, 6, 6, 6]
+    assert last_written_seq(tmp_path) == 6
+
+
+def test_an_event_whose_lines_are_all_written_is_kept(tmp_path: Path) -> None:
+    write(tmp_path, line(4), *chunk(6, 3))
+    path = partition_path(tmp_path, DAY)
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"seq": 7, "at"')
+    assert repair_partitions(tmp_path) == 6
+    assert path.read_bytes() == whole
+
+
+def test_the_checkpoint_is_the_last_whole_event_of_all_files(tmp_path: Path) -> None:
+    next_day = DAY + timedelta(days=1)
+    write(tmp_path, *chunk(3, 2), *chunk(8, 2, next_day)[:1])
+    assert last_written_seq(tmp_path) == 3
+    assert repair_partitions(tmp_path) == 3
+    assert partition_path(tmp_path, next_day).read_bytes() == b""
+    assert seqs(partition_path(tmp_path, DAY)) == [3, 3]

@@ -1,0 +1,91 @@
+"""Chunked mode: one task message carries many tasks, run one after another; one
+`task.chunk_finished` event carries their results. A task that fails in a chunk goes on
+alone, as an ordinary task message with the attempts it has left."""
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from events import ChunkFailure, ChunkItem, ChunkResult, TaskMessage
+from services.worker._handlers import TaskContext
+
+CallHandler = Callable[[TaskMessage, TaskContext], Awaitable[Any]]
+
+
+def item_message(chunk: TaskMessage, item: ChunkItem, *, attempts_before: int = 0) -> TaskMessage:
+    """The task message `item` would have had on its own."""
+    return TaskMessage(
+        job_id=chunk.job_id,
+        task_id=item.task_id,
+        kind=item.kind,
+        args=item.args,
+        max_attempts=max(1, item.max_attempts - attempts_before),
+        timeout_s=chunk.timeout_s,
+        attempts_before=attempts_before,
+    )
+
+
+async def run_items(
+    chunk: TaskMessage, attempt: int, worker_id: str, call: CallHandler
+) -> tuple[list[ChunkResult], list[ChunkFailure]]:
+    """Run each task of the chunk in turn; a failure does not stop the others."""
+    results: list[ChunkResult] = []
+    failures: list[ChunkFailure] = []
+    for item in chunk.items:
+        ctx = TaskContext(
+            job_id=chunk.job_id,
+            task_id=item.task_id,
+            attempt=attempt,
+            max_attempts=item.max_attempts,
+            worker_id=worker_id,
+        )
+        started = time.monotonic()
+        try:
+            result = await call(item_message(chunk, item), ctx)
+        except Exception as exc:
+            failures.append(
+                ChunkFailure(
+                    task_id=item.task_id,
+                    kind=item.kind,
+                    args=item.args,
+                    error=f"{type(exc).__name__}: {exc}",
+                    duration_s=time.monotonic() - started,
+                )
+            )
+            continue
+        results.append(
+            ChunkResult(
+                task_id=item.task_id,
+                kind=item.kind,
+                args=item.args,
+                result=result,
+                duration_s=time.monotonic() - started,
+            )
+        )
+    return results, failures
+
+
+def failed_in_chunk(chunk: TaskMessage, error: str) -> list[ChunkFailure]:
+    """Every task of the chunk, failed with `error` (a chunk whose leases all ran out)."""
+    return [
+        ChunkFailure(task_id=item.task_id, kind=item.kind, args=item.args, error=error)
+        for item in chunk.items
+    ]
+
+
+def split(
+    chunk: TaskMessage, failures: list[ChunkFailure], attempt: int
+) -> tuple[list[TaskMessage], list[ChunkItem]]:
+    """The failed tasks that go on alone (attempt numbers continuing after `attempt`), and
+    those that have no attempt left and are dead-lettered."""
+    failed = {failure.task_id for failure in failures}
+    again: list[TaskMessage] = []
+    exhausted: list[ChunkItem] = []
+    for item in chunk.items:
+        if item.task_id not in failed:
+            continue
+        if item.max_attempts > attempt:
+            again.append(item_message(chunk, item, attempts_before=attempt))
+        else:
+            exhausted.append(item)
+    return again, exhausted
