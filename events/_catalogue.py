@@ -172,13 +172,15 @@ class ChunkResult(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 class ChunkFailure(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
-    """One task of a chunk that failed: it goes on alone, with the attempts it has left."""
+    """One task of a chunk that failed: it goes on alone, with the attempts it has left,
+    unless its error is permanent (not `retryable`)."""
 
     task_id: str
     kind: str
     args: dict[str, JsonValue] = msgspec.field(default_factory=dict)
     error: str
     duration_s: float = 0.0
+    retryable: bool = True
 
 
 class TaskChunkFinished(_Event, tag="task.chunk_finished", frozen=True, kw_only=True):
@@ -343,6 +345,7 @@ def chunk_task_events(chunk: TaskChunkFinished) -> list[TaskSucceeded | TaskFail
             at=chunk.at,
             task_id=item.task_id,
             error=item.error,
+            retryable=item.retryable,
             duration_s=item.duration_s,
             job_id=chunk.job_id,
             worker_id=chunk.worker_id,

@@ -14,6 +14,7 @@ NOTES: dict[str, str] = {}
 SCALAR_KEYS = (
     "tasks_per_s",
     "worker_tasks_per_s",
+    "worker_rss_growth_percent",
     "chunked_tasks_per_s",
     "baseline_http_tasks_per_s",
     "baseline_skip_locked_tasks_per_s",
@@ -135,6 +136,7 @@ def _throughput_rows(table: Table, summary: dict[str, Any]) -> None:
         ("replay (events/s)", "replay_events_per_s", None),
         ("recovery: restart after kill (s)", "recovery_restart_s", None),
         ("recovery: finished after kill (s)", "recovery_s", None),
+        ("worker RSS growth over throughput (%)", "worker_rss_growth_percent", None),
     )
     for label, key, ratio in rows:
         runs = ", ".join(_fmt(run[key]) for run in per_run)

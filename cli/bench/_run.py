@@ -42,6 +42,7 @@ def empty_figures() -> RunFigures:
     return {
         "tasks_per_s": None,
         "worker_tasks_per_s": None,
+        "worker_rss_growth_percent": None,
         "chunked_tasks_per_s": None,
         "baseline_http_tasks_per_s": None,
         "baseline_skip_locked_tasks_per_s": None,
@@ -148,6 +149,7 @@ async def _throughput(ctx: _Context) -> None:
     )
     ctx.run["tasks_per_s"] = result.tasks_per_s
     ctx.run["worker_tasks_per_s"] = result.worker_tasks_per_s
+    ctx.run["worker_rss_growth_percent"] = result.worker_rss.growth_percent
     ctx.run["detail"]["throughput"] = asdict(result)
 
 

@@ -9,6 +9,7 @@ import asyncpg
 
 from cli.bench._common import job_of, poll_until, rate, split, submit_all
 from cli.bench._cpu import CpuMeter, CpuReport
+from cli.bench._memory import RssReport, RssSampler
 from cli.bench._sql import read_model_query
 from events import Bus
 
@@ -34,15 +35,22 @@ class ThroughputResult:
     cpu: CpuReport
     # CPU of all measured processes (servers included) per task.
     cpu_us_per_task: float
+    worker_rss: RssReport
 
 
 async def _wait_all_succeeded(
-    pool: asyncpg.Pool, sizes: dict[str, int], *, timeout_s: float, alive: Callable[[], None] | None
+    pool: asyncpg.Pool,
+    sizes: dict[str, int],
+    rss: RssSampler,
+    *,
+    timeout_s: float,
+    alive: Callable[[], None] | None,
 ) -> None:
     """Poll only the jobs not yet complete, so the poll stays cheap as jobs finish."""
     remaining = dict(sizes)
 
     async def check() -> bool | None:
+        rss.sample()
         rows = await pool.fetch(read_model_query("succeeded_by_job"), list(remaining))
         for row in rows:
             if row["n"] >= remaining[row["job_id"]]:
@@ -76,15 +84,18 @@ async def measure_throughput(
         for index, size in enumerate(split(tasks, jobs))
     ]
     sizes = {job.job_id: job.task_count for job in batch}
+    rss = RssSampler({name: pid for name, pid in meter.pids.items() if name.startswith("worker")})
+    rss.start()
     meter.start()
     started_wall = time.time()
     started = time.monotonic()
     await submit_all(bus, batch)
     timeout_s = max(MIN_TIMEOUT_S, tasks * TIMEOUT_S_PER_TASK)
-    await _wait_all_succeeded(pool, sizes, timeout_s=timeout_s, alive=alive)
+    await _wait_all_succeeded(pool, sizes, rss, timeout_s=timeout_s, alive=alive)
     elapsed_s = time.monotonic() - started
     visible_wall = time.time()
     cpu = meter.stop()
+    worker_rss = rss.stop()
     span = await pool.fetchrow(read_model_query("finish_span"), list(sizes))
     by_worker = await pool.fetch(read_model_query("tasks_by_worker"), list(sizes))
     first_at, last_at = span["first_at"].timestamp(), span["last_at"].timestamp()
@@ -99,4 +110,5 @@ async def measure_throughput(
         tasks_by_worker={row["worker_id"]: row["n"] for row in by_worker},
         cpu=cpu,
         cpu_us_per_task=round(sum(cpu.per_process.values()) / 100 * elapsed_s / tasks * 1e6, 1),
+        worker_rss=worker_rss,
     )

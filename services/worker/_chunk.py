@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from events import ChunkFailure, ChunkItem, ChunkResult, TaskMessage
-from services.worker._handlers import TaskContext
+from services.worker._handlers import PermanentError, TaskContext, UnknownTaskKind
 
 CallHandler = Callable[[TaskMessage, TaskContext], Awaitable[Any]]
 
@@ -50,6 +50,7 @@ async def run_items(
                     args=item.args,
                     error=f"{type(exc).__name__}: {exc}",
                     duration_s=time.monotonic() - started,
+                    retryable=not isinstance(exc, PermanentError | UnknownTaskKind),
                 )
             )
             continue
@@ -77,15 +78,16 @@ def split(
     chunk: TaskMessage, failures: list[ChunkFailure], attempt: int
 ) -> tuple[list[TaskMessage], list[ChunkItem]]:
     """The failed tasks that go on alone (attempt numbers continuing after `attempt`), and
-    those that have no attempt left and are dead-lettered."""
-    failed = {failure.task_id for failure in failures}
+    those that end here, dead-lettered: no attempt left, or a permanent error."""
+    failed = {failure.task_id: failure for failure in failures}
     again: list[TaskMessage] = []
-    exhausted: list[ChunkItem] = []
+    ended: list[ChunkItem] = []
     for item in chunk.items:
-        if item.task_id not in failed:
+        failure = failed.get(item.task_id)
+        if failure is None:
             continue
-        if item.max_attempts > attempt:
+        if failure.retryable and item.max_attempts > attempt:
             again.append(item_message(chunk, item, attempts_before=attempt))
         else:
-            exhausted.append(item)
-    return again, exhausted
+            ended.append(item)
+    return again, ended

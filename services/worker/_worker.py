@@ -413,22 +413,23 @@ class Worker:
     async def _split(self, state: _Attempt, failures: list[ChunkFailure], attempt: int) -> None:
         """Queue the chunk's failed tasks alone (message id: the task's, so a repeat is not
         doubled); dead-letter those with no attempt left."""
-        again, exhausted = split(state.task, failures, attempt)
+        again, ended = split(state.task, failures, attempt)
         for message in again:
             await self.bus.publish_task(
                 self.options.queue, message, msg_id=f"{message.task_id}@split"
             )
-        errors = {failure.task_id: failure.error for failure in failures}
-        for item in exhausted:
+        failed = {failure.task_id: failure for failure in failures}
+        for item in ended:
+            failure = failed[item.task_id]
             dead = TaskDeadLettered(
                 id=derived_id(item.task_id, "dead-lettered-in-chunk"),
                 job_id=state.task.job_id,
                 task_id=item.task_id,
                 kind=item.kind,
                 args=item.args,
-                reason=f"failed {attempt} attempts",
+                reason=f"failed {attempt} attempts" if failure.retryable else "permanent error",
                 attempts=attempt,
-                last_error=errors.get(item.task_id, ""),
+                last_error=failure.error,
                 worker_id=self.worker_id,
             )
             with contextlib.suppress(ConflictError):  # the task was ended meanwhile

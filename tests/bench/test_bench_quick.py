@@ -75,5 +75,8 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
     detail = summary["runs"][0]["detail"]
     assert sum(detail["throughput"]["tasks_by_worker"].values()) == detail["throughput"]["tasks"]
     assert detail["recovery"]["tasks_held"] > 0
+    worker_rss = detail["throughput"]["worker_rss"]
+    assert len(worker_rss["start_mib"]) == summary["settings"]["workers"]
+    assert isinstance(summary["worker_rss_growth_percent"], int | float)
     assert detail["replay"]["events"] >= summary["settings"]["replay_events"]
     assert not list(tmp_path.iterdir()), "the bench leaves nothing in the working directory"

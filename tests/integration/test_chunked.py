@@ -112,3 +112,30 @@ async def test_cancel_reaches_the_tasks_of_chunks_not_yet_run(bus: Bus) -> None:
     assert done and cancelled_tasks
     assert done.isdisjoint(cancelled_tasks)
     assert done | cancelled_tasks == {f"{submitted.job_id}-{i}" for i in range(40)}
+
+
+async def test_a_permanent_error_in_a_chunk_is_dead_lettered_without_a_retry(bus: Bus) -> None:
+    submitted = JobSubmitted(
+        job_id=new_id(),
+        chunk_size=5,
+        max_attempts=3,
+        tasks=[
+            TaskSpec(kind="sum", args={"a": 1, "b": 1}, count=4),
+            TaskSpec(kind="sum", args={"a": "one", "b": 1}),
+        ],
+    )
+    async with running(Dispatcher(bus, lease_s=5).run, Worker(bus, options=FAST).run):
+        await bus.publish_event(submitted)
+        ended = await wait_for_job_end(bus, submitted.job_id)
+    assert isinstance(ended, JobFailed)
+    assert (ended.succeeded, ended.dead_lettered) == (4, 1)
+    log = await read_log(bus)
+    [chunk] = [e for e in log if isinstance(e, TaskChunkFinished)]
+    assert [f.retryable for f in chunk.failed] == [False]
+    [dead] = [e for e in log if isinstance(e, TaskDeadLettered)]
+    assert (dead.task_id, dead.reason, dead.attempts) == (
+        f"{submitted.job_id}-4",
+        "permanent error",
+        1,
+    )
+    assert not any(isinstance(e, TaskFailed | TaskSucceeded) for e in log), "no run alone"
