@@ -16,7 +16,7 @@ import fcntl
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -279,20 +279,18 @@ class PartitionWriter:
 def _runs(
     results_dir: Path, lines: Sequence[ResultLine]
 ) -> Iterator[tuple[Path, list[ResultLine]]]:
-    """Consecutive lines grouped by file, in order."""
+    """Consecutive lines grouped by file (UTC day), in order."""
     group: list[ResultLine] = []
-    path: Path | None = None
+    day: date | None = None
     for line in lines:
-        line_path = partition_path(results_dir, line.at)
-        if line_path != path and group:
-            assert path is not None
-            yield path, group
+        line_day = _utc(line.at).date()
+        if line_day != day and group:
+            yield partition_path(results_dir, group[0].at), group
             group = []
-        path = line_path
+        day = line_day
         group.append(line)
     if group:
-        assert path is not None
-        yield path, group
+        yield partition_path(results_dir, group[0].at), group
 
 
 @contextlib.contextmanager
