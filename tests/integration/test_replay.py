@@ -52,7 +52,8 @@ async def table_rows(conn: asyncpg.Connection, schema: str, table: str) -> list[
 
 
 async def mixed_workload(bus: Bus) -> None:
-    """Successes, retries, dead letters, a cancel, a lost worker and a malformed event."""
+    """Successes, retries, dead letters, a chunked job, a cancel, a lost worker and a malformed
+    event."""
     options = WorkerOptions(lease_s=1, retry_base_s=0.01, retry_cap_s=0.02)
     async with running(Dispatcher(bus, lease_s=0.5).run, Worker(bus, options=options).run):
         jobs = [
@@ -65,6 +66,17 @@ async def mixed_workload(bus: Bus) -> None:
                 ],
             ),
             JobSubmitted(job_id=new_id(), tasks=[TaskSpec(kind="noop", count=20)]),
+            JobSubmitted(
+                job_id=new_id(),
+                chunk_size=7,
+                max_attempts=2,
+                tasks=[
+                    TaskSpec(kind="sum", args={"a": 2, "b": 2}, count=20),
+                    TaskSpec(kind="fail", args={"succeed_on_attempt": 2}, count=2),
+                    TaskSpec(kind="fail", args={"message": "no"}),
+                    TaskSpec(kind="sum", args={"a": "two", "b": 2}),
+                ],
+            ),
         ]
         for job in jobs:
             await bus.publish_event(job)
@@ -116,7 +128,7 @@ async def test_replay_rebuilds_identical_read_models_and_files(
         async with pool.acquire() as conn:
             assert await conn.fetchval("SELECT count(*) FROM jobstream.rejected_events") == 1
             statuses = await conn.fetch("SELECT status FROM jobstream.jobs ORDER BY status")
-            assert [r["status"] for r in statuses] == ["cancelled", "completed", "failed"]
+            assert [r["status"] for r in statuses] == ["cancelled", "completed", "failed", "failed"]
 
         ndjson = await replay_ndjson(bus, results_dir)
         rebuilt_files = {p.name: p.read_bytes() for p in results_dir.glob("results-*.ndjson")}
