@@ -482,6 +482,8 @@ class ReadModelFold:
             worker = self.workers[worker_id] = _new_worker(worker_id, seq)
             worker.update(tasks_succeeded=succeeded, tasks_failed=failed, last_seen_at=at)
             return
+        if worker["state"] == "lost":  # seen working again
+            worker["state"] = "active"
         worker["tasks_succeeded"] += succeeded
         worker["tasks_failed"] += failed
         worker["last_seen_at"] = _later(worker["last_seen_at"], at)

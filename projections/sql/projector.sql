@@ -360,7 +360,8 @@ WHERE workers.worker_id = e.worker_id AND workers.state = 'active';
 
 -- name: workers_seen
 -- One row per worker: the sum of a round's task.started, .progress, .succeeded and .failed
--- events of the worker. A worker known only from its task events gets a row, shown active.
+-- events of the worker. A worker known only from its task events gets a row, shown active;
+-- a lost one seen working again is active again.
 INSERT INTO workers AS w (
     worker_id, state, tasks_succeeded, tasks_failed, last_seen_at, updated_seq
 )
@@ -369,7 +370,8 @@ FROM json_to_recordset($1::json) AS e (
     worker_id text, succeeded bigint, failed bigint, last_seen_at timestamptz, seq bigint
 )
 ON CONFLICT (worker_id) DO UPDATE
-SET tasks_succeeded = w.tasks_succeeded + excluded.tasks_succeeded,
+SET state = CASE WHEN w.state = 'lost' THEN 'active' ELSE w.state END,
+    tasks_succeeded = w.tasks_succeeded + excluded.tasks_succeeded,
     tasks_failed = w.tasks_failed + excluded.tasks_failed,
     last_seen_at = greatest(w.last_seen_at, excluded.last_seen_at),
     updated_seq = greatest(w.updated_seq, excluded.updated_seq);

@@ -31,8 +31,11 @@ from events import (
     TaskCancelled,
     TaskChunkFinished,
     TaskDeadLettered,
+    TaskFailed,
     TaskMessage,
+    TaskProgress,
     TaskRequeued,
+    TaskStarted,
     TaskSucceeded,
     WorkerLost,
     WorkerStarted,
@@ -60,6 +63,9 @@ from services.dispatcher._state import (
     dump_state,
     load_state,
 )
+
+# Lost workers remembered, in case they are seen working again.
+MAX_LOST_WORKERS = 10_000
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +169,7 @@ class Dispatcher:
         await self._on_event(entry.seq, entry.event)
 
     async def _on_event(self, seq: int, event: Event) -> None:
+        self._track_workers(seq, event)
         match event:
             case JobSubmitted():
                 job = self.state.on_job_submitted(seq, event)
@@ -183,12 +190,38 @@ class Dispatcher:
                 self.state.on_job_ended(event)
             case JobCompleted() | JobFailed():
                 self.state.on_job_ended(event)
-            case WorkerStarted():
-                self.state.workers[event.worker_id] = _live_worker(seq, event)
-            case WorkerStopped() | WorkerLost():
-                self.state.workers.pop(event.worker_id, None)
             case _:
                 pass
+
+    def _track_workers(self, seq: int, event: Event) -> None:
+        """The workers watched for silence: those started, and those reported lost that are
+        seen working again (so they can be reported lost again)."""
+        workers, lost = self.state.workers, self.state.lost_workers
+        match event:
+            case WorkerStarted():
+                workers[event.worker_id] = _live_worker(seq, event)
+                lost.pop(event.worker_id, None)
+            case WorkerStopped():
+                workers.pop(event.worker_id, None)
+                lost.pop(event.worker_id, None)
+            case WorkerLost():
+                workers.pop(event.worker_id, None)
+                lost[event.worker_id] = seq
+                if len(lost) > MAX_LOST_WORKERS:  # the oldest reports are forgotten
+                    del lost[next(iter(lost))]
+            case (
+                TaskStarted()
+                | TaskProgress()
+                | TaskSucceeded()
+                | TaskFailed()
+                | TaskChunkFinished()
+            ) if event.worker_id in lost:
+                log.info("worker %s, reported lost, is working again", event.worker_id)
+                workers[event.worker_id] = LiveWorker(
+                    worker_id=event.worker_id,
+                    worker_seq=lost.pop(event.worker_id),
+                    started_at=event.at,
+                )
 
     async def _expand(self, job: JobSubmitted) -> None:
         """Publish one task message per task; the task id is the message id, so a replayed

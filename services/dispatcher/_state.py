@@ -54,6 +54,9 @@ class DispatcherState(msgspec.Struct, kw_only=True):
     last_seq: int = 0
     jobs: dict[str, OpenJob] = msgspec.field(default_factory=dict)
     workers: dict[str, LiveWorker] = msgspec.field(default_factory=dict)
+    # Workers reported lost, with the sequence of that report: one seen working again is
+    # live again, and can be reported lost again.
+    lost_workers: dict[str, int] = msgspec.field(default_factory=dict)
 
     def on_job_submitted(self, seq: int, event: JobSubmitted) -> OpenJob | None:
         """Track a new job; None if it is already known (a replayed submission)."""

@@ -254,6 +254,16 @@ def tricky_log() -> list[Event]:
             version="2",
         ),
         JobSubmitted(at=at(28), job_id="huge", tasks=[TaskSpec(kind="noop", count=1_000_001)]),
+        # w2, lost at 25.5, is seen working again.
+        JobSubmitted(at=at(29), job_id="back", tasks=[TaskSpec(kind="noop")]),
+        TaskStarted(
+            at=at(30),
+            job_id="back",
+            task_id="back-0",
+            worker_id="w2",
+            attempt=1,
+            lease_deadline=at(35),
+        ),
     ]
 
 
@@ -276,6 +286,10 @@ async def test_bulk_replay_equals_the_projector_on_every_rule(bus: Bus, database
                 assert live or table in ("projection_checkpoints",), table
                 assert await table_rows(conn, bulk.schema, table) == live, table
             assert await conn.fetchval("SELECT count(*) FROM jobstream.rejected_events") == 3
+            workers = await conn.fetch(
+                "SELECT worker_id, state FROM jobstream.workers ORDER BY worker_id"
+            )
+            assert {row["worker_id"]: row["state"] for row in workers}["w2"] == "active"
             states = await conn.fetch(
                 "SELECT task_id, state, attempts FROM jobstream.tasks"
                 " WHERE job_id = 'job-c' ORDER BY task_id"

@@ -19,11 +19,14 @@ from events import (
     TaskDeadLettered,
     TaskFailed,
     TaskSpec,
+    TaskStarted,
     TaskSucceeded,
+    WorkerLost,
     WorkerStarted,
     WorkerStopped,
     event_batches,
     new_id,
+    utc_now,
 )
 from services.dispatcher import Dispatcher
 from services.worker import Worker, WorkerOptions
@@ -125,3 +128,30 @@ async def test_thousand_tasks_over_two_workers_each_once(bus: Bus, workers: int)
     assert isinstance(ended, JobCompleted) and ended.succeeded == 1000
     succeeded = Counter(e.task_id for e in await read_log(bus) if isinstance(e, TaskSucceeded))
     assert len(succeeded) == 1000 and set(succeeded.values()) == {1}
+
+
+async def test_a_lost_worker_seen_working_again_can_be_lost_again(bus: Bus) -> None:
+    """No liveness key: the dispatcher reports the worker lost after two leases; a task event
+    of its later puts it back under watch, and its silence is reported again."""
+    started = WorkerStarted(
+        worker_id="w9", host="h", pid=9, queues=["default"], concurrency=1, version="0"
+    )
+
+    async def lost_reports() -> list[WorkerLost]:
+        return [e for e in await read_log(bus) if isinstance(e, WorkerLost)]
+
+    async def until_lost(count: int) -> None:
+        while len(await lost_reports()) < count:
+            await asyncio.sleep(0.05)
+
+    async with running(Dispatcher(bus, lease_s=0.3).run):
+        await bus.publish_event(started)
+        await asyncio.wait_for(until_lost(1), 10)
+        await bus.publish_event(
+            TaskStarted(
+                job_id="j9", task_id="j9-0", worker_id="w9", attempt=1, lease_deadline=utc_now()
+            )
+        )
+        await asyncio.wait_for(until_lost(2), 10)
+    first, second = await lost_reports()
+    assert first.worker_id == second.worker_id == "w9" and first.id != second.id
