@@ -205,8 +205,8 @@ def _submitted_step(seq: int, job: JobSubmitted) -> Step:
         "labels": job.labels,
         "tasks": tasks,
     }
-    owned = [("job", job.job_id), *(("task", task["task_id"]) for task in tasks)]
-    return Step("job_submitted", row, owned)
+    # Owning the job is enough: every task step shares its job, so none can pass this one.
+    return Step("job_submitted", row, [("job", job.job_id)])
 
 
 def _task_step(seq: int, event: OneTaskEvent) -> Step:
