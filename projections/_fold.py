@@ -14,6 +14,7 @@ Memory grows with the read model (about 1 KB per task), not with the log.
 import asyncio
 import math
 import operator
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -42,7 +43,7 @@ from events import (
     task_id_for,
 )
 from projections._migrate import quote_ident
-from projections._postgres import MAX_JOB_TASKS, OneTaskEvent, _attempt_start, _utc
+from projections._postgres import MAX_JOB_TASKS, OneTaskEvent, _counted_back, _utc
 
 TERMINAL_TASK_STATES = frozenset({"succeeded", "dead_lettered", "cancelled"})
 TERMINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled"})
@@ -146,7 +147,7 @@ def _later(a: datetime | None, b: datetime | None) -> datetime | None:
         return b
     if b is None:
         return a
-    return max(a, b)
+    return b if b > a else a
 
 
 class ReadModelFold:
@@ -157,7 +158,7 @@ class ReadModelFold:
         self.tasks: dict[str, _Row] = {}
         self.attempts: dict[str, dict[int, _Row]] = {}
         self.workers: dict[str, _Row] = {}
-        self.results: dict[str, _Row] = {}
+        self.results: dict[str, tuple[Any, ...]] = {}  # never changed: kept in COLUMNS order
         self.rejected: dict[int, _Row] = {}
         self.last_seq = 0
 
@@ -272,7 +273,8 @@ class ReadModelFold:
             return
         if job["status"] == "queued":
             job["status"] = "running"
-        job["started_at"] = _earlier(job["started_at"], started_at)
+        if job["started_at"] is None or started_at < job["started_at"]:
+            job["started_at"] = started_at
         job["updated_seq"] = max(job["updated_seq"], seq)
 
     # --- tasks -----------------------------------------------------------------------------
@@ -307,43 +309,42 @@ class ReadModelFold:
         self._worker_seen(seq, _utc(event.at), event.worker_id)
 
     def _task_succeeded(self, seq: int, at: datetime, event: TaskSucceeded) -> None:
-        started_at = _attempt_start(event)
+        started_at = _counted_back(at, event.duration_s)
         duration = _float(event.duration_s)
+        result = _json(event.result)
         task = self._open_task(event.task_id)
         if task is not None:
             if not (task["attempts"] == event.attempt and task["started_at"] is not None):
                 task["started_at"] = started_at
-            task.update(
-                state="succeeded",
-                attempts=event.attempt,
-                worker_id=event.worker_id,
-                result=_json(event.result),
-                error=None,
-                finished_at=at,
-                duration_s=duration,
-                updated_seq=seq,
-            )
+            task["state"] = "succeeded"
+            task["attempts"] = event.attempt
+            task["worker_id"] = event.worker_id
+            task["result"] = result
+            task["error"] = None
+            task["finished_at"] = at
+            task["duration_s"] = duration
+            task["updated_seq"] = seq
         self._finish_attempt(event, "succeeded", None, started_at, at, duration)
         if event.task_id not in self.results:
-            self.results[event.task_id] = {
-                "task_id": event.task_id,
-                "job_id": event.job_id,
-                "kind": event.kind,
-                "inputs": self._inputs(event.task_id, event.args),
-                "output": _json(event.result),
-                "processed_by": event.worker_id,
-                "duration_s": duration,
-                "status": "succeeded",
-                "error": None,
-                "attempts": event.attempt,
-                "finished_at": at,
-                "seq": seq,
-            }
+            self.results[event.task_id] = _result_row(
+                task_id=event.task_id,
+                job_id=event.job_id,
+                kind=event.kind,
+                inputs=self._inputs(event.task_id, event.args),
+                output=result,
+                processed_by=event.worker_id,
+                duration_s=duration,
+                status="succeeded",
+                error=None,
+                attempts=event.attempt,
+                finished_at=at,
+                seq=seq,
+            )
         self._job_running(seq, event.job_id, started_at)
         self._worker_seen(seq, at, event.worker_id, succeeded=1)
 
     def _task_failed(self, seq: int, at: datetime, event: TaskFailed) -> None:
-        started_at = _attempt_start(event)
+        started_at = _counted_back(at, event.duration_s)
         duration = _float(event.duration_s)
         task = self._open_task(event.task_id)
         if task is not None:
@@ -367,19 +368,27 @@ class ReadModelFold:
         at: datetime,
         duration: float | None,
     ) -> None:
-        attempts = self.attempts.setdefault(event.task_id, {})
+        attempts = self.attempts.get(event.task_id)
+        if attempts is None:
+            attempts = self.attempts[event.task_id] = {}
         attempt = attempts.get(event.attempt)
         if attempt is None:
-            attempt = attempts[event.attempt] = _new_attempt(event, outcome, started_at=started_at)
-        elif attempt["started_at"] is None:
+            attempts[event.attempt] = _new_attempt(
+                event,
+                outcome,
+                started_at=started_at,
+                error=error,
+                finished_at=at,
+                duration_s=duration,
+            )
+            return
+        if attempt["started_at"] is None:
             attempt["started_at"] = started_at
-        attempt.update(
-            worker_id=event.worker_id,
-            outcome=outcome,
-            error=error,
-            finished_at=at,
-            duration_s=duration,
-        )
+        attempt["worker_id"] = event.worker_id
+        attempt["outcome"] = outcome
+        attempt["error"] = error
+        attempt["finished_at"] = at
+        attempt["duration_s"] = duration
 
     def _task_dead_lettered(self, seq: int, at: datetime, event: TaskDeadLettered) -> None:
         worker_id = event.worker_id or None
@@ -398,20 +407,20 @@ class ReadModelFold:
             if attempt["outcome"] == "running":
                 attempt.update(outcome="failed", error=error, finished_at=at)
         if event.task_id not in self.results:
-            self.results[event.task_id] = {
-                "task_id": event.task_id,
-                "job_id": event.job_id,
-                "kind": event.kind,
-                "inputs": self._inputs(event.task_id, event.args),
-                "output": None,
-                "processed_by": worker_id or "",
-                "duration_s": None,
-                "status": "dead_lettered",
-                "error": error,
-                "attempts": event.attempts,
-                "finished_at": at,
-                "seq": seq,
-            }
+            self.results[event.task_id] = _result_row(
+                task_id=event.task_id,
+                job_id=event.job_id,
+                kind=event.kind,
+                inputs=self._inputs(event.task_id, event.args),
+                output=None,
+                processed_by=worker_id or "",
+                duration_s=None,
+                status="dead_lettered",
+                error=error,
+                attempts=event.attempts,
+                finished_at=at,
+                seq=seq,
+            )
 
     def _task_requeued(self, seq: int, event: TaskRequeued) -> None:
         task = self.tasks.get(event.task_id)
@@ -493,17 +502,14 @@ class ReadModelFold:
 
     def table_rows(self) -> dict[str, list[tuple[Any, ...]]]:
         """Each table's rows as tuples in `COLUMNS` order."""
-        sources: dict[str, list[_Row]] = {
-            "jobs": list(self.jobs.values()),
-            "tasks": list(self.tasks.values()),
-            "task_attempts": [a for per_task in self.attempts.values() for a in per_task.values()],
-            "workers": list(self.workers.values()),
-            "results": list(self.results.values()),
-            "rejected_events": list(self.rejected.values()),
-        }
+        attempts = (a for per_task in self.attempts.values() for a in per_task.values())
         return {
-            table: list(map(operator.itemgetter(*COLUMNS[table]), rows))
-            for table, rows in sources.items()
+            "jobs": _in_columns("jobs", self.jobs.values()),
+            "tasks": _in_columns("tasks", self.tasks.values()),
+            "task_attempts": _in_columns("task_attempts", attempts),
+            "workers": _in_columns("workers", self.workers.values()),
+            "results": list(self.results.values()),
+            "rejected_events": _in_columns("rejected_events", self.rejected.values()),
         }
 
 
@@ -511,8 +517,8 @@ class _Rejected(ValueError):
     pass
 
 
-def _earlier(a: datetime | None, b: datetime) -> datetime:
-    return b if a is None else min(a, b)
+def _in_columns(table: str, rows: Iterable[_Row]) -> list[tuple[Any, ...]]:
+    return list(map(operator.itemgetter(*COLUMNS[table]), rows))
 
 
 def _new_task(task_id: str, job_id: str, index: int, kind: str, args: str | None, seq: int) -> _Row:
@@ -535,7 +541,13 @@ def _new_task(task_id: str, job_id: str, index: int, kind: str, args: str | None
 
 
 def _new_attempt(
-    event: TaskStarted | TaskSucceeded | TaskFailed, outcome: str, *, started_at: datetime
+    event: TaskStarted | TaskSucceeded | TaskFailed,
+    outcome: str,
+    *,
+    started_at: datetime,
+    error: str | None = None,
+    finished_at: datetime | None = None,
+    duration_s: float | None = None,
 ) -> _Row:
     return {
         "task_id": event.task_id,
@@ -543,11 +555,43 @@ def _new_attempt(
         "job_id": event.job_id,
         "worker_id": event.worker_id,
         "outcome": outcome,
-        "error": None,
+        "error": error,
         "started_at": started_at,
-        "finished_at": None,
-        "duration_s": None,
+        "finished_at": finished_at,
+        "duration_s": duration_s,
     }
+
+
+def _result_row(
+    *,
+    task_id: str,
+    job_id: str,
+    kind: str,
+    inputs: str,
+    output: str | None,
+    processed_by: str,
+    duration_s: float | None,
+    status: str,
+    error: str | None,
+    attempts: int,
+    finished_at: datetime,
+    seq: int,
+) -> tuple[Any, ...]:
+    """A `results` row, as `table_rows` gives it: in `COLUMNS["results"]` order."""
+    return (
+        task_id,
+        job_id,
+        kind,
+        inputs,
+        output,
+        processed_by,
+        duration_s,
+        status,
+        error,
+        attempts,
+        finished_at,
+        seq,
+    )
 
 
 def _new_worker(worker_id: str, seq: int) -> _Row:

@@ -140,8 +140,13 @@ def _attempt_start(event: TaskStarted | TaskSucceeded | TaskFailed) -> datetime:
     at = _utc(event.at)
     if isinstance(event, TaskStarted):
         return at
+    return _counted_back(at, event.duration_s)
+
+
+def _counted_back(at: datetime, duration_s: float) -> datetime:
+    """`at` less `duration_s` (a negative or NaN duration as 0; `at` itself on overflow)."""
     try:
-        return at - timedelta(seconds=max(0.0, event.duration_s))
+        return at - timedelta(seconds=max(0.0, duration_s))
     except OverflowError:
         return at
 

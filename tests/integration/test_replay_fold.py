@@ -2,6 +2,7 @@
 projector's statements give, on a log written to reach the corners of every rule."""
 
 import asyncio
+import inspect
 import typing
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -31,6 +32,7 @@ from events import (
     chunk_id_for,
 )
 from projections import PostgresProjector, checkpoint, replay_postgres
+from projections._fold import COLUMNS, _result_row
 from tests.integration.test_replay import TABLES, table_rows
 from tests.integration.test_worker_dispatcher import running
 
@@ -317,3 +319,7 @@ async def test_bulk_replay_equals_the_projector_on_every_rule(bus: Bus, database
 
 def test_the_tricky_log_has_every_event_type() -> None:
     assert {type(event) for event in tricky_log()} == set(typing.get_args(Event))
+
+
+def test_result_rows_are_built_in_the_column_order_of_the_table() -> None:
+    assert tuple(inspect.signature(_result_row).parameters) == tuple(COLUMNS["results"])
