@@ -13,6 +13,7 @@ from events._ids import new_id
 
 JsonValue = Any
 Positive = Annotated[int, msgspec.Meta(ge=1)]
+AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 CHUNK_KIND = "chunk"
@@ -259,9 +260,13 @@ class TaskMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     args: dict[str, JsonValue] = msgspec.field(default_factory=dict)
     max_attempts: Positive = 3
     timeout_s: float | None = None
-    # Attempts made before a `jobstream dlq retry`; attempt numbers go on from there.
+    # Attempts made before (a `jobstream dlq retry`, a chunk it failed in); attempt numbers
+    # go on from there.
     attempts_before: int = 0
     items: list[ChunkItem] = msgspec.field(default_factory=list)
+    # Not to run before then (a task going on alone after failing in a chunk: its backoff).
+    # The first delivery of such a message only waits; it is not an attempt.
+    retry_at: AwareDatetime | None = None
 
 
 def task_id_for(job_id: str, index: int) -> str:

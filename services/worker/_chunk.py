@@ -4,6 +4,7 @@ alone, as an ordinary task message with the attempts it has left."""
 
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from events import ChunkFailure, ChunkItem, ChunkResult, TaskMessage
@@ -12,7 +13,13 @@ from services.worker._handlers import PermanentError, TaskContext, UnknownTaskKi
 CallHandler = Callable[[TaskMessage, TaskContext], Awaitable[Any]]
 
 
-def item_message(chunk: TaskMessage, item: ChunkItem, *, attempts_before: int = 0) -> TaskMessage:
+def item_message(
+    chunk: TaskMessage,
+    item: ChunkItem,
+    *,
+    attempts_before: int = 0,
+    retry_at: datetime | None = None,
+) -> TaskMessage:
     """The task message `item` would have had on its own."""
     return TaskMessage(
         job_id=chunk.job_id,
@@ -22,6 +29,7 @@ def item_message(chunk: TaskMessage, item: ChunkItem, *, attempts_before: int = 
         max_attempts=max(1, item.max_attempts - attempts_before),
         timeout_s=chunk.timeout_s,
         attempts_before=attempts_before,
+        retry_at=retry_at,
     )
 
 
@@ -75,10 +83,11 @@ def failed_in_chunk(chunk: TaskMessage, error: str) -> list[ChunkFailure]:
 
 
 def split(
-    chunk: TaskMessage, failures: list[ChunkFailure], attempt: int
+    chunk: TaskMessage, failures: list[ChunkFailure], attempt: int, *, retry_at: datetime
 ) -> tuple[list[TaskMessage], list[ChunkItem]]:
-    """The failed tasks that go on alone (attempt numbers continuing after `attempt`), and
-    those that end here, dead-lettered: no attempt left, or a permanent error."""
+    """The failed tasks that go on alone, not before `retry_at` (attempt numbers continuing
+    after `attempt`), and those that end here, dead-lettered: no attempt left, or a
+    permanent error."""
     failed = {failure.task_id: failure for failure in failures}
     again: list[TaskMessage] = []
     ended: list[ChunkItem] = []
@@ -87,7 +96,7 @@ def split(
         if failure is None:
             continue
         if failure.retryable and item.max_attempts > attempt:
-            again.append(item_message(chunk, item, attempts_before=attempt))
+            again.append(item_message(chunk, item, attempts_before=attempt, retry_at=retry_at))
         else:
             ended.append(item)
     return again, ended

@@ -258,6 +258,11 @@ class Worker:
             log.error("malformed task message on %s, dropped: %s", msg.subject, exc)
             await msg.term()
             return
+        if task.retry_at is not None:
+            if num_delivered == 1:  # its backoff: wait, without counting an attempt
+                await msg.nak(delay=max(0.0, (task.retry_at - utc_now()).total_seconds()))
+                return
+            num_delivered -= 1
         attempt = task.attempts_before + num_delivered
         state = _Attempt(
             msg=msg,
@@ -413,7 +418,8 @@ class Worker:
     async def _split(self, state: _Attempt, failures: list[ChunkFailure], attempt: int) -> None:
         """Queue the chunk's failed tasks alone (message id: the task's, so a repeat is not
         doubled); dead-letter those with no attempt left."""
-        again, ended = split(state.task, failures, attempt)
+        retry_at = utc_now() + timedelta(seconds=self._backoff_s(attempt))
+        again, ended = split(state.task, failures, attempt, retry_at=retry_at)
         for message in again:
             await self.bus.publish_task(
                 self.options.queue, message, msg_id=f"{message.task_id}@split"
@@ -504,6 +510,10 @@ class Worker:
     def _retry_delay_s(self, attempt: int, exc: Exception) -> float:
         if isinstance(exc, Retry) and exc.delay_s is not None:
             return max(0.0, exc.delay_s)
+        return self._backoff_s(attempt)
+
+    def _backoff_s(self, attempt: int) -> float:
+        """How long to wait before the attempt after `attempt`."""
         return backoff_s(
             attempt - 1, base_s=self.options.retry_base_s, cap_s=self.options.retry_cap_s
         )

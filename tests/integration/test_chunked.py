@@ -3,6 +3,7 @@ failed tasks going on alone, cancel reaching the tasks of chunks not yet run."""
 
 import asyncio
 from collections import Counter
+from datetime import timedelta
 
 from cli._jobs import cancel_job
 from events import (
@@ -16,10 +17,13 @@ from events import (
     TaskChunkFinished,
     TaskDeadLettered,
     TaskFailed,
+    TaskMessage,
     TaskSpec,
     TaskSucceeded,
     chunk_task_events,
     new_id,
+    task_id_for,
+    utc_now,
 )
 from services.dispatcher import Dispatcher
 from services.worker import Worker, WorkerOptions
@@ -139,3 +143,34 @@ async def test_a_permanent_error_in_a_chunk_is_dead_lettered_without_a_retry(bus
         1,
     )
     assert not any(isinstance(e, TaskFailed | TaskSucceeded) for e in log), "no run alone"
+
+
+async def test_a_task_going_on_alone_waits_for_its_backoff_without_losing_an_attempt(
+    bus: Bus,
+) -> None:
+    """What a chunk's failed task becomes: its message's first delivery only waits until
+    `retry_at`; the run after it is the attempt after the chunk's."""
+    job_id = new_id()
+    retry_at = utc_now() + timedelta(seconds=1.0)
+    alone = TaskMessage(
+        job_id=job_id,
+        task_id=task_id_for(job_id, 3),
+        kind="sum",
+        args={"a": 1, "b": 1},
+        max_attempts=2,
+        attempts_before=1,
+        retry_at=retry_at,
+    )
+    async with running(Worker(bus, options=FAST).run):
+        await bus.publish_task("default", alone, msg_id=f"{alone.task_id}@split")
+
+        async def succeeded() -> TaskSucceeded:
+            while True:
+                for event in await read_log(bus):
+                    if isinstance(event, TaskSucceeded) and event.task_id == alone.task_id:
+                        return event
+                await asyncio.sleep(0.05)
+
+        done = await asyncio.wait_for(succeeded(), 15)
+    assert done.attempt == 2
+    assert done.at - timedelta(seconds=done.duration_s) >= retry_at
