@@ -199,7 +199,8 @@ class TaskChunkFinished(_Event, tag="task.chunk_finished", frozen=True, kw_only=
     failed: list[ChunkFailure] = msgspec.field(default_factory=list)
 
 
-TaskEvent = (
+# The events about one task; a `task.chunk_finished` stands for several of them.
+OneTaskEvent = (
     TaskStarted
     | TaskProgress
     | TaskSucceeded
@@ -207,8 +208,8 @@ TaskEvent = (
     | TaskDeadLettered
     | TaskRequeued
     | TaskCancelled
-    | TaskChunkFinished
 )
+TaskEvent = OneTaskEvent | TaskChunkFinished
 TERMINAL_TASK_EVENTS = (TaskSucceeded, TaskDeadLettered, TaskCancelled, TaskChunkFinished)
 
 

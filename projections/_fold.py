@@ -26,6 +26,7 @@ from events import (
     JobCompleted,
     JobFailed,
     JobSubmitted,
+    OneTaskEvent,
     SourceItem,
     TaskCancelled,
     TaskChunkFinished,
@@ -43,7 +44,7 @@ from events import (
     task_id_for,
 )
 from projections._migrate import quote_ident
-from projections._postgres import MAX_JOB_TASKS, OneTaskEvent, _counted_back, _utc
+from projections._postgres import MAX_JOB_TASKS, _counted_back, _utc
 
 TERMINAL_TASK_STATES = frozenset({"succeeded", "dead_lettered", "cancelled"})
 TERMINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled"})

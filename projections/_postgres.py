@@ -37,6 +37,7 @@ from events import (
     JobEvent,
     JobFailed,
     JobSubmitted,
+    OneTaskEvent,
     SourceItem,
     TaskCancelled,
     TaskChunkFinished,
@@ -89,16 +90,6 @@ _RETRY_ERRORS: tuple[type[Exception], ...] = (
 
 _Key = tuple[str, str]
 _Row = dict[str, Any]
-# The events about one task; a `task.chunk_finished` is applied as those it stands for.
-OneTaskEvent = (
-    TaskStarted
-    | TaskProgress
-    | TaskSucceeded
-    | TaskFailed
-    | TaskDeadLettered
-    | TaskRequeued
-    | TaskCancelled
-)
 
 
 class RejectedEvent(ValueError):
