@@ -30,7 +30,7 @@ from cli.bench._ready import wait_until_ready
 from cli.bench._recovery import measure_recovery
 from cli.bench._replay import measure_replay
 from cli.bench._stack import ProductProcesses, Servers, bench_servers, product_processes
-from cli.bench._throughput import measure_throughput
+from cli.bench._throughput import ThroughputResult, measure_throughput
 from events import Bus, ensure_streams
 
 Progress = Callable[[str], None]
@@ -135,18 +135,23 @@ class _Context:
     progress: Progress
 
 
-async def _throughput(ctx: _Context) -> None:
+async def _measure_throughput(ctx: _Context, chunk_size: int | None = None) -> ThroughputResult:
     options = ctx.options
-    ctx.progress(f"throughput: {options.tasks} no-op tasks in {options.jobs} jobs")
-    result = await measure_throughput(
+    return await measure_throughput(
         ctx.bus,
         ctx.pool,
         _meter(ctx.servers, ctx.processes),
         tasks=options.tasks,
         jobs=options.jobs,
         queue=options.queue,
+        chunk_size=chunk_size,
         alive=ctx.processes.check_alive,
     )
+
+
+async def _throughput(ctx: _Context) -> None:
+    ctx.progress(f"throughput: {ctx.options.tasks} no-op tasks in {ctx.options.jobs} jobs")
+    result = await _measure_throughput(ctx)
     ctx.run["tasks_per_s"] = result.tasks_per_s
     ctx.run["worker_tasks_per_s"] = result.worker_tasks_per_s
     ctx.run["worker_rss_growth_percent"] = result.worker_rss.growth_percent
@@ -154,18 +159,8 @@ async def _throughput(ctx: _Context) -> None:
 
 
 async def _chunked(ctx: _Context) -> None:
-    options = ctx.options
-    ctx.progress(f"chunked: {options.tasks} no-op tasks, {CHUNK_SIZE} per message")
-    result = await measure_throughput(
-        ctx.bus,
-        ctx.pool,
-        _meter(ctx.servers, ctx.processes),
-        tasks=options.tasks,
-        jobs=options.jobs,
-        queue=options.queue,
-        chunk_size=CHUNK_SIZE,
-        alive=ctx.processes.check_alive,
-    )
+    ctx.progress(f"chunked: {ctx.options.tasks} no-op tasks, {CHUNK_SIZE} per message")
+    result = await _measure_throughput(ctx, chunk_size=CHUNK_SIZE)
     ctx.run["chunked_tasks_per_s"] = result.tasks_per_s
     ctx.run["detail"]["chunked"] = asdict(result)
 
