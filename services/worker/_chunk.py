@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from events import ChunkFailure, ChunkItem, ChunkResult, TaskMessage
-from services.worker._handlers import PermanentError, TaskContext, UnknownTaskKind
+from services.worker._handlers import TaskContext, is_permanent
 
 CallHandler = Callable[[TaskMessage, TaskContext], Awaitable[Any]]
 
@@ -58,7 +58,7 @@ async def run_items(
                     args=item.args,
                     error=f"{type(exc).__name__}: {exc}",
                     duration_s=time.monotonic() - started,
-                    retryable=not isinstance(exc, PermanentError | UnknownTaskKind),
+                    retryable=not is_permanent(exc),
                 )
             )
             continue
@@ -84,13 +84,13 @@ def failed_in_chunk(chunk: TaskMessage, error: str) -> list[ChunkFailure]:
 
 def split(
     chunk: TaskMessage, failures: list[ChunkFailure], attempt: int, *, retry_at: datetime
-) -> tuple[list[TaskMessage], list[ChunkItem]]:
+) -> tuple[list[TaskMessage], list[ChunkFailure]]:
     """The failed tasks that go on alone, not before `retry_at` (attempt numbers continuing
-    after `attempt`), and those that end here, dead-lettered: no attempt left, or a
+    after `attempt`), and the failures that end here, dead-lettered: no attempt left, or a
     permanent error."""
     failed = {failure.task_id: failure for failure in failures}
     again: list[TaskMessage] = []
-    ended: list[ChunkItem] = []
+    ended: list[ChunkFailure] = []
     for item in chunk.items:
         failure = failed.get(item.task_id)
         if failure is None:
@@ -98,5 +98,5 @@ def split(
         if failure.retryable and item.max_attempts > attempt:
             again.append(item_message(chunk, item, attempts_before=attempt, retry_at=retry_at))
         else:
-            ended.append(item)
+            ended.append(failure)
     return again, ended

@@ -60,6 +60,11 @@ class UnknownTaskKind(JobstreamError):
         self.kind = kind
 
 
+def is_permanent(exc: Exception) -> bool:
+    """A failure no retry can fix: the task is dead-lettered at once."""
+    return isinstance(exc, PermanentError | UnknownTaskKind)
+
+
 def _number(args: Mapping[str, Any], name: str) -> float:
     value = args.get(name)
     if isinstance(value, bool) or not isinstance(value, int | float):

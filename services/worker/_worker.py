@@ -48,13 +48,7 @@ from events import (
     worker_consumer_name,
 )
 from services.worker._chunk import failed_in_chunk, run_items, split
-from services.worker._handlers import (
-    HandlerRegistry,
-    PermanentError,
-    Retry,
-    TaskContext,
-    UnknownTaskKind,
-)
+from services.worker._handlers import HandlerRegistry, Retry, TaskContext, is_permanent
 
 log = logging.getLogger(__name__)
 
@@ -322,11 +316,8 @@ class Worker:
         runner = asyncio.create_task(self._call_handler(task, ctx))
         lease: asyncio.Task[None] | None = None
         try:
-            # Most tasks end within this wait: they need neither lease extension nor started.
-            quick_s = min(self.options.started_event_after_s, self.options.lease_s / 3)
-            done, _ = await asyncio.wait({runner}, timeout=quick_s)
-            if not done:
-                lease = asyncio.create_task(self._extend_lease(state, runner))
+            lease = await self._lease_if_slow(state, runner)
+            if lease is not None:
                 state.expected_seq = await self._publish_task_event(
                     state,
                     TaskStarted(
@@ -370,6 +361,18 @@ class Worker:
         await state.msg.ack()
         self.tasks_done += 1
 
+    async def _lease_if_slow(
+        self, state: _Attempt, runner: asyncio.Task[Any]
+    ) -> asyncio.Task[None] | None:
+        """Wait a tick for `runner`; if it still runs, extend its lease until it ends.
+
+        Most tasks end within the tick: they need neither lease extension nor started."""
+        quick_s = min(self.options.started_event_after_s, self.options.lease_s / 3)
+        done, _ = await asyncio.wait({runner}, timeout=quick_s)
+        if done:
+            return None
+        return asyncio.create_task(self._extend_lease(state, runner))
+
     async def _run_chunk(self, state: _Attempt) -> None:
         """Run a chunk's tasks, record them in one `task.chunk_finished`, then queue its failed
         tasks again one by one. A chunk whose every lease ran out fails all its tasks."""
@@ -384,10 +387,7 @@ class Worker:
             )
             lease: asyncio.Task[None] | None = None
             try:
-                quick_s = min(self.options.started_event_after_s, self.options.lease_s / 3)
-                done, _ = await asyncio.wait({runner}, timeout=quick_s)
-                if not done:
-                    lease = asyncio.create_task(self._extend_lease(state, runner))
+                lease = await self._lease_if_slow(state, runner)
                 results, failures = await runner
             except asyncio.CancelledError:
                 runner.cancel()
@@ -417,22 +417,20 @@ class Worker:
 
     async def _split(self, state: _Attempt, failures: list[ChunkFailure], attempt: int) -> None:
         """Queue the chunk's failed tasks alone (message id: the task's, so a repeat is not
-        doubled); dead-letter those with no attempt left."""
+        doubled); dead-letter those with no attempt left or a permanent error."""
         retry_at = utc_now() + timedelta(seconds=self._backoff_s(attempt))
         again, ended = split(state.task, failures, attempt, retry_at=retry_at)
         for message in again:
             await self.bus.publish_task(
                 self.options.queue, message, msg_id=f"{message.task_id}@split"
             )
-        failed = {failure.task_id: failure for failure in failures}
-        for item in ended:
-            failure = failed[item.task_id]
+        for failure in ended:
             dead = TaskDeadLettered(
-                id=derived_id(item.task_id, "dead-lettered-in-chunk"),
+                id=derived_id(failure.task_id, "dead-lettered-in-chunk"),
                 job_id=state.task.job_id,
-                task_id=item.task_id,
-                kind=item.kind,
-                args=item.args,
+                task_id=failure.task_id,
+                kind=failure.kind,
+                args=failure.args,
                 reason=f"failed {attempt} attempts" if failure.retryable else "permanent error",
                 attempts=attempt,
                 last_error=failure.error,
@@ -476,7 +474,7 @@ class Worker:
 
     async def _on_failure(self, state: _Attempt, exc: Exception, duration_s: float) -> None:
         error = f"{type(exc).__name__}: {exc}"
-        permanent = isinstance(exc, PermanentError | UnknownTaskKind)
+        permanent = is_permanent(exc)
         last_attempt = state.attempt >= state.task.attempts_before + state.task.max_attempts
         delay_s = self._retry_delay_s(state.attempt, exc)
         will_retry = not permanent and not last_attempt
