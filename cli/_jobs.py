@@ -7,9 +7,10 @@ from events import (
     JobCompleted,
     JobFailed,
     JobstreamError,
+    NameKind,
+    check_name,
     event_type,
     job_subject,
-    validate_name,
 )
 
 
@@ -17,7 +18,7 @@ async def cancel_job(bus: Bus, job_id: str, *, reason: str = "") -> None:
     """Append `job.cancelled`, fenced on the job's last event so that it cannot land after
     the job has ended (the dispatcher's ending is fenced on the same sequence)."""
     try:
-        subject = job_subject(validate_name(job_id, "job id"))
+        subject = job_subject(check_name(job_id, NameKind.JOB_ID))
     except ValueError as exc:
         raise JobstreamError(str(exc)) from None
     last = await bus.last_on_subject(subject)

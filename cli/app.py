@@ -32,12 +32,13 @@ from cli._settings import (
 from events import (
     DEFAULT_LEASE_S,
     JobstreamError,
+    NameKind,
     TaskSpec,
+    check_name,
     ensure_buckets,
     ensure_streams,
     ensure_worker_consumer,
     event_json_schema,
-    validate_name,
 )
 from projections import DEFAULT_SCHEMA, migrate
 
@@ -66,7 +67,7 @@ HandlerOption = Annotated[
 
 def _queue(value: str) -> str:
     try:
-        return validate_name(value, "queue")
+        return check_name(value, NameKind.QUEUE)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
 

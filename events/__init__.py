@@ -48,6 +48,18 @@ from events._codec import (
 )
 from events._errors import ConflictError, ConnectError, JobstreamError, PublishError
 from events._ids import derived_id, new_id
+from events._names import (
+    MAX_LENGTH,
+    NAME_CHARSET,
+    JobId,
+    NameKind,
+    QueueName,
+    TaskId,
+    WorkerId,
+    check_name,
+    quote,
+    safe_name,
+)
 from events._pull import Delivery, PullFeed
 from events._source import (
     DEFAULT_BATCH_MAX,
@@ -84,7 +96,6 @@ from events._subjects import (
     subject_for,
     task_event_subject,
     task_queue_subject,
-    validate_name,
     worker_consumer_name,
     worker_subject,
 )
@@ -173,7 +184,16 @@ __all__ = [
     "task_queue_subject",
     "tasks_stream_config",
     "utc_now",
-    "validate_name",
+    "check_name",
+    "quote",
+    "safe_name",
+    "MAX_LENGTH",
+    "NAME_CHARSET",
+    "JobId",
+    "NameKind",
+    "QueueName",
+    "TaskId",
+    "WorkerId",
     "with_retry",
     "worker_consumer_config",
     "worker_consumer_name",

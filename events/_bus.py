@@ -33,10 +33,12 @@ T = TypeVar("T")
 # A message's place in the log and its event (None: not a jobstream event).
 LogPosition = tuple[int, Event | None]
 
+# Not `ConnectionClosedError`: nats-py closes a connection for good when the server sends an
+# error (a subject over the control-line limit, a protocol violation). Retrying on it never
+# succeeds; the process must end (its supervisor restarts it) or open a new connection.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
-    nats.errors.ConnectionClosedError,
     nats.errors.ConnectionReconnectingError,
     nats.errors.StaleConnectionError,
     nats.js.errors.NoStreamResponseError,

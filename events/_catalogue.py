@@ -10,10 +10,27 @@ from typing import Annotated, Any
 import msgspec
 
 from events._ids import new_id
+from events._names import EventId, JobId, QueueName, TaskId, WorkerId, WorkerIdOrEmpty
 
 JsonValue = Any
-Positive = Annotated[int, msgspec.Meta(ge=1)]
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+# Bounds on what a foreign writer may put in an event, so that no value can overflow a
+# read-model column or make a process do unbounded work.
+MAX_ATTEMPTS = 1000
+MAX_TASKS_PER_JOB = 1_000_000
+MAX_CHUNK_SIZE = 10_000
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+Attempts = Annotated[int, msgspec.Meta(ge=1, le=MAX_ATTEMPTS)]
+AttemptNumber = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+TaskCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_TASKS_PER_JOB)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+Priority = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+TimeoutS = Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT_S)]
+DurationS = Annotated[float, msgspec.Meta(ge=0, le=1e9)]
+Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
+Pid = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
+Kind = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+ProgressMessage = Annotated[str, msgspec.Meta(max_length=1000)]
 
 
 CHUNK_KIND = "chunk"
@@ -26,17 +43,17 @@ def utc_now() -> datetime:
 class TaskSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
     """One kind of task in a job; `count` copies of it get consecutive task ids."""
 
-    kind: str
+    kind: Kind
     args: dict[str, JsonValue] = msgspec.field(default_factory=dict)
-    count: Positive = 1
+    count: TaskCount = 1
     # The kind's own attempt limit; None: the job's `max_attempts`.
-    max_attempts: Positive | None = None
+    max_attempts: Attempts | None = None
 
 
 class _Event(
     msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=False
 ):
-    id: str = msgspec.field(default_factory=new_id)
+    id: EventId = msgspec.field(default_factory=new_id)
     at: datetime = msgspec.field(default_factory=utc_now)
 
 
@@ -44,18 +61,18 @@ class _Event(
 
 
 class JobSubmitted(_Event, tag="job.submitted", frozen=True, kw_only=True):
-    job_id: str
+    job_id: JobId
     name: str = ""
-    queue: str = "default"
-    priority: int = 0
+    queue: QueueName = "default"
+    priority: Priority = 0
     tasks: list[TaskSpec]
-    max_attempts: Positive = 3
-    timeout_s: float | None = None
+    max_attempts: Attempts = 3
+    timeout_s: TimeoutS | None = None
     idempotency_key: str | None = None
     submitted_by: str = ""
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     # Chunked mode: up to this many consecutive tasks per task message (None or 1: one each).
-    chunk_size: Positive | None = None
+    chunk_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_CHUNK_SIZE)] | None = None
 
     @property
     def task_count(self) -> int:
@@ -63,24 +80,24 @@ class JobSubmitted(_Event, tag="job.submitted", frozen=True, kw_only=True):
 
 
 class JobCancelled(_Event, tag="job.cancelled", frozen=True, kw_only=True):
-    job_id: str
+    job_id: JobId
     reason: str = ""
 
 
 class JobCompleted(_Event, tag="job.completed", frozen=True, kw_only=True):
-    job_id: str
-    succeeded: int
-    dead_lettered: int = 0
-    cancelled: int = 0
-    duration_s: float
+    job_id: JobId
+    succeeded: Count
+    dead_lettered: Count = 0
+    cancelled: Count = 0
+    duration_s: DurationS
 
 
 class JobFailed(_Event, tag="job.failed", frozen=True, kw_only=True):
-    job_id: str
-    succeeded: int
-    dead_lettered: int
-    cancelled: int = 0
-    duration_s: float
+    job_id: JobId
+    succeeded: Count
+    dead_lettered: Count
+    cancelled: Count = 0
+    duration_s: DurationS
     reason: str = ""
 
 
@@ -91,96 +108,96 @@ JobEvent = JobSubmitted | JobCancelled | JobCompleted | JobFailed
 
 
 class TaskStarted(_Event, tag="task.started", frozen=True, kw_only=True):
-    job_id: str
-    task_id: str
-    worker_id: str
-    attempt: int
+    job_id: JobId
+    task_id: TaskId
+    worker_id: WorkerId
+    attempt: AttemptNumber
     lease_deadline: datetime
 
 
 class TaskProgress(_Event, tag="task.progress", frozen=True, kw_only=True):
-    job_id: str
-    task_id: str
-    worker_id: str
-    attempt: int
-    message: str = ""
-    fraction: float | None = None
+    job_id: JobId
+    task_id: TaskId
+    worker_id: WorkerId
+    attempt: AttemptNumber
+    message: ProgressMessage = ""
+    fraction: Fraction | None = None
 
 
 class TaskSucceeded(_Event, tag="task.succeeded", frozen=True, kw_only=True):
-    job_id: str
-    task_id: str
-    kind: str
+    job_id: JobId
+    task_id: TaskId
+    kind: Kind
     args: dict[str, JsonValue] = msgspec.field(default_factory=dict)
-    worker_id: str
-    attempt: int
+    worker_id: WorkerId
+    attempt: AttemptNumber
     result: JsonValue = None
-    duration_s: float
+    duration_s: DurationS
 
 
 class TaskFailed(_Event, tag="task.failed", frozen=True, kw_only=True):
     """One failed attempt. Not terminal: a retry follows, or a `task.dead_lettered`."""
 
-    job_id: str
-    task_id: str
-    worker_id: str
-    attempt: int
+    job_id: JobId
+    task_id: TaskId
+    worker_id: WorkerId
+    attempt: AttemptNumber
     error: str
     retryable: bool = True
     next_retry_at: datetime | None = None
-    duration_s: float = 0.0
+    duration_s: DurationS = 0.0
 
 
 class TaskDeadLettered(_Event, tag="task.dead_lettered", frozen=True, kw_only=True):
-    job_id: str
-    task_id: str
-    kind: str
+    job_id: JobId
+    task_id: TaskId
+    kind: Kind
     args: dict[str, JsonValue] = msgspec.field(default_factory=dict)
     reason: str
-    attempts: int
+    attempts: AttemptNumber
     last_error: str = ""
-    worker_id: str = ""
+    worker_id: WorkerIdOrEmpty = ""
 
 
 class TaskRequeued(_Event, tag="task.requeued", frozen=True, kw_only=True):
     """A dead-lettered task given another round of attempts (`jobstream dlq retry`)."""
 
-    job_id: str
-    task_id: str
-    kind: str
+    job_id: JobId
+    task_id: TaskId
+    kind: Kind
     args: dict[str, JsonValue] = msgspec.field(default_factory=dict)
-    queue: str = "default"
-    max_attempts: Positive = 3
-    timeout_s: float | None = None
-    attempts_before: int = 0
+    queue: QueueName = "default"
+    max_attempts: Attempts = 3
+    timeout_s: TimeoutS | None = None
+    attempts_before: AttemptNumber = 0
     requeued_by: str = ""
 
 
 class TaskCancelled(_Event, tag="task.cancelled", frozen=True, kw_only=True):
-    job_id: str
-    task_id: str
+    job_id: JobId
+    task_id: TaskId
     reason: str = ""
 
 
 class ChunkResult(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
     """One task of a chunk that succeeded."""
 
-    task_id: str
-    kind: str
+    task_id: TaskId
+    kind: Kind
     args: dict[str, JsonValue] = msgspec.field(default_factory=dict)
     result: JsonValue = None
-    duration_s: float
+    duration_s: DurationS
 
 
 class ChunkFailure(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
     """One task of a chunk that failed: it goes on alone, with the attempts it has left,
     unless its error is permanent (not `retryable`)."""
 
-    task_id: str
-    kind: str
+    task_id: TaskId
+    kind: Kind
     args: dict[str, JsonValue] = msgspec.field(default_factory=dict)
     error: str
-    duration_s: float = 0.0
+    duration_s: DurationS = 0.0
     retryable: bool = True
 
 
@@ -190,11 +207,11 @@ class TaskChunkFinished(_Event, tag="task.chunk_finished", frozen=True, kw_only=
     chunk's id); each task it names is counted as by its own `task.succeeded` or
     `task.failed`."""
 
-    job_id: str
-    task_id: str
-    worker_id: str
-    attempt: int
-    duration_s: float
+    job_id: JobId
+    task_id: TaskId
+    worker_id: WorkerId
+    attempt: AttemptNumber
+    duration_s: DurationS
     results: list[ChunkResult] = msgspec.field(default_factory=list)
     failed: list[ChunkFailure] = msgspec.field(default_factory=list)
 
@@ -217,21 +234,21 @@ TERMINAL_TASK_EVENTS = (TaskSucceeded, TaskDeadLettered, TaskCancelled, TaskChun
 
 
 class WorkerStarted(_Event, tag="worker.started", frozen=True, kw_only=True):
-    worker_id: str
+    worker_id: WorkerId
     host: str
-    pid: int
-    queues: list[str]
-    concurrency: int
+    pid: Pid
+    queues: list[QueueName]
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=100_000)]
     version: str
 
 
 class WorkerStopped(_Event, tag="worker.stopped", frozen=True, kw_only=True):
-    worker_id: str
+    worker_id: WorkerId
     reason: str = "graceful"
 
 
 class WorkerLost(_Event, tag="worker.lost", frozen=True, kw_only=True):
-    worker_id: str
+    worker_id: WorkerId
     last_seen: datetime | None = None
 
 
@@ -246,24 +263,24 @@ Event = JobEvent | TaskEvent | WorkerEvent
 class ChunkItem(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
     """One task carried by a chunk message."""
 
-    task_id: str
-    kind: str
+    task_id: TaskId
+    kind: Kind
     args: dict[str, JsonValue] = msgspec.field(default_factory=dict)
-    max_attempts: Positive = 3
+    max_attempts: Attempts = 3
 
 
 class TaskMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
     """One task, or (chunked mode) a chunk of `items`, whose `task_id` is the chunk's id."""
 
-    job_id: str
-    task_id: str
-    kind: str
+    job_id: JobId
+    task_id: TaskId
+    kind: Kind
     args: dict[str, JsonValue] = msgspec.field(default_factory=dict)
-    max_attempts: Positive = 3
-    timeout_s: float | None = None
+    max_attempts: Attempts = 3
+    timeout_s: TimeoutS | None = None
     # Attempts made before (a `jobstream dlq retry`, a chunk it failed in); attempt numbers
     # go on from there.
-    attempts_before: int = 0
+    attempts_before: AttemptNumber = 0
     items: list[ChunkItem] = msgspec.field(default_factory=list)
     # Not to run before then (a task going on alone after failing in a chunk: its backoff).
     # The first delivery of such a message only waits; it is not an attempt.

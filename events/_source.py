@@ -17,6 +17,7 @@ from typing import NamedTuple
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
+from nats.errors import ConnectionClosedError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -283,6 +284,8 @@ async def _halt(
 
 async def _recover(reader: _Reader, exc: Exception, failures: int, stop: asyncio.Event) -> None:
     """Log `exc`, drop the consumer and wait before the next one; re-raise programming errors."""
+    if reader.nc.is_closed:
+        raise ConnectionClosedError() from exc
     if isinstance(exc, ConsumerLost):
         log.info("recreating the consumer at seq %d: %s", reader.next_seq, exc)
     elif is_transient(exc):

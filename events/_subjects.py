@@ -1,6 +1,5 @@
 """Stream names, subjects and headers: the one place that spells them."""
 
-import re
 from enum import StrEnum
 
 from events._catalogue import (
@@ -21,6 +20,7 @@ from events._catalogue import (
     WorkerStarted,
     WorkerStopped,
 )
+from events._names import NameKind, check_name
 
 EVENTS_STREAM = "JOBSTREAM_EVENTS"
 TASKS_STREAM = "JOBSTREAM_TASKS"
@@ -39,51 +39,37 @@ class Header(StrEnum):
     EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
 
 
-_NOT_IN_TOKENS = re.compile(r"[.*> \t\r\n]")
-
-
-def _token(value: str, what: str) -> str:
-    if not value or _NOT_IN_TOKENS.search(value):
-        raise ValueError(f"{what} {value!r} cannot be a subject token")
-    return value
-
-
 def job_subject(job_id: str) -> str:
-    return f"evt.job.{_token(job_id, 'job id')}"
+    return f"evt.job.{check_name(job_id, NameKind.JOB_ID)}"
 
 
 def task_event_subject(job_id: str, task_id: str) -> str:
-    return f"evt.task.{_token(job_id, 'job id')}.{_token(task_id, 'task id')}"
+    return f"evt.task.{check_name(job_id, NameKind.JOB_ID)}.{check_name(task_id, NameKind.TASK_ID)}"
 
 
 def job_task_events_subject(job_id: str) -> str:
     """All task events of one job."""
-    return f"evt.task.{_token(job_id, 'job id')}.*"
+    return f"evt.task.{check_name(job_id, NameKind.JOB_ID)}.*"
 
 
 def worker_subject(worker_id: str) -> str:
-    return f"evt.worker.{_token(worker_id, 'worker id')}"
+    return f"evt.worker.{check_name(worker_id, NameKind.WORKER_ID)}"
 
 
 def task_queue_subject(queue: str, job_id: str) -> str:
-    return f"task.{_token(queue, 'queue')}.{_token(job_id, 'job id')}"
+    return f"task.{check_name(queue, NameKind.QUEUE)}.{check_name(job_id, NameKind.JOB_ID)}"
 
 
 def queue_subjects(queue: str) -> str:
-    return f"task.{_token(queue, 'queue')}.>"
+    return f"task.{check_name(queue, NameKind.QUEUE)}.>"
 
 
 def job_queue_purge_subject(job_id: str) -> str:
-    return f"task.*.{_token(job_id, 'job id')}"
+    return f"task.*.{check_name(job_id, NameKind.JOB_ID)}"
 
 
 def worker_consumer_name(queue: str) -> str:
-    return f"workers-{_token(queue, 'queue')}"
-
-
-def validate_name(value: str, what: str) -> str:
-    """Check that a user-given name (queue, worker id) can be used in subjects."""
-    return _token(value, what)
+    return f"workers-{check_name(queue, NameKind.QUEUE)}"
 
 
 def subject_for(event: Event) -> str:

@@ -20,13 +20,14 @@ from events import (
     EVENTS_STREAM,
     Bus,
     ConnectError,
+    NameKind,
     SourceItem,
+    check_name,
     decode_event,
     event_batches,
     event_type,
     job_subject,
     job_task_events_subject,
-    validate_name,
 )
 
 log = logging.getLogger("jobstream.api")
@@ -82,7 +83,7 @@ def _live(request: Request) -> LiveLog:
 
 def _job_id(value: str) -> str:
     try:
-        return validate_name(value, "job id")
+        return check_name(value, NameKind.JOB_ID)
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
 

@@ -27,6 +27,7 @@ from events import (
     JobCompleted,
     JobFailed,
     JobSubmitted,
+    NameKind,
     SourceItem,
     TaskCancelled,
     TaskChunkFinished,
@@ -40,6 +41,7 @@ from events import (
     WorkerLost,
     WorkerStarted,
     WorkerStopped,
+    check_name,
     chunk_id_for,
     derived_id,
     ensure_buckets,
@@ -53,7 +55,6 @@ from events import (
     task_event_subject,
     task_id_for,
     utc_now,
-    validate_name,
     with_retry,
 )
 from services.dispatcher._state import (
@@ -459,7 +460,7 @@ def _unusable(event: Event) -> str | None:
         subject_for(event)
         queue = getattr(event, "queue", None)
         if queue is not None:
-            validate_name(queue, "queue")
+            check_name(queue, NameKind.QUEUE)
     except ValueError as exc:
         return str(exc)
     return None

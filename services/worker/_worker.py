@@ -26,6 +26,7 @@ from events import (
     ChunkResult,
     ConflictError,
     Event,
+    NameKind,
     PullFeed,
     TaskCancelled,
     TaskChunkFinished,
@@ -43,6 +44,7 @@ from events import (
     ensure_worker_consumer,
     is_transient,
     new_id,
+    safe_name,
     task_event_subject,
     utc_now,
     worker_consumer_name,
@@ -61,6 +63,8 @@ FETCH_TIMEOUT_S = 0.1
 # Pull requests expire soon so that a stopping worker is not sent tasks for long.
 PULL_EXPIRES_S = 1.0
 PULL_HEARTBEAT_S = 0.25
+# Room left in a worker id for "-<pid>-<suffix>".
+HOST_TOKEN_MAX = 96
 
 
 def _package_version() -> str:
@@ -107,9 +111,7 @@ class Worker:
         self.bus = bus
         self.options = options
         self.handlers = handlers or HandlerRegistry.default()
-        self.worker_id = (
-            options.worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_id()[-6:]}"
-        )
+        self.worker_id = options.worker_id or f"{_host_token()}-{os.getpid()}-{new_id()[-6:]}"
         self._inflight: dict[asyncio.Task[None], Msg] = {}
         self.tasks_done = 0
 
@@ -557,6 +559,11 @@ class Worker:
 
     async def _publish(self, event: Event) -> None:
         await self.bus.publish_event(event)
+
+
+def _host_token() -> str:
+    """The host name as a worker-id part: a dotted name (`web1.example.com`) gets dashes."""
+    return safe_name(socket.gethostname(), NameKind.WORKER_ID)[:HOST_TOKEN_MAX]
 
 
 def _being_cancelled() -> bool:

@@ -68,9 +68,11 @@ def test_subjects() -> None:
     assert task_event_subject("J", "J-0") == "evt.task.J.J-0"
     assert task_queue_subject("default", "J") == "task.default.J"
     assert subject_for(JobSubmitted(job_id="J", tasks=[])) == "evt.job.J"
-    for bad in ("a.b", "a*", "a>", "a b", ""):
-        with pytest.raises(ValueError, match="subject token"):
+    for bad in ("a.b", "a*", "a>", "a b", "a\r\nPUB x", "é"):
+        with pytest.raises(ValueError, match=r"job id '.*' has characters outside letters"):
             job_subject(bad)
+    with pytest.raises(ValueError, match="job id is empty"):
+        job_subject("")
 
 
 def test_schema_covers_every_event() -> None:
