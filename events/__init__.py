@@ -3,6 +3,7 @@
 from events._bus import Bus, backoff_s, is_transient, with_retry
 from events._catalogue import (
     CHUNK_KIND,
+    MAX_TASKS_PER_JOB,
     TERMINAL_TASK_EVENTS,
     ChunkFailure,
     ChunkItem,
@@ -12,6 +13,7 @@ from events._catalogue import (
     JobCompleted,
     JobEvent,
     JobFailed,
+    JobRejected,
     JobSubmitted,
     OneTaskEvent,
     TaskCancelled,
@@ -51,6 +53,7 @@ from events._ids import derived_id, new_id
 from events._names import (
     MAX_LENGTH,
     NAME_CHARSET,
+    NAME_PATTERN,
     JobId,
     NameKind,
     QueueName,
@@ -60,6 +63,7 @@ from events._names import (
     quote,
     safe_name,
 )
+from events._progress import PROGRESS_KEY, DispatcherProgress, decode_progress
 from events._pull import Delivery, PullFeed
 from events._source import (
     DEFAULT_BATCH_MAX,
@@ -101,6 +105,10 @@ from events._subjects import (
 )
 
 __all__ = [
+    "MAX_TASKS_PER_JOB",
+    "PROGRESS_KEY",
+    "DispatcherProgress",
+    "decode_progress",
     "Delivery",
     "PullFeed",
     "DEFAULT_BATCH_MAX",
@@ -125,6 +133,7 @@ __all__ = [
     "JobCompleted",
     "JobEvent",
     "JobFailed",
+    "JobRejected",
     "JobSubmitted",
     "JobstreamError",
     "PublishError",
@@ -189,6 +198,7 @@ __all__ = [
     "safe_name",
     "MAX_LENGTH",
     "NAME_CHARSET",
+    "NAME_PATTERN",
     "JobId",
     "NameKind",
     "QueueName",

@@ -101,7 +101,17 @@ class JobFailed(_Event, tag="job.failed", frozen=True, kw_only=True):
     reason: str = ""
 
 
-JobEvent = JobSubmitted | JobCancelled | JobCompleted | JobFailed
+class JobRejected(_Event, tag="job.rejected", frozen=True, kw_only=True):
+    """An event on the job's subject that cannot be acted on (malformed, or out of bounds):
+    set aside by the dispatcher, with why. The job, if it was one, ends here."""
+
+    job_id: JobId
+    reason: Annotated[str, msgspec.Meta(max_length=2000)]
+    # The log sequence of the event set aside.
+    rejected_seq: Annotated[int, msgspec.Meta(ge=1)]
+
+
+JobEvent = JobSubmitted | JobCancelled | JobCompleted | JobFailed | JobRejected
 
 
 # --- task ------------------------------------------------------------------

@@ -36,6 +36,8 @@ MAX_LENGTH: dict[NameKind, int] = {
     NameKind.EVENT_ID: 128,
 }
 
+# The rule as a regular expression, for checks outside this module (HTTP parameters).
+NAME_PATTERN = f"^[{_NAME_CHARS}]+$"
 _PATTERN = re.compile(f"[{_NAME_CHARS}]+")
 
 

@@ -7,6 +7,7 @@ from events._catalogue import (
     JobCancelled,
     JobCompleted,
     JobFailed,
+    JobRejected,
     JobSubmitted,
     TaskCancelled,
     TaskChunkFinished,
@@ -75,7 +76,7 @@ def worker_consumer_name(queue: str) -> str:
 def subject_for(event: Event) -> str:
     """The subject an event is published on: one subject per job, per task, per worker."""
     match event:
-        case JobSubmitted() | JobCancelled() | JobCompleted() | JobFailed():
+        case JobSubmitted() | JobCancelled() | JobCompleted() | JobFailed() | JobRejected():
             return job_subject(event.job_id)
         case (
             TaskStarted()

@@ -25,6 +25,7 @@ from events import (
     JobCancelled,
     JobCompleted,
     JobFailed,
+    JobRejected,
     JobSubmitted,
     OneTaskEvent,
     SourceItem,
@@ -47,7 +48,7 @@ from projections._migrate import quote_ident
 from projections._postgres import MAX_JOB_TASKS, _counted_back, _utc
 
 TERMINAL_TASK_STATES = frozenset({"succeeded", "dead_lettered", "cancelled"})
-TERMINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled"})
+TERMINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled", "rejected"})
 
 _Row = dict[str, Any]
 
@@ -68,6 +69,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "started_at",
         "finished_at",
         "duration_s",
+        "error",
         "submitted_seq",
         "updated_seq",
     ),
@@ -188,6 +190,8 @@ class ReadModelFold:
                 self._job_finished(seq, at, event.job_id, "completed", event.duration_s)
             case JobFailed():
                 self._job_finished(seq, at, event.job_id, "failed", event.duration_s)
+            case JobRejected():
+                self._job_rejected(seq, at, event)
             case WorkerStarted():
                 self._worker_started(seq, at, event)
             case WorkerStopped():
@@ -225,24 +229,15 @@ class ReadModelFold:
             raise _Rejected(f"job {job.job_id} has {count} tasks, over {MAX_JOB_TASKS}")
         if job.job_id in self.jobs:
             return
-        self.jobs[job.job_id] = {
-            "job_id": job.job_id,
+        self.jobs[job.job_id] = _new_job(job.job_id, queue=job.queue, at=at, seq=seq) | {
             "name": job.name,
-            "queue": job.queue,
             "priority": job.priority,
-            "status": "queued",
             "total_tasks": count,
             "max_attempts": job.max_attempts,
             "timeout_s": _float(job.timeout_s),
             "idempotency_key": job.idempotency_key,
             "submitted_by": job.submitted_by,
             "labels": _json(job.labels),
-            "submitted_at": at,
-            "started_at": None,
-            "finished_at": None,
-            "duration_s": None,
-            "submitted_seq": seq,
-            "updated_seq": seq,
         }
         index = 0
         for spec in job.tasks:
@@ -267,6 +262,20 @@ class ReadModelFold:
             duration if duration is not None else (at - job["submitted_at"]) / timedelta(seconds=1)
         )
         job["updated_seq"] = seq
+
+    def _job_rejected(self, seq: int, at: datetime, event: JobRejected) -> None:
+        job = self.jobs.get(event.job_id)
+        if job is None:
+            job = self.jobs[event.job_id] = _new_job(event.job_id, queue="", at=at, seq=seq)
+        if job["status"] in TERMINAL_JOB_STATUSES:
+            return
+        job.update(
+            status="rejected",
+            finished_at=at,
+            duration_s=(at - job["submitted_at"]) / timedelta(seconds=1),
+            error=event.reason,
+            updated_seq=seq,
+        )
 
     def _job_running(self, seq: int, job_id: str, started_at: datetime) -> None:
         job = self.jobs.get(job_id)
@@ -516,6 +525,30 @@ class ReadModelFold:
 
 class _Rejected(ValueError):
     pass
+
+
+def _new_job(job_id: str, *, queue: str, at: datetime, seq: int) -> _Row:
+    """A jobs row with the table's defaults."""
+    return {
+        "job_id": job_id,
+        "name": "",
+        "queue": queue,
+        "priority": 0,
+        "status": "queued",
+        "total_tasks": 0,
+        "max_attempts": 0,
+        "timeout_s": None,
+        "idempotency_key": None,
+        "submitted_by": "",
+        "labels": _json({}),
+        "submitted_at": at,
+        "started_at": None,
+        "finished_at": None,
+        "duration_s": None,
+        "error": None,
+        "submitted_seq": seq,
+        "updated_seq": seq,
+    }
 
 
 def _in_columns(table: str, rows: Iterable[_Row]) -> list[tuple[Any, ...]]:

@@ -36,6 +36,7 @@ from events import (
     JobCompleted,
     JobEvent,
     JobFailed,
+    JobRejected,
     JobSubmitted,
     OneTaskEvent,
     SourceItem,
@@ -150,7 +151,7 @@ def event_steps(seq: int, event: Event) -> list[tuple[Event, Step]]:
     for a chunk the per-task events it stands for, in order (nothing for the chunk's own
     id). `RejectedEvent` if it cannot be projected."""
     match event:
-        case JobSubmitted() | JobCancelled() | JobCompleted() | JobFailed():
+        case JobSubmitted() | JobCancelled() | JobCompleted() | JobFailed() | JobRejected():
             return [(event, _job_step(seq, event))]
         case WorkerStarted() | WorkerStopped() | WorkerLost():
             return [(event, _worker_step(seq, event))]
@@ -164,6 +165,8 @@ def _job_step(seq: int, event: JobEvent) -> Step:
     if isinstance(event, JobSubmitted):
         return _submitted_step(seq, event)
     row: _Row = {"seq": seq, "at": _utc(event.at), "job_id": event.job_id}
+    if isinstance(event, JobRejected):
+        return Step("job_rejected", row | {"reason": event.reason}, [("job", event.job_id)])
     match event:
         case JobCancelled():
             row |= {"status": "cancelled", "duration_s": None}

@@ -84,7 +84,29 @@ SET status = e.status,
     updated_seq = e.seq
 FROM e
 WHERE jobs.job_id = e.job_id
-  AND jobs.status NOT IN ('completed', 'failed', 'cancelled');
+  AND jobs.status NOT IN ('completed', 'failed', 'cancelled', 'rejected');
+
+
+-- name: job_rejected
+-- A job the dispatcher set aside ends as rejected. Its row is made if its submission could not
+-- be read (then it has no tasks).
+WITH e AS (
+    SELECT *
+    FROM json_to_recordset($1::json) AS e (seq bigint, at timestamptz, job_id text, reason text)
+)
+INSERT INTO jobs (
+    job_id, queue, status, total_tasks, max_attempts, submitted_at, finished_at, duration_s,
+    error, submitted_seq, updated_seq
+)
+SELECT e.job_id, '', 'rejected', 0, 0, e.at, e.at, 0, e.reason, e.seq, e.seq
+FROM e
+ON CONFLICT (job_id) DO UPDATE
+SET status = 'rejected',
+    finished_at = excluded.finished_at,
+    duration_s = extract(epoch FROM excluded.finished_at - jobs.submitted_at),
+    error = excluded.error,
+    updated_seq = excluded.updated_seq
+WHERE jobs.status NOT IN ('completed', 'failed', 'cancelled', 'rejected');
 
 
 -- name: jobs_running

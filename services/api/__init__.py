@@ -11,7 +11,6 @@ from services.api._app import (
     MAX_PAGE_SIZE,
     BadQueryValueError,
     DatabaseUnavailableError,
-    ErrorBody,
     Health,
     Job,
     JobPage,
@@ -21,13 +20,13 @@ from services.api._app import (
     Task,
     TaskCounts,
     TaskPage,
-    ValidationErrorBody,
     Worker,
     WorkerList,
     create_app,
     dead_letters,
     job_summary,
 )
+from services.api._errors import ErrorBody, FieldError
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -36,6 +35,7 @@ __all__ = [
     "BadQueryValueError",
     "DatabaseUnavailableError",
     "ErrorBody",
+    "FieldError",
     "Health",
     "Job",
     "JobPage",
@@ -45,7 +45,6 @@ __all__ = [
     "Task",
     "TaskCounts",
     "TaskPage",
-    "ValidationErrorBody",
     "Worker",
     "WorkerList",
     "create_app",

@@ -6,8 +6,6 @@ Every error body is `{"detail": "<a sentence>"}`; bad query values answer 422, a
 """
 
 import asyncio
-import base64
-import binascii
 import html
 import logging
 import re
@@ -15,18 +13,31 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from importlib import resources
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, JsonValue
 
 from events import JobstreamError, load_queries
-from services.api._live import LiveLog, live_router
+from services.api._cursors import (
+    JobCursor,
+    ResultCursor,
+    TaskCursor,
+    decode_cursor,
+    encode_cursor,
+)
+from services.api._errors import (
+    RETRY_AFTER_S,
+    ErrorBody,
+    add_error_handlers,
+    bad_query,
+    error_response,
+)
+from services.api._live import DEFAULT_READY_MAX_LAG_S, LiveLog, live_router
+from services.api._params import READS, JobIdPath, OptionalJobIdQuery, OptionalQueueQuery
 
 DEFAULT_SCHEMA = "jobstream"
 DEFAULT_PAGE_SIZE = 50
@@ -38,9 +49,8 @@ ACQUIRE_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 10.0
 RECONNECT_INTERVAL_S = 1.0
-RETRY_AFTER_S = 5
 
-JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+JobStatus = Literal["queued", "running", "completed", "failed", "cancelled", "rejected"]
 TaskState = Literal["queued", "running", "succeeded", "failed", "dead_lettered", "cancelled"]
 _TASK_STATES: tuple[TaskState, ...] = (
     "queued",
@@ -51,7 +61,7 @@ _TASK_STATES: tuple[TaskState, ...] = (
     "cancelled",
 )
 _TERMINAL_TASK_STATES = frozenset({"succeeded", "dead_lettered", "cancelled"})
-_TERMINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled"})
+_TERMINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled", "rejected"})
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _SQL = load_queries("services.api", "queries.sql")
@@ -95,15 +105,6 @@ class Health(_Model):
     status: Literal["ok"] = "ok"
 
 
-class ErrorBody(_Model):
-    detail: str
-
-
-class ValidationErrorBody(_Model):
-    detail: str
-    errors: list[dict[str, JsonValue]]
-
-
 class TaskCounts(_Model):
     total: int = 0
     queued: int = 0
@@ -125,6 +126,8 @@ class Job(_Model):
     started_at: datetime | None
     finished_at: datetime | None
     duration_s: float | None
+    # Why the job was rejected (status "rejected"), else null.
+    error: str | None
     total_tasks: int
     max_attempts: int
     timeout_s: float | None
@@ -197,54 +200,6 @@ class Result(_Model):
 class ResultPage(_Model):
     results: list[Result]
     next_cursor: str | None
-
-
-# --- cursors ----------------------------------------------------------------
-# Opaque to clients: urlsafe base64 of a tagged JSON array naming the last row of a page.
-
-_AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
-_PgInteger = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
-
-
-class _JobCursor(msgspec.Struct, frozen=True, array_like=True, tag="j"):
-    submitted_at: _AwareDatetime
-    job_id: str
-
-
-class _TaskCursor(msgspec.Struct, frozen=True, array_like=True, tag="t"):
-    task_index: _PgInteger
-    task_id: str
-
-
-class _ResultCursor(msgspec.Struct, frozen=True, array_like=True, tag="r"):
-    finished_at: _AwareDatetime
-    task_id: str
-
-
-_C = TypeVar("_C", _JobCursor, _TaskCursor, _ResultCursor)
-_cursor_encoder = msgspec.json.Encoder()
-
-
-def _encode_cursor(cursor: _JobCursor | _TaskCursor | _ResultCursor) -> str:
-    return base64.urlsafe_b64encode(_cursor_encoder.encode(cursor)).rstrip(b"=").decode("ascii")
-
-
-def _decode_cursor(cursor: str | None, kind: type[_C]) -> _C | None:
-    if cursor is None:
-        return None
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        raw = base64.b64decode(padded, altchars=b"-_", validate=True)
-        return msgspec.json.decode(raw, type=kind)
-    except (binascii.Error, ValueError, msgspec.DecodeError) as exc:
-        message = "not a cursor of this listing; pass back the next_cursor it returned"
-        raise _bad_query("cursor", cursor, message) from exc
-
-
-def _bad_query(name: str, value: object, message: str) -> RequestValidationError:
-    return RequestValidationError(
-        [{"type": "value_error", "loc": ("query", name), "msg": message, "input": value}]
-    )
 
 
 # --- the database -----------------------------------------------------------
@@ -451,18 +406,16 @@ async def dead_letters(
 # --- routes -----------------------------------------------------------------
 
 router = APIRouter()
-_READS: dict[int | str, dict[str, Any]] = {
-    422: {"model": ValidationErrorBody, "description": "A bad query value"},
-    503: {"model": ErrorBody, "description": "The database is unavailable or not migrated"},
+_ONE_JOB: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No such job"},
+    **READS,
 }
-_ONE_JOB: dict[int | str, dict[str, Any]] = {404: {"model": ErrorBody}, **_READS}
 Limit = Annotated[
     int, Query(ge=1, le=MAX_PAGE_SIZE, description=f"rows per page, 1..{MAX_PAGE_SIZE}")
 ]
 Cursor = Annotated[
     str | None, Query(min_length=1, description="the next_cursor of the previous page")
 ]
-JobId = Annotated[str, Path(min_length=1)]
 
 
 @router.get("/healthz")
@@ -471,16 +424,16 @@ async def healthz() -> Health:
     return Health()
 
 
-@router.get("/jobs", responses=_READS)
+@router.get("/jobs", responses=READS)
 async def list_jobs(
     read_models: ReadModels,
     status: Annotated[JobStatus | None, Query()] = None,
-    queue: Annotated[str | None, Query(min_length=1)] = None,
+    queue: OptionalQueueQuery = None,
     limit: Limit = DEFAULT_PAGE_SIZE,
     cursor: Cursor = None,
 ) -> JobPage:
     """Jobs, newest first, with their task counts."""
-    after = _decode_cursor(cursor, _JobCursor)
+    after = decode_cursor(cursor, JobCursor)
     async with read_models.connection() as conn:
         rows = await conn.fetch(
             _SQL["list_jobs"],
@@ -495,13 +448,13 @@ async def list_jobs(
     next_cursor = None
     if len(rows) > limit:
         last = page[-1]
-        next_cursor = _encode_cursor(_JobCursor(last["submitted_at"], last["job_id"]))
+        next_cursor = encode_cursor(JobCursor(last["submitted_at"], last["job_id"]))
     jobs = [_job(row, counts[row["job_id"]]) for row in page]
     return JobPage(jobs=jobs, next_cursor=next_cursor)
 
 
 @router.get("/jobs/{job_id}", responses=_ONE_JOB)
-async def get_job(job_id: JobId, read_models: ReadModels) -> Job:
+async def get_job(job_id: JobIdPath, read_models: ReadModels) -> Job:
     """One job with its task counts and progress."""
     async with read_models.connection() as conn:
         job = await _load_job(conn, job_id)
@@ -512,14 +465,14 @@ async def get_job(job_id: JobId, read_models: ReadModels) -> Job:
 
 @router.get("/jobs/{job_id}/tasks", responses=_ONE_JOB)
 async def list_tasks(
-    job_id: JobId,
+    job_id: JobIdPath,
     read_models: ReadModels,
     state: Annotated[TaskState | None, Query()] = None,
     limit: Limit = DEFAULT_PAGE_SIZE,
     cursor: Cursor = None,
 ) -> TaskPage:
     """A job's tasks in task order."""
-    after = _decode_cursor(cursor, _TaskCursor)
+    after = decode_cursor(cursor, TaskCursor)
     async with read_models.connection() as conn:
         rows = await conn.fetch(
             _SQL["list_tasks"],
@@ -536,11 +489,11 @@ async def list_tasks(
     next_cursor = None
     if len(rows) > limit:
         last = page[-1]
-        next_cursor = _encode_cursor(_TaskCursor(last["task_index"], last["task_id"]))
+        next_cursor = encode_cursor(TaskCursor(last["task_index"], last["task_id"]))
     return TaskPage(tasks=[Task(**dict(row)) for row in page], next_cursor=next_cursor)
 
 
-@router.get("/workers", responses=_READS)
+@router.get("/workers", responses=READS)
 async def list_workers(read_models: ReadModels) -> WorkerList:
     """Every worker the log has seen: active ones first."""
     async with read_models.connection() as conn:
@@ -548,18 +501,22 @@ async def list_workers(read_models: ReadModels) -> WorkerList:
     return WorkerList(workers=[Worker(**dict(row)) for row in rows])
 
 
-@router.get("/results", responses=_READS)
+@router.get("/results", responses=READS)
 async def list_results(
     read_models: ReadModels,
     day: Annotated[date | None, Query(description="UTC day the task finished, YYYY-MM-DD")] = None,
-    job_id: Annotated[str | None, Query(min_length=1)] = None,
+    job_id: OptionalJobIdQuery = None,
     limit: Limit = DEFAULT_PAGE_SIZE,
     cursor: Cursor = None,
 ) -> ResultPage:
     """Finished tasks' results, in the order they finished."""
-    after = _decode_cursor(cursor, _ResultCursor)
-    since = datetime.combine(day, time(), tzinfo=UTC) if day else None
-    until = since + timedelta(days=1) if since else None
+    after = decode_cursor(cursor, ResultCursor)
+    since = until = None
+    if day is not None:
+        if day >= date.max:
+            raise bad_query("day", day.isoformat(), f"must be before {date.max.isoformat()}")
+        since = datetime.combine(day, time(), tzinfo=UTC)
+        until = since + timedelta(days=1)
     async with read_models.connection() as conn:
         rows = await conn.fetch(
             _SQL["list_results"],
@@ -574,7 +531,7 @@ async def list_results(
     next_cursor = None
     if len(rows) > limit:
         last = page[-1]
-        next_cursor = _encode_cursor(_ResultCursor(last["finished_at"], last["task_id"]))
+        next_cursor = encode_cursor(ResultCursor(last["finished_at"], last["task_id"]))
     return ResultPage(results=[Result(**dict(row)) for row in page], next_cursor=next_cursor)
 
 
@@ -587,40 +544,19 @@ async def dashboard(request: Request) -> HTMLResponse:
 # --- error handlers ---------------------------------------------------------
 
 
-def _describe(error: Mapping[str, Any]) -> str:
-    loc = [str(part) for part in error.get("loc", ())]
-    where = {"query": "query parameter", "path": "path parameter"}.get(loc[0] if loc else "", "")
-    name = ".".join(loc[1:]) if where else ".".join(loc)
-    text = f"{where} {name!r}: {error.get('msg', 'invalid')}".strip()
-    value = error.get("input")
-    if isinstance(value, str) and len(value) <= 80:
-        text += f" (got {value!r})"
-    return text
-
-
-async def _on_validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    errors = list(exc.errors())
-    detail = "; ".join(_describe(error) for error in errors) or "invalid request"
-    body = {"detail": detail, "errors": jsonable_encoder(errors)}
-    return JSONResponse(body, status_code=422)
-
-
 async def _on_bad_value(request: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=422)
+    return error_response(422, str(exc))
 
 
 async def _on_unavailable(request: Request, exc: Exception) -> JSONResponse:
     detail = "the read-model database is unavailable; try again shortly"
-    headers = {"Retry-After": str(RETRY_AFTER_S)}
-    return JSONResponse({"detail": detail}, status_code=503, headers=headers)
+    return error_response(503, detail, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 async def _on_missing(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ReadModelsMissingError)
     detail = f"the read models are not ready: schema {exc.schema!r} is not migrated"
-    headers = {"Retry-After": str(RETRY_AFTER_S)}
-    return JSONResponse({"detail": detail}, status_code=503, headers=headers)
+    return error_response(503, detail, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 # --- the factory ------------------------------------------------------------
@@ -651,6 +587,7 @@ def create_app(
     nats_urls: list[str] | None = None,
     title: str = "jobstream",
     pool_max_size: int = POOL_MAX_SIZE,
+    ready_max_lag_s: float = DEFAULT_READY_MAX_LAG_S,
 ) -> FastAPI:
     """The API over the read models in `schema` of `database_url`.
 
@@ -665,10 +602,11 @@ def create_app(
     )
     app.state.live_log = LiveLog(list(nats_urls or []))
     app.state.sql = _SQL
+    app.state.ready_max_lag_s = ready_max_lag_s
     app.state.dashboard_html = _dashboard_html(title)
     app.include_router(router)
     app.include_router(live_router)
-    app.add_exception_handler(RequestValidationError, _on_validation_error)
+    add_error_handlers(app)
     app.add_exception_handler(BadQueryValueError, _on_bad_value)
     app.add_exception_handler(DatabaseUnavailableError, _on_unavailable)
     app.add_exception_handler(ReadModelsMissingError, _on_missing)

@@ -10,31 +10,42 @@ from typing import Annotated, Any
 
 import msgspec
 import nats.errors
-from fastapi import APIRouter, HTTPException, Path, Query, Request
+import nats.js.errors
+from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from nats.aio.msg import Msg
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
+from pydantic import BaseModel, JsonValue
 
 from events import (
+    DISPATCHER_BUCKET,
     EVENT_SUBJECTS,
     EVENTS_STREAM,
+    PROGRESS_KEY,
     Bus,
     ConnectError,
-    NameKind,
+    DispatcherProgress,
     SourceItem,
-    check_name,
     decode_event,
+    decode_progress,
     event_batches,
     event_type,
     job_subject,
     job_task_events_subject,
 )
+from services.api._cursors import EventCursor, decode_cursor, encode_cursor
+from services.api._errors import ErrorBody
+from services.api._params import READS, JobIdPath, OptionalJobIdQuery, json_error
 
 log = logging.getLogger("jobstream.api")
 
 HISTORY_LIMIT = 10_000
+DEFAULT_HISTORY_PAGE = 1000
 READY_MAX_LAG_EVENTS = 10_000
+DEFAULT_READY_MAX_LAG_S = 30.0
+NATS_CHECK_TIMEOUT_S = 2.0
 REQUIRED_PROJECTION = "postgres"
+DISPATCHER = "dispatcher"
 SSE_QUEUE_SIZE = 1_000
 SSE_KEEPALIVE_S = 15.0
 BUS_RETRY_S = 2.0
@@ -43,7 +54,8 @@ live_router = APIRouter()
 
 
 class LiveLog:
-    """A NATS connection for the API, opened in the background so the API starts without it."""
+    """The API's NATS connection: opened in the background so the API starts without NATS,
+    and opened anew if the server ever closes it (nats-py does not reconnect a closed one)."""
 
     def __init__(self, nats_urls: list[str]) -> None:
         self.nats_urls = nats_urls
@@ -52,15 +64,25 @@ class LiveLog:
 
     async def open(self) -> None:
         if self.nats_urls:
+            self._reconnect()
+
+    def _reconnect(self) -> None:
+        if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._connect())
 
     async def _connect(self) -> None:
-        while self.bus is None:
+        while True:
             try:
-                self.bus = await Bus.connect(self.nats_urls, name="jobstream-api")
+                bus = await Bus.connect(self.nats_urls, name="jobstream-api")
             except ConnectError as exc:
                 log.warning("%s; retrying", exc)
                 await asyncio.sleep(BUS_RETRY_S)
+                continue
+            old, self.bus = self.bus, bus
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await old.close()
+            return
 
     async def close(self) -> None:
         if self._task is not None:
@@ -70,10 +92,20 @@ class LiveLog:
         if self.bus is not None:
             await self.bus.close()
 
+    def connected(self) -> Bus | None:
+        """The connection if it is up; a closed one is replaced in the background."""
+        bus = self.bus
+        if bus is not None and bus.nc.is_closed:
+            log.warning("the NATS connection was closed; opening a new one")
+            self._reconnect()
+            return None
+        return bus if bus is not None and bus.nc.is_connected else None
+
     def require(self) -> Bus:
-        if self.bus is None or not self.bus.nc.is_connected:
+        bus = self.connected()
+        if bus is None:
             raise HTTPException(503, "the event log (NATS) is not reachable; try again shortly")
-        return self.bus
+        return bus
 
 
 def _live(request: Request) -> LiveLog:
@@ -81,11 +113,37 @@ def _live(request: Request) -> LiveLog:
     return live
 
 
-def _job_id(value: str) -> str:
-    try:
-        return check_name(value, NameKind.JOB_ID)
-    except ValueError as exc:
-        raise HTTPException(422, str(exc)) from None
+class EventEntry(BaseModel):
+    seq: int
+    subject: str
+    # The event as JSON; null if the message is not a jobstream event (then `error` says why).
+    event: dict[str, JsonValue] | None
+    error: str | None
+
+
+class EventPage(BaseModel):
+    job_id: str
+    events: list[EventEntry]
+    # Pass back as `cursor` for the next page; null on the last page.
+    next_cursor: str | None
+
+
+class ConsumerProgress(BaseModel):
+    applied_seq: int
+    behind_events: int
+    # The age of the oldest event not yet applied (0 when caught up).
+    behind_s: float
+
+
+class Readiness(BaseModel):
+    ready: bool
+    nats: bool
+    postgres: bool
+    log_last_seq: int | None
+    # The dispatcher and each projection: how far they have applied the log.
+    consumers: dict[str, ConsumerProgress]
+    # Why not ready (empty when ready).
+    problems: list[str]
 
 
 def _entry_json(entry: SourceItem) -> dict[str, Any]:
@@ -94,140 +152,227 @@ def _entry_json(entry: SourceItem) -> dict[str, Any]:
     return {"seq": entry.seq, "subject": entry.subject, "event": event, "error": error}
 
 
-async def _read_subject(bus: Bus, subject: str, limit: int) -> list[SourceItem]:
-    """Every message on `subject` (a wildcard is fine), up to `limit`, in log order."""
+async def _read_subject(bus: Bus, subject: str, *, after_seq: int, count: int) -> list[SourceItem]:
+    """Up to `count` messages on `subject` (a wildcard is fine) after `after_seq`, in log
+    order."""
     last = await bus.last_on_subject(subject)
-    if last is None:
+    if last is None or last[0] <= after_seq:
         return []
     entries: list[SourceItem] = []
     stop = asyncio.Event()
-    batches = event_batches(bus, start_seq=1, stop=stop, filter_subject=subject)
+    batches = event_batches(bus, start_seq=after_seq + 1, stop=stop, filter_subject=subject)
     async with contextlib.aclosing(batches):
         async for batch in batches:
             entries.extend(batch)
-            if batch[-1].seq >= last[0] or len(entries) >= limit:
+            if batch[-1].seq >= last[0] or len(entries) >= count:
                 break
-    return entries[:limit]
+    return entries[:count]
 
 
-@live_router.get("/jobs/{job_id}/events")
+@live_router.get(
+    "/jobs/{job_id}/events",
+    response_model=EventPage,
+    responses={404: {"model": ErrorBody, "description": "No such job in the log"}, **READS},
+)
 async def job_events(
     request: Request,
-    job_id: Annotated[str, Path(min_length=1)],
-    limit: Annotated[int, Query(ge=1, le=HISTORY_LIMIT)] = 1000,
+    job_id: JobIdPath,
+    limit: Annotated[
+        int, Query(ge=1, le=HISTORY_LIMIT, description=f"events per page, 1..{HISTORY_LIMIT}")
+    ] = DEFAULT_HISTORY_PAGE,
+    cursor: Annotated[
+        str | None, Query(min_length=1, max_length=100, description="next_cursor of a page")
+    ] = None,
 ) -> JSONResponse:
     """A job's history, straight from the event log: its job events and all its task events,
-    in log order."""
+    in log order, a page at a time."""
+    after = decode_cursor(cursor, EventCursor)
+    after_seq = after.seq if after is not None else 0
     bus = _live(request).require()
-    job_id = _job_id(job_id)
     job_entries, task_entries = await asyncio.gather(
-        _read_subject(bus, job_subject(job_id), limit),
-        _read_subject(bus, job_task_events_subject(job_id), limit),
+        _read_subject(bus, job_subject(job_id), after_seq=after_seq, count=limit + 1),
+        _read_subject(bus, job_task_events_subject(job_id), after_seq=after_seq, count=limit + 1),
     )
-    if not job_entries:
+    if not job_entries and await bus.first_on_subject(job_subject(job_id)) is None:
         raise HTTPException(404, f"job {job_id} not found in the event log")
-    entries = sorted([*job_entries, *task_entries], key=lambda entry: entry.seq)[:limit]
-    return JSONResponse({"job_id": job_id, "events": [_entry_json(e) for e in entries]})
+    entries = sorted([*job_entries, *task_entries], key=lambda entry: entry.seq)
+    page = entries[:limit]
+    next_cursor = encode_cursor(EventCursor(page[-1].seq)) if len(entries) > limit else None
+    body = {"job_id": job_id, "events": [_entry_json(e) for e in page], "next_cursor": next_cursor}
+    return JSONResponse(body)
 
 
-async def _lag(request: Request) -> tuple[int | None, dict[str, int], dict[str, float]]:
-    """The log's last sequence, and each Postgres projection's distance from it: in events,
-    and in seconds (the age of the oldest event it has not applied; 0 when caught up)."""
-    live = _live(request)
+async def _progress(request: Request, bus: Bus | None) -> tuple[int | None, dict[str, int]]:
+    """The log's last sequence (None without NATS), and the sequence each consumer has
+    applied: the Postgres projections from their checkpoints, the dispatcher from its
+    progress key."""
+    applied: dict[str, int] = {}
     last_seq = None
-    if live.bus is not None and live.bus.nc.is_connected:
+    if bus is not None:
         with contextlib.suppress(Exception):
-            last_seq = await asyncio.wait_for(live.bus.stream_last_seq(), 2)
+            last_seq = await asyncio.wait_for(bus.stream_last_seq(), NATS_CHECK_TIMEOUT_S)
+        with contextlib.suppress(Exception):
+            progress = await asyncio.wait_for(_dispatcher_progress(bus), NATS_CHECK_TIMEOUT_S)
+            if progress is not None:
+                applied[DISPATCHER] = progress.last_seq
     read_models = request.app.state.read_models
-    lags: dict[str, int] = {}
-    seconds: dict[str, float] = {}
     async with read_models.connection() as conn:
         rows = await conn.fetch(request.app.state.sql["list_checkpoints"])
-    for row in rows:
-        if last_seq is None or live.bus is None:
-            continue
-        name, behind = row["projection"], max(0, last_seq - row["last_seq"])
-        lags[name] = behind
-        seconds[name] = await _age_of(live.bus, row["last_seq"] + 1) if behind else 0.0
-    return last_seq, lags, seconds
+    applied |= {row["projection"]: row["last_seq"] for row in rows}
+    return last_seq, applied
+
+
+async def _dispatcher_progress(bus: Bus) -> DispatcherProgress | None:
+    kv = await bus.js.key_value(DISPATCHER_BUCKET)
+    try:
+        entry = await kv.get(PROGRESS_KEY)
+    except nats.js.errors.KeyNotFoundError:
+        return None
+    return decode_progress(entry.value or b"")
+
+
+async def _consumers(
+    bus: Bus | None, last_seq: int | None, applied: dict[str, int]
+) -> dict[str, ConsumerProgress]:
+    consumers: dict[str, ConsumerProgress] = {}
+    if bus is None or last_seq is None:
+        return consumers
+    for name, seq in applied.items():
+        behind = max(0, last_seq - seq)
+        behind_s = await _age_of(bus, seq + 1) if behind else 0.0
+        consumers[name] = ConsumerProgress(applied_seq=seq, behind_events=behind, behind_s=behind_s)
+    return consumers
 
 
 async def _age_of(bus: Bus, seq: int) -> float:
     """How long ago the event at `seq` was written (0 if it cannot be read)."""
     with contextlib.suppress(Exception):
-        raw = await asyncio.wait_for(bus.js.get_msg(EVENTS_STREAM, seq=seq, direct=True), 2)
+        raw = await asyncio.wait_for(
+            bus.js.get_msg(EVENTS_STREAM, seq=seq, direct=True), NATS_CHECK_TIMEOUT_S
+        )
         if raw.time is not None:
             return max(0.0, (datetime.now(UTC) - raw.time).total_seconds())
     return 0.0
 
 
-@live_router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
-    """Ready when NATS and PostgreSQL answer and the Postgres projection exists and is close
-    to the log's end (within READY_MAX_LAG_EVENTS)."""
-    checks: dict[str, Any] = {"nats": False, "postgres": False, "projector_lag": None}
+async def _readiness(request: Request) -> Readiness:
+    bus = _live(request).connected()
+    problems: list[str] = []
+    postgres = True
+    last_seq: int | None = None
+    consumers: dict[str, ConsumerProgress] = {}
     try:
-        last_seq, lags, seconds = await _lag(request)
-        checks["postgres"] = True
-        checks["nats"] = last_seq is not None
-        checks["projector_lag"] = lags
-        checks["projector_lag_seconds"] = seconds
-        checks["log_last_seq"] = last_seq
+        last_seq, applied = await _progress(request, bus)
+        consumers = await _consumers(bus, last_seq, applied)
     except Exception as exc:
-        checks["error"] = str(exc)
-    lags = checks["projector_lag"]
-    lag_ok = (
-        lags is not None
-        and REQUIRED_PROJECTION in lags
-        and all(lag <= READY_MAX_LAG_EVENTS for lag in lags.values())
+        postgres = False
+        problems.append(f"PostgreSQL: {exc}")
+    nats_ok = last_seq is not None
+    if not nats_ok:
+        problems.append("NATS: the event log cannot be read")
+    if postgres and nats_ok and REQUIRED_PROJECTION not in consumers:
+        problems.append(f"the {REQUIRED_PROJECTION} projection has not started")
+    max_lag_s: float = request.app.state.ready_max_lag_s
+    for name, progress in consumers.items():
+        if progress.behind_events > READY_MAX_LAG_EVENTS:
+            problems.append(f"{name} is {progress.behind_events:,} events behind the log")
+        elif progress.behind_s > max_lag_s:
+            problems.append(f"{name} has not applied an event written {progress.behind_s:.0f}s ago")
+    return Readiness(
+        ready=not problems,
+        nats=nats_ok,
+        postgres=postgres,
+        log_last_seq=last_seq,
+        consumers=consumers,
+        problems=problems,
     )
-    ready = bool(checks["nats"] and checks["postgres"] and lag_ok)
-    return JSONResponse({"ready": ready, **checks}, status_code=200 if ready else 503)
+
+
+@live_router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when NATS and PostgreSQL answer and the dispatcher and every projection keep up
+    with the log: fewer than READY_MAX_LAG_EVENTS behind, and no event waiting longer than the
+    API's `ready_max_lag_s`. A stuck or stopped process makes the API not ready."""
+    readiness = await _readiness(request)
+    return JSONResponse(readiness.model_dump(), status_code=200 if readiness.ready else 503)
 
 
 @live_router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    """Prometheus metrics: log length, projector lag, jobs by status."""
+    """Prometheus metrics: log length, each consumer's position and lag, events set aside,
+    jobs by status."""
     registry = CollectorRegistry()
     last = Gauge("jobstream_log_last_seq", "Last sequence of the event log", registry=registry)
+    applied = Gauge(
+        "jobstream_consumer_applied_seq",
+        "Last log sequence a consumer (dispatcher, projection) has applied",
+        ["consumer"],
+        registry=registry,
+    )
     lag = Gauge(
-        "jobstream_projector_lag_events",
-        "Events between the log's end and a projection's checkpoint",
-        ["projection"],
+        "jobstream_consumer_lag_events",
+        "Events between the log's end and what a consumer has applied",
+        ["consumer"],
         registry=registry,
     )
     lag_seconds = Gauge(
-        "jobstream_projector_lag_seconds",
-        "Age of the oldest event a projection has not applied (0: caught up)",
-        ["projection"],
+        "jobstream_consumer_lag_seconds",
+        "Age of the oldest event a consumer has not applied (0: caught up)",
+        ["consumer"],
+        registry=registry,
+    )
+    set_aside = Gauge(
+        "jobstream_events_set_aside",
+        "Events set aside as unusable (poison): by the dispatcher, and parked by projections",
+        ["by"],
         registry=registry,
     )
     jobs = Gauge(
         "jobstream_jobs", "Jobs in the read model by status", ["status"], registry=registry
     )
+    bus = _live(request).connected()
     with contextlib.suppress(Exception):
-        last_seq, lags, seconds = await _lag(request)
+        if bus is not None:
+            progress = await asyncio.wait_for(_dispatcher_progress(bus), NATS_CHECK_TIMEOUT_S)
+            if progress is not None:
+                set_aside.labels(by=DISPATCHER).set(progress.set_aside)
+        last_seq, positions = await _progress(request, bus)
         if last_seq is not None:
             last.set(last_seq)
-        for name, value in lags.items():
-            lag.labels(projection=name).set(value)
-            lag_seconds.labels(projection=name).set(seconds[name])
+        for name, progress_of in (await _consumers(bus, last_seq, positions)).items():
+            applied.labels(consumer=name).set(progress_of.applied_seq)
+            lag.labels(consumer=name).set(progress_of.behind_events)
+            lag_seconds.labels(consumer=name).set(progress_of.behind_s)
         async with request.app.state.read_models.connection() as conn:
             for row in await conn.fetch(request.app.state.sql["count_jobs_by_status"]):
                 jobs.labels(status=row["status"]).set(row["n"])
+            parked = await conn.fetchval(request.app.state.sql["count_rejected_events"])
+            set_aside.labels(by="projections").set(parked)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@live_router.get("/events/stream")
-async def event_stream(
-    request: Request, job_id: Annotated[str | None, Query(min_length=1)] = None
-) -> StreamingResponse:
+class EventStreamResponse(StreamingResponse):
+    media_type = "text/event-stream"
+
+
+@live_router.get(
+    "/events/stream",
+    response_class=EventStreamResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "Server-sent events: `event: <type>`, `id:`, `data: <event JSON>`",
+        },
+        422: json_error("A bad query value"),
+        503: json_error("The event log (NATS) is not reachable"),
+    },
+)
+async def event_stream(request: Request, job_id: OptionalJobIdQuery = None) -> EventStreamResponse:
     """Live events as server-sent events (`event: <type>`, `data: <json>`), optionally one
     job's only. Live only: use `/jobs/{id}/events` or a JetStream consumer for history."""
     bus = _live(request).require()
     subjects = [EVENT_SUBJECTS]
     if job_id is not None:
-        job_id = _job_id(job_id)
         subjects = [job_subject(job_id), job_task_events_subject(job_id)]
     queue: asyncio.Queue[Msg] = asyncio.Queue(SSE_QUEUE_SIZE)
 
@@ -236,6 +381,8 @@ async def event_stream(
             queue.put_nowait(msg)
 
     subscriptions = [await bus.nc.subscribe(subject, cb=enqueue) for subject in subjects]
+    # The server has the subscriptions before the client reads ": connected".
+    await bus.nc.flush(timeout=int(NATS_CHECK_TIMEOUT_S))
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -252,7 +399,7 @@ async def event_stream(
                 with contextlib.suppress(nats.errors.Error):
                     await subscription.unsubscribe()
 
-    return StreamingResponse(body(), media_type="text/event-stream")
+    return EventStreamResponse(body())
 
 
 def _sse(msg: Msg) -> bytes:

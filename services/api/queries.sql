@@ -9,7 +9,8 @@
 -- $1 status, $2 queue (NULL: any), $3/$4 the last (submitted_at, job_id) seen (NULL: first page),
 -- $5 rows to fetch. Newest first.
 SELECT job_id, name, queue, status, priority, total_tasks, max_attempts, timeout_s,
-       idempotency_key, submitted_by, labels, submitted_at, started_at, finished_at, duration_s
+       idempotency_key, submitted_by, labels, submitted_at, started_at, finished_at, duration_s,
+       error
 FROM jobs
 WHERE ($1::text IS NULL OR status = $1::text)
   AND ($2::text IS NULL OR queue = $2::text)
@@ -19,7 +20,8 @@ LIMIT $5::integer;
 
 -- name: get_job
 SELECT job_id, name, queue, status, priority, total_tasks, max_attempts, timeout_s,
-       idempotency_key, submitted_by, labels, submitted_at, started_at, finished_at, duration_s
+       idempotency_key, submitted_by, labels, submitted_at, started_at, finished_at, duration_s,
+       error
 FROM jobs
 WHERE job_id = $1::text;
 
@@ -79,3 +81,6 @@ SELECT projection, last_seq, updated_at FROM projection_checkpoints ORDER BY pro
 
 -- name: count_jobs_by_status
 SELECT status, count(*) AS n FROM jobs GROUP BY status;
+
+-- name: count_rejected_events
+SELECT count(*) FROM rejected_events;

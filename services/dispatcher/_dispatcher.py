@@ -18,14 +18,18 @@ from nats.js.api import PubAck
 from events import (
     DISPATCHER_BUCKET,
     LIVENESS_BUCKET,
+    MAX_TASKS_PER_JOB,
+    PROGRESS_KEY,
     TASKS_STREAM,
     TERMINAL_TASK_EVENTS,
     Bus,
     ConflictError,
+    DispatcherProgress,
     Event,
     JobCancelled,
     JobCompleted,
     JobFailed,
+    JobRejected,
     JobSubmitted,
     NameKind,
     SourceItem,
@@ -44,6 +48,7 @@ from events import (
     check_name,
     chunk_id_for,
     derived_id,
+    encode,
     ensure_buckets,
     ensure_streams,
     event_batches,
@@ -51,6 +56,8 @@ from events import (
     is_transient,
     job_queue_purge_subject,
     job_subject,
+    quote,
+    sleep_unless_stopped,
     subject_for,
     task_event_subject,
     task_id_for,
@@ -65,6 +72,7 @@ from services.dispatcher._state import (
     load_state,
 )
 
+MAX_REASON_CHARS = 2000
 # Lost workers remembered, in case they are seen working again.
 MAX_LOST_WORKERS = 10_000
 
@@ -72,7 +80,11 @@ log = logging.getLogger(__name__)
 
 STATE_KEY = "state"
 SNAPSHOT_INTERVAL_S = 1.0
+PROGRESS_INTERVAL_S = 1.0
 CANCEL_CONCURRENCY = 64
+JOB_SUBJECT_PREFIX = "evt.job."
+# Errors of an event's own data: acting on it again would fail again.
+POISON_ERRORS = (ValueError, TypeError, ArithmeticError, LookupError)
 
 
 class _Liveness(msgspec.Struct):
@@ -118,6 +130,7 @@ class Dispatcher:
         await self._load(snapshots)
         batches = event_batches(self.bus, start_seq=self.state.last_seq + 1, stop=stop)
         lost_check = asyncio.create_task(self._lost_worker_loop(stop))
+        progress = asyncio.create_task(self._progress_loop(snapshots, stop))
         last_snapshot = time.monotonic()
         log.info("dispatcher started at log sequence %d", self.state.last_seq + 1)
         try:
@@ -130,9 +143,10 @@ class Dispatcher:
                         await self._save(snapshots)
                         last_snapshot = time.monotonic()
         finally:
-            lost_check.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await lost_check
+            for helper in (lost_check, progress):
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await helper
             if self._dirty:
                 with contextlib.suppress(Exception):
                     await self._outbox.settle()
@@ -158,16 +172,52 @@ class Dispatcher:
             return
         self._dirty = False
 
+    async def _progress_loop(self, snapshots: "nats.js.kv.KeyValue", stop: asyncio.Event) -> None:
+        """Publish how far the dispatcher has read (for `/readyz` and `/metrics`), each second
+        it moved: a dispatcher that is stuck or stopped shows as behind the log."""
+        saved: tuple[int, int] | None = None
+        while not stop.is_set():
+            now = (self.state.last_seq, self.state.set_aside)
+            if now != saved:
+                progress = DispatcherProgress(last_seq=now[0], set_aside=now[1], at=time.time())
+                try:
+                    await snapshots.put(PROGRESS_KEY, encode(progress))
+                    saved = now
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+            await sleep_unless_stopped(stop, PROGRESS_INTERVAL_S)
+
     async def _apply(self, entry: SourceItem) -> None:
         self.state.last_seq = entry.seq
         self._dirty = True
-        error = entry.error if entry.event is None else _unusable(entry.event)
-        if entry.event is None or error is not None:
-            log.warning(
-                "skipping malformed event at seq %d on %s: %s", entry.seq, entry.subject, error
-            )
+        event = entry.event
+        reason = str(entry.error) if event is None else _unusable(event)
+        if event is not None and reason is None:
+            try:
+                await self._on_event(entry.seq, event)
+                return
+            except POISON_ERRORS as exc:
+                reason = f"cannot be acted on: {type(exc).__name__}: {exc}"
+        await self._set_aside(entry, reason or "unusable")
+
+    async def _set_aside(self, entry: SourceItem, reason: str) -> None:
+        """Record an event that cannot be acted on, and move on. A job submission is ended
+        as `job.rejected` (when its subject names a valid job), so nothing waits for it."""
+        self.state.set_aside += 1
+        reason = reason[:MAX_REASON_CHARS]
+        log.warning("set aside seq %d on %s: %s", entry.seq, quote(entry.subject), reason)
+        job_id = _job_of_submission(entry)
+        if job_id is None:
             return
-        await self._on_event(entry.seq, entry.event)
+        self.state.jobs.pop(job_id, None)
+        rejected = JobRejected(
+            id=derived_id("rejected", str(entry.seq)),
+            job_id=job_id,
+            reason=reason,
+            rejected_seq=entry.seq,
+        )
+        await self.bus.publish_event(rejected)
 
     async def _on_event(self, seq: int, event: Event) -> None:
         self._track_workers(seq, event)
@@ -453,6 +503,29 @@ class Dispatcher:
         return value.at, value.lease_s
 
 
+def _job_of_submission(entry: SourceItem) -> str | None:
+    """The job id of a set-aside event that is (or claims to be) a job submission on a
+    valid job subject; None for anything else (a foreign message, an unknown event type)."""
+    if not entry.subject.startswith(JOB_SUBJECT_PREFIX):
+        return None
+    job_id = entry.subject.removeprefix(JOB_SUBJECT_PREFIX)
+    try:
+        check_name(job_id, NameKind.JOB_ID)
+    except ValueError:
+        return None
+    if isinstance(entry.event, JobSubmitted):
+        return job_id
+    try:
+        claimed = msgspec.json.decode(entry.data, type=_Tagged)
+    except msgspec.DecodeError:
+        return None
+    return job_id if claimed.type == JobSubmitted.__struct_config__.tag else None
+
+
+class _Tagged(msgspec.Struct):
+    type: object = None
+
+
 def _unusable(event: Event) -> str | None:
     """Why a decoded event cannot be acted on, if it cannot: ids or a queue name that are not
     subject tokens (a foreign writer's), for which no task, ending or report can be written."""
@@ -463,6 +536,8 @@ def _unusable(event: Event) -> str | None:
             check_name(queue, NameKind.QUEUE)
     except ValueError as exc:
         return str(exc)
+    if isinstance(event, JobSubmitted) and event.task_count > MAX_TASKS_PER_JOB:
+        return f"{event.task_count:,} tasks, over the limit of {MAX_TASKS_PER_JOB:,} per job"
     return None
 
 

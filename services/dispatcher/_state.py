@@ -52,6 +52,8 @@ class LiveWorker(msgspec.Struct, kw_only=True):
 
 class DispatcherState(msgspec.Struct, kw_only=True):
     last_seq: int = 0
+    # Events set aside as unusable, since the dispatcher's state began.
+    set_aside: int = 0
     jobs: dict[str, OpenJob] = msgspec.field(default_factory=dict)
     workers: dict[str, LiveWorker] = msgspec.field(default_factory=dict)
     # Workers reported lost, with the sequence of that report: one seen working again is

@@ -145,7 +145,13 @@ async def test_openapi_documents_the_error_bodies(client: httpx.AsyncClient) -> 
     one = spec["paths"]["/jobs/{job_id}"]["get"]["responses"]
     assert {"200", "422", "503"} <= set(jobs)
     assert "404" in one
-    assert "ValidationErrorBody" in spec["components"]["schemas"]
+    error_refs = {
+        (path, code): body["content"]["application/json"]["schema"]["$ref"]
+        for path, methods in spec["paths"].items()
+        for code, body in methods["get"]["responses"].items()
+        if code.startswith(("4", "5")) and path != "/readyz"
+    }
+    assert error_refs and set(error_refs.values()) == {"#/components/schemas/ErrorBody"}
 
 
 # --- /jobs --------------------------------------------------------------------------
@@ -262,7 +268,7 @@ async def test_job_detail(client: httpx.AsyncClient, db: asyncpg.Connection) -> 
 async def test_job_not_found(client: httpx.AsyncClient) -> None:
     response = await client.get("/jobs/nope")
     assert response.status_code == 404
-    assert response.json() == {"detail": "job nope not found"}
+    assert response.json() == {"detail": "job nope not found", "errors": []}
 
 
 async def test_job_summary_for_the_cli_on_a_plain_connection(
@@ -323,7 +329,7 @@ async def test_tasks_of_missing_job_is_404_but_empty_filter_is_not(
     empty = await get_ok(client, "/jobs/j/tasks", state="dead_lettered")
 
     assert missing.status_code == 404
-    assert missing.json() == {"detail": "job ghost not found"}
+    assert missing.json() == {"detail": "job ghost not found", "errors": []}
     assert empty == {"tasks": [], "next_cursor": None}
 
 
@@ -427,7 +433,7 @@ async def test_forged_cursor_with_naive_time_is_refused(client: httpx.AsyncClien
 async def test_nul_character_is_a_bad_value_not_a_crash(client: httpx.AsyncClient) -> None:
     response = await client.get("/jobs", params={"queue": "a\x00b"})
     assert response.status_code == 422
-    assert "invalid query value" in response.json()["detail"]
+    assert "query parameter 'queue'" in response.json()["detail"]
 
 
 # --- the database away -----------------------------------------------------------------
@@ -447,7 +453,8 @@ async def test_unreachable_database_is_503_and_healthz_stays_up() -> None:
         response = await c.get("/jobs")
         assert response.status_code == 503
         assert response.json() == {
-            "detail": "the read-model database is unavailable; try again shortly"
+            "detail": "the read-model database is unavailable; try again shortly",
+            "errors": [],
         }
         assert response.headers["retry-after"] == "5"
 

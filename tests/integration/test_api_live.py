@@ -77,21 +77,24 @@ async def test_job_history_readiness_and_metrics(bus: Bus, database_url: str, ap
                 " VALUES ('x', 0)"
             )
             behind = (await client.get("/readyz")).json()
-            assert behind["projector_lag"]["x"] == 2
-            assert 0 < behind["projector_lag_seconds"]["x"] < 60
+            assert behind["consumers"]["x"]["behind_events"] == 2
+            assert 0 < behind["consumers"]["x"]["behind_s"] < 60
             await pool.execute("DELETE FROM jobstream.projection_checkpoints")
         finally:
             await pool.close()
         await project_all(bus, database_url)
         ready = await client.get("/readyz")
         assert ready.status_code == 200, ready.text
-        assert ready.json()["projector_lag"] == {"postgres": 0}
-        assert ready.json()["projector_lag_seconds"] == {"postgres": 0.0}
+        assert ready.json()["consumers"] == {
+            "postgres": {"applied_seq": 2, "behind_events": 0, "behind_s": 0.0}
+        }
+        assert ready.json()["problems"] == []
 
         metrics = (await client.get("/metrics")).text
-        assert 'jobstream_projector_lag_events{projection="postgres"} 0.0' in metrics
+        assert 'jobstream_consumer_lag_events{consumer="postgres"} 0.0' in metrics
         assert "jobstream_log_last_seq 2.0" in metrics
-        assert 'jobstream_projector_lag_seconds{projection="postgres"} 0.0' in metrics
+        assert 'jobstream_consumer_lag_seconds{consumer="postgres"} 0.0' in metrics
+        assert 'jobstream_events_set_aside{by="projections"} 0.0' in metrics
 
 
 async def test_live_event_stream(bus: Bus, api_url: str) -> None:

@@ -35,7 +35,10 @@ def assert_clean_error(result: subprocess.CompletedProcess[str], *fragments: str
         (["--kind", "sum", "--args", "[1, 2]"], ["--args must be a JSON object"]),
         (["--tasks-file", "missing.ndjson"], ["cannot read tasks file missing.ndjson"]),
         ([], ["give either --kind"]),
-        (["--kind", "sum", "--queue", "a.b"], ["queue 'a.b' cannot be a subject token"]),
+        (
+            ["--kind", "sum", "--queue", "a.b"],
+            ["queue 'a.b' has characters outside"],
+        ),
     ],
 )
 def test_submit_rejects_bad_input(

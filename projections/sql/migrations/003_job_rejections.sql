@@ -1,0 +1,2 @@
+-- A job the dispatcher set aside (job.rejected): status 'rejected', and why.
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS error text;

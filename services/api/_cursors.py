@@ -1,0 +1,54 @@
+"""Keyset cursors, opaque to clients: urlsafe base64 of a tagged JSON array naming the last
+row of a page."""
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, TypeVar
+
+import msgspec
+
+from services.api._errors import bad_query
+
+_AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
+_PgInteger = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+_Sequence = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+
+class JobCursor(msgspec.Struct, frozen=True, array_like=True, tag="j"):
+    submitted_at: _AwareDatetime
+    job_id: str
+
+
+class TaskCursor(msgspec.Struct, frozen=True, array_like=True, tag="t"):
+    task_index: _PgInteger
+    task_id: str
+
+
+class ResultCursor(msgspec.Struct, frozen=True, array_like=True, tag="r"):
+    finished_at: _AwareDatetime
+    task_id: str
+
+
+class EventCursor(msgspec.Struct, frozen=True, array_like=True, tag="e"):
+    seq: _Sequence
+
+
+C = TypeVar("C", JobCursor, TaskCursor, ResultCursor, EventCursor)
+_encoder = msgspec.json.Encoder()
+
+
+def encode_cursor(cursor: JobCursor | TaskCursor | ResultCursor | EventCursor) -> str:
+    return base64.urlsafe_b64encode(_encoder.encode(cursor)).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(cursor: str | None, kind: type[C]) -> C | None:
+    if cursor is None:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        raw = base64.b64decode(padded, altchars=b"-_", validate=True)
+        return msgspec.json.decode(raw, type=kind)
+    except (binascii.Error, ValueError, msgspec.DecodeError) as exc:
+        message = "not a cursor of this listing; pass back the next_cursor it returned"
+        raise bad_query("cursor", cursor, message) from exc
