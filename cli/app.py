@@ -13,10 +13,12 @@ import typer
 from cli._runtime import (
     connect_bus,
     connect_database,
+    exit_code,
     run,
     run_until_stopped,
     setup_logging,
     stop_on_signals,
+    usage_error,
 )
 from cli._settings import (
     DEFAULT_DATA_DIR,
@@ -27,6 +29,7 @@ from cli._settings import (
     NatsUrlOption,
     QueueOption,
     SchemaOption,
+    checked,
     resolve_endpoints,
 )
 from events import (
@@ -34,11 +37,11 @@ from events import (
     JobstreamError,
     NameKind,
     TaskSpec,
-    check_name,
     ensure_buckets,
     ensure_streams,
     ensure_worker_consumer,
     event_json_schema,
+    quote,
 )
 from projections import DEFAULT_SCHEMA, migrate
 
@@ -63,13 +66,6 @@ HandlerOption = Annotated[
         help="Extra task kind as name=package.module:function (repeatable).",
     ),
 ]
-
-
-def _queue(value: str) -> str:
-    try:
-        return check_name(value, NameKind.QUEUE)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
 
 
 # --- set-up -----------------------------------------------------------------
@@ -99,7 +95,7 @@ def init(
         bus = await connect_bus(endpoints.nats_urls, name="jobstream-init")
         try:
             await ensure_streams(bus.js, replicas=replicas)
-            await ensure_worker_consumer(bus.js, _queue(queue), lease_s=lease_s, replicas=replicas)
+            await ensure_worker_consumer(bus.js, queue, lease_s=lease_s, replicas=replicas)
             await ensure_buckets(bus.js, replicas=replicas)
         finally:
             await bus.close()
@@ -140,7 +136,10 @@ def worker(
     extra_duration_s: Annotated[
         float, typer.Option(min=0.0, help="Simulated processing time added to each task.")
     ] = 0.0,
-    worker_id: Annotated[str | None, typer.Option(help="Default: host-pid-random.")] = None,
+    worker_id: Annotated[
+        str | None,
+        typer.Option(help="Default: host-pid-random.", callback=checked(NameKind.WORKER_ID)),
+    ] = None,
     handler: HandlerOption = None,
 ) -> None:
     """Run a worker: pull tasks from the queue and run their handlers."""
@@ -149,7 +148,7 @@ def worker(
     setup_logging()
     endpoints = resolve_endpoints(nats_url, database_url, data_dir, need_database=False)
     options = WorkerOptions(
-        queue=_queue(queue),
+        queue=queue,
         concurrency=concurrency,
         lease_s=lease_s,
         grace_s=grace_s,
@@ -362,15 +361,14 @@ def submit(
         job = build_job(
             specs,
             name=name,
-            queue=_queue(queue),
+            queue=queue,
             max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS,
             timeout_s=timeout_s,
             chunk_size=chunk_size,
         )
         endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
     except JobstreamError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        usage_error(str(exc))
 
     async def main() -> None:
         bus = await connect_bus(endpoints.nats_urls, name="jobstream-submit")
@@ -386,7 +384,9 @@ def submit(
 
 @app.command()
 def cancel(
-    job_id: Annotated[str, typer.Argument(help="The job to cancel.")],
+    job_id: Annotated[
+        str, typer.Argument(help="The job to cancel.", callback=checked(NameKind.JOB_ID))
+    ],
     reason: Annotated[str, typer.Option(help="Recorded in the job.cancelled event.")] = "",
     nats_url: NatsUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
@@ -413,7 +413,10 @@ app.add_typer(dlq_app, name="dlq")
 
 @dlq_app.command("list")
 def dlq_list(
-    job_id: Annotated[str | None, typer.Option("--job", help="Only this job's tasks.")] = None,
+    job_id: Annotated[
+        str | None,
+        typer.Option("--job", help="Only this job's tasks.", callback=checked(NameKind.JOB_ID)),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=100_000)] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
     database_url: DatabaseUrlOption = None,
@@ -449,7 +452,11 @@ def dlq_list(
 
 @dlq_app.command("retry")
 def dlq_retry(
-    target: Annotated[str | None, typer.Argument(help="A job id or a task id.")] = None,
+    target: Annotated[
+        str | None,
+        # A task id's rule admits every job id.
+        typer.Argument(help="A job id or a task id.", callback=checked(NameKind.TASK_ID)),
+    ] = None,
     retry_all: Annotated[bool, typer.Option("--all", help="Every dead-lettered task.")] = False,
     nats_url: NatsUrlOption = None,
     database_url: DatabaseUrlOption = None,
@@ -488,7 +495,10 @@ def replay(
     since: Annotated[
         datetime | None, typer.Option(help="Start at the first event at or after this time (UTC).")
     ] = None,
-    job_id: Annotated[str | None, typer.Option("--job", help="stdout: one job's history.")] = None,
+    job_id: Annotated[
+        str | None,
+        typer.Option("--job", help="stdout: one job's history.", callback=checked(NameKind.JOB_ID)),
+    ] = None,
     nats_url: NatsUrlOption = None,
     database_url: DatabaseUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
@@ -540,7 +550,10 @@ def replay(
 
 @app.command()
 def status(
-    job_id: Annotated[str, typer.Argument(help="The job id that submit printed.")],
+    job_id: Annotated[
+        str,
+        typer.Argument(help="The job id that submit printed.", callback=checked(NameKind.JOB_ID)),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     database_url: DatabaseUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
@@ -563,7 +576,9 @@ def status(
 
     summary = run(main())
     if summary is None:
-        typer.echo(f"error: job {job_id} not found (not submitted, or not projected yet)", err=True)
+        typer.echo(
+            f"error: job {quote(job_id)} not found (not submitted, or not projected yet)", err=True
+        )
         raise typer.Exit(1)
     if as_json:
         typer.echo(json.dumps(summary))
@@ -742,8 +757,7 @@ def bench(
             nats_sync_always=nats_sync_always,
         )
     except JobstreamError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        usage_error(str(exc))
     setup_logging("WARNING")
     summary = run(run_bench(options, stderr_progress()))
     if as_json:
@@ -757,4 +771,4 @@ def main() -> None:
         app()
     except JobstreamError as exc:
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(exit_code(exc))
