@@ -339,6 +339,8 @@ def submit(
     from cli._submit import (
         build_job,
         check_kinds,
+        no_worker_seen,
+        no_worker_warning,
         parse_args_json,
         read_tasks_file,
         with_kind_defaults,
@@ -370,15 +372,17 @@ def submit(
     except JobstreamError as exc:
         usage_error(str(exc))
 
-    async def main() -> None:
+    async def main() -> bool:
         bus = await connect_bus(endpoints.nats_urls, name="jobstream-submit")
         try:
             await ensure_streams(bus.js)
             await publish_job(bus, job)
+            return await no_worker_seen(bus, job.queue)
         finally:
             await bus.close()
 
-    run(main())
+    if run(main()):
+        typer.echo(no_worker_warning(job.queue), err=True)
     typer.echo(json.dumps({"job_id": job.job_id}) if as_json else job.job_id)
 
 
