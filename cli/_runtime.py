@@ -54,6 +54,13 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         return _run_on_best_loop(main)
     except JobstreamError as exc:
         fail(exc)
+    except asyncpg.UndefinedTableError as exc:
+        fail(
+            JobstreamError(
+                f"the read models are not in this database ({exc}): "
+                "run `jobstream init` or start the projector, and check --schema"
+            )
+        )
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 

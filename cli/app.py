@@ -42,6 +42,7 @@ from events import (
     ensure_worker_consumer,
     event_json_schema,
     quote,
+    redact_url,
 )
 from projections import DEFAULT_SCHEMA, migrate
 
@@ -294,7 +295,7 @@ def up(
     async def main() -> None:
         stop = stop_on_signals()
         async with LocalStack(options) as stack:
-            typer.echo(f"jobstream is up: API {stack.api_url}  NATS {stack.nats_url}")
+            typer.echo(f"jobstream is up: API {stack.api_url}  NATS {redact_url(stack.nats_url)}")
             typer.echo("Ctrl-C stops everything.")
             await stop.wait()
         typer.echo("stopped")

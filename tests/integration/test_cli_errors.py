@@ -12,13 +12,14 @@ from pathlib import Path
 import pytest
 
 from events import DEFAULT_LEASE_S, Bus, JobSubmitted, ensure_worker_consumer
-from services.stack import NatsServer
+from services.stack import NatsServer, PostgresServer
 
 JOBSTREAM = [sys.executable, "-m", "cli"]
 UNREACHABLE_NATS = "nats://127.0.0.1:1"
 UNREACHABLE_POSTGRES = "postgresql://postgres@127.0.0.1:1/jobstream"
 NATS_USER = "bar"
 NATS_PASSWORD = "s3cret-pass"
+PG_PASSWORD = "pg-s3cret"
 
 
 def jobstream(
@@ -117,20 +118,37 @@ def test_right_nats_password_submits(nats_with_password: NatsServer, tmp_path: P
     assert NATS_PASSWORD not in result.stderr + result.stdout
 
 
-def test_refused_postgres_credentials_are_an_authentication_failure(
-    database_url: str, tmp_path: Path
+@pytest.fixture
+def postgres_with_password(tmp_path: Path) -> Iterator[PostgresServer]:
+    server = PostgresServer(tmp_path / "pgdata", durable=False, password=PG_PASSWORD).start()
+    yield server
+    server.stop()
+
+
+def test_wrong_postgres_password_is_an_authentication_failure(
+    postgres_with_password: PostgresServer, tmp_path: Path
 ) -> None:
-    # The test server trusts its own role whatever the password; an unknown role is refused
-    # at authentication as a wrong password is (SQLSTATE class 28).
-    host_and_db = database_url.split("@", 1)[1]
-    url = f"postgresql://nosuchuser:wrong-pass@{host_and_db}"
+    port = postgres_with_password.port
+    url = f"postgresql://postgres:wrong-pass@127.0.0.1:{port}/postgres"
     result = jobstream("status", "01ABC", "--database-url", url, cwd=tmp_path)
     assert_clean_error(
         result,
-        f"authentication failed for PostgreSQL at postgresql://nosuchuser@{host_and_db}",
+        f"authentication failed for PostgreSQL at postgresql://postgres@127.0.0.1:{port}/postgres",
         exit_code=3,
     )
     assert "wrong-pass" not in result.stderr + result.stdout
+    assert "cannot reach" not in result.stderr
+
+
+def test_right_postgres_password_gets_past_authentication(
+    postgres_with_password: PostgresServer, tmp_path: Path
+) -> None:
+    result = jobstream(
+        "status", "01ABC", "--database-url", postgres_with_password.url, cwd=tmp_path
+    )
+    # Connected: the read models are not there, which is another failure (exit 1).
+    assert_clean_error(result, "the read models are not in this database", exit_code=1)
+    assert PG_PASSWORD not in result.stderr + result.stdout
 
 
 TOO_LONG = "q" * 5000
