@@ -11,7 +11,7 @@ import asyncpg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from events import EVENTS_STREAM, Bus, JobstreamError
+from events import EVENTS_STREAM, Bus, JobstreamError, job_subject, quote
 from projections import ReplayReport, replay_ndjson, replay_postgres, replay_stdout
 
 TARGETS = ("postgres", "ndjson", "stdout")
@@ -64,6 +64,8 @@ async def replay(
     show_progress: bool,
 ) -> ReplayReport:
     if target == "stdout":
+        if job_id is not None and await bus.first_on_subject(job_subject(job_id)) is None:
+            raise JobstreamError(f"job {quote(job_id)} not found in the event log")
         return await replay_stdout(bus, sys.stdout.buffer, from_seq=from_seq, job_id=job_id)
     if job_id is not None:
         raise JobstreamError("--job goes with --target stdout only")

@@ -5,14 +5,20 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import asyncpg
 import typer
 
-from events import Bus, ConnectError, JobstreamError
+from events import AuthenticationError, Bus, ConnectError, JobstreamError
 
 T = TypeVar("T")
+
+# Exit codes: a failure of the command, a wrong command line, a server not reached or
+# refusing the credentials (say so in plain words, with the URL tried).
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
 
 
 def setup_logging(level: str = "INFO") -> None:
@@ -25,13 +31,36 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+def exit_code(exc: JobstreamError) -> int:
+    return EXIT_UNREACHABLE if isinstance(exc, ConnectError) else EXIT_FAILURE
+
+
+def fail(exc: JobstreamError) -> NoReturn:
+    """End the command with `exc` as one line on stderr and its exit code."""
+    typer.echo(f"error: {exc}", err=True)
+    raise typer.Exit(exit_code(exc))
+
+
+def usage_error(message: str) -> NoReturn:
+    """End the command for a wrong command line: one line on stderr, exit 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(EXIT_USAGE)
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine on uvloop where available; a JobstreamError becomes one line and exit 1."""
+    """Run a coroutine on uvloop where available; a JobstreamError becomes one line and exit
+    1 (3 when a server could not be reached or refused the credentials)."""
     try:
         return _run_on_best_loop(main)
     except JobstreamError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(1) from None
+        fail(exc)
+    except asyncpg.UndefinedTableError as exc:
+        fail(
+            JobstreamError(
+                f"the read models are not in this database ({exc}): "
+                "run `jobstream init` or start the projector, and check --schema"
+            )
+        )
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -61,19 +90,11 @@ async def connect_bus(urls: list[str], *, name: str) -> Bus:
 async def connect_database(url: str, **kwargs: Any) -> asyncpg.Pool:
     try:
         pool: asyncpg.Pool = await asyncpg.create_pool(url, timeout=10, **kwargs)
+    except asyncpg.InvalidAuthorizationSpecificationError as exc:
+        raise AuthenticationError("PostgreSQL", url, str(exc)) from exc
     except (TimeoutError, OSError, asyncpg.PostgresError, ValueError) as exc:
-        raise ConnectError("PostgreSQL", _redact(url), str(exc) or type(exc).__name__) from exc
+        raise ConnectError("PostgreSQL", url, str(exc) or type(exc).__name__) from exc
     return pool
-
-
-def _redact(url: str) -> str:
-    """Hide a password in a URL shown to the user."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    user = credentials.split(":", 1)[0]
-    return f"{scheme}://{user}@{host}"
 
 
 async def run_until_stopped(

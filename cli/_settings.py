@@ -2,16 +2,34 @@
 that `jobstream up` leaves in the data dir so other commands find the embedded stack."""
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from events import JobstreamError
+from cli._runtime import usage_error
+from events import JobstreamError, NameKind, check_name
 
 DEFAULT_DATA_DIR = Path(".jobstream")
 STACK_FILE = "stack.json"
+
+
+def checked(kind: NameKind) -> Callable[[str | None], str | None]:
+    """A typer callback: the value if it is a valid `kind`, else a usage error (exit 2),
+    before the command runs and so before any network call."""
+
+    def callback(value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return check_name(value, kind)
+        except ValueError as exc:
+            usage_error(str(exc))
+
+    return callback
+
 
 NatsUrlOption = Annotated[
     str | None,
@@ -74,7 +92,13 @@ SchemaOption = Annotated[
 ]
 QueueOption = Annotated[
     str,
-    typer.Option("--queue", envvar="JOBSTREAM_QUEUE", help="Queue name.", show_envvar=True),
+    typer.Option(
+        "--queue",
+        envvar="JOBSTREAM_QUEUE",
+        help="Queue name.",
+        show_envvar=True,
+        callback=checked(NameKind.QUEUE),
+    ),
 ]
 
 

@@ -5,9 +5,24 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
+import nats.js.errors
 
-from events import MAX_MSG_SIZE, Bus, JobstreamError, JobSubmitted, TaskSpec, encode, new_id
+from events import (
+    MAX_MSG_SIZE,
+    TASKS_STREAM,
+    Bus,
+    JobstreamError,
+    JobSubmitted,
+    TaskSpec,
+    encode,
+    new_id,
+    with_retry,
+    worker_consumer_name,
+)
 from services.worker import HandlerRegistry
+
+WORKER_LOOKUP_BUDGET_S = 5.0
 
 
 class _TaskLine(msgspec.Struct, forbid_unknown_fields=True):
@@ -105,6 +120,29 @@ def build_job(
 
 async def submit(bus: Bus, job: JobSubmitted) -> int:
     return await bus.publish_event(job)
+
+
+async def no_worker_seen(bus: Bus, queue: str) -> bool:
+    """True when no worker ever ran on `queue`: each creates the queue's consumer at start."""
+    try:
+        await with_retry(
+            lambda: bus.js.consumer_info(TASKS_STREAM, worker_consumer_name(queue)),
+            what=f"look up the consumer of queue {queue}",
+            budget_s=WORKER_LOOKUP_BUDGET_S,
+        )
+    except nats.js.errors.NotFoundError:
+        return True
+    except nats.errors.Error:
+        # The job is already submitted: a failed look-up is no reason to report a failure.
+        return False
+    return False
+
+
+def no_worker_warning(queue: str) -> str:
+    return (
+        f"warning: no worker has been seen on queue {queue!r}; the job waits until one runs "
+        f"(jobstream worker --queue {queue})"
+    )
 
 
 # Bytes per task in a chunk message besides its args (task id, kind, field names).

@@ -13,10 +13,12 @@ import typer
 from cli._runtime import (
     connect_bus,
     connect_database,
+    exit_code,
     run,
     run_until_stopped,
     setup_logging,
     stop_on_signals,
+    usage_error,
 )
 from cli._settings import (
     DEFAULT_DATA_DIR,
@@ -27,6 +29,7 @@ from cli._settings import (
     NatsUrlOption,
     QueueOption,
     SchemaOption,
+    checked,
     resolve_endpoints,
 )
 from events import (
@@ -34,11 +37,12 @@ from events import (
     JobstreamError,
     NameKind,
     TaskSpec,
-    check_name,
     ensure_buckets,
     ensure_streams,
     ensure_worker_consumer,
     event_json_schema,
+    quote,
+    redact_url,
 )
 from projections import DEFAULT_SCHEMA, migrate
 
@@ -63,13 +67,6 @@ HandlerOption = Annotated[
         help="Extra task kind as name=package.module:function (repeatable).",
     ),
 ]
-
-
-def _queue(value: str) -> str:
-    try:
-        return check_name(value, NameKind.QUEUE)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
 
 
 # --- set-up -----------------------------------------------------------------
@@ -99,7 +96,7 @@ def init(
         bus = await connect_bus(endpoints.nats_urls, name="jobstream-init")
         try:
             await ensure_streams(bus.js, replicas=replicas)
-            await ensure_worker_consumer(bus.js, _queue(queue), lease_s=lease_s, replicas=replicas)
+            await ensure_worker_consumer(bus.js, queue, lease_s=lease_s, replicas=replicas)
             await ensure_buckets(bus.js, replicas=replicas)
         finally:
             await bus.close()
@@ -140,7 +137,10 @@ def worker(
     extra_duration_s: Annotated[
         float, typer.Option(min=0.0, help="Simulated processing time added to each task.")
     ] = 0.0,
-    worker_id: Annotated[str | None, typer.Option(help="Default: host-pid-random.")] = None,
+    worker_id: Annotated[
+        str | None,
+        typer.Option(help="Default: host-pid-random.", callback=checked(NameKind.WORKER_ID)),
+    ] = None,
     handler: HandlerOption = None,
 ) -> None:
     """Run a worker: pull tasks from the queue and run their handlers."""
@@ -149,7 +149,7 @@ def worker(
     setup_logging()
     endpoints = resolve_endpoints(nats_url, database_url, data_dir, need_database=False)
     options = WorkerOptions(
-        queue=_queue(queue),
+        queue=queue,
         concurrency=concurrency,
         lease_s=lease_s,
         grace_s=grace_s,
@@ -295,7 +295,7 @@ def up(
     async def main() -> None:
         stop = stop_on_signals()
         async with LocalStack(options) as stack:
-            typer.echo(f"jobstream is up: API {stack.api_url}  NATS {stack.nats_url}")
+            typer.echo(f"jobstream is up: API {stack.api_url}  NATS {redact_url(stack.nats_url)}")
             typer.echo("Ctrl-C stops everything.")
             await stop.wait()
         typer.echo("stopped")
@@ -340,6 +340,8 @@ def submit(
     from cli._submit import (
         build_job,
         check_kinds,
+        no_worker_seen,
+        no_worker_warning,
         parse_args_json,
         read_tasks_file,
         with_kind_defaults,
@@ -362,31 +364,34 @@ def submit(
         job = build_job(
             specs,
             name=name,
-            queue=_queue(queue),
+            queue=queue,
             max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS,
             timeout_s=timeout_s,
             chunk_size=chunk_size,
         )
         endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
     except JobstreamError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        usage_error(str(exc))
 
-    async def main() -> None:
+    async def main() -> bool:
         bus = await connect_bus(endpoints.nats_urls, name="jobstream-submit")
         try:
             await ensure_streams(bus.js)
             await publish_job(bus, job)
+            return await no_worker_seen(bus, job.queue)
         finally:
             await bus.close()
 
-    run(main())
+    if run(main()):
+        typer.echo(no_worker_warning(job.queue), err=True)
     typer.echo(json.dumps({"job_id": job.job_id}) if as_json else job.job_id)
 
 
 @app.command()
 def cancel(
-    job_id: Annotated[str, typer.Argument(help="The job to cancel.")],
+    job_id: Annotated[
+        str, typer.Argument(help="The job to cancel.", callback=checked(NameKind.JOB_ID))
+    ],
     reason: Annotated[str, typer.Option(help="Recorded in the job.cancelled event.")] = "",
     nats_url: NatsUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
@@ -413,7 +418,10 @@ app.add_typer(dlq_app, name="dlq")
 
 @dlq_app.command("list")
 def dlq_list(
-    job_id: Annotated[str | None, typer.Option("--job", help="Only this job's tasks.")] = None,
+    job_id: Annotated[
+        str | None,
+        typer.Option("--job", help="Only this job's tasks.", callback=checked(NameKind.JOB_ID)),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, max=100_000)] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
     database_url: DatabaseUrlOption = None,
@@ -449,7 +457,11 @@ def dlq_list(
 
 @dlq_app.command("retry")
 def dlq_retry(
-    target: Annotated[str | None, typer.Argument(help="A job id or a task id.")] = None,
+    target: Annotated[
+        str | None,
+        # A task id's rule admits every job id.
+        typer.Argument(help="A job id or a task id.", callback=checked(NameKind.TASK_ID)),
+    ] = None,
     retry_all: Annotated[bool, typer.Option("--all", help="Every dead-lettered task.")] = False,
     nats_url: NatsUrlOption = None,
     database_url: DatabaseUrlOption = None,
@@ -488,7 +500,10 @@ def replay(
     since: Annotated[
         datetime | None, typer.Option(help="Start at the first event at or after this time (UTC).")
     ] = None,
-    job_id: Annotated[str | None, typer.Option("--job", help="stdout: one job's history.")] = None,
+    job_id: Annotated[
+        str | None,
+        typer.Option("--job", help="stdout: one job's history.", callback=checked(NameKind.JOB_ID)),
+    ] = None,
     nats_url: NatsUrlOption = None,
     database_url: DatabaseUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
@@ -540,7 +555,10 @@ def replay(
 
 @app.command()
 def status(
-    job_id: Annotated[str, typer.Argument(help="The job id that submit printed.")],
+    job_id: Annotated[
+        str,
+        typer.Argument(help="The job id that submit printed.", callback=checked(NameKind.JOB_ID)),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     database_url: DatabaseUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
@@ -563,7 +581,9 @@ def status(
 
     summary = run(main())
     if summary is None:
-        typer.echo(f"error: job {job_id} not found (not submitted, or not projected yet)", err=True)
+        typer.echo(
+            f"error: job {quote(job_id)} not found (not submitted, or not projected yet)", err=True
+        )
         raise typer.Exit(1)
     if as_json:
         typer.echo(json.dumps(summary))
@@ -742,8 +762,7 @@ def bench(
             nats_sync_always=nats_sync_always,
         )
     except JobstreamError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        usage_error(str(exc))
     setup_logging("WARNING")
     summary = run(run_bench(options, stderr_progress()))
     if as_json:
@@ -757,4 +776,4 @@ def main() -> None:
         app()
     except JobstreamError as exc:
         typer.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(exit_code(exc))

@@ -48,7 +48,13 @@ from events._codec import (
     encode_into,
     event_json_schema,
 )
-from events._errors import ConflictError, ConnectError, JobstreamError, PublishError
+from events._errors import (
+    AuthenticationError,
+    ConflictError,
+    ConnectError,
+    JobstreamError,
+    PublishError,
+)
 from events._ids import derived_id, new_id
 from events._names import (
     MAX_LENGTH,
@@ -103,6 +109,7 @@ from events._subjects import (
     worker_consumer_name,
     worker_subject,
 )
+from events._urls import redact_url
 
 __all__ = [
     "MAX_TASKS_PER_JOB",
@@ -123,6 +130,7 @@ __all__ = [
     "TASK_EVENT_SUBJECTS",
     "TERMINAL_TASK_EVENTS",
     "WORKER_EVENT_SUBJECTS",
+    "AuthenticationError",
     "Bus",
     "ConflictError",
     "ConnectError",
@@ -195,6 +203,7 @@ __all__ = [
     "utc_now",
     "check_name",
     "quote",
+    "redact_url",
     "safe_name",
     "MAX_LENGTH",
     "NAME_CHARSET",

@@ -17,7 +17,7 @@ from nats.js.api import PubAck
 from events._acks import PipelinedPublisher
 from events._catalogue import Event, TaskMessage
 from events._codec import DecodeError, decode_event, encode
-from events._errors import ConflictError, ConnectError, PublishError
+from events._errors import AuthenticationError, ConflictError, ConnectError, PublishError
 from events._subjects import EVENTS_STREAM, Header, subject_for, task_queue_subject
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,7 @@ PUBLISH_RETRY_BUDGET_S = 60.0
 RETRY_BASE_S = 0.05
 RETRY_CAP_S = 2.0
 INITIAL_CONNECT_ATTEMPTS = 2
+AUTHORIZATION_VIOLATION = "authorization violation"
 
 T = TypeVar("T")
 # A message's place in the log and its event (None: not a jobstream event).
@@ -52,6 +53,15 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TRANSIENT_ERRORS):
         return True
     return isinstance(exc, nats.js.errors.APIError) and exc.code in (408, 503)
+
+
+def is_auth_refusal(exc: BaseException) -> bool:
+    """The server refused the credentials. On a first connect nats-py 2.16 raises
+    `NoServersError` and passes the server's `-ERR 'Authorization Violation'` to the error
+    callback as a plain `nats.errors.Error`, not as `AuthorizationError`."""
+    if isinstance(exc, nats.errors.AuthorizationError):
+        return True
+    return isinstance(exc, nats.errors.Error) and AUTHORIZATION_VIOLATION in str(exc).lower()
 
 
 def backoff_s(attempt: int, *, base_s: float = RETRY_BASE_S, cap_s: float = RETRY_CAP_S) -> float:
@@ -97,10 +107,13 @@ class Bus:
         """Connect to NATS, then reconnect forever: a restart of the server is not an exit."""
         url = ",".join(servers)
         connected = False
+        refused: list[Exception] = []
 
         async def on_error(exc: Exception) -> None:
             # Failed first attempts are reported once, by the ConnectError below.
             log.log(logging.WARNING if connected else logging.DEBUG, "nats: %s", exc)
+            if not connected and is_auth_refusal(exc):
+                refused.append(exc)
 
         try:
             nc = await nats.connect(
@@ -114,6 +127,10 @@ class Bus:
                 drain_timeout=5,
             )
         except (TimeoutError, OSError, nats.errors.Error) as exc:
+            if refused or is_auth_refusal(exc):
+                raise AuthenticationError(
+                    "NATS", url, "the server refused the credentials (Authorization Violation)"
+                ) from exc
             raise ConnectError("NATS", url, str(exc) or type(exc).__name__) from exc
         connected = True
         # Once connected, reconnect forever: a server restart or a leader change is not an exit.

@@ -1,15 +1,29 @@
 """One exception root for jobstream; errors carry data."""
 
+from events._urls import redact_url
+
 
 class JobstreamError(Exception):
     """Root of every error jobstream raises on purpose."""
 
 
 class ConnectError(JobstreamError):
+    """A server could not be reached; `url` is shown with its credentials hidden."""
+
     def __init__(self, what: str, url: str, cause: str) -> None:
-        super().__init__(f"cannot reach {what} at {url}: {cause}")
         self.what = what
-        self.url = url
+        self.url = redact_url(url)
+        super().__init__(self._message(cause))
+
+    def _message(self, cause: str) -> str:
+        return f"cannot reach {self.what} at {self.url}: {cause}"
+
+
+class AuthenticationError(ConnectError):
+    """The server was reached and refused the credentials."""
+
+    def _message(self, cause: str) -> str:
+        return f"authentication failed for {self.what} at {self.url}: {cause}"
 
 
 class ConflictError(JobstreamError):

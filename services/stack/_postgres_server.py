@@ -61,8 +61,11 @@ class PostgresServer:
         port: int = 0,
         host: str = "127.0.0.1",
         durable: bool = True,
+        password: str | None = None,
     ) -> None:
+        """`password`: the `postgres` role's, and password authentication on; else trust."""
         self.pgdata = pgdata
+        self.password = password
         self.host = host
         self.port = port
         self.durable = durable
@@ -71,32 +74,17 @@ class PostgresServer:
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@{self.host}:{self.port}/postgres"
+        return self.url_for("postgres")
 
     def url_for(self, database: str) -> str:
-        return f"postgresql://postgres@{self.host}:{self.port}/{database}"
+        user = f"postgres:{self.password}" if self.password else "postgres"
+        return f"postgresql://{user}@{self.host}:{self.port}/{database}"
 
     def start(self) -> "PostgresServer":
         self.pgdata.mkdir(parents=True, exist_ok=True)
         user = _prepare_for_root(self.pgdata)
         if not (self.pgdata / "PG_VERSION").exists():
-            initdb = subprocess.run(
-                [
-                    str(_bin_dir() / "initdb"),
-                    "-D",
-                    str(self.pgdata),
-                    "--auth=trust",
-                    "--username=postgres",
-                    "--encoding=UTF8",
-                    "--no-sync",
-                ],
-                check=False,
-                capture_output=True,
-                text=True,
-                user=user,
-            )
-            if initdb.returncode != 0:
-                raise JobstreamError(f"initdb {self.pgdata} failed: {initdb.stderr.strip()}")
+            self._initdb(user)
         if not self.port:
             self.port = free_port(self.host)
         command = [
@@ -128,6 +116,37 @@ class PostgresServer:
         log.close()
         self._wait_until_ready()
         return self
+
+    def _initdb(self, user: str | None) -> None:
+        password_file = self.pgdata.parent / "initdb-password"
+        auth = ["--auth=trust"]
+        if self.password:
+            password_file.write_text(self.password)
+            password_file.chmod(0o600)
+            if user is not None:
+                entry = pwd.getpwnam(user)
+                os.chown(password_file, entry.pw_uid, entry.pw_gid)
+            auth = ["--auth=scram-sha-256", f"--pwfile={password_file}"]
+        try:
+            initdb = subprocess.run(
+                [
+                    str(_bin_dir() / "initdb"),
+                    "-D",
+                    str(self.pgdata),
+                    *auth,
+                    "--username=postgres",
+                    "--encoding=UTF8",
+                    "--no-sync",
+                ],
+                check=False,
+                capture_output=True,
+                text=True,
+                user=user,
+            )
+        finally:
+            password_file.unlink(missing_ok=True)
+        if initdb.returncode != 0:
+            raise JobstreamError(f"initdb {self.pgdata} failed: {initdb.stderr.strip()}")
 
     def _wait_until_ready(self) -> None:
         assert self.process is not None
