@@ -16,6 +16,7 @@ from events import (
     JobCancelled,
     JobCompleted,
     JobFailed,
+    JobRejected,
     JobSubmitted,
     TaskCancelled,
     TaskChunkFinished,
@@ -256,6 +257,11 @@ def tricky_log() -> list[Event]:
             version="2",
         ),
         JobSubmitted(at=at(28), job_id="huge", tasks=[TaskSpec(kind="noop", count=1_000_001)]),
+        # Set aside by the dispatcher: a job never projected gets a row; an open one ends; an
+        # ended one stays as it was.
+        JobRejected(at=at(28.2), job_id="huge", reason="too many tasks", rejected_seq=40),
+        JobRejected(at=at(28.3), job_id=c, reason="late poison", rejected_seq=41),
+        JobRejected(at=at(28.4), job_id=a, reason="after its end", rejected_seq=42),
         # w2, lost at 25.5, is seen working again.
         JobSubmitted(at=at(29), job_id="back", tasks=[TaskSpec(kind="noop")]),
         TaskStarted(
