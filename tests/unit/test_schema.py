@@ -40,7 +40,6 @@ from events import (
 Schema = dict[str, Any]
 SCHEMA = event_json_schema()
 NOW = utc_now()
-TASK = {"job_id": "J", "task_id": "J-0"}
 
 ONE_OF_EACH: list[Event] = [
     JobSubmitted(
@@ -56,13 +55,31 @@ ONE_OF_EACH: list[Event] = [
     JobCancelled(job_id="J", reason="operator"),
     JobCompleted(job_id="J", succeeded=2, duration_s=1.5),
     JobFailed(job_id="J", succeeded=1, dead_lettered=1, duration_s=1.5, reason="dead letters"),
-    TaskStarted(**TASK, worker_id="w", attempt=1, lease_deadline=NOW + timedelta(seconds=30)),
-    TaskProgress(**TASK, worker_id="w", attempt=1, message="half", fraction=0.5),
-    TaskSucceeded(**TASK, kind="sum", worker_id="w", attempt=1, result={"sum": 3}, duration_s=0),
-    TaskFailed(**TASK, worker_id="w", attempt=1, error="boom", next_retry_at=NOW),
-    TaskDeadLettered(**TASK, kind="fail", reason="attempts exhausted", attempts=3),
-    TaskRequeued(**TASK, kind="fail", attempts_before=3, requeued_by="ops"),
-    TaskCancelled(**TASK, reason="job cancelled"),
+    TaskStarted(
+        job_id="J",
+        task_id="J-0",
+        worker_id="w",
+        attempt=1,
+        lease_deadline=NOW + timedelta(seconds=30),
+    ),
+    TaskProgress(job_id="J", task_id="J-0", worker_id="w", attempt=1, message="half", fraction=0.5),
+    TaskSucceeded(
+        job_id="J",
+        task_id="J-0",
+        kind="sum",
+        worker_id="w",
+        attempt=1,
+        result={"sum": 3},
+        duration_s=0,
+    ),
+    TaskFailed(
+        job_id="J", task_id="J-0", worker_id="w", attempt=1, error="boom", next_retry_at=NOW
+    ),
+    TaskDeadLettered(
+        job_id="J", task_id="J-0", kind="fail", reason="attempts exhausted", attempts=3
+    ),
+    TaskRequeued(job_id="J", task_id="J-0", kind="fail", attempts_before=3, requeued_by="ops"),
+    TaskCancelled(job_id="J", task_id="J-0", reason="job cancelled"),
     TaskChunkFinished(
         job_id="J",
         task_id="J-c0",
@@ -157,7 +174,9 @@ def test_the_task_message_validates_against_its_definition() -> None:
         "$ref": "#/$defs/TaskMessage",
     }
     validator(task_message).validate(json.loads(encode(message)))
-    assert not validator(task_message).is_valid({**TASK, "kind": "noop", "retry_at": "soon"})
+    assert not validator(task_message).is_valid(
+        {"job_id": "J", "task_id": "J-0", "kind": "noop", "retry_at": "soon"}
+    )
 
 
 def started(**changes: Any) -> dict[str, Any]:
