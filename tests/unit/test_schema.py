@@ -8,7 +8,9 @@ from typing import Any, get_args
 
 import pytest
 from jsonschema import Draft202012Validator
+from typer.testing import CliRunner
 
+from cli.app import app
 from events import (
     ChunkFailure,
     ChunkItem,
@@ -127,6 +129,12 @@ def test_the_document_is_draft_2020_12_and_loads_in_the_strict_validator() -> No
     Draft202012Validator.check_schema(SCHEMA)
     # OpenAPI's keywords, which ajv's strict mode refuses.
     assert not {"discriminator", "mapping"} & set(keys(SCHEMA))
+
+
+def test_the_command_prints_the_document() -> None:
+    printed = CliRunner().invoke(app, ["schema"])
+    assert printed.exit_code == 0
+    assert json.loads(printed.stdout) == SCHEMA
 
 
 def test_every_event_and_the_task_message_are_defined_and_the_document_is_one_event() -> None:
