@@ -1,5 +1,6 @@
 """Every event of a real run (dispatcher and worker against a real nats-server), read raw from
-the log, is valid against `jobstream schema` in the `jsonschema` package's strict validator."""
+the log, is valid against `jobstream schema` in the `jsonschema` package's strict validator; a
+poisoned submission written by a foreign client is not, and the dispatcher's `job.rejected` is."""
 
 import asyncio
 import contextlib
@@ -14,6 +15,7 @@ from cli._jobs import cancel_job
 from events import (
     EVENT_SUBJECTS,
     Bus,
+    JobRejected,
     JobSubmitted,
     SourceItem,
     TaskCancelled,
@@ -21,6 +23,7 @@ from events import (
     TaskStarted,
     event_batches,
     event_json_schema,
+    job_subject,
     new_id,
 )
 from services.dispatcher import Dispatcher
@@ -34,6 +37,7 @@ EXPECTED_TYPES = {
     "job.cancelled",
     "job.completed",
     "job.failed",
+    "job.rejected",
     "task.started",
     "task.succeeded",
     "task.failed",
@@ -60,6 +64,18 @@ async def raw_log(bus: Bus) -> list[SourceItem]:
 async def until_started(bus: Bus, job_id: str) -> None:
     while not any(isinstance(e, TaskStarted) and e.job_id == job_id for e in await read_log(bus)):
         await asyncio.sleep(0.1)
+
+
+async def until_rejected(bus: Bus, job_id: str) -> None:
+    while not any(isinstance(e, JobRejected) and e.job_id == job_id for e in await read_log(bus)):
+        await asyncio.sleep(0.1)
+
+
+async def publish_poison(bus: Bus, job_id: str) -> int:
+    """A job submission out of bounds (a task count of 0), written as a foreign client would."""
+    poison = {"type": "job.submitted", "job_id": job_id, "tasks": [{"kind": "noop", "count": 0}]}
+    ack = await bus.js.publish(job_subject(job_id), json.dumps(poison).encode())
+    return int(ack.seq)
 
 
 async def until_cancelled(bus: Bus, job_id: str, count: int) -> None:
@@ -107,19 +123,26 @@ async def test_every_event_of_a_real_run_is_valid_against_the_schema(bus: Bus) -
     async with running(Dispatcher(bus, lease_s=5).run, Worker(bus, options=FAST).run):
         for job in [*ending, doomed]:
             await bus.publish_event(job)
+        poisoned = new_id()
+        poison_seq = await publish_poison(bus, poisoned)
         await asyncio.wait_for(until_started(bus, doomed.job_id), 15)
         await cancel_job(bus, doomed.job_id, reason="schema test")
         await asyncio.wait_for(until_cancelled(bus, doomed.job_id, 1), 15)
         for job in ending:
             await wait_for_job_end(bus, job.job_id)
+        await asyncio.wait_for(until_rejected(bus, poisoned), 15)
     schema = event_json_schema()
     Draft202012Validator.check_schema(schema)
     validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
     items = await raw_log(bus)
     invalid: dict[int, str] = {}
     for item in items:
-        assert item.error is None, item.error
         event: dict[str, Any] = json.loads(item.data)
+        if item.seq == poison_seq:
+            # The schema refuses what the decoder refuses.
+            assert item.error is not None and not validator.is_valid(event)
+            continue
+        assert item.error is None, item.error
         errors = list(validator.iter_errors(event))
         if errors:
             invalid[item.seq] = f"{event.get('type')}: {'; '.join(reasons(errors[0]))}"

@@ -19,6 +19,7 @@ from events import (
     JobCancelled,
     JobCompleted,
     JobFailed,
+    JobRejected,
     JobSubmitted,
     TaskCancelled,
     TaskChunkFinished,
@@ -43,27 +44,31 @@ Schema = dict[str, Any]
 SCHEMA = event_json_schema()
 NOW = utc_now()
 
+SUBMITTED = JobSubmitted(
+    job_id="J",
+    name="nightly",
+    queue="q",
+    tasks=[TaskSpec(kind="sum", args={"a": 1, "b": 2}, count=2, max_attempts=5)],
+    timeout_s=30.0,
+    idempotency_key="k",
+    labels={"team": "a"},
+    chunk_size=10,
+)
+STARTED = TaskStarted(
+    job_id="J",
+    task_id="J-0",
+    worker_id="w",
+    attempt=1,
+    lease_deadline=NOW + timedelta(seconds=30),
+)
+
 ONE_OF_EACH: list[Event] = [
-    JobSubmitted(
-        job_id="J",
-        name="nightly",
-        queue="q",
-        tasks=[TaskSpec(kind="sum", args={"a": 1, "b": 2}, count=2, max_attempts=5)],
-        timeout_s=30.0,
-        idempotency_key="k",
-        labels={"team": "a"},
-        chunk_size=10,
-    ),
+    SUBMITTED,
     JobCancelled(job_id="J", reason="operator"),
     JobCompleted(job_id="J", succeeded=2, duration_s=1.5),
     JobFailed(job_id="J", succeeded=1, dead_lettered=1, duration_s=1.5, reason="dead letters"),
-    TaskStarted(
-        job_id="J",
-        task_id="J-0",
-        worker_id="w",
-        attempt=1,
-        lease_deadline=NOW + timedelta(seconds=30),
-    ),
+    JobRejected(job_id="J", reason="count below 1", rejected_seq=7),
+    STARTED,
     TaskProgress(job_id="J", task_id="J-0", worker_id="w", attempt=1, message="half", fraction=0.5),
     TaskSucceeded(
         job_id="J",
@@ -188,7 +193,7 @@ def test_the_task_message_validates_against_its_definition() -> None:
 
 
 def started(**changes: Any) -> dict[str, Any]:
-    valid = wire(ONE_OF_EACH[4])
+    valid = wire(STARTED)
     return {key: value for key, value in {**valid, **changes}.items() if value is not None}
 
 
@@ -206,7 +211,7 @@ def started(**changes: Any) -> dict[str, Any]:
         pytest.param(started(at="yesterday"), id="at not a date-time"),
         pytest.param(started(lease_deadline="2026-01-01T00:00:00"), id="time without offset"),
         pytest.param(
-            {**wire(ONE_OF_EACH[0]), "tasks": [{"kind": "noop", "count": 0}]}, id="nested bound"
+            {**wire(SUBMITTED), "tasks": [{"kind": "noop", "count": 0}]}, id="nested bound"
         ),
     ],
 )
