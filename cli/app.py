@@ -111,9 +111,19 @@ def init(
     run(main())
 
 
-@app.command()
+# Typer keeps a docstring's line breaks; this text wraps to the terminal instead.
+SCHEMA_HELP = (
+    "Print the JSON Schema (draft 2020-12) of the events, for integrators.\n\n"
+    "The document validates one event, as read from an `evt.>` subject: a `oneOf` of the event "
+    "definitions in `$defs`, told apart by their `type`. Every event has `type`, `id` and `at` "
+    "(an RFC 3339 `date-time`); ids carry their charset and length bound. `$defs/TaskMessage` "
+    "is the work-queue message on `task.<queue>.<job_id>`. It loads in strict validators "
+    "(ajv's strict mode, Python's `jsonschema`). Fields may be added later: ignore unknown ones."
+)
+
+
+@app.command(help=SCHEMA_HELP)
 def schema() -> None:
-    """Print the JSON Schema of every event and of the task message, for integrators."""
     typer.echo(json.dumps(event_json_schema(), indent=2))
 
 

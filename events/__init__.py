@@ -46,7 +46,6 @@ from events._codec import (
     decode_task_message,
     encode,
     encode_into,
-    event_json_schema,
 )
 from events._errors import (
     AuthenticationError,
@@ -71,6 +70,7 @@ from events._names import (
 )
 from events._progress import PROGRESS_KEY, DispatcherProgress, decode_progress
 from events._pull import Delivery, PullFeed
+from events._schema import event_json_schema
 from events._source import (
     DEFAULT_BATCH_MAX,
     SourceItem,

@@ -13,6 +13,7 @@ from events._ids import new_id
 from events._names import EventId, JobId, QueueName, TaskId, WorkerId, WorkerIdOrEmpty
 
 JsonValue = Any
+# Times carry their offset (RFC 3339), so the schema gives them `"format": "date-time"`.
 AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 # Bounds on what a foreign writer may put in an event, so that no value can overflow a
 # read-model column or make a process do unbounded work.
@@ -54,7 +55,7 @@ class _Event(
     msgspec.Struct, frozen=True, kw_only=True, tag_field="type", forbid_unknown_fields=False
 ):
     id: EventId = msgspec.field(default_factory=new_id)
-    at: datetime = msgspec.field(default_factory=utc_now)
+    at: AwareDatetime = msgspec.field(default_factory=utc_now)
 
 
 # --- job -------------------------------------------------------------------
@@ -122,7 +123,7 @@ class TaskStarted(_Event, tag="task.started", frozen=True, kw_only=True):
     task_id: TaskId
     worker_id: WorkerId
     attempt: AttemptNumber
-    lease_deadline: datetime
+    lease_deadline: AwareDatetime
 
 
 class TaskProgress(_Event, tag="task.progress", frozen=True, kw_only=True):
@@ -154,7 +155,7 @@ class TaskFailed(_Event, tag="task.failed", frozen=True, kw_only=True):
     attempt: AttemptNumber
     error: str
     retryable: bool = True
-    next_retry_at: datetime | None = None
+    next_retry_at: AwareDatetime | None = None
     duration_s: DurationS = 0.0
 
 
@@ -259,7 +260,7 @@ class WorkerStopped(_Event, tag="worker.stopped", frozen=True, kw_only=True):
 
 class WorkerLost(_Event, tag="worker.lost", frozen=True, kw_only=True):
     worker_id: WorkerId
-    last_seen: datetime | None = None
+    last_seen: AwareDatetime | None = None
 
 
 WorkerEvent = WorkerStarted | WorkerStopped | WorkerLost

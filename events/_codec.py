@@ -35,11 +35,3 @@ def decode_task_message(data: bytes) -> TaskMessage:
         return _task_decoder.decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise DecodeError(f"not a jobstream task message: {exc}") from exc
-
-
-def event_json_schema() -> dict[str, Any]:
-    """JSON Schema of every event and of the task message, for integrators."""
-    (event, task_message), components = msgspec.json.schema_components(
-        [Event, TaskMessage], ref_template="#/$defs/{name}"
-    )
-    return {"$defs": components, "event": event, "task_message": task_message}
