@@ -4,6 +4,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -34,6 +35,7 @@ from cli._settings import (
 )
 from events import (
     DEFAULT_LEASE_S,
+    ConnectError,
     JobstreamError,
     NameKind,
     TaskSpec,
@@ -48,6 +50,7 @@ from projections import DEFAULT_SCHEMA, migrate
 
 if TYPE_CHECKING:
     from cli._demo import DemoReport
+    from services.api import LiveWork
 
 app = typer.Typer(
     name="jobstream",
@@ -60,6 +63,8 @@ log = logging.getLogger("jobstream")
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_MAX_ATTEMPTS = 3
+# Running tasks `status` lists with their progress.
+STATUS_RUNNING_SHOWN = 10
 HandlerOption = Annotated[
     list[str] | None,
     typer.Option(
@@ -570,31 +575,38 @@ def status(
         typer.Argument(help="The job id that submit printed.", callback=checked(NameKind.JOB_ID)),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    nats_url: NatsUrlOption = None,
     database_url: DatabaseUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     schema: SchemaOption = DEFAULT_SCHEMA,
 ) -> None:
-    """Show a job's status and its task counts (from the read model)."""
-    from services.api import job_summary
+    """Show a job's status, its task counts (the read model, with the tasks in flight that
+    the workers' liveness records show) and its running tasks' progress."""
+    from services.api import job_summary, running_tasks
 
-    endpoints = resolve_endpoints(None, database_url, data_dir, need_nats=False)
+    endpoints = resolve_endpoints(nats_url, database_url, data_dir, need_nats=False)
 
-    async def main() -> dict[str, object] | None:
+    async def main() -> tuple[dict[str, object] | None, list[dict[str, object]], str]:
+        live, note = await _live_work_once(endpoints.nats_urls)
         pool = await connect_database(
             endpoints.database_url, min_size=1, max_size=1, server_settings={"search_path": schema}
         )
         try:
             async with pool.acquire() as conn:
-                return await job_summary(conn, job_id)
+                summary = await job_summary(conn, job_id, live)
+                running = await running_tasks(conn, job_id, limit=STATUS_RUNNING_SHOWN)
+                return summary, running, note
         finally:
             await pool.close()
 
-    summary = run(main())
+    summary, running, note = run(main())
     if summary is None:
         typer.echo(
             f"error: job {quote(job_id)} not found (not submitted, or not projected yet)", err=True
         )
         raise typer.Exit(1)
+    if note:
+        typer.echo(note, err=True)
     if as_json:
         typer.echo(json.dumps(summary))
         return
@@ -602,6 +614,34 @@ def status(
     assert isinstance(tasks, dict)
     typer.echo(f"job {job_id}: {summary['status']}")
     typer.echo("  " + "  ".join(f"{state} {n}" for state, n in tasks.items()))
+    for task in running:
+        progress = task["progress"]
+        shown = f"{progress:.0%}" if isinstance(progress, float) else "-"
+        message = f"  {task['progress_message']}" if task["progress_message"] else ""
+        typer.echo(f"  {task['task_id']} on {task['worker_id']}: {shown}{message}")
+
+
+async def _live_work_once(nats_urls: list[str]) -> tuple["LiveWork | None", str]:
+    """The workers' liveness records read once, and a note for the user when they cannot be
+    (the counts then come from the read model alone)."""
+    from services.api import live_work, read_liveness
+
+    if not nats_urls:
+        return None, "note: no NATS URL; counts are the read model's alone"
+    try:
+        bus = await asyncio.wait_for(connect_bus(nats_urls, name="jobstream-status"), 5)
+    except (TimeoutError, ConnectError):
+        return (
+            None,
+            "note: NATS unreachable; counts are the read model's (tasks in flight not shown)",
+        )
+    try:
+        records = await asyncio.wait_for(read_liveness(bus), 5)
+    except Exception as exc:  # the read model alone still answers
+        return None, f"note: liveness records unreadable ({type(exc).__name__}); read model only"
+    finally:
+        await bus.close()
+    return live_work(records, time.time()), ""
 
 
 @app.command()

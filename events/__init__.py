@@ -3,6 +3,7 @@
 from events._bus import Bus, backoff_s, is_transient, with_retry
 from events._catalogue import (
     CHUNK_KIND,
+    MAX_PROGRESS_MESSAGE,
     MAX_TASKS_PER_JOB,
     TERMINAL_TASK_EVENTS,
     ChunkFailure,
@@ -55,6 +56,13 @@ from events._errors import (
     PublishError,
 )
 from events._ids import derived_id, new_id
+from events._liveness import (
+    MAX_RUNNING,
+    Liveness,
+    RunningTask,
+    decode_liveness,
+    encode_liveness,
+)
 from events._names import (
     MAX_LENGTH,
     NAME_CHARSET,
@@ -125,6 +133,12 @@ __all__ = [
     "EVENT_SUBJECTS",
     "JOB_EVENT_SUBJECTS",
     "LIVENESS_BUCKET",
+    "MAX_PROGRESS_MESSAGE",
+    "MAX_RUNNING",
+    "Liveness",
+    "RunningTask",
+    "decode_liveness",
+    "encode_liveness",
     "MAX_MSG_SIZE",
     "TASKS_STREAM",
     "TASK_EVENT_SUBJECTS",

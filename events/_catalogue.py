@@ -31,7 +31,8 @@ DurationS = Annotated[float, msgspec.Meta(ge=0, le=1e9)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
 Pid = Annotated[int, msgspec.Meta(ge=0, le=2**31 - 1)]
 Kind = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-ProgressMessage = Annotated[str, msgspec.Meta(max_length=1000)]
+MAX_PROGRESS_MESSAGE = 1000
+ProgressMessage = Annotated[str, msgspec.Meta(max_length=MAX_PROGRESS_MESSAGE)]
 
 
 CHUNK_KIND = "chunk"

@@ -88,6 +88,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "finished_at",
         "duration_s",
         "updated_seq",
+        "progress",
+        "progress_message",
     ),
     "task_attempts": (
         "task_id",
@@ -209,7 +211,7 @@ class ReadModelFold:
             case TaskStarted():
                 self._task_started(seq, at, event)
             case TaskProgress():
-                self._task_progress(seq, event)
+                self._task_progress(seq, at, event)
             case TaskSucceeded():
                 self._task_succeeded(seq, at, event)
             case TaskFailed():
@@ -312,11 +314,19 @@ class ReadModelFold:
         self._job_running(seq, event.job_id, at)
         self._worker_seen(seq, at, event.worker_id)
 
-    def _task_progress(self, seq: int, event: TaskProgress) -> None:
+    def _task_progress(self, seq: int, at: datetime, event: TaskProgress) -> None:
         task = self._open_task(event.task_id)
         if task is not None:
-            task["updated_seq"] = seq
-        self._worker_seen(seq, _utc(event.at), event.worker_id)
+            if event.fraction is not None:
+                task["progress"] = _float(event.fraction)
+            task.update(
+                state="running",
+                worker_id=event.worker_id,
+                progress_message=event.message,
+                updated_seq=seq,
+            )
+        self._job_running(seq, event.job_id, at)
+        self._worker_seen(seq, at, event.worker_id)
 
     def _task_succeeded(self, seq: int, at: datetime, event: TaskSucceeded) -> None:
         started_at = _counted_back(at, event.duration_s)
@@ -571,6 +581,8 @@ def _new_task(task_id: str, job_id: str, index: int, kind: str, args: str | None
         "finished_at": None,
         "duration_s": None,
         "updated_seq": seq,
+        "progress": None,
+        "progress_message": None,
     }
 
 

@@ -127,10 +127,11 @@ def _utc(at: datetime) -> datetime:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at
 
 
-def _attempt_start(event: TaskStarted | TaskSucceeded | TaskFailed) -> datetime:
-    """When the attempt began: a finish event without a started one counts back its duration."""
+def _attempt_start(event: TaskStarted | TaskProgress | TaskSucceeded | TaskFailed) -> datetime:
+    """When the attempt began (by then, for a progress report): a finish event without a
+    started one counts back its duration."""
     at = _utc(event.at)
-    if isinstance(event, TaskStarted):
+    if isinstance(event, TaskStarted | TaskProgress):
         return at
     return _counted_back(at, event.duration_s)
 
@@ -216,6 +217,11 @@ def _task_step(seq: int, event: OneTaskEvent) -> Step:
             row |= {"worker_id": event.worker_id, "attempt": event.attempt}
             return Step("task_started", row, owned, [job, ("worker", event.worker_id)])
         case TaskProgress():
+            row |= {
+                "worker_id": event.worker_id,
+                "fraction": event.fraction,
+                "message": event.message,
+            }
             return Step("task_progress", row, owned, [job, ("worker", event.worker_id)])
         case TaskSucceeded():
             row |= {
@@ -285,7 +291,7 @@ class _Round:
 
     def add(self, seq: int, event: Event, step: Step) -> None:
         self.rows.setdefault(step.query, []).append(step.row)
-        if isinstance(event, TaskStarted | TaskSucceeded | TaskFailed):
+        if isinstance(event, TaskStarted | TaskProgress | TaskSucceeded | TaskFailed):
             self._job_running(seq, event.job_id, _attempt_start(event))
         if isinstance(event, TaskStarted | TaskProgress | TaskSucceeded | TaskFailed):
             self._worker_seen(seq, event)

@@ -110,8 +110,8 @@ WHERE jobs.status NOT IN ('completed', 'failed', 'cancelled', 'rejected');
 
 
 -- name: jobs_running
--- One row per job: the sum of a round's task.started, .succeeded and .failed events of the
--- job, with the earliest attempt start and the latest sequence. A queued job is now
+-- One row per job: the sum of a round's task.started, .progress, .succeeded and .failed
+-- events of the job, with the earliest attempt start and the latest sequence. A queued job is now
 -- running. Every change commutes, so the order of the events in a round does not matter.
 WITH e AS (
     SELECT *
@@ -154,11 +154,18 @@ ON CONFLICT (task_id, attempt) DO NOTHING;
 
 
 -- name: task_progress
+-- A report of a task in flight: it is running (a task.started may never come: a worker
+-- sends one only for tasks slower than its tick).
 WITH e AS (
-    SELECT * FROM json_to_recordset($1::json) AS e (seq bigint, task_id text)
+    SELECT *
+    FROM json_to_recordset($1::json) AS e (
+        seq bigint, task_id text, worker_id text, fraction float8, message text
+    )
 )
 UPDATE tasks
-SET updated_seq = e.seq
+SET state = 'running', worker_id = e.worker_id,
+    progress = coalesce(e.fraction, tasks.progress), progress_message = e.message,
+    updated_seq = e.seq
 FROM e
 WHERE tasks.task_id = e.task_id
   AND tasks.state NOT IN ('succeeded', 'dead_lettered', 'cancelled');

@@ -25,8 +25,10 @@ from services.api._app import (
     create_app,
     dead_letters,
     job_summary,
+    running_tasks,
 )
 from services.api._errors import ErrorBody, FieldError
+from services.api._liveness import LiveWork, live_work, read_liveness
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -50,4 +52,8 @@ __all__ = [
     "create_app",
     "dead_letters",
     "job_summary",
+    "LiveWork",
+    "live_work",
+    "read_liveness",
+    "running_tasks",
 ]

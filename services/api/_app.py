@@ -37,6 +37,15 @@ from services.api._errors import (
     error_response,
 )
 from services.api._live import DEFAULT_READY_MAX_LAG_S, LiveLog, live_router
+from services.api._liveness import (
+    Live,
+    LivenessWatch,
+    LiveWork,
+    overlay_counts,
+    overlay_last_seen,
+    overlay_status,
+    overlay_task,
+)
 from services.api._params import READS, JobIdPath, OptionalJobIdQuery, OptionalQueueQuery
 
 DEFAULT_SCHEMA = "jobstream"
@@ -156,6 +165,8 @@ class Task(_Model):
     started_at: datetime | None
     finished_at: datetime | None
     duration_s: float | None
+    progress: float | None
+    progress_message: str | None
 
 
 class TaskPage(_Model):
@@ -362,27 +373,55 @@ def _progress(counts: TaskCounts, status: str) -> float:
     return terminal / counts.total
 
 
-def _job(row: asyncpg.Record, by_state: Mapping[str, int]) -> Job:
+def _job(row: asyncpg.Record, by_state: Mapping[str, int], live: LiveWork) -> Job:
     fields = dict(row)
     if isinstance(fields["labels"], str):  # a caller's connection without our jsonb codec
         fields["labels"] = msgspec.json.decode(fields["labels"])
     counts = _counts(by_state, row["total_tasks"])
+    live_running = live.running_by_job.get(row["job_id"], 0)
+    counts = TaskCounts(**overlay_counts(counts.model_dump(), live_running))
+    fields["status"] = overlay_status(row["status"], counts.running)
     return Job(**fields, tasks=counts, progress=_progress(counts, row["status"]))
 
 
-async def _load_job(conn: asyncpg.Connection, job_id: str) -> Job | None:
+def _task(row: asyncpg.Record, live: LiveWork) -> Task:
+    fields = dict(row)
+    live_worker = live.worker_by_task.get(row["task_id"])
+    fields["state"], fields["worker_id"] = overlay_task(row["state"], row["worker_id"], live_worker)
+    return Task(**fields)
+
+
+def _worker(row: asyncpg.Record, live: LiveWork) -> Worker:
+    fields = dict(row)
+    live_seen = live.seen_at.get(row["worker_id"])
+    fields["last_seen_at"] = overlay_last_seen(row["last_seen_at"], live_seen)
+    return Worker(**fields)
+
+
+async def _load_job(conn: asyncpg.Connection, job_id: str, live: LiveWork) -> Job | None:
     row = await conn.fetchrow(_SQL["get_job"], job_id)
     if row is None:
         return None
     counts = await _task_counts(conn, [job_id])
-    return _job(row, counts[job_id])
+    return _job(row, counts[job_id], live)
 
 
-async def job_summary(conn: asyncpg.Connection, job_id: str) -> dict[str, object] | None:
+async def job_summary(
+    conn: asyncpg.Connection, job_id: str, live: LiveWork | None = None
+) -> dict[str, object] | None:
     """One job as `GET /jobs/{job_id}` shows it, JSON-safe, read on the caller's connection
-    (its search_path must name the read-model schema); None if the job is not there."""
-    job = await _load_job(conn, job_id)
+    (its search_path must name the read-model schema), with the tasks in flight of `live`;
+    None if the job is not there."""
+    job = await _load_job(conn, job_id, live or LiveWork())
     return None if job is None else job.model_dump(mode="json")
+
+
+async def running_tasks(
+    conn: asyncpg.Connection, job_id: str, *, limit: int = 10
+) -> list[dict[str, object]]:
+    """A job's running tasks in the read model with their last progress report, JSON-safe."""
+    rows = await conn.fetch(_SQL["list_running_tasks"], job_id, limit)
+    return [dict(row) for row in rows]
 
 
 async def dead_letters(
@@ -427,6 +466,7 @@ async def healthz() -> Health:
 @router.get("/jobs", responses=READS)
 async def list_jobs(
     read_models: ReadModels,
+    live: Live,
     status: Annotated[JobStatus | None, Query()] = None,
     queue: OptionalQueueQuery = None,
     limit: Limit = DEFAULT_PAGE_SIZE,
@@ -449,15 +489,15 @@ async def list_jobs(
     if len(rows) > limit:
         last = page[-1]
         next_cursor = encode_cursor(JobCursor(last["submitted_at"], last["job_id"]))
-    jobs = [_job(row, counts[row["job_id"]]) for row in page]
+    jobs = [_job(row, counts[row["job_id"]], live) for row in page]
     return JobPage(jobs=jobs, next_cursor=next_cursor)
 
 
 @router.get("/jobs/{job_id}", responses=_ONE_JOB)
-async def get_job(job_id: JobIdPath, read_models: ReadModels) -> Job:
+async def get_job(job_id: JobIdPath, read_models: ReadModels, live: Live) -> Job:
     """One job with its task counts and progress."""
     async with read_models.connection() as conn:
-        job = await _load_job(conn, job_id)
+        job = await _load_job(conn, job_id, live)
     if job is None:
         raise HTTPException(404, f"job {job_id} not found")
     return job
@@ -467,6 +507,7 @@ async def get_job(job_id: JobIdPath, read_models: ReadModels) -> Job:
 async def list_tasks(
     job_id: JobIdPath,
     read_models: ReadModels,
+    live: Live,
     state: Annotated[TaskState | None, Query()] = None,
     limit: Limit = DEFAULT_PAGE_SIZE,
     cursor: Cursor = None,
@@ -490,15 +531,15 @@ async def list_tasks(
     if len(rows) > limit:
         last = page[-1]
         next_cursor = encode_cursor(TaskCursor(last["task_index"], last["task_id"]))
-    return TaskPage(tasks=[Task(**dict(row)) for row in page], next_cursor=next_cursor)
+    return TaskPage(tasks=[_task(row, live) for row in page], next_cursor=next_cursor)
 
 
 @router.get("/workers", responses=READS)
-async def list_workers(read_models: ReadModels) -> WorkerList:
+async def list_workers(read_models: ReadModels, live: Live) -> WorkerList:
     """Every worker the log has seen: active ones first."""
     async with read_models.connection() as conn:
         rows = await conn.fetch(_SQL["list_workers"])
-    return WorkerList(workers=[Worker(**dict(row)) for row in rows])
+    return WorkerList(workers=[_worker(row, live) for row in rows])
 
 
 @router.get("/results", responses=READS)
@@ -571,11 +612,14 @@ def _dashboard_html(title: str) -> str:
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     read_models: _ReadModels = app.state.read_models
     live_log: LiveLog = app.state.live_log
+    liveness: LivenessWatch = app.state.liveness
     await read_models.open()
     await live_log.open()
+    liveness.start()
     try:
         yield
     finally:
+        await liveness.close()
         await live_log.close()
         await read_models.close()
 
@@ -601,6 +645,7 @@ def create_app(
         database_url=database_url, schema=schema, pool_max_size=pool_max_size
     )
     app.state.live_log = LiveLog(list(nats_urls or []))
+    app.state.liveness = LivenessWatch(lambda: app.state.live_log.bus)
     app.state.sql = _SQL
     app.state.ready_max_lag_s = ready_max_lag_s
     app.state.dashboard_html = _dashboard_html(title)

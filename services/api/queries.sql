@@ -38,13 +38,21 @@ GROUP BY job_id, state;
 -- name: list_tasks
 -- $1 job, $2 state (NULL: any), $3/$4 the last (task_index, task_id) seen, $5 rows to fetch.
 SELECT task_id, job_id, task_index, kind, args, state, attempts, worker_id, result, error,
-       started_at, finished_at, duration_s
+       started_at, finished_at, duration_s, progress, progress_message
 FROM tasks
 WHERE job_id = $1::text
   AND ($2::text IS NULL OR state = $2::text)
   AND ($3::integer IS NULL OR (task_index, task_id) > ($3::integer, $4::text))
 ORDER BY task_index, task_id
 LIMIT $5::integer;
+
+-- name: list_running_tasks
+-- $1 job, $2 rows to fetch: its running tasks, in task order.
+SELECT task_id, worker_id, progress, progress_message
+FROM tasks
+WHERE job_id = $1::text AND state = 'running'
+ORDER BY task_index, task_id
+LIMIT $2::integer;
 
 -- name: list_workers
 -- Active workers first, then the most recently started.

@@ -24,6 +24,7 @@ from events import (
     TERMINAL_TASK_EVENTS,
     Bus,
     ConflictError,
+    DecodeError,
     DispatcherProgress,
     Event,
     JobCancelled,
@@ -47,6 +48,7 @@ from events import (
     WorkerStopped,
     check_name,
     chunk_id_for,
+    decode_liveness,
     derived_id,
     encode,
     ensure_buckets,
@@ -85,14 +87,6 @@ CANCEL_CONCURRENCY = 64
 JOB_SUBJECT_PREFIX = "evt.job."
 # Errors of an event's own data: acting on it again would fail again.
 POISON_ERRORS = (ValueError, TypeError, ArithmeticError, LookupError)
-
-
-class _Liveness(msgspec.Struct):
-    at: float
-    lease_s: float = 30.0
-
-
-_liveness_decoder = msgspec.json.Decoder(_Liveness)
 
 
 class _Outbox:
@@ -497,10 +491,10 @@ class Dispatcher:
         if not entry.value:
             return fallback
         try:
-            value = _liveness_decoder.decode(entry.value)
-        except msgspec.DecodeError:
+            record = decode_liveness(entry.value)
+        except DecodeError:
             return fallback
-        return value.at, value.lease_s
+        return record.at, record.lease_s
 
 
 def _job_of_submission(entry: SourceItem) -> str | None:

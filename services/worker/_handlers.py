@@ -3,11 +3,11 @@
 import asyncio
 import importlib
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol, TypeVar
 
-from events import JobstreamError
+from events import MAX_PROGRESS_MESSAGE, JobstreamError
 
 ENTRY_POINT_GROUP = "jobstream.handlers"
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -20,6 +20,21 @@ class TaskContext:
     attempt: int
     max_attempts: int
     worker_id: str
+    # Where `progress` reports go (the worker's sender); None: nowhere (a task of a chunk).
+    report_progress: Callable[[float, str], None] | None = field(
+        default=None, repr=False, compare=False
+    )
+
+    def progress(self, fraction: float, message: str = "") -> None:
+        """Report how far the task has come: `fraction` in [0, 1], and an optional message
+        (cut to MAX_PROGRESS_MESSAGE characters). Returns at once: at most one report per
+        second is published, as a `task.progress` event; the latest wins, and one still
+        waiting when the task ends is dropped. In chunked mode progress is per message and
+        tasks of a chunk report nothing: the call is checked, then ignored."""
+        if not 0.0 <= fraction <= 1.0:  # NaN too
+            raise ValueError(f"progress fraction must be within [0, 1], got {fraction!r}")
+        if self.report_progress is not None:
+            self.report_progress(float(fraction), message[:MAX_PROGRESS_MESSAGE])
 
 
 class Handler(Protocol):

@@ -3,6 +3,7 @@ each attempt's outcome to the log, fenced so that a stale worker cannot record a
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -19,6 +20,7 @@ from nats.aio.msg import Msg
 
 from events import (
     LIVENESS_BUCKET,
+    MAX_RUNNING,
     TASKS_STREAM,
     TERMINAL_TASK_EVENTS,
     Bus,
@@ -26,13 +28,16 @@ from events import (
     ChunkResult,
     ConflictError,
     Event,
+    Liveness,
     NameKind,
     PullFeed,
+    RunningTask,
     TaskCancelled,
     TaskChunkFinished,
     TaskDeadLettered,
     TaskFailed,
     TaskMessage,
+    TaskProgress,
     TaskStarted,
     TaskSucceeded,
     WorkerStarted,
@@ -40,7 +45,7 @@ from events import (
     backoff_s,
     decode_task_message,
     derived_id,
-    encode,
+    encode_liveness,
     ensure_worker_consumer,
     is_transient,
     new_id,
@@ -51,6 +56,7 @@ from events import (
 )
 from services.worker._chunk import failed_in_chunk, run_items, split
 from services.worker._handlers import HandlerRegistry, Retry, TaskContext, is_permanent
+from services.worker._progress import ProgressSender, Report
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +69,8 @@ FETCH_TIMEOUT_S = 0.1
 # Pull requests expire soon so that a stopping worker is not sent tasks for long.
 PULL_EXPIRES_S = 1.0
 PULL_HEARTBEAT_S = 0.25
+# How often the liveness record is written (at most: a third of the lease if shorter).
+LIVENESS_INTERVAL_S = 1.0
 # Room left in a worker id for "-<pid>-<suffix>".
 HOST_TOKEN_MAX = 96
 
@@ -102,6 +110,10 @@ class _Attempt:
     subject: str
     expected_seq: int
     cancelled: bool = False
+    # Set once a second writer to the task's subject exists (`task.started` or progress
+    # reports): publishes then take turns, each fenced on the sequence the last one left.
+    lock: asyncio.Lock | None = None
+    progress: ProgressSender | None = None
 
 
 class Worker:
@@ -113,6 +125,9 @@ class Worker:
         self.handlers = handlers or HandlerRegistry.default()
         self.worker_id = options.worker_id or f"{_host_token()}-{os.getpid()}-{new_id()[-6:]}"
         self._inflight: dict[asyncio.Task[None], Msg] = {}
+        # What the liveness record lists: each message being handled and when it began, by
+        # handling task (turned into `RunningTask`s once a tick, not once a task).
+        self._running: dict[asyncio.Task[Any], tuple[TaskMessage, float]] = {}
         self.tasks_done = 0
 
     # --- lifecycle ---------------------------------------------------------
@@ -140,6 +155,7 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await liveness
             await self._publish(WorkerStopped(worker_id=self.worker_id))
+            await self._forget_liveness()
             log.info("worker %s stopped after %d tasks", self.worker_id, self.tasks_done)
 
     async def _shutdown(self, feed: PullFeed) -> None:
@@ -226,23 +242,43 @@ class Worker:
             log.error("task handling crashed", exc_info=task.exception())
 
     async def _liveness_loop(self, stop: asyncio.Event) -> None:
-        """An ephemeral liveness key, refreshed at a third of the lease: never log events."""
+        """An ephemeral liveness key with the messages in flight, refreshed every second (or
+        at a third of the lease if shorter): never log events. One put per worker per tick,
+        whatever the number of tasks."""
         kv = await self.bus.js.key_value(LIVENESS_BUCKET)
-        interval = max(0.2, self.options.lease_s / 3)
+        interval = min(LIVENESS_INTERVAL_S, max(0.1, self.options.lease_s / 3))
         while not stop.is_set():
-            value = {
-                "at": time.time(),
-                "inflight": len(self._inflight),
-                "lease_s": self.options.lease_s,
-            }
             try:
-                await kv.put(self.worker_id, encode(value))
+                await kv.put(self.worker_id, encode_liveness(self._liveness()))
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 log.warning("liveness: %s", type(exc).__name__)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
+
+    def _liveness(self) -> Liveness:
+        running = [
+            RunningTask(
+                job_id=task.job_id,
+                task_id=task.task_id,
+                tasks=len(task.items) or 1,
+                started_at=started_at,
+            )
+            for task, started_at in list(self._running.values())[:MAX_RUNNING]
+        ]
+        return Liveness(
+            at=time.time(), lease_s=self.options.lease_s, queue=self.options.queue, running=running
+        )
+
+    async def _forget_liveness(self) -> None:
+        """Remove the key on a graceful stop (after `worker.stopped`: the fence on that event
+        keeps the dispatcher from reporting this worker lost meanwhile)."""
+        try:
+            kv = await self.bus.js.key_value(LIVENESS_BUCKET)
+            await kv.delete(self.worker_id)
+        except Exception as exc:  # its TTL clears it anyway
+            log.warning("liveness key left behind: %s", type(exc).__name__)
 
     # --- one task ------------------------------------------------------------
 
@@ -267,6 +303,9 @@ class Worker:
             subject=subject,
             expected_seq=0,
         )
+        current = asyncio.current_task()
+        if current is not None:
+            self._running[current] = (task, time.time())
         try:
             if not await self._catch_up(state):
                 return
@@ -283,6 +322,9 @@ class Worker:
             await self._run(state)
         except ConflictError as exc:
             await self._on_conflict(state, exc)
+        finally:
+            if current is not None:
+                self._running.pop(current, None)
 
     async def _catch_up(self, state: _Attempt) -> bool:
         """On a redelivery, learn the subject's last sequence; False if the task already ended.
@@ -313,6 +355,7 @@ class Worker:
             attempt=state.attempt,
             max_attempts=task.attempts_before + task.max_attempts,
             worker_id=self.worker_id,
+            report_progress=functools.partial(self._report_progress, state),
         )
         started = time.monotonic()
         runner = asyncio.create_task(self._call_handler(task, ctx))
@@ -320,7 +363,8 @@ class Worker:
         try:
             lease = await self._lease_if_slow(state, runner)
             if lease is not None:
-                state.expected_seq = await self._publish_task_event(
+                _shared_subject(state)
+                await self._publish_task_event(
                     state,
                     TaskStarted(
                         job_id=task.job_id,
@@ -333,20 +377,26 @@ class Worker:
             result = await runner
         except ConflictError:
             runner.cancel()
+            _abandon_progress(state)
             raise
         except asyncio.CancelledError:
             runner.cancel()
+            _abandon_progress(state)
             if state.cancelled and not _being_cancelled():
                 log.info("task %s cancelled while running; stopped", task.task_id)
                 await state.msg.ack()
                 return
             raise
         except Exception as exc:
+            if state.progress is not None:
+                await state.progress.close()
             await self._on_failure(state, exc, time.monotonic() - started)
             return
         finally:
             if lease is not None:
                 lease.cancel()
+        if state.progress is not None:
+            await state.progress.close()
         await self._publish_task_event(
             state,
             TaskSucceeded(
@@ -538,9 +588,33 @@ class Worker:
         await state.msg.term()
 
     async def _publish_task_event(self, state: _Attempt, event: Event) -> int:
-        seq = await self.bus.publish_event(event, expected_last_subject_seq=state.expected_seq)
+        if state.lock is None:  # the one writer: no turns to take
+            seq = await self.bus.publish_event(event, expected_last_subject_seq=state.expected_seq)
+        else:
+            async with state.lock:
+                seq = await self.bus.publish_event(
+                    event, expected_last_subject_seq=state.expected_seq
+                )
         state.expected_seq = seq
         return seq
+
+    def _report_progress(self, state: _Attempt, fraction: float, message: str) -> None:
+        """`ctx.progress`: queue the report; a sender per task publishes it."""
+        if state.progress is None:
+            _shared_subject(state)
+            state.progress = ProgressSender(functools.partial(self._send_progress, state))
+        state.progress.offer(Report(fraction, message))
+
+    async def _send_progress(self, state: _Attempt, report: Report) -> None:
+        progress = TaskProgress(
+            job_id=state.task.job_id,
+            task_id=state.task.task_id,
+            worker_id=self.worker_id,
+            attempt=state.attempt,
+            fraction=report.fraction,
+            message=report.message,
+        )
+        await self._publish_task_event(state, progress)
 
     async def _on_conflict(self, state: _Attempt, exc: ConflictError) -> None:
         """Another worker moved the task on while this one held a stale lease.
@@ -564,6 +638,17 @@ class Worker:
 def _host_token() -> str:
     """The host name as a worker-id part: a dotted name (`web1.example.com`) gets dashes."""
     return safe_name(socket.gethostname(), NameKind.WORKER_ID)[:HOST_TOKEN_MAX]
+
+
+def _shared_subject(state: _Attempt) -> None:
+    """From now on, publishes on the task's subject take turns (see `_Attempt.lock`)."""
+    if state.lock is None:
+        state.lock = asyncio.Lock()
+
+
+def _abandon_progress(state: _Attempt) -> None:
+    if state.progress is not None:
+        state.progress.abandon()
 
 
 def _being_cancelled() -> bool:

@@ -28,7 +28,7 @@ from projections import (
     replay_stdout,
 )
 from services.dispatcher import Dispatcher
-from services.worker import Worker, WorkerOptions
+from services.worker import HandlerRegistry, TaskContext, Worker, WorkerOptions
 from tests.integration.test_worker_dispatcher import read_log, running, wait_for_job_end
 
 # Columns a replay may legitimately change: when a row was written, not what it says.
@@ -51,11 +51,19 @@ async def table_rows(conn: asyncpg.Connection, schema: str, table: str) -> list[
     ]
 
 
+async def report_half(args: Mapping[str, Any], ctx: TaskContext) -> None:
+    ctx.progress(0.5, "half")
+    await asyncio.sleep(0.3)
+
+
 async def mixed_workload(bus: Bus) -> None:
-    """Successes, retries, dead letters, a chunked job, a cancel, a lost worker and a malformed
-    event."""
+    """Successes, retries, dead letters, progress reports, a chunked job, a cancel, a lost
+    worker and a malformed event."""
     options = WorkerOptions(lease_s=1, retry_base_s=0.01, retry_cap_s=0.02)
-    async with running(Dispatcher(bus, lease_s=0.5).run, Worker(bus, options=options).run):
+    handlers = HandlerRegistry.default()
+    handlers.add("report", report_half)
+    worker = Worker(bus, options=options, handlers=handlers)
+    async with running(Dispatcher(bus, lease_s=0.5).run, worker.run):
         jobs = [
             JobSubmitted(
                 job_id=new_id(),
@@ -65,7 +73,10 @@ async def mixed_workload(bus: Bus) -> None:
                     TaskSpec(kind="fail", args={"message": "no"}, count=3),
                 ],
             ),
-            JobSubmitted(job_id=new_id(), tasks=[TaskSpec(kind="noop", count=20)]),
+            JobSubmitted(
+                job_id=new_id(),
+                tasks=[TaskSpec(kind="noop", count=20), TaskSpec(kind="report", count=2)],
+            ),
             JobSubmitted(
                 job_id=new_id(),
                 chunk_size=7,
@@ -129,6 +140,11 @@ async def test_replay_rebuilds_identical_read_models_and_files(
             assert await conn.fetchval("SELECT count(*) FROM jobstream.rejected_events") == 1
             statuses = await conn.fetch("SELECT status FROM jobstream.jobs ORDER BY status")
             assert [r["status"] for r in statuses] == ["cancelled", "completed", "failed", "failed"]
+            reported = await conn.fetch(
+                "SELECT state, progress, progress_message FROM jobstream.tasks"
+                " WHERE progress IS NOT NULL"
+            )
+            assert [tuple(row) for row in reported] == [("succeeded", 0.5, "half")] * 2
 
         ndjson = await replay_ndjson(bus, results_dir)
         rebuilt_files = {p.name: p.read_bytes() for p in results_dir.glob("results-*.ndjson")}

@@ -272,6 +272,36 @@ def tricky_log() -> list[Event]:
             attempt=1,
             lease_deadline=at(35),
         ),
+        # Progress without a task.started: the task (and its job) runs; a report without a
+        # fraction keeps the last one; one after the end changes nothing.
+        JobSubmitted(at=at(31), job_id="prog", tasks=[TaskSpec(kind="sleep", count=2)]),
+        TaskProgress(
+            at=at(32),
+            job_id="prog",
+            task_id="prog-0",
+            worker_id="w5",
+            attempt=1,
+            fraction=0.25,
+            message="a quarter",
+        ),
+        TaskProgress(
+            at=at(32.5), job_id="prog", task_id="prog-0", worker_id="w5", attempt=1, message="on"
+        ),
+        TaskProgress(
+            at=at(33), job_id="prog", task_id="prog-1", worker_id="w1", attempt=1, fraction=1.0
+        ),
+        TaskSucceeded(
+            at=at(34),
+            job_id="prog",
+            task_id="prog-1",
+            kind="sleep",
+            worker_id="w1",
+            attempt=1,
+            duration_s=1.5,
+        ),
+        TaskProgress(
+            at=at(35), job_id="prog", task_id="prog-1", worker_id="w1", attempt=1, fraction=0.1
+        ),
     ]
 
 
@@ -308,6 +338,18 @@ async def test_bulk_replay_equals_the_projector_on_every_rule(bus: Bus, database
                 ("job-c-2", "succeeded", 1),
                 ("job-c-3", "succeeded", 2),
             ]
+            progress = await conn.fetch(
+                "SELECT task_id, state, worker_id, progress, progress_message"
+                " FROM jobstream.tasks WHERE job_id = 'prog' ORDER BY task_id"
+            )
+            assert [tuple(row) for row in progress] == [
+                ("prog-0", "running", "w5", 0.25, "on"),
+                ("prog-1", "succeeded", "w1", 1.0, ""),
+            ]
+            job = await conn.fetchrow(
+                "SELECT status, started_at FROM jobstream.jobs WHERE job_id = 'prog'"
+            )
+            assert (job["status"], job["started_at"]) == ("running", at(32))
             attempts = await conn.fetch(
                 "SELECT task_id, attempt, outcome FROM jobstream.task_attempts"
                 " WHERE job_id = 'job-c' ORDER BY task_id, attempt"

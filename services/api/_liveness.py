@@ -1,0 +1,168 @@
+"""The workers' liveness records laid over the read model: tasks in flight show as running
+within a second, whatever their length, and a live worker's "last seen" is its last record.
+
+The read model only knows a task runs from a `task.started` (sent for slow tasks only) or a
+`task.progress`; the liveness bucket knows every message in flight. One background task
+keeps the bucket in memory (`LivenessWatch`); requests read that copy, never NATS.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated
+
+import nats.errors
+import nats.js.errors
+from fastapi import Depends, Request
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+
+from events import LIVENESS_BUCKET, Bus, DecodeError, Liveness, decode_liveness
+
+log = logging.getLogger("jobstream.api")
+
+WATCH_RETRY_S = 2.0
+# How long the watch waits for an update before checking that its connection is the same.
+WATCH_POLL_S = 5.0
+
+
+@dataclass(frozen=True)
+class LiveWork:
+    """What the fresh liveness records say, at one moment."""
+
+    running_by_job: dict[str, int] = field(default_factory=dict)
+    worker_by_task: dict[str, str] = field(default_factory=dict)
+    seen_at: dict[str, datetime] = field(default_factory=dict)
+
+
+def live_work(records: Mapping[str, Liveness], now: float) -> LiveWork:
+    """The tasks in flight by job (a chunk counts its tasks), the worker holding each message,
+    and when each worker was seen; records older than two of their leases do not count."""
+    work = LiveWork()
+    for worker_id, record in records.items():
+        if not record.is_fresh(now):
+            continue
+        work.seen_at[worker_id] = datetime.fromtimestamp(record.at, tz=UTC)
+        for running in record.running:
+            work.running_by_job[running.job_id] = (
+                work.running_by_job.get(running.job_id, 0) + running.tasks
+            )
+            work.worker_by_task[running.task_id] = worker_id
+    return work
+
+
+def overlay_counts(counts: Mapping[str, int], live_running: int) -> dict[str, int]:
+    """A job's task counts by state with its live tasks: running is at least `live_running`,
+    taken from queued (never below 0, so the counts still add up to the total)."""
+    running = counts.get("running", 0)
+    queued = counts.get("queued", 0)
+    moved = min(max(0, live_running - running), queued)
+    return {**counts, "running": running + moved, "queued": queued - moved}
+
+
+def overlay_status(status: str, running: int) -> str:
+    """A queued job with a task running is running."""
+    return "running" if status == "queued" and running > 0 else status
+
+
+def overlay_task(
+    state: str, worker_id: str | None, live_worker: str | None
+) -> tuple[str, str | None]:
+    """A task queued in the read model but held by a live worker is running on it."""
+    if state == "queued" and live_worker is not None:
+        return "running", live_worker
+    return state, worker_id
+
+
+def overlay_last_seen(read_model: datetime | None, live: datetime | None) -> datetime | None:
+    """A live worker was last seen at its last record; any other, at its last event."""
+    return live if live is not None else read_model
+
+
+class LivenessWatch:
+    """The liveness bucket in memory, kept by one background task that watches it; it waits
+    for the NATS connection that `get_bus` gives, and watches again after a reconnect."""
+
+    def __init__(self, get_bus: Callable[[], Bus | None]) -> None:
+        self._get_bus = get_bus
+        self.records: dict[str, Liveness] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def work(self, now: float | None = None) -> LiveWork:
+        return live_work(self.records, time.time() if now is None else now)
+
+    async def _run(self) -> None:
+        while True:
+            bus = self._get_bus()
+            if bus is None or not bus.nc.is_connected:
+                await asyncio.sleep(WATCH_RETRY_S / 4)
+                continue
+            try:
+                await self._watch(bus)
+            except (nats.errors.Error, nats.js.errors.Error, OSError, TimeoutError) as exc:
+                log.warning("liveness watch: %s; watching again", type(exc).__name__)
+                await asyncio.sleep(WATCH_RETRY_S)
+
+    async def _watch(self, bus: Bus) -> None:
+        """Follow the bucket until the connection changes (a new one, or a reconnect, after
+        which the watch's consumer may be gone)."""
+        reconnects = bus.nc.stats["reconnects"]
+        kv = await bus.js.key_value(LIVENESS_BUCKET)
+        watcher = await kv.watchall()
+        try:
+            while self._get_bus() is bus and bus.nc.stats["reconnects"] == reconnects:
+                try:
+                    entry = await watcher.updates(timeout=WATCH_POLL_S)  # type: ignore[no-untyped-call]
+                except nats.errors.TimeoutError:
+                    continue
+                if entry is not None:  # None: the initial values are all in
+                    self._apply(entry)
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def _apply(self, entry: KeyValue.Entry) -> None:
+        if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
+            self.records.pop(entry.key, None)
+            return
+        try:
+            self.records[entry.key] = decode_liveness(entry.value)
+        except DecodeError as exc:
+            log.warning("liveness record of %r ignored: %s", entry.key[:40], exc)
+            self.records.pop(entry.key, None)
+
+
+async def read_liveness(bus: Bus) -> dict[str, Liveness]:
+    """Every liveness record, read once (for a one-shot command, not a server)."""
+    kv = await bus.js.key_value(LIVENESS_BUCKET)
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return {}
+    records: dict[str, Liveness] = {}
+    for key in keys:
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError, DecodeError):
+            entry = await kv.get(key)
+            if entry.value:
+                records[key] = decode_liveness(entry.value)
+    return records
+
+
+def _live_work(request: Request) -> LiveWork:
+    watch: LivenessWatch = request.app.state.liveness
+    return watch.work()
+
+
+Live = Annotated[LiveWork, Depends(_live_work)]

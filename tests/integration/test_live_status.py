@@ -1,0 +1,127 @@
+"""True statuses through the API: tasks in flight shown running within a second without a
+`task.started`, a live idle worker's last seen, and `ctx.progress` reaching the API."""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+
+from events import Bus, JobSubmitted, TaskSpec, TaskStarted, new_id
+from projections import PostgresProjector
+from services.api import create_app
+from services.dispatcher import Dispatcher
+from services.stack import free_port
+from services.worker import HandlerRegistry, TaskContext, Worker, WorkerOptions
+from tests.integration.test_worker_dispatcher import read_log, running, wait_for_job_end
+
+# No `task.started` for any task here: the tick (a third of the lease) outlasts them.
+NO_STARTED = WorkerOptions(lease_s=30, concurrency=8, started_event_after_s=1000)
+
+
+@pytest.fixture
+async def api(nats_url: str, database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    port = free_port()
+    app = create_app(database_url=database_url, nats_urls=[nats_url])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    serving = asyncio.create_task(server.serve())
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        for _ in range(100):
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get("/healthz")).status_code == 200:
+                    break
+            await asyncio.sleep(0.05)
+        yield client
+    server.should_exit = True
+    await asyncio.wait_for(serving, 10)
+
+
+@contextlib.asynccontextmanager
+async def stack(bus: Bus, database_url: str, worker: Worker) -> AsyncIterator[None]:
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        loops = (Dispatcher(bus, lease_s=30).run, worker.run, PostgresProjector(bus, pool).run)
+        async with running(*loops):
+            yield
+    finally:
+        await pool.close()
+
+
+async def test_tasks_in_flight_show_running_within_a_second_without_started_events(
+    bus: Bus, database_url: str, api: httpx.AsyncClient
+) -> None:
+    job = JobSubmitted(
+        job_id=new_id(), tasks=[TaskSpec(kind="sleep", args={"seconds": 2}, count=8)]
+    )
+    async with stack(bus, database_url, Worker(bus, options=NO_STARTED)):
+        submitted = time.monotonic()
+        await bus.publish_event(job)
+        deadline = submitted + 1.5
+        seen = None
+        while time.monotonic() < deadline:
+            response = await api.get(f"/jobs/{job.job_id}")
+            if response.status_code == 200 and response.json()["tasks"]["running"] == 8:
+                seen = response.json()
+                break
+            await asyncio.sleep(0.05)
+        assert seen is not None, "8 running not shown within 1.5 s"
+        assert seen["status"] == "running"
+        assert (seen["tasks"]["queued"], seen["tasks"]["total"]) == (0, 8)
+        listed = (await api.get("/jobs", params={"limit": 5})).json()["jobs"]
+        assert listed[0]["tasks"]["running"] == 8
+        tasks = (await api.get(f"/jobs/{job.job_id}/tasks")).json()["tasks"]
+        assert [task["state"] for task in tasks] == ["running"] * 8
+        assert {task["worker_id"] for task in tasks} == {tasks[0]["worker_id"]} != {None}
+        await wait_for_job_end(bus, job.job_id)
+    assert not [e for e in await read_log(bus) if isinstance(e, TaskStarted)]
+
+
+async def test_an_idle_live_worker_was_last_seen_a_moment_ago(
+    bus: Bus, database_url: str, api: httpx.AsyncClient
+) -> None:
+    worker = Worker(bus, options=NO_STARTED)
+    async with stack(bus, database_url, worker):
+        await asyncio.sleep(4)
+        workers = (await api.get("/workers")).json()["workers"]
+        mine = next(w for w in workers if w["worker_id"] == worker.worker_id)
+        started = datetime.fromisoformat(mine["started_at"])
+        last_seen = datetime.fromisoformat(mine["last_seen_at"])
+        assert (datetime.now(UTC) - last_seen).total_seconds() < 2
+        assert (last_seen - started).total_seconds() > 2
+
+
+async def report_half(args: Mapping[str, Any], ctx: TaskContext) -> None:
+    ctx.progress(0.5, "half")
+    await asyncio.sleep(3)
+
+
+async def test_progress_reported_by_a_handler_reaches_the_api(
+    bus: Bus, database_url: str, api: httpx.AsyncClient
+) -> None:
+    handlers = HandlerRegistry.default()
+    handlers.add("report", report_half)
+    job = JobSubmitted(job_id=new_id(), tasks=[TaskSpec(kind="report")])
+    async with stack(bus, database_url, Worker(bus, options=NO_STARTED, handlers=handlers)):
+        await bus.publish_event(job)
+        deadline = time.monotonic() + 2.5
+        shown = None
+        while time.monotonic() < deadline and shown is None:
+            response = await api.get(f"/jobs/{job.job_id}/tasks")
+            if response.status_code == 200:
+                task = response.json()["tasks"][0]
+                shown = task if task["progress"] is not None else None
+            await asyncio.sleep(0.05)
+        assert shown is not None, "no progress shown"
+        assert (shown["state"], shown["progress"], shown["progress_message"]) == (
+            "running",
+            0.5,
+            "half",
+        )
+        ended = await wait_for_job_end(bus, job.job_id)
+    assert type(ended).__name__ == "JobCompleted"
