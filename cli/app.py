@@ -262,6 +262,17 @@ def api(
     port: Annotated[
         int, typer.Option(envvar="JOBSTREAM_API_PORT", show_envvar=True, min=0, max=65535)
     ] = 8000,
+    ready_max_lag_s: Annotated[
+        float,
+        typer.Option(
+            envvar="JOBSTREAM_READY_MAX_LAG_S",
+            show_envvar=True,
+            min=0.1,
+            max=86_400,
+            help="/readyz is 503 while the dispatcher or a projection has left an event this"
+            " old unapplied.",
+        ),
+    ] = 30.0,
 ) -> None:
     """Run the read-only HTTP API and the dashboard."""
     import uvicorn
@@ -271,7 +282,10 @@ def api(
     setup_logging()
     endpoints = resolve_endpoints(nats_url, database_url, data_dir)
     application = create_app(
-        database_url=endpoints.database_url, schema=schema, nats_urls=endpoints.nats_urls
+        database_url=endpoints.database_url,
+        schema=schema,
+        nats_urls=endpoints.nats_urls,
+        ready_max_lag_s=ready_max_lag_s,
     )
     uvicorn.run(application, host=host, port=port, log_level="warning")
 

@@ -85,8 +85,9 @@ SNAPSHOT_INTERVAL_S = 1.0
 PROGRESS_INTERVAL_S = 1.0
 CANCEL_CONCURRENCY = 64
 JOB_SUBJECT_PREFIX = "evt.job."
-# Errors of an event's own data: acting on it again would fail again.
-POISON_ERRORS = (ValueError, TypeError, ArithmeticError, LookupError)
+# Errors of an event's own data: acting on it again would fail again. A task message over the
+# server's max_payload is one (a chunk of large tasks).
+POISON_ERRORS = (ValueError, TypeError, ArithmeticError, LookupError, nats.errors.MaxPayloadError)
 
 
 class _Outbox:
@@ -204,7 +205,8 @@ class Dispatcher:
         job_id = _job_of_submission(entry)
         if job_id is None:
             return
-        self.state.jobs.pop(job_id, None)
+        if self.state.jobs.pop(job_id, None) is not None:
+            await self._purge_queued(job_id)
         rejected = JobRejected(
             id=derived_id("rejected", str(entry.seq)),
             job_id=job_id,
@@ -375,15 +377,20 @@ class Dispatcher:
         job = self.state.jobs.get(event.job_id)
         if job is None:
             return
-        subject = job_queue_purge_subject(job.job_id)
-        await with_retry(
-            lambda: self.bus.js.purge_stream(TASKS_STREAM, subject=subject), what="purge"
-        )
+        await self._purge_queued(job.job_id)
         if job.chunk_size > 1:
             await self._cancel_chunks(job, event.reason)
         else:
             await self._cancel_tasks(job.job_id, range(job.total), event.reason)
         log.info("job %s cancelled", job.job_id)
+
+    async def _purge_queued(self, job_id: str) -> None:
+        """Remove the job's task messages that no worker has taken."""
+        subject = job_queue_purge_subject(job_id)
+        await self._outbox.settle()
+        await with_retry(
+            lambda: self.bus.js.purge_stream(TASKS_STREAM, subject=subject), what="purge"
+        )
 
     async def _cancel_tasks(self, job_id: str, indexes: range, reason: str) -> None:
         task_ids = [task_id_for(job_id, index) for index in indexes]
