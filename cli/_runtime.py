@@ -8,6 +8,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
 import asyncpg
+import nats.errors
 import typer
 
 from events import AuthenticationError, Bus, ConnectError, JobstreamError
@@ -61,6 +62,11 @@ def run(main: Coroutine[Any, Any, T]) -> T:
                 "run `jobstream init` or start the projector, and check --schema"
             )
         )
+    except nats.errors.ConnectionClosedError:
+        # nats-py never reopens a connection the server closed: end, for the supervisor
+        # (`jobstream up`, Kubernetes, systemd) to start the process again.
+        typer.echo("error: the NATS server closed the connection; exiting", err=True)
+        raise typer.Exit(EXIT_UNREACHABLE) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
