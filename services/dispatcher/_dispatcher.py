@@ -186,24 +186,37 @@ class Dispatcher:
     async def _apply(self, entry: SourceItem) -> None:
         self.state.last_seq = entry.seq
         self._dirty = True
+        self._follow_job_subject(entry)
         event = entry.event
         reason = str(entry.error) if event is None else _unusable(event)
-        if event is not None and reason is None:
-            try:
-                await self._on_event(entry.seq, event)
-                return
-            except POISON_ERRORS as exc:
-                reason = f"cannot be acted on: {type(exc).__name__}: {exc}"
-        await self._set_aside(entry, reason or "unusable")
+        if event is None or reason is not None:
+            # A bad copy of a job submission does not end a job that is running.
+            job_id = _job_of_submission(entry)
+            await self._set_aside(entry, reason or "unusable", reject=job_id not in self.state.jobs)
+            return
+        try:
+            await self._on_event(entry.seq, event)
+        except POISON_ERRORS as exc:
+            reason = f"cannot be acted on: {type(exc).__name__}: {exc}"
+            await self._set_aside(entry, reason, reject=True)
 
-    async def _set_aside(self, entry: SourceItem, reason: str) -> None:
-        """Record an event that cannot be acted on, and move on. A job submission is ended
-        as `job.rejected` (when its subject names a valid job), so nothing waits for it."""
+    def _follow_job_subject(self, entry: SourceItem) -> None:
+        """Whatever lands on an open job's subject (a foreign client's message too) moves the
+        sequence its ending is fenced on, or the ending would lose to the fence forever."""
+        job_id = _job_of_subject(entry.subject)
+        job = self.state.jobs.get(job_id) if job_id is not None else None
+        if job is not None:
+            job.job_seq = entry.seq
+
+    async def _set_aside(self, entry: SourceItem, reason: str, *, reject: bool) -> None:
+        """Record an event that cannot be acted on, and move on. With `reject`, a job
+        submission is ended as `job.rejected` (when its subject names a valid job), so nothing
+        waits for it."""
         self.state.set_aside += 1
         reason = reason[:MAX_REASON_CHARS]
         log.warning("set aside seq %d on %s: %s", entry.seq, quote(entry.subject), reason)
         job_id = _job_of_submission(entry)
-        if job_id is None:
+        if job_id is None or not reject:
             return
         if self.state.jobs.pop(job_id, None) is not None:
             await self._purge_queued(job_id)
@@ -504,15 +517,22 @@ class Dispatcher:
         return record.at, record.lease_s
 
 
+def _job_of_subject(subject: str) -> str | None:
+    """The job id a job subject names; None for any other subject."""
+    if not subject.startswith(JOB_SUBJECT_PREFIX):
+        return None
+    job_id = subject.removeprefix(JOB_SUBJECT_PREFIX)
+    try:
+        return check_name(job_id, NameKind.JOB_ID)
+    except ValueError:
+        return None
+
+
 def _job_of_submission(entry: SourceItem) -> str | None:
     """The job id of a set-aside event that is (or claims to be) a job submission on a
     valid job subject; None for anything else (a foreign message, an unknown event type)."""
-    if not entry.subject.startswith(JOB_SUBJECT_PREFIX):
-        return None
-    job_id = entry.subject.removeprefix(JOB_SUBJECT_PREFIX)
-    try:
-        check_name(job_id, NameKind.JOB_ID)
-    except ValueError:
+    job_id = _job_of_subject(entry.subject)
+    if job_id is None:
         return None
     if isinstance(entry.event, JobSubmitted):
         return job_id

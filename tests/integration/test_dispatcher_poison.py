@@ -35,3 +35,13 @@ async def test_a_job_too_big_to_queue_is_rejected_and_the_next_runs(bus: Bus) ->
     assert "MaxPayloadError" in last[1].reason
     info = await bus.js.stream_info(TASKS_STREAM)
     assert info.state.messages == 0
+
+
+async def test_a_bad_copy_of_a_running_jobs_submission_does_not_end_it(bus: Bus) -> None:
+    job = JobSubmitted(job_id=new_id(), tasks=[TaskSpec(kind="sleep", args={"seconds": 0.5})])
+    async with running(Dispatcher(bus, lease_s=5).run, Worker(bus, options=WorkerOptions()).run):
+        await bus.publish_event(job)
+        garbage = b'{"type": "job.submitted", "job_id": "' + job.job_id.encode() + b'"}'
+        await bus.js.publish(job_subject(job.job_id), garbage)
+        ended = await wait_for_job_end(bus, job.job_id)
+    assert isinstance(ended, JobCompleted) and ended.succeeded == 1, ended
