@@ -46,7 +46,13 @@ from services.api._liveness import (
     overlay_status,
     overlay_task,
 )
-from services.api._params import READS, JobIdPath, OptionalJobIdQuery, OptionalQueueQuery
+from services.api._params import (
+    READS,
+    JobIdPath,
+    OptionalDayQuery,
+    OptionalJobIdQuery,
+    OptionalQueueQuery,
+)
 
 DEFAULT_SCHEMA = "jobstream"
 DEFAULT_PAGE_SIZE = 50
@@ -534,7 +540,7 @@ async def list_tasks(
     return TaskPage(tasks=[_task(row, live) for row in page], next_cursor=next_cursor)
 
 
-@router.get("/workers", responses=READS)
+@router.get("/workers", responses={503: READS[503]})
 async def list_workers(read_models: ReadModels, live: Live) -> WorkerList:
     """Every worker the log has seen: active ones first."""
     async with read_models.connection() as conn:
@@ -545,7 +551,7 @@ async def list_workers(read_models: ReadModels, live: Live) -> WorkerList:
 @router.get("/results", responses=READS)
 async def list_results(
     read_models: ReadModels,
-    day: Annotated[date | None, Query(description="UTC day the task finished, YYYY-MM-DD")] = None,
+    day: OptionalDayQuery = None,
     job_id: OptionalJobIdQuery = None,
     limit: Limit = DEFAULT_PAGE_SIZE,
     cursor: Cursor = None,

@@ -34,8 +34,14 @@ from events import (
     job_task_events_subject,
 )
 from services.api._cursors import EventCursor, decode_cursor, encode_cursor
-from services.api._errors import ErrorBody
-from services.api._params import READS, JobIdPath, OptionalJobIdQuery, json_error
+from services.api._errors import RETRY_AFTER_S, ErrorBody
+from services.api._params import (
+    LOG_READS,
+    RETRY_AFTER,
+    JobIdPath,
+    OptionalJobIdQuery,
+    json_error,
+)
 
 log = logging.getLogger("jobstream.api")
 
@@ -104,7 +110,11 @@ class LiveLog:
     def require(self) -> Bus:
         bus = self.connected()
         if bus is None:
-            raise HTTPException(503, "the event log (NATS) is not reachable; try again shortly")
+            raise HTTPException(
+                503,
+                "the event log (NATS) is not reachable; try again shortly",
+                headers={"Retry-After": str(RETRY_AFTER_S)},
+            )
         return bus
 
 
@@ -172,7 +182,7 @@ async def _read_subject(bus: Bus, subject: str, *, after_seq: int, count: int) -
 @live_router.get(
     "/jobs/{job_id}/events",
     response_model=EventPage,
-    responses={404: {"model": ErrorBody, "description": "No such job in the log"}, **READS},
+    responses={404: {"model": ErrorBody, "description": "No such job in the log"}, **LOG_READS},
 )
 async def job_events(
     request: Request,
@@ -288,7 +298,11 @@ async def _readiness(request: Request) -> Readiness:
     )
 
 
-@live_router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+@live_router.get(
+    "/readyz",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not ready: `problems` says why"}},
+)
 async def readyz(request: Request) -> JSONResponse:
     """Ready when NATS and PostgreSQL answer and the dispatcher and every projection keep up
     with the log: fewer than READY_MAX_LAG_EVENTS behind, and no event waiting longer than the
@@ -364,7 +378,7 @@ class EventStreamResponse(StreamingResponse):
             "description": "Server-sent events: `event: <type>`, `id:`, `data: <event JSON>`",
         },
         422: json_error("A bad query value"),
-        503: json_error("The event log (NATS) is not reachable"),
+        503: json_error("The event log (NATS) is not reachable", RETRY_AFTER),
     },
 )
 async def event_stream(request: Request, job_id: OptionalJobIdQuery = None) -> EventStreamResponse:

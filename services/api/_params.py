@@ -1,9 +1,12 @@
 """Path and query parameters checked before any database or NATS call: ids and names follow
 the log's own rule (`events.check_name`), so a request can never build a bad subject."""
 
+import re
+from datetime import date
 from typing import Annotated, Any
 
 from fastapi import Path, Query
+from pydantic import BeforeValidator
 
 from events import MAX_LENGTH, NAME_CHARSET, NAME_PATTERN, NameKind
 from services.api._errors import ErrorBody
@@ -23,14 +26,52 @@ JobIdPath = Annotated[str, Path(**_rule(NameKind.JOB_ID))]
 OptionalJobIdQuery = Annotated[str | None, Query(**_rule(NameKind.JOB_ID))]
 OptionalQueueQuery = Annotated[str | None, Query(**_rule(NameKind.QUEUE))]
 
+_ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
-def json_error(description: str) -> dict[str, Any]:
+
+def _iso_day(value: object) -> object:
+    # Pydantic alone also reads "0" (a Unix time) and "2000-01-01T00:00:00" as days.
+    if isinstance(value, str) and not _ISO_DAY.fullmatch(value):
+        raise ValueError("must be a day as YYYY-MM-DD")
+    return value
+
+
+OptionalDayQuery = Annotated[
+    date | None,
+    BeforeValidator(_iso_day),
+    Query(description="UTC day the task finished, YYYY-MM-DD"),
+]
+
+
+# Every 503 says when to try again.
+RETRY_AFTER: dict[str, Any] = {
+    "Retry-After": {"description": "Seconds to wait before retrying", "schema": {"type": "integer"}}
+}
+
+
+def json_error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
     """An error response in OpenAPI: JSON `ErrorBody`, whatever the route's own media type."""
     schema = {"$ref": "#/components/schemas/ErrorBody"}
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
+    response = {"description": description, "content": {"application/json": {"schema": schema}}}
+    return response | ({"headers": headers} if headers else {})
 
 
-READS: dict[int | str, dict[str, Any]] = {
+BAD_VALUE: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "A bad path or query value"},
-    503: {"model": ErrorBody, "description": "The database is unavailable or not migrated"},
+}
+READS: dict[int | str, dict[str, Any]] = {
+    **BAD_VALUE,
+    503: {
+        "model": ErrorBody,
+        "description": "The read-model database is unavailable or not migrated",
+        "headers": RETRY_AFTER,
+    },
+}
+LOG_READS: dict[int | str, dict[str, Any]] = {
+    **BAD_VALUE,
+    503: {
+        "model": ErrorBody,
+        "description": "The event log (NATS) is not reachable",
+        "headers": RETRY_AFTER,
+    },
 }
