@@ -1,18 +1,17 @@
 """Readiness tells the truth: a dispatcher that stops (SIGSTOP) while events wait makes the
 API not ready, naming it; after SIGCONT it catches up and the API is ready again."""
 
-import asyncio
 import contextlib
 import signal
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 
 from events import JobSubmitted, TaskSpec, new_id
 from services.api import create_app
-from services.stack import NatsServer, free_port
+from services.stack import NatsServer
+from tests._serving import serving
 from tests.faults._harness import Processes, connected, wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(120)]
@@ -26,17 +25,11 @@ async def test_readyz_follows_a_stopped_dispatcher(
     url = nats_server.url
     data = tmp_path / "data"
     app = create_app(database_url=database_url, nats_urls=[url], ready_max_lag_s=READY_MAX_LAG_S)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    try:
+    async with serving(app) as client:
         with Processes(tmp_path / "logs") as procs:
             dispatcher = procs.dispatcher(url, data_dir=data)
             procs.projector(url, database_url=database_url, data_dir=data)
-            async with (
-                connected([url]) as bus,
-                httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client,
-            ):
+            async with connected([url]) as bus:
 
                 async def readiness(ready: bool) -> dict[str, object] | None:
                     with contextlib.suppress(httpx.HTTPError):
@@ -69,6 +62,3 @@ async def test_readyz_follows_a_stopped_dispatcher(
                     dispatcher.send(signal.SIGCONT)
                 await wait_for(lambda: readiness(True), timeout_s=20, what="ready after SIGCONT")
                 procs.assert_running()
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(serving, 10)

@@ -13,7 +13,7 @@ from schemathesis.openapi.checks import RejectedPositiveData
 
 from events import Bus, JobSubmitted, TaskFailed, TaskSpec, TaskSucceeded, new_id
 from services.api import create_app
-from tests.integration.test_api_hostile import serving
+from tests._serving import serving
 from tests.integration.test_api_live import project_all
 
 SEED = 20261201

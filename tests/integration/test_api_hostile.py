@@ -5,37 +5,17 @@ the API keeps working afterwards; its NATS connection is replaced if the server 
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from events import Bus, JobSubmitted, TaskSpec, TaskSucceeded, new_id
 from services.api import create_app
-from services.stack import free_port
+from tests._serving import serving
 from tests.integration.test_api_live import project_all
 
 QUICK_S = 2.0
-
-
-@contextlib.asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(server.serve())
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-        for _ in range(100):
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get("/healthz")).status_code == 200:
-                    break
-            await asyncio.sleep(0.05)
-        try:
-            yield client
-        finally:
-            server.should_exit = True
-            await asyncio.wait_for(task, 10)
 
 
 @pytest.fixture

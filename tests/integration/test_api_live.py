@@ -1,38 +1,25 @@
 """The API endpoints that read the event log: history, readiness, metrics, live stream."""
 
 import asyncio
-import contextlib
 import json
 from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 
 from events import Bus, JobSubmitted, TaskSpec, TaskSucceeded, new_id
 from projections import PostgresProjector, checkpoint
 from services.api import create_app
-from services.stack import free_port
+from tests._serving import serving
 from tests.integration.test_worker_dispatcher import running
 
 
 @pytest.fixture
 async def api_url(nats_url: str, database_url: str) -> AsyncIterator[str]:
-    port = free_port()
     app = create_app(database_url=database_url, nats_urls=[nats_url])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    url = f"http://127.0.0.1:{port}"
-    async with httpx.AsyncClient(base_url=url) as client:
-        for _ in range(100):
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get("/healthz")).status_code == 200:
-                    break
-            await asyncio.sleep(0.05)
-    yield url
-    server.should_exit = True
-    await asyncio.wait_for(serving, 10)
+    async with serving(app) as client:
+        yield str(client.base_url)
 
 
 async def project_all(bus: Bus, database_url: str) -> None:

@@ -11,14 +11,13 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 
 from events import Bus, JobSubmitted, TaskSpec, TaskStarted, new_id
 from projections import PostgresProjector
 from services.api import create_app
 from services.dispatcher import Dispatcher
-from services.stack import free_port
 from services.worker import HandlerRegistry, TaskContext, Worker, WorkerOptions
+from tests._serving import serving
 from tests.integration.test_worker_dispatcher import read_log, running, wait_for_job_end
 
 # No `task.started` for any task here: the tick (a third of the lease) outlasts them.
@@ -27,19 +26,9 @@ NO_STARTED = WorkerOptions(lease_s=30, concurrency=8, started_event_after_s=1000
 
 @pytest.fixture
 async def api(nats_url: str, database_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    port = free_port()
     app = create_app(database_url=database_url, nats_urls=[nats_url])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    serving = asyncio.create_task(server.serve())
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
-        for _ in range(100):
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get("/healthz")).status_code == 200:
-                    break
-            await asyncio.sleep(0.05)
+    async with serving(app) as client:
         yield client
-    server.should_exit = True
-    await asyncio.wait_for(serving, 10)
 
 
 @contextlib.asynccontextmanager
