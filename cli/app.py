@@ -608,7 +608,7 @@ def status(
         try:
             async with pool.acquire() as conn:
                 summary = await job_summary(conn, job_id, live)
-                running = await running_tasks(conn, job_id, limit=STATUS_RUNNING_SHOWN)
+                running = await running_tasks(conn, job_id, live, limit=STATUS_RUNNING_SHOWN)
                 return summary, running, note
         finally:
             await pool.close()
@@ -627,12 +627,17 @@ def status(
     tasks = summary["tasks"]
     assert isinstance(tasks, dict)
     typer.echo(f"job {job_id}: {summary['status']}")
+    if summary.get("error"):
+        typer.echo(f"  reason: {summary['error']}")
     typer.echo("  " + "  ".join(f"{state} {n}" for state, n in tasks.items()))
     for task in running:
         progress = task["progress"]
-        shown = f"{progress:.0%}" if isinstance(progress, float) else "-"
+        shown = f": {progress:.0%}" if isinstance(progress, float) else ""
         message = f"  {task['progress_message']}" if task["progress_message"] else ""
-        typer.echo(f"  {task['task_id']} on {task['worker_id']}: {shown}{message}")
+        typer.echo(f"  {task['task_id']} running on {task['worker_id']}{shown}{message}")
+    more = int(tasks.get("running", 0)) - len(running)
+    if more > 0:
+        typer.echo(f"  … and {more} more running")
 
 
 async def _live_work_once(nats_urls: list[str]) -> tuple["LiveWork | None", str]:

@@ -423,11 +423,16 @@ async def job_summary(
 
 
 async def running_tasks(
-    conn: asyncpg.Connection, job_id: str, *, limit: int = 10
+    conn: asyncpg.Connection, job_id: str, live: LiveWork | None = None, *, limit: int = 10
 ) -> list[dict[str, object]]:
-    """A job's running tasks in the read model with their last progress report, JSON-safe."""
-    rows = await conn.fetch(_SQL["list_running_tasks"], job_id, limit)
-    return [dict(row) for row in rows]
+    """A job's first `limit` running tasks, as `GET /jobs/{id}/tasks?state=running` shows
+    them (with the tasks in flight in `live`), JSON-safe, on the caller's connection."""
+    live = live or LiveWork()
+    await _init_connection(conn)  # the caller's connection may decode jsonb as text
+    rows = await conn.fetch(
+        _SQL["list_tasks"], job_id, "running", None, None, limit, live.tasks_of(job_id)
+    )
+    return [_task(row, live).model_dump(mode="json") for row in rows]
 
 
 async def dead_letters(
@@ -488,6 +493,7 @@ async def list_jobs(
             after.submitted_at if after else None,
             after.job_id if after else None,
             limit + 1,
+            list(live.running_by_job),
         )
         page = rows[:limit]
         counts = await _task_counts(conn, [row["job_id"] for row in page])
@@ -528,6 +534,7 @@ async def list_tasks(
             after.task_index if after else None,
             after.task_id if after else None,
             limit + 1,
+            live.tasks_of(job_id),
         )
         missing = not rows and not await conn.fetchval(_SQL["job_exists"], job_id)
     if missing:

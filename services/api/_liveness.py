@@ -37,6 +37,11 @@ class LiveWork:
     worker_by_task: dict[str, str] = field(default_factory=dict)
     seen_at: dict[str, datetime] = field(default_factory=dict)
 
+    def tasks_of(self, job_id: str) -> list[str]:
+        """The ids of the job's messages in flight (a chunk's id stands for its tasks)."""
+        prefix = f"{job_id}-"
+        return [task_id for task_id in self.worker_by_task if task_id.startswith(prefix)]
+
 
 def live_work(records: Mapping[str, Liveness], now: float) -> LiveWork:
     """The tasks in flight by job (a chunk counts its tasks), the worker holding each message,

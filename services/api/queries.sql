@@ -7,12 +7,17 @@
 
 -- name: list_jobs
 -- $1 status, $2 queue (NULL: any), $3/$4 the last (submitted_at, job_id) seen (NULL: first page),
--- $5 rows to fetch. Newest first.
+-- $5 rows to fetch, $6 the jobs with tasks in flight (a queued one among them shows as
+-- running, so the filter says so too). Newest first.
 SELECT job_id, name, queue, status, priority, total_tasks, max_attempts, timeout_s,
        idempotency_key, submitted_by, labels, submitted_at, started_at, finished_at, duration_s,
        error
 FROM jobs
-WHERE ($1::text IS NULL OR status = $1::text)
+WHERE ($1::text IS NULL
+       OR ($1::text = 'running'
+           AND (status = 'running' OR (status = 'queued' AND job_id = ANY($6::text[]))))
+       OR ($1::text = 'queued' AND status = 'queued' AND job_id <> ALL($6::text[]))
+       OR ($1::text NOT IN ('running', 'queued') AND status = $1::text))
   AND ($2::text IS NULL OR queue = $2::text)
   AND ($3::timestamptz IS NULL OR (submitted_at, job_id) < ($3::timestamptz, $4::text))
 ORDER BY submitted_at DESC, job_id DESC
@@ -36,23 +41,20 @@ WHERE job_id = ANY($1::text[])
 GROUP BY job_id, state;
 
 -- name: list_tasks
--- $1 job, $2 state (NULL: any), $3/$4 the last (task_index, task_id) seen, $5 rows to fetch.
+-- $1 job, $2 state (NULL: any), $3/$4 the last (task_index, task_id) seen, $5 rows to fetch,
+-- $6 the tasks in flight (a queued one among them shows as running: the filter says so too).
 SELECT task_id, job_id, task_index, kind, args, state, attempts, worker_id, result, error,
        started_at, finished_at, duration_s, progress, progress_message
 FROM tasks
 WHERE job_id = $1::text
-  AND ($2::text IS NULL OR state = $2::text)
+  AND ($2::text IS NULL
+       OR ($2::text = 'running'
+           AND (state = 'running' OR (state = 'queued' AND task_id = ANY($6::text[]))))
+       OR ($2::text = 'queued' AND state = 'queued' AND task_id <> ALL($6::text[]))
+       OR ($2::text NOT IN ('running', 'queued') AND state = $2::text))
   AND ($3::integer IS NULL OR (task_index, task_id) > ($3::integer, $4::text))
 ORDER BY task_index, task_id
 LIMIT $5::integer;
-
--- name: list_running_tasks
--- $1 job, $2 rows to fetch: its running tasks, in task order.
-SELECT task_id, worker_id, progress, progress_message
-FROM tasks
-WHERE job_id = $1::text AND state = 'running'
-ORDER BY task_index, task_id
-LIMIT $2::integer;
 
 -- name: list_workers
 -- Active workers first, then the most recently started.

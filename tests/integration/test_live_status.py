@@ -3,6 +3,7 @@
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
@@ -67,8 +68,40 @@ async def test_tasks_in_flight_show_running_within_a_second_without_started_even
         tasks = (await api.get(f"/jobs/{job.job_id}/tasks")).json()["tasks"]
         assert [task["state"] for task in tasks] == ["running"] * 8
         assert {task["worker_id"] for task in tasks} == {tasks[0]["worker_id"]} != {None}
+        # The filters agree with what the rows show.
+        running_jobs = (await api.get("/jobs", params={"status": "running"})).json()["jobs"]
+        queued_jobs = (await api.get("/jobs", params={"status": "queued"})).json()["jobs"]
+        assert job.job_id in {j["job_id"] for j in running_jobs}
+        assert job.job_id not in {j["job_id"] for j in queued_jobs}
+        path = f"/jobs/{job.job_id}/tasks"
+        assert len((await api.get(path, params={"state": "running"})).json()["tasks"]) == 8
+        assert (await api.get(path, params={"state": "queued"})).json()["tasks"] == []
+        shown = await _status(job.job_id, bus, database_url)
+        assert "running 8" in shown and shown.count(" running on ") == 8, shown
         await wait_for_job_end(bus, job.job_id)
     assert not [e for e in await read_log(bus) if isinstance(e, TaskStarted)]
+
+
+async def _status(job_id: str, bus: Bus, database_url: str) -> str:
+    """What `jobstream status` prints, as a person sees it."""
+    nats_url = bus.nc.connected_url
+    assert nats_url is not None
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cli",
+        "status",
+        job_id,
+        "--nats-url",
+        f"nats://{nats_url.netloc}",
+        "--database-url",
+        database_url,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr.decode()
+    return stdout.decode()
 
 
 async def test_an_idle_live_worker_was_last_seen_a_moment_ago(
