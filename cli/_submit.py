@@ -123,9 +123,11 @@ async def submit(bus: Bus, job: JobSubmitted) -> int:
 
 
 async def no_worker_seen(bus: Bus, queue: str) -> bool:
-    """True when no worker ever ran on `queue`: each creates the queue's consumer at start."""
+    """True when no worker is on `queue` now: its consumer is missing (no worker ever ran
+    there), or has neither a pull request waiting (an idle worker always has one) nor a task
+    being worked on."""
     try:
-        await with_retry(
+        info = await with_retry(
             lambda: bus.js.consumer_info(TASKS_STREAM, worker_consumer_name(queue)),
             what=f"look up the consumer of queue {queue}",
             budget_s=WORKER_LOOKUP_BUDGET_S,
@@ -135,12 +137,12 @@ async def no_worker_seen(bus: Bus, queue: str) -> bool:
     except nats.errors.Error:
         # The job is already submitted: a failed look-up is no reason to report a failure.
         return False
-    return False
+    return not (info.num_waiting or info.num_ack_pending)
 
 
 def no_worker_warning(queue: str) -> str:
     return (
-        f"warning: no worker has been seen on queue {queue!r}; the job waits until one runs "
+        f"warning: no worker is running on queue {queue!r}; the job waits until one does "
         f"(jobstream worker --queue {queue})"
     )
 

@@ -2,6 +2,7 @@
 and nothing published. Exit codes: 1 a failed command, 2 a wrong command line, 3 a server
 not reached or refusing the credentials."""
 
+import asyncio
 import json
 import os
 import subprocess
@@ -13,6 +14,8 @@ import pytest
 
 from events import DEFAULT_LEASE_S, Bus, JobSubmitted, ensure_worker_consumer
 from services.stack import NatsServer, PostgresServer
+from services.worker import Worker, WorkerOptions
+from tests.integration.test_worker_dispatcher import running
 
 JOBSTREAM = [sys.executable, "-m", "cli"]
 UNREACHABLE_NATS = "nats://127.0.0.1:1"
@@ -187,21 +190,36 @@ async def test_oversized_queue_publishes_nothing(bus: Bus, nats_url: str, tmp_pa
     assert await bus.stream_last_seq() == 0
 
 
-async def test_submit_warns_when_no_worker_was_seen_on_the_queue(
+async def test_submit_warns_when_no_worker_runs_on_the_queue(
     bus: Bus, nats_url: str, tmp_path: Path
 ) -> None:
-    await ensure_worker_consumer(bus.js, "busy", lease_s=DEFAULT_LEASE_S)
-    seen = jobstream(
-        "submit", "--nats-url", nats_url, "--kind", "noop", "--queue", "busy", cwd=tmp_path
-    )
+    async with running(Worker(bus, options=WorkerOptions(queue="busy")).run):
+        await asyncio.sleep(0.5)  # its first pull request is waiting
+        seen = await asyncio.to_thread(
+            jobstream,
+            "submit",
+            "--nats-url",
+            nats_url,
+            "--kind",
+            "noop",
+            "--queue",
+            "busy",
+            cwd=tmp_path,
+        )
     assert seen.returncode == 0, seen.stderr
     assert "warning" not in seen.stderr
+    # The consumer outlives its workers (and `jobstream init` makes it): no worker now.
+    await ensure_worker_consumer(bus.js, "idle", lease_s=DEFAULT_LEASE_S)
+    idle = jobstream(
+        "submit", "--nats-url", nats_url, "--kind", "noop", "--queue", "idle", cwd=tmp_path
+    )
+    assert "warning: no worker is running on queue 'idle'" in idle.stderr
     unseen = jobstream(
         "submit", "--nats-url", nats_url, "--kind", "noop", "--queue", "other", cwd=tmp_path
     )
     assert unseen.returncode == 0, unseen.stderr
     assert unseen.stderr.strip() == (
-        "warning: no worker has been seen on queue 'other'; the job waits until one runs "
+        "warning: no worker is running on queue 'other'; the job waits until one does "
         "(jobstream worker --queue other)"
     )
     assert unseen.stdout.strip(), "the job id is still printed"
