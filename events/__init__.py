@@ -4,6 +4,7 @@ from events._bus import Bus, backoff_s, is_transient, with_retry
 from events._catalogue import (
     CHUNK_KIND,
     MAX_PROGRESS_MESSAGE,
+    MAX_REASON_LENGTH,
     MAX_TASKS_PER_JOB,
     TERMINAL_TASK_EVENTS,
     ChunkFailure,
@@ -32,6 +33,7 @@ from events._catalogue import (
     WorkerLost,
     WorkerStarted,
     WorkerStopped,
+    chunk_first_index,
     chunk_id_for,
     chunk_task_events,
     event_type,
@@ -107,6 +109,7 @@ from events._subjects import (
     TASKS_STREAM,
     WORKER_EVENT_SUBJECTS,
     Header,
+    job_of_subject,
     job_queue_purge_subject,
     job_subject,
     job_task_events_subject,
@@ -120,7 +123,9 @@ from events._subjects import (
 from events._urls import redact_url
 
 __all__ = [
+    "MAX_REASON_LENGTH",
     "MAX_TASKS_PER_JOB",
+    "job_of_subject",
     "PROGRESS_KEY",
     "DispatcherProgress",
     "decode_progress",
@@ -167,6 +172,7 @@ __all__ = [
     "ChunkItem",
     "ChunkResult",
     "TaskChunkFinished",
+    "chunk_first_index",
     "chunk_id_for",
     "chunk_task_events",
     "expand_chunks",

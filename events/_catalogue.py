@@ -21,6 +21,7 @@ MAX_ATTEMPTS = 1000
 MAX_TASKS_PER_JOB = 1_000_000
 MAX_CHUNK_SIZE = 10_000
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
+MAX_REASON_LENGTH = 2000
 Attempts = Annotated[int, msgspec.Meta(ge=1, le=MAX_ATTEMPTS)]
 AttemptNumber = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
 TaskCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_TASKS_PER_JOB)]
@@ -108,7 +109,7 @@ class JobRejected(_Event, tag="job.rejected", frozen=True, kw_only=True):
     set aside by the dispatcher, with why. The job, if it was one, ends here."""
 
     job_id: JobId
-    reason: Annotated[str, msgspec.Meta(max_length=2000)]
+    reason: Annotated[str, msgspec.Meta(max_length=MAX_REASON_LENGTH)]
     # The log sequence of the event set aside.
     rejected_seq: Annotated[int, msgspec.Meta(ge=1)]
 
@@ -328,6 +329,11 @@ def chunk_id_for(job_id: str, first_index: int) -> str:
 
 def is_chunk_id(job_id: str, task_id: str) -> bool:
     return task_id.removeprefix(f"{job_id}-").startswith("c")
+
+
+def chunk_first_index(job_id: str, chunk_id: str) -> int:
+    """The index of a chunk's first task: `chunk_id_for`'s inverse."""
+    return int(chunk_id.removeprefix(f"{job_id}-c"))
 
 
 def expand_chunks(job: JobSubmitted) -> list[TaskMessage]:

@@ -10,8 +10,6 @@ class DispatcherProgress(msgspec.Struct, frozen=True, kw_only=True):
     last_seq: int
     # Events set aside as unusable (poison), since the dispatcher's state began.
     set_aside: int = 0
-    # Unix time of the write.
-    at: float = 0.0
 
 
 _decoder = msgspec.json.Decoder(DispatcherProgress)

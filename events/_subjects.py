@@ -40,8 +40,21 @@ class Header(StrEnum):
     EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
 
 
+JOB_SUBJECT_PREFIX = "evt.job."
+
+
 def job_subject(job_id: str) -> str:
-    return f"evt.job.{check_name(job_id, NameKind.JOB_ID)}"
+    return f"{JOB_SUBJECT_PREFIX}{check_name(job_id, NameKind.JOB_ID)}"
+
+
+def job_of_subject(subject: str) -> str | None:
+    """The job id a job subject names; None for any other subject (or an invalid id)."""
+    if not subject.startswith(JOB_SUBJECT_PREFIX):
+        return None
+    try:
+        return check_name(subject.removeprefix(JOB_SUBJECT_PREFIX), NameKind.JOB_ID)
+    except ValueError:
+        return None
 
 
 def task_event_subject(job_id: str, task_id: str) -> str:

@@ -38,6 +38,7 @@ from services.api._errors import (
 )
 from services.api._live import DEFAULT_READY_MAX_LAG_S, LiveLog, live_router
 from services.api._liveness import (
+    WAITING_STATES,
     Live,
     LivenessWatch,
     LiveWork,
@@ -352,14 +353,20 @@ ReadModels = Annotated[_ReadModels, Depends(_read_models)]
 
 
 async def _task_counts(
-    conn: asyncpg.Connection, job_ids: Sequence[str]
+    conn: asyncpg.Connection, job_ids: Sequence[str], live: LiveWork
 ) -> dict[str, dict[str, int]]:
-    """Task counts by state for many jobs, in one query."""
+    """Task counts by state for many jobs, in one query, with their tasks in flight (`live`)
+    that the read model still has as queued or failed counted as running."""
     counts: dict[str, dict[str, int]] = {job_id: {} for job_id in job_ids}
+    waiting: dict[str, dict[str, int]] = {job_id: {} for job_id in job_ids}
     if job_ids:
         for row in await conn.fetch(_SQL["task_counts"], list(job_ids)):
             counts[row["job_id"]][row["state"]] = row["n"]
-    return counts
+        live_ids = live.live_task_ids(job_ids)
+        if live_ids:
+            for row in await conn.fetch(_SQL["waiting_task_counts"], live_ids, WAITING_STATES):
+                waiting[row["job_id"]][row["state"]] = row["n"]
+    return {job_id: overlay_counts(counts[job_id], waiting[job_id]) for job_id in job_ids}
 
 
 def _counts(by_state: Mapping[str, int], total_tasks: int) -> TaskCounts:
@@ -379,13 +386,11 @@ def _progress(counts: TaskCounts, status: str) -> float:
     return terminal / counts.total
 
 
-def _job(row: asyncpg.Record, by_state: Mapping[str, int], live: LiveWork) -> Job:
+def _job(row: asyncpg.Record, by_state: Mapping[str, int]) -> Job:
     fields = dict(row)
     if isinstance(fields["labels"], str):  # a caller's connection without our jsonb codec
         fields["labels"] = msgspec.json.decode(fields["labels"])
     counts = _counts(by_state, row["total_tasks"])
-    live_running = live.running_by_job.get(row["job_id"], 0)
-    counts = TaskCounts(**overlay_counts(counts.model_dump(), live_running))
     fields["status"] = overlay_status(row["status"], counts.running)
     return Job(**fields, tasks=counts, progress=_progress(counts, row["status"]))
 
@@ -408,8 +413,8 @@ async def _load_job(conn: asyncpg.Connection, job_id: str, live: LiveWork) -> Jo
     row = await conn.fetchrow(_SQL["get_job"], job_id)
     if row is None:
         return None
-    counts = await _task_counts(conn, [job_id])
-    return _job(row, counts[job_id], live)
+    counts = await _task_counts(conn, [job_id], live)
+    return _job(row, counts[job_id])
 
 
 async def job_summary(
@@ -493,15 +498,15 @@ async def list_jobs(
             after.submitted_at if after else None,
             after.job_id if after else None,
             limit + 1,
-            list(live.running_by_job),
+            list(live.tasks_by_job),
         )
         page = rows[:limit]
-        counts = await _task_counts(conn, [row["job_id"] for row in page])
+        counts = await _task_counts(conn, [row["job_id"] for row in page], live)
     next_cursor = None
     if len(rows) > limit:
         last = page[-1]
         next_cursor = encode_cursor(JobCursor(last["submitted_at"], last["job_id"]))
-    jobs = [_job(row, counts[row["job_id"]], live) for row in page]
+    jobs = [_job(row, counts[row["job_id"]]) for row in page]
     return JobPage(jobs=jobs, next_cursor=next_cursor)
 
 
@@ -658,7 +663,7 @@ def create_app(
         database_url=database_url, schema=schema, pool_max_size=pool_max_size
     )
     app.state.live_log = LiveLog(list(nats_urls or []))
-    app.state.liveness = LivenessWatch(lambda: app.state.live_log.bus)
+    app.state.liveness = LivenessWatch(app.state.live_log.connected)
     app.state.sql = _SQL
     app.state.ready_max_lag_s = ready_max_lag_s
     app.state.dashboard_html = _dashboard_html(title)

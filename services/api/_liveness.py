@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated
@@ -20,52 +20,84 @@ import nats.js.errors
 from fastapi import Depends, Request
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from events import LIVENESS_BUCKET, Bus, DecodeError, Liveness, decode_liveness
+from events import (
+    LIVENESS_BUCKET,
+    Bus,
+    DecodeError,
+    Liveness,
+    RunningTask,
+    chunk_first_index,
+    decode_liveness,
+    is_chunk_id,
+    task_id_for,
+)
 
 log = logging.getLogger("jobstream.api")
 
 WATCH_RETRY_S = 2.0
 # How long the watch waits for an update before checking that its connection is the same.
 WATCH_POLL_S = 5.0
+WORK_MAX_AGE_S = 0.5
+
+
+# Read-model task states that a task in flight may still have: not taken yet as far as the
+# log says, or between a failed attempt and its retry.
+WAITING_STATES = ("queued", "failed")
 
 
 @dataclass(frozen=True)
 class LiveWork:
-    """What the fresh liveness records say, at one moment."""
+    """What the fresh liveness records say, at one moment: the tasks in flight (a chunk's
+    tasks each), by job, with the worker holding each, and when each worker was seen."""
 
-    running_by_job: dict[str, int] = field(default_factory=dict)
+    tasks_by_job: dict[str, list[str]] = field(default_factory=dict)
     worker_by_task: dict[str, str] = field(default_factory=dict)
     seen_at: dict[str, datetime] = field(default_factory=dict)
 
     def tasks_of(self, job_id: str) -> list[str]:
-        """The ids of the job's messages in flight (a chunk's id stands for its tasks)."""
-        prefix = f"{job_id}-"
-        return [task_id for task_id in self.worker_by_task if task_id.startswith(prefix)]
+        return self.tasks_by_job.get(job_id, [])
+
+    def live_task_ids(self, job_ids: Iterable[str]) -> list[str]:
+        return [task_id for job_id in job_ids for task_id in self.tasks_of(job_id)]
+
+
+def _task_ids(running: RunningTask) -> list[str]:
+    """The tasks a message in flight carries: itself, or a chunk's consecutive tasks."""
+    if not is_chunk_id(running.job_id, running.task_id):
+        return [running.task_id]
+    try:
+        first = chunk_first_index(running.job_id, running.task_id)
+    except ValueError:  # not one of our chunk ids: a foreign record's
+        return [running.task_id]
+    return [task_id_for(running.job_id, first + index) for index in range(running.tasks)]
 
 
 def live_work(records: Mapping[str, Liveness], now: float) -> LiveWork:
-    """The tasks in flight by job (a chunk counts its tasks), the worker holding each message,
-    and when each worker was seen; records older than two of their leases do not count."""
+    """The work in flight of the fresh records; records older than two of their leases do
+    not count."""
     work = LiveWork()
     for worker_id, record in records.items():
         if not record.is_fresh(now):
             continue
         work.seen_at[worker_id] = datetime.fromtimestamp(record.at, tz=UTC)
         for running in record.running:
-            work.running_by_job[running.job_id] = (
-                work.running_by_job.get(running.job_id, 0) + running.tasks
-            )
-            work.worker_by_task[running.task_id] = worker_id
+            task_ids = _task_ids(running)
+            work.tasks_by_job.setdefault(running.job_id, []).extend(task_ids)
+            for task_id in task_ids:
+                work.worker_by_task[task_id] = worker_id
     return work
 
 
-def overlay_counts(counts: Mapping[str, int], live_running: int) -> dict[str, int]:
-    """A job's task counts by state with its live tasks: running is at least `live_running`,
-    taken from queued (never below 0, so the counts still add up to the total)."""
-    running = counts.get("running", 0)
-    queued = counts.get("queued", 0)
-    moved = min(max(0, live_running - running), queued)
-    return {**counts, "running": running + moved, "queued": queued - moved}
+def overlay_counts(counts: Mapping[str, int], waiting_live: Mapping[str, int]) -> dict[str, int]:
+    """A job's task counts by state, with its tasks in flight that the read model still has
+    as queued or failed (`waiting_live`, by state) counted as running."""
+    moved = {
+        state: min(waiting_live.get(state, 0), counts.get(state, 0)) for state in WAITING_STATES
+    }
+    overlaid = {**counts, "running": counts.get("running", 0) + sum(moved.values())}
+    for state, n in moved.items():
+        overlaid[state] = counts.get(state, 0) - n
+    return overlaid
 
 
 def overlay_status(status: str, running: int) -> str:
@@ -76,8 +108,9 @@ def overlay_status(status: str, running: int) -> str:
 def overlay_task(
     state: str, worker_id: str | None, live_worker: str | None
 ) -> tuple[str, str | None]:
-    """A task queued in the read model but held by a live worker is running on it."""
-    if state == "queued" and live_worker is not None:
+    """A task that the read model has as queued or failed but that a live worker holds is
+    running on it."""
+    if state in WAITING_STATES and live_worker is not None:
         return "running", live_worker
     return state, worker_id
 
@@ -95,6 +128,8 @@ class LivenessWatch:
         self._get_bus = get_bus
         self.records: dict[str, Liveness] = {}
         self._task: asyncio.Task[None] | None = None
+        # `work()` is computed at most once per WORK_MAX_AGE_S while no record changes.
+        self._work: tuple[float, LiveWork] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -106,7 +141,10 @@ class LivenessWatch:
                 await self._task
 
     def work(self, now: float | None = None) -> LiveWork:
-        return live_work(self.records, time.time() if now is None else now)
+        now = time.time() if now is None else now
+        if self._work is None or not 0 <= now - self._work[0] < WORK_MAX_AGE_S:
+            self._work = now, live_work(self.records, now)
+        return self._work[1]
 
     async def _run(self) -> None:
         while True:
@@ -139,6 +177,7 @@ class LivenessWatch:
                 await watcher.stop()  # type: ignore[no-untyped-call]
 
     def _apply(self, entry: KeyValue.Entry) -> None:
+        self._work = None
         if entry.operation in (KV_DEL, KV_PURGE) or not entry.value:
             self.records.pop(entry.key, None)
             return

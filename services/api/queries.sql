@@ -40,18 +40,28 @@ FROM tasks
 WHERE job_id = ANY($1::text[])
 GROUP BY job_id, state;
 
+-- name: waiting_task_counts
+-- $1 tasks in flight, $2 the states a task in flight may still have in the read model:
+-- how many of them each job has in each such state.
+SELECT job_id, state, count(*) AS n
+FROM tasks
+WHERE task_id = ANY($1::text[]) AND state = ANY($2::text[])
+GROUP BY job_id, state;
+
 -- name: list_tasks
 -- $1 job, $2 state (NULL: any), $3/$4 the last (task_index, task_id) seen, $5 rows to fetch,
--- $6 the tasks in flight (a queued one among them shows as running: the filter says so too).
+-- $6 the tasks in flight (one of them that is queued or failed here shows as running: the
+-- filter says so too).
 SELECT task_id, job_id, task_index, kind, args, state, attempts, worker_id, result, error,
        started_at, finished_at, duration_s, progress, progress_message
 FROM tasks
 WHERE job_id = $1::text
   AND ($2::text IS NULL
        OR ($2::text = 'running'
-           AND (state = 'running' OR (state = 'queued' AND task_id = ANY($6::text[]))))
-       OR ($2::text = 'queued' AND state = 'queued' AND task_id <> ALL($6::text[]))
-       OR ($2::text NOT IN ('running', 'queued') AND state = $2::text))
+           AND (state = 'running'
+                OR (state IN ('queued', 'failed') AND task_id = ANY($6::text[]))))
+       OR ($2::text IN ('queued', 'failed') AND state = $2::text AND task_id <> ALL($6::text[]))
+       OR ($2::text NOT IN ('running', 'queued', 'failed') AND state = $2::text))
   AND ($3::integer IS NULL OR (task_index, task_id) > ($3::integer, $4::text))
 ORDER BY task_index, task_id
 LIMIT $5::integer;

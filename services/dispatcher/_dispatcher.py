@@ -18,6 +18,7 @@ from nats.js.api import PubAck
 from events import (
     DISPATCHER_BUCKET,
     LIVENESS_BUCKET,
+    MAX_REASON_LENGTH,
     MAX_TASKS_PER_JOB,
     PROGRESS_KEY,
     TASKS_STREAM,
@@ -56,6 +57,7 @@ from events import (
     event_batches,
     expand_chunks,
     is_transient,
+    job_of_subject,
     job_queue_purge_subject,
     job_subject,
     quote,
@@ -74,7 +76,6 @@ from services.dispatcher._state import (
     load_state,
 )
 
-MAX_REASON_CHARS = 2000
 # Lost workers remembered, in case they are seen working again.
 MAX_LOST_WORKERS = 10_000
 
@@ -84,7 +85,8 @@ STATE_KEY = "state"
 SNAPSHOT_INTERVAL_S = 1.0
 PROGRESS_INTERVAL_S = 1.0
 CANCEL_CONCURRENCY = 64
-JOB_SUBJECT_PREFIX = "evt.job."
+# The events that end a job: after one, no other ending is written.
+JOB_ENDINGS = (JobCompleted, JobFailed, JobCancelled, JobRejected)
 # Errors of an event's own data: acting on it again would fail again. A task message over the
 # server's max_payload is one (a chunk of large tasks).
 POISON_ERRORS = (ValueError, TypeError, ArithmeticError, LookupError, nats.errors.MaxPayloadError)
@@ -169,18 +171,18 @@ class Dispatcher:
 
     async def _progress_loop(self, snapshots: "nats.js.kv.KeyValue", stop: asyncio.Event) -> None:
         """Publish how far the dispatcher has read (for `/readyz` and `/metrics`), each second
-        it moved: a dispatcher that is stuck or stopped shows as behind the log."""
+        it moved: a dispatcher that is stuck or stopped shows as behind the log. A failed
+        write is only a stale reading: it is tried again, never the dispatcher's end."""
         saved: tuple[int, int] | None = None
         while not stop.is_set():
             now = (self.state.last_seq, self.state.set_aside)
             if now != saved:
-                progress = DispatcherProgress(last_seq=now[0], set_aside=now[1], at=time.time())
+                progress = DispatcherProgress(last_seq=now[0], set_aside=now[1])
                 try:
                     await snapshots.put(PROGRESS_KEY, encode(progress))
                     saved = now
                 except Exception as exc:
-                    if not is_transient(exc):
-                        raise
+                    log.warning("progress record: %s; trying again", type(exc).__name__)
             await sleep_unless_stopped(stop, PROGRESS_INTERVAL_S)
 
     async def _apply(self, entry: SourceItem) -> None:
@@ -188,36 +190,39 @@ class Dispatcher:
         self._dirty = True
         self._follow_job_subject(entry)
         event = entry.event
-        reason = str(entry.error) if event is None else _unusable(event)
+        reason = str(entry.error) if event is None else _unusable(event, entry.subject)
         if event is None or reason is not None:
-            # A bad copy of a job submission does not end a job that is running.
-            job_id = _job_of_submission(entry)
-            await self._set_aside(entry, reason or "unusable", reject=job_id not in self.state.jobs)
+            await self._set_aside(entry, reason or "unusable", only_if_first=True)
             return
         try:
             await self._on_event(entry.seq, event)
         except POISON_ERRORS as exc:
             reason = f"cannot be acted on: {type(exc).__name__}: {exc}"
-            await self._set_aside(entry, reason, reject=True)
+            await self._set_aside(entry, reason, only_if_first=False)
 
     def _follow_job_subject(self, entry: SourceItem) -> None:
         """Whatever lands on an open job's subject (a foreign client's message too) moves the
         sequence its ending is fenced on, or the ending would lose to the fence forever."""
-        job_id = _job_of_subject(entry.subject)
+        job_id = job_of_subject(entry.subject)
         job = self.state.jobs.get(job_id) if job_id is not None else None
         if job is not None:
             job.job_seq = entry.seq
 
-    async def _set_aside(self, entry: SourceItem, reason: str, *, reject: bool) -> None:
-        """Record an event that cannot be acted on, and move on. With `reject`, a job
-        submission is ended as `job.rejected` (when its subject names a valid job), so nothing
-        waits for it."""
+    async def _set_aside(self, entry: SourceItem, reason: str, *, only_if_first: bool) -> None:
+        """Record an event that cannot be acted on, and move on. A job submission (one that
+        names a valid job subject) is ended as `job.rejected`, so nothing waits for it; with
+        `only_if_first`, only if it is the first message of its job: a bad copy of a known
+        job's submission does not end that job."""
         self.state.set_aside += 1
-        reason = reason[:MAX_REASON_CHARS]
+        reason = reason[:MAX_REASON_LENGTH]
         log.warning("set aside seq %d on %s: %s", entry.seq, quote(entry.subject), reason)
         job_id = _job_of_submission(entry)
-        if job_id is None or not reject:
+        if job_id is None:
             return
+        if only_if_first:
+            first = await self.bus.first_on_subject(entry.subject)
+            if first is not None and first[0] != entry.seq:
+                return
         if self.state.jobs.pop(job_id, None) is not None:
             await self._purge_queued(job_id)
         rejected = JobRejected(
@@ -325,10 +330,21 @@ class Dispatcher:
         log.info("job %s ended: %s", job.job_id, type(event).__name__)
 
     async def _publish_job_end(self, event: JobCompleted | JobFailed, job_seq: int) -> None:
-        try:
-            await self.bus.publish_event(event, expected_last_subject_seq=job_seq)
-        except ConflictError:
-            log.info("job %s was already ended", event.job_id)
+        """Publish the ending fenced on the job subject's last sequence as this dispatcher read
+        it. A message that landed there since (a foreign client's) moves the fence on; an
+        ending already there (another dispatcher's, a cancel) stops it."""
+        expected = job_seq
+        while True:
+            try:
+                await self.bus.publish_event(event, expected_last_subject_seq=expected)
+                return
+            except ConflictError as exc:
+                last = await self.bus.last_on_subject(job_subject(event.job_id))
+                if last is None or isinstance(last[1], JOB_ENDINGS):
+                    log.info("job %s was already ended", event.job_id)
+                    return
+                log.info("job %s: %s; fencing on the new last message", event.job_id, exc)
+                expected = last[0]
 
     # --- dead letters given another round ---------------------------------------
 
@@ -517,21 +533,10 @@ class Dispatcher:
         return record.at, record.lease_s
 
 
-def _job_of_subject(subject: str) -> str | None:
-    """The job id a job subject names; None for any other subject."""
-    if not subject.startswith(JOB_SUBJECT_PREFIX):
-        return None
-    job_id = subject.removeprefix(JOB_SUBJECT_PREFIX)
-    try:
-        return check_name(job_id, NameKind.JOB_ID)
-    except ValueError:
-        return None
-
-
 def _job_of_submission(entry: SourceItem) -> str | None:
     """The job id of a set-aside event that is (or claims to be) a job submission on a
     valid job subject; None for anything else (a foreign message, an unknown event type)."""
-    job_id = _job_of_subject(entry.subject)
+    job_id = job_of_subject(entry.subject)
     if job_id is None:
         return None
     if isinstance(entry.event, JobSubmitted):
@@ -547,11 +552,14 @@ class _Tagged(msgspec.Struct):
     type: object = None
 
 
-def _unusable(event: Event) -> str | None:
+def _unusable(event: Event, subject: str) -> str | None:
     """Why a decoded event cannot be acted on, if it cannot: ids or a queue name that are not
-    subject tokens (a foreign writer's), for which no task, ending or report can be written."""
+    subject tokens (a foreign writer's), for which no task, ending or report can be written,
+    or a subject other than its ids' (its fences would be on the wrong subject)."""
     try:
-        subject_for(event)
+        own_subject = subject_for(event)
+        if own_subject != subject:
+            return f"on {quote(subject)}, but its ids belong on {quote(own_subject)}"
         queue = getattr(event, "queue", None)
         if queue is not None:
             check_name(queue, NameKind.QUEUE)

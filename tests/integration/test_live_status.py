@@ -47,7 +47,7 @@ async def test_tasks_in_flight_show_running_within_a_second_without_started_even
     bus: Bus, database_url: str, api: httpx.AsyncClient
 ) -> None:
     job = JobSubmitted(
-        job_id=new_id(), tasks=[TaskSpec(kind="sleep", args={"seconds": 2}, count=8)]
+        job_id=new_id(), tasks=[TaskSpec(kind="sleep", args={"seconds": 5}, count=8)]
     )
     async with stack(bus, database_url, Worker(bus, options=NO_STARTED)):
         submitted = time.monotonic()
@@ -145,5 +145,76 @@ async def test_progress_reported_by_a_handler_reaches_the_api(
             0.5,
             "half",
         )
+        ended = await wait_for_job_end(bus, job.job_id)
+    assert type(ended).__name__ == "JobCompleted"
+
+
+async def _until(probe: Any, timeout_s: float) -> Any:
+    """`probe()` until it returns something truthy, at most `timeout_s`; None if it never
+    did."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = await probe()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    return None
+
+
+async def test_the_tasks_of_a_chunk_in_flight_show_running(
+    bus: Bus, database_url: str, api: httpx.AsyncClient
+) -> None:
+    job = JobSubmitted(
+        job_id=new_id(),
+        chunk_size=4,
+        tasks=[TaskSpec(kind="sleep", args={"seconds": 1}, count=4)],
+    )
+    async with stack(bus, database_url, Worker(bus, options=NO_STARTED)):
+        await bus.publish_event(job)
+
+        async def four_running() -> list[Any] | None:
+            path = f"/jobs/{job.job_id}/tasks"
+            response = await api.get(path, params={"state": "running"})
+            tasks: list[Any] = response.json().get("tasks", [])
+            return tasks if len(tasks) == 4 else None
+
+        tasks = await _until(four_running, 2.5)
+        assert tasks is not None, "the chunk's tasks were not shown running"
+        assert [t["task_id"] for t in tasks] == [f"{job.job_id}-{i}" for i in range(4)]
+        counts = (await api.get(f"/jobs/{job.job_id}")).json()["tasks"]
+        assert counts["running"] == 4 and counts["queued"] == 0, counts
+        await wait_for_job_end(bus, job.job_id)
+
+
+async def fail_then_sleep(args: Mapping[str, Any], ctx: TaskContext) -> None:
+    if ctx.attempt == 1:
+        raise RuntimeError("first attempt fails")
+    await asyncio.sleep(4)
+
+
+async def test_a_task_being_retried_shows_running(
+    bus: Bus, database_url: str, api: httpx.AsyncClient
+) -> None:
+    handlers = HandlerRegistry.default()
+    handlers.add("flaky", fail_then_sleep)
+    options = WorkerOptions(
+        lease_s=30, concurrency=8, started_event_after_s=1000, retry_base_s=0.1, retry_cap_s=0.2
+    )
+    job = JobSubmitted(job_id=new_id(), tasks=[TaskSpec(kind="flaky")])
+    async with stack(bus, database_url, Worker(bus, options=options, handlers=handlers)):
+        await bus.publish_event(job)
+
+        async def retried_and_running() -> dict[str, Any] | None:
+            response = await api.get(f"/jobs/{job.job_id}/tasks")
+            if response.status_code != 200:
+                return None  # not projected yet
+            task: dict[str, Any] = response.json()["tasks"][0]
+            return task if task["attempts"] == 1 and task["state"] == "running" else None
+
+        task = await _until(retried_and_running, 3.5)
+        assert task is not None, "the retried task was not shown running"
+        assert task["error"] is not None  # the read model has the failed first attempt
+        counts = (await api.get(f"/jobs/{job.job_id}")).json()["tasks"]
+        assert (counts["running"], counts["failed"]) == (1, 0), counts
         ended = await wait_for_job_end(bus, job.job_id)
     assert type(ended).__name__ == "JobCompleted"

@@ -39,26 +39,56 @@ def test_live_work_counts_fresh_records_only() -> None:
     also = record(NOW, RunningTask(job_id="j", task_id="j-1", started_at=NOW))
     stale = record(NOW - 10.5, RunningTask(job_id="j", task_id="j-2", started_at=NOW - 11))
     work = live_work({"w1": fresh, "w2": also, "w3": stale}, NOW)
-    assert work.running_by_job == {"j": 5, "k": 1}
-    assert work.worker_by_task == {"j-0": "w1", "j-c4": "w1", "k-0": "w1", "j-1": "w2"}
+    # A chunk stands for its tasks: j-c4 with 3 tasks is j-4, j-5 and j-6.
+    assert work.tasks_by_job == {"j": ["j-0", "j-4", "j-5", "j-6", "j-1"], "k": ["k-0"]}
+    assert work.tasks_of("j") == ["j-0", "j-4", "j-5", "j-6", "j-1"]
+    assert work.tasks_of("jx") == []
+    assert work.live_task_ids(["k", "nope"]) == ["k-0"]
+    assert work.worker_by_task == {
+        "j-0": "w1",
+        "j-4": "w1",
+        "j-5": "w1",
+        "j-6": "w1",
+        "k-0": "w1",
+        "j-1": "w2",
+    }
     assert work.seen_at == {
         "w1": datetime.fromtimestamp(NOW - 1, tz=UTC),
         "w2": datetime.fromtimestamp(NOW, tz=UTC),
     }
 
 
-def test_overlay_counts_moves_live_tasks_from_queued_to_running() -> None:
+def test_a_foreign_chunk_id_is_one_task() -> None:
+    odd = record(NOW, RunningTask(job_id="j", task_id="j-cX", tasks=3, started_at=NOW))
+    assert live_work({"w1": odd}, NOW).tasks_by_job == {"j": ["j-cX"]}
+
+
+def test_overlay_counts_moves_live_waiting_tasks_to_running() -> None:
     counts = {"total": 10, "queued": 8, "running": 0, "succeeded": 2}
-    assert overlay_counts(counts, 8) == {"total": 10, "queued": 0, "running": 8, "succeeded": 2}
-    # The read model already knows more running tasks: unchanged.
-    assert overlay_counts({"queued": 5, "running": 3}, 2) == {"queued": 5, "running": 3}
-    # Never below 0 queued: records a second old may name tasks that have just ended.
-    assert overlay_counts({"queued": 1, "running": 0, "succeeded": 7}, 8) == {
+    assert overlay_counts(counts, {"queued": 8}) == {
+        "total": 10,
         "queued": 0,
-        "running": 1,
-        "succeeded": 7,
+        "failed": 0,
+        "running": 8,
+        "succeeded": 2,
     }
-    assert overlay_counts({"queued": 4, "running": 1}, 0) == {"queued": 4, "running": 1}
+    # A task between a failed attempt and its retry, being retried.
+    assert overlay_counts({"queued": 5, "failed": 2, "running": 3}, {"failed": 1}) == {
+        "queued": 5,
+        "failed": 1,
+        "running": 4,
+    }
+    # Never below 0: the two reads are a moment apart.
+    assert overlay_counts({"queued": 1, "running": 0}, {"queued": 3}) == {
+        "queued": 0,
+        "failed": 0,
+        "running": 1,
+    }
+    assert overlay_counts({"queued": 4, "running": 1}, {}) == {
+        "queued": 4,
+        "failed": 0,
+        "running": 1,
+    }
 
 
 def test_overlay_status_task_and_last_seen() -> None:
@@ -67,6 +97,7 @@ def test_overlay_status_task_and_last_seen() -> None:
     assert overlay_status("completed", 3) == "completed"
     assert overlay_task("queued", None, "w1") == ("running", "w1")
     assert overlay_task("queued", None, None) == ("queued", None)
+    assert overlay_task("failed", "w2", "w1") == ("running", "w1")
     assert overlay_task("succeeded", "w2", "w1") == ("succeeded", "w2")
     event_time = datetime(2026, 1, 1, tzinfo=UTC)
     live_time = datetime(2026, 1, 2, tzinfo=UTC)
