@@ -114,6 +114,9 @@ class _Attempt:
     # reports): publishes then take turns, each fenced on the sequence the last one left.
     lock: asyncio.Lock | None = None
     progress: ProgressSender | None = None
+    # Set when the attempt ends: later reports (from a task its handler left running) are
+    # dropped, never published after the attempt's last event.
+    progress_closed: bool = False
 
 
 class Worker:
@@ -388,15 +391,13 @@ class Worker:
                 return
             raise
         except Exception as exc:
-            if state.progress is not None:
-                await state.progress.close()
+            await _close_progress(state)
             await self._on_failure(state, exc, time.monotonic() - started)
             return
         finally:
             if lease is not None:
                 lease.cancel()
-        if state.progress is not None:
-            await state.progress.close()
+        await _close_progress(state)
         await self._publish_task_event(
             state,
             TaskSucceeded(
@@ -600,6 +601,8 @@ class Worker:
 
     def _report_progress(self, state: _Attempt, fraction: float, message: str) -> None:
         """`ctx.progress`: queue the report; a sender per task publishes it."""
+        if state.progress_closed:
+            return
         if state.progress is None:
             _shared_subject(state)
             state.progress = ProgressSender(functools.partial(self._send_progress, state))
@@ -647,8 +650,17 @@ def _shared_subject(state: _Attempt) -> None:
 
 
 def _abandon_progress(state: _Attempt) -> None:
+    state.progress_closed = True
     if state.progress is not None:
         state.progress.abandon()
+
+
+async def _close_progress(state: _Attempt) -> None:
+    """Before the attempt's last event: a report still waiting is dropped, one being sent is
+    awaited (the last event is fenced on its sequence)."""
+    state.progress_closed = True
+    if state.progress is not None:
+        await state.progress.close()
 
 
 def _being_cancelled() -> bool:

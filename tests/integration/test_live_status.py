@@ -13,7 +13,7 @@ import asyncpg
 import httpx
 import pytest
 
-from events import Bus, JobSubmitted, TaskSpec, TaskStarted, new_id
+from events import Bus, JobSubmitted, TaskProgress, TaskSpec, TaskStarted, new_id
 from projections import PostgresProjector
 from services.api import create_app
 from services.dispatcher import Dispatcher
@@ -218,3 +218,26 @@ async def test_a_task_being_retried_shows_running(
         assert (counts["running"], counts["failed"]) == (1, 0), counts
         ended = await wait_for_job_end(bus, job.job_id)
     assert type(ended).__name__ == "JobCompleted"
+
+
+async def report_after_the_end(args: Mapping[str, Any], ctx: TaskContext) -> None:
+    async def late() -> None:
+        await asyncio.sleep(0.3)
+        ctx.progress(1.0, "too late")
+
+    LATE_REPORTS.add(asyncio.get_running_loop().create_task(late()))
+
+
+LATE_REPORTS: set[asyncio.Task[None]] = set()
+
+
+async def test_a_report_after_the_attempt_ended_is_dropped(bus: Bus, database_url: str) -> None:
+    handlers = HandlerRegistry.default()
+    handlers.add("late", report_after_the_end)
+    job = JobSubmitted(job_id=new_id(), tasks=[TaskSpec(kind="late")])
+    async with stack(bus, database_url, Worker(bus, options=NO_STARTED, handlers=handlers)):
+        await bus.publish_event(job)
+        await wait_for_job_end(bus, job.job_id)
+        await asyncio.gather(*LATE_REPORTS)
+        await asyncio.sleep(1.5)  # a sender would have published by now
+    assert not [e for e in await read_log(bus) if isinstance(e, TaskProgress)]
