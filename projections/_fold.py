@@ -373,6 +373,8 @@ class ReadModelFold:
                 attempts=event.attempt,
                 worker_id=event.worker_id,
                 error=event.error,
+                progress=None,
+                progress_message=None,
                 updated_seq=seq,
             )
         self._finish_attempt(event, "failed", event.error, started_at, at, duration)

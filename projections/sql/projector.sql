@@ -237,7 +237,7 @@ WITH e AS (
 task AS (
     UPDATE tasks
     SET state = 'failed', attempts = e.attempt, worker_id = e.worker_id, error = e.error,
-        updated_seq = e.seq
+        progress = NULL, progress_message = NULL, updated_seq = e.seq
     FROM e
     WHERE tasks.task_id = e.task_id
       AND tasks.state NOT IN ('succeeded', 'dead_lettered', 'cancelled')

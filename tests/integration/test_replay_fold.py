@@ -302,6 +302,13 @@ def tricky_log() -> list[Event]:
         TaskProgress(
             at=at(35), job_id="prog", task_id="prog-1", worker_id="w1", attempt=1, fraction=0.1
         ),
+        # Progress belongs to an attempt: a failed one drops it, and the retry reports anew.
+        TaskFailed(
+            at=at(36), job_id="prog", task_id="prog-0", worker_id="w5", attempt=1, error="e"
+        ),
+        TaskProgress(
+            at=at(37), job_id="prog", task_id="prog-0", worker_id="w5", attempt=2, fraction=0.3
+        ),
     ]
 
 
@@ -343,7 +350,7 @@ async def test_bulk_replay_equals_the_projector_on_every_rule(bus: Bus, database
                 " FROM jobstream.tasks WHERE job_id = 'prog' ORDER BY task_id"
             )
             assert [tuple(row) for row in progress] == [
-                ("prog-0", "running", "w5", 0.25, "on"),
+                ("prog-0", "running", "w5", 0.3, ""),
                 ("prog-1", "succeeded", "w1", 1.0, ""),
             ]
             job = await conn.fetchrow(
