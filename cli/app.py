@@ -622,7 +622,7 @@ def status(
     if note:
         typer.echo(note, err=True)
     if as_json:
-        typer.echo(json.dumps(summary))
+        typer.echo(json.dumps({**summary, "running_tasks": running}))
         return
     tasks = summary["tasks"]
     assert isinstance(tasks, dict)

@@ -3,6 +3,7 @@
 
 import asyncio
 import contextlib
+import json
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -78,11 +79,13 @@ async def test_tasks_in_flight_show_running_within_a_second_without_started_even
         assert (await api.get(path, params={"state": "queued"})).json()["tasks"] == []
         shown = await _status(job.job_id, bus, database_url)
         assert "running 8" in shown and shown.count(" running on ") == 8, shown
+        as_json = json.loads(await _status(job.job_id, bus, database_url, "--json"))
+        assert as_json["tasks"]["running"] == 8 and len(as_json["running_tasks"]) == 8
         await wait_for_job_end(bus, job.job_id)
     assert not [e for e in await read_log(bus) if isinstance(e, TaskStarted)]
 
 
-async def _status(job_id: str, bus: Bus, database_url: str) -> str:
+async def _status(job_id: str, bus: Bus, database_url: str, *flags: str) -> str:
     """What `jobstream status` prints, as a person sees it."""
     nats_url = bus.nc.connected_url
     assert nats_url is not None
@@ -96,6 +99,7 @@ async def _status(job_id: str, bus: Bus, database_url: str) -> str:
         f"nats://{nats_url.netloc}",
         "--database-url",
         database_url,
+        *flags,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
