@@ -18,7 +18,8 @@ AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 # Bounds on what a foreign writer may put in an event, so that no value can overflow a
 # read-model column or make a process do unbounded work.
 MAX_ATTEMPTS = 1000
-MAX_TASKS_PER_JOB = 1_000_000
+# Task indexes are PostgreSQL integers in the read models; a job this big is streamed.
+MAX_TASKS_PER_JOB = 100_000_000
 MAX_CHUNK_SIZE = 10_000
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 MAX_REASON_LENGTH = 2000
@@ -64,6 +65,10 @@ class _Event(
 
 
 class JobSubmitted(_Event, tag="job.submitted", frozen=True, kw_only=True):
+    """A job: its settings, and its tasks when they fit in this one message (then it is
+    `sealed` at once). A bigger job is streamed: this header (`sealed` false, usually no
+    tasks), `job.tasks_added` batches, then `job.sealed`. Only a sealed job runs."""
+
     job_id: JobId
     name: str = ""
     queue: QueueName = "default"
@@ -76,10 +81,36 @@ class JobSubmitted(_Event, tag="job.submitted", frozen=True, kw_only=True):
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     # Chunked mode: up to this many consecutive tasks per task message (None or 1: one each).
     chunk_size: Annotated[int, msgspec.Meta(ge=1, le=MAX_CHUNK_SIZE)] | None = None
+    # False: more tasks follow in `job.tasks_added` events, and a `job.sealed` ends them.
+    sealed: bool = True
 
     @property
     def task_count(self) -> int:
         return sum(spec.count for spec in self.tasks)
+
+
+class JobTasksAdded(_Event, tag="job.tasks_added", frozen=True, kw_only=True):
+    """One batch of a streamed job's tasks, sized to fit the server's max_payload. Batches
+    follow each other on the job's subject, each fenced on the one before, so the log holds
+    them once and in order; the job's task indexes go on from `first_index`."""
+
+    job_id: JobId
+    batch: Annotated[int, msgspec.Meta(ge=0, le=MAX_TASKS_PER_JOB)]
+    first_index: Annotated[int, msgspec.Meta(ge=0, le=MAX_TASKS_PER_JOB)]
+    tasks: list[TaskSpec]
+
+    @property
+    def task_count(self) -> int:
+        return sum(spec.count for spec in self.tasks)
+
+
+class JobSealed(_Event, tag="job.sealed", frozen=True, kw_only=True):
+    """A streamed job is whole: `task_count` tasks in `batches` batches (besides any in its
+    `job.submitted`). From here it runs."""
+
+    job_id: JobId
+    batches: Annotated[int, msgspec.Meta(ge=0, le=MAX_TASKS_PER_JOB)]
+    task_count: Annotated[int, msgspec.Meta(ge=0, le=MAX_TASKS_PER_JOB)]
 
 
 class JobCancelled(_Event, tag="job.cancelled", frozen=True, kw_only=True):
@@ -114,7 +145,9 @@ class JobRejected(_Event, tag="job.rejected", frozen=True, kw_only=True):
     rejected_seq: Annotated[int, msgspec.Meta(ge=1)]
 
 
-JobEvent = JobSubmitted | JobCancelled | JobCompleted | JobFailed | JobRejected
+JobEvent = (
+    JobSubmitted | JobTasksAdded | JobSealed | JobCancelled | JobCompleted | JobFailed | JobRejected
+)
 
 
 # --- task ------------------------------------------------------------------

@@ -8,7 +8,9 @@ from events._catalogue import (
     JobCompleted,
     JobFailed,
     JobRejected,
+    JobSealed,
     JobSubmitted,
+    JobTasksAdded,
     TaskCancelled,
     TaskChunkFinished,
     TaskDeadLettered,
@@ -89,7 +91,15 @@ def worker_consumer_name(queue: str) -> str:
 def subject_for(event: Event) -> str:
     """The subject an event is published on: one subject per job, per task, per worker."""
     match event:
-        case JobSubmitted() | JobCancelled() | JobCompleted() | JobFailed() | JobRejected():
+        case (
+            JobSubmitted()
+            | JobTasksAdded()
+            | JobSealed()
+            | JobCancelled()
+            | JobCompleted()
+            | JobFailed()
+            | JobRejected()
+        ):
             return job_subject(event.job_id)
         case (
             TaskStarted()
