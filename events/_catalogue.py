@@ -4,6 +4,7 @@ Evolution rule: add fields with defaults; never change a field's type. Unknown f
 are ignored on decode, so an older reader survives a newer writer.
 """
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -338,21 +339,93 @@ def task_id_for(job_id: str, index: int) -> str:
     return f"{job_id}-{index}"
 
 
-def expand_tasks(job: JobSubmitted) -> list[TaskMessage]:
-    messages: list[TaskMessage] = []
-    for spec in job.tasks:
-        for _ in range(spec.count):
-            messages.append(
-                TaskMessage(
-                    job_id=job.job_id,
-                    task_id=task_id_for(job.job_id, len(messages)),
-                    kind=spec.kind,
-                    args=spec.args,
-                    max_attempts=spec.max_attempts or job.max_attempts,
-                    timeout_s=job.timeout_s,
+class TaskExpander:
+    """A job's task messages in index order, from its tasks as they arrive (those of its
+    `job.submitted`, then each `job.tasks_added` batch): one message per task, or in chunked
+    mode one per `chunk_size` consecutive tasks, on the same boundaries whatever the batches.
+    Messages of tasks before `start` are skipped (an expansion resumed after a restart;
+    `start` is on a chunk boundary)."""
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        max_attempts: int,
+        timeout_s: float | None,
+        chunk_size: int | None = None,
+        start: int = 0,
+    ) -> None:
+        self.job_id = job_id
+        self.max_attempts = max_attempts
+        self.timeout_s = timeout_s
+        self.chunk_size = chunk_size or 1
+        self.start = start
+        # The index the next task fed will have.
+        self.next_index = 0
+        self._items: list[ChunkItem] = []
+        self._chunk_first = 0
+
+    def feed(self, first_index: int, specs: list[TaskSpec]) -> Iterator[TaskMessage]:
+        """The messages completed by these tasks, the first of which has `first_index`."""
+        if first_index != self.next_index:
+            raise ValueError(f"tasks from index {first_index}; index {self.next_index} was next")
+        for spec in specs:
+            attempts = spec.max_attempts or self.max_attempts
+            for _ in range(spec.count):
+                index = self.next_index
+                self.next_index += 1
+                if index < self.start:
+                    continue
+                task_id = task_id_for(self.job_id, index)
+                if self.chunk_size <= 1:
+                    yield TaskMessage(
+                        job_id=self.job_id,
+                        task_id=task_id,
+                        kind=spec.kind,
+                        args=spec.args,
+                        max_attempts=attempts,
+                        timeout_s=self.timeout_s,
+                    )
+                    continue
+                if not self._items:
+                    self._chunk_first = index
+                self._items.append(
+                    ChunkItem(
+                        task_id=task_id, kind=spec.kind, args=spec.args, max_attempts=attempts
+                    )
                 )
-            )
-    return messages
+                if (index + 1) % self.chunk_size == 0:
+                    yield self._chunk()
+
+    def finish(self) -> Iterator[TaskMessage]:
+        """The last, partial chunk, if any."""
+        if self._items:
+            yield self._chunk()
+
+    def _chunk(self) -> TaskMessage:
+        items, self._items = self._items, []
+        return TaskMessage(
+            job_id=self.job_id,
+            task_id=chunk_id_for(self.job_id, self._chunk_first),
+            kind=CHUNK_KIND,
+            max_attempts=self.max_attempts,
+            timeout_s=self.timeout_s,
+            items=items,
+        )
+
+
+def _expander(job: JobSubmitted, *, chunked: bool) -> TaskExpander:
+    return TaskExpander(
+        job_id=job.job_id,
+        max_attempts=job.max_attempts,
+        timeout_s=job.timeout_s,
+        chunk_size=job.chunk_size if chunked else None,
+    )
+
+
+def expand_tasks(job: JobSubmitted) -> list[TaskMessage]:
+    """One message per task of the job's own tasks."""
+    return list(_expander(job, chunked=False).feed(0, job.tasks))
 
 
 def chunk_id_for(job_id: str, first_index: int) -> str:
@@ -370,30 +443,9 @@ def chunk_first_index(job_id: str, chunk_id: str) -> int:
 
 
 def expand_chunks(job: JobSubmitted) -> list[TaskMessage]:
-    """The job's tasks in messages of up to `chunk_size` consecutive tasks each."""
-    tasks = expand_tasks(job)
-    size = job.chunk_size or 1
-    if size <= 1:
-        return tasks
-    chunks: list[TaskMessage] = []
-    for first in range(0, len(tasks), size):
-        items = [
-            ChunkItem(
-                task_id=task.task_id, kind=task.kind, args=task.args, max_attempts=task.max_attempts
-            )
-            for task in tasks[first : first + size]
-        ]
-        chunks.append(
-            TaskMessage(
-                job_id=job.job_id,
-                task_id=chunk_id_for(job.job_id, first),
-                kind=CHUNK_KIND,
-                max_attempts=job.max_attempts,
-                timeout_s=job.timeout_s,
-                items=items,
-            )
-        )
-    return chunks
+    """The job's own tasks in messages of up to `chunk_size` consecutive tasks each."""
+    expander = _expander(job, chunked=True)
+    return [*expander.feed(0, job.tasks), *expander.finish()]
 
 
 def chunk_task_events(chunk: TaskChunkFinished) -> list[TaskSucceeded | TaskFailed]:

@@ -7,6 +7,7 @@ import pytest
 from events import (
     DecodeError,
     JobSubmitted,
+    TaskExpander,
     TaskSpec,
     TaskSucceeded,
     decode_event,
@@ -14,6 +15,7 @@ from events import (
     encode,
     event_json_schema,
     event_type,
+    expand_chunks,
     expand_tasks,
     job_subject,
     subject_for,
@@ -79,3 +81,17 @@ def test_schema_covers_every_event() -> None:
     schema = event_json_schema()
     names = set(schema["$defs"])
     assert {"JobSubmitted", "TaskSucceeded", "WorkerLost", "TaskMessage"} <= names
+
+
+def test_the_expander_chunks_on_the_same_boundaries_whatever_the_batches() -> None:
+    whole = JobSubmitted(job_id="J", chunk_size=4, tasks=[TaskSpec(kind="noop", count=10)])
+    expected = expand_chunks(whole)
+    expander = TaskExpander(job_id="J", max_attempts=3, timeout_s=None, chunk_size=4)
+    batches = [(0, [TaskSpec(kind="noop", count=3)]), (3, [TaskSpec(kind="noop", count=7)])]
+    streamed = [m for first, specs in batches for m in expander.feed(first, specs)]
+    assert [*streamed, *expander.finish()] == expected
+    assert [m.task_id for m in expected] == ["J-c0", "J-c4", "J-c8"]
+    resumed = TaskExpander(job_id="J", max_attempts=3, timeout_s=None, chunk_size=4, start=4)
+    assert [*resumed.feed(0, whole.tasks), *resumed.finish()] == expected[1:]
+    with pytest.raises(ValueError, match="index 10 was next"):
+        list(expander.feed(12, [TaskSpec(kind="noop")]))

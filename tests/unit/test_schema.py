@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from events import (
+    MAX_TASKS_PER_JOB,
     ChunkFailure,
     ChunkItem,
     ChunkResult,
@@ -20,7 +21,9 @@ from events import (
     JobCompleted,
     JobFailed,
     JobRejected,
+    JobSealed,
     JobSubmitted,
+    JobTasksAdded,
     TaskCancelled,
     TaskChunkFinished,
     TaskDeadLettered,
@@ -68,6 +71,8 @@ ONE_OF_EACH: list[Event] = [
     JobCompleted(job_id="J", succeeded=2, duration_s=1.5),
     JobFailed(job_id="J", succeeded=1, dead_lettered=1, duration_s=1.5, reason="dead letters"),
     JobRejected(job_id="J", reason="count below 1", rejected_seq=7),
+    JobTasksAdded(job_id="J", batch=0, first_index=1, tasks=[TaskSpec(kind="noop", count=2)]),
+    JobSealed(job_id="J", batches=1, task_count=3),
     STARTED,
     TaskProgress(job_id="J", task_id="J-0", worker_id="w", attempt=1, message="half", fraction=0.5),
     TaskSucceeded(
@@ -165,7 +170,7 @@ def test_the_constraints_of_the_types_are_published() -> None:
     assert (submitted["max_attempts"]["minimum"], submitted["max_attempts"]["maximum"]) == (1, 1000)
     assert submitted["timeout_s"]["anyOf"][0]["exclusiveMinimum"] == 0
     count = SCHEMA["$defs"]["TaskSpec"]["properties"]["count"]
-    assert (count["minimum"], count["maximum"]) == (1, 1_000_000)
+    assert (count["minimum"], count["maximum"]) == (1, MAX_TASKS_PER_JOB)
 
 
 @pytest.mark.parametrize("event", ONE_OF_EACH, ids=event_type)
