@@ -6,7 +6,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 
 import msgspec
@@ -32,16 +32,21 @@ from events import (
     JobCompleted,
     JobFailed,
     JobRejected,
+    JobSealed,
+    JobstreamError,
     JobSubmitted,
+    JobTasksAdded,
     NameKind,
     SourceItem,
     TaskCancelled,
     TaskChunkFinished,
     TaskDeadLettered,
+    TaskExpander,
     TaskFailed,
     TaskMessage,
     TaskProgress,
     TaskRequeued,
+    TaskSpec,
     TaskStarted,
     TaskSucceeded,
     WorkerLost,
@@ -55,7 +60,6 @@ from events import (
     ensure_buckets,
     ensure_streams,
     event_batches,
-    expand_chunks,
     is_transient,
     job_of_subject,
     job_queue_purge_subject,
@@ -87,6 +91,13 @@ PROGRESS_INTERVAL_S = 1.0
 CANCEL_CONCURRENCY = 64
 # The events that end a job: after one, no other ending is written.
 JOB_ENDINGS = (JobCompleted, JobFailed, JobCancelled, JobRejected)
+# A job with more tasks than this is queued in the background, from the log, in windows of
+# EXPANSION_WINDOW unacknowledged messages, EXPANSION_CONCURRENCY jobs at a time.
+INLINE_EXPANSION_MAX = 10_000
+EXPANSION_WINDOW = 2_000
+EXPANSION_CONCURRENCY = 2
+EXPANSION_RETRY_S = 5.0
+DEFAULT_SUBMIT_TIMEOUT_S = 600.0
 # Errors of an event's own data: acting on it again would fail again. A task message over the
 # server's max_payload is one (a chunk of large tasks).
 POISON_ERRORS = (ValueError, TypeError, ArithmeticError, LookupError, nats.errors.MaxPayloadError)
@@ -98,6 +109,9 @@ class _Outbox:
 
     def __init__(self) -> None:
         self._pending: list[tuple[asyncio.Future[PubAck], Callable[[], Awaitable[object]]]] = []
+
+    def __len__(self) -> int:
+        return len(self._pending)
 
     def add(self, sent: "asyncio.Future[PubAck]", again: Callable[[], Awaitable[object]]) -> None:
         self._pending.append((sent, again))
@@ -113,34 +127,45 @@ class _Outbox:
 
 
 class Dispatcher:
-    def __init__(self, bus: Bus, *, lease_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        lease_s: float = 30.0,
+        submit_timeout_s: float = DEFAULT_SUBMIT_TIMEOUT_S,
+    ) -> None:
         self.bus = bus
         self.lease_s = lease_s
+        self.submit_timeout_s = submit_timeout_s
         self.state = DispatcherState()
         self._dirty = False
         self._outbox = _Outbox()
+        # Held while a batch of the log is applied: a snapshot is never taken halfway.
+        self._applying = asyncio.Lock()
+        self._expansions: dict[str, asyncio.Task[None]] = {}
+        self._expansion_slots = asyncio.Semaphore(EXPANSION_CONCURRENCY)
 
     async def run(self, stop: asyncio.Event) -> None:
         await ensure_streams(self.bus.js)
         await ensure_buckets(self.bus.js)
         snapshots = await self.bus.js.key_value(DISPATCHER_BUCKET)
         await self._load(snapshots)
+        for job in list(self.state.jobs.values()):
+            if job.expanding:  # a big job's queueing, cut short by the last stop
+                self._start_expansion(job)
         batches = event_batches(self.bus, start_seq=self.state.last_seq + 1, stop=stop)
         lost_check = asyncio.create_task(self._lost_worker_loop(stop))
         progress = asyncio.create_task(self._progress_loop(snapshots, stop))
-        last_snapshot = time.monotonic()
         log.info("dispatcher started at log sequence %d", self.state.last_seq + 1)
         try:
             async with contextlib.aclosing(batches):
                 async for batch in batches:
-                    for entry in batch:
-                        await self._apply(entry)
-                    await self._outbox.settle()
-                    if self._dirty and time.monotonic() - last_snapshot >= SNAPSHOT_INTERVAL_S:
-                        await self._save(snapshots)
-                        last_snapshot = time.monotonic()
+                    async with self._applying:
+                        for entry in batch:
+                            await self._apply(entry)
+                        await self._outbox.settle()
         finally:
-            for helper in (lost_check, progress):
+            for helper in (lost_check, progress, *self._expansions.values()):
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
@@ -175,6 +200,9 @@ class Dispatcher:
         write is only a stale reading: it is tried again, never the dispatcher's end."""
         saved: tuple[int, int] | None = None
         while not stop.is_set():
+            if self._dirty:
+                async with self._applying:
+                    await self._save(snapshots)
             now = (self.state.last_seq, self.state.set_aside)
             if now != saved:
                 progress = DispatcherProgress(last_seq=now[0], set_aside=now[1])
@@ -223,25 +251,13 @@ class Dispatcher:
             first = await self.bus.first_on_subject(entry.subject)
             if first is not None and first[0] != entry.seq:
                 return
-        if self.state.jobs.pop(job_id, None) is not None:
-            await self._purge_queued(job_id)
-        rejected = JobRejected(
-            id=derived_id("rejected", str(entry.seq)),
-            job_id=job_id,
-            reason=reason,
-            rejected_seq=entry.seq,
-        )
-        await self.bus.publish_event(rejected)
+        await self._reject(job_id, entry.seq, reason)
 
     async def _on_event(self, seq: int, event: Event) -> None:
         self._track_workers(seq, event)
         match event:
-            case JobSubmitted():
-                job = self.state.on_job_submitted(seq, event)
-                if job is not None:
-                    await self._expand(event)
-                    if job.done:
-                        await self._end_job(job)
+            case JobSubmitted() | JobTasksAdded() | JobSealed():
+                await self._on_submission(seq, event)
             case TaskSucceeded() | TaskDeadLettered() | TaskCancelled() | TaskChunkFinished():
                 finished = self.state.on_task_ended(event)
                 if finished is not None:
@@ -250,13 +266,42 @@ class Dispatcher:
                 await self._outbox.settle()
                 await self._requeue(seq, event)
             case JobCancelled():
+                await self._stop_expansion(event.job_id)
                 await self._outbox.settle()
                 await self._cancel_job(event)
+                self.state.on_job_ended(event)
+            case JobRejected():
+                await self._stop_expansion(event.job_id)
+                if event.job_id in self.state.jobs:
+                    await self._purge_queued(event.job_id)
                 self.state.on_job_ended(event)
             case JobCompleted() | JobFailed():
                 self.state.on_job_ended(event)
             case _:
                 pass
+
+    async def _on_submission(
+        self, seq: int, event: JobSubmitted | JobTasksAdded | JobSealed
+    ) -> None:
+        """A job, whole in its `job.submitted`, or streamed: header, batches, seal."""
+        match event:
+            case JobSubmitted():
+                job = self.state.on_job_submitted(seq, event)
+                if job is not None and job.sealed:
+                    await self._queue_job(job, event)
+            case JobTasksAdded():
+                problem = self.state.on_tasks_added(event)
+                if problem is not None:
+                    await self._reject(event.job_id, seq, problem)
+            case JobSealed():
+                job = self.state.jobs.get(event.job_id)
+                if job is None or job.sealed:
+                    return  # an ended job's, or a repeat
+                problem = self.state.on_sealed(event)
+                if problem is not None:
+                    await self._reject(event.job_id, seq, problem)
+                else:
+                    await self._queue_job(job, None)
 
     def _track_workers(self, seq: int, event: Event) -> None:
         """The workers watched for silence: those started, and those reported lost that are
@@ -288,19 +333,117 @@ class Dispatcher:
                     started_at=event.at,
                 )
 
-    async def _expand(self, job: JobSubmitted) -> None:
-        """Publish one task message per task; the task id is the message id, so a replayed
-        expansion inside the duplicate window is a no-op (and after it, fencing drops the rerun)."""
-        messages = expand_chunks(job)
-        for message in messages:
-            sent = await self.bus.start_task_publish(job.queue, message, msg_id=message.task_id)
-            self._outbox.add(
-                sent,
-                functools.partial(
-                    self.bus.publish_task, job.queue, message, msg_id=message.task_id
-                ),
-            )
-        log.info("job %s: %d tasks queued on %s", job.job_id, len(messages), job.queue)
+    async def _queue_job(self, job: OpenJob, submitted: JobSubmitted | None) -> None:
+        """Queue a sealed job's tasks: a small one's at once, from its `job.submitted`; a big
+        or streamed one's in the background, read back from the log a batch at a time."""
+        if submitted is not None and job.total <= INLINE_EXPANSION_MAX:
+            expander = _expander(job)
+            for message in [*expander.feed(0, submitted.tasks), *expander.finish()]:
+                await self._send(self._outbox, job.queue, message)
+            log.info("job %s: %d tasks queued on %s", job.job_id, job.total, job.queue)
+        elif job.total > 0:
+            job.expanding = True
+            self._start_expansion(job)
+        if job.done:
+            await self._end_job(job)
+
+    async def _send(self, outbox: _Outbox, queue: str, message: TaskMessage) -> None:
+        """Send a task message; the task id is the message id, so a repeat inside the
+        duplicate window is a no-op (and after it, fencing drops the rerun)."""
+        sent = await self.bus.start_task_publish(queue, message, msg_id=message.task_id)
+        again = functools.partial(self.bus.publish_task, queue, message, msg_id=message.task_id)
+        outbox.add(sent, again)
+
+    def _start_expansion(self, job: OpenJob) -> None:
+        running = self._expansions.get(job.job_id)
+        if running is None or running.done():
+            self._expansions[job.job_id] = asyncio.create_task(self._expand_from_log(job))
+
+    async def _stop_expansion(self, job_id: str) -> None:
+        expansion = self._expansions.pop(job_id, None)
+        if expansion is not None:
+            expansion.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await expansion
+
+    async def _expand_from_log(self, job: OpenJob) -> None:
+        """Queue a job's tasks from `job.expanded` on, with at most EXPANSION_WINDOW messages
+        unacknowledged: memory stays flat whatever the job's size. A failure is retried."""
+        async with self._expansion_slots:
+            try:
+                await self._expand_window_by_window(job)
+            except ValueError as exc:  # the job's own tasks cannot be queued
+                await self._reject(job.job_id, job.submitted_seq, f"cannot queue its tasks: {exc}")
+                return
+            except Exception as exc:
+                if not is_transient(exc) and not isinstance(exc, JobstreamError):
+                    raise
+                log.warning("job %s: queueing stopped (%s); trying again", job.job_id, exc)
+                await asyncio.sleep(EXPANSION_RETRY_S)
+                self._expansions.pop(job.job_id, None)
+                self._start_expansion(job)
+                return
+        self._expansions.pop(job.job_id, None)
+
+    async def _expand_window_by_window(self, job: OpenJob) -> None:
+        expander = _expander(job, start=job.expanded)
+        window = _Outbox()
+        started = job.expanded
+        async for first_index, specs in self._tasks_in_log(job):
+            for message in expander.feed(first_index, specs):
+                await self._send(window, job.queue, message)
+                if len(window) >= EXPANSION_WINDOW:
+                    await window.settle()
+                    job.expanded = expander.next_index
+                    self._dirty = True
+        for message in expander.finish():
+            await self._send(window, job.queue, message)
+        await window.settle()
+        job.expanded, job.expanding = job.total, False
+        self._dirty = True
+        log.info("job %s: %d tasks queued on %s", job.job_id, job.total - started, job.queue)
+
+    async def _tasks_in_log(self, job: OpenJob) -> AsyncIterator[tuple[int, list[TaskSpec]]]:
+        """The job's tasks as the log holds them, with the index of each group's first: those
+        of its `job.submitted`, then of each `job.tasks_added` up to `job.sealed`."""
+        stop = asyncio.Event()
+        batches = event_batches(
+            self.bus,
+            start_seq=job.submitted_seq,
+            stop=stop,
+            filter_subject=job_subject(job.job_id),
+        )
+        submitted = False
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                for item in batch:
+                    match item.event:
+                        case JobSubmitted() if not submitted:
+                            submitted = True
+                            yield 0, item.event.tasks
+                            if item.event.sealed:
+                                return
+                        case JobTasksAdded() if submitted:
+                            yield item.event.first_index, item.event.tasks
+                        case JobSealed() | JobCancelled() | JobRejected() if submitted:
+                            return
+                        case _:
+                            pass
+
+    async def _reject(self, job_id: str, seq: int, reason: str) -> None:
+        """End a job that cannot run, as `job.rejected`, and forget it."""
+        log.warning("job %s rejected: %s", job_id, reason)
+        job = self.state.jobs.pop(job_id, None)
+        await self._stop_expansion(job_id)
+        if job is not None:
+            await self._purge_queued(job_id)
+        rejected = JobRejected(
+            id=derived_id("rejected", str(seq)),
+            job_id=job_id,
+            reason=reason[:MAX_REASON_LENGTH],
+            rejected_seq=seq,
+        )
+        await self.bus.publish_event(rejected)
 
     async def _end_job(self, job: OpenJob) -> None:
         duration_s = (utc_now() - job.submitted_at).total_seconds()
@@ -491,10 +634,31 @@ class Dispatcher:
                 await asyncio.wait_for(stop.wait(), interval)
             try:
                 await self._check_workers(liveness)
+                await self._abort_stale_submissions()
             except Exception as exc:
                 if not is_transient(exc):
                     raise
                 log.warning("liveness check: %s", type(exc).__name__)
+
+    async def _abort_stale_submissions(self) -> None:
+        """End as rejected a streamed job not sealed within the submit timeout (its submitter
+        died, or gave up). Fenced: a batch or seal that lands first wins, and the job is
+        looked at again next time."""
+        now = utc_now()
+        for job in list(self.state.jobs.values()):
+            if job.sealed or (now - job.submitted_at).total_seconds() <= self.submit_timeout_s:
+                continue
+            aborted = JobRejected(
+                id=derived_id(job.job_id, "aborted", str(job.job_seq)),
+                job_id=job.job_id,
+                reason=f"submission not sealed within {self.submit_timeout_s:g} s",
+                rejected_seq=job.submitted_seq,
+            )
+            try:
+                await self.bus.publish_event(aborted, expected_last_subject_seq=job.job_seq)
+                log.warning("job %s aborted: %s", job.job_id, aborted.reason)
+            except ConflictError:
+                pass
 
     async def _check_workers(self, liveness: "nats.js.kv.KeyValue") -> None:
         now = time.time()
@@ -531,6 +695,16 @@ class Dispatcher:
         except DecodeError:
             return fallback
         return record.at, record.lease_s
+
+
+def _expander(job: OpenJob, *, start: int = 0) -> TaskExpander:
+    return TaskExpander(
+        job_id=job.job_id,
+        max_attempts=job.max_attempts,
+        timeout_s=job.timeout_s,
+        chunk_size=job.chunk_size,
+        start=start,
+    )
 
 
 def _job_of_submission(entry: SourceItem) -> str | None:

@@ -9,10 +9,14 @@ from datetime import datetime
 import msgspec
 
 from events import (
+    MAX_TASKS_PER_JOB,
     JobCancelled,
     JobCompleted,
     JobFailed,
+    JobRejected,
+    JobSealed,
     JobSubmitted,
+    JobTasksAdded,
     TaskCancelled,
     TaskChunkFinished,
     TaskDeadLettered,
@@ -33,6 +37,17 @@ class OpenJob(msgspec.Struct, kw_only=True):
     cancelled: int = 0
     # Chunked mode: tasks per task message (1: one each).
     chunk_size: int = 1
+    # Where its tasks are: the job.submitted, and (a streamed job) the batches after it.
+    submitted_seq: int = 0
+    max_attempts: int = 3
+    timeout_s: float | None = None
+    # A streamed job runs once sealed; `total` counts the tasks of the batches read so far.
+    sealed: bool = True
+    batches: int = 0
+    # Queued from the log in the background (a big job): the tasks whose messages the
+    # server has acknowledged, from index 0; resumed from there after a restart.
+    expanding: bool = False
+    expanded: int = 0
 
     @property
     def finished(self) -> int:
@@ -40,7 +55,7 @@ class OpenJob(msgspec.Struct, kw_only=True):
 
     @property
     def done(self) -> bool:
-        return self.finished >= self.total
+        return self.sealed and self.finished >= self.total
 
 
 class LiveWorker(msgspec.Struct, kw_only=True):
@@ -71,9 +86,42 @@ class DispatcherState(msgspec.Struct, kw_only=True):
             submitted_at=event.at,
             job_seq=seq,
             chunk_size=event.chunk_size or 1,
+            submitted_seq=seq,
+            max_attempts=event.max_attempts,
+            timeout_s=event.timeout_s,
+            sealed=event.sealed,
         )
         self.jobs[event.job_id] = job
         return job
+
+    def on_tasks_added(self, event: JobTasksAdded) -> str | None:
+        """Count a streamed job's batch; why it cannot belong to the job, if it cannot."""
+        job = self.jobs.get(event.job_id)
+        if job is None or job.sealed:
+            return None  # an ended job's, or a late copy: nothing to count
+        if event.batch != job.batches or event.first_index != job.total:
+            return (
+                f"batch {event.batch} from task {event.first_index}; "
+                f"batch {job.batches} from task {job.total} was next"
+            )
+        if job.total + event.task_count > MAX_TASKS_PER_JOB:
+            return f"over the limit of {MAX_TASKS_PER_JOB:,} tasks per job"
+        job.total += event.task_count
+        job.batches += 1
+        return None
+
+    def on_sealed(self, event: JobSealed) -> str | None:
+        """Seal a streamed job; why it cannot be sealed, if it cannot."""
+        job = self.jobs.get(event.job_id)
+        if job is None or job.sealed:
+            return None
+        if (event.batches, event.task_count) != (job.batches, job.total):
+            return (
+                f"sealed with {event.task_count} tasks in {event.batches} batches; "
+                f"the log holds {job.total} in {job.batches}"
+            )
+        job.sealed = True
+        return None
 
     def on_task_ended(
         self, event: TaskSucceeded | TaskDeadLettered | TaskCancelled | TaskChunkFinished
@@ -98,7 +146,7 @@ class DispatcherState(msgspec.Struct, kw_only=True):
                 job.cancelled += 1
         return job if job.done else None
 
-    def on_job_ended(self, event: JobCompleted | JobFailed | JobCancelled) -> None:
+    def on_job_ended(self, event: JobCompleted | JobFailed | JobCancelled | JobRejected) -> None:
         self.jobs.pop(event.job_id, None)
 
 
