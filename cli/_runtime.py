@@ -32,7 +32,14 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
+class UsageError(JobstreamError):
+    """What the user gave cannot be used (found only once the command ran: a bad line on
+    stdin, say): exit 2, as for a wrong command line."""
+
+
 def exit_code(exc: JobstreamError) -> int:
+    if isinstance(exc, UsageError):
+        return EXIT_USAGE
     return EXIT_UNREACHABLE if isinstance(exc, ConnectError) else EXIT_FAILURE
 
 

@@ -1,6 +1,9 @@
 """Building a job from the command line's words, checked before anything is published."""
 
+import contextlib
 import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -8,29 +11,40 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
+from cli._stream import (
+    STDIN,
+    AlreadySubmitted,
+    FileSummary,
+    Position,
+    batch_bytes,
+    check_idempotency_key,
+    claim_job_id,
+    last_on_job,
+    open_tasks,
+    read_specs,
+    resume_point,
+    stream_job,
+    summarize,
+)
 from events import (
-    MAX_MSG_SIZE,
     TASKS_STREAM,
     Bus,
+    ConflictError,
     JobstreamError,
     JobSubmitted,
     TaskSpec,
     encode,
+    ensure_buckets,
+    ensure_streams,
     new_id,
     with_retry,
     worker_consumer_name,
 )
 from services.worker import HandlerRegistry
 
+DEFAULT_MAX_ATTEMPTS = 3
+
 WORKER_LOOKUP_BUDGET_S = 5.0
-
-
-class _TaskLine(msgspec.Struct, forbid_unknown_fields=True):
-    kind: str
-    args: dict[str, Any] = msgspec.field(default_factory=dict)
-
-
-_task_line_decoder = msgspec.json.Decoder(_TaskLine)
 
 
 def parse_args_json(text: str) -> dict[str, Any]:
@@ -41,27 +55,6 @@ def parse_args_json(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise JobstreamError(f"--args must be a JSON object, got {type(value).__name__}: {text!r}")
     return value
-
-
-def read_tasks_file(path: Path) -> list[TaskSpec]:
-    try:
-        lines = path.read_bytes().splitlines()
-    except OSError as exc:
-        raise JobstreamError(f"cannot read tasks file {path}: {exc.strerror or exc}") from None
-    specs: list[TaskSpec] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            task = _task_line_decoder.decode(line)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise JobstreamError(
-                f'{path}:{number}: expected {{"kind": ..., "args": {{...}}}}: {exc}'
-            ) from None
-        specs.append(TaskSpec(kind=task.kind, args=task.args))
-    if not specs:
-        raise JobstreamError(f"tasks file {path} holds no tasks")
-    return specs
 
 
 def check_kinds(specs: list[TaskSpec], registry: HandlerRegistry) -> None:
@@ -107,14 +100,6 @@ def build_job(
         labels=labels or {},
         chunk_size=chunk_size if chunk_size and chunk_size > 1 else None,
     )
-    if job.chunk_size:
-        _check_chunk_size(specs, job.chunk_size)
-    size = len(encode(job))
-    if size > MAX_MSG_SIZE:
-        raise JobstreamError(
-            f"job is {size} bytes, over the {MAX_MSG_SIZE}-byte message limit: "
-            "split it into several jobs or use --count for repeated tasks"
-        )
     return job
 
 
@@ -151,13 +136,177 @@ def no_worker_warning(queue: str) -> str:
 _CHUNK_ITEM_OVERHEAD = 120
 
 
-def _check_chunk_size(specs: list[TaskSpec], chunk_size: int) -> None:
+def check_chunk_size(widest_spec: int, chunk_size: int, max_payload: int) -> None:
     """A chunk message, and the event with its results, must fit in one NATS message: keep
-    the message to half of it, leaving the other half for results."""
-    widest = max(len(encode(spec.args)) + len(spec.kind) for spec in specs) + _CHUNK_ITEM_OVERHEAD
-    if widest * chunk_size > MAX_MSG_SIZE // 2:
-        fitting = max(1, (MAX_MSG_SIZE // 2) // widest)
+    the message to half the server's max_payload, leaving the other half for results."""
+    widest = widest_spec + _CHUNK_ITEM_OVERHEAD
+    if widest * chunk_size > max_payload // 2:
+        fitting = max(1, (max_payload // 2) // widest)
         raise JobstreamError(
             f"--chunk-size {chunk_size}: a chunk of these tasks would be about "
-            f"{widest * chunk_size} bytes; at most {fitting} fit in half a message"
+            f"{widest * chunk_size:,} bytes; at most {fitting} fit in half of the server's "
+            f"max_payload ({max_payload:,} bytes)"
         )
+
+
+@dataclass(frozen=True)
+class SubmitPlan:
+    """A submit checked before connecting: the job's settings, and its tasks given on the
+    command line, or the tasks file (checked whole, unless it is stdin)."""
+
+    settings: JobSubmitted
+    specs: list[TaskSpec] | None
+    tasks_file: Path | None
+    summary: FileSummary | None
+    registry: HandlerRegistry
+    kind_defaults: bool
+
+    @property
+    def queue(self) -> str:
+        return self.settings.queue
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    job_id: str
+    duplicate: bool
+    no_worker: bool
+
+
+def plan_submission(
+    registry: HandlerRegistry,
+    *,
+    kind: str | None,
+    args: str,
+    count: int,
+    tasks_file: Path | None,
+    name: str,
+    queue: str,
+    max_attempts: int | None,
+    timeout_s: float | None,
+    chunk_size: int,
+    idempotency_key: str | None,
+) -> SubmitPlan:
+    """Everything that can be checked before connecting; `JobstreamError` says what is wrong
+    (a bad line of a tasks file with its number)."""
+    specs: list[TaskSpec] | None = None
+    summary: FileSummary | None = None
+    if tasks_file is None:
+        assert kind is not None
+        specs = [TaskSpec(kind=kind, args=parse_args_json(args), count=count)]
+        check_kinds(specs, registry)
+        if max_attempts is None:
+            specs = with_kind_defaults(specs, registry)
+    elif str(tasks_file) != STDIN:
+        summary = summarize(tasks_file, kinds=registry.__contains__)
+    settings = build_job(
+        [],
+        name=name,
+        queue=queue,
+        max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS,
+        timeout_s=timeout_s,
+        chunk_size=chunk_size,
+        idempotency_key=check_idempotency_key(idempotency_key) if idempotency_key else None,
+    )
+    return SubmitPlan(
+        settings=settings,
+        specs=specs,
+        tasks_file=tasks_file,
+        summary=summary,
+        registry=registry,
+        kind_defaults=max_attempts is None,
+    )
+
+
+async def submit_planned(bus: Bus, plan: SubmitPlan, *, show_progress: bool) -> SubmitOutcome:
+    """Publish the job: whole in one `job.submitted` when it fits in a batch, else streamed
+    (resumed where it stopped, for an idempotency key already used)."""
+    await ensure_streams(bus.js)
+    await ensure_buckets(bus.js)
+    job_id = plan.settings.job_id
+    key = plan.settings.idempotency_key
+    if key is not None:
+        job_id = await claim_job_id(bus, key, job_id)
+    settings = msgspec.structs.replace(plan.settings, job_id=job_id)
+    duplicate = False
+    try:
+        start = resume_point(await last_on_job(bus, job_id), job_id) if key else None
+        _check_sizes(plan, bus.nc.max_payload)
+        whole = _whole_job(plan, batch_bytes(bus.nc.max_payload)) if start is None else None
+        if whole is not None:
+            await bus.publish_event(
+                msgspec.structs.replace(settings, tasks=whole), expected_last_subject_seq=0
+            )
+        else:
+            await _stream(bus, plan, settings, start, show_progress=show_progress)
+    except AlreadySubmitted:
+        duplicate = True
+    except ConflictError:  # a concurrent submit with the same key published it first
+        duplicate = True
+    return SubmitOutcome(
+        job_id=job_id, duplicate=duplicate, no_worker=await no_worker_seen(bus, settings.queue)
+    )
+
+
+def _whole_job(plan: SubmitPlan, budget: int) -> list[TaskSpec] | None:
+    """The job's tasks if they fit in one `job.submitted` (then no stream is needed)."""
+    if plan.specs is not None:
+        return plan.specs if len(encode(plan.specs)) <= budget else None
+    if plan.summary is None or plan.tasks_file is None or plan.summary.spec_bytes > budget:
+        return None  # stdin, or too big
+    with open_tasks(plan.tasks_file) as lines:
+        specs = list(
+            read_specs(lines, where=str(plan.tasks_file), kinds=plan.registry.__contains__)
+        )
+    return with_kind_defaults(specs, plan.registry) if plan.kind_defaults else specs
+
+
+def _check_sizes(plan: SubmitPlan, max_payload: int) -> None:
+    widest = (
+        plan.summary.widest
+        if plan.summary is not None
+        else max((len(encode(spec)) for spec in plan.specs or []), default=0)
+    )
+    if widest > batch_bytes(max_payload):
+        raise JobstreamError(
+            f"a task of {widest:,} bytes is over the {batch_bytes(max_payload):,} bytes a batch"
+            f" may hold (half the server's max_payload of {max_payload:,})"
+        )
+    if plan.settings.chunk_size:
+        check_chunk_size(widest, plan.settings.chunk_size, max_payload)
+
+
+async def _stream(
+    bus: Bus,
+    plan: SubmitPlan,
+    settings: JobSubmitted,
+    start: Position | None,
+    *,
+    show_progress: bool,
+) -> None:
+    header = msgspec.structs.replace(settings, tasks=[], sealed=False)
+    total = plan.summary.tasks if plan.summary is not None else None
+    with _progress(show_progress, total, start.tasks if start else 0) as advance:
+        if plan.specs is not None:
+            await stream_job(bus, header, plan.specs, start=start, on_sent=advance)
+            return
+        assert plan.tasks_file is not None
+        with open_tasks(plan.tasks_file) as lines:
+            specs = read_specs(lines, where=str(plan.tasks_file), kinds=plan.registry.__contains__)
+            if plan.kind_defaults:
+                specs = (with_kind_defaults([spec], plan.registry)[0] for spec in specs)
+            await stream_job(bus, header, specs, start=start, on_sent=advance)
+
+
+@contextlib.contextmanager
+def _progress(shown: bool, total: int | None, done: int) -> Iterator[Callable[[int], None]]:
+    """A progress bar of tasks sent, on a terminal only (rich is imported only then)."""
+    if not shown:
+        yield lambda sent: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (TextColumn("submitting"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, transient=True) as progress:
+        task = progress.add_task("submit", total=total, completed=done)
+        yield lambda sent: progress.advance(task, sent)

@@ -35,10 +35,10 @@ from cli._settings import (
 )
 from events import (
     DEFAULT_LEASE_S,
+    MAX_TASKS_PER_JOB,
     ConnectError,
     JobstreamError,
     NameKind,
-    TaskSpec,
     ensure_buckets,
     ensure_streams,
     ensure_worker_consumer,
@@ -50,6 +50,7 @@ from projections import DEFAULT_SCHEMA, migrate
 
 if TYPE_CHECKING:
     from cli._demo import DemoReport
+    from cli._submit import SubmitOutcome
     from services.api import LiveWork
 
 app = typer.Typer(
@@ -339,10 +340,15 @@ def up(
 def submit(
     kind: Annotated[str | None, typer.Option(help="Task kind: sum, noop, sleep, fail, ...")] = None,
     args: Annotated[str, typer.Option("--args", help="Task arguments as a JSON object.")] = "{}",
-    count: Annotated[int, typer.Option(min=1, max=1_000_000, help="Copies of the task.")] = 1,
+    count: Annotated[
+        int, typer.Option(min=1, max=MAX_TASKS_PER_JOB, help="Copies of the task.")
+    ] = 1,
     tasks_file: Annotated[
         Path | None,
-        typer.Option(help='NDJSON file, one {"kind": ..., "args": {...}} per line.'),
+        typer.Option(
+            help='NDJSON file, one {"kind": ..., "args": {...}} per line, any size; - reads'
+            " stdin. Read as a stream; a file is checked whole before anything is sent."
+        ),
     ] = None,
     name: Annotated[str, typer.Option(help="Job name.")] = "",
     queue: QueueOption = "default",
@@ -360,60 +366,63 @@ def submit(
             " one event (for many tiny tasks). 1: a message per task.",
         ),
     ] = 1,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            help="Submit once: another submit with this key (any process, any time) prints the"
+            " first one's job id, or finishes its submission if it was cut short."
+        ),
+    ] = None,
     handler: HandlerOption = None,
-    as_json: Annotated[bool, typer.Option("--json", help='Print {"job_id": ...}.')] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print {"job_id": ..., "duplicate": ...}.')
+    ] = False,
     nats_url: NatsUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
 ) -> None:
-    """Submit a job of one or many tasks; print its id."""
-    from cli._submit import (
-        build_job,
-        check_kinds,
-        no_worker_seen,
-        no_worker_warning,
-        parse_args_json,
-        read_tasks_file,
-        with_kind_defaults,
-    )
-    from cli._submit import submit as publish_job
+    """Submit a job of one task or millions; print its id."""
+    from cli._submit import SubmitPlan, no_worker_warning, plan_submission, submit_planned
     from services.worker import HandlerRegistry
 
     try:
         if (kind is None) == (tasks_file is None):
             raise JobstreamError("give either --kind (with --args, --count) or --tasks-file")
-        if tasks_file is not None:
-            specs = read_tasks_file(tasks_file)
-        else:
-            assert kind is not None
-            specs = [TaskSpec(kind=kind, args=parse_args_json(args), count=count)]
-        registry = HandlerRegistry.default(handler)
-        check_kinds(specs, registry)
-        if max_attempts is None:
-            specs = with_kind_defaults(specs, registry)
-        job = build_job(
-            specs,
+        plan: SubmitPlan = plan_submission(
+            HandlerRegistry.default(handler),
+            kind=kind,
+            args=args,
+            count=count,
+            tasks_file=tasks_file,
             name=name,
             queue=queue,
-            max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS,
+            max_attempts=max_attempts,
             timeout_s=timeout_s,
             chunk_size=chunk_size,
+            idempotency_key=idempotency_key,
         )
         endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
     except JobstreamError as exc:
         usage_error(str(exc))
 
-    async def main() -> bool:
+    async def main() -> "SubmitOutcome":
         bus = await connect_bus(endpoints.nats_urls, name="jobstream-submit")
         try:
-            await ensure_streams(bus.js)
-            await publish_job(bus, job)
-            return await no_worker_seen(bus, job.queue)
+            return await submit_planned(bus, plan, show_progress=sys.stderr.isatty())
         finally:
             await bus.close()
 
-    if run(main()):
-        typer.echo(no_worker_warning(job.queue), err=True)
-    typer.echo(json.dumps({"job_id": job.job_id}) if as_json else job.job_id)
+    outcome = run(main())
+    if outcome.duplicate:
+        typer.echo(
+            f"note: a job with this idempotency key was already submitted: {outcome.job_id}",
+            err=True,
+        )
+    if outcome.no_worker:
+        typer.echo(no_worker_warning(plan.queue), err=True)
+    if as_json:
+        typer.echo(json.dumps({"job_id": outcome.job_id, "duplicate": outcome.duplicate}))
+    else:
+        typer.echo(outcome.job_id)
 
 
 @app.command()

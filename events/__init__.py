@@ -94,7 +94,6 @@ from events._source import (
 from events._sql import QueryFileError, load_queries, parse_queries
 from events._streams import (
     DEFAULT_LEASE_S,
-    MAX_MSG_SIZE,
     ensure_buckets,
     ensure_streams,
     ensure_worker_consumer,
@@ -106,6 +105,7 @@ from events._subjects import (
     DISPATCHER_BUCKET,
     EVENT_SUBJECTS,
     EVENTS_STREAM,
+    IDEMPOTENCY_BUCKET,
     JOB_EVENT_SUBJECTS,
     LIVENESS_BUCKET,
     TASK_EVENT_SUBJECTS,
@@ -138,6 +138,7 @@ __all__ = [
     "DEFAULT_LEASE_S",
     "DISPATCHER_BUCKET",
     "EVENTS_STREAM",
+    "IDEMPOTENCY_BUCKET",
     "EVENT_SUBJECTS",
     "JOB_EVENT_SUBJECTS",
     "LIVENESS_BUCKET",
@@ -147,7 +148,6 @@ __all__ = [
     "RunningTask",
     "decode_liveness",
     "encode_liveness",
-    "MAX_MSG_SIZE",
     "TASKS_STREAM",
     "TASK_EVENT_SUBJECTS",
     "TERMINAL_TASK_EVENTS",

@@ -52,7 +52,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TRANSIENT_ERRORS):
         return True
-    return isinstance(exc, nats.js.errors.APIError) and exc.code in (408, 503)
+    # Some APIError subclasses (KeyWrongLastSequenceError) are raised without a `code`.
+    code = getattr(exc, "code", None)
+    return isinstance(exc, nats.js.errors.APIError) and code in (408, 503)
 
 
 def is_auth_refusal(exc: BaseException) -> bool:

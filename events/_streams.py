@@ -17,6 +17,7 @@ from events._subjects import (
     DISPATCHER_BUCKET,
     EVENT_SUBJECTS,
     EVENTS_STREAM,
+    IDEMPOTENCY_BUCKET,
     LIVENESS_BUCKET,
     TASK_QUEUE_SUBJECTS,
     TASKS_STREAM,
@@ -27,7 +28,6 @@ from events._subjects import (
 DUPLICATE_WINDOW_S = 120.0
 DEFAULT_LEASE_S = 30.0
 DEFAULT_MAX_ACK_PENDING = 20_000
-MAX_MSG_SIZE = 8 * 1024 * 1024
 # Liveness keys carry their own timestamp; the bucket's TTL only clears out old workers.
 LIVENESS_TTL_S = 3600.0
 
@@ -131,6 +131,7 @@ async def ensure_buckets(js: JetStreamContext, *, replicas: int | None = None) -
     for config in (
         KeyValueConfig(bucket=LIVENESS_BUCKET, ttl=LIVENESS_TTL_S, replicas=count, history=1),
         KeyValueConfig(bucket=DISPATCHER_BUCKET, replicas=count, history=1),
+        KeyValueConfig(bucket=IDEMPOTENCY_BUCKET, replicas=count, history=1),
     ):
         try:
             await js.create_key_value(config)

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from events import MAX_MSG_SIZE, JobstreamError
+from events import JobstreamError
 from services.stack._child import kill_process, stop_process
 
 START_TIMEOUT_S = 15.0
@@ -85,7 +85,6 @@ class NatsServer:
         return (
             f'server_name: "{self.server_name}"\n'
             f'host: "{self.host}"\n'
-            f"max_payload: {MAX_MSG_SIZE}\n"
             f'jetstream {{\n  store_dir: "{self.store_dir / "jetstream"}"{sync}\n}}\n'
             f"{self.extra_config}\n"
         )
