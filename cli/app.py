@@ -196,6 +196,16 @@ def dispatcher(
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     database_url: DatabaseUrlOption = None,
     lease_s: LeaseOption = DEFAULT_LEASE_S,
+    submit_timeout_s: Annotated[
+        float,
+        typer.Option(
+            envvar="JOBSTREAM_SUBMIT_TIMEOUT_S",
+            show_envvar=True,
+            min=1,
+            max=7 * 86_400,
+            help="A streamed job not sealed this long after its header is ended as rejected.",
+        ),
+    ] = 600.0,
 ) -> None:
     """Run the dispatcher: expand jobs into tasks, end finished jobs, report lost workers."""
     from services.dispatcher import Dispatcher
@@ -207,7 +217,7 @@ def dispatcher(
         stop = stop_on_signals()
         bus = await connect_bus(endpoints.nats_urls, name="jobstream-dispatcher")
         try:
-            await Dispatcher(bus, lease_s=lease_s).run(stop)
+            await Dispatcher(bus, lease_s=lease_s, submit_timeout_s=submit_timeout_s).run(stop)
         finally:
             await bus.close()
 
