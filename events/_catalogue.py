@@ -10,7 +10,16 @@ from typing import Annotated, Any
 import msgspec
 
 from events._ids import new_id
-from events._names import EventId, JobId, QueueName, TaskId, WorkerId, WorkerIdOrEmpty
+from events._names import (
+    EventId,
+    JobId,
+    PriorityLevel,
+    QueueName,
+    TaskId,
+    WorkerId,
+    WorkerIdOrEmpty,
+    level_of,
+)
 
 JsonValue = Any
 # Times carry their offset (RFC 3339), so the schema gives them `"format": "date-time"`.
@@ -184,6 +193,8 @@ class TaskRequeued(_Event, tag="task.requeued", frozen=True, kw_only=True):
     timeout_s: TimeoutS | None = None
     attempts_before: AttemptNumber = 0
     requeued_by: str = ""
+    # The job's priority: the requeued task is queued at its job's level.
+    priority: Priority = 0
 
 
 class TaskCancelled(_Event, tag="task.cancelled", frozen=True, kw_only=True):
@@ -298,6 +309,8 @@ class TaskMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # Not to run before then (a task going on alone after failing in a chunk: its backoff).
     # The first delivery of such a message only waits; it is not an attempt.
     retry_at: AwareDatetime | None = None
+    # Its job's level: the subject it is queued on, and the consumer it is served by.
+    level: PriorityLevel = PriorityLevel.NORMAL
 
 
 def task_id_for(job_id: str, index: int) -> str:
@@ -317,6 +330,7 @@ def expand_tasks(job: JobSubmitted) -> list[TaskMessage]:
                     args=spec.args,
                     max_attempts=spec.max_attempts or job.max_attempts,
                     timeout_s=job.timeout_s,
+                    level=level_of(job.priority),
                 )
             )
     return messages
@@ -358,6 +372,7 @@ def expand_chunks(job: JobSubmitted) -> list[TaskMessage]:
                 max_attempts=job.max_attempts,
                 timeout_s=job.timeout_s,
                 items=items,
+                level=level_of(job.priority),
             )
         )
     return chunks
