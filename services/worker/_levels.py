@@ -3,11 +3,14 @@ first, and a small fixed share to the lower levels, so a flood of high work neve
 them.
 
 Each level keeps pull requests outstanding on its own consumer, so a message of any level
-reaches an idle worker at once. A slot is offered down the levels: a level that has work
+reaches an idle worker at once. Free slots are offered down the levels: a level that has work
 waiting (its consumer's backlog, as its last delivery reported) claims what it asked for, and
 the next level is offered only what is left. A level with nothing waiting claims nothing, so
-its request may be answered while a lower level's is: the message is then held until the next
-slot frees, and started before any lower level's. At most one window per level is held so.
+its request may be answered while a lower level's is: that message is then held until the
+next slot frees. At most one window per level is held so.
+
+Starvation control: a lower level passed over for `share_every - 1` slots in a row is offered
+slots first until it is served; a level with no work left is simply passed over again.
 """
 
 import asyncio
@@ -23,16 +26,19 @@ from events import worker_consumer_name as consumer_name
 DEFAULT_SHARE_EVERY = 10
 
 
-def slot_order(started: int, share_every: int) -> list[PriorityLevel]:
-    """The levels in the order slot number `started` is offered to them: highest first,
-    except for the last slots of each `share_every`, which go first to each lower level in
-    turn."""
-    lower = LEVELS_HIGH_FIRST[1:]
-    turn = started % share_every - (share_every - len(lower))
-    if turn < 0:
-        return list(LEVELS_HIGH_FIRST)
-    first = lower[turn]
-    return [first, *(level for level in LEVELS_HIGH_FIRST if level is not first)]
+def offer_order(passed_over: dict[PriorityLevel, int], share_every: int) -> list[PriorityLevel]:
+    """The levels in the order the next slots are offered to them: highest first, except that
+    a lower level passed over for `share_every - 1` slots in a row comes first (and stays
+    first until it is served or has nothing)."""
+    due = [level for level in LEVELS_HIGH_FIRST if passed_over[level] >= share_every - 1]
+    return [*due, *(level for level in LEVELS_HIGH_FIRST if level not in due)]
+
+
+def record_served(passed_over: dict[PriorityLevel, int], served: PriorityLevel) -> None:
+    """A slot went to `served`: every level below it was passed over once more."""
+    passed_over[served] = 0
+    for level in LEVELS_HIGH_FIRST[LEVELS_HIGH_FIRST.index(served) + 1 :]:
+        passed_over[level] += 1
 
 
 class LevelFeeds:
@@ -60,7 +66,8 @@ class LevelFeeds:
             )
             for level in LEVELS_HIGH_FIRST
         }
-        self.started = 0  # slots handed out: where the next one is in the share schedule
+        # Slots handed to a higher level since each level was last served.
+        self.passed_over = dict.fromkeys(LEVELS_HIGH_FIRST, 0)
 
     async def start(self) -> None:
         for feed in self.feeds.values():
@@ -71,7 +78,7 @@ class LevelFeeds:
             await feed.stop()
 
     def order(self) -> list[PriorityLevel]:
-        return slot_order(self.started, self.share_every)
+        return offer_order(self.passed_over, self.share_every)
 
     @property
     def buffered(self) -> int:
@@ -117,12 +124,12 @@ class LevelFeeds:
             if delivery is None:
                 break
             taken.append(delivery)
-            self.started += 1
         return taken
 
     def _take_one(self) -> Delivery | None:
         for level in self.order():
             got = self.feeds[level].take_buffered(1)
             if got:
+                record_served(self.passed_over, level)
                 return got[0]
         return None

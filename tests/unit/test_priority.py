@@ -20,7 +20,7 @@ from events import (
     worker_consumer_name,
 )
 from services.worker._chunk import split
-from services.worker._levels import slot_order
+from services.worker._levels import offer_order, record_served
 
 
 @pytest.mark.parametrize(
@@ -73,8 +73,22 @@ def test_consumer_names_of_levels_never_collide_across_queues() -> None:
     assert worker_consumer_name("q") == "workers-q"  # the name before levels
 
 
-def test_slot_schedule_gives_lower_levels_a_fixed_share() -> None:
-    firsts = Counter(slot_order(slot, 10)[0] for slot in range(1000))
-    assert firsts == {PriorityLevel.HIGH: 800, PriorityLevel.NORMAL: 100, PriorityLevel.LOW: 100}
-    for slot in range(20):
-        assert sorted(slot_order(slot, 10)) == sorted(LEVELS_HIGH_FIRST)
+def test_a_level_passed_over_long_enough_is_offered_slots_first() -> None:
+    high, normal, low = LEVELS_HIGH_FIRST
+    passed = {high: 0, normal: 3, low: 8}
+    assert offer_order(passed, 10) == [high, normal, low]
+    assert offer_order({**passed, low: 9}, 10) == [low, high, normal]
+    assert offer_order({high: 0, normal: 9, low: 12}, 10) == [normal, low, high]
+
+
+def test_each_lower_level_with_work_gets_one_slot_in_share_every() -> None:
+    """Every level always has work: who gets each of 1,000 slots."""
+    passed = dict.fromkeys(LEVELS_HIGH_FIRST, 0)
+    served: Counter[PriorityLevel] = Counter()
+    for _ in range(1000):
+        level = offer_order(passed, 10)[0]
+        served[level] += 1
+        record_served(passed, level)
+    assert served[PriorityLevel.HIGH] >= 750
+    assert 90 <= served[PriorityLevel.NORMAL] <= 120
+    assert 90 <= served[PriorityLevel.LOW] <= 120
