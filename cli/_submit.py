@@ -1,5 +1,6 @@
 """Building a job from the command line's words, checked before anything is published."""
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ import nats.errors
 import nats.js.errors
 
 from events import (
+    LEVELS_HIGH_FIRST,
     MAX_MSG_SIZE,
     TASKS_STREAM,
     Bus,
@@ -123,21 +125,26 @@ async def submit(bus: Bus, job: JobSubmitted) -> int:
 
 
 async def no_worker_seen(bus: Bus, queue: str) -> bool:
-    """True when no worker is on `queue` now: its consumer is missing (no worker ever ran
-    there), or has neither a pull request waiting (an idle worker always has one) nor a task
-    being worked on."""
-    try:
-        info = await with_retry(
-            lambda: bus.js.consumer_info(TASKS_STREAM, worker_consumer_name(queue)),
-            what=f"look up the consumer of queue {queue}",
-            budget_s=WORKER_LOOKUP_BUDGET_S,
-        )
-    except nats.js.errors.NotFoundError:
-        return True
-    except nats.errors.Error:
-        # The job is already submitted: a failed look-up is no reason to report a failure.
-        return False
-    return not (info.num_waiting or info.num_ack_pending)
+    """True when no worker is on `queue` now: its consumers are missing (no worker ever ran
+    there), or have neither a pull request waiting (an idle worker always has one) nor a task
+    being worked on, at any level."""
+    for level in LEVELS_HIGH_FIRST:
+        try:
+            info = await with_retry(
+                functools.partial(
+                    bus.js.consumer_info, TASKS_STREAM, worker_consumer_name(queue, level)
+                ),
+                what=f"look up the {level} consumer of queue {queue}",
+                budget_s=WORKER_LOOKUP_BUDGET_S,
+            )
+        except nats.js.errors.NotFoundError:
+            continue
+        except nats.errors.Error:
+            # The job is already submitted: a failed look-up is no reason to report a failure.
+            return False
+        if info.num_waiting or info.num_ack_pending:
+            return False
+    return True
 
 
 def no_worker_warning(queue: str) -> str:

@@ -360,6 +360,17 @@ def submit(
             " one event (for many tiny tasks). 1: a message per task.",
         ),
     ] = 1,
+    priority: Annotated[
+        int,
+        typer.Option(
+            envvar="JOBSTREAM_PRIORITY",
+            show_envvar=True,
+            min=-(2**31),
+            max=2**31 - 1,
+            help="Above 0: high level, 0: normal, below 0: low. Workers serve higher levels"
+            " first, keeping at least 1 slot in 10 for each lower level that has work.",
+        ),
+    ] = 0,
     handler: HandlerOption = None,
     as_json: Annotated[bool, typer.Option("--json", help='Print {"job_id": ...}.')] = False,
     nats_url: NatsUrlOption = None,
@@ -397,6 +408,7 @@ def submit(
             max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS,
             timeout_s=timeout_s,
             chunk_size=chunk_size,
+            priority=priority,
         )
         endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
     except JobstreamError as exc:
