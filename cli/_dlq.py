@@ -92,6 +92,7 @@ async def _requeue(bus: Bus, job: JobSubmitted | None, job_id: str, task_id: str
         timeout_s=job.timeout_s,
         attempts_before=dead.attempts,
         requeued_by="cli",
+        priority=job.priority,
     )
     try:
         await bus.publish_event(requeued, expected_last_subject_seq=seq)

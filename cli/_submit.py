@@ -1,6 +1,7 @@
 """Building a job from the command line's words, checked before anything is published."""
 
 import contextlib
+import functools
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from cli._stream import (
     summarize,
 )
 from events import (
+    LEVELS_HIGH_FIRST,
     TASKS_STREAM,
     Bus,
     ConflictError,
@@ -108,21 +110,26 @@ async def submit(bus: Bus, job: JobSubmitted) -> int:
 
 
 async def no_worker_seen(bus: Bus, queue: str) -> bool:
-    """True when no worker is on `queue` now: its consumer is missing (no worker ever ran
-    there), or has neither a pull request waiting (an idle worker always has one) nor a task
-    being worked on."""
-    try:
-        info = await with_retry(
-            lambda: bus.js.consumer_info(TASKS_STREAM, worker_consumer_name(queue)),
-            what=f"look up the consumer of queue {queue}",
-            budget_s=WORKER_LOOKUP_BUDGET_S,
-        )
-    except nats.js.errors.NotFoundError:
-        return True
-    except nats.errors.Error:
-        # The job is already submitted: a failed look-up is no reason to report a failure.
-        return False
-    return not (info.num_waiting or info.num_ack_pending)
+    """True when no worker is on `queue` now: its consumers are missing (no worker ever ran
+    there), or have neither a pull request waiting (an idle worker always has one) nor a task
+    being worked on, at any level."""
+    for level in LEVELS_HIGH_FIRST:
+        try:
+            info = await with_retry(
+                functools.partial(
+                    bus.js.consumer_info, TASKS_STREAM, worker_consumer_name(queue, level)
+                ),
+                what=f"look up the {level} consumer of queue {queue}",
+                budget_s=WORKER_LOOKUP_BUDGET_S,
+            )
+        except nats.js.errors.NotFoundError:
+            continue
+        except nats.errors.Error:
+            # The job is already submitted: a failed look-up is no reason to report a failure.
+            return False
+        if info.num_waiting or info.num_ack_pending:
+            return False
+    return True
 
 
 def no_worker_warning(queue: str) -> str:
@@ -186,6 +193,7 @@ def plan_submission(
     timeout_s: float | None,
     chunk_size: int,
     idempotency_key: str | None,
+    priority: int = 0,
 ) -> SubmitPlan:
     """Everything that can be checked before connecting; `JobstreamError` says what is wrong
     (a bad line of a tasks file with its number)."""
@@ -206,6 +214,7 @@ def plan_submission(
         max_attempts=max_attempts or DEFAULT_MAX_ATTEMPTS,
         timeout_s=timeout_s,
         chunk_size=chunk_size,
+        priority=priority,
         idempotency_key=check_idempotency_key(idempotency_key) if idempotency_key else None,
     )
     return SubmitPlan(

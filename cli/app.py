@@ -383,6 +383,17 @@ def submit(
             " first one's job id, or finishes its submission if it was cut short."
         ),
     ] = None,
+    priority: Annotated[
+        int,
+        typer.Option(
+            envvar="JOBSTREAM_PRIORITY",
+            show_envvar=True,
+            min=-(2**31),
+            max=2**31 - 1,
+            help="Above 0: high level, 0: normal, below 0: low. Workers serve higher levels"
+            " first, keeping at least 1 slot in 10 for each lower level that has work.",
+        ),
+    ] = 0,
     handler: HandlerOption = None,
     as_json: Annotated[
         bool, typer.Option("--json", help='Print {"job_id": ..., "duplicate": ...}.')
@@ -409,6 +420,7 @@ def submit(
             timeout_s=timeout_s,
             chunk_size=chunk_size,
             idempotency_key=idempotency_key,
+            priority=priority,
         )
         endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
     except JobstreamError as exc:

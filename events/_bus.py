@@ -174,7 +174,7 @@ class Bus:
         )
 
     async def publish_task(self, queue: str, message: TaskMessage, *, msg_id: str) -> int:
-        subject = task_queue_subject(queue, message.job_id)
+        subject = task_queue_subject(queue, message.job_id, level=message.level)
         return await self._publish(subject, encode(message), {Header.MSG_ID.value: msg_id})
 
     async def start_event_publish(
@@ -191,7 +191,7 @@ class Bus:
         self, queue: str, message: TaskMessage, *, msg_id: str
     ) -> "asyncio.Future[PubAck]":
         """Send a task message without waiting, as `start_event_publish`."""
-        subject = task_queue_subject(queue, message.job_id)
+        subject = task_queue_subject(queue, message.job_id, level=message.level)
         return await self._pipeline.publish(subject, encode(message), {Header.MSG_ID.value: msg_id})
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str]) -> int:

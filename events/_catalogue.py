@@ -11,7 +11,16 @@ from typing import Annotated, Any
 import msgspec
 
 from events._ids import new_id
-from events._names import EventId, JobId, QueueName, TaskId, WorkerId, WorkerIdOrEmpty
+from events._names import (
+    EventId,
+    JobId,
+    PriorityLevel,
+    QueueName,
+    TaskId,
+    WorkerId,
+    WorkerIdOrEmpty,
+    level_of,
+)
 
 JsonValue = Any
 # Times carry their offset (RFC 3339), so the schema gives them `"format": "date-time"`.
@@ -218,6 +227,8 @@ class TaskRequeued(_Event, tag="task.requeued", frozen=True, kw_only=True):
     timeout_s: TimeoutS | None = None
     attempts_before: AttemptNumber = 0
     requeued_by: str = ""
+    # The job's priority: the requeued task is queued at its job's level.
+    priority: Priority = 0
 
 
 class TaskCancelled(_Event, tag="task.cancelled", frozen=True, kw_only=True):
@@ -332,6 +343,8 @@ class TaskMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     # Not to run before then (a task going on alone after failing in a chunk: its backoff).
     # The first delivery of such a message only waits; it is not an attempt.
     retry_at: AwareDatetime | None = None
+    # Its job's level: the subject it is queued on, and the consumer it is served by.
+    level: PriorityLevel = PriorityLevel.NORMAL
 
 
 def task_id_for(job_id: str, index: int) -> str:
@@ -354,8 +367,10 @@ class TaskExpander:
         timeout_s: float | None,
         chunk_size: int | None = None,
         start: int = 0,
+        level: PriorityLevel = PriorityLevel.NORMAL,
     ) -> None:
         self.job_id = job_id
+        self.level = level
         self.max_attempts = max_attempts
         self.timeout_s = timeout_s
         self.chunk_size = chunk_size or 1
@@ -385,6 +400,7 @@ class TaskExpander:
                         args=spec.args,
                         max_attempts=attempts,
                         timeout_s=self.timeout_s,
+                        level=self.level,
                     )
                     continue
                 if not self._items:
@@ -411,6 +427,7 @@ class TaskExpander:
             max_attempts=self.max_attempts,
             timeout_s=self.timeout_s,
             items=items,
+            level=self.level,
         )
 
 
@@ -420,6 +437,7 @@ def _expander(job: JobSubmitted, *, chunked: bool) -> TaskExpander:
         max_attempts=job.max_attempts,
         timeout_s=job.timeout_s,
         chunk_size=job.chunk_size if chunked else None,
+        level=level_of(job.priority),
     )
 
 

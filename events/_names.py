@@ -59,6 +59,30 @@ WorkerIdOrEmpty = Annotated[str, _meta(NameKind.WORKER_ID, empty_ok=True)]
 EventId = Annotated[str, _meta(NameKind.EVENT_ID)]
 
 
+class PriorityLevel(StrEnum):
+    """The levels a queue's work is served in; a job's level follows from its priority.
+
+    A level is a token of the task subject (`task.<queue>.<level>.<job_id>`), and each has its
+    own consumer: a worker offers its free slots to the highest level first.
+    """
+
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+LEVELS_HIGH_FIRST = (PriorityLevel.HIGH, PriorityLevel.NORMAL, PriorityLevel.LOW)
+
+
+def level_of(priority: int) -> PriorityLevel:
+    """A job's level: priority above 0 is high, 0 is normal, below 0 is low."""
+    if priority > 0:
+        return PriorityLevel.HIGH
+    if priority < 0:
+        return PriorityLevel.LOW
+    return PriorityLevel.NORMAL
+
+
 def quote(value: object, limit: int = QUOTE_CHARS) -> str:
     """`value` for a message: repr'd, and cut to its first `limit` characters if longer."""
     if not isinstance(value, str):

@@ -44,6 +44,8 @@ class Delivery(NamedTuple):
     subject: str
     data: bytes
     msg: Msg
+    # Messages the consumer had left to deliver after this one.
+    pending: int
 
 
 def delivery_of(msg: Msg) -> Delivery | None:
@@ -53,15 +55,14 @@ def delivery_of(msg: Msg) -> Delivery | None:
         return None
     tokens = reply.split(".")
     try:
-        if len(tokens) == _ACK_V1_TOKENS:
-            # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-            delivered, stream_seq, consumer_seq = int(tokens[4]), int(tokens[5]), int(tokens[6])
-        else:
-            # $JS.ACK.<domain>.<account>.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>…
-            delivered, stream_seq, consumer_seq = int(tokens[6]), int(tokens[7]), int(tokens[8])
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>, or with
+        # <domain>.<account> before <stream> (and more tokens after <pending>).
+        first = 4 if len(tokens) == _ACK_V1_TOKENS else 6
+        delivered, stream_seq, consumer_seq = (int(token) for token in tokens[first : first + 3])
+        pending = int(tokens[first + 4])
     except (IndexError, ValueError):
         return None
-    return Delivery(stream_seq, consumer_seq, delivered, msg.subject, msg.data, msg)
+    return Delivery(stream_seq, consumer_seq, delivered, msg.subject, msg.data, msg, pending)
 
 
 class PullFeed:
@@ -69,7 +70,8 @@ class PullFeed:
 
     At most `window` messages are asked for or buffered at once. A reader keeps it fixed. A
     worker passes `holds_taken`: what it takes shrinks the window until it `resize`s it to
-    its free slots again, so it never holds a lease it cannot start.
+    its free slots again, so it never holds a lease it cannot start. Feeds read together
+    share one `arrived` event, set when any of them gets a message.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class PullFeed:
         holds_taken: bool = False,
         expires_s: float = DEFAULT_EXPIRES_S,
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
+        arrived: asyncio.Event | None = None,
     ) -> None:
         self.nc = nc
         self.window = window
@@ -92,8 +95,11 @@ class PullFeed:
         self._next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self._inbox = nc.new_inbox()
         self._buffer: collections.deque[Delivery] = collections.deque()
-        self._arrived = asyncio.Event()
+        self._arrived = arrived or asyncio.Event()
         self._requested = 0  # asked for, neither delivered nor expired
+        # What the consumer had left to deliver, as its last delivery said; 0 once a request
+        # ended unfilled.
+        self.backlog = 0
         self._last_sign = time.monotonic()
         self._sub: Subscription | None = None
 
@@ -138,16 +144,21 @@ class PullFeed:
             try:
                 await asyncio.wait_for(self._arrived.wait(), timeout_s)
             except TimeoutError:
-                self._check_alive()
+                self.check_alive()
                 return []
+        taken = self.take_buffered(max_items)
+        await self._top_up()
+        return taken
+
+    def take_buffered(self, max_items: int) -> list[Delivery]:
+        """Up to `max_items` of what is buffered, without waiting or asking for more."""
         count = min(max_items, len(self._buffer))
         taken = [self._buffer.popleft() for _ in range(count)]
         if self.holds_taken:
             self.window -= count
-        await self._top_up()
         return taken
 
-    def _check_alive(self) -> None:
+    def check_alive(self) -> None:
         silent = time.monotonic() - self._last_sign
         if self._requested > 0 and silent > self.heartbeat_s * MISSED_HEARTBEATS:
             self.lost = self.lost or f"no message or heartbeat for {silent:.1f}s"
@@ -174,6 +185,7 @@ class PullFeed:
         delivery = delivery_of(msg)
         if delivery is not None:
             self._requested = max(0, self._requested - 1)
+            self.backlog = delivery.pending
             self._buffer.append(delivery)
             self._arrived.set()
             return
@@ -185,6 +197,7 @@ class PullFeed:
             pending = headers.get(PENDING_MESSAGES_HEADER, "")
             expired = int(pending) if pending.isdigit() else self._requested
             self._requested = max(0, self._requested - expired)
+            self.backlog = 0
             await self._top_up()
             return
         # 409: the consumer was deleted, its leader moved, the server is shutting down.

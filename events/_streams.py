@@ -13,6 +13,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
+from events._names import LEVELS_HIGH_FIRST, PriorityLevel
 from events._subjects import (
     DISPATCHER_BUCKET,
     EVENT_SUBJECTS,
@@ -21,7 +22,7 @@ from events._subjects import (
     LIVENESS_BUCKET,
     TASK_QUEUE_SUBJECTS,
     TASKS_STREAM,
-    queue_subjects,
+    level_filter_subjects,
     worker_consumer_name,
 )
 
@@ -63,19 +64,21 @@ def tasks_stream_config(*, replicas: int = 1) -> StreamConfig:
 
 def worker_consumer_config(
     queue: str,
+    level: PriorityLevel = PriorityLevel.NORMAL,
     *,
     lease_s: float = DEFAULT_LEASE_S,
     max_ack_pending: int = DEFAULT_MAX_ACK_PENDING,
     replicas: int = 1,
 ) -> ConsumerConfig:
-    """The queue's one durable pull consumer, shared by every worker of the queue.
+    """The durable pull consumer of one level of a queue, shared by every worker of the queue.
 
     `ack_wait` is the lease: a task whose worker stops extending it comes back.
     Attempts are counted by the worker from the delivery count, so `max_deliver` is unbounded.
+    `filter_subjects` (several filters) needs nats-server 2.10 or later.
     """
     return ConsumerConfig(
-        durable_name=worker_consumer_name(queue),
-        filter_subject=queue_subjects(queue),
+        durable_name=worker_consumer_name(queue, level),
+        filter_subjects=level_filter_subjects(queue, level),
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=lease_s,
@@ -115,15 +118,23 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -
 async def ensure_worker_consumer(
     js: JetStreamContext, queue: str, *, lease_s: float, replicas: int | None = None
 ) -> None:
-    """Create the queue's consumer, or update it: `pull_subscribe` ignores config once it exists."""
+    """Create the queue's consumers, one per level, or update them: `pull_subscribe` ignores
+    config once a consumer exists.
+
+    The normal level's comes first: before levels it was the queue's one consumer, filtering
+    all of `task.<queue>.>`, and a WorkQueue stream refuses a consumer whose filter overlaps
+    another's, so it must be narrowed before the others are added.
+    """
     if replicas is None:
         try:
             current = await js.consumer_info(TASKS_STREAM, worker_consumer_name(queue))
             replicas = current.config.num_replicas or 1
         except nats.js.errors.NotFoundError:
             replicas = 1
-    config = worker_consumer_config(queue, lease_s=lease_s, replicas=replicas)
-    await js.add_consumer(TASKS_STREAM, config)
+    normal_first = sorted(LEVELS_HIGH_FIRST, key=lambda level: level is not PriorityLevel.NORMAL)
+    for level in normal_first:
+        config = worker_consumer_config(queue, level, lease_s=lease_s, replicas=replicas)
+        await js.add_consumer(TASKS_STREAM, config)
 
 
 async def ensure_buckets(js: JetStreamContext, *, replicas: int | None = None) -> None:

@@ -23,7 +23,7 @@ from events._catalogue import (
     WorkerStarted,
     WorkerStopped,
 )
-from events._names import NameKind, check_name
+from events._names import NameKind, PriorityLevel, check_name
 
 EVENTS_STREAM = "JOBSTREAM_EVENTS"
 TASKS_STREAM = "JOBSTREAM_TASKS"
@@ -74,20 +74,41 @@ def worker_subject(worker_id: str) -> str:
     return f"evt.worker.{check_name(worker_id, NameKind.WORKER_ID)}"
 
 
-def task_queue_subject(queue: str, job_id: str) -> str:
-    return f"task.{check_name(queue, NameKind.QUEUE)}.{check_name(job_id, NameKind.JOB_ID)}"
+def task_queue_subject(queue: str, job_id: str, *, level: PriorityLevel) -> str:
+    queue, job_id = check_name(queue, NameKind.QUEUE), check_name(job_id, NameKind.JOB_ID)
+    return f"task.{queue}.{level.value}.{job_id}"
 
 
 def queue_subjects(queue: str) -> str:
+    """Every task message of a queue, of any level (and of the form before levels)."""
     return f"task.{check_name(queue, NameKind.QUEUE)}.>"
 
 
-def job_queue_purge_subject(job_id: str) -> str:
-    return f"task.*.{check_name(job_id, NameKind.JOB_ID)}"
+def level_filter_subjects(queue: str, level: PriorityLevel) -> list[str]:
+    """What the consumer of one level of a queue takes. The normal level also takes messages
+    queued before there were levels (`task.<queue>.<job_id>`, one token shorter), so an
+    upgrade strands none of them."""
+    queue = check_name(queue, NameKind.QUEUE)
+    subjects = [f"task.{queue}.{level.value}.*"]
+    if level is PriorityLevel.NORMAL:
+        subjects.append(f"task.{queue}.*")
+    return subjects
 
 
-def worker_consumer_name(queue: str) -> str:
-    return f"workers-{check_name(queue, NameKind.QUEUE)}"
+def job_queue_purge_subjects(job_id: str) -> tuple[str, str]:
+    """A job's queued task messages, of every level, and of the form before levels."""
+    job_id = check_name(job_id, NameKind.JOB_ID)
+    return f"task.*.*.{job_id}", f"task.*.{job_id}"
+
+
+def worker_consumer_name(queue: str, level: PriorityLevel = PriorityLevel.NORMAL) -> str:
+    """The durable consumer of one level of a queue. The normal level keeps the name the
+    queue's one consumer had before levels; the prefix of the others (`high-workers-…`) can
+    never be a `workers-<queue>` name, whatever the queue is called."""
+    queue = check_name(queue, NameKind.QUEUE)
+    if level is PriorityLevel.NORMAL:
+        return f"workers-{queue}"
+    return f"{level.value}-workers-{queue}"
 
 
 def subject_for(event: Event) -> str:

@@ -62,8 +62,9 @@ from events import (
     event_batches,
     is_transient,
     job_of_subject,
-    job_queue_purge_subject,
+    job_queue_purge_subjects,
     job_subject,
+    level_of,
     quote,
     sleep_unless_stopped,
     subject_for,
@@ -512,6 +513,7 @@ class Dispatcher:
             max_attempts=event.max_attempts,
             timeout_s=event.timeout_s,
             attempts_before=event.attempts_before,
+            level=level_of(event.priority),
         )
         await self.bus.publish_task(event.queue, message, msg_id=f"{event.task_id}@{seq}")
         log.info("task %s requeued", event.task_id)
@@ -558,11 +560,12 @@ class Dispatcher:
 
     async def _purge_queued(self, job_id: str) -> None:
         """Remove the job's task messages that no worker has taken."""
-        subject = job_queue_purge_subject(job_id)
         await self._outbox.settle()
-        await with_retry(
-            lambda: self.bus.js.purge_stream(TASKS_STREAM, subject=subject), what="purge"
-        )
+        for subject in job_queue_purge_subjects(job_id):
+            await with_retry(
+                functools.partial(self.bus.js.purge_stream, TASKS_STREAM, subject=subject),
+                what="purge",
+            )
 
     async def _cancel_tasks(self, job_id: str, indexes: range, reason: str) -> None:
         task_ids = [task_id_for(job_id, index) for index in indexes]
@@ -704,6 +707,7 @@ def _expander(job: OpenJob, *, start: int = 0) -> TaskExpander:
         timeout_s=job.timeout_s,
         chunk_size=job.chunk_size,
         start=start,
+        level=job.level,
     )
 
 

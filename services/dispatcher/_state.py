@@ -17,11 +17,13 @@ from events import (
     JobSealed,
     JobSubmitted,
     JobTasksAdded,
+    PriorityLevel,
     TaskCancelled,
     TaskChunkFinished,
     TaskDeadLettered,
     TaskSucceeded,
     is_chunk_id,
+    level_of,
 )
 
 
@@ -48,6 +50,8 @@ class OpenJob(msgspec.Struct, kw_only=True):
     # server has acknowledged, from index 0; resumed from there after a restart.
     expanding: bool = False
     expanded: int = 0
+    # Its tasks' priority level (their subjects and consumer).
+    level: PriorityLevel = PriorityLevel.NORMAL
 
     @property
     def finished(self) -> int:
@@ -90,6 +94,7 @@ class DispatcherState(msgspec.Struct, kw_only=True):
             max_attempts=event.max_attempts,
             timeout_s=event.timeout_s,
             sealed=event.sealed,
+            level=level_of(event.priority),
         )
         self.jobs[event.job_id] = job
         return job

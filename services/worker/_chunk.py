@@ -30,6 +30,7 @@ def item_message(
         timeout_s=chunk.timeout_s,
         attempts_before=attempts_before,
         retry_at=retry_at,
+        level=chunk.level,
     )
 
 

@@ -21,7 +21,6 @@ from nats.aio.msg import Msg
 from events import (
     LIVENESS_BUCKET,
     MAX_RUNNING,
-    TASKS_STREAM,
     TERMINAL_TASK_EVENTS,
     Bus,
     ChunkFailure,
@@ -30,7 +29,6 @@ from events import (
     Event,
     Liveness,
     NameKind,
-    PullFeed,
     RunningTask,
     TaskCancelled,
     TaskChunkFinished,
@@ -52,10 +50,10 @@ from events import (
     safe_name,
     task_event_subject,
     utc_now,
-    worker_consumer_name,
 )
 from services.worker._chunk import failed_in_chunk, run_items, split
 from services.worker._handlers import HandlerRegistry, Retry, TaskContext, is_permanent
+from services.worker._levels import DEFAULT_SHARE_EVERY, LevelFeeds
 from services.worker._progress import ProgressSender, Report
 
 log = logging.getLogger(__name__)
@@ -94,6 +92,8 @@ class WorkerOptions:
     failure_rate: float = 0.0
     extra_duration_s: float = 0.0
     worker_id: str | None = None
+    # One slot in this many goes first to each lower priority level (see `LevelFeeds`).
+    share_every: int = DEFAULT_SHARE_EVERY
 
 
 class SimulatedFailure(RuntimeError):
@@ -161,11 +161,11 @@ class Worker:
             await self._forget_liveness()
             log.info("worker %s stopped after %d tasks", self.worker_id, self.tasks_done)
 
-    async def _shutdown(self, feed: PullFeed) -> None:
+    async def _shutdown(self, feeds: LevelFeeds) -> None:
         """Ask for no more tasks, let in-flight tasks finish within the grace period, then give
         back what is left, and what still arrives for requests outstanding, with a nak so
         another worker takes it at once."""
-        await feed.resize(0)
+        await feeds.offer(0)
         deadline = time.monotonic() + self.options.grace_s
         if self._inflight:
             log.info(
@@ -187,57 +187,59 @@ class Worker:
                 log.warning("gave back %d unfinished tasks", len(pending))
         # Outstanding pull requests end within their expiry; nak what they still bring.
         settle_by = max(deadline, time.monotonic()) + PULL_EXPIRES_S
-        while (feed.requested or feed.buffered) and time.monotonic() < settle_by:
-            for delivery in await feed.take(feed.buffered or 1, FETCH_TIMEOUT_S):
+        while (feeds.requested or feeds.buffered) and time.monotonic() < settle_by:
+            for delivery in await feeds.take(feeds.buffered, FETCH_TIMEOUT_S):
                 with contextlib.suppress(nats.errors.Error):
                     await delivery.msg.nak()
-        await feed.stop()
+            if not feeds.buffered:
+                await asyncio.sleep(FETCH_TIMEOUT_S)
+        await feeds.stop()
 
-    async def _open_feed(self) -> PullFeed:
-        feed = PullFeed(
+    async def _open_feeds(self) -> LevelFeeds:
+        feeds = LevelFeeds(
             self.bus.nc,
-            stream=TASKS_STREAM,
-            consumer=worker_consumer_name(self.options.queue),
-            window=self.options.concurrency,
-            holds_taken=True,
+            queue=self.options.queue,
             expires_s=PULL_EXPIRES_S,
             heartbeat_s=PULL_HEARTBEAT_S,
+            share_every=self.options.share_every,
         )
-        await feed.start()
-        return feed
+        await feeds.start()
+        return feeds
 
     async def _pull_loop(self, stop: asyncio.Event) -> None:
-        feed = await self._open_feed()
+        feeds = await self._open_feeds()
         try:
-            await self._pull_until_stopped(feed, stop)
+            await self._pull_until_stopped(feeds, stop)
         finally:
-            await self._shutdown(feed)
+            await self._shutdown(feeds)
 
-    async def _pull_until_stopped(self, feed: PullFeed, stop: asyncio.Event) -> None:
+    async def _pull_until_stopped(self, feeds: LevelFeeds, stop: asyncio.Event) -> None:
         failures = 0
         while not stop.is_set():
             free = self.options.concurrency - len(self._inflight)
-            await feed.resize(free)
             if free <= 0:
+                await feeds.offer(0)
                 await asyncio.wait(list(self._inflight), return_when=asyncio.FIRST_COMPLETED)
                 continue
-            deliveries = await feed.take(free, FETCH_TIMEOUT_S)
-            for delivery in deliveries:
+            for delivery in await feeds.take(free, FETCH_TIMEOUT_S):
                 task = asyncio.create_task(self._handle(delivery.msg, delivery.num_delivered))
                 self._inflight[task] = delivery.msg
                 task.add_done_callback(self._finished)
-            if not feed.lost:
+            lost = feeds.lost
+            if not lost:
                 failures = 0
                 continue
             failures += 1
-            log.warning("pulling tasks: %s; pulling again", feed.lost)
-            await feed.stop()
+            for feed in lost:
+                log.warning("pulling tasks: %s; pulling again", feed.lost)
+                await feed.stop()
             await asyncio.sleep(backoff_s(failures, base_s=0.1, cap_s=2.0))
             with contextlib.suppress(Exception):
                 await ensure_worker_consumer(
                     self.bus.js, self.options.queue, lease_s=self.options.lease_s
                 )
-            await feed.restart()
+            for feed in lost:
+                await feed.restart()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._inflight.pop(task, None)

@@ -7,12 +7,14 @@ from datetime import timedelta
 
 from cli._jobs import cancel_job
 from events import (
+    TASKS_STREAM,
     Bus,
     Event,
     JobCancelled,
     JobCompleted,
     JobFailed,
     JobSubmitted,
+    PriorityLevel,
     TaskCancelled,
     TaskChunkFinished,
     TaskDeadLettered,
@@ -24,6 +26,7 @@ from events import (
     new_id,
     task_id_for,
     utc_now,
+    worker_consumer_name,
 )
 from services.dispatcher import Dispatcher
 from services.worker import Worker, WorkerOptions
@@ -49,6 +52,7 @@ async def test_a_chunked_job_runs_its_tasks_in_chunks_and_retries_failures_alone
         job_id=new_id(),
         chunk_size=10,
         max_attempts=2,
+        priority=5,
         tasks=[
             TaskSpec(kind="sum", args={"a": 1, "b": 2}, count=45),
             TaskSpec(kind="fail", args={"succeed_on_attempt": 2}, count=3),
@@ -82,6 +86,15 @@ async def test_a_chunked_job_runs_its_tasks_in_chunks_and_retries_failures_alone
     assert _outcomes(log) == Counter({f"{submitted.job_id}-{i}": 1 for i in range(50)})
     per_task = [e for c in chunks for e in chunk_task_events(c)]
     assert len(per_task) == 50
+    # Its chunks, and the tasks that went on alone, were all served at the job's level.
+    assert await delivered(bus, PriorityLevel.HIGH) >= 5 + 5
+    assert await delivered(bus, PriorityLevel.NORMAL) == 0
+
+
+async def delivered(bus: Bus, level: PriorityLevel) -> int:
+    """Deliveries made by the default queue's consumer of `level`."""
+    info = await bus.js.consumer_info(TASKS_STREAM, worker_consumer_name("default", level))
+    return info.delivered.consumer_seq or 0
 
 
 async def test_cancel_reaches_the_tasks_of_chunks_not_yet_run(bus: Bus) -> None:

@@ -49,6 +49,7 @@ async def test_dead_letter_retry_finishes_the_task_and_reopens_the_job(
         job_id=new_id(),
         tasks=[TaskSpec(kind="sometimes_broken", count=2), TaskSpec(kind="noop")],
         max_attempts=2,
+        priority=-1,
     )
     BROKEN["on"] = True
     pool = await asyncpg.create_pool(
@@ -105,7 +106,8 @@ async def test_dead_letter_retry_finishes_the_task_and_reopens_the_job(
     assert {row["attempts"] for row in states if not row["task_id"].endswith("-2")} == {3}
     assert [row["status"] for row in results] == ["succeeded"] * 3
     log = await read_log(bus)
-    assert sum(isinstance(e, TaskRequeued) for e in log) == 2
+    requeued = [e for e in log if isinstance(e, TaskRequeued)]
+    assert [e.priority for e in requeued] == [-1, -1]  # queued again at the job's level
     succeeded = [e for e in log if isinstance(e, TaskSucceeded)]
     assert len(succeeded) == len({e.task_id for e in succeeded}) == 3
 

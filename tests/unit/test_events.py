@@ -7,6 +7,7 @@ import pytest
 from events import (
     DecodeError,
     JobSubmitted,
+    PriorityLevel,
     TaskExpander,
     TaskSpec,
     TaskSucceeded,
@@ -68,7 +69,7 @@ def test_task_ids_are_derived_from_the_job() -> None:
 def test_subjects() -> None:
     assert job_subject("J") == "evt.job.J"
     assert task_event_subject("J", "J-0") == "evt.task.J.J-0"
-    assert task_queue_subject("default", "J") == "task.default.J"
+    assert task_queue_subject("default", "J", level=PriorityLevel.HIGH) == "task.default.high.J"
     assert subject_for(JobSubmitted(job_id="J", tasks=[])) == "evt.job.J"
     for bad in ("a.b", "a*", "a>", "a b", "a\r\nPUB x", "é"):
         with pytest.raises(ValueError, match=r"job id '.*' has characters outside letters"):
