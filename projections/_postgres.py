@@ -185,7 +185,7 @@ def over_the_task_limit(job_id: str, first_index: int, specs: Sequence[TaskSpec]
 
 def spec_ranges(first_index: int, specs: Iterable[TaskSpec]) -> Iterator[tuple[TaskSpec, int]]:
     """Each spec with the task index of its first task: a spec of `count` n takes n
-    consecutive indexes (as in `events.expand_tasks`), from `first_index` on."""
+    consecutive indexes (as in `events.TaskExpander`), from `first_index` on."""
     index = first_index
     for spec in specs:
         yield spec, index
