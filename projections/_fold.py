@@ -24,9 +24,12 @@ from events import (
     Event,
     JobCancelled,
     JobCompleted,
+    JobEvent,
     JobFailed,
     JobRejected,
+    JobSealed,
     JobSubmitted,
+    JobTasksAdded,
     OneTaskEvent,
     SourceItem,
     TaskCancelled,
@@ -35,6 +38,7 @@ from events import (
     TaskFailed,
     TaskProgress,
     TaskRequeued,
+    TaskSpec,
     TaskStarted,
     TaskSucceeded,
     WorkerLost,
@@ -45,7 +49,7 @@ from events import (
     task_id_for,
 )
 from projections._migrate import quote_ident
-from projections._postgres import MAX_JOB_TASKS, _counted_back, _utc
+from projections._postgres import _counted_back, _utc, over_the_task_limit, spec_ranges
 
 TERMINAL_TASK_STATES = frozenset({"succeeded", "dead_lettered", "cancelled"})
 TERMINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled", "rejected"})
@@ -184,16 +188,16 @@ class ReadModelFold:
     def apply(self, seq: int, event: Event) -> None:
         at = _utc(event.at)
         match event:
-            case JobSubmitted():
-                self._job_submitted(seq, at, event)
-            case JobCancelled():
-                self._job_finished(seq, at, event.job_id, "cancelled", None)
-            case JobCompleted():
-                self._job_finished(seq, at, event.job_id, "completed", event.duration_s)
-            case JobFailed():
-                self._job_finished(seq, at, event.job_id, "failed", event.duration_s)
-            case JobRejected():
-                self._job_rejected(seq, at, event)
+            case (
+                JobSubmitted()
+                | JobTasksAdded()
+                | JobSealed()
+                | JobCancelled()
+                | JobCompleted()
+                | JobFailed()
+                | JobRejected()
+            ):
+                self._job_event(seq, at, event)
             case WorkerStarted():
                 self._worker_started(seq, at, event)
             case WorkerStopped():
@@ -225,31 +229,73 @@ class ReadModelFold:
 
     # --- jobs ------------------------------------------------------------------------------
 
+    def _job_event(self, seq: int, at: datetime, event: JobEvent) -> None:
+        match event:
+            case JobSubmitted():
+                self._job_submitted(seq, at, event)
+            case JobTasksAdded():
+                self._job_tasks_added(seq, event)
+            case JobSealed():
+                self._job_sealed(seq, event)
+            case JobCancelled():
+                self._job_finished(seq, at, event.job_id, "cancelled", None)
+            case JobCompleted():
+                self._job_finished(seq, at, event.job_id, "completed", event.duration_s)
+            case JobFailed():
+                self._job_finished(seq, at, event.job_id, "failed", event.duration_s)
+            case JobRejected():
+                self._job_rejected(seq, at, event)
+
     def _job_submitted(self, seq: int, at: datetime, job: JobSubmitted) -> None:
-        count = sum(max(0, spec.count) for spec in job.tasks)
-        if count > MAX_JOB_TASKS:
-            raise _Rejected(f"job {job.job_id} has {count} tasks, over {MAX_JOB_TASKS}")
+        self._check_task_limit(job.job_id, 0, job.tasks)
         if job.job_id in self.jobs:
             return
         self.jobs[job.job_id] = _new_job(job.job_id, queue=job.queue, at=at, seq=seq) | {
             "name": job.name,
             "priority": job.priority,
-            "total_tasks": count,
+            "status": "queued" if job.sealed else "submitting",
+            "total_tasks": job.task_count,
             "max_attempts": job.max_attempts,
             "timeout_s": _float(job.timeout_s),
             "idempotency_key": job.idempotency_key,
             "submitted_by": job.submitted_by,
             "labels": _json(job.labels),
         }
-        index = 0
-        for spec in job.tasks:
+        self._add_tasks(seq, job.job_id, 0, job.tasks)
+
+    def _job_tasks_added(self, seq: int, event: JobTasksAdded) -> None:
+        self._check_task_limit(event.job_id, event.first_index, event.tasks)
+        job = self.jobs.get(event.job_id)
+        if job is None or job["status"] != "submitting":
+            return
+        added = self._add_tasks(seq, event.job_id, event.first_index, event.tasks)
+        if added:
+            job["total_tasks"] += added
+            job["updated_seq"] = seq
+
+    def _job_sealed(self, seq: int, event: JobSealed) -> None:
+        job = self.jobs.get(event.job_id)
+        if job is not None and job["status"] == "submitting":
+            job.update(status="queued", updated_seq=seq)
+
+    @staticmethod
+    def _check_task_limit(job_id: str, first_index: int, specs: list[TaskSpec]) -> None:
+        error = over_the_task_limit(job_id, first_index, specs)
+        if error is not None:
+            raise _Rejected(error)
+
+    def _add_tasks(self, seq: int, job_id: str, first_index: int, specs: list[TaskSpec]) -> int:
+        """The task rows of `specs` from `first_index` on, those not there yet; return how
+        many were made."""
+        added = 0
+        for spec, first in spec_ranges(first_index, specs):
             args = _json(spec.args)
-            for _ in range(spec.count):
-                task_id = task_id_for(job.job_id, index)
+            for index in range(first, first + spec.count):
+                task_id = task_id_for(job_id, index)
                 if task_id not in self.tasks:
-                    task = _new_task(task_id, job.job_id, index, spec.kind, args, seq)
-                    self.tasks[task_id] = task
-                index += 1
+                    self.tasks[task_id] = _new_task(task_id, job_id, index, spec.kind, args, seq)
+                    added += 1
+        return added
 
     def _job_finished(
         self, seq: int, at: datetime, job_id: str, status: str, duration_s: float | None

@@ -30,6 +30,7 @@ import asyncpg
 
 from events import (
     DEFAULT_BATCH_MAX,
+    MAX_TASKS_PER_JOB,
     Bus,
     Event,
     JobCancelled,
@@ -37,7 +38,9 @@ from events import (
     JobEvent,
     JobFailed,
     JobRejected,
+    JobSealed,
     JobSubmitted,
+    JobTasksAdded,
     OneTaskEvent,
     SourceItem,
     TaskCancelled,
@@ -46,6 +49,7 @@ from events import (
     TaskFailed,
     TaskProgress,
     TaskRequeued,
+    TaskSpec,
     TaskStarted,
     TaskSucceeded,
     WorkerEvent,
@@ -57,7 +61,6 @@ from events import (
     encode,
     event_batches,
     sleep_unless_stopped,
-    task_id_for,
 )
 from projections._migrate import DEFAULT_SCHEMA, quote_ident
 from projections._queries import load_queries
@@ -65,8 +68,6 @@ from projections._queries import load_queries
 log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "postgres"
-# A job.submitted that expands to more tasks than this is parked, not projected.
-MAX_JOB_TASKS = 1_000_000
 RETRY_CAP_S = 5.0
 
 T = TypeVar("T")
@@ -152,7 +153,15 @@ def event_steps(seq: int, event: Event) -> list[tuple[Event, Step]]:
     for a chunk the per-task events it stands for, in order (nothing for the chunk's own
     id). `RejectedEvent` if it cannot be projected."""
     match event:
-        case JobSubmitted() | JobCancelled() | JobCompleted() | JobFailed() | JobRejected():
+        case (
+            JobSubmitted()
+            | JobTasksAdded()
+            | JobSealed()
+            | JobCancelled()
+            | JobCompleted()
+            | JobFailed()
+            | JobRejected()
+        ):
             return [(event, _job_step(seq, event))]
         case WorkerStarted() | WorkerStopped() | WorkerLost():
             return [(event, _worker_step(seq, event))]
@@ -162,34 +171,66 @@ def event_steps(seq: int, event: Event) -> list[tuple[Event, Step]]:
             return [(event, _task_step(seq, event))]
 
 
+def over_the_task_limit(job_id: str, first_index: int, specs: Sequence[TaskSpec]) -> str | None:
+    """Why `specs`, taking task indexes from `first_index` on, cannot be projected (None: they
+    can): a job's task indexes stay below `MAX_TASKS_PER_JOB`, the dispatcher's own limit."""
+    end = first_index + sum(spec.count for spec in specs)
+    if end <= MAX_TASKS_PER_JOB:
+        return None
+    return (
+        f"job {job_id}: tasks up to index {end - 1:,}, over the limit of"
+        f" {MAX_TASKS_PER_JOB:,} tasks per job"
+    )
+
+
+def spec_ranges(first_index: int, specs: Iterable[TaskSpec]) -> Iterator[tuple[TaskSpec, int]]:
+    """Each spec with the task index of its first task: a spec of `count` n takes n
+    consecutive indexes (as in `events.TaskExpander`), from `first_index` on."""
+    index = first_index
+    for spec in specs:
+        yield spec, index
+        index += spec.count
+
+
+def _spec_rows(job_id: str, first_index: int, specs: Sequence[TaskSpec]) -> list[_Row]:
+    """The JSON input of the task rows of `specs`: one object per spec, expanded to one row
+    per task in SQL (`generate_series`), so a big job costs no Python work per task."""
+    error = over_the_task_limit(job_id, first_index, specs)
+    if error is not None:
+        raise RejectedEvent(error)
+    return [
+        {"kind": spec.kind, "args": spec.args, "count": spec.count, "first_index": first}
+        for spec, first in spec_ranges(first_index, specs)
+    ]
+
+
 def _job_step(seq: int, event: JobEvent) -> Step:
-    if isinstance(event, JobSubmitted):
-        return _submitted_step(seq, event)
-    row: _Row = {"seq": seq, "at": _utc(event.at), "job_id": event.job_id}
-    if isinstance(event, JobRejected):
-        return Step("job_rejected", row | {"reason": event.reason}, [("job", event.job_id)])
+    owned = [("job", event.job_id)]
     match event:
+        case JobSubmitted():
+            return _submitted_step(seq, event)
+        case JobTasksAdded():
+            specs = _spec_rows(event.job_id, event.first_index, event.tasks)
+            # Owning the job is enough, as for job.submitted.
+            row: _Row = {"seq": seq, "job_id": event.job_id, "specs": specs}
+            return Step("job_tasks_added", row, owned)
+        case JobSealed():
+            return Step("job_sealed", {"seq": seq, "job_id": event.job_id}, owned)
+    row = {"seq": seq, "at": _utc(event.at), "job_id": event.job_id}
+    match event:
+        case JobRejected():
+            return Step("job_rejected", row | {"reason": event.reason}, owned)
         case JobCancelled():
             row |= {"status": "cancelled", "duration_s": None}
         case JobCompleted():
             row |= {"status": "completed", "duration_s": event.duration_s}
         case JobFailed():
             row |= {"status": "failed", "duration_s": event.duration_s}
-    return Step("job_finished", row, [("job", event.job_id)])
+    return Step("job_finished", row, owned)
 
 
 def _submitted_step(seq: int, job: JobSubmitted) -> Step:
-    count = sum(max(0, spec.count) for spec in job.tasks)
-    if count > MAX_JOB_TASKS:
-        raise RejectedEvent(f"job {job.job_id} has {count} tasks, over {MAX_JOB_TASKS}")
-    tasks: list[_Row] = []
-    for spec in job.tasks:
-        for _ in range(spec.count):
-            index = len(tasks)
-            task_id = task_id_for(job.job_id, index)
-            tasks.append(
-                {"task_id": task_id, "task_index": index, "kind": spec.kind, "args": spec.args}
-            )
+    specs = _spec_rows(job.job_id, 0, job.tasks)
     row: _Row = {
         "seq": seq,
         "at": _utc(job.at),
@@ -197,13 +238,15 @@ def _submitted_step(seq: int, job: JobSubmitted) -> Step:
         "name": job.name,
         "queue": job.queue,
         "priority": job.priority,
-        "total_tasks": len(tasks),
+        # A streamed job is being submitted until its job.sealed.
+        "status": "queued" if job.sealed else "submitting",
+        "total_tasks": job.task_count,
         "max_attempts": job.max_attempts,
         "timeout_s": job.timeout_s,
         "idempotency_key": job.idempotency_key,
         "submitted_by": job.submitted_by,
         "labels": job.labels,
-        "tasks": tasks,
+        "specs": specs,
     }
     # Owning the job is enough: every task step shares its job, so none can pass this one.
     return Step("job_submitted", row, [("job", job.job_id)])

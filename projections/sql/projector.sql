@@ -41,13 +41,18 @@ ON CONFLICT (seq) DO NOTHING;
 
 
 -- name: job_submitted
--- A second job.submitted for a known job id changes nothing, its tasks included.
+-- A second job.submitted for a known job id changes nothing, its tasks included. status:
+-- queued, or submitting for a streamed job (its tasks follow in job.tasks_added batches until
+-- its job.sealed). specs: one object per TaskSpec with the task index of its first task; its
+-- `count` task rows are expanded here (generate_series), so a job of millions of tasks costs
+-- the projector one JSON object. A task's id is "<job_id>-<task_index>", as
+-- events.task_id_for makes it.
 WITH e AS (
     SELECT *
     FROM json_to_recordset($1::json) AS e (
         seq bigint, at timestamptz, job_id text, name text, queue text, priority integer,
-        total_tasks integer, max_attempts integer, timeout_s float8, idempotency_key text,
-        submitted_by text, labels jsonb, tasks json
+        status text, total_tasks integer, max_attempts integer, timeout_s float8,
+        idempotency_key text, submitted_by text, labels jsonb, specs json
     )
 ),
 job AS (
@@ -56,18 +61,59 @@ job AS (
         idempotency_key, submitted_by, labels, submitted_at, submitted_seq, updated_seq
     )
     SELECT
-        e.job_id, e.name, e.queue, e.priority, 'queued', e.total_tasks, e.max_attempts,
+        e.job_id, e.name, e.queue, e.priority, e.status, e.total_tasks, e.max_attempts,
         e.timeout_s, e.idempotency_key, e.submitted_by, e.labels, e.at, e.seq, e.seq
     FROM e
     ON CONFLICT (job_id) DO NOTHING
     RETURNING job_id
 )
 INSERT INTO tasks (task_id, job_id, task_index, kind, args, state, updated_seq)
-SELECT t.task_id, e.job_id, t.task_index, t.kind, t.args, 'queued', e.seq
+SELECT e.job_id || '-' || i, e.job_id, i, s.kind, s.args, 'queued', e.seq
 FROM e
 JOIN job ON job.job_id = e.job_id
-CROSS JOIN json_to_recordset(e.tasks) AS t (task_id text, task_index integer, kind text, args jsonb)
+CROSS JOIN json_to_recordset(e.specs)
+    AS s (kind text, args jsonb, count integer, first_index integer)
+CROSS JOIN generate_series(s.first_index, s.first_index + s.count - 1) AS i
 ON CONFLICT (task_id) DO NOTHING;
+
+
+-- name: job_tasks_added
+-- One batch of a streamed job's tasks, `specs` expanded as in job_submitted. Only a job still
+-- submitting takes them (an unknown, sealed or ended job: nothing changes). total_tasks grows
+-- by the task rows the batch made, so a batch seen again (or one overlapping an earlier one)
+-- counts each task once; a batch that made no row leaves the job as it was.
+WITH e AS (
+    SELECT * FROM json_to_recordset($1::json) AS e (seq bigint, job_id text, specs json)
+),
+added AS (
+    INSERT INTO tasks (task_id, job_id, task_index, kind, args, state, updated_seq)
+    SELECT e.job_id || '-' || i, e.job_id, i, s.kind, s.args, 'queued', e.seq
+    FROM e
+    JOIN jobs ON jobs.job_id = e.job_id AND jobs.status = 'submitting'
+    CROSS JOIN json_to_recordset(e.specs)
+        AS s (kind text, args jsonb, count integer, first_index integer)
+    CROSS JOIN generate_series(s.first_index, s.first_index + s.count - 1) AS i
+    ON CONFLICT (task_id) DO NOTHING
+    RETURNING tasks.job_id
+)
+UPDATE jobs
+SET total_tasks = jobs.total_tasks + a.added, updated_seq = e.seq
+FROM (SELECT added.job_id, count(*) AS added FROM added GROUP BY added.job_id) AS a
+JOIN e ON e.job_id = a.job_id
+WHERE jobs.job_id = a.job_id;
+
+
+-- name: job_sealed
+-- A streamed job is whole: it is queued, and runs. Only a job still submitting (a rejected or
+-- cancelled one stays so). A task_count other than the job's rows is the dispatcher's to
+-- judge: it rejects such a job (job.rejected, which ends a submitting or queued job).
+WITH e AS (
+    SELECT * FROM json_to_recordset($1::json) AS e (seq bigint, job_id text)
+)
+UPDATE jobs
+SET status = 'queued', updated_seq = e.seq
+FROM e
+WHERE jobs.job_id = e.job_id AND jobs.status = 'submitting';
 
 
 -- name: job_finished

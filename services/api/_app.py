@@ -66,7 +66,10 @@ COMMAND_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 10.0
 RECONNECT_INTERVAL_S = 1.0
 
-JobStatus = Literal["queued", "running", "completed", "failed", "cancelled", "rejected"]
+# submitting: a streamed job whose tasks are still being added (it runs once sealed).
+JobStatus = Literal[
+    "submitting", "queued", "running", "completed", "failed", "cancelled", "rejected"
+]
 TaskState = Literal["queued", "running", "succeeded", "failed", "dead_lettered", "cancelled"]
 _TASK_STATES: tuple[TaskState, ...] = (
     "queued",

@@ -194,8 +194,10 @@ async def test_jobs_filters(client: httpx.AsyncClient, db: asyncpg.Connection) -
     await insert_job(db, "a", status="running", queue="q1")
     await insert_job(db, "b", status="completed", queue="q1")
     await insert_job(db, "c", status="running", queue="q2")
+    await insert_job(db, "d", status="submitting", queue="q2")
 
     running = await get_ok(client, "/jobs", status="running")
+    submitting = await get_ok(client, "/jobs", status="submitting")
     q1 = await get_ok(client, "/jobs", queue="q1")
     both = await get_ok(client, "/jobs", status="running", queue="q1")
     none = await get_ok(client, "/jobs", status="cancelled")
@@ -203,6 +205,7 @@ async def test_jobs_filters(client: httpx.AsyncClient, db: asyncpg.Connection) -
     assert sorted(job["job_id"] for job in running["jobs"]) == ["a", "c"]
     assert sorted(job["job_id"] for job in q1["jobs"]) == ["a", "b"]
     assert [job["job_id"] for job in both["jobs"]] == ["a"]
+    assert [job["job_id"] for job in submitting["jobs"]] == ["d"]
     assert none["jobs"] == []
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import asyncpg
 
 from events import (
+    MAX_TASKS_PER_JOB,
     Bus,
     ChunkFailure,
     ChunkResult,
@@ -17,7 +18,9 @@ from events import (
     JobCompleted,
     JobFailed,
     JobRejected,
+    JobSealed,
     JobSubmitted,
+    JobTasksAdded,
     TaskCancelled,
     TaskChunkFinished,
     TaskDeadLettered,
@@ -256,7 +259,15 @@ def tricky_log() -> list[Event]:
             concurrency=2,
             version="2",
         ),
-        JobSubmitted(at=at(28), job_id="huge", tasks=[TaskSpec(kind="noop", count=1_000_001)]),
+        # Over the limit of tasks per job: parked.
+        JobSubmitted(
+            at=at(28),
+            job_id="huge",
+            tasks=[
+                TaskSpec(kind="noop", count=60_000_000),
+                TaskSpec(kind="noop", count=60_000_000),
+            ],
+        ),
         # Set aside by the dispatcher: a job never projected gets a row; an open one ends; an
         # ended one stays as it was.
         JobRejected(at=at(28.2), job_id="huge", reason="too many tasks", rejected_seq=40),
@@ -309,6 +320,109 @@ def tricky_log() -> list[Event]:
         TaskProgress(
             at=at(37), job_id="prog", task_id="prog-0", worker_id="w5", attempt=2, fraction=0.3
         ),
+        *streamed_jobs(),
+    ]
+
+
+def streamed_jobs() -> list[Event]:
+    """Jobs submitted as a header, batches of tasks and a seal."""
+    first = [TaskSpec(kind="sum", args={"a": 1}, count=3), TaskSpec(kind="noop")]
+    return [
+        JobSubmitted(
+            at=at(38), job_id="stream", name="s", labels={"l": "v"}, sealed=False, tasks=[]
+        ),
+        JobTasksAdded(at=at(38.1), job_id="stream", batch=0, first_index=0, tasks=first),
+        # The same batch again (a foreign copy): its tasks are there, the total stays.
+        JobTasksAdded(at=at(38.2), job_id="stream", batch=0, first_index=0, tasks=first),
+        JobTasksAdded(
+            at=at(38.3),
+            job_id="stream",
+            batch=1,
+            first_index=4,
+            tasks=[TaskSpec(kind="noop", args={"n": [1]}, count=2)],
+        ),
+        # Overlapping the tasks there: only index 6 is new.
+        JobTasksAdded(
+            at=at(38.4),
+            job_id="stream",
+            batch=2,
+            first_index=5,
+            tasks=[TaskSpec(kind="sleep", count=2)],
+        ),
+        JobSealed(at=at(38.5), job_id="stream", batches=3, task_count=7),
+        # After the seal: nothing changes.
+        JobTasksAdded(
+            at=at(38.6), job_id="stream", batch=3, first_index=7, tasks=[TaskSpec(kind="noop")]
+        ),
+        JobSealed(at=at(38.65), job_id="stream", batches=4, task_count=8),
+        TaskStarted(
+            at=at(38.7),
+            job_id="stream",
+            task_id="stream-6",
+            worker_id="w1",
+            attempt=1,
+            lease_deadline=at(60),
+        ),
+        # A header with tasks; a seal whose count is not the rows' is the dispatcher's to
+        # reject.
+        JobSubmitted(
+            at=at(39),
+            job_id="stream2",
+            sealed=False,
+            tasks=[TaskSpec(kind="sleep", args={"seconds": 1}, count=2)],
+        ),
+        JobTasksAdded(
+            at=at(39.1),
+            job_id="stream2",
+            batch=0,
+            first_index=2,
+            tasks=[TaskSpec(kind="noop", count=2)],
+        ),
+        JobSealed(at=at(39.2), job_id="stream2", batches=1, task_count=5),
+        JobRejected(
+            at=at(39.3), job_id="stream2", reason="5 tasks sealed, 4 added", rejected_seq=1
+        ),
+        # Rejected while submitting: it ends, and later batches and its seal change nothing.
+        JobSubmitted(at=at(40), job_id="stream3", sealed=False, tasks=[]),
+        JobRejected(at=at(40.1), job_id="stream3", reason="abandoned", rejected_seq=1),
+        JobTasksAdded(
+            at=at(40.2), job_id="stream3", batch=0, first_index=0, tasks=[TaskSpec(kind="noop")]
+        ),
+        JobSealed(at=at(40.3), job_id="stream3", batches=1, task_count=1),
+        # Task indexes past the limit of tasks per job: parked, whatever the job.
+        JobTasksAdded(
+            at=at(40.4),
+            job_id="stream3",
+            batch=1,
+            first_index=MAX_TASKS_PER_JOB - 1,
+            tasks=[TaskSpec(kind="noop", count=2)],
+        ),
+        # Cancelled while submitting.
+        JobSubmitted(at=at(41), job_id="stream4", sealed=False, tasks=[]),
+        JobCancelled(at=at(41.1), job_id="stream4"),
+        JobSealed(at=at(41.2), job_id="stream4", batches=0, task_count=0),
+        # A submit stopped halfway: the job stays submitting; a batch seen again as its last
+        # event changes nothing, not even the job's sequence.
+        JobSubmitted(at=at(41.5), job_id="stream5", sealed=False, tasks=[]),
+        JobTasksAdded(
+            at=at(41.6),
+            job_id="stream5",
+            batch=0,
+            first_index=0,
+            tasks=[TaskSpec(kind="noop", count=3)],
+        ),
+        JobTasksAdded(
+            at=at(41.7),
+            job_id="stream5",
+            batch=0,
+            first_index=0,
+            tasks=[TaskSpec(kind="noop", count=3)],
+        ),
+        # A batch and a seal of a job never submitted.
+        JobTasksAdded(
+            at=at(42), job_id="nobody", batch=0, first_index=0, tasks=[TaskSpec(kind="noop")]
+        ),
+        JobSealed(at=at(42.1), job_id="nobody", batches=1, task_count=1),
     ]
 
 
@@ -330,7 +444,41 @@ async def test_bulk_replay_equals_the_projector_on_every_rule(bus: Bus, database
                 live = await table_rows(conn, "jobstream", table)
                 assert live or table in ("projection_checkpoints",), table
                 assert await table_rows(conn, bulk.schema, table) == live, table
-            assert await conn.fetchval("SELECT count(*) FROM jobstream.rejected_events") == 3
+            assert await conn.fetchval("SELECT count(*) FROM jobstream.rejected_events") == 4
+            streamed = await conn.fetch(
+                "SELECT j.job_id, j.status, j.total_tasks, count(t.task_id) AS rows,"
+                " coalesce(max(t.task_index), -1) AS last"
+                " FROM jobstream.jobs j LEFT JOIN jobstream.tasks t USING (job_id)"
+                " WHERE j.job_id LIKE 'stream%' OR j.job_id IN ('nobody', 'huge')"
+                " GROUP BY j.job_id ORDER BY j.job_id"
+            )
+            assert [tuple(row) for row in streamed] == [
+                ("huge", "rejected", 0, 0, -1),
+                ("stream", "running", 7, 7, 6),
+                ("stream2", "rejected", 4, 4, 3),
+                ("stream3", "rejected", 0, 0, -1),
+                ("stream4", "cancelled", 0, 0, -1),
+                ("stream5", "submitting", 3, 3, 2),
+            ]
+            submitting = await conn.fetchrow(
+                "SELECT j.updated_seq, min(t.updated_seq) AS first, max(t.updated_seq) AS last"
+                " FROM jobstream.jobs j JOIN jobstream.tasks t USING (job_id)"
+                " WHERE j.job_id = 'stream5' GROUP BY j.job_id"
+            )
+            assert submitting["updated_seq"] == submitting["first"] == submitting["last"]
+            kinds = await conn.fetch(
+                "SELECT task_index, kind, args::text, state FROM jobstream.tasks"
+                " WHERE job_id = 'stream' ORDER BY task_index"
+            )
+            assert [tuple(row) for row in kinds] == [
+                (0, "sum", '{"a": 1}', "queued"),
+                (1, "sum", '{"a": 1}', "queued"),
+                (2, "sum", '{"a": 1}', "queued"),
+                (3, "noop", "{}", "queued"),
+                (4, "noop", '{"n": [1]}', "queued"),
+                (5, "noop", '{"n": [1]}', "queued"),
+                (6, "sleep", "{}", "running"),
+            ]
             workers = await conn.fetch(
                 "SELECT worker_id, state FROM jobstream.workers ORDER BY worker_id"
             )

@@ -9,9 +9,13 @@ import pytest
 from events import (
     ChunkFailure,
     ChunkResult,
+    JobSealed,
+    JobSubmitted,
+    JobTasksAdded,
     SourceItem,
     TaskChunkFinished,
     TaskDeadLettered,
+    TaskSpec,
     TaskStarted,
     TaskSucceeded,
     decode_item,
@@ -217,6 +221,16 @@ def test_only_finished_tasks_make_lines() -> None:
     )
     assert result_line(item(12, encode(started))) is None
     assert result_line(item(13, b"not json")) is None
+
+
+def test_the_events_of_a_streamed_job_make_no_lines() -> None:
+    events = [
+        JobSubmitted(job_id="J", sealed=False, tasks=[], at=DAY),
+        JobTasksAdded(job_id="J", batch=0, first_index=0, tasks=[TaskSpec(kind="noop")], at=DAY),
+        JobSealed(job_id="J", batches=1, task_count=1, at=DAY),
+    ]
+    for seq, event in enumerate(events, start=1):
+        assert result_lines(decode_item(seq, "evt.job.J", encode(event))) == []
 
 
 def test_a_chunk_makes_a_numbered_line_per_task_that_succeeded() -> None:
