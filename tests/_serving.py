@@ -12,7 +12,8 @@ from services.stack import free_port
 
 START_ATTEMPTS = 100
 START_POLL_S = 0.05
-STOP_TIMEOUT_S = 10.0
+# The API closes NATS (drain: up to 5 s) and its pool (up to 10 s) on the way out.
+STOP_TIMEOUT_S = 30.0
 
 
 @contextlib.asynccontextmanager

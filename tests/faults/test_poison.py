@@ -51,6 +51,8 @@ VALID_EVENTS: dict[str, dict[str, Any]] = {
     "job.completed": {**_JOB, "succeeded": 1, "duration_s": 1.0},
     "job.failed": {**_JOB, "succeeded": 0, "dead_lettered": 1, "duration_s": 1.0},
     "job.rejected": {**_JOB, "reason": "r", "rejected_seq": 1},
+    "job.tasks_added": {**_JOB, "batch": 0, "first_index": 0, "tasks": [{"kind": "noop"}]},
+    "job.sealed": {**_JOB, "batches": 0, "task_count": 0},
     "task.started": {**_TASK, "lease_deadline": "2026-12-01T00:00:30Z"},
     "task.progress": {**_TASK, "fraction": 0.5},
     "task.succeeded": {**_TASK, "kind": "noop", "duration_s": 0.1},
