@@ -28,8 +28,11 @@ from events import (
     TaskSucceeded,
     job_subject,
 )
+from services.api import create_app
 from services.dispatcher import Dispatcher
 from services.worker import Worker, WorkerOptions
+from tests._serving import serving
+from tests.faults._harness import Processes, ndjson_task_counts, query, wait_until_projected
 from tests.integration.test_worker_dispatcher import read_log, running
 
 JOBSTREAM = [sys.executable, "-m", "cli"]
@@ -84,22 +87,44 @@ def assert_each_task_succeeded_once(log: Sequence[object], job_id: str, count: i
     assert set(done.values()) == {1}, "a task succeeded twice"
 
 
-async def test_a_200000_task_file_streams_in_batches_and_each_task_runs_once(
-    bus: Bus, nats_url: str, tmp_path: Path
+@pytest.mark.timeout(600)
+async def test_a_200000_task_file_streams_and_log_read_models_files_and_api_agree(
+    bus: Bus, nats_url: str, database_url: str, tmp_path: Path
 ) -> None:
     tasks = tmp_path / "tasks.ndjson"
     write_tasks(tasks, 200_000)
+    data = tmp_path / "data"
     assert bus.nc.max_payload == 1024 * 1024, "the test server must keep the stock limit"
-    async with running(Dispatcher(bus, lease_s=10).run, Worker(bus, options=FAST).run):
+    with Processes(tmp_path / "logs") as procs:
+        procs.dispatcher(nats_url, data_dir=data)
+        procs.worker("w1", nats_url, data_dir=data, concurrency=64)
+        procs.worker("w2", nats_url, data_dir=data, concurrency=64)
+        procs.projector(nats_url, database_url=database_url, data_dir=data)
         submitted = await asyncio.to_thread(submit, nats_url, tmp_path, "--tasks-file", str(tasks))
-        ended = await wait_for_job_end(bus, submitted.job_id, timeout_s=240)
+        job_id = submitted.job_id
+        ended = await wait_for_job_end(bus, job_id, timeout_s=240)
+        await wait_until_projected(bus, database_url, timeout_s=120)
+        procs.assert_running()
     assert isinstance(ended, JobCompleted) and ended.succeeded == 200_000, ended
     log = await read_log(bus)
     batches = [e for e in log if isinstance(e, JobTasksAdded)]
     assert len(batches) > 5, "a job this size must travel in several batches"
     sealed = [e for e in log if isinstance(e, JobSealed)]
     assert [(s.task_count, s.batches) for s in sealed] == [(200_000, len(batches))]
-    assert_each_task_succeeded_once(log, submitted.job_id, 200_000)
+    assert_each_task_succeeded_once(log, job_id, 200_000)
+    results = await query(
+        database_url,
+        "SELECT count(*) AS n, count(DISTINCT task_id) AS tasks FROM jobstream.results"
+        " WHERE job_id = $1 AND status = 'succeeded'",
+        job_id,
+    )
+    assert (results[0]["n"], results[0]["tasks"]) == (200_000, 200_000)
+    lines = ndjson_task_counts(data / "results", job_id)
+    assert len(lines) == 200_000 and set(lines.values()) == {1}
+    async with serving(create_app(database_url=database_url)) as api:
+        shown = (await api.get(f"/jobs/{job_id}")).json()
+    assert (shown["status"], shown["total_tasks"]) == ("completed", 200_000)
+    assert shown["tasks"]["succeeded"] == 200_000
 
 
 async def test_a_bad_line_rejects_the_whole_file_and_publishes_nothing(
