@@ -362,7 +362,7 @@ class Dispatcher:
 
     async def _stop_expansion(self, job_id: str) -> None:
         expansion = self._expansions.pop(job_id, None)
-        if expansion is not None:
+        if expansion is not None and expansion is not asyncio.current_task():
             expansion.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await expansion
@@ -382,7 +382,8 @@ class Dispatcher:
                 log.warning("job %s: queueing stopped (%s); trying again", job.job_id, exc)
                 await asyncio.sleep(EXPANSION_RETRY_S)
                 self._expansions.pop(job.job_id, None)
-                self._start_expansion(job)
+                if self.state.jobs.get(job.job_id) is job:  # not ended meanwhile
+                    self._start_expansion(job)
                 return
         self._expansions.pop(job.job_id, None)
 

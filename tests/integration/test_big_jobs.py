@@ -264,3 +264,30 @@ async def _until_batches(bus: Bus, job_id: str, batches: int) -> None:
             return
         await asyncio.sleep(0.01)
     pytest.fail(f"no batch {batches - 1} of job {job_id}")
+
+
+@pytest.mark.timeout(400)
+async def test_a_dispatcher_killed_while_queueing_a_big_job_goes_on_without_doubles(
+    bus: Bus, nats_url: str, database_url: str, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    with Processes(tmp_path / "logs") as procs:
+        dispatcher = procs.dispatcher(nats_url, data_dir=data)
+        submitted = await asyncio.to_thread(
+            submit, nats_url, tmp_path, "--kind", "noop", "--count", "150000"
+        )
+        for _ in range(400):  # the background queueing has begun
+            if await tasks_queued(bus) > 0:
+                break
+            await asyncio.sleep(0.02)
+        dispatcher.kill()
+        queued_at_kill = await tasks_queued(bus)
+        assert 0 < queued_at_kill < 150_000, queued_at_kill
+        procs.dispatcher(nats_url, data_dir=data)
+        procs.worker("w1", nats_url, data_dir=data, concurrency=64)
+        procs.worker("w2", nats_url, data_dir=data, concurrency=64)
+        ended = await wait_for_job_end(bus, submitted.job_id, timeout_s=300)
+        procs.assert_running()
+    assert isinstance(ended, JobCompleted) and ended.succeeded == 150_000, ended
+    assert_each_task_succeeded_once(await read_log(bus), submitted.job_id, 150_000)
+    assert await tasks_queued(bus) == 0
