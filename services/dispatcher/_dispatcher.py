@@ -98,6 +98,7 @@ INLINE_EXPANSION_MAX = 10_000
 EXPANSION_WINDOW = 2_000
 EXPANSION_CONCURRENCY = 2
 EXPANSION_RETRY_S = 5.0
+TASK_BATCHES_READ_AHEAD = 4
 DEFAULT_SUBMIT_TIMEOUT_S = 600.0
 # Errors of an event's own data: acting on it again would fail again. A task message over the
 # server's max_payload is one (a chunk of large tasks).
@@ -414,6 +415,8 @@ class Dispatcher:
             start_seq=job.submitted_seq,
             stop=stop,
             filter_subject=job_subject(job.job_id),
+            # Batches of tasks are up to half a max_payload each: read few at a time.
+            batch_max=TASK_BATCHES_READ_AHEAD,
         )
         submitted = False
         async with contextlib.aclosing(batches):
