@@ -38,6 +38,7 @@ WATCH_RETRY_S = 2.0
 # How long the watch waits for an update before checking that its connection is the same.
 WATCH_POLL_S = 5.0
 WORK_MAX_AGE_S = 0.5
+CLOSE_POLL_S = 0.5
 
 
 # Read-model task states that a task in flight may still have: not taken yet as far as the
@@ -128,6 +129,7 @@ class LivenessWatch:
         self._get_bus = get_bus
         self.records: dict[str, Liveness] = {}
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
         # `work()` is computed at most once per WORK_MAX_AGE_S while no record changes.
         self._work: tuple[float, LiveWork] | None = None
 
@@ -135,10 +137,13 @@ class LivenessWatch:
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop watching, for sure: a cancel alone is not enough, as nats-py's watcher may
+        swallow one (a message landing as the wait is cancelled)."""
+        self._closing = True
+        task = self._task
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=CLOSE_POLL_S)
 
     def work(self, now: float | None = None) -> LiveWork:
         now = time.time() if now is None else now
@@ -147,7 +152,7 @@ class LivenessWatch:
         return self._work[1]
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             bus = self._get_bus()
             if bus is None or not bus.nc.is_connected:
                 await asyncio.sleep(WATCH_RETRY_S / 4)
@@ -165,7 +170,11 @@ class LivenessWatch:
         kv = await bus.js.key_value(LIVENESS_BUCKET)
         watcher = await kv.watchall()
         try:
-            while self._get_bus() is bus and bus.nc.stats["reconnects"] == reconnects:
+            while (
+                not self._closing
+                and self._get_bus() is bus
+                and bus.nc.stats["reconnects"] == reconnects
+            ):
                 try:
                     entry = await watcher.updates(timeout=WATCH_POLL_S)  # type: ignore[no-untyped-call]
                 except nats.errors.TimeoutError:
