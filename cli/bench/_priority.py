@@ -1,5 +1,6 @@
-"""Priority: a backlog of normal-priority `sleep` tasks, then a small job at a high level; how
-long from its submit until its first task started, with the backlog still mostly queued.
+"""Priority: a backlog of normal-priority `sleep` tasks, every one of them queued by the
+dispatcher and the first already done, then a small job at a high level; how long from its
+submit until its first task started, with the backlog still mostly queued.
 
 A task's start is the handler's start: the `task.succeeded` event's `at` minus its
 `duration_s` (both taken by the worker), as the latency section reads it.
@@ -16,12 +17,12 @@ from cli.bench._common import job_of, poll_until
 from cli.bench._cpu import CpuMeter, CpuReport
 from cli.bench._sql import read_model_query
 from cli.bench._throughput import MIN_TIMEOUT_S, TIMEOUT_S_PER_TASK
-from events import Bus, JobstreamError
+from events import TASKS_STREAM, Bus, JobstreamError
 
 # Each backlog task sleeps long enough that the backlog would keep every slot busy for at
-# least BACKLOG_S (so it is still mostly queued when the high job comes), and never less
-# than MIN_TASK_S.
-BACKLOG_S = 2.0
+# least BACKLOG_S (so it is still mostly queued when the dispatcher has queued all of it and
+# the high job comes), and never less than MIN_TASK_S.
+BACKLOG_S = 8.0
 MIN_TASK_S = 0.005
 JOB_TASKS = 10
 LEVEL = 5
@@ -77,17 +78,22 @@ async def measure_priority(
     args = {"seconds": task_s}
     backlog = job_of("sleep", backlog_tasks, queue=queue, name="bench-priority-backlog", args=args)
     meter.start()
+    # Nothing else publishes task messages in this section: the backlog is all queued when
+    # the tasks stream's last sequence has moved on by its size.
+    queued_from = await bus.stream_last_seq(TASKS_STREAM)
     await bus.publish_event(backlog)
     any_succeeded = read_model_query("any_succeeded")
 
     async def backlog_running() -> bool | None:
+        if await bus.stream_last_seq(TASKS_STREAM) < queued_from + backlog_tasks:
+            return None
         return True if await pool.fetchval(any_succeeded, backlog.job_id) is not None else None
 
     await poll_until(
         backlog_running,
         timeout_s=MIN_TIMEOUT_S,
         interval_s=POLL_S,
-        what="the priority backlog's first task succeeded",
+        what="the priority backlog all queued and its first task succeeded",
         alive=alive,
     )
     high = job_of(
