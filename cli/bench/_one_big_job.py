@@ -6,7 +6,8 @@ child process); on the same processes, in the same run.
 For the big job:
 - submit_s: the submit process's wall time, from its start to its exit (what a user waits);
 - first_task_visible_s: the submit's exit → the answer of the first poll (every 20 ms, from
-  the exit) that sees one of the job's tasks `succeeded` in the read model;
+  the exit) that sees one of the job's tasks `succeeded` in the read model (a value of one
+  query's round trip means it was visible already when the submit ended);
 - end to end: the submit's start → the first poll that sees the job `completed` in `jobs`.
   The dispatcher's `job.completed` follows the job's last `task.succeeded` in the log and the
   projector applies the log in order, so by then every task row is `succeeded` (checked once
@@ -244,7 +245,7 @@ async def measure_one_big_job(
         tasks=tasks,
         file_mib=round(file_bytes / MIB, 1),
         submit_s=round(submitted.returned - submitted.started, 3),
-        first_task_visible_s=round(first_visible - submitted.returned, 3),
+        first_task_visible_s=round(first_visible - submitted.returned, 4),
         elapsed_s=round(elapsed_s, 3),
         tasks_per_s=tasks_per_s,
         log_tasks_per_s=rate(tasks, last_at - submitted.started_wall),
