@@ -1,7 +1,8 @@
-"""One big job against many small ones: the same N no-op tasks (b) as jobs of `tasks_per_job`
-submitted by the bench, as the throughput section does, then (a) as ONE job submitted from an
+"""One big job against many small ones: the same N no-op tasks (a) as ONE job submitted from an
 NDJSON file of distinct args through the real CLI (`jobstream submit --tasks-file F --json`, a
-child process); on the same processes, in the same run.
+child process), then (b) as jobs of `tasks_per_job` submitted by the bench, as the throughput
+section does; on the same processes, in the same run. The big job goes first, so the peak RSS
+of each process during it is the big job's own, not what the small jobs left.
 
 For the big job:
 - submit_s: the submit process's wall time, from its start to its exit (what a user waits);
@@ -207,9 +208,6 @@ async def measure_one_big_job(
     work_dir: Path,
     alive: Callable[[], None] | None = None,
 ) -> OneBigJobResult:
-    small = await measure_throughput(
-        bus, pool, meter, tasks=tasks, jobs=jobs, queue=queue, alive=alive
-    )
     path = work_dir / "one-big-job.ndjson"
     file_bytes = await asyncio.to_thread(write_tasks_file, path, tasks)
     timeout_s = max(MIN_TIMEOUT_S, tasks * TIMEOUT_S_PER_TASK)
@@ -240,6 +238,9 @@ async def measure_one_big_job(
         raise JobstreamError("bench: the big job is completed but not every task succeeded")
     span = await pool.fetchrow(read_model_query("finish_span"), [submitted.job_id])
     first_at, last_at = span["first_at"].timestamp(), span["last_at"].timestamp()
+    small = await measure_throughput(
+        bus, pool, meter, tasks=tasks, jobs=jobs, queue=queue, alive=alive
+    )
     tasks_per_s = rate(tasks, elapsed_s)
     return OneBigJobResult(
         tasks=tasks,

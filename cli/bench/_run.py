@@ -215,8 +215,8 @@ async def _priority(ctx: _Context) -> None:
 async def _one_big_job(ctx: _Context) -> None:
     options = ctx.options
     ctx.progress(
-        f"one_big_job: {options.tasks} no-op tasks in {options.jobs} jobs, then in one job"
-        " from a file through `jobstream submit`"
+        f"one_big_job: {options.tasks} no-op tasks in one job from a file through"
+        f" `jobstream submit`, then in {options.jobs} jobs"
     )
     result = await measure_one_big_job(
         ctx.bus,
