@@ -827,8 +827,8 @@ def bench(
     only: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated sections: throughput, chunked, latency, recovery, replay, "
-            "ceiling, baselines."
+            help="Comma-separated sections: throughput, chunked, latency, priority, "
+            "one_big_job, recovery, replay, ceiling, baselines."
         ),
     ] = None,
     lease_s: Annotated[

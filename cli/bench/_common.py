@@ -75,6 +75,7 @@ def job_of(
     name: str,
     args: dict[str, float] | None = None,
     chunk_size: int | None = None,
+    priority: int = 0,
 ) -> JobSubmitted:
     return build_job(
         [TaskSpec(kind=kind, args=dict(args or {}), count=count)],
@@ -84,6 +85,7 @@ def job_of(
         timeout_s=None,
         submitted_by="bench",
         chunk_size=chunk_size,
+        priority=priority,
     )
 
 

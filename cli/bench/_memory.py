@@ -1,5 +1,6 @@
 """Resident memory of the worker processes over a measured span: does it stay flat?"""
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,10 +30,11 @@ class RssReport:
 
 
 class RssSampler:
-    """Samples the RSS of named processes at most every `SAMPLE_INTERVAL_S`."""
+    """Samples the RSS of named processes at most every `interval_s`."""
 
-    def __init__(self, pids: Mapping[str, int]) -> None:
+    def __init__(self, pids: Mapping[str, int], *, interval_s: float = SAMPLE_INTERVAL_S) -> None:
         self.pids = dict(pids)
+        self.interval_s = interval_s
         self._start: dict[str, float] = {}
         self._peak: dict[str, float] = {}
         self._last: dict[str, float] = {}
@@ -53,8 +55,14 @@ class RssSampler:
         self._start = self._take()
 
     def sample(self) -> None:
-        if time.monotonic() - self._sampled_at >= SAMPLE_INTERVAL_S:
+        if time.monotonic() - self._sampled_at >= self.interval_s:
             self._take()
+
+    async def sample_until_cancelled(self) -> None:
+        """Sample on a clock of its own (run as a task), for spans the bench mostly waits in."""
+        while True:
+            self.sample()
+            await asyncio.sleep(self.interval_s)
 
     def stop(self) -> RssReport:
         self._take()

@@ -6,9 +6,21 @@ from events import JobstreamError
 
 # Tasks per message in the chunked section: the batch of the batched SKIP LOCKED baseline.
 CHUNK_SIZE = 100
-SECTIONS = ("throughput", "chunked", "latency", "recovery", "replay", "ceiling", "baselines")
+SECTIONS = (
+    "throughput",
+    "chunked",
+    "latency",
+    "priority",
+    "one_big_job",
+    "recovery",
+    "replay",
+    "ceiling",
+    "baselines",
+)
 # The sections that need the jobstream processes (dispatcher, projector, workers).
-PRODUCT_SECTIONS = frozenset({"throughput", "chunked", "latency", "recovery"})
+PRODUCT_SECTIONS = frozenset(
+    {"throughput", "chunked", "latency", "priority", "one_big_job", "recovery"}
+)
 
 DEFAULT_TASKS = 20_000
 QUICK_TASKS = 1_000

@@ -25,6 +25,15 @@ SCALAR_KEYS = (
     "replay_events_per_s",
     "ceiling_publish_per_s",
     "ceiling_consume_per_s",
+    "priority_start_ms",
+    "one_big_job_submit_s",
+    "one_big_job_tasks_per_s",
+    "one_big_job_small_jobs_tasks_per_s",
+    "one_big_job_ratio",
+    "first_task_visible_s",
+    "one_big_job_submit_rss_mib",
+    "one_big_job_dispatcher_rss_mib",
+    "one_big_job_projector_rss_mib",
 )
 SPANS = ("submit_to_started", "submit_to_done")
 PERCENTILES = ("p50", "p95", "p99")
@@ -137,6 +146,15 @@ def _throughput_rows(table: Table, summary: dict[str, Any]) -> None:
         ("recovery: restart after kill (s)", "recovery_restart_s", None),
         ("recovery: finished after kill (s)", "recovery_s", None),
         ("worker RSS growth over throughput (%)", "worker_rss_growth_percent", None),
+        ("priority: high job submit → started (ms)", "priority_start_ms", None),
+        ("one big job: submit (s)", "one_big_job_submit_s", None),
+        ("one big job: end to end (tasks/s)", "one_big_job_tasks_per_s", None),
+        ("  the same as small jobs (tasks/s)", "one_big_job_small_jobs_tasks_per_s", None),
+        ("  one big ÷ small jobs", "one_big_job_ratio", None),
+        ("one big job: submit → first task visible (s)", "first_task_visible_s", None),
+        ("one big job: peak RSS of submit (MiB)", "one_big_job_submit_rss_mib", None),
+        ("one big job: peak RSS of dispatcher (MiB)", "one_big_job_dispatcher_rss_mib", None),
+        ("one big job: peak RSS of projector (MiB)", "one_big_job_projector_rss_mib", None),
     )
     for label, key, ratio in rows:
         runs = ", ".join(_fmt(run[key]) for run in per_run)
@@ -167,6 +185,9 @@ def _cpu_table(summary: dict[str, Any]) -> Table | None:
         "ceiling pull+ack": detail.get("ceiling", {}).get("consume_cpu"),
         "jobstream throughput": detail.get("throughput", {}).get("cpu"),
         "jobstream latency": detail.get("latency", {}).get("cpu"),
+        "jobstream priority": detail.get("priority", {}).get("cpu"),
+        "one big job": detail.get("one_big_job", {}).get("cpu"),
+        "one big job, small jobs": detail.get("one_big_job", {}).get("small_jobs", {}).get("cpu"),
         "replay": detail.get("replay", {}).get("cpu"),
     }
     for design, result in detail.get("baselines", {}).items():

@@ -25,7 +25,9 @@ from cli.bench._common import read_model_pool
 from cli.bench._cpu import CpuMeter
 from cli.bench._environment import describe
 from cli.bench._latency import measure_latency
+from cli.bench._one_big_job import measure_one_big_job
 from cli.bench._options import CHUNK_SIZE, BenchOptions
+from cli.bench._priority import measure_priority
 from cli.bench._ready import wait_until_ready
 from cli.bench._recovery import measure_recovery
 from cli.bench._replay import measure_replay
@@ -48,6 +50,15 @@ def empty_figures() -> RunFigures:
         "baseline_skip_locked_tasks_per_s": None,
         "baseline_skip_locked_batch_tasks_per_s": None,
         "latency_ms": None,
+        "priority_start_ms": None,
+        "one_big_job_submit_s": None,
+        "one_big_job_tasks_per_s": None,
+        "one_big_job_small_jobs_tasks_per_s": None,
+        "one_big_job_ratio": None,
+        "first_task_visible_s": None,
+        "one_big_job_submit_rss_mib": None,
+        "one_big_job_dispatcher_rss_mib": None,
+        "one_big_job_projector_rss_mib": None,
         "recovery_s": None,
         "recovery_restart_s": None,
         "lease_s": None,
@@ -133,6 +144,7 @@ class _Context:
     options: BenchOptions
     run: RunFigures
     progress: Progress
+    run_dir: Path
 
 
 async def _measure_throughput(ctx: _Context, chunk_size: int | None = None) -> ThroughputResult:
@@ -184,6 +196,50 @@ async def _latency(ctx: _Context) -> None:
     ctx.run["detail"]["latency"] = asdict(latency)
 
 
+async def _priority(ctx: _Context) -> None:
+    options = ctx.options
+    ctx.progress(f"priority: a high job behind {options.tasks} queued normal tasks")
+    result = await measure_priority(
+        ctx.bus,
+        ctx.pool,
+        _meter(ctx.servers, ctx.processes),
+        backlog_tasks=options.tasks,
+        slots=options.workers * options.concurrency,
+        queue=options.queue,
+        alive=ctx.processes.check_alive,
+    )
+    ctx.run["priority_start_ms"] = result.start_ms
+    ctx.run["detail"]["priority"] = asdict(result)
+
+
+async def _one_big_job(ctx: _Context) -> None:
+    options = ctx.options
+    ctx.progress(
+        f"one_big_job: {options.tasks} no-op tasks in one job from a file through"
+        f" `jobstream submit`, then in {options.jobs} jobs"
+    )
+    result = await measure_one_big_job(
+        ctx.bus,
+        ctx.pool,
+        _meter(ctx.servers, ctx.processes),
+        tasks=options.tasks,
+        jobs=options.jobs,
+        queue=options.queue,
+        nats_url=ctx.servers.nats_url,
+        work_dir=ctx.run_dir,
+        alive=ctx.processes.check_alive,
+    )
+    ctx.run["one_big_job_submit_s"] = result.submit_s
+    ctx.run["one_big_job_tasks_per_s"] = result.tasks_per_s
+    ctx.run["one_big_job_small_jobs_tasks_per_s"] = result.small_jobs.tasks_per_s
+    ctx.run["one_big_job_ratio"] = result.ratio
+    ctx.run["first_task_visible_s"] = result.first_task_visible_s
+    ctx.run["one_big_job_submit_rss_mib"] = result.submit_peak_rss_mib
+    ctx.run["one_big_job_dispatcher_rss_mib"] = result.rss.peak_mib["dispatcher"]
+    ctx.run["one_big_job_projector_rss_mib"] = result.rss.peak_mib["projector"]
+    ctx.run["detail"]["one_big_job"] = asdict(result)
+
+
 async def _recovery(ctx: _Context) -> None:
     options = ctx.options
     ctx.progress(f"recovery: SIGKILL a worker (lease {options.lease_s}s)")
@@ -206,8 +262,10 @@ async def _recovery(ctx: _Context) -> None:
 # (autovacuum, checkpoints) for a while, and a light load would be measured against that.
 _PRODUCT_MEASURES: tuple[tuple[str, Callable[[_Context], Awaitable[None]]], ...] = (
     ("latency", _latency),
+    ("priority", _priority),
     ("throughput", _throughput),
     ("chunked", _chunked),
+    ("one_big_job", _one_big_job),
     ("recovery", _recovery),
 )
 
@@ -241,6 +299,7 @@ async def _product(
                 options=options,
                 run=run,
                 progress=progress,
+                run_dir=run_dir,
             )
             for section, measure in _PRODUCT_MEASURES:
                 if options.wants(section):

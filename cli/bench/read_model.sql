@@ -56,3 +56,23 @@ SELECT task_id FROM tasks WHERE job_id = $1 AND state = 'running' AND worker_id 
 SELECT task_id, state, worker_id, finished_at, duration_s
 FROM tasks
 WHERE task_id = ANY($1::text[]) AND state IN ('succeeded', 'dead_lettered', 'cancelled');
+
+
+-- name: job_status
+-- $1 job id: its status (NULL before the projector has seen it)
+SELECT status FROM jobs WHERE job_id = $1;
+
+
+-- name: any_succeeded
+-- $1 job id: one succeeded task of the job, if there is one (an index range, not a count)
+SELECT task_id FROM tasks WHERE job_id = $1 AND state = 'succeeded' LIMIT 1;
+
+
+-- name: started_before
+-- $1 job id, $2 a time: the job's succeeded tasks whose handler started before it
+-- (the start is the task.succeeded event's `at` minus its `duration_s`)
+SELECT count(*) AS n
+FROM tasks
+WHERE job_id = $1
+  AND state = 'succeeded'
+  AND finished_at - make_interval(secs => duration_s) < $2;

@@ -23,6 +23,15 @@ THROUGHPUT_KEYS = (
     "lease_s",
     "replay_events_per_s",
     "chunked_tasks_per_s",
+    "priority_start_ms",
+    "one_big_job_submit_s",
+    "one_big_job_tasks_per_s",
+    "one_big_job_small_jobs_tasks_per_s",
+    "one_big_job_ratio",
+    "first_task_visible_s",
+    "one_big_job_submit_rss_mib",
+    "one_big_job_dispatcher_rss_mib",
+    "one_big_job_projector_rss_mib",
 )
 
 
@@ -79,4 +88,8 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
     assert len(worker_rss["start_mib"]) == summary["settings"]["workers"]
     assert isinstance(summary["worker_rss_growth_percent"], int | float)
     assert detail["replay"]["events"] >= summary["settings"]["replay_events"]
+    big = detail["one_big_job"]
+    assert big["tasks"] == big["small_jobs"]["tasks"] == summary["settings"]["tasks"]
+    assert {"dispatcher", "projector", "bench"} <= set(big["rss"]["peak_mib"])
+    assert detail["priority"]["job_tasks"] > 0
     assert not list(tmp_path.iterdir()), "the bench leaves nothing in the working directory"
