@@ -246,7 +246,7 @@ async def measure_one_big_job(
         tasks=tasks,
         file_mib=round(file_bytes / MIB, 1),
         submit_s=round(submitted.returned - submitted.started, 3),
-        first_task_visible_s=round(first_visible - submitted.returned, 4),
+        first_task_visible_s=round(first_visible - submitted.returned, 6),
         elapsed_s=round(elapsed_s, 3),
         tasks_per_s=tasks_per_s,
         log_tasks_per_s=rate(tasks, last_at - submitted.started_wall),
