@@ -47,8 +47,13 @@ RATIOS = {
 
 
 def _median(values: Sequence[float | None]) -> float | None:
+    """The median, to 2 decimals, or 3 significant digits below 1 (a figure of a few
+    milliseconds in seconds must not round to 0)."""
     present = [value for value in values if value is not None]
-    return round(statistics.median(present), 2) if present else None
+    if not present:
+        return None
+    median = statistics.median(present)
+    return round(median, 2) if abs(median) >= 1 else float(f"{median:.3g}")
 
 
 def _latency_median(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]] | None:
