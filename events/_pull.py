@@ -27,6 +27,9 @@ PENDING_MESSAGES_HEADER = "Nats-Pending-Messages"
 _HEARTBEAT = "100"
 _NO_MESSAGES = "404"
 _REQUEST_EXPIRED = "408"
+_REQUEST_FULL = "409"
+# A 409 with this description ends a request that reached its max_bytes: not a lost feed.
+_MAX_BYTES_REACHED = "Message Size Exceeds MaxBytes"
 _ACK_V1_TOKENS = 9
 
 DEFAULT_EXPIRES_S = 10.0
@@ -85,9 +88,14 @@ class PullFeed:
         expires_s: float = DEFAULT_EXPIRES_S,
         heartbeat_s: float = DEFAULT_HEARTBEAT_S,
         arrived: asyncio.Event | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         self.nc = nc
         self.window = window
+        # Bytes one request may bring (it must exceed the largest message): with big messages
+        # the window in messages alone would let a reader buffer gigabytes.
+        self.max_bytes = max_bytes
+        self._buffered_bytes = 0
         self.holds_taken = holds_taken
         self.expires_s = expires_s
         self.heartbeat_s = heartbeat_s
@@ -119,6 +127,7 @@ class PullFeed:
         self.lost = ""
         self._requested = 0
         self._buffer.clear()
+        self._buffered_bytes = 0
         self._inbox = self.nc.new_inbox()
         await self.start()
 
@@ -154,6 +163,7 @@ class PullFeed:
         """Up to `max_items` of what is buffered, without waiting or asking for more."""
         count = min(max_items, len(self._buffer))
         taken = [self._buffer.popleft() for _ in range(count)]
+        self._buffered_bytes -= sum(len(delivery.data) for delivery in taken)
         if self.holds_taken:
             self.window -= count
         return taken
@@ -170,11 +180,17 @@ class PullFeed:
         room = self.window - self._requested - len(self._buffer)
         if room <= 0 or (room < self.window // 2 and self._requested > 0):
             return
+        if self.max_bytes is not None and (
+            self._requested > 0 or self._buffered_bytes >= self.max_bytes // 2
+        ):
+            return  # one request at a time, and only while little is buffered
         request = {
             "batch": room,
             "expires": int(self.expires_s * 1e9),
             "idle_heartbeat": int(self.heartbeat_s * 1e9),
         }
+        if self.max_bytes is not None:
+            request["max_bytes"] = self.max_bytes
         if self._requested == 0:
             self._last_sign = time.monotonic()
         self._requested += room
@@ -187,13 +203,16 @@ class PullFeed:
             self._requested = max(0, self._requested - 1)
             self.backlog = delivery.pending
             self._buffer.append(delivery)
+            self._buffered_bytes += len(delivery.data)
             self._arrived.set()
             return
         headers = msg.headers or {}
         status = headers.get(STATUS_HEADER, "")
         if status == _HEARTBEAT:
             return
-        if status in (_REQUEST_EXPIRED, _NO_MESSAGES):
+        description = headers.get(DESCRIPTION_HEADER, "")
+        ended = status in (_REQUEST_EXPIRED, _NO_MESSAGES)
+        if ended or (status == _REQUEST_FULL and description == _MAX_BYTES_REACHED):
             pending = headers.get(PENDING_MESSAGES_HEADER, "")
             expired = int(pending) if pending.isdigit() else self._requested
             self._requested = max(0, self._requested - expired)
@@ -201,6 +220,5 @@ class PullFeed:
             await self._top_up()
             return
         # 409: the consumer was deleted, its leader moved, the server is shutting down.
-        description = headers.get(DESCRIPTION_HEADER, "")
         self.lost = self.lost or f"server status {status} {description}".strip()
         self._arrived.set()

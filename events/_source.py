@@ -41,8 +41,10 @@ API_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 1.0
 HALT_WAIT_S = 0.5
 CONSUMER_PREFIX = "reader-"
-# Messages asked for ahead of the caller, in batches of `batch_max`.
+# Messages asked for ahead of the caller, in batches of `batch_max`, and the bytes one
+# request may bring: a log of big events (a streamed job's batches) stays a few MB ahead.
 READ_AHEAD_BATCHES = 2
+READ_MAX_BYTES = 4 * 1024 * 1024
 
 
 class SourceItem(NamedTuple):
@@ -111,7 +113,11 @@ class _Reader:
         await self.js.add_consumer(self.stream, config, timeout=API_TIMEOUT_S)
         self.name = name
         self.feed = PullFeed(
-            self.nc, stream=self.stream, consumer=name, window=self.batch_max * READ_AHEAD_BATCHES
+            self.nc,
+            stream=self.stream,
+            consumer=name,
+            window=self.batch_max * READ_AHEAD_BATCHES,
+            max_bytes=max(READ_MAX_BYTES, 2 * self.nc.max_payload),
         )
         await self.feed.start()
         self.consumer_seq = 0

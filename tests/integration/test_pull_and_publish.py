@@ -63,6 +63,28 @@ async def test_a_window_bounds_what_is_asked_for(bus: Bus) -> None:
         await feed.stop()
 
 
+async def test_max_bytes_bounds_what_is_buffered_and_loses_nothing(bus: Bus) -> None:
+    consumer = await _stream_with_consumer(bus, ack=AckPolicy.NONE)
+    for index in range(30):
+        await bus.js.publish(f"pt.{index}", bytes([index]) * 300_000)
+    feed = PullFeed(bus.nc, stream=STREAM, consumer=consumer, window=1000, max_bytes=1_000_000)
+    await feed.start()
+    seen: list[int] = []
+    try:
+        for _ in range(200):
+            await asyncio.sleep(0.05)  # let whatever was asked for arrive
+            # Asked for only while under half of max_bytes is buffered: 1.5 x at most.
+            assert feed.buffered * 300_000 <= 1_500_000
+            taken = await feed.take(1000, timeout_s=1)
+            seen += [d.stream_seq for d in taken]
+            if len(seen) == 30:
+                break
+        assert seen == list(range(1, 31))
+        assert not feed.lost  # a request ended by its max_bytes is not a lost feed
+    finally:
+        await feed.stop()
+
+
 async def test_a_deleted_consumer_makes_the_feed_lost(bus: Bus) -> None:
     consumer = await _stream_with_consumer(bus, ack=AckPolicy.NONE)
     feed = PullFeed(bus.nc, stream=STREAM, consumer=consumer, window=10, heartbeat_s=0.2)
