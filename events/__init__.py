@@ -3,6 +3,7 @@
 from events._bus import Bus, backoff_s, is_transient, with_retry
 from events._catalogue import (
     CHUNK_KIND,
+    JOB_EVENTS,
     MAX_PROGRESS_MESSAGE,
     MAX_REASON_LENGTH,
     MAX_TASKS_PER_JOB,
@@ -131,6 +132,7 @@ from events._urls import redact_url
 
 __all__ = [
     "MAX_REASON_LENGTH",
+    "JOB_EVENTS",
     "MAX_TASKS_PER_JOB",
     "job_of_subject",
     "PROGRESS_KEY",

@@ -158,6 +158,16 @@ class JobRejected(_Event, tag="job.rejected", frozen=True, kw_only=True):
 JobEvent = (
     JobSubmitted | JobTasksAdded | JobSealed | JobCancelled | JobCompleted | JobFailed | JobRejected
 )
+# The same, for `isinstance`: every event on a job's own subject.
+JOB_EVENTS = (
+    JobSubmitted,
+    JobTasksAdded,
+    JobSealed,
+    JobCancelled,
+    JobCompleted,
+    JobFailed,
+    JobRejected,
+)
 
 
 # --- task ------------------------------------------------------------------

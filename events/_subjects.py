@@ -3,14 +3,8 @@
 from enum import StrEnum
 
 from events._catalogue import (
+    JOB_EVENTS,
     Event,
-    JobCancelled,
-    JobCompleted,
-    JobFailed,
-    JobRejected,
-    JobSealed,
-    JobSubmitted,
-    JobTasksAdded,
     TaskCancelled,
     TaskChunkFinished,
     TaskDeadLettered,
@@ -113,17 +107,9 @@ def worker_consumer_name(queue: str, level: PriorityLevel = PriorityLevel.NORMAL
 
 def subject_for(event: Event) -> str:
     """The subject an event is published on: one subject per job, per task, per worker."""
+    if isinstance(event, JOB_EVENTS):
+        return job_subject(event.job_id)
     match event:
-        case (
-            JobSubmitted()
-            | JobTasksAdded()
-            | JobSealed()
-            | JobCancelled()
-            | JobCompleted()
-            | JobFailed()
-            | JobRejected()
-        ):
-            return job_subject(event.job_id)
         case (
             TaskStarted()
             | TaskProgress()

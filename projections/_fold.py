@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 
 from events import (
+    JOB_EVENTS,
     Event,
     JobCancelled,
     JobCompleted,
@@ -187,17 +188,10 @@ class ReadModelFold:
 
     def apply(self, seq: int, event: Event) -> None:
         at = _utc(event.at)
+        if isinstance(event, JOB_EVENTS):
+            self._job_event(seq, at, event)
+            return
         match event:
-            case (
-                JobSubmitted()
-                | JobTasksAdded()
-                | JobSealed()
-                | JobCancelled()
-                | JobCompleted()
-                | JobFailed()
-                | JobRejected()
-            ):
-                self._job_event(seq, at, event)
             case WorkerStarted():
                 self._worker_started(seq, at, event)
             case WorkerStopped():

@@ -30,6 +30,7 @@ import asyncpg
 
 from events import (
     DEFAULT_BATCH_MAX,
+    JOB_EVENTS,
     MAX_TASKS_PER_JOB,
     Bus,
     Event,
@@ -152,17 +153,9 @@ def event_steps(seq: int, event: Event) -> list[tuple[Event, Step]]:
     """The statements applying `event`, each with the event it applies: `event` itself, or
     for a chunk the per-task events it stands for, in order (nothing for the chunk's own
     id). `RejectedEvent` if it cannot be projected."""
+    if isinstance(event, JOB_EVENTS):
+        return [(event, _job_step(seq, event))]
     match event:
-        case (
-            JobSubmitted()
-            | JobTasksAdded()
-            | JobSealed()
-            | JobCancelled()
-            | JobCompleted()
-            | JobFailed()
-            | JobRejected()
-        ):
-            return [(event, _job_step(seq, event))]
         case WorkerStarted() | WorkerStopped() | WorkerLost():
             return [(event, _worker_step(seq, event))]
         case TaskChunkFinished():
