@@ -126,6 +126,16 @@ def batch_bytes(max_payload: int) -> int:
     return int(max_payload * BATCH_SHARE)
 
 
+def check_task_fits(task_bytes: int, max_payload: int) -> None:
+    """`JobstreamError` for a task too big for any batch."""
+    budget = batch_bytes(max_payload)
+    if task_bytes > budget:
+        raise JobstreamError(
+            f"a task of {task_bytes:,} bytes is over the {budget:,} bytes a batch may hold"
+            f" (half the server's max_payload of {max_payload:,})"
+        )
+
+
 def idempotency_bucket_key(key: str) -> str:
     """A key of any characters as a KV key."""
     return hashlib.sha256(key.encode()).hexdigest()
@@ -232,11 +242,7 @@ async def _send_batches(
     size = 0
     for spec in specs:
         spec_size = len(encode(spec)) + 1
-        if spec_size > budget:
-            raise JobstreamError(
-                f"a task of {spec_size:,} bytes is over the {budget:,} bytes a batch may hold"
-                f" (half the server's max_payload of {bus.nc.max_payload:,})"
-            )
+        check_task_fits(spec_size, bus.nc.max_payload)
         if batch and size + spec_size > budget:
             on_sent(await _send_batch(bus, job_id, batch, position))
             batch, size = [], 0

@@ -19,6 +19,7 @@ from cli._stream import (
     Position,
     batch_bytes,
     check_idempotency_key,
+    check_task_fits,
     claim_job_id,
     last_on_job,
     open_tasks,
@@ -276,11 +277,7 @@ def _check_sizes(plan: SubmitPlan, max_payload: int) -> None:
         if plan.summary is not None
         else max((len(encode(spec)) for spec in plan.specs or []), default=0)
     )
-    if widest > batch_bytes(max_payload):
-        raise JobstreamError(
-            f"a task of {widest:,} bytes is over the {batch_bytes(max_payload):,} bytes a batch"
-            f" may hold (half the server's max_payload of {max_payload:,})"
-        )
+    check_task_fits(widest, max_payload)
     if plan.settings.chunk_size:
         check_chunk_size(widest, plan.settings.chunk_size, max_payload)
 
