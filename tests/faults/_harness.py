@@ -35,6 +35,7 @@ from events import (
     Event,
     JobCompleted,
     JobFailed,
+    JobRejected,
     TaskCancelled,
     TaskChunkFinished,
     TaskDeadLettered,
@@ -314,15 +315,17 @@ async def connected(urls: Sequence[str], *, name: str = "fault-test") -> AsyncIt
             await asyncio.wait_for(bus.close(), 10)
 
 
-async def job_end(bus: Bus, job_id: str) -> JobCompleted | JobFailed | None:
+async def job_end(bus: Bus, job_id: str) -> JobCompleted | JobFailed | JobRejected | None:
     """The job's ending event, if the dispatcher has written it (a direct get, cheap)."""
     last = await bus.last_on_subject(job_subject(job_id))
-    if last is not None and isinstance(last[1], JobCompleted | JobFailed):
+    if last is not None and isinstance(last[1], JobCompleted | JobFailed | JobRejected):
         return last[1]
     return None
 
 
-async def wait_for_job_end(bus: Bus, job_id: str, *, timeout_s: float) -> JobCompleted | JobFailed:
+async def wait_for_job_end(
+    bus: Bus, job_id: str, *, timeout_s: float
+) -> JobCompleted | JobFailed | JobRejected:
     return await wait_for(
         lambda: job_end(bus, job_id), timeout_s=timeout_s, what=f"the end of job {job_id}"
     )

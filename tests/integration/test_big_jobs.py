@@ -18,9 +18,7 @@ from events import (
     IDEMPOTENCY_BUCKET,
     TASKS_STREAM,
     Bus,
-    Event,
     JobCompleted,
-    JobFailed,
     JobRejected,
     JobSealed,
     JobSubmitted,
@@ -32,7 +30,13 @@ from services.api import create_app
 from services.dispatcher import Dispatcher
 from services.worker import Worker, WorkerOptions
 from tests._serving import serving
-from tests.faults._harness import Processes, ndjson_task_counts, query, wait_until_projected
+from tests.faults._harness import (
+    Processes,
+    ndjson_task_counts,
+    query,
+    wait_for_job_end,
+    wait_until_projected,
+)
 from tests.integration.test_worker_dispatcher import read_log, running
 
 JOBSTREAM = [sys.executable, "-m", "cli"]
@@ -232,17 +236,6 @@ async def test_a_submission_never_sealed_is_aborted_after_the_timeout(bus: Bus) 
     assert last is not None and isinstance(last[1], JobRejected), last
     assert "not sealed within 1 s" in last[1].reason
     assert await tasks_queued(bus) == 0
-
-
-async def wait_for_job_end(bus: Bus, job_id: str, *, timeout_s: float) -> Event | None:
-    """The job's ending, from the last message on its subject (no read of the whole log)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while asyncio.get_running_loop().time() < deadline:
-        last = await bus.last_on_subject(job_subject(job_id))
-        if last is not None and isinstance(last[1], JobCompleted | JobFailed | JobRejected):
-            return last[1]
-        await asyncio.sleep(0.2)
-    return None
 
 
 async def _job_of_key(bus: Bus, key: str) -> str:
