@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from events import Bus, JobRejected, JobSealed, JobSubmitted, JobTasksAdded, TaskSpec
+from events import (
+    Bus,
+    JobRejected,
+    JobSealed,
+    JobSubmitted,
+    JobTasksAdded,
+    TaskSpec,
+    job_subject,
+)
 from tests._sites import Site, sitemap_index, urlset
 from tests.integration.test_worker_dispatcher import read_log
 
@@ -128,3 +136,235 @@ async def test_max_urls_stops_discovery_there(
     assert len(urls_of(specs)) == 1000
     fetched = [path for path in site.requests if path.startswith("/sitemaps/")]
     assert len(fetched) == 2, f"the cap is reached in the second child: {fetched}"
+
+
+async def test_robots_disallow_and_crawl_delay_are_honoured(
+    bus: Bus, nats_url: str, tmp_path: Path, site: Site
+) -> None:
+    pages = ["/", "/about", "/private/a", "/private/open/b", "/tmp/x", "/shop/cart"]
+    site.add("/sitemap.xml", urlset([site.url + page for page in pages]))
+    site.add(
+        "/robots.txt",
+        "User-agent: googlebot\nDisallow: /\n\n"
+        "User-agent: *\nAllow: /private/open/\nDisallow: /private/\nDisallow: /tmp\n"
+        "Crawl-delay: 1.5\n",
+    )
+    crawled = await crawl_async(nats_url, tmp_path, site.url)
+    _, specs = await submitted_tasks(bus, crawled.job_id)
+    kept = sorted(urls_of(specs))
+    assert kept == sorted(site.url + p for p in ["/", "/about", "/private/open/b", "/shop/cart"])
+    assert {spec.args["crawl_delay_s"] for spec in specs} == {1.5}
+    assert "2 disallowed by robots.txt" in crawled.stderr
+    assert "Crawl-delay 1.5s" in crawled.stderr
+
+
+async def test_include_exclude_duplicates_and_other_sites(
+    bus: Bus, nats_url: str, tmp_path: Path, site: Site
+) -> None:
+    pages = [
+        "/blog/one",
+        "/blog/one#comments",
+        "/blog/two",
+        "/blog/drafts/three",
+        "/shop/item",
+        "/blog/one",
+    ]
+    listed = [site.url + page for page in pages]
+    listed += ["https://elsewhere.example/blog/four", "mailto:someone@example.com"]
+    site.add("/sitemap.xml", urlset(listed))
+    crawled = await crawl_async(
+        nats_url,
+        tmp_path,
+        "--sitemap",
+        f"{site.url}/sitemap.xml",
+        "--include",
+        "/blog/*",
+        "--exclude",
+        "/blog/drafts/*",
+        "--header",
+        "X-Warm: yes",
+        "--rate",
+        "5",
+        "--concurrency",
+        "3",
+        "--user-agent",
+        "acme-warmer/2",
+    )
+    header, specs = await submitted_tasks(bus, crawled.job_id)
+    assert urls_of(specs) == [f"{site.url}/blog/one", f"{site.url}/blog/two"]
+    assert "2 duplicates" in crawled.stderr and "1 off-site" in crawled.stderr
+    assert "1 invalid" in crawled.stderr
+    args = specs[0].args
+    assert args["headers"] == {"X-Warm": "yes"} and args["user_agent"] == "acme-warmer/2"
+    assert (args["rate"], args["concurrency"]) == (5.0, 3)
+    assert header.sealed, "a small crawl is one job.submitted"
+    assert site.user_agents == {"acme-warmer/2"}
+
+
+async def test_urls_from_stdin_any_site_labelled_urls(
+    bus: Bus, nats_url: str, tmp_path: Path
+) -> None:
+    lines = "# pages to warm\nhttps://a.example/x\n\nHTTPS://A.example:443/x\nhttp://b.example/y\n"
+    crawled = await crawl_async(nats_url, tmp_path, "--urls-file", "-", stdin=lines)
+    header, specs = await submitted_tasks(bus, crawled.job_id)
+    assert urls_of(specs) == ["https://a.example/x", "http://b.example/y"]
+    assert header.labels == {"crawl": "urls", "pass": "1"}
+    assert crawled.output["crawl"] == "urls"
+
+
+def assert_clean_error(crawled: Crawled, exit_code: int, *fragments: str) -> None:
+    assert crawled.code == exit_code, (crawled.code, crawled.stderr)
+    assert "Traceback" not in crawled.stderr
+    error = [line for line in crawled.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1, crawled.stderr
+    for fragment in fragments:
+        assert fragment in error[0], error[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["http//example.com"], ["site 'http//example.com' is not usable", "http://"]),
+        (["ftp://example.com/"], ["not an http:// or https:// URL"]),
+        (["https://exa mple.com/"], ["whitespace"]),
+        (["https://example.com:99999/"], ["Port out of range"]),
+        (["--sitemap", "https:///sitemap.xml"], ["--sitemap", "no host"]),
+        (["https://a.example", "--sitemap", "https://a.example/s.xml"], ["give one of"]),
+        (["https://a.example", "--header", "no colon"], ["is not 'Name: value'"]),
+        (["https://a.example", "--include", "blog/*"], ["must start with / or *"]),
+        (["--urls-file", "missing.txt"], ["cannot read URLs file missing.txt"]),
+    ],
+)
+async def test_a_malformed_command_line_is_exit_2_and_sends_nothing(
+    bus: Bus, nats_url: str, tmp_path: Path, args: list[str], fragments: list[str]
+) -> None:
+    before = await bus.stream_last_seq()
+    assert_clean_error(await crawl_async(nats_url, tmp_path, *args), 2, *fragments)
+    assert await bus.stream_last_seq() == before
+
+
+async def test_a_bad_line_of_a_urls_file_names_it_before_anything_is_sent(
+    bus: Bus, nats_url: str, tmp_path: Path
+) -> None:
+    urls = tmp_path / "urls.txt"
+    urls.write_text("https://a.example/1\nhttps://a.example/2\nnot a url\n")
+    before = await bus.stream_last_seq()
+    crawled = await crawl_async(nats_url, tmp_path, "--urls-file", str(urls))
+    assert_clean_error(crawled, 2, f"{urls}:3: URL 'not a url' is not usable")
+    assert await bus.stream_last_seq() == before
+
+
+async def test_an_unreachable_host_is_exit_3_and_sends_nothing(
+    bus: Bus, nats_url: str, tmp_path: Path
+) -> None:
+    before = await bus.stream_last_seq()
+    crawled = await crawl_async(nats_url, tmp_path, "http://127.0.0.1:1", "--timeout", "5")
+    assert_clean_error(crawled, 3, "cannot reach the site at http://127.0.0.1:1/robots.txt")
+    assert await bus.stream_last_seq() == before
+
+
+@pytest.mark.parametrize(
+    ("serve", "fragments"),
+    [
+        ({"/sitemap.xml": "this is { not xml"}, ["sitemap", "is not XML: syntax error"]),
+        ({"/sitemap.xml": "<html><body>Home</body></html>"}, ["root element is <html>"]),
+        ({}, ["no sitemap found", "/sitemap.xml answered 404", "/sitemap_index.xml answered 404"]),
+        (
+            {"/sitemap.xml": '<?xml version="1.0"?><!DOCTYPE x [<!ENTITY a "aaaa">]><urlset/>'},
+            ["declares a document type"],
+        ),
+        (
+            {"/sitemap.xml": urlset(["https://elsewhere.example/a"]).decode()},
+            ["no URL to crawl", "1 off-site"],
+        ),
+        ({"/sitemap.xml": urlset([]).decode()}, ["no URL to crawl"]),
+    ],
+)
+async def test_a_site_without_usable_sitemap_is_exit_2_and_sends_nothing(
+    bus: Bus, nats_url: str, tmp_path: Path, site: Site, serve: dict[str, str], fragments: list[str]
+) -> None:
+    for path, body in serve.items():
+        site.add(path, body)
+    before = await bus.stream_last_seq()
+    assert_clean_error(await crawl_async(nats_url, tmp_path, site.url), 2, *fragments)
+    assert await bus.stream_last_seq() == before
+
+
+async def test_a_given_sitemap_answering_404_is_exit_2(
+    bus: Bus, nats_url: str, tmp_path: Path, site: Site
+) -> None:
+    crawled = await crawl_async(nats_url, tmp_path, "--sitemap", f"{site.url}/gone.xml")
+    assert_clean_error(crawled, 2, f"sitemap {site.url}/gone.xml answered 404 Not Found")
+
+
+async def test_a_robots_txt_answering_503_is_exit_3(
+    nats_url: str, tmp_path: Path, site: Site
+) -> None:
+    site.add("/robots.txt", "busy", status=503)
+    site.add("/sitemap.xml", urlset([f"{site.url}/a"]))
+    crawled = await crawl_async(nats_url, tmp_path, site.url)
+    assert_clean_error(crawled, 3, "robots.txt answered 503", "RFC 9309")
+
+
+@pytest.mark.parametrize(
+    ("robots", "why"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "it holds binary data"),
+        (b"<!doctype html><html><body>Welcome!</body></html>", "it has no robots.txt directive"),
+        (b"Disalow everything please\nUser agent = me", "it has no robots.txt directive"),
+    ],
+)
+async def test_a_garbage_robots_txt_is_treated_as_empty_with_a_note(
+    bus: Bus, nats_url: str, tmp_path: Path, site: Site, robots: bytes, why: str
+) -> None:
+    site.add("/robots.txt", robots)
+    site.add("/sitemap.xml", urlset([f"{site.url}/a", f"{site.url}/b"]))
+    crawled = await crawl_async(nats_url, tmp_path, site.url)
+    assert f"note: {site.url}/robots.txt is not a robots.txt ({why}" in crawled.stderr
+    _, specs = await submitted_tasks(bus, crawled.job_id)
+    assert urls_of(specs) == [f"{site.url}/a", f"{site.url}/b"]
+
+
+async def test_a_failing_child_sitemap_is_skipped_with_a_warning(
+    bus: Bus, nats_url: str, tmp_path: Path, site: Site
+) -> None:
+    site.add("/good.xml", urlset([f"{site.url}/a"]))
+    site.add("/broken.xml", "garbage <<")
+    children = [f"{site.url}/{name}" for name in ("good.xml", "missing.xml", "broken.xml")]
+    site.add("/sitemap_index.xml", sitemap_index(children))
+    crawled = await crawl_async(nats_url, tmp_path, site.url)
+    assert f"warning: skipped sitemap {site.url}/missing.xml: sitemap" in crawled.stderr
+    assert f"warning: skipped sitemap {site.url}/broken.xml: sitemap" in crawled.stderr
+    assert "2 sitemaps skipped" in crawled.stderr
+    _, specs = await submitted_tasks(bus, crawled.job_id)
+    assert urls_of(specs) == [f"{site.url}/a"]
+
+
+async def test_a_sitemap_broken_after_the_first_batch_leaves_the_job_rejected(
+    bus: Bus, nats_url: str, tmp_path: Path, site: Site
+) -> None:
+    good = urlset([f"{site.url}/page/{index}" for index in range(5000)])
+    site.add("/sitemap.xml", good.removesuffix(b"</urlset>") + b"<url><loc>x</loc></oops>")
+    crawled = await crawl_async(nats_url, tmp_path, site.url)
+    assert_clean_error(crawled, 2, "is not XML: mismatched tag")
+    await assert_only_rejected_jobs(bus)
+
+
+async def test_a_bad_line_on_stdin_after_the_first_batch_leaves_the_job_rejected(
+    bus: Bus, nats_url: str, tmp_path: Path
+) -> None:
+    lines = "".join(f"https://a.example/page/{index}\n" for index in range(5000)) + "oops\n"
+    crawled = await crawl_async(nats_url, tmp_path, "--urls-file", "-", stdin=lines)
+    assert_clean_error(crawled, 2, "-:5001: URL 'oops' is not usable")
+    await assert_only_rejected_jobs(bus)
+
+
+async def assert_only_rejected_jobs(bus: Bus) -> None:
+    """Some of the job was sent (it was streamed), and its last word is a rejection."""
+    log = await read_log(bus)
+    headers = [e for e in log if isinstance(e, JobSubmitted)]
+    assert len(headers) == 1 and not headers[0].sealed
+    assert any(isinstance(e, JobTasksAdded) for e in log), "a batch was sent before the error"
+    last = await bus.last_on_subject(job_subject(headers[0].job_id))
+    assert last is not None and isinstance(last[1], JobRejected), last
+    assert not any(isinstance(e, JobSealed) for e in log)
