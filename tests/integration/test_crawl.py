@@ -3,17 +3,21 @@ and sitemaps become one ordinary streamed job of `http.warm` tasks; bad input ge
 message and leaves nothing half-submitted."""
 
 import asyncio
+import contextlib
 import gzip
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from events import (
     Bus,
+    JobCompleted,
     JobRejected,
     JobSealed,
     JobSubmitted,
@@ -21,8 +25,10 @@ from events import (
     TaskSpec,
     job_subject,
 )
-from tests._sites import Site, sitemap_index, urlset
-from tests.integration.test_worker_dispatcher import read_log
+from services.dispatcher import Dispatcher
+from services.worker import HandlerRegistry, PermanentError, TaskContext, Worker, WorkerOptions
+from tests._sites import Answer, Site, sitemap_index, urlset
+from tests.integration.test_worker_dispatcher import read_log, running
 
 JOBSTREAM = [sys.executable, "-m", "cli"]
 
@@ -368,3 +374,86 @@ async def assert_only_rejected_jobs(bus: Bus) -> None:
     last = await bus.last_on_subject(job_subject(headers[0].job_id))
     assert last is not None and isinstance(last[1], JobRejected), last
     assert not any(isinstance(e, JobSealed) for e in log)
+
+
+# --- --wait and --passes, with a stand-in for the http.warm handler ---------------------
+
+
+async def stand_in_warm(args: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    """A page fetched once, its `X-Cache` reported as the contract's `cache` (the real
+    handler, with warming and politeness, is another branch's)."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        response = await client.get(args["url"])
+    if response.status_code >= 500:
+        raise PermanentError(f"HTTP {response.status_code} for {args['url']}")
+    return {
+        "url": args["url"],
+        "pass": args["pass"],
+        "status": response.status_code,
+        "cache": response.headers.get("X-Cache", "unknown"),
+    }
+
+
+def miss_then_hit(count: int) -> Answer:
+    return Answer(b"<p>page</p>", headers={"X-Cache": "MISS" if count == 1 else "HIT"})
+
+
+@contextlib.asynccontextmanager
+async def dispatcher_and_worker(bus: Bus) -> AsyncIterator[None]:
+    registry = HandlerRegistry.default()
+    registry.add("http.warm", stand_in_warm)
+    worker = Worker(bus, options=WorkerOptions(concurrency=16), handlers=registry)
+    async with running(Dispatcher(bus, lease_s=10).run, worker.run):
+        yield
+
+
+async def test_two_passes_run_in_turn_and_each_reports_its_cache_hit_ratio(
+    bus: Bus, nats_url: str, tmp_path: Path, site: Site
+) -> None:
+    pages = [f"/p/{index}" for index in range(30)]
+    for page in pages:
+        site.routes[page] = miss_then_hit
+    site.add("/gone", "no such page", status=404)
+    site.add("/sitemap.xml", urlset([site.url + page for page in [*pages, "/gone"]]))
+    async with dispatcher_and_worker(bus):
+        crawled = await crawl_async(nats_url, tmp_path, site.url, "--passes", "2")
+    passes = crawled.output["passes"]
+    assert isinstance(passes, list)
+    first, second = passes
+    assert (first["pass"], second["pass"]) == (1, 2)
+    for shown in passes:
+        assert (shown["status"], shown["pages"], shown["failed"]) == ("completed", 31, 0)
+        assert shown["broken_links"] == 1
+    assert (first["cache_hits"], second["cache_hits"]) == (0, 30)
+    assert second["hit_ratio"] == round(30 / 31, 4)
+    assert all(site.requests[page] == 2 for page in pages)
+    log = await read_log(bus)
+    ended = next(i for i, e in enumerate(log) if isinstance(e, JobCompleted))
+    header = next(
+        (i, e)
+        for i, e in enumerate(log)
+        if isinstance(e, JobSubmitted) and e.job_id == second["job_id"]
+    )
+    assert header[0] > ended, "pass 2 is submitted once pass 1 has ended"
+    assert header[1].labels == {"crawl": site.host, "pass": "2"}
+    assert {spec.args["pass"] for spec in header[1].tasks} == {2}
+
+
+async def test_wait_exits_1_when_pages_failed(
+    bus: Bus, nats_url: str, tmp_path: Path, site: Site
+) -> None:
+    site.add("/fine", "ok")
+    site.add("/down", "oops", status=500)
+    site.add("/sitemap.xml", urlset([f"{site.url}/fine", f"{site.url}/down"]))
+    async with dispatcher_and_worker(bus):
+        result = await asyncio.to_thread(
+            subprocess.run,
+            [*JOBSTREAM, "crawl", "--nats-url", nats_url, site.url, "--wait"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+            check=False,
+        )
+    assert result.returncode == 1, result.stderr
+    assert "pass 1: failed, 2 pages: 1 answered (0 broken links), 1 failed" in result.stdout
