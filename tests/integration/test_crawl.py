@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -25,9 +26,11 @@ from events import (
     TaskSpec,
     job_subject,
 )
+from projections import PostgresProjector
 from services.dispatcher import Dispatcher
 from services.worker import HandlerRegistry, PermanentError, TaskContext, Worker, WorkerOptions
 from tests._sites import Answer, Site, sitemap_index, urlset
+from tests.faults._harness import wait_until_projected
 from tests.integration.test_worker_dispatcher import read_log, running
 
 JOBSTREAM = [sys.executable, "-m", "cli"]
@@ -457,3 +460,62 @@ async def test_wait_exits_1_when_pages_failed(
         )
     assert result.returncode == 1, result.stderr
     assert "pass 1: failed, 2 pages: 1 answered (0 broken links), 1 failed" in result.stdout
+
+
+def jobstream(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*JOBSTREAM, *args], capture_output=True, text=True, timeout=60, cwd=cwd, check=False
+    )
+
+
+async def test_a_crawl_is_an_ordinary_job_for_status_and_dlq(
+    bus: Bus, nats_url: str, database_url: str, tmp_path: Path, site: Site
+) -> None:
+    site.add("/fine", "ok")
+    site.add("/down", "oops", status=500)
+    site.add("/sitemap.xml", urlset([f"{site.url}/fine", f"{site.url}/down"]))
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        async with dispatcher_and_worker(bus), running(PostgresProjector(bus, pool).run):
+            crawled = await crawl_async(nats_url, tmp_path, site.url, "--wait")
+            await wait_until_projected(bus, database_url, timeout_s=30)
+    finally:
+        await pool.close()
+    assert crawled.code == 1, crawled.stderr
+    job_id = json.loads(crawled.stdout)["passes"][0]["job_id"]
+    where = ("--database-url", database_url)
+    status = await asyncio.to_thread(jobstream, "status", job_id, "--json", *where, cwd=tmp_path)
+    shown = json.loads(status.stdout)
+    assert (shown["tasks"]["succeeded"], shown["tasks"]["dead_lettered"]) == (1, 1), shown
+    dead = await asyncio.to_thread(
+        jobstream, "dlq", "list", "--job", job_id, "--json", *where, cwd=tmp_path
+    )
+    rows = [json.loads(line) for line in dead.stdout.splitlines()]
+    assert [row["kind"] for row in rows] == ["http.warm"]
+    assert "HTTP 500" in rows[0]["error"]
+
+
+async def test_a_cancelled_crawl_ends_its_wait_with_exit_1(
+    bus: Bus, nats_url: str, tmp_path: Path, site: Site
+) -> None:
+    site.add("/sitemap.xml", urlset([f"{site.url}/page/{index}" for index in range(50)]))
+    async with running(Dispatcher(bus, lease_s=10).run):  # no worker: nothing runs
+        waiting = asyncio.create_task(crawl_async(nats_url, tmp_path, site.url, "--wait"))
+        job_id = await _first_job_id(bus)
+        cancel = await asyncio.to_thread(
+            jobstream, "cancel", job_id, "--nats-url", nats_url, cwd=tmp_path
+        )
+        assert cancel.returncode == 0, cancel.stderr
+        crawled = await asyncio.wait_for(waiting, 60)
+    assert crawled.code == 1, crawled.stderr
+    shown = json.loads(crawled.stdout)["passes"][0]
+    assert (shown["status"], shown["cancelled"], shown["answered"]) == ("cancelled", 50, 0)
+
+
+async def _first_job_id(bus: Bus) -> str:
+    for _ in range(300):
+        for event in await read_log(bus):
+            if isinstance(event, JobSubmitted):
+                return event.job_id
+        await asyncio.sleep(0.05)
+    pytest.fail("no job was submitted")
