@@ -43,6 +43,7 @@ class SitemapParser:
         self._path: list[str] = []
         self._text: list[str] | None = None
         self._text_length = 0
+        self._fed = 0
         parser = expat.ParserCreate(namespace_separator=" ")
         parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
         parser.StartDoctypeDeclHandler = self._refuse_doctype
@@ -53,14 +54,15 @@ class SitemapParser:
         self._parser = parser
 
     def feed(self, data: bytes) -> list[str]:
+        self._fed += len(data)
         self._parse(data, final=False)
         found, self._found = self._found, []
         return found
 
     def close(self) -> list[str]:
-        self._parse(b"", final=True)
-        if self.kind is None:
+        if not self._fed:
             raise DiscoveryError(f"sitemap {self.where} is empty")
+        self._parse(b"", final=True)
         found, self._found = self._found, []
         return found
 
@@ -112,8 +114,9 @@ class BodyDecoder:
     """A sitemap's body as XML bytes: gunzipped when it is gzip (by its first bytes, whatever
     its name or headers say), and bounded in size."""
 
-    def __init__(self, where: str) -> None:
+    def __init__(self, where: str, *, max_bytes: int = MAX_SITEMAP_BYTES) -> None:
         self.where = where
+        self.max_bytes = max_bytes
         self._inflater: zlib._Decompress | None = None
         self._head = b""
         self._decided = False
@@ -149,8 +152,8 @@ class BodyDecoder:
 
     def _counted(self, data: bytes) -> bytes:
         self.size += len(data)
-        if self.size > MAX_SITEMAP_BYTES:
+        if self.size > self.max_bytes:
             raise DiscoveryError(
-                f"sitemap {self.where} is over {MAX_SITEMAP_BYTES // 2**20} MiB uncompressed"
+                f"sitemap {self.where} is over {self.max_bytes:,} bytes uncompressed"
             )
         return data
