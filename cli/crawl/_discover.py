@@ -12,7 +12,7 @@ from cli.crawl._errors import DiscoveryError, SitemapMissing, SiteUnreachable
 from cli.crawl._fetch import check_sitemap_answer, read_capped, streamed_get
 from cli.crawl._robots import ALLOW_ALL, MAX_ROBOTS_BYTES, RobotsRules, parse_robots
 from cli.crawl._sitemap import BodyDecoder, SitemapKind, SitemapParser
-from cli.crawl._urls import PathFilter, SeenUrls, checked_url, normalise_url, origin_of, same_site
+from cli.crawl._urls import PathFilter, SeenUrls, checked_url, normalise_url, origin_of, site_name
 
 FALLBACK_SITEMAPS = ("/sitemap.xml", "/sitemap_index.xml")
 # An index that names an index that names an index: deeper is a loop or a mistake.
@@ -87,7 +87,7 @@ class Discovery:
     async def from_site(self, site_url: str) -> AsyncGenerator[str, None]:
         """The pages of the sitemaps robots.txt names, else of /sitemap.xml or
         /sitemap_index.xml."""
-        self._site = site_url
+        self._site = site_name(site_url)
         await self.read_robots(site_url)
         roots = self._roots(self.robots.sitemaps) if self.robots.sitemaps else None
         found = roots or self._fallback(origin_of(site_url))
@@ -98,7 +98,7 @@ class Discovery:
 
     async def from_sitemap(self, sitemap_url: str) -> AsyncGenerator[str, None]:
         """The pages of one sitemap (or index), on its site, as its robots.txt allows."""
-        self._site = sitemap_url
+        self._site = site_name(sitemap_url)
         await self.read_robots(sitemap_url)
         async with contextlib.aclosing(self._walk(sitemap_url, depth=0)) as urls:
             async for url in urls:
@@ -146,6 +146,8 @@ class Discovery:
         for sitemap in sitemaps:
             if self.full:
                 return
+            if sitemap in self._sitemaps_seen:
+                continue
             async with contextlib.aclosing(self._walk(sitemap, depth=0)) as urls:
                 async for url in urls:
                     yield url
@@ -243,7 +245,7 @@ class Discovery:
         except ValueError:
             self.report.invalid += 1
             return None
-        if not same_site(url, self._site):
+        if site_name(url) != self._site:
             self.report.off_site += 1
             return None
         if not self.robots.allows(url):

@@ -1,6 +1,7 @@
 """URLs of a crawl: checked, normalised, kept to one site, filtered by path, each kept once."""
 
 import hashlib
+import re
 import sys
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -16,6 +17,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 # Bytes of a URL's hash kept to tell it was seen: a million URLs cost tens of MB, not the
 # URLs themselves; two URLs sharing a hash (about 1 in 10^7 at a billion) lose one.
 SEEN_HASH_BYTES = 8
+_WHITESPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
 
 
 def normalise_url(text: str) -> str:
@@ -26,7 +28,7 @@ def normalise_url(text: str) -> str:
         raise ValueError("empty URL")
     if len(text) > MAX_URL_LENGTH:
         raise ValueError(f"longer than {MAX_URL_LENGTH} characters")
-    if any(char.isspace() or ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+    if _WHITESPACE_OR_CONTROL.search(text):
         raise ValueError("holds whitespace or control characters")
     parts = urlsplit(text)
     scheme = parts.scheme.lower()
@@ -61,15 +63,15 @@ def origin_of(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _site_name(host: str) -> str:
-    return host.removeprefix("www.")
+def site_name(url: str) -> str:
+    """What makes two URLs one site: the host name, whatever the scheme and port, `www.` or
+    not (a site's sitemap may list its pages under https, or www, while it was asked for
+    under http, or without)."""
+    return (urlsplit(url).hostname or "").removeprefix("www.")
 
 
 def same_site(url: str, site_url: str) -> bool:
-    """Same host name, whatever the scheme and port, `www.` or not: a site's sitemap may list
-    its pages under https while it was asked for under http, or under www."""
-    host, site = urlsplit(url).hostname or "", urlsplit(site_url).hostname or ""
-    return _site_name(host) == _site_name(site)
+    return site_name(url) == site_name(site_url)
 
 
 class PathFilter:
