@@ -1,0 +1,90 @@
+"""Discovery on its own against local web sites (no NATS): fallbacks, nested indexes, loops,
+other hosts, and the cap stopping the fetches."""
+
+from collections.abc import Iterator
+
+import pytest
+
+from cli.crawl._discover import MAX_SITEMAP_DEPTH, Discovery
+from cli.crawl._errors import DiscoveryError
+from cli.crawl._fetch import discovery_client
+from cli.crawl._urls import PathFilter
+from tests._sites import Site, sitemap_index, urlset
+
+UA = "jobstream-warm/test"
+
+
+@pytest.fixture
+def site() -> Iterator[Site]:
+    with Site() as serving:
+        yield serving
+
+
+async def discover(site_url: str, *, max_urls: int | None = None) -> tuple[list[str], Discovery]:
+    notes: list[str] = []
+    async with discovery_client(user_agent=UA, timeout_s=5, headers={}) as client:
+        discovery = Discovery(
+            client, user_agent=UA, paths=PathFilter([], []), max_urls=max_urls, note=notes.append
+        )
+        found = [url async for url in discovery.from_site(site_url)]
+    discovery.report.notes = notes
+    return found, discovery
+
+
+async def test_sitemap_index_xml_is_the_second_fallback(site: Site) -> None:
+    site.add("/sitemap_index.xml", sitemap_index([f"{site.url}/pages.xml"]))
+    site.add("/pages.xml", urlset([f"{site.url}/a", "https://other.example/b"]))
+    found, discovery = await discover(site.url)
+    assert found == [f"{site.url}/a"] and discovery.report.off_site == 1
+    assert site.requests["/sitemap.xml"] == 1 and site.requests["/robots.txt"] == 1
+    assert discovery.report.sitemaps_read == 3  # the missing one, the index, its child
+
+
+async def test_an_index_naming_itself_is_read_once(site: Site) -> None:
+    site.add("/sitemap.xml", sitemap_index([f"{site.url}/sitemap.xml", f"{site.url}/p.xml"]))
+    site.add("/p.xml", urlset([f"{site.url}/a"]))
+    found, _ = await discover(site.url)
+    assert found == [f"{site.url}/a"]
+    assert site.requests["/sitemap.xml"] == 1
+
+
+async def test_indexes_nested_too_deep_are_skipped(site: Site) -> None:
+    depth = MAX_SITEMAP_DEPTH + 2
+    for level in range(depth):
+        site.add(
+            f"/index-{level}.xml",
+            sitemap_index([f"{site.url}/index-{level + 1}.xml", f"{site.url}/pages-{level}.xml"]),
+        )
+        site.add(f"/pages-{level}.xml", urlset([f"{site.url}/level-{level}"]))
+    site.add("/robots.txt", f"Sitemap: {site.url}/index-0.xml\n")
+    found, discovery = await discover(site.url)
+    # index-0 is depth 0; the sitemaps index-3 names are one level too deep.
+    assert found == [f"{site.url}/level-{n}" for n in range(MAX_SITEMAP_DEPTH - 1, -1, -1)]
+    assert discovery.report.sitemaps_skipped == 2
+    assert any("sitemap indexes deep" in note for note in discovery.report.notes)
+
+
+async def test_a_child_on_an_unreachable_host_is_skipped(site: Site) -> None:
+    site.add("/sitemap.xml", sitemap_index(["http://127.0.0.1:1/s.xml", f"{site.url}/p.xml"]))
+    site.add("/p.xml", urlset([f"{site.url}/a"]))
+    found, discovery = await discover(site.url)
+    assert found == [f"{site.url}/a"]
+    assert any(
+        "cannot reach the site at http://127.0.0.1:1/s.xml" in n for n in discovery.report.notes
+    )
+
+
+async def test_the_cap_stops_fetching(site: Site) -> None:
+    children = [f"{site.url}/p{index}.xml" for index in range(5)]
+    site.add("/sitemap.xml", sitemap_index(children))
+    for index in range(5):
+        site.add(f"/p{index}.xml", urlset([f"{site.url}/{index}/{n}" for n in range(10)]))
+    found, discovery = await discover(site.url, max_urls=15)
+    assert len(found) == 15 and discovery.report.capped
+    assert [site.requests[f"/p{index}.xml"] for index in range(5)] == [1, 1, 0, 0, 0]
+
+
+async def test_robots_sitemaps_that_fail_are_errors(site: Site) -> None:
+    site.add("/robots.txt", f"Sitemap: {site.url}/gone.xml\n")
+    with pytest.raises(DiscoveryError, match=r"gone\.xml answered 404"):
+        await discover(site.url)
