@@ -4,7 +4,7 @@ out as they are found, so a sitemap of a million pages is never held whole."""
 
 import contextlib
 from collections.abc import AsyncGenerator, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import httpx
 
@@ -34,7 +34,6 @@ class DiscoveryReport:
     invalid: int = 0
     capped: bool = False
     crawl_delay_s: float | None = None
-    notes: list[str] = field(default_factory=list)
 
     def line(self) -> str:
         asides = [

@@ -519,3 +519,17 @@ async def _first_job_id(bus: Bus) -> str:
                 return event.job_id
         await asyncio.sleep(0.05)
     pytest.fail("no job was submitted")
+
+
+async def test_a_crawl_run_again_with_its_key_is_the_same_job(
+    bus: Bus, nats_url: str, tmp_path: Path, site: Site
+) -> None:
+    site.add("/sitemap.xml", urlset([f"{site.url}/a", f"{site.url}/b"]))
+    first = await crawl_async(nats_url, tmp_path, site.url, "--idempotency-key", "nightly")
+    again = await crawl_async(nats_url, tmp_path, site.url, "--idempotency-key", "nightly")
+    assert first.job_id == again.job_id
+    assert json.loads(again.stdout)["passes"][0]["duplicate"] is True
+    assert "already submitted" in again.stderr
+    log = await read_log(bus)
+    assert len([e for e in log if isinstance(e, JobSubmitted)]) == 1
+    assert site.requests["/sitemap.xml"] == 1, "a duplicate is known before discovery"

@@ -2,6 +2,7 @@
 other hosts, and the cap stopping the fetches."""
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 
@@ -20,31 +21,37 @@ def site() -> Iterator[Site]:
         yield serving
 
 
-async def discover(site_url: str, *, max_urls: int | None = None) -> tuple[list[str], Discovery]:
+@dataclass
+class Found:
+    urls: list[str]
+    discovery: Discovery
+    notes: list[str]
+
+
+async def discover(site_url: str, *, max_urls: int | None = None) -> Found:
     notes: list[str] = []
     async with discovery_client(user_agent=UA, timeout_s=5, headers={}) as client:
         discovery = Discovery(
             client, user_agent=UA, paths=PathFilter([], []), max_urls=max_urls, note=notes.append
         )
-        found = [url async for url in discovery.from_site(site_url)]
-    discovery.report.notes = notes
-    return found, discovery
+        urls = [url async for url in discovery.from_site(site_url)]
+    return Found(urls, discovery, notes)
 
 
 async def test_sitemap_index_xml_is_the_second_fallback(site: Site) -> None:
     site.add("/sitemap_index.xml", sitemap_index([f"{site.url}/pages.xml"]))
     site.add("/pages.xml", urlset([f"{site.url}/a", "https://other.example/b"]))
-    found, discovery = await discover(site.url)
-    assert found == [f"{site.url}/a"] and discovery.report.off_site == 1
+    found = await discover(site.url)
+    assert found.urls == [f"{site.url}/a"] and found.discovery.report.off_site == 1
     assert site.requests["/sitemap.xml"] == 1 and site.requests["/robots.txt"] == 1
-    assert discovery.report.sitemaps_read == 3  # the missing one, the index, its child
+    assert found.discovery.report.sitemaps_read == 3  # the missing one, the index, its child
 
 
 async def test_an_index_naming_itself_is_read_once(site: Site) -> None:
     site.add("/sitemap.xml", sitemap_index([f"{site.url}/sitemap.xml", f"{site.url}/p.xml"]))
     site.add("/p.xml", urlset([f"{site.url}/a"]))
-    found, _ = await discover(site.url)
-    assert found == [f"{site.url}/a"]
+    found = await discover(site.url)
+    assert found.urls == [f"{site.url}/a"]
     assert site.requests["/sitemap.xml"] == 1
 
 
@@ -57,21 +64,19 @@ async def test_indexes_nested_too_deep_are_skipped(site: Site) -> None:
         )
         site.add(f"/pages-{level}.xml", urlset([f"{site.url}/level-{level}"]))
     site.add("/robots.txt", f"Sitemap: {site.url}/index-0.xml\n")
-    found, discovery = await discover(site.url)
+    found = await discover(site.url)
     # index-0 is depth 0; the sitemaps index-3 names are one level too deep.
-    assert found == [f"{site.url}/level-{n}" for n in range(MAX_SITEMAP_DEPTH - 1, -1, -1)]
-    assert discovery.report.sitemaps_skipped == 2
-    assert any("sitemap indexes deep" in note for note in discovery.report.notes)
+    assert found.urls == [f"{site.url}/level-{n}" for n in range(MAX_SITEMAP_DEPTH - 1, -1, -1)]
+    assert found.discovery.report.sitemaps_skipped == 2
+    assert any("sitemap indexes deep" in note for note in found.notes)
 
 
 async def test_a_child_on_an_unreachable_host_is_skipped(site: Site) -> None:
     site.add("/sitemap.xml", sitemap_index(["http://127.0.0.1:1/s.xml", f"{site.url}/p.xml"]))
     site.add("/p.xml", urlset([f"{site.url}/a"]))
-    found, discovery = await discover(site.url)
-    assert found == [f"{site.url}/a"]
-    assert any(
-        "cannot reach the site at http://127.0.0.1:1/s.xml" in n for n in discovery.report.notes
-    )
+    found = await discover(site.url)
+    assert found.urls == [f"{site.url}/a"]
+    assert any("cannot reach the site at http://127.0.0.1:1/s.xml" in n for n in found.notes)
 
 
 async def test_the_cap_stops_fetching(site: Site) -> None:
@@ -79,8 +84,8 @@ async def test_the_cap_stops_fetching(site: Site) -> None:
     site.add("/sitemap.xml", sitemap_index(children))
     for index in range(5):
         site.add(f"/p{index}.xml", urlset([f"{site.url}/{index}/{n}" for n in range(10)]))
-    found, discovery = await discover(site.url, max_urls=15)
-    assert len(found) == 15 and discovery.report.capped
+    found = await discover(site.url, max_urls=15)
+    assert len(found.urls) == 15 and found.discovery.report.capped
     assert [site.requests[f"/p{index}.xml"] for index in range(5)] == [1, 1, 0, 0, 0]
 
 
