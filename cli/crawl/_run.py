@@ -116,19 +116,17 @@ async def _pages(discovery: Discovery, request: CrawlRequest) -> AsyncGenerator[
 
 
 async def _urls(discovery: Discovery, request: CrawlRequest) -> AsyncGenerator[str, None]:
-    match request.source:
-        case "site":
-            found = discovery.from_site(request.target)
-        case "sitemap":
-            found = discovery.from_sitemap(request.target)
-        case "urls":
-            with open_urls(request.target) as lines:
-                async with contextlib.aclosing(
-                    discovery.from_lines(lines, where=request.target)
-                ) as given:
-                    async for url in given:
-                        yield url
-            return
+    if request.source == "urls":
+        with open_urls(request.target) as lines:
+            given = discovery.from_lines(lines, where=request.target)
+            async with contextlib.aclosing(given) as urls:
+                async for url in urls:
+                    yield url
+        return
+    if request.source == "site":
+        found = discovery.from_site(request.target)
+    else:
+        found = discovery.from_sitemap(request.target)
     async with contextlib.aclosing(found) as urls:
         async for url in urls:
             yield url
