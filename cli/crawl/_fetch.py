@@ -24,18 +24,19 @@ def discovery_client(
 @contextlib.asynccontextmanager
 async def streamed_get(client: httpx.AsyncClient, url: str) -> AsyncIterator[httpx.Response]:
     """The response to GET `url`, its body not read yet. `SiteUnreachable` when no answer
-    came (also while the body streams); `DiscoveryError` for a URL httpx cannot ask."""
+    came (also while the body streams); `DiscoveryError` for a URL httpx cannot ask, or a
+    body it cannot decode."""
     try:
         async with client.stream("GET", url) as response:
             yield response
+    except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+        raise DiscoveryError(f"cannot ask for {url}: {exc}") from None
     except httpx.TransportError as exc:
-        if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
-            raise DiscoveryError(f"cannot ask for {url}: {exc}") from None
         raise SiteUnreachable(url, _describe(exc)) from None
     except httpx.TooManyRedirects:
         raise DiscoveryError(f"{url} redirects too many times") from None
-    except httpx.InvalidURL as exc:
-        raise DiscoveryError(f"cannot ask for {url}: {exc}") from None
+    except httpx.HTTPError as exc:  # a body that cannot be decoded (a bad Content-Encoding)
+        raise DiscoveryError(f"{url}: {_describe(exc)}") from None
 
 
 def check_sitemap_answer(response: httpx.Response, url: str) -> None:
@@ -59,6 +60,6 @@ def _status(response: httpx.Response) -> str:
     return f"{response.status_code} {response.reason_phrase}".strip()
 
 
-def _describe(exc: httpx.TransportError) -> str:
+def _describe(exc: httpx.HTTPError) -> str:
     detail = str(exc)
     return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__

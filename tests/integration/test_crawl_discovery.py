@@ -93,3 +93,9 @@ async def test_robots_sitemaps_that_fail_are_errors(site: Site) -> None:
     site.add("/robots.txt", f"Sitemap: {site.url}/gone.xml\n")
     with pytest.raises(DiscoveryError, match=r"gone\.xml answered 404"):
         await discover(site.url)
+
+
+async def test_a_body_that_cannot_be_decoded_is_a_discovery_error(site: Site) -> None:
+    site.add("/sitemap.xml", "<urlset/> is not gzip", Content_Encoding="gzip")
+    with pytest.raises(DiscoveryError, match=r"sitemap\.xml: DecodingError"):
+        await discover(site.url)
