@@ -88,8 +88,10 @@ class Discovery:
         /sitemap_index.xml."""
         self._site = site_name(site_url)
         await self.read_robots(site_url)
-        roots = self._roots(self.robots.sitemaps) if self.robots.sitemaps else None
-        found = roots or self._fallback(origin_of(site_url))
+        if self.robots.sitemaps:
+            found = self._roots(self.robots.sitemaps)
+        else:
+            found = self._fallback(origin_of(site_url))
         async with contextlib.aclosing(found) as urls:
             async for url in urls:
                 yield url
@@ -224,16 +226,13 @@ class Discovery:
             parser = SitemapParser(sitemap)
             async for chunk in response.aiter_bytes():
                 for data in body.decode(chunk):
-                    for loc in parser.feed(data):
-                        assert parser.kind is not None
-                        yield parser.kind, loc
+                    for found in parser.feed(data):
+                        yield found
             for data in body.finish():
-                for loc in parser.feed(data):
-                    assert parser.kind is not None
-                    yield parser.kind, loc
-            for loc in parser.close():
-                assert parser.kind is not None
-                yield parser.kind, loc
+                for found in parser.feed(data):
+                    yield found
+            for found in parser.close():
+                yield found
 
     # --- one URL ---------------------------------------------------------------------
 

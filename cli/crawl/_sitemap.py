@@ -33,13 +33,14 @@ class _Refused(Exception):
 
 
 class SitemapParser:
-    """Feed a sitemap's bytes in pieces; each `feed` returns the `<loc>`s completed so far.
-    `DiscoveryError` for a document that is not XML or not a sitemap."""
+    """Feed a sitemap's bytes in pieces; each `feed` returns the `<loc>`s completed so far,
+    each with the kind of sitemap it is in. `DiscoveryError` for a document that is not XML
+    or not a sitemap."""
 
     def __init__(self, where: str) -> None:
         self.where = where
         self.kind: SitemapKind | None = None
-        self._found: list[str] = []
+        self._found: list[tuple[SitemapKind, str]] = []
         self._path: list[str] = []
         self._text: list[str] | None = None
         self._text_length = 0
@@ -53,13 +54,13 @@ class SitemapParser:
         parser.CharacterDataHandler = self._characters
         self._parser = parser
 
-    def feed(self, data: bytes) -> list[str]:
+    def feed(self, data: bytes) -> list[tuple[SitemapKind, str]]:
         self._fed += len(data)
         self._parse(data, final=False)
         found, self._found = self._found, []
         return found
 
-    def close(self) -> list[str]:
+    def close(self) -> list[tuple[SitemapKind, str]]:
         if not self._fed:
             raise DiscoveryError(f"sitemap {self.where} is empty")
         self._parse(b"", final=True)
@@ -106,8 +107,8 @@ class SitemapParser:
         if self._text is not None and len(self._path) == 2:
             loc = "".join(self._text).strip()
             self._text = None
-            if loc:
-                self._found.append(loc)
+            if loc and self.kind is not None:
+                self._found.append((self.kind, loc))
 
 
 class BodyDecoder:

@@ -16,11 +16,12 @@ UA = "jobstream-warm/0.1.0 (+https://github.com/jobstream)"
 
 def parse_in_pieces(document: bytes, piece: int) -> tuple[SitemapKind | None, list[str]]:
     parser = SitemapParser("test.xml")
-    found: list[str] = []
+    found: list[tuple[SitemapKind, str]] = []
     for start in range(0, len(document), piece):
         found += parser.feed(document[start : start + piece])
     found += parser.close()
-    return parser.kind, found
+    assert {kind for kind, _ in found} <= {parser.kind}
+    return parser.kind, [loc for _, loc in found]
 
 
 @pytest.mark.parametrize("piece", [1, 7, 4096])
