@@ -206,6 +206,7 @@ class _Reporter:
         self.as_json = as_json
         self.tty = sys.stderr.isatty()
         self._last_plain = 0.0
+        self._pages: int | None = None
 
     def hooks(self) -> "CrawlHooks":
         from cli.crawl._run import CrawlHooks
@@ -214,6 +215,7 @@ class _Reporter:
             note=self.note,
             submitted=self.submitted,
             progress=self.progress,
+            ended=self.ended,
             show_submit_progress=self.tty,
         )
 
@@ -234,6 +236,7 @@ class _Reporter:
             )
         if submitted.no_worker:
             self.note(no_worker_warning(self.request.queue))
+        self._pages = submitted.tasks
         if self.request.wait:
             pages = f" ({submitted.tasks} pages)" if submitted.tasks is not None else ""
             self.note(f"pass {outcome.pass_number}: job {submitted.job_id}{pages}")
@@ -245,9 +248,10 @@ class _Reporter:
         if not self.tty and now - self._last_plain < PLAIN_PROGRESS_EVERY_S:
             return
         self._last_plain = now
+        of = f" of {self._pages}" if self._pages is not None else ""
         line = (
-            f"pass {summary.pass_number}: {summary.pages} pages done, {summary.failed} failed,"
-            f" {summary.cache_hits} cache hits"
+            f"pass {summary.pass_number}: {summary.pages}{of} pages done, {summary.failed}"
+            f" failed, {summary.cache_hits} cache hits"
         )
         if self.tty:
             sys.stderr.write(f"\r\x1b[2K{line}")
@@ -255,16 +259,17 @@ class _Reporter:
         else:
             self.note(line)
 
-    def done(self, outcomes: list["PassOutcome"]) -> None:
-        if self.tty and self.request.wait:
+    def ended(self, outcome: "PassOutcome") -> None:
+        """A pass's summary as soon as it ends (the next pass may take long)."""
+        if self.tty:
             sys.stderr.write("\r\x1b[2K")
+        if outcome.summary is not None and not self.as_json:
+            typer.echo(outcome.summary.line())
+
+    def done(self, outcomes: list["PassOutcome"]) -> None:
         if self.as_json:
             shown = {"crawl": self.request.label, "passes": [o.as_dict() for o in outcomes]}
             typer.echo(json.dumps(shown))
-            return
-        for outcome in outcomes:
-            if outcome.summary is not None:
-                typer.echo(outcome.summary.line())
 
 
 __all__ = ["CRAWL_HELP", "crawl"]

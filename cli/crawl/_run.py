@@ -45,6 +45,7 @@ class CrawlHooks:
     note: Callable[[str], None]
     submitted: Callable[[PassOutcome, DiscoveryReport | None], None]
     progress: Callable[[PassSummary], None] = field(default=lambda summary: None)
+    ended: Callable[[PassOutcome], None] = field(default=lambda outcome: None)
     show_submit_progress: bool = False
 
 
@@ -80,6 +81,7 @@ async def run_crawl(bus: Bus, request: CrawlRequest, hooks: CrawlHooks) -> list[
             if request.wait:
                 summary = PassSummary(pass_number=pass_number, job_id=submitted.job_id)
                 outcome.summary = await watch_job(bus, summary, on_change=hooks.progress)
+                hooks.ended(outcome)
             outcomes.append(outcome)
     return outcomes
 
