@@ -44,7 +44,8 @@ class Site:
                 self.send_response(answer.status)
                 for name, value in answer.headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Length", str(len(answer.body)))
+                if "Content-Length" not in answer.headers:  # a route may promise more
+                    self.send_header("Content-Length", str(len(answer.body)))
                 self.end_headers()
                 if with_body:
                     self.wfile.write(answer.body)

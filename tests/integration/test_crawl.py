@@ -359,6 +359,17 @@ async def test_a_sitemap_broken_after_the_first_batch_leaves_the_job_rejected(
     await assert_only_rejected_jobs(bus)
 
 
+async def test_a_site_gone_after_the_first_batch_is_exit_3_and_leaves_the_job_rejected(
+    bus: Bus, nats_url: str, tmp_path: Path, site: Site
+) -> None:
+    whole = urlset([f"{site.url}/page/{index}" for index in range(10_000)])
+    cut = whole[: len(whole) * 2 // 3]
+    site.add("/sitemap.xml", cut, Content_Length=str(len(whole)))
+    crawled = await crawl_async(nats_url, tmp_path, site.url)
+    assert_clean_error(crawled, 3, f"cannot reach the site at {site.url}/sitemap.xml")
+    await assert_only_rejected_jobs(bus)
+
+
 async def test_a_bad_line_on_stdin_after_the_first_batch_leaves_the_job_rejected(
     bus: Bus, nats_url: str, tmp_path: Path
 ) -> None:
