@@ -99,3 +99,30 @@ async def test_a_body_that_cannot_be_decoded_is_a_discovery_error(site: Site) ->
     site.add("/sitemap.xml", "<urlset/> is not gzip", Content_Encoding="gzip")
     with pytest.raises(DiscoveryError, match=r"sitemap\.xml: DecodingError"):
         await discover(site.url)
+
+
+async def test_given_urls_are_filtered_deduplicated_and_capped() -> None:
+    lines = [b"https://a.example/blog/1\n", b"# a comment\n", b"https://A.example/blog/1#top\n"]
+    lines += [f"https://b.example/blog/{n}\n".encode() for n in range(10)]
+    lines += [b"https://a.example/shop\n"]
+    async with discovery_client(user_agent=UA, timeout_s=5, headers={}) as client:
+        discovery = Discovery(
+            client, user_agent=UA, paths=PathFilter(["/blog/*"], []), max_urls=5, note=print
+        )
+        urls = [url async for url in discovery.from_lines(lines, where="urls.txt")]
+    assert urls == ["https://a.example/blog/1"] + [f"https://b.example/blog/{n}" for n in range(4)]
+    assert discovery.report.duplicates == 1 and discovery.report.capped
+
+
+async def test_a_bad_given_url_names_its_line() -> None:
+    async with discovery_client(user_agent=UA, timeout_s=5, headers={}) as client:
+        discovery = Discovery(
+            client, user_agent=UA, paths=PathFilter([], []), max_urls=None, note=print
+        )
+        with pytest.raises(DiscoveryError, match=r"urls\.txt:2: URL 'www\.a\.example/x'"):
+            _ = [
+                u
+                async for u in discovery.from_lines(
+                    [b"https://a.example/\n", b"www.a.example/x"], where="urls.txt"
+                )
+            ]
