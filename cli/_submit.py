@@ -244,7 +244,6 @@ async def submit_planned(bus: Bus, plan: SubmitPlan, *, show_progress: bool) -> 
         job_id = await claim_job_id(bus, key, job_id)
     settings = msgspec.structs.replace(plan.settings, job_id=job_id)
     duplicate = False
-    sent: int | None = None
     try:
         start = resume_point(await last_on_job(bus, job_id), job_id) if key else None
         if plan.source is not None:
