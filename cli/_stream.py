@@ -205,7 +205,7 @@ async def skip_tasks(
     specs: Iterable[TaskSpec] | AsyncIterable[TaskSpec], count: int
 ) -> AsyncIterator[TaskSpec]:
     """`specs` without their first `count` tasks (a spec straddling the cut is shortened)."""
-    async for spec in as_async(specs):
+    async for spec in _as_async(specs):
         if count >= spec.count:
             count -= spec.count
             continue
@@ -213,7 +213,7 @@ async def skip_tasks(
         count = 0
 
 
-async def as_async(
+async def _as_async(
     specs: Iterable[TaskSpec] | AsyncIterable[TaskSpec],
 ) -> AsyncIterator[TaskSpec]:
     """Tasks read from a file and tasks found as they are sent (a crawl's discovery) alike."""
