@@ -62,6 +62,7 @@ from events import (
     sleep_unless_stopped,
     task_index_of,
 )
+from projections._crawl import CrawlRound
 from projections._database import DATA_ERRORS, RETRY_CAP_S, RETRY_ERRORS, connection
 from projections._listing import TaskLister, unlisted_batches
 from projections._migrate import DEFAULT_SCHEMA, quote_ident
@@ -291,9 +292,11 @@ class _Round:
         self.rows: dict[str, list[_Row]] = {}
         self.jobs: dict[str, _Row] = {}
         self.workers: dict[str, _Row] = {}
+        self.crawl = CrawlRound()
 
     def add(self, seq: int, event: Event, step: Step) -> None:
         self.rows.setdefault(step.query, []).append(step.row)
+        self.crawl.add(seq, event)
         if isinstance(event, TaskStarted | TaskProgress | TaskSucceeded | TaskFailed):
             self._job_running(seq, event.job_id, _attempt_start(event))
         if isinstance(event, TaskStarted | TaskProgress | TaskSucceeded | TaskFailed):
@@ -325,11 +328,13 @@ class _Round:
         worker["seq"] = seq
 
     def statements(self) -> Iterator[tuple[str, list[_Row]]]:
+        yield from self.crawl.before()
         yield from self.rows.items()
         if self.jobs:
             yield "jobs_running", list(self.jobs.values())
         if self.workers:
             yield "workers_seen", list(self.workers.values())
+        yield from self.crawl.after()
 
 
 class Entry(NamedTuple):
@@ -439,7 +444,7 @@ class PostgresProjector:
         self._search_path = (
             f"SET LOCAL search_path TO {quote_ident(schema)}; SET LOCAL synchronous_commit TO off"
         )
-        self._queries = load_queries()
+        self._queries = {**load_queries(), **load_queries("crawl.sql")}
         self.lister = TaskLister(bus, pool, schema=schema)
 
     async def run(self, stop: asyncio.Event) -> None:
