@@ -253,6 +253,16 @@ class CrawlStatsFold:
         ]
 
 
+def _compact(facts: _Row) -> _Row:
+    """`facts` without its zero counts and empty keys: the SQL reads a missing key as NULL,
+    which its sums skip, and the JSON to parse is a third of the size."""
+    return {
+        key: value
+        for key, value in facts.items()
+        if value is not None and not (value == 0 and key in SUMMED)
+    }
+
+
 class CrawlRound:
     """The crawl pages of one round of the projector: their statements run before
     (`crawl_failures_undone`) and after (`crawl_pages_counted`) the round's own."""
@@ -267,7 +277,7 @@ class CrawlRound:
         if isinstance(event, TaskRequeued):
             self.requeued.append(failure_undone(seq, event))
         elif isinstance(event, TaskSucceeded | TaskDeadLettered):
-            self.pages.append(page_facts(seq, event))
+            self.pages.append(_compact(page_facts(seq, event)))
 
     def before(self) -> Iterator[tuple[str, list[_Row]]]:
         if self.requeued:

@@ -7,7 +7,8 @@
 -- Runs after the round's task_succeeded and task_dead_lettered: a page counts only if its
 -- event made its results row (a results row carries the sequence of the event that made
 -- it), so an event seen again, or a second terminal event, adds nothing. The pages are
--- summed per (job, pass, domain) before the upsert, so no row is touched twice.
+-- summed per (job, pass, domain) before the upsert, so no row is touched twice. A page's
+-- zero counts are left out of its object (NULL here).
 WITH e AS (
     SELECT *
     FROM json_to_recordset($1::json) AS e (
@@ -19,7 +20,8 @@ WITH e AS (
     )
 ),
 counted AS (
-    SELECT e.* FROM e JOIN results r ON r.task_id = e.task_id AND r.seq = e.seq
+    -- One primary-key lookup per page (a join may be planned as a scan of all results).
+    SELECT e.* FROM e WHERE (SELECT r.seq FROM results r WHERE r.task_id = e.task_id) = e.seq
 ),
 maps AS (
     SELECT job_id, pass, domain, 'status' AS map, status AS key, count(*) AS n
@@ -34,12 +36,19 @@ maps AS (
 sums AS (
     SELECT
         c.job_id, c.pass, c.domain,
-        sum(c.pages_done) AS pages_done, sum(c.pages_failed) AS pages_failed,
-        sum(c.broken_links) AS broken_links, sum(c.server_errors) AS server_errors,
-        sum(c.redirects) AS redirects, sum(c.bytes) AS bytes, sum(c.slow_pages) AS slow_pages,
-        sum(c.pages_warmed) AS pages_warmed, sum(c.misses_to_hits) AS misses_to_hits,
-        sum(c.time_saved_us) AS time_saved_us, sum(c.timed_pages) AS timed_pages,
-        sum(c.total_us) AS total_us, min(c.ms) AS min_ms, max(c.ms) AS max_ms,
+        coalesce(sum(c.pages_done), 0) AS pages_done,
+        coalesce(sum(c.pages_failed), 0) AS pages_failed,
+        coalesce(sum(c.broken_links), 0) AS broken_links,
+        coalesce(sum(c.server_errors), 0) AS server_errors,
+        coalesce(sum(c.redirects), 0) AS redirects,
+        coalesce(sum(c.bytes), 0) AS bytes,
+        coalesce(sum(c.slow_pages), 0) AS slow_pages,
+        coalesce(sum(c.pages_warmed), 0) AS pages_warmed,
+        coalesce(sum(c.misses_to_hits), 0) AS misses_to_hits,
+        coalesce(sum(c.time_saved_us), 0) AS time_saved_us,
+        coalesce(sum(c.timed_pages), 0) AS timed_pages,
+        coalesce(sum(c.total_us), 0) AS total_us,
+        min(c.ms) AS min_ms, max(c.ms) AS max_ms,
         max(c.seq) AS seq
     FROM counted AS c
     GROUP BY c.job_id, c.pass, c.domain
@@ -56,17 +65,20 @@ SELECT
     sums.total_us, sums.min_ms, sums.max_ms,
     coalesce(
         (SELECT jsonb_object_agg(m.key, m.n) FROM maps m
-         WHERE (m.job_id, m.pass, m.domain, m.map) = (sums.job_id, sums.pass, sums.domain, 'status')),
+         WHERE (m.job_id, m.pass, m.domain) = (sums.job_id, sums.pass, sums.domain)
+           AND m.map = 'status'),
         '{}'::jsonb
     ),
     coalesce(
         (SELECT jsonb_object_agg(m.key, m.n) FROM maps m
-         WHERE (m.job_id, m.pass, m.domain, m.map) = (sums.job_id, sums.pass, sums.domain, 'cache')),
+         WHERE (m.job_id, m.pass, m.domain) = (sums.job_id, sums.pass, sums.domain)
+           AND m.map = 'cache'),
         '{}'::jsonb
     ),
     coalesce(
         (SELECT jsonb_object_agg(m.key, m.n) FROM maps m
-         WHERE (m.job_id, m.pass, m.domain, m.map) = (sums.job_id, sums.pass, sums.domain, 'bucket')),
+         WHERE (m.job_id, m.pass, m.domain) = (sums.job_id, sums.pass, sums.domain)
+           AND m.map = 'bucket'),
         '{}'::jsonb
     ),
     sums.seq
@@ -102,16 +114,21 @@ WITH e AS (
     FROM json_to_recordset($1::json)
         AS e (seq bigint, job_id text, task_id text, pass integer, domain text)
 ),
+failed AS (
+    -- Primary-key lookups per page, as in crawl_pages_counted.
+    SELECT e.*, (SELECT r.error FROM results r WHERE r.task_id = e.task_id) AS error
+    FROM e
+    WHERE (SELECT t.state FROM tasks t WHERE t.task_id = e.task_id) = 'dead_lettered'
+      AND (SELECT r.status = 'dead_lettered' AND r.kind = 'http.warm'
+           FROM results r WHERE r.task_id = e.task_id)
+),
 undone AS (
     SELECT
-        e.job_id, e.pass, e.domain, count(*) AS failed,
-        count(*) FILTER (WHERE starts_with(r.error, 'HTTP 5')) AS server_errors,
-        max(e.seq) AS seq
-    FROM e
-    JOIN tasks t ON t.task_id = e.task_id AND t.state = 'dead_lettered'
-    JOIN results r
-        ON r.task_id = e.task_id AND r.status = 'dead_lettered' AND r.kind = 'http.warm'
-    GROUP BY e.job_id, e.pass, e.domain
+        job_id, pass, domain, count(*) AS failed,
+        count(*) FILTER (WHERE starts_with(error, 'HTTP 5')) AS server_errors,
+        max(seq) AS seq
+    FROM failed
+    GROUP BY job_id, pass, domain
 )
 UPDATE crawl_stats AS s
 SET pages_failed = s.pages_failed - undone.failed,
