@@ -206,3 +206,20 @@ def test_summed_columns_are_the_tables() -> None:
     from services.api._crawl_figures import SUMMED as API_SUMMED
 
     assert API_SUMMED == SUMMED
+
+
+async def test_a_crawl_with_no_page_yet_reports_zeros(
+    bus: Bus, pool: asyncpg.Pool, database_url: str
+) -> None:
+    labelled = JobSubmitted(at=T0, job_id="fresh", labels={"crawl": "urls"}, sealed=False, tasks=[])
+    by_kind = JobSubmitted(at=T0, job_id="kinds", tasks=[TaskSpec(kind="http.warm")])
+    log = CrawlLog("fresh", events=[labelled, by_kind])
+    await publish_and_project(bus, pool, log, batch_max=10)
+    async with _serve(create_app(database_url=database_url)) as client:
+        for job_id in ("fresh", "kinds"):
+            body = (await client.get(f"/jobs/{job_id}/crawl", params={"urls": 0})).json()
+            assert body["is_crawl"] is True and body["passes"] == [], job_id
+            totals = body["totals"]
+            assert (totals["pages_done"], totals["cache_hit_ratio"]) == (0, None)
+            assert totals["response_ms"]["p50_ms"] is None
+            assert totals["broken_urls"] == []
