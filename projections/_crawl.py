@@ -267,9 +267,13 @@ class CrawlRound:
     """The crawl pages of one round of the projector: their statements run before
     (`crawl_failures_undone`) and after (`crawl_pages_counted`) the round's own."""
 
-    def __init__(self) -> None:
+    def __init__(self, counted: set[tuple[str, int]]) -> None:
         self.pages: list[_Row] = []
         self.requeued: list[_Row] = []
+        # (task, seq) of the pages of the batch's earlier rounds: a chunk naming a task twice
+        # makes one results row, with the chunk's seq, and only its first naming counts (as
+        # in the replay fold, where the second finds the results row there).
+        self.counted = counted
 
     def add(self, seq: int, event: Event) -> None:
         if not is_crawl_page(event):
@@ -277,6 +281,9 @@ class CrawlRound:
         if isinstance(event, TaskRequeued):
             self.requeued.append(failure_undone(seq, event))
         elif isinstance(event, TaskSucceeded | TaskDeadLettered):
+            if (event.task_id, seq) in self.counted:
+                return
+            self.counted.add((event.task_id, seq))
             self.pages.append(_compact(page_facts(seq, event)))
 
     def before(self) -> Iterator[tuple[str, list[_Row]]]:

@@ -288,11 +288,11 @@ def _worker_step(seq: int, event: WorkerEvent) -> Step:
 class _Round:
     """Steps that touch disjoint rows, grouped by query, and the sums for shared rows."""
 
-    def __init__(self) -> None:
+    def __init__(self, crawl_pages: set[tuple[str, int]]) -> None:
         self.rows: dict[str, list[_Row]] = {}
         self.jobs: dict[str, _Row] = {}
         self.workers: dict[str, _Row] = {}
-        self.crawl = CrawlRound()
+        self.crawl = CrawlRound(crawl_pages)
 
     def add(self, seq: int, event: Event, step: Step) -> None:
         self.rows.setdefault(step.query, []).append(step.row)
@@ -353,6 +353,7 @@ def _all_steps(entries: Iterable[Entry]) -> Iterator[tuple[int, Event, Step]]:
 def plan_rounds(entries: Iterable[Entry]) -> list[_Round]:
     """Place each step in the first round after every earlier step it must follow."""
     rounds: list[_Round] = []
+    crawl_pages: set[tuple[str, int]] = set()  # shared by the rounds: see CrawlRound
     last_touch: dict[_Key, int] = {}
     last_owner: dict[_Key, int] = {}
     for seq, event, step in _all_steps(entries):
@@ -362,7 +363,7 @@ def plan_rounds(entries: Iterable[Entry]) -> list[_Round]:
         for key in step.shared:
             index = max(index, last_owner.get(key, -1) + 1)
         if index == len(rounds):
-            rounds.append(_Round())
+            rounds.append(_Round(crawl_pages))
         rounds[index].add(seq, event, step)
         for key in step.owned:
             last_touch[key] = last_owner[key] = index
