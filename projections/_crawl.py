@@ -28,7 +28,7 @@ WARMABLE = frozenset({"MISS", "EXPIRED"})
 MAX_DOMAIN_CHARS = 300
 MAX_PASS = 1_000_000
 MAX_BYTES = 1 << 40  # a sum of a million pages stays far within bigint
-MAX_US = 1 << 50  # microseconds: 35 years
+MAX_MS = 1e12  # times beyond (31 years) are taken as this
 SERVER_ERROR_PREFIX = "HTTP 5"
 
 _Row = dict[str, Any]
@@ -81,13 +81,22 @@ def _pass_of(value: object) -> int:
 def _number(value: object) -> float | None:
     """A finite number, else None."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond any float
+            return None
         return number if math.isfinite(number) else None
     return None
 
 
+def _ms(value: object) -> float | None:
+    """A time in ms, within ±`MAX_MS` (None: not a number)."""
+    number = _number(value)
+    return None if number is None else max(-MAX_MS, min(MAX_MS, number))
+
+
 def _micros(ms: float) -> int:
-    return max(-MAX_US, min(MAX_US, round(ms * 1000)))
+    return round(ms * 1000)
 
 
 def bucket_of(ms: float) -> str:
@@ -155,7 +164,7 @@ def _add_answer(facts: _Row, result: object) -> None:
 
 
 def _add_timing(facts: _Row, total: object) -> None:
-    ms = _number(total)
+    ms = _ms(total)
     if ms is None or ms < 0:
         return
     facts |= {
@@ -173,7 +182,7 @@ def _add_warming(facts: _Row, result: object) -> None:
         return
     facts["pages_warmed"] = 1
     facts["misses_to_hits"] = int(facts["cache"] in WARMABLE and _field(warm, "cache") == "HIT")
-    saved = _number(_field(result, "time_saved_ms"))
+    saved = _ms(_field(result, "time_saved_ms"))
     if saved is not None:
         facts["time_saved_us"] = _micros(saved)
 

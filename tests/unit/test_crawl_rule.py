@@ -121,3 +121,19 @@ def test_a_requeue_without_a_row_takes_nothing_back() -> None:
     fold = CrawlStatsFold()
     fold.undo_failure({"seq": 1, "job_id": "j", "pass": 1, "domain": "x"}, "HTTP 500")
     assert fold.rows == {}
+
+
+def test_numbers_off_any_scale_are_bounded() -> None:
+    result = {
+        "status": 10**40,
+        "cache": "MISS",
+        "timings_ms": {"total": 1.7e308},
+        "bytes": 10**30,
+        "warm": {"cache": "HIT"},
+        "time_saved_ms": -(10**400),
+    }
+    facts = page_facts(1, succeeded(1, result, {"url": "http://a/", "pass": 10**20}))
+    assert facts["ms"] == 1e12 and facts["total_us"] == 10**15
+    assert facts["bytes"] == 1 << 40 and facts["pass"] == 1
+    assert facts["status"] == str(10**40) and facts["server_errors"] == 1
+    assert facts["time_saved_us"] == 0  # not a float: no time saved
