@@ -10,7 +10,6 @@ a job whose id follows from the tick, fenced on the job's subject, so a tick is 
 when it is delivered twice.
 """
 
-from datetime import datetime
 from typing import Annotated
 
 import msgspec
@@ -100,11 +99,11 @@ def decode_schedule(data: bytes) -> Schedule:
     return schedule
 
 
-def tick_job_id(name: str, tick_seq: int, fired_at: datetime) -> str:
+def tick_job_id(schedule: Schedule, tick_seq: int) -> str:
     """The job a tick submits: the same id whoever handles the tick, however often. The
-    fire time is part of it so that a schedules stream made anew (its sequences starting
-    over) never maps a tick onto an old job."""
-    return derived_id("schedule", name, str(tick_seq), fired_at.isoformat())
+    schedule's creation time is part of it, so that a schedules stream made anew (its
+    sequences starting over) never maps a tick onto an old job."""
+    return derived_id("schedule", schedule.name, schedule.created_at.isoformat(), str(tick_seq))
 
 
 class SchedulesUnsupportedError(JobstreamError):
