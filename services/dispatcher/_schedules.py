@@ -74,6 +74,10 @@ def read_tick(
     except (ValueError, DecodeError) as exc:
         raise UnusableTickError(str(exc)) from None
     scheduler = headers.get(Header.SCHEDULER.value)
+    if scheduler is None:
+        raise UnusableTickError(
+            f"no {Header.SCHEDULER.value} header: not published by the server for a schedule"
+        )
     if scheduler != schedule_subject(name):
         raise UnusableTickError(
             f"not a tick of schedule {name}: {Header.SCHEDULER.value} is {quote(scheduler)}"
