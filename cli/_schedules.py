@@ -13,6 +13,7 @@ from nats.js.api import RawStreamMsg, StreamInfo
 from cli._runtime import UsageError
 from cli._submit import plan_submission
 from events import (
+    EVENTS_STREAM,
     SCHEDULE_DEFINITION_SUBJECTS,
     SCHEDULE_LABEL,
     SCHEDULES_STREAM,
@@ -186,20 +187,17 @@ class ScheduleRow(msgspec.Struct, kw_only=True):
 
 
 async def list_schedules(bus: Bus) -> list[ScheduleRow]:
-    try:
-        info = await with_retry(
-            lambda: bus.js.stream_info(
-                SCHEDULES_STREAM, subjects_filter=SCHEDULE_DEFINITION_SUBJECTS
-            ),
-            what="read the schedules",
-        )
-    except nats.js.errors.NotFoundError:
+    info = await _schedules_info(bus, subjects=SCHEDULE_DEFINITION_SUBJECTS)
+    if info is None:
         return []
-    rows = [await _row(bus, subject) for subject in sorted(info.state.subjects or {})]
+    # Without a log (never initialised) no job was submitted, and a direct get would wait.
+    has_log = await _stream_exists(bus, EVENTS_STREAM)
+    subjects = sorted(info.state.subjects or {})
+    rows = [await _row(bus, subject, has_log=has_log) for subject in subjects]
     return [row for row in rows if row is not None]
 
 
-async def _row(bus: Bus, subject: str) -> ScheduleRow | None:
+async def _row(bus: Bus, subject: str, *, has_log: bool) -> ScheduleRow | None:
     try:
         name = schedule_of_subject(subject)
     except ValueError as exc:
@@ -222,8 +220,9 @@ async def _row(bus: Bus, subject: str) -> ScheduleRow | None:
     if tick is not None and tick.seq is not None and tick.seq > (definition.seq or 0):
         row.last_fired_at = tick.time
         row.last_job_id = tick_job_id(schedule, tick.seq)
-        first = await bus.first_on_subject(job_subject(row.last_job_id))
-        row.last_job_submitted = first is not None and isinstance(first[1], JobSubmitted)
+        if has_log:
+            first = await bus.first_on_subject(job_subject(row.last_job_id))
+            row.last_job_submitted = first is not None and isinstance(first[1], JobSubmitted)
         row.next_fire_at = _header_time(tick.headers, Header.SCHEDULE_NEXT.value)
     if row.next_fire_at is None:
         row.next_fire_at = next_fire(schedule, definition.time or utc_now())
@@ -249,6 +248,14 @@ def _header_time(headers: dict[str, str] | None, name: str) -> datetime | None:
     with contextlib.suppress(ValueError):
         return datetime.fromisoformat(value)
     return None
+
+
+async def _stream_exists(bus: Bus, stream: str) -> bool:
+    try:
+        await with_retry(functools.partial(bus.js.stream_info, stream), what=f"info {stream}")
+    except nats.js.errors.NotFoundError:
+        return False
+    return True
 
 
 async def _schedules_info(bus: Bus, *, subjects: str | None = None) -> StreamInfo | None:

@@ -101,7 +101,7 @@ def job_for_tick(tick: Tick) -> JobSubmitted:
         tasks=schedule.tasks,
         max_attempts=schedule.max_attempts,
         timeout_s=schedule.timeout_s,
-        submitted_by=f"schedule {schedule.name}",
+        submitted_by=f"schedule {schedule.name} tick {tick.seq}",
         labels={**schedule.labels, SCHEDULE_LABEL: schedule.name},
     )
 
