@@ -146,7 +146,11 @@ async def ensure_schedules(js: JetStreamContext, *, replicas: int | None = None)
         info = await js.add_stream(config)
     except nats.js.errors.BadRequestError:
         current = (await js.stream_info(SCHEDULES_STREAM)).config
-        config = config.evolve(num_replicas=replicas or current.num_replicas or 1)
+        config = config.evolve(
+            num_replicas=replicas or current.num_replicas or 1,
+            # An operator may keep more (or fewer) missed ticks.
+            max_msgs_per_subject=current.max_msgs_per_subject or TICKS_KEPT_PER_SCHEDULE,
+        )
         info = await js.update_stream(config)
     # A server that does not know the field ignores it: the stream then never ticks.
     if not info.config.allow_msg_schedules:
