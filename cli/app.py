@@ -402,6 +402,14 @@ def submit(
         ),
     ] = 0,
     handler: HandlerOption = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Stay until the job ends (a live progress bar on a terminal), print its"
+            " summary; exit 1 unless every task succeeded.",
+        ),
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help='Print {"job_id": ..., "duplicate": ...}.')
     ] = False,
@@ -448,10 +456,54 @@ def submit(
         )
     if outcome.no_worker:
         typer.echo(no_worker_warning(plan.queue), err=True)
-    if as_json:
-        typer.echo(json.dumps({"job_id": outcome.job_id, "duplicate": outcome.duplicate}))
-    else:
+    if not wait:
+        if as_json:
+            typer.echo(json.dumps({"job_id": outcome.job_id, "duplicate": outcome.duplicate}))
+        else:
+            typer.echo(outcome.job_id)
+        return
+    if not as_json:
         typer.echo(outcome.job_id)
+    _watch_until_ended(
+        endpoints.nats_urls, outcome.job_id, as_json=as_json, extra={"duplicate": outcome.duplicate}
+    )
+
+
+@app.command()
+def watch(
+    job_id: Annotated[
+        str,
+        typer.Argument(help="The job id that submit printed.", callback=checked(NameKind.JOB_ID)),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    nats_url: NatsUrlOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+) -> None:
+    """Follow a job until it ends: a live progress bar with its rate and time left (on a
+    terminal), then its summary. Exit 1 unless every task succeeded."""
+    endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
+    _watch_until_ended(endpoints.nats_urls, job_id, as_json=as_json)
+
+
+def _watch_until_ended(
+    nats_urls: list[str], job_id: str, *, as_json: bool, extra: dict[str, object] | None = None
+) -> None:
+    from cli._watch import JobTally, watch_job
+
+    async def main() -> JobTally:
+        bus = await connect_bus(nats_urls, name="jobstream-watch")
+        try:
+            return await watch_job(bus, job_id, show_progress=sys.stderr.isatty())
+        finally:
+            await bus.close()
+
+    tally = run(main())
+    if as_json:
+        typer.echo(json.dumps({**tally.as_dict(), **(extra or {})}))
+    else:
+        typer.echo(tally.line())
+    if not tally.ok:
+        raise typer.Exit(1)
 
 
 def _register_crawl() -> None:

@@ -7,6 +7,7 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cli._follow import END_STATUS, JobFollower
 from events import (
     Bus,
     Event,
@@ -24,20 +25,7 @@ from events import (
     TaskSucceeded,
     event_batches,
     job_subject,
-    job_task_events_subject,
 )
-
-END_POLL_S = 0.5
-# After the job's end, the time its last task events get to be read.
-DRAIN_S = 5.0
-JobEnd = JobCompleted | JobFailed | JobCancelled | JobRejected
-_ENDS = (JobCompleted, JobFailed, JobCancelled, JobRejected)
-_STATUS = {
-    JobCompleted: "completed",
-    JobFailed: "failed",
-    JobCancelled: "cancelled",
-    JobRejected: "rejected",
-}
 
 
 @dataclass
@@ -130,17 +118,12 @@ async def watch_job(
     on_change: Callable[[PassSummary], None],
 ) -> PassSummary:
     """Follow the job's task events until it ends, counting into `summary`."""
-    start_seq = await _first_seq(bus, summary.job_id)
-    stop = asyncio.Event()
-    reader = asyncio.create_task(_count(bus, summary, start_seq, stop, on_change))
-    try:
-        end = await _wait_for_end(bus, summary.job_id, reader)
-        summary.status = _STATUS[type(end)]
-        summary.reason = getattr(end, "reason", "")
-        await _drain(summary, end, reader)
-    finally:
-        stop.set()
-        await asyncio.gather(reader, return_exceptions=True)
+    follower = JobFollower(
+        bus, summary.job_id, count=summary.add, on_change=lambda: on_change(summary)
+    )
+    end = await follower.follow()
+    summary.status = END_STATUS[type(end)]
+    summary.reason = getattr(end, "reason", "")
     if isinstance(end, JobCompleted | JobFailed):
         summary.duration_s = end.duration_s
     return summary
@@ -151,48 +134,6 @@ async def _first_seq(bus: Bus, job_id: str) -> int:
     if first is None:
         raise JobstreamError(f"job {job_id} is not in the log")
     return first[0]
-
-
-async def _count(
-    bus: Bus,
-    summary: PassSummary,
-    start_seq: int,
-    stop: asyncio.Event,
-    on_change: Callable[[PassSummary], None],
-) -> None:
-    subject = job_task_events_subject(summary.job_id)
-    batches = event_batches(bus, start_seq=start_seq, stop=stop, filter_subject=subject)
-    async with contextlib.aclosing(batches):
-        async for batch in batches:
-            if any([summary.add(item.event) for item in batch]):
-                on_change(summary)
-
-
-async def _wait_for_end(bus: Bus, job_id: str, reader: asyncio.Task[None]) -> JobEnd:
-    subject = job_subject(job_id)
-    while True:
-        last = await bus.last_on_subject(subject)
-        if last is not None and isinstance(last[1], _ENDS):
-            return last[1]
-        if reader.done():
-            reader.result()  # its error, if it failed
-        await asyncio.sleep(END_POLL_S)
-
-
-async def _drain(summary: PassSummary, end: JobEnd, reader: asyncio.Task[None]) -> None:
-    """Every task's ending comes before the job's in the log: wait until the reader has
-    them all (a cancel's `task.cancelled` events follow it; those get `DRAIN_S`)."""
-    expected = (
-        end.succeeded + end.dead_lettered + end.cancelled
-        if isinstance(end, JobCompleted | JobFailed)
-        else None
-    )
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + DRAIN_S
-    while loop.time() < deadline and not reader.done():
-        if expected is not None and summary.pages >= expected:
-            return
-        await asyncio.sleep(0.05)
 
 
 async def job_tasks(bus: Bus, job_id: str) -> AsyncGenerator[TaskSpec, None]:
