@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cli._events import events_app
 from cli._runtime import (
     connect_bus,
     connect_database,
@@ -541,6 +542,7 @@ def cancel(
 
 
 app.add_typer(schedule_app, name="schedule")
+app.add_typer(events_app, name="events")
 app.command()(populate)
 
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from typing import NamedTuple
 
 import nats.errors
@@ -77,7 +77,7 @@ class _Reader:
         js: JetStreamContext,
         *,
         stream: str,
-        filter_subject: str,
+        filter_subject: str | Sequence[str],
         next_seq: int,
         batch_max: int,
         fetch_timeout_s: float,
@@ -99,10 +99,12 @@ class _Reader:
 
     async def open(self) -> None:
         name = f"{CONSUMER_PREFIX}{new_id()}"
+        several = not isinstance(self.filter_subject, str)
         config = ConsumerConfig(
             name=name,
             description="jobstream projection reader",
-            filter_subject=self.filter_subject,
+            filter_subject=None if several else str(self.filter_subject),
+            filter_subjects=list(self.filter_subject) if several else None,
             ack_policy=AckPolicy.NONE,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=self.next_seq,
@@ -189,7 +191,7 @@ async def event_batches(
     *,
     start_seq: int,
     stop: asyncio.Event,
-    filter_subject: str = EVENT_SUBJECTS,
+    filter_subject: str | Sequence[str] = EVENT_SUBJECTS,
     batch_max: int = DEFAULT_BATCH_MAX,
     prefetch: int = DEFAULT_PREFETCH,
     fetch_timeout_s: float = FETCH_TIMEOUT_S,
@@ -198,6 +200,7 @@ async def event_batches(
 ) -> AsyncGenerator[list[SourceItem], None]:
     """Yield non-empty batches of the log from stream sequence `start_seq` on, until `stop`.
 
+    `filter_subject` may be several subjects (their messages in log order).
     Batches hold up to `batch_max` items, as many as the server has ready: large under load,
     small when idle. Up to `prefetch` batches are read ahead while the caller works on one.
     Transient failures are retried forever with backoff; reading resumes at the sequence
