@@ -11,7 +11,14 @@ import asyncpg
 import nats.errors
 import typer
 
-from events import AuthenticationError, Bus, ConnectError, JobstreamError
+from events import (
+    NO_SECURITY,
+    AuthenticationError,
+    Bus,
+    ConnectError,
+    JobstreamError,
+    NatsSecurity,
+)
 
 T = TypeVar("T")
 
@@ -96,8 +103,8 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def connect_bus(urls: list[str], *, name: str) -> Bus:
-    return await Bus.connect(urls, name=name)
+async def connect_bus(urls: list[str], *, name: str, security: NatsSecurity = NO_SECURITY) -> Bus:
+    return await Bus.connect(urls, name=name, security=security)
 
 
 async def connect_database(url: str, **kwargs: Any) -> asyncpg.Pool:

@@ -4,6 +4,7 @@ processes — dispatcher, workers, projectors, API — that stops cleanly on Ctr
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -15,8 +16,9 @@ from types import TracebackType
 import asyncpg
 import httpx
 
+from cli._nats_security import nats_security_environment
 from cli._settings import remove_stack_file, write_stack_file
-from events import ConnectError, JobstreamError
+from events import NO_SECURITY, ConnectError, JobstreamError, NatsSecurity
 from services.stack import NatsServer, PostgresServer
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ class StackOptions:
     queue: str = "default"
     worker_args: list[str] = field(default_factory=list)
     log_level: str = "INFO"
+    nats_security: NatsSecurity = NO_SECURITY
 
 
 @dataclass
@@ -207,7 +210,8 @@ class LocalStack:
 
     def _spawn(self, child: _Child) -> None:
         # A session of its own: Ctrl-C reaches only this supervisor, which stops children in order.
-        child.process = subprocess.Popen(child.command, start_new_session=True)
+        environment = {**os.environ, **nats_security_environment(self.options.nats_security)}
+        child.process = subprocess.Popen(child.command, start_new_session=True, env=environment)
         log.info("started %s (pid %d)", child.name, child.process.pid)
 
     async def _supervise(self) -> None:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cli._nats_security import nats_security_options
 from cli._runtime import (
     connect_bus,
     connect_database,
@@ -36,9 +37,11 @@ from cli._settings import (
 from events import (
     DEFAULT_LEASE_S,
     MAX_TASKS_PER_JOB,
+    NO_SECURITY,
     ConnectError,
     JobstreamError,
     NameKind,
+    NatsSecurity,
     ensure_buckets,
     ensure_streams,
     ensure_worker_consumer,
@@ -79,6 +82,7 @@ HandlerOption = Annotated[
 
 
 @app.command()
+@nats_security_options
 def init(
     nats_url: NatsUrlOption = None,
     database_url: DatabaseUrlOption = None,
@@ -94,12 +98,13 @@ def init(
             help="Stream replicas (3 on a cluster). Default: keep the existing count, 1 if new.",
         ),
     ] = None,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Create the streams, the queue's consumer, the buckets and the read-model tables."""
     endpoints = resolve_endpoints(nats_url, database_url, data_dir)
 
     async def main() -> None:
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-init")
+        bus = await connect_bus(endpoints.nats_urls, name="jobstream-init", security=nats_security)
         try:
             await ensure_streams(bus.js, replicas=replicas)
             await ensure_worker_consumer(bus.js, queue, lease_s=lease_s, replicas=replicas)
@@ -137,6 +142,7 @@ def schema() -> None:
 
 
 @app.command()
+@nats_security_options
 def worker(
     nats_url: NatsUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
@@ -158,6 +164,7 @@ def worker(
         typer.Option(help="Default: host-pid-random.", callback=checked(NameKind.WORKER_ID)),
     ] = None,
     handler: HandlerOption = None,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Run a worker: pull tasks from the queue and run their handlers."""
     from services.worker import HandlerRegistry, Worker, WorkerOptions
@@ -179,7 +186,9 @@ def worker(
 
     async def main() -> None:
         stop = stop_on_signals()
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-worker")
+        bus = await connect_bus(
+            endpoints.nats_urls, name="jobstream-worker", security=nats_security
+        )
         try:
             await ensure_streams(bus.js)
             await ensure_buckets(bus.js)
@@ -191,6 +200,7 @@ def worker(
 
 
 @app.command()
+@nats_security_options
 def dispatcher(
     nats_url: NatsUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
@@ -206,6 +216,7 @@ def dispatcher(
             help="A streamed job not sealed this long after its header is ended as rejected.",
         ),
     ] = 600.0,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Run the dispatcher: expand jobs into tasks, end finished jobs, report lost workers."""
     from services.dispatcher import Dispatcher
@@ -215,7 +226,9 @@ def dispatcher(
 
     async def main() -> None:
         stop = stop_on_signals()
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-dispatcher")
+        bus = await connect_bus(
+            endpoints.nats_urls, name="jobstream-dispatcher", security=nats_security
+        )
         try:
             await Dispatcher(bus, lease_s=lease_s, submit_timeout_s=submit_timeout_s).run(stop)
         finally:
@@ -225,12 +238,14 @@ def dispatcher(
 
 
 @app.command()
+@nats_security_options
 def projector(
     nats_url: NatsUrlOption = None,
     database_url: DatabaseUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     schema: SchemaOption = DEFAULT_SCHEMA,
     only: Annotated[str | None, typer.Option(help="Run one projector: postgres or ndjson.")] = None,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Run the projectors: PostgreSQL read models and daily NDJSON result files."""
     from projections import NdjsonProjector, PostgresProjector
@@ -242,7 +257,9 @@ def projector(
 
     async def main() -> None:
         stop = stop_on_signals()
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-projector")
+        bus = await connect_bus(
+            endpoints.nats_urls, name="jobstream-projector", security=nats_security
+        )
         pool = None
         try:
             await ensure_streams(bus.js)
@@ -264,6 +281,7 @@ def projector(
 
 
 @app.command()
+@nats_security_options
 def api(
     nats_url: NatsUrlOption = None,
     database_url: DatabaseUrlOption = None,
@@ -284,6 +302,7 @@ def api(
             " old unapplied.",
         ),
     ] = 30.0,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Run the read-only HTTP API and the dashboard."""
     import uvicorn
@@ -296,12 +315,14 @@ def api(
         database_url=endpoints.database_url,
         schema=schema,
         nats_urls=endpoints.nats_urls,
+        nats_security=nats_security,
         ready_max_lag_s=ready_max_lag_s,
     )
     uvicorn.run(application, host=host, port=port, log_level="warning")
 
 
 @app.command()
+@nats_security_options
 def up(
     nats_url: NatsUrlOption = None,
     database_url: DatabaseUrlOption = None,
@@ -315,6 +336,7 @@ def up(
     api_port: Annotated[
         int, typer.Option(envvar="JOBSTREAM_API_PORT", show_envvar=True, min=1, max=65535)
     ] = 8000,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Start everything: embedded NATS and PostgreSQL unless URLs are given, then the
     dispatcher, workers, projectors and API. Ctrl-C stops all cleanly."""
@@ -330,6 +352,7 @@ def up(
         workers=workers,
         concurrency=concurrency,
         lease_s=lease_s,
+        nats_security=nats_security,
     )
 
     async def main() -> None:
@@ -347,6 +370,7 @@ def up(
 
 
 @app.command()
+@nats_security_options
 def submit(
     kind: Annotated[str | None, typer.Option(help="Task kind: sum, noop, sleep, fail, ...")] = None,
     args: Annotated[str, typer.Option("--args", help="Task arguments as a JSON object.")] = "{}",
@@ -400,6 +424,7 @@ def submit(
     ] = False,
     nats_url: NatsUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Submit a job of one task or millions; print its id."""
     from cli._submit import SubmitPlan, no_worker_warning, plan_submission, submit_planned
@@ -427,7 +452,9 @@ def submit(
         usage_error(str(exc))
 
     async def main() -> "SubmitOutcome":
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-submit")
+        bus = await connect_bus(
+            endpoints.nats_urls, name="jobstream-submit", security=nats_security
+        )
         try:
             return await submit_planned(bus, plan, show_progress=sys.stderr.isatty())
         finally:
@@ -448,6 +475,7 @@ def submit(
 
 
 @app.command()
+@nats_security_options
 def cancel(
     job_id: Annotated[
         str, typer.Argument(help="The job to cancel.", callback=checked(NameKind.JOB_ID))
@@ -455,6 +483,7 @@ def cancel(
     reason: Annotated[str, typer.Option(help="Recorded in the job.cancelled event.")] = "",
     nats_url: NatsUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Cancel a job: its queued tasks are purged, running ones stop within a lease tick."""
     from cli._jobs import cancel_job
@@ -462,7 +491,9 @@ def cancel(
     endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
 
     async def main() -> None:
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-cancel")
+        bus = await connect_bus(
+            endpoints.nats_urls, name="jobstream-cancel", security=nats_security
+        )
         try:
             await cancel_job(bus, job_id, reason=reason)
         finally:
@@ -516,6 +547,7 @@ def dlq_list(
 
 
 @dlq_app.command("retry")
+@nats_security_options
 def dlq_retry(
     target: Annotated[
         str | None,
@@ -527,6 +559,7 @@ def dlq_retry(
     database_url: DatabaseUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     schema: SchemaOption = DEFAULT_SCHEMA,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Give dead-lettered tasks another round of attempts (their job re-opens)."""
     from cli._dlq import RetryOutcome, retry_dead_letters
@@ -534,7 +567,7 @@ def dlq_retry(
     endpoints = resolve_endpoints(nats_url, database_url, data_dir)
 
     async def main() -> RetryOutcome:
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-dlq")
+        bus = await connect_bus(endpoints.nats_urls, name="jobstream-dlq", security=nats_security)
         pool = await connect_database(
             endpoints.database_url, min_size=1, max_size=1, server_settings={"search_path": schema}
         )
@@ -552,6 +585,7 @@ def dlq_retry(
 
 
 @app.command()
+@nats_security_options
 def replay(
     target: Annotated[
         str, typer.Option(help="postgres (rebuild and swap), ndjson (rewrite files) or stdout.")
@@ -568,6 +602,7 @@ def replay(
     database_url: DatabaseUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     schema: SchemaOption = DEFAULT_SCHEMA,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Rebuild the read models or the NDJSON files from the log, or print the log as NDJSON."""
     from cli._replay import TARGETS, seq_since
@@ -580,7 +615,9 @@ def replay(
     )
 
     async def main() -> str:
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-replay")
+        bus = await connect_bus(
+            endpoints.nats_urls, name="jobstream-replay", security=nats_security
+        )
         pool = None
         try:
             start = (
@@ -614,6 +651,7 @@ def replay(
 
 
 @app.command()
+@nats_security_options
 def status(
     job_id: Annotated[
         str,
@@ -624,6 +662,7 @@ def status(
     database_url: DatabaseUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     schema: SchemaOption = DEFAULT_SCHEMA,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Show a job's status, its task counts (the read model, with the tasks in flight that
     the workers' liveness records show) and its running tasks' progress."""
@@ -632,7 +671,7 @@ def status(
     endpoints = resolve_endpoints(nats_url, database_url, data_dir, need_nats=False)
 
     async def main() -> tuple[dict[str, object] | None, list[dict[str, object]], str]:
-        live, note = await _live_work_once(endpoints.nats_urls)
+        live, note = await _live_work_once(endpoints.nats_urls, nats_security)
         pool = await connect_database(
             endpoints.database_url, min_size=1, max_size=1, server_settings={"search_path": schema}
         )
@@ -671,7 +710,9 @@ def status(
         typer.echo(f"  … and {more} more running")
 
 
-async def _live_work_once(nats_urls: list[str]) -> tuple["LiveWork | None", str]:
+async def _live_work_once(
+    nats_urls: list[str], nats_security: NatsSecurity
+) -> tuple["LiveWork | None", str]:
     """The workers' liveness records read once, and a note for the user when they cannot be
     (the counts then come from the read model alone)."""
     from services.api import live_work, read_liveness
@@ -679,7 +720,9 @@ async def _live_work_once(nats_urls: list[str]) -> tuple["LiveWork | None", str]
     if not nats_urls:
         return None, "note: no NATS URL; counts are the read model's alone"
     try:
-        bus = await asyncio.wait_for(connect_bus(nats_urls, name="jobstream-status"), 5)
+        bus = await asyncio.wait_for(
+            connect_bus(nats_urls, name="jobstream-status", security=nats_security), 5
+        )
     except (TimeoutError, ConnectError):
         return (
             None,
@@ -695,6 +738,7 @@ async def _live_work_once(nats_urls: list[str]) -> tuple["LiveWork | None", str]
 
 
 @app.command()
+@nats_security_options
 def demo(
     nats_url: NatsUrlOption = None,
     database_url: DatabaseUrlOption = None,
@@ -705,6 +749,7 @@ def demo(
     serve: Annotated[bool, typer.Option("--serve", help="Keep the stack and API running.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     schema: SchemaOption = DEFAULT_SCHEMA,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Start the stack, run sample jobs (sums, sleeps, retries, failures) and summarise."""
     from cli._demo import report_json, run_demo
@@ -719,13 +764,14 @@ def demo(
         workers=workers,
         lease_s=10.0,
         worker_args=["--retry-base-s", "0.2", "--retry-cap-s", "2"],
+        nats_security=nats_security,
     )
 
     async def main() -> int:
         stop = stop_on_signals()
         async with LocalStack(options) as stack:
             await _wait_for_read_models(stack.api_url)
-            bus = await connect_bus([stack.nats_url], name="jobstream-demo")
+            bus = await connect_bus([stack.nats_url], name="jobstream-demo", security=nats_security)
             pool = await connect_database(
                 stack.database_url, min_size=1, max_size=2, server_settings={"search_path": schema}
             )

@@ -61,6 +61,7 @@ from events._errors import (
     ConnectError,
     JobstreamError,
     PublishError,
+    TlsError,
 )
 from events._ids import derived_id, new_id
 from events._liveness import (
@@ -89,6 +90,7 @@ from events._names import (
 from events._progress import PROGRESS_KEY, DispatcherProgress, decode_progress
 from events._pull import Delivery, PullFeed
 from events._schema import event_json_schema
+from events._security import NO_SECURITY, NatsSecurity, NatsSecurityError
 from events._source import (
     DEFAULT_BATCH_MAX,
     SourceItem,
@@ -176,6 +178,10 @@ __all__ = [
     "JobSubmitted",
     "JobstreamError",
     "PublishError",
+    "TlsError",
+    "NatsSecurity",
+    "NatsSecurityError",
+    "NO_SECURITY",
     "QueryFileError",
     "SourceItem",
     "TaskCancelled",
