@@ -62,9 +62,21 @@ def usage_error(message: str) -> NoReturn:
     raise typer.Exit(EXIT_USAGE)
 
 
+# asyncio logs this whenever a TLS peer closes a nats-py connection; it means nothing to
+# a user, and it would come before the one line that says what went wrong.
+_TLS_EOF_NOTICE = "returning true from eof_received() has no effect when using ssl"
+
+
+def _not_tls_eof_notice(record: logging.LogRecord) -> bool:
+    return record.getMessage() != _TLS_EOF_NOTICE
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine on uvloop where available; a JobstreamError becomes one line and exit
     1 (3 when a server could not be reached or refused the credentials)."""
+    asyncio_log = logging.getLogger("asyncio")
+    if _not_tls_eof_notice not in asyncio_log.filters:
+        asyncio_log.addFilter(_not_tls_eof_notice)
     try:
         return _run_on_best_loop(main)
     except JobstreamError as exc:
