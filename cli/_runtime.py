@@ -18,6 +18,7 @@ from events import (
     ConnectError,
     JobstreamError,
     NatsSecurity,
+    redact_url,
 )
 
 T = TypeVar("T")
@@ -124,6 +125,10 @@ async def connect_database(url: str, **kwargs: Any) -> asyncpg.Pool:
         pool: asyncpg.Pool = await asyncpg.create_pool(url, timeout=10, **kwargs)
     except asyncpg.InvalidAuthorizationSpecificationError as exc:
         raise AuthenticationError("PostgreSQL", url, str(exc)) from exc
+    except asyncpg.ClientConfigurationError as exc:
+        # A URL option asyncpg cannot use (a wrong `sslmode`, a missing root certificate).
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"the PostgreSQL URL {redact_url(url)} cannot be used: {reason}") from exc
     except (TimeoutError, OSError, asyncpg.PostgresError, ValueError) as exc:
         raise ConnectError("PostgreSQL", url, str(exc) or type(exc).__name__) from exc
     return pool

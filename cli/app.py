@@ -25,6 +25,7 @@ from cli._runtime import (
 from cli._settings import (
     DEFAULT_DATA_DIR,
     ConcurrencyOption,
+    DatabasePoolSizeOption,
     DatabaseUrlOption,
     DataDirOption,
     LeaseOption,
@@ -245,6 +246,7 @@ def projector(
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     schema: SchemaOption = DEFAULT_SCHEMA,
     only: Annotated[str | None, typer.Option(help="Run one projector: postgres or ndjson.")] = None,
+    database_pool_size: DatabasePoolSizeOption = 2,
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Run the projectors: PostgreSQL read models and daily NDJSON result files."""
@@ -265,7 +267,9 @@ def projector(
             await ensure_streams(bus.js)
             runners = []
             if only in (None, "postgres"):
-                pool = await connect_database(endpoints.database_url, min_size=1, max_size=2)
+                pool = await connect_database(
+                    endpoints.database_url, min_size=1, max_size=database_pool_size
+                )
                 async with pool.acquire() as conn:
                     await migrate(conn, schema)
                 runners.append(PostgresProjector(bus, pool, schema=schema).run)
@@ -302,6 +306,7 @@ def api(
             " old unapplied.",
         ),
     ] = 30.0,
+    database_pool_size: DatabasePoolSizeOption = 10,
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Run the read-only HTTP API and the dashboard."""
@@ -317,6 +322,7 @@ def api(
         nats_urls=endpoints.nats_urls,
         nats_security=nats_security,
         ready_max_lag_s=ready_max_lag_s,
+        pool_max_size=database_pool_size,
     )
     uvicorn.run(application, host=host, port=port, log_level="warning")
 
