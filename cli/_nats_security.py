@@ -85,6 +85,9 @@ _OPTIONS: dict[str, tuple[Any, str, str]] = {
     ),
 }
 
+# The parameters `nats_security_options` adds to a command.
+SECURITY_PARAMETERS = frozenset(_OPTIONS)
+
 
 def nats_security_options(command: Callable[P, R]) -> Callable[..., R]:
     """Give `command` the NATS security flags in place of its `nats_security` parameter,

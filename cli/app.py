@@ -145,6 +145,7 @@ def schema() -> None:
 @app.command()
 @nats_security_options
 def worker(
+    ctx: typer.Context,
     nats_url: NatsUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     database_url: DatabaseUrlOption = None,
@@ -165,6 +166,17 @@ def worker(
         typer.Option(help="Default: host-pid-random.", callback=checked(NameKind.WORKER_ID)),
     ] = None,
     handler: HandlerOption = None,
+    processes: Annotated[
+        int,
+        typer.Option(
+            envvar="JOBSTREAM_WORKER_PROCESSES",
+            show_envvar=True,
+            min=1,
+            max=256,
+            help="Worker processes under one supervisor, which restarts a crashed one and"
+            " drains them all on SIGTERM.",
+        ),
+    ] = 1,
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Run a worker: pull tasks from the queue and run their handlers."""
@@ -172,6 +184,18 @@ def worker(
 
     setup_logging()
     endpoints = resolve_endpoints(nats_url, database_url, data_dir, need_database=False)
+    if processes > 1:
+        from cli._worker_pool import run_worker_processes
+
+        raise typer.Exit(
+            run_worker_processes(
+                ctx,
+                processes=processes,
+                nats_urls=endpoints.nats_urls,
+                grace_s=grace_s,
+                nats_security=nats_security,
+            )
+        )
     options = WorkerOptions(
         queue=queue,
         concurrency=concurrency,
