@@ -1,9 +1,13 @@
-"""Certificates made by the test: a CA, a server certificate for 127.0.0.1 and localhost, and a
-client certificate, as PEM files; and NKey user seeds."""
+"""Credentials made by the test: a CA, a server certificate for 127.0.0.1 and localhost, and a
+client certificate, as PEM files; NKey user seeds; operator-mode JWTs and a `.creds` file."""
 
+import base64
 import datetime
 import ipaddress
+import json
 import os
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,3 +124,69 @@ def make_nkey_user(directory: Path, name: str = "user") -> tuple[str, Path]:
     seed_file.write_bytes(seed + b"\n")
     seed_file.chmod(0o600)
     return public_key, seed_file
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _jwt(signer: nkeys.KeyPair, subject: str, nats_claims: Mapping[str, object]) -> str:
+    header = _b64url(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
+    claims = {
+        "jti": _b64url(os.urandom(16)),
+        "iat": int(time.time()),
+        "iss": signer.public_key.decode(),
+        "sub": subject,
+        "name": subject[:8],
+        "nats": {"version": 2, **nats_claims},
+    }
+    payload = _b64url(json.dumps(claims).encode())
+    signature = _b64url(signer.sign(f"{header}.{payload}".encode()))
+    return f"{header}.{payload}.{signature}"
+
+
+def _keypair(prefix: int) -> nkeys.KeyPair:
+    return nkeys.from_seed(bytearray(nkeys.encode_seed(os.urandom(32), prefix)))
+
+
+@dataclass(frozen=True)
+class Decentralized:
+    """Operator-mode auth: the server's config lines, and a user's `.creds` file."""
+
+    server_config: str
+    creds_file: Path
+
+
+def make_operator_and_user(directory: Path, name: str = "user") -> Decentralized:
+    """An operator, the accounts it signs (a system account and one with JetStream, both
+    preloaded in the server's memory resolver), and a user of the JetStream account with its
+    `.creds` file, as `nsc` would make them."""
+    operator = _keypair(nkeys.PREFIX_BYTE_OPERATOR)
+    operator_jwt = _jwt(operator, operator.public_key.decode(), {"type": "operator"})
+    unlimited: dict[str, object] = {"subs": -1, "conn": -1, "data": -1, "payload": -1}
+    # JetStream is on for an account whose limits allow storage.
+    jetstream = {"mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1}
+    accounts = {}
+    for account_limits in (unlimited, {**unlimited, **jetstream}):
+        account = _keypair(nkeys.PREFIX_BYTE_ACCOUNT)
+        claims = {"type": "account", "limits": account_limits}
+        accounts[account] = _jwt(operator, account.public_key.decode(), claims)
+    system, jobs = accounts
+    user = _keypair(nkeys.PREFIX_BYTE_USER)
+    user_jwt = _jwt(
+        jobs, user.public_key.decode(), {"type": "user", "subs": -1, "data": -1, "payload": -1}
+    )
+    creds_file = directory / f"{name}.creds"
+    creds_file.write_text(
+        f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n"
+        f"-----BEGIN USER NKEY SEED-----\n{user.seed.decode()}\n------END USER NKEY SEED------\n"
+    )
+    creds_file.chmod(0o600)
+    preload = ", ".join(f"{key.public_key.decode()}: {jwt}" for key, jwt in accounts.items())
+    config = (
+        f"operator: {operator_jwt}\n"
+        f"system_account: {system.public_key.decode()}\n"
+        "resolver: MEMORY\n"
+        f"resolver_preload: {{ {preload} }}\n"
+    )
+    return Decentralized(server_config=config, creds_file=creds_file)

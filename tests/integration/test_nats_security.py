@@ -11,7 +11,13 @@ import pytest
 
 from events import Bus, JobCompleted, NatsSecurity, ensure_buckets, ensure_streams
 from services.stack import NatsServer
-from tests._certs import CertFiles, make_certificates, make_nkey_user
+from tests._certs import (
+    CertFiles,
+    Decentralized,
+    make_certificates,
+    make_nkey_user,
+    make_operator_and_user,
+)
 from tests.faults._harness import JOBSTREAM, REPO_ROOT, Processes, wait_for_job_end
 from tests.integration.test_cli_errors import assert_clean_error
 
@@ -75,6 +81,19 @@ def token_server(tmp_path: Path) -> Iterator[NatsServer]:
     server = NatsServer(
         tmp_path / "nats-token", extra_config=f'authorization {{ token: "{TOKEN}" }}'
     ).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def operator(tmp_path: Path) -> Decentralized:
+    return make_operator_and_user(tmp_path)
+
+
+@pytest.fixture
+def operator_server(tmp_path: Path, operator: Decentralized) -> Iterator[NatsServer]:
+    """Operator mode: accounts and users are JWTs; a user signs in with a `.creds` file."""
+    server = NatsServer(tmp_path / "nats-operator", extra_config=operator.server_config).start()
     yield server
     server.stop()
 
@@ -145,6 +164,19 @@ def test_a_token_submits(token_server: NatsServer) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_a_creds_file_submits(operator_server: NatsServer, operator: Decentralized) -> None:
+    result = run_cli(
+        "submit",
+        "--nats-url",
+        operator_server.url,
+        "--kind",
+        "noop",
+        "--nats-creds",
+        str(operator.creds_file),
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def assert_refused_fast(
     args: list[str], *fragments: str, secrets: tuple[str, ...] = ()
 ) -> subprocess.CompletedProcess[str]:
@@ -197,6 +229,17 @@ def test_a_wrong_token_is_refused(token_server: NatsServer) -> None:
     assert_refused_fast(
         ["submit", "--nats-url", token_server.url, "--kind", "noop", "--nats-token", "nope"],
         f"authentication failed for NATS at {token_server.url}",
+    )
+
+
+def test_a_creds_file_of_another_operator_is_refused(
+    operator_server: NatsServer, tmp_path: Path
+) -> None:
+    (tmp_path / "stranger").mkdir()
+    stranger = make_operator_and_user(tmp_path / "stranger")
+    assert_refused_fast(
+        ["worker", "--nats-url", operator_server.url, "--nats-creds", str(stranger.creds_file)],
+        f"authentication failed for NATS at {operator_server.url}",
     )
 
 
