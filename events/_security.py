@@ -121,6 +121,9 @@ def tls_refusal(exc: BaseException) -> str | None:
     alert. A handshake cut short by a server going down (EOF) is not one."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"the server's certificate is not trusted ({exc.verify_message})"
-    if isinstance(exc, ssl.SSLError) and "ALERT" in (exc.reason or ""):
-        return f"the server refused the TLS handshake ({exc.reason})"
+    if isinstance(exc, ssl.SSLError):
+        # `reason` is set by the ssl module (TLSV13_ALERT_CERTIFICATE_REQUIRED, ...).
+        reason = str(getattr(exc, "reason", None) or exc)
+        if "ALERT" in reason.upper():
+            return f"the server refused the TLS handshake ({reason})"
     return None
