@@ -18,6 +18,7 @@ from events import (
     ConnectError,
     JobstreamError,
     NatsSecurity,
+    TlsError,
     redact_url,
 )
 
@@ -118,6 +119,19 @@ def stop_on_signals() -> asyncio.Event:
 
 async def connect_bus(urls: list[str], *, name: str, security: NatsSecurity = NO_SECURITY) -> Bus:
     return await Bus.connect(urls, name=name, security=security)
+
+
+async def check_nats_credentials(urls: list[str], security: NatsSecurity) -> None:
+    """Raise if NATS refuses these credentials or certificates, for a process that would
+    otherwise retry in the background (the API) or restart children forever (a worker
+    supervisor); a server not reachable yet is left to those retries."""
+    try:
+        bus = await Bus.connect(urls, name="jobstream-check", security=security)
+    except (AuthenticationError, TlsError):
+        raise
+    except ConnectError:
+        return
+    await bus.close()
 
 
 async def connect_database(url: str, **kwargs: Any) -> asyncpg.Pool:

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from cli._nats_security import SECURITY_PARAMETERS, nats_security_environment
-from cli._runtime import run, stop_on_signals
+from cli._runtime import check_nats_credentials, run, stop_on_signals
 from events import NatsSecurity
 from services.stack import ChildSpec, Supervisor
 
@@ -67,6 +67,7 @@ def run_worker_processes(
     supervisor = Supervisor(specs, grace_s=grace_s + DRAIN_MARGIN_S)
 
     async def main() -> int:
+        await check_nats_credentials(nats_urls, nats_security)
         return await supervisor.run(stop_on_signals())
 
     return run(main())

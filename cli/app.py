@@ -13,6 +13,7 @@ import typer
 
 from cli._nats_security import nats_security_options
 from cli._runtime import (
+    check_nats_credentials,
     connect_bus,
     connect_database,
     exit_code,
@@ -340,6 +341,8 @@ def api(
 
     setup_logging()
     endpoints = resolve_endpoints(nats_url, database_url, data_dir)
+    if endpoints.nats_urls:
+        run(check_nats_credentials(endpoints.nats_urls, nats_security))
     application = create_app(
         database_url=endpoints.database_url,
         schema=schema,

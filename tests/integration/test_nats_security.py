@@ -191,14 +191,22 @@ def assert_refused_fast(
     return result
 
 
-@pytest.mark.parametrize("command", ["submit", "worker", "dispatcher"])
+COMMANDS = {
+    "submit": ["submit", "--kind", "noop"],
+    "worker": ["worker"],
+    "worker --processes": ["worker", "--processes", "2"],
+    "dispatcher": ["dispatcher"],
+    "projector": ["projector", "--only", "ndjson"],
+    "api": ["api", "--database-url", "postgresql://127.0.0.1:1/none", "--port", "0"],
+}
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_a_wrong_password_ends_every_process_at_once(
-    secure_server: NatsServer, certs: CertFiles, command: str
+    secure_server: NatsServer, certs: CertFiles, command: str, tmp_path: Path
 ) -> None:
     url = f"tls://{USER}:wrong-pass@127.0.0.1:{secure_server.port}"
-    args = [command, "--nats-url", url, *tls_flags(certs)]
-    if command == "submit":
-        args += ["--kind", "noop"]
+    args = [*COMMANDS[command], "--nats-url", url, "--data-dir", str(tmp_path), *tls_flags(certs)]
     assert_refused_fast(
         args,
         f"authentication failed for NATS at tls://{USER}@127.0.0.1:{secure_server.port}",
