@@ -9,13 +9,15 @@ from typing import Any
 
 import nats.errors
 
+from events._errors import JobstreamError
+
 AUTHORIZATION_VIOLATION = "authorization violation"
 # Server messages (lower case) that end a first connect: the same answer comes on every retry.
 _REFUSALS = (AUTHORIZATION_VIOLATION, "user authentication expired")
 
 
-class NatsSecurityError(ValueError):
-    """The options cannot work together, or a file they name cannot be read."""
+class NatsSecurityError(JobstreamError, ValueError):
+    """The options cannot work together, or a file they name cannot be read or used."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,6 +55,7 @@ class NatsSecurity:
         for path in self._files():
             if not path.is_file():
                 raise NatsSecurityError(f"cannot read {path}: no such file")
+        self.ssl_context()  # a certificate or key that cannot be loaded: say so now
 
     def _files(self) -> list[Path]:
         files = (
@@ -77,10 +80,18 @@ class NatsSecurity:
             context = ssl.create_default_context(
                 cafile=str(self.tls_ca_file) if self.tls_ca_file else None
             )
-            if self.tls_cert_file is not None and self.tls_key_file is not None:
-                context.load_cert_chain(str(self.tls_cert_file), str(self.tls_key_file))
         except (OSError, ValueError) as exc:
-            raise NatsSecurityError(f"cannot load the TLS files: {exc}") from exc
+            raise NatsSecurityError(
+                f"cannot load the TLS CA file {self.tls_ca_file}: {exc}"
+            ) from exc
+        if self.tls_cert_file is not None and self.tls_key_file is not None:
+            try:
+                context.load_cert_chain(str(self.tls_cert_file), str(self.tls_key_file))
+            except (OSError, ValueError) as exc:
+                raise NatsSecurityError(
+                    f"cannot load the TLS client certificate {self.tls_cert_file} with key"
+                    f" {self.tls_key_file}: {exc}"
+                ) from exc
         return context
 
     def connect_options(self) -> dict[str, Any]:

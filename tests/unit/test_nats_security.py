@@ -33,6 +33,13 @@ def test_a_missing_file_is_named(tmp_path: Path) -> None:
         NatsSecurity(creds_file=tmp_path / "absent.creds")
 
 
+def test_a_ca_file_that_is_not_one_is_named(tmp_path: Path) -> None:
+    not_a_ca = tmp_path / "ca.pem"
+    not_a_ca.write_text("hello")
+    with pytest.raises(NatsSecurityError, match=r"cannot load the TLS CA file .*ca\.pem"):
+        NatsSecurity(tls_ca_file=not_a_ca)
+
+
 def test_tls_files_make_a_verifying_context(tmp_path: Path) -> None:
     certs = make_certificates(tmp_path)
     options = NatsSecurity(
@@ -46,9 +53,10 @@ def test_tls_files_make_a_verifying_context(tmp_path: Path) -> None:
 
 def test_a_key_that_is_not_a_key_is_a_clear_error(tmp_path: Path) -> None:
     certs = make_certificates(tmp_path)
-    wrong = NatsSecurity(tls_cert_file=certs.client_cert, tls_key_file=certs.ca)
-    with pytest.raises(NatsSecurityError, match="cannot load the TLS files"):
-        wrong.connect_options()
+    with pytest.raises(
+        NatsSecurityError, match=r"cannot load the TLS client certificate .*client-cert\.pem"
+    ):
+        NatsSecurity(tls_cert_file=certs.client_cert, tls_key_file=certs.ca)
 
 
 def test_final_and_passing_failures_are_told_apart() -> None:
