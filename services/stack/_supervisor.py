@@ -63,14 +63,6 @@ class Supervisor:
         self.grace_s = grace_s
         self.policy = policy or RestartPolicy()
 
-    @property
-    def pids(self) -> dict[str, int]:
-        return {
-            child.spec.name: child.process.pid
-            for child in self._children
-            if child.process is not None and child.process.poll() is None
-        }
-
     async def run(self, stop: asyncio.Event) -> int:
         for child in self._children:
             self._start(child)
