@@ -1,13 +1,15 @@
 """The least-privilege example of infra/nats: the config validates with the wheel's
-nats-server, every role runs its part of a job with nothing refused, and a worker cannot
-append a job event."""
+nats-server, every role (the API's too) does its part of a job with nothing refused, and a
+worker cannot append a job event."""
 
 import logging
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import nats.errors
 import pytest
 
@@ -17,6 +19,7 @@ from events import (
     JobCompleted,
     JobSubmitted,
     NatsSecurity,
+    TaskCancelled,
     TaskSpec,
     encode,
     ensure_buckets,
@@ -24,10 +27,12 @@ from events import (
     ensure_worker_consumer,
     job_subject,
     new_id,
+    task_event_subject,
+    task_id_for,
 )
-from services.stack import NatsServer, nats_server_binary
+from services.stack import NatsServer, free_port, nats_server_binary
 from tests._certs import make_certificates
-from tests.faults._harness import REPO_ROOT, Processes, jobstream, wait_for_job_end
+from tests.faults._harness import REPO_ROOT, Processes, jobstream, wait_for, wait_for_job_end
 
 INFRA_NATS = REPO_ROOT / "infra" / "nats"
 ROLES = ("admin", "dispatcher", "worker", "projector", "api", "submitter")
@@ -106,12 +111,58 @@ async def test_each_role_runs_its_part_of_a_job(
                 "submit", *data, "--kind", "sum", "--args", '{"a": 1, "b": 2}',
                 "--count", "3", *as_role("submitter"),
             )  # fmt: skip
-            end = await wait_for_job_end(admin, out.strip(), timeout_s=30)
+            job_id = out.strip()
+            end = await wait_for_job_end(admin, job_id, timeout_s=30)
             assert isinstance(end, JobCompleted)
+            await _cancel_a_running_job(admin, data)
+            port = free_port()
+            processes.start(
+                "api", "api", *data, "--database-url", database_url, "--port", str(port),
+                *as_role("api"),
+            )  # fmt: skip
+            history = await _job_history(f"http://127.0.0.1:{port}", job_id)
+            assert history[-1]["event"]["type"] == "job.completed"
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                # Whatever they answer, the server log below shows if NATS refused a read.
+                for path in ("/readyz", "/workers", "/metrics"):
+                    await client.get(path, timeout=10)
             processes.assert_running()
         assert SERVER_REFUSAL not in roles_server.log_file.read_text()
     finally:
         await admin.close()
+
+
+async def _cancel_a_running_job(admin: Bus, data: list[str]) -> None:
+    """The submitter cancels; the dispatcher purges the job's queue and ends its tasks."""
+    out = await jobstream(
+        "submit", *data, "--kind", "sleep", "--args", '{"seconds": 30}', *as_role("submitter")
+    )
+    job_id = out.strip()
+    await jobstream("cancel", job_id, *data, *as_role("submitter"))
+    subject = task_event_subject(job_id, task_id_for(job_id, 0))
+
+    async def cancelled() -> bool:
+        last = await admin.last_on_subject(subject)
+        return last is not None and isinstance(last[1], TaskCancelled)
+
+    await wait_for(cancelled, timeout_s=30, what="the dispatcher to cancel the task")
+
+
+async def _job_history(api_url: str, job_id: str) -> list[dict[str, Any]]:
+    """The job's events as the API reads them from the log (once the API is up)."""
+    async with httpx.AsyncClient(base_url=api_url, timeout=5) as client:
+
+        async def read() -> list[dict[str, Any]] | None:
+            try:
+                answer = await client.get(f"/jobs/{job_id}/events")
+            except httpx.HTTPError:
+                return None
+            if answer.status_code != 200:
+                return None
+            events: list[dict[str, Any]] = answer.json()["events"]
+            return events
+
+        return await wait_for(read, timeout_s=30, what="the API to read the job's history")
 
 
 async def test_a_worker_cannot_append_a_job_event(
