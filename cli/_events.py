@@ -12,13 +12,16 @@ from typing import Annotated
 import msgspec
 import typer
 
+from cli._nats_security import nats_security_options
 from cli._runtime import connect_bus, run
 from cli._settings import DEFAULT_DATA_DIR, DataDirOption, NatsUrlOption, checked, resolve_endpoints
 from events import (
     EVENT_SUBJECTS,
+    NO_SECURITY,
     Bus,
     JobstreamError,
     NameKind,
+    NatsSecurity,
     SourceItem,
     event_batches,
     job_subject,
@@ -48,6 +51,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="NDJSON: each event as 
 
 
 @events_app.command("tail")
+@nats_security_options
 def tail(
     subject: Annotated[
         list[str] | None,
@@ -64,6 +68,7 @@ def tail(
     as_json: JsonOption = False,
     nats_url: NatsUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Follow the event log live, until interrupted (Ctrl-C)."""
     subjects = subject or [EVENT_SUBJECTS]
@@ -75,7 +80,9 @@ def tail(
     print_item = _printer(as_json)
 
     async def main() -> None:
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-events")
+        bus = await connect_bus(
+            endpoints.nats_urls, name="jobstream-events", security=nats_security
+        )
         try:
             start = max(1, await bus.stream_last_seq() + 1 - last)
             await _print_from(bus, subjects, start, wanted, print_item, until_seq=None)
@@ -87,6 +94,7 @@ def tail(
 
 
 @events_app.command("show")
+@nats_security_options
 def show(
     job_id: Annotated[
         str,
@@ -96,6 +104,7 @@ def show(
     as_json: JsonOption = False,
     nats_url: NatsUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Print a job's history from the log, in order: the job's events and its tasks'."""
     wanted = _type_filter(event_type)
@@ -103,7 +112,9 @@ def show(
     print_item = _printer(as_json)
 
     async def main() -> None:
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-events")
+        bus = await connect_bus(
+            endpoints.nats_urls, name="jobstream-events", security=nats_security
+        )
         try:
             first = await bus.first_on_subject(job_subject(job_id))
             if first is None:

@@ -11,7 +11,16 @@ import asyncpg
 import nats.errors
 import typer
 
-from events import AuthenticationError, Bus, ConnectError, JobstreamError
+from events import (
+    NO_SECURITY,
+    AuthenticationError,
+    Bus,
+    ConnectError,
+    JobstreamError,
+    NatsSecurity,
+    TlsError,
+    redact_url,
+)
 
 T = TypeVar("T")
 
@@ -55,9 +64,21 @@ def usage_error(message: str) -> NoReturn:
     raise typer.Exit(EXIT_USAGE)
 
 
+# asyncio logs this whenever a TLS peer closes a nats-py connection; it means nothing to
+# a user, and it would come before the one line that says what went wrong.
+_TLS_EOF_NOTICE = "returning true from eof_received() has no effect when using ssl"
+
+
+def _not_tls_eof_notice(record: logging.LogRecord) -> bool:
+    return record.getMessage() != _TLS_EOF_NOTICE
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine on uvloop where available; a JobstreamError becomes one line and exit
     1 (3 when a server could not be reached or refused the credentials)."""
+    asyncio_log = logging.getLogger("asyncio")
+    if _not_tls_eof_notice not in asyncio_log.filters:
+        asyncio_log.addFilter(_not_tls_eof_notice)
     try:
         return _run_on_best_loop(main)
     except JobstreamError as exc:
@@ -96,8 +117,21 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def connect_bus(urls: list[str], *, name: str) -> Bus:
-    return await Bus.connect(urls, name=name)
+async def connect_bus(urls: list[str], *, name: str, security: NatsSecurity = NO_SECURITY) -> Bus:
+    return await Bus.connect(urls, name=name, security=security)
+
+
+async def check_nats_credentials(urls: list[str], security: NatsSecurity) -> None:
+    """Raise if NATS refuses these credentials or certificates, for a process that would
+    otherwise retry in the background (the API) or restart children forever (a worker
+    supervisor); a server not reachable yet is left to those retries."""
+    try:
+        bus = await Bus.connect(urls, name="jobstream-check", security=security)
+    except (AuthenticationError, TlsError):
+        raise
+    except ConnectError:
+        return
+    await bus.close()
 
 
 async def connect_database(url: str, **kwargs: Any) -> asyncpg.Pool:
@@ -105,6 +139,10 @@ async def connect_database(url: str, **kwargs: Any) -> asyncpg.Pool:
         pool: asyncpg.Pool = await asyncpg.create_pool(url, timeout=10, **kwargs)
     except asyncpg.InvalidAuthorizationSpecificationError as exc:
         raise AuthenticationError("PostgreSQL", url, str(exc)) from exc
+    except asyncpg.ClientConfigurationError as exc:
+        # A URL option asyncpg cannot use (a wrong `sslmode`, a missing root certificate).
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"the PostgreSQL URL {redact_url(url)} cannot be used: {reason}") from exc
     except (TimeoutError, OSError, asyncpg.PostgresError, ValueError) as exc:
         raise ConnectError("PostgreSQL", url, str(exc) or type(exc).__name__) from exc
     return pool

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cli._nats_security import nats_security_options
 from cli._runtime import connect_bus, run, usage_error
 from cli._settings import (
     DEFAULT_DATA_DIR,
@@ -15,7 +16,7 @@ from cli._settings import (
     checked,
     resolve_endpoints,
 )
-from events import MAX_TASKS_PER_JOB, JobstreamError, NameKind
+from events import MAX_TASKS_PER_JOB, NO_SECURITY, JobstreamError, NameKind, NatsSecurity
 
 if TYPE_CHECKING:
     from cli._schedules import ScheduleRow
@@ -36,6 +37,7 @@ ScheduleNameArgument = Annotated[
 
 
 @schedule_app.command("add")
+@nats_security_options
 def schedule_add(
     name: ScheduleNameArgument,
     kind: Annotated[str, typer.Option(help="Task kind: sum, noop, sleep, fail, ...")],
@@ -81,6 +83,7 @@ def schedule_add(
     ] = None,
     nats_url: NatsUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Add a schedule: from now on, each period submits one job of these options."""
     from cli._schedules import (
@@ -111,7 +114,9 @@ def schedule_add(
         usage_error(str(exc))
 
     async def main() -> None:
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-schedule")
+        bus = await connect_bus(
+            endpoints.nats_urls, name="jobstream-schedule", security=nats_security
+        )
         try:
             await add_schedule(bus, schedule)
         finally:
@@ -123,12 +128,14 @@ def schedule_add(
 
 
 @schedule_app.command("list")
+@nats_security_options
 def schedule_list(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per schedule and line.")
     ] = False,
     nats_url: NatsUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """List the schedules: when each fires next, and the job its last tick submitted."""
     from cli._schedules import list_schedules
@@ -136,7 +143,9 @@ def schedule_list(
     endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
 
     async def main() -> "list[ScheduleRow]":
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-schedule")
+        bus = await connect_bus(
+            endpoints.nats_urls, name="jobstream-schedule", security=nats_security
+        )
         try:
             return await list_schedules(bus)
         finally:
@@ -168,10 +177,12 @@ def _row_line(row: "ScheduleRow") -> str:
 
 
 @schedule_app.command("rm")
+@nats_security_options
 def schedule_rm(
     name: ScheduleNameArgument,
     nats_url: NatsUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Remove a schedule: it fires no more (jobs it submitted are not touched)."""
     from cli._schedules import remove_schedule
@@ -179,7 +190,9 @@ def schedule_rm(
     endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
 
     async def main() -> None:
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-schedule")
+        bus = await connect_bus(
+            endpoints.nats_urls, name="jobstream-schedule", security=nats_security
+        )
         try:
             await remove_schedule(bus, name)
         finally:
@@ -189,6 +202,7 @@ def schedule_rm(
     typer.echo(f"schedule {name} removed")
 
 
+@nats_security_options
 def populate(
     count: Annotated[int, typer.Argument(min=1, max=100_000, help="How many jobs.")],
     queue: QueueOption = "default",
@@ -196,6 +210,7 @@ def populate(
     as_json: Annotated[bool, typer.Option("--json", help='Print {"job_ids": [...]}.')] = False,
     nats_url: NatsUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Submit N sample jobs now (one `sum` of two small random numbers each), as the
     original control plane's admin population did; print their ids."""
@@ -211,7 +226,9 @@ def populate(
         usage_error(str(exc))
 
     async def main() -> tuple[list[str], bool]:
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-populate")
+        bus = await connect_bus(
+            endpoints.nats_urls, name="jobstream-populate", security=nats_security
+        )
         try:
             return await submit_samples(bus, plans, queue=queue)
         finally:

@@ -50,6 +50,17 @@ DatabaseUrlOption = Annotated[
         show_envvar=True,
     ),
 ]
+DatabasePoolSizeOption = Annotated[
+    int,
+    typer.Option(
+        "--database-pool-size",
+        envvar="JOBSTREAM_DATABASE_POOL_SIZE",
+        min=1,
+        max=1000,
+        help="Most PostgreSQL connections this process holds at once.",
+        show_envvar=True,
+    ),
+]
 DataDirOption = Annotated[
     Path,
     typer.Option(

@@ -4,6 +4,7 @@ processes — dispatcher, workers, projectors, API — that stops cleanly on Ctr
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -15,9 +16,10 @@ from types import TracebackType
 import asyncpg
 import httpx
 
+from cli._nats_security import nats_security_environment
 from cli._settings import remove_stack_file, write_stack_file
-from events import ConnectError, JobstreamError
-from services.stack import NatsServer, PostgresServer
+from events import NO_SECURITY, ConnectError, JobstreamError, NatsSecurity
+from services.stack import NatsServer, PostgresServer, stop_processes
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ class StackOptions:
     queue: str = "default"
     worker_args: list[str] = field(default_factory=list)
     log_level: str = "INFO"
+    nats_security: NatsSecurity = NO_SECURITY
 
 
 @dataclass
@@ -207,7 +210,8 @@ class LocalStack:
 
     def _spawn(self, child: _Child) -> None:
         # A session of its own: Ctrl-C reaches only this supervisor, which stops children in order.
-        child.process = subprocess.Popen(child.command, start_new_session=True)
+        environment = {**os.environ, **nats_security_environment(self.options.nats_security)}
+        child.process = subprocess.Popen(child.command, start_new_session=True, env=environment)
         log.info("started %s (pid %d)", child.name, child.process.pid)
 
     async def _supervise(self) -> None:
@@ -227,23 +231,13 @@ class LocalStack:
 
     def stop(self) -> None:
         """Workers first (they drain), then the rest, then the servers."""
-        ordered = sorted(self._children, key=lambda child: not child.name.startswith("worker"))
-        for group in (
-            [c for c in ordered if c.name.startswith("worker")],
-            [c for c in ordered if not c.name.startswith("worker")],
-        ):
-            for child in group:
-                if child.process is not None and child.process.poll() is None:
-                    child.process.send_signal(signal.SIGTERM)
-            for child in group:
-                if child.process is None:
-                    continue
-                try:
-                    child.process.wait(STOP_TIMEOUT_S)
-                except subprocess.TimeoutExpired:
-                    log.warning("%s did not stop in %.0fs; killing it", child.name, STOP_TIMEOUT_S)
-                    child.process.kill()
-                    child.process.wait()
+        workers = [c for c in self._children if c.name.startswith("worker")]
+        others = [c for c in self._children if not c.name.startswith("worker")]
+        for group in (workers, others):
+            processes = [child.process for child in group if child.process is not None]
+            killed = stop_processes(processes, signum=signal.SIGTERM, timeout_s=STOP_TIMEOUT_S)
+            for process in killed:
+                log.warning("pid %d did not stop in %.0fs; killed", process.pid, STOP_TIMEOUT_S)
         self._children = []
         if self.postgres_server is not None:
             self.postgres_server.stop()

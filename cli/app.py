@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli._events import events_app
+from cli._nats_security import nats_security_options
 from cli._runtime import (
+    check_nats_credentials,
     connect_bus,
     connect_database,
     exit_code,
@@ -26,6 +28,7 @@ from cli._schedule_commands import populate, schedule_app
 from cli._settings import (
     DEFAULT_DATA_DIR,
     ConcurrencyOption,
+    DatabasePoolSizeOption,
     DatabaseUrlOption,
     DataDirOption,
     LeaseOption,
@@ -38,9 +41,11 @@ from cli._settings import (
 from events import (
     DEFAULT_LEASE_S,
     MAX_TASKS_PER_JOB,
+    NO_SECURITY,
     ConnectError,
     JobstreamError,
     NameKind,
+    NatsSecurity,
     SchedulesUnsupportedError,
     ensure_buckets,
     ensure_schedules,
@@ -83,6 +88,7 @@ HandlerOption = Annotated[
 
 
 @app.command()
+@nats_security_options
 def init(
     nats_url: NatsUrlOption = None,
     database_url: DatabaseUrlOption = None,
@@ -98,12 +104,13 @@ def init(
             help="Stream replicas (3 on a cluster). Default: keep the existing count, 1 if new.",
         ),
     ] = None,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Create the streams, the queue's consumer, the buckets and the read-model tables."""
     endpoints = resolve_endpoints(nats_url, database_url, data_dir)
 
     async def main() -> None:
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-init")
+        bus = await connect_bus(endpoints.nats_urls, name="jobstream-init", security=nats_security)
         try:
             await ensure_streams(bus.js, replicas=replicas)
             await ensure_worker_consumer(bus.js, queue, lease_s=lease_s, replicas=replicas)
@@ -145,7 +152,9 @@ def schema() -> None:
 
 
 @app.command()
+@nats_security_options
 def worker(
+    ctx: typer.Context,
     nats_url: NatsUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     database_url: DatabaseUrlOption = None,
@@ -166,12 +175,36 @@ def worker(
         typer.Option(help="Default: host-pid-random.", callback=checked(NameKind.WORKER_ID)),
     ] = None,
     handler: HandlerOption = None,
+    processes: Annotated[
+        int,
+        typer.Option(
+            envvar="JOBSTREAM_WORKER_PROCESSES",
+            show_envvar=True,
+            min=1,
+            max=256,
+            help="Worker processes under one supervisor, which restarts a crashed one and"
+            " drains them all on SIGTERM.",
+        ),
+    ] = 1,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Run a worker: pull tasks from the queue and run their handlers."""
     from services.worker import HandlerRegistry, Worker, WorkerOptions
 
     setup_logging()
     endpoints = resolve_endpoints(nats_url, database_url, data_dir, need_database=False)
+    if processes > 1:
+        from cli._worker_pool import run_worker_processes
+
+        raise typer.Exit(
+            run_worker_processes(
+                ctx,
+                processes=processes,
+                nats_urls=endpoints.nats_urls,
+                grace_s=grace_s,
+                nats_security=nats_security,
+            )
+        )
     options = WorkerOptions(
         queue=queue,
         concurrency=concurrency,
@@ -187,7 +220,9 @@ def worker(
 
     async def main() -> None:
         stop = stop_on_signals()
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-worker")
+        bus = await connect_bus(
+            endpoints.nats_urls, name="jobstream-worker", security=nats_security
+        )
         try:
             await ensure_streams(bus.js)
             await ensure_buckets(bus.js)
@@ -199,6 +234,7 @@ def worker(
 
 
 @app.command()
+@nats_security_options
 def dispatcher(
     nats_url: NatsUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
@@ -214,6 +250,7 @@ def dispatcher(
             help="A streamed job not sealed this long after its header is ended as rejected.",
         ),
     ] = 600.0,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Run the dispatcher: expand jobs into tasks, end finished jobs, report lost workers."""
     from services.dispatcher import Dispatcher
@@ -223,7 +260,9 @@ def dispatcher(
 
     async def main() -> None:
         stop = stop_on_signals()
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-dispatcher")
+        bus = await connect_bus(
+            endpoints.nats_urls, name="jobstream-dispatcher", security=nats_security
+        )
         try:
             await Dispatcher(bus, lease_s=lease_s, submit_timeout_s=submit_timeout_s).run(stop)
         finally:
@@ -233,12 +272,15 @@ def dispatcher(
 
 
 @app.command()
+@nats_security_options
 def projector(
     nats_url: NatsUrlOption = None,
     database_url: DatabaseUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     schema: SchemaOption = DEFAULT_SCHEMA,
     only: Annotated[str | None, typer.Option(help="Run one projector: postgres or ndjson.")] = None,
+    database_pool_size: DatabasePoolSizeOption = 2,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Run the projectors: PostgreSQL read models and daily NDJSON result files."""
     from projections import NdjsonProjector, PostgresProjector
@@ -250,13 +292,17 @@ def projector(
 
     async def main() -> None:
         stop = stop_on_signals()
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-projector")
+        bus = await connect_bus(
+            endpoints.nats_urls, name="jobstream-projector", security=nats_security
+        )
         pool = None
         try:
             await ensure_streams(bus.js)
             runners = []
             if only in (None, "postgres"):
-                pool = await connect_database(endpoints.database_url, min_size=1, max_size=2)
+                pool = await connect_database(
+                    endpoints.database_url, min_size=1, max_size=database_pool_size
+                )
                 async with pool.acquire() as conn:
                     await migrate(conn, schema)
                 runners.append(PostgresProjector(bus, pool, schema=schema).run)
@@ -272,6 +318,7 @@ def projector(
 
 
 @app.command()
+@nats_security_options
 def api(
     nats_url: NatsUrlOption = None,
     database_url: DatabaseUrlOption = None,
@@ -292,6 +339,8 @@ def api(
             " old unapplied.",
         ),
     ] = 30.0,
+    database_pool_size: DatabasePoolSizeOption = 10,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Run the read-only HTTP API and the dashboard."""
     import uvicorn
@@ -300,16 +349,21 @@ def api(
 
     setup_logging()
     endpoints = resolve_endpoints(nats_url, database_url, data_dir)
+    if endpoints.nats_urls:
+        run(check_nats_credentials(endpoints.nats_urls, nats_security))
     application = create_app(
         database_url=endpoints.database_url,
         schema=schema,
         nats_urls=endpoints.nats_urls,
+        nats_security=nats_security,
         ready_max_lag_s=ready_max_lag_s,
+        pool_max_size=database_pool_size,
     )
     uvicorn.run(application, host=host, port=port, log_level="warning")
 
 
 @app.command()
+@nats_security_options
 def up(
     nats_url: NatsUrlOption = None,
     database_url: DatabaseUrlOption = None,
@@ -323,6 +377,7 @@ def up(
     api_port: Annotated[
         int, typer.Option(envvar="JOBSTREAM_API_PORT", show_envvar=True, min=1, max=65535)
     ] = 8000,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Start everything: embedded NATS and PostgreSQL unless URLs are given, then the
     dispatcher, workers, projectors and API. Ctrl-C stops all cleanly."""
@@ -338,6 +393,7 @@ def up(
         workers=workers,
         concurrency=concurrency,
         lease_s=lease_s,
+        nats_security=nats_security,
     )
 
     async def main() -> None:
@@ -355,6 +411,7 @@ def up(
 
 
 @app.command()
+@nats_security_options
 def submit(
     kind: Annotated[str | None, typer.Option(help="Task kind: sum, noop, sleep, fail, ...")] = None,
     args: Annotated[str, typer.Option("--args", help="Task arguments as a JSON object.")] = "{}",
@@ -416,6 +473,7 @@ def submit(
     ] = False,
     nats_url: NatsUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Submit a job of one task or millions; print its id."""
     from cli._submit import SubmitPlan, no_worker_warning, plan_submission, submit_planned
@@ -443,7 +501,9 @@ def submit(
         usage_error(str(exc))
 
     async def main() -> "SubmitOutcome":
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-submit")
+        bus = await connect_bus(
+            endpoints.nats_urls, name="jobstream-submit", security=nats_security
+        )
         try:
             return await submit_planned(bus, plan, show_progress=sys.stderr.isatty())
         finally:
@@ -466,11 +526,16 @@ def submit(
     if not as_json:
         typer.echo(outcome.job_id)
     _watch_until_ended(
-        endpoints.nats_urls, outcome.job_id, as_json=as_json, extra={"duplicate": outcome.duplicate}
+        endpoints.nats_urls,
+        outcome.job_id,
+        as_json=as_json,
+        security=nats_security,
+        extra={"duplicate": outcome.duplicate},
     )
 
 
 @app.command()
+@nats_security_options
 def watch(
     job_id: Annotated[
         str,
@@ -479,20 +544,26 @@ def watch(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     nats_url: NatsUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Follow a job until it ends: a live progress bar with its rate and time left (on a
     terminal), then its summary. Exit 1 unless every task succeeded."""
     endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
-    _watch_until_ended(endpoints.nats_urls, job_id, as_json=as_json)
+    _watch_until_ended(endpoints.nats_urls, job_id, as_json=as_json, security=nats_security)
 
 
 def _watch_until_ended(
-    nats_urls: list[str], job_id: str, *, as_json: bool, extra: dict[str, object] | None = None
+    nats_urls: list[str],
+    job_id: str,
+    *,
+    as_json: bool,
+    security: NatsSecurity,
+    extra: dict[str, object] | None = None,
 ) -> None:
     from cli._watch import JobTally, watch_job
 
     async def main() -> JobTally:
-        bus = await connect_bus(nats_urls, name="jobstream-watch")
+        bus = await connect_bus(nats_urls, name="jobstream-watch", security=security)
         try:
             return await watch_job(bus, job_id, show_progress=sys.stderr.isatty())
         finally:
@@ -517,6 +588,7 @@ _register_crawl()
 
 
 @app.command()
+@nats_security_options
 def cancel(
     job_id: Annotated[
         str, typer.Argument(help="The job to cancel.", callback=checked(NameKind.JOB_ID))
@@ -524,6 +596,7 @@ def cancel(
     reason: Annotated[str, typer.Option(help="Recorded in the job.cancelled event.")] = "",
     nats_url: NatsUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Cancel a job: its queued tasks are purged, running ones stop within a lease tick."""
     from cli._jobs import cancel_job
@@ -531,7 +604,9 @@ def cancel(
     endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
 
     async def main() -> None:
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-cancel")
+        bus = await connect_bus(
+            endpoints.nats_urls, name="jobstream-cancel", security=nats_security
+        )
         try:
             await cancel_job(bus, job_id, reason=reason)
         finally:
@@ -590,6 +665,7 @@ def dlq_list(
 
 
 @dlq_app.command("retry")
+@nats_security_options
 def dlq_retry(
     target: Annotated[
         str | None,
@@ -601,6 +677,7 @@ def dlq_retry(
     database_url: DatabaseUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     schema: SchemaOption = DEFAULT_SCHEMA,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Give dead-lettered tasks another round of attempts (their job re-opens)."""
     from cli._dlq import RetryOutcome, retry_dead_letters
@@ -608,7 +685,7 @@ def dlq_retry(
     endpoints = resolve_endpoints(nats_url, database_url, data_dir)
 
     async def main() -> RetryOutcome:
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-dlq")
+        bus = await connect_bus(endpoints.nats_urls, name="jobstream-dlq", security=nats_security)
         pool = await connect_database(
             endpoints.database_url, min_size=1, max_size=1, server_settings={"search_path": schema}
         )
@@ -626,6 +703,7 @@ def dlq_retry(
 
 
 @app.command()
+@nats_security_options
 def replay(
     target: Annotated[
         str, typer.Option(help="postgres (rebuild and swap), ndjson (rewrite files) or stdout.")
@@ -642,6 +720,7 @@ def replay(
     database_url: DatabaseUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     schema: SchemaOption = DEFAULT_SCHEMA,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Rebuild the read models or the NDJSON files from the log, or print the log as NDJSON."""
     from cli._replay import TARGETS, seq_since
@@ -654,7 +733,9 @@ def replay(
     )
 
     async def main() -> str:
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-replay")
+        bus = await connect_bus(
+            endpoints.nats_urls, name="jobstream-replay", security=nats_security
+        )
         pool = None
         try:
             start = (
@@ -688,6 +769,7 @@ def replay(
 
 
 @app.command()
+@nats_security_options
 def status(
     job_id: Annotated[
         str,
@@ -698,6 +780,7 @@ def status(
     database_url: DatabaseUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     schema: SchemaOption = DEFAULT_SCHEMA,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Show a job's status, its task counts (the read model, with the tasks in flight that
     the workers' liveness records show) and its running tasks' progress."""
@@ -706,7 +789,7 @@ def status(
     endpoints = resolve_endpoints(nats_url, database_url, data_dir, need_nats=False)
 
     async def main() -> tuple[dict[str, object] | None, list[dict[str, object]], str]:
-        live, note = await _live_work_once(endpoints.nats_urls)
+        live, note = await _live_work_once(endpoints.nats_urls, nats_security)
         pool = await connect_database(
             endpoints.database_url, min_size=1, max_size=1, server_settings={"search_path": schema}
         )
@@ -745,7 +828,9 @@ def status(
         typer.echo(f"  … and {more} more running")
 
 
-async def _live_work_once(nats_urls: list[str]) -> tuple["LiveWork | None", str]:
+async def _live_work_once(
+    nats_urls: list[str], nats_security: NatsSecurity
+) -> tuple["LiveWork | None", str]:
     """The workers' liveness records read once, and a note for the user when they cannot be
     (the counts then come from the read model alone)."""
     from services.api import live_work, read_liveness
@@ -753,7 +838,9 @@ async def _live_work_once(nats_urls: list[str]) -> tuple["LiveWork | None", str]
     if not nats_urls:
         return None, "note: no NATS URL; counts are the read model's alone"
     try:
-        bus = await asyncio.wait_for(connect_bus(nats_urls, name="jobstream-status"), 5)
+        bus = await asyncio.wait_for(
+            connect_bus(nats_urls, name="jobstream-status", security=nats_security), 5
+        )
     except (TimeoutError, ConnectError):
         return (
             None,
@@ -769,6 +856,7 @@ async def _live_work_once(nats_urls: list[str]) -> tuple["LiveWork | None", str]
 
 
 @app.command()
+@nats_security_options
 def demo(
     nats_url: NatsUrlOption = None,
     database_url: DatabaseUrlOption = None,
@@ -779,6 +867,7 @@ def demo(
     serve: Annotated[bool, typer.Option("--serve", help="Keep the stack and API running.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     schema: SchemaOption = DEFAULT_SCHEMA,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Start the stack, run sample jobs (sums, sleeps, retries, failures) and summarise."""
     from cli._demo import report_json, run_demo
@@ -793,13 +882,14 @@ def demo(
         workers=workers,
         lease_s=10.0,
         worker_args=["--retry-base-s", "0.2", "--retry-cap-s", "2"],
+        nats_security=nats_security,
     )
 
     async def main() -> int:
         stop = stop_on_signals()
         async with LocalStack(options) as stack:
             await _wait_for_read_models(stack.api_url)
-            bus = await connect_bus([stack.nats_url], name="jobstream-demo")
+            bus = await connect_bus([stack.nats_url], name="jobstream-demo", security=nats_security)
             pool = await connect_database(
                 stack.database_url, min_size=1, max_size=2, server_settings={"search_path": schema}
             )

@@ -61,6 +61,7 @@ from events._errors import (
     ConnectError,
     JobstreamError,
     PublishError,
+    TlsError,
 )
 from events._ids import derived_id, new_id
 from events._liveness import (
@@ -101,6 +102,7 @@ from events._schedules import (
     tick_job_id,
 )
 from events._schema import event_json_schema
+from events._security import NO_SECURITY, NatsSecurity, NatsSecurityError
 from events._source import (
     DEFAULT_BATCH_MAX,
     SourceItem,
@@ -197,6 +199,10 @@ __all__ = [
     "JobSubmitted",
     "JobstreamError",
     "PublishError",
+    "TlsError",
+    "NatsSecurity",
+    "NatsSecurityError",
+    "NO_SECURITY",
     "QueryFileError",
     "SourceItem",
     "TaskCancelled",

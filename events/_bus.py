@@ -17,7 +17,14 @@ from nats.js.api import PubAck
 from events._acks import PipelinedPublisher
 from events._catalogue import Event, TaskMessage
 from events._codec import DecodeError, decode_event, encode
-from events._errors import AuthenticationError, ConflictError, ConnectError, PublishError
+from events._errors import (
+    AuthenticationError,
+    ConflictError,
+    ConnectError,
+    PublishError,
+    TlsError,
+)
+from events._security import NO_SECURITY, NatsSecurity, is_auth_refusal, tls_refusal
 from events._subjects import EVENTS_STREAM, Header, subject_for, task_queue_subject
 
 log = logging.getLogger(__name__)
@@ -28,7 +35,7 @@ PUBLISH_RETRY_BUDGET_S = 60.0
 RETRY_BASE_S = 0.05
 RETRY_CAP_S = 2.0
 INITIAL_CONNECT_ATTEMPTS = 2
-AUTHORIZATION_VIOLATION = "authorization violation"
+UNCONNECTED_CLOSE_TIMEOUT_S = 0.25
 
 T = TypeVar("T")
 # A message's place in the log and its event (None: not a jobstream event).
@@ -55,15 +62,6 @@ def is_transient(exc: BaseException) -> bool:
     # Some APIError subclasses (KeyWrongLastSequenceError) are raised without a `code`.
     code = getattr(exc, "code", None)
     return isinstance(exc, nats.js.errors.APIError) and code in (408, 503)
-
-
-def is_auth_refusal(exc: BaseException) -> bool:
-    """The server refused the credentials. On a first connect nats-py 2.16 raises
-    `NoServersError` and passes the server's `-ERR 'Authorization Violation'` to the error
-    callback as a plain `nats.errors.Error`, not as `AuthorizationError`."""
-    if isinstance(exc, nats.errors.AuthorizationError):
-        return True
-    return isinstance(exc, nats.errors.Error) and AUTHORIZATION_VIOLATION in str(exc).lower()
 
 
 def backoff_s(attempt: int, *, base_s: float = RETRY_BASE_S, cap_s: float = RETRY_CAP_S) -> float:
@@ -104,35 +102,39 @@ class Bus:
         *,
         name: str,
         connect_timeout_s: float = 5.0,
-        user_credentials: str | None = None,
+        security: NatsSecurity = NO_SECURITY,
     ) -> "Bus":
-        """Connect to NATS, then reconnect forever: a restart of the server is not an exit."""
+        """Connect to NATS, then reconnect forever: a restart of the server is not an exit.
+
+        A first connect that the server refuses (credentials, TLS) ends at once with
+        `AuthenticationError` or `TlsError`: every retry would get the same answer."""
         url = ",".join(servers)
         connected = False
-        refused: list[Exception] = []
 
         async def on_error(exc: Exception) -> None:
-            # Failed first attempts are reported once, by the ConnectError below.
+            # Failed first attempts are reported once, by the errors below.
             log.log(logging.WARNING if connected else logging.DEBUG, "nats: %s", exc)
-            if not connected and is_auth_refusal(exc):
-                refused.append(exc)
+            if not connected:
+                _raise_if_refused(url, exc)
 
+        nc = NatsClient()
         try:
-            nc = await nats.connect(
+            await nc.connect(
                 list(servers),
                 name=name,
                 connect_timeout=int(max(1, connect_timeout_s)),
                 max_reconnect_attempts=INITIAL_CONNECT_ATTEMPTS,
                 reconnect_time_wait=1,
                 error_cb=on_error,
-                user_credentials=user_credentials,
                 drain_timeout=5,
+                **security.connect_options(),
             )
+        except ConnectError:
+            await _close_unconnected(nc)
+            raise
         except (TimeoutError, OSError, nats.errors.Error) as exc:
-            if refused or is_auth_refusal(exc):
-                raise AuthenticationError(
-                    "NATS", url, "the server refused the credentials (Authorization Violation)"
-                ) from exc
+            await _close_unconnected(nc)
+            _raise_if_refused(url, exc)
             raise ConnectError("NATS", url, str(exc) or type(exc).__name__) from exc
         connected = True
         # Once connected, reconnect forever: a server restart or a leader change is not an exit.
@@ -258,3 +260,24 @@ class Bus:
     async def stream_last_seq(self, stream: str = EVENTS_STREAM) -> int:
         info = await with_retry(lambda: self.js.stream_info(stream), what=f"info {stream}")
         return info.state.last_seq
+
+
+async def _close_unconnected(nc: NatsClient) -> None:
+    """Release a client whose first connect failed. Closing the socket of a failed TLS
+    upgrade can wait forever for the peer, so the wait is bounded."""
+    try:
+        await asyncio.wait_for(nc.close(), UNCONNECTED_CLOSE_TIMEOUT_S)
+    except (TimeoutError, OSError, nats.errors.Error):
+        log.debug("nats: the failed connection did not close in time")
+
+
+def _raise_if_refused(url: str, exc: BaseException) -> None:
+    """End a first connect that no retry can fix: raised from nats-py's error callback, it
+    leaves `connect` at once instead of after its reconnect attempts."""
+    if is_auth_refusal(exc):
+        raise AuthenticationError(
+            "NATS", url, "the server refused the credentials (Authorization Violation)"
+        ) from exc
+    reason = tls_refusal(exc)
+    if reason is not None:
+        raise TlsError("NATS", url, reason) from exc

@@ -26,6 +26,13 @@ class AuthenticationError(ConnectError):
         return f"authentication failed for {self.what} at {self.url}: {cause}"
 
 
+class TlsError(ConnectError):
+    """The TLS handshake failed for good: a certificate not trusted, on either side."""
+
+    def _message(self, cause: str) -> str:
+        return f"TLS failed for {self.what} at {self.url}: {cause}"
+
+
 class ConflictError(JobstreamError):
     """A fenced publish lost: the subject moved on since the writer last looked."""
 

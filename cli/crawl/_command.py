@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cli._nats_security import nats_security_options
 from cli._runtime import EXIT_FAILURE, connect_bus, run, usage_error
 from cli._settings import (
     DEFAULT_DATA_DIR,
@@ -25,7 +26,7 @@ from cli.crawl._request import (
 )
 from cli.crawl._tasks import DEFAULT_CONCURRENCY, DEFAULT_RATE, DEFAULT_TIMEOUT_S
 from cli.crawl._urls import check_urls_file
-from events import JobstreamError
+from events import NO_SECURITY, JobstreamError, NatsSecurity
 
 if TYPE_CHECKING:
     from cli.crawl._discover import DiscoveryReport
@@ -50,6 +51,7 @@ CRAWL_HELP = (
 )
 
 
+@nats_security_options
 def crawl(
     site: Annotated[
         str | None, typer.Argument(help="The site to discover, e.g. https://example.com.")
@@ -160,6 +162,7 @@ def crawl(
     ] = False,
     nats_url: NatsUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     try:
         request = build_request(
@@ -186,7 +189,7 @@ def crawl(
     async def main() -> list["PassOutcome"]:
         from cli.crawl._run import run_crawl
 
-        bus = await connect_bus(endpoints.nats_urls, name="jobstream-crawl")
+        bus = await connect_bus(endpoints.nats_urls, name="jobstream-crawl", security=nats_security)
         try:
             return await run_crawl(bus, request, report.hooks())
         finally:

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, JsonValue
 
-from events import JobstreamError, load_queries
+from events import NO_SECURITY, JobstreamError, NatsSecurity, load_queries
 from services.api._crawl import crawl_router
 from services.api._cursors import (
     JobCursor,
@@ -651,6 +651,7 @@ def create_app(
     database_url: str,
     schema: str = DEFAULT_SCHEMA,
     nats_urls: list[str] | None = None,
+    nats_security: NatsSecurity = NO_SECURITY,
     title: str = "jobstream",
     pool_max_size: int = POOL_MAX_SIZE,
     ready_max_lag_s: float = DEFAULT_READY_MAX_LAG_S,
@@ -666,7 +667,7 @@ def create_app(
     app.state.read_models = _ReadModels(
         database_url=database_url, schema=schema, pool_max_size=pool_max_size
     )
-    app.state.live_log = LiveLog(list(nats_urls or []))
+    app.state.live_log = LiveLog(list(nats_urls or []), nats_security)
     app.state.liveness = LivenessWatch(app.state.live_log.connected)
     app.state.sql = _SQL
     app.state.ready_max_lag_s = ready_max_lag_s

