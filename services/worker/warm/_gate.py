@@ -1,0 +1,147 @@
+"""The fleet-wide gate of each domain: `_politeness`'s decisions applied to the domain's key in
+the `JOBSTREAM_DOMAINS` bucket with compare-and-set, so every worker on every host sees one
+pace, one set of slots and one slow-down per domain."""
+
+import asyncio
+import logging
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import msgspec
+import nats.js.errors
+from nats.js.kv import KeyValue
+
+from services.worker._handlers import Defer
+from services.worker.warm._politeness import (
+    DomainState,
+    Go,
+    Limits,
+    Outcome,
+    claim,
+    domain_key,
+    pace,
+    release,
+    throttle,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# Compare-and-set retries before giving up (each lost race means another writer got through).
+MAX_RACES = 50
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(DomainState)
+
+
+@dataclass(frozen=True)
+class Pass:
+    """A slot held on a domain, from `enter` until `leave`."""
+
+    domain: str
+    holder: str
+    entered_at: float
+
+
+class DomainGate:
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+        # A process's own tasks take turns per domain: their races would be lost anyway.
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def enter(self, domain: str, limits: Limits, *, holder: str, lease_s: float) -> Pass:
+        """Wait for the domain's turn (at most `MAX_WAIT_S`) and take a slot, or raise `Defer`
+        until the turn booked for this task."""
+
+        def decide(state: DomainState, now: float) -> tuple[DomainState | None, Go | float]:
+            decision = claim(state, limits, now, holder=holder, lease_s=lease_s)
+            if isinstance(decision, Go):
+                return decision.state, decision
+            return decision.state, decision.delay_s
+
+        outcome = await self._change(domain, decide)
+        if not isinstance(outcome, Go):
+            raise Defer(f"domain {domain} is busy", delay_s=outcome)
+        await asyncio.sleep(outcome.wait_s)
+        return Pass(domain=domain, holder=holder, entered_at=time.time())
+
+    async def pace(self, slot: Pass, limits: Limits, *, max_wait_s: float) -> bool:
+        """Wait for the turn of one more request of the slot's task; False (no turn taken)
+        if that is more than `max_wait_s` away."""
+
+        def decide(state: DomainState, now: float) -> tuple[DomainState | None, float]:
+            paced, wait_s = pace(state, limits, now)
+            return (paced if wait_s <= max_wait_s else None), wait_s
+
+        wait_s = await self._change(slot.domain, decide)
+        if wait_s > max_wait_s:
+            return False
+        await asyncio.sleep(wait_s)
+        return True
+
+    async def leave(self, slot: Pass, outcome: Outcome) -> None:
+        held_s = time.time() - slot.entered_at
+
+        def decide(state: DomainState, now: float) -> tuple[DomainState, None]:
+            return release(state, now, holder=slot.holder, held_s=held_s, outcome=outcome), None
+
+        await self._change(slot.domain, decide)
+
+    async def slow_down(self, slot: Pass, retry_after_s: float) -> float:
+        """Free the slot, block the domain for `retry_after_s` and halve its pace; the time
+        until the block ends."""
+        held_s = time.time() - slot.entered_at
+
+        def decide(state: DomainState, now: float) -> tuple[DomainState, float]:
+            freed = release(state, now, holder=slot.holder, held_s=held_s, outcome=Outcome.FAILURE)
+            blocked = throttle(freed, now, retry_after_s)
+            return blocked, blocked.blocked_until - now
+
+        return await self._change(slot.domain, decide)
+
+    async def state(self, domain: str) -> DomainState | None:
+        """The domain's state as stored (None: none yet)."""
+        try:
+            entry = await self._kv.get(domain_key(domain))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        return _decode(entry.value)
+
+    async def _change(
+        self, domain: str, decide: Callable[[DomainState, float], tuple[DomainState | None, T]]
+    ) -> T:
+        """Read the domain's state, decide, and write the new state only if no one else wrote
+        in between; else read and decide again."""
+        key = domain_key(domain)
+        async with self._locks[domain]:
+            for _ in range(MAX_RACES):
+                try:
+                    entry = await self._kv.get(key)
+                except nats.js.errors.KeyNotFoundError:
+                    entry = None
+                current = _decode(entry.value) if entry is not None else DomainState()
+                new, outcome = decide(current, time.time())
+                if new is None:
+                    return outcome
+                try:
+                    if entry is None:
+                        await self._kv.create(key, _encoder.encode(new))
+                    else:
+                        await self._kv.update(key, _encoder.encode(new), last=entry.revision)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    await asyncio.sleep(random.uniform(0, 0.005))
+                    continue
+                return outcome
+        raise Defer(f"domain {domain}: too many writers at once", delay_s=random.uniform(0.1, 0.5))
+
+
+def _decode(value: bytes | None) -> DomainState:
+    """The stored state; a value that is not one (a foreign writer) is started afresh."""
+    try:
+        return _decoder.decode(value or b"")
+    except msgspec.DecodeError:
+        log.warning("domain state unreadable; starting afresh")
+        return DomainState()
