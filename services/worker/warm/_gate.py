@@ -17,8 +17,10 @@ from nats.js.kv import KeyValue
 
 from services.worker._handlers import Defer
 from services.worker.warm._politeness import (
+    MAX_WAIT_S,
     DomainState,
     Go,
+    Later,
     Limits,
     Outcome,
     claim,
@@ -52,21 +54,29 @@ class DomainGate:
         # A process's own tasks take turns per domain: their races would be lost anyway.
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
-    async def enter(self, domain: str, limits: Limits, *, holder: str, lease_s: float) -> Pass:
+    async def enter(
+        self, domain: str, limits: Limits, *, holder: str, lease_s: float, returning: bool
+    ) -> Pass:
         """Wait for the domain's turn (at most `MAX_WAIT_S`) and take a slot, or raise `Defer`
-        until the turn booked for this task."""
+        until the turn booked for this task. `returning`: the task was deferred before."""
 
-        def decide(state: DomainState, now: float) -> tuple[DomainState | None, Go | float]:
-            decision = claim(state, limits, now, holder=holder, lease_s=lease_s)
+        def decide(state: DomainState, now: float) -> tuple[DomainState | None, Go | Later]:
+            decision = claim(
+                state, limits, now, holder=holder, lease_s=lease_s, returning=returning
+            )
+            return decision.state, decision
+
+        give_up_at = time.monotonic() + MAX_WAIT_S
+        while True:
+            decision = await self._change(domain, decide)
             if isinstance(decision, Go):
-                return decision.state, decision
-            return decision.state, decision.delay_s
-
-        outcome = await self._change(domain, decide)
-        if not isinstance(outcome, Go):
-            raise Defer(f"domain {domain} is busy", delay_s=outcome)
-        await asyncio.sleep(outcome.wait_s)
-        return Pass(domain=domain, holder=holder, entered_at=time.time())
+                await asyncio.sleep(decision.wait_s)
+                return Pass(domain=domain, holder=holder, entered_at=time.time())
+            if not decision.full:
+                raise Defer(f"domain {domain} is busy", delay_s=decision.delay_s)
+            await asyncio.sleep(decision.delay_s)
+            # Its turn came and went with every slot taken: a turn at the end of the queue.
+            returning = returning and time.monotonic() < give_up_at
 
     async def pace(self, slot: Pass, limits: Limits, *, max_wait_s: float) -> bool:
         """Wait for the turn of one more request of the slot's task; False (no turn taken)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import nats.js.errors
 from nats.js import JetStreamContext
 
 from events import DOMAINS_BUCKET, utc_now
@@ -115,10 +116,11 @@ class WarmHandler:
 
     def __init__(self) -> None:
         self._client: httpx.AsyncClient | None = None
+        self._js: JetStreamContext | None = None
         self._gate: DomainGate | None = None
 
     async def open(self, js: JetStreamContext, *, worker_id: str) -> None:
-        self._gate = DomainGate(await js.key_value(DOMAINS_BUCKET))
+        self._js = js
         self._client = httpx.AsyncClient(
             http2=importlib.util.find_spec("h2") is not None,
             limits=httpx.Limits(
@@ -134,14 +136,19 @@ class WarmHandler:
 
     async def __call__(self, args: Mapping[str, Any], ctx: TaskContext) -> dict[str, Any]:
         warm_args, domain = parse_args(args)
-        if self._client is None or self._gate is None:
+        if self._client is None or self._js is None:
             raise RuntimeError("http.warm runs in a worker (its client is opened with it)")
+        gate = await self._domain_gate(self._js)
         limits = Limits(rate=warm_args.requests_per_s, concurrency=warm_args.concurrency)
         lease_s = warm_args.timeout_s * (warm_args.warm_checks + 2) + SLOT_MARGIN_S
-        slot = await self._gate.enter(
-            domain, limits, holder=f"{ctx.worker_id}/{ctx.task_id}", lease_s=lease_s
+        slot = await gate.enter(
+            domain,
+            limits,
+            holder=f"{ctx.worker_id}/{ctx.task_id}",
+            lease_s=lease_s,
+            returning=ctx.deferrals > 0,
         )
-        visit = _Visit(self._client, self._gate, warm_args, limits, slot)
+        visit = _Visit(self._client, gate, warm_args, limits, slot)
         outcome = Outcome.FAILURE
         try:
             first = await visit.request("GET", warm_args.url)
@@ -152,8 +159,20 @@ class WarmHandler:
             raise _put_back(f"{message} for {warm_args.url}", blocked_s, ctx) from None
         finally:
             if visit.slot is not None:
-                await _leave(self._gate, visit.slot, outcome)
+                await _leave(gate, visit.slot, outcome)
         return _result(warm_args, domain, first, warmed)
+
+    async def _domain_gate(self, js: JetStreamContext) -> DomainGate:
+        """The bucket, found at the first page (a worker of other kinds never needs it)."""
+        if self._gate is None:
+            try:
+                kv = await js.key_value(DOMAINS_BUCKET)
+            except nats.js.errors.BucketNotFoundError:
+                raise RuntimeError(
+                    f"no {DOMAINS_BUCKET} bucket on this NATS: run `jobstream init`"
+                ) from None
+            self._gate = DomainGate(kv)
+        return self._gate
 
     async def _warm(self, visit: _Visit, first: Answer) -> dict[str, Any] | None:
         if first.cache not in COLD:

@@ -25,8 +25,8 @@ import msgspec
 MAX_WAIT_S = 0.5
 # A booked turn this far in the past was not claimed: it lapses.
 BOOKING_LAPSES_AFTER_S = 2.0
-# How soon a task comes back when every slot is taken at its turn.
-SLOT_RETRY_S = 0.25
+# How soon a task whose turn has come looks for a free slot again.
+SLOT_RETRY_S = 0.02
 MIN_FACTOR = 1 / 64
 RECOVERY_STEP = 0.05
 # Weight of the newest sample in the moving average of how long a slot is held.
@@ -67,10 +67,12 @@ class Go:
 
 @dataclass(frozen=True)
 class Later:
-    """Come back after `delay_s`; `state` (a booking) is written first, unless None."""
+    """Come back after `delay_s`; `state` (a booking) is written first, unless None.
+    `full`: it is the task's turn, but every slot is taken (worth waiting a little)."""
 
     state: DomainState | None
     delay_s: float
+    full: bool = False
 
 
 class Outcome(Enum):
@@ -98,31 +100,39 @@ def _live_bookings(state: DomainState, spacing_s: float, now: float) -> tuple[in
 
 
 def claim(
-    state: DomainState, limits: Limits, now: float, *, holder: str, lease_s: float
+    state: DomainState,
+    limits: Limits,
+    now: float,
+    *,
+    holder: str,
+    lease_s: float,
+    returning: bool,
 ) -> Go | Later:
-    """A task's first request: go soon (its booking is due, or there is room before the
-    bookings, or none wait), or book a turn and come back then."""
+    """A task's first request: go soon (a turn is due and the task comes back for one, or
+    there is room before the turns booked, or none are), or book a turn and come back then.
+    A new task never takes a due turn: the tasks that booked them would be put back again."""
     slots = [slot for slot in state.slots if slot.expires_at > now and slot.holder != holder]
     pace_s = rate_interval_s(state, limits)
     spacing_s = _booking_interval_s(state, limits)
     earliest = max(now, state.last_start + pace_s, state.blocked_until)
     booked, first = _live_bookings(state, spacing_s, now)
     start: float | None = None
-    if booked and first <= now + MAX_WAIT_S:  # a turn is due: take it, whoever booked it
+    if returning and booked and first <= now + MAX_WAIT_S:  # a turn is due: take it
         start, booked = max(earliest, first), booked - 1
     elif booked and earliest + spacing_s <= first:  # room before the first turn
         start = earliest
     elif not booked:
         start = max(earliest, state.tat)
     if start is not None and start - now <= MAX_WAIT_S:
-        if len(slots) >= limits.concurrency:
-            return Later(None, SLOT_RETRY_S)
-        tat = state.tat if booked else max(state.tat, start + pace_s)
-        taken = Slot(holder=holder, expires_at=now + lease_s)
-        going = msgspec.structs.replace(
-            state, tat=tat, booked=booked, last_start=start, slots=[*slots, taken]
-        )
-        return Go(going, max(0.0, start - now))
+        if len(slots) < limits.concurrency:
+            tat = state.tat if booked else max(state.tat, start + pace_s)
+            taken = Slot(holder=holder, expires_at=now + lease_s)
+            going = msgspec.structs.replace(
+                state, tat=tat, booked=booked, last_start=start, slots=[*slots, taken]
+            )
+            return Go(going, max(0.0, start - now))
+        if returning:  # its turn: worth waiting a little for a slot
+            return Later(None, SLOT_RETRY_S, full=True)
     booked, _ = _live_bookings(state, spacing_s, now)
     turn = max(state.tat, earliest)
     booking = msgspec.structs.replace(state, tat=turn + spacing_s, booked=booked + 1, slots=slots)
