@@ -270,3 +270,39 @@ async def test_a_miss_is_warmed_until_hit_with_each_cdns_headers(
         assert page["content_type"] == "text/html"
     methods = [r.method for r in site.requests if r.path == "/cloudflare"]
     assert methods == ["GET", "HEAD", "GET"]
+
+
+async def test_a_killed_workers_slot_frees_itself_after_its_lease(
+    bus: Bus, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """A worker SIGKILLed in the middle of a request never gives its slot back: the slot's
+    lease (the request's timeout and a margin) frees it, and the domain goes on."""
+
+    def answer(request: Request) -> Reply:
+        return Reply(delay_s=30.0 if request.path == "/hang" else 0.0)
+
+    site = Site(answer)
+    limits = {"rate": 20.0, "concurrency": 1, "warm": False, "timeout_s": 2.0}
+    async with serving(site):
+        with Processes(tmp_path / "logs") as processes:
+            doomed = processes.worker("doomed", nats_server.url, data_dir=tmp_path, lease_s=30)
+            await wait_for_worker_started(bus, "doomed")
+            await queue_warm_tasks(bus, [{"url": site.url("/hang"), **limits}], max_attempts=1)
+
+            async def hanging() -> bool:
+                return bool(site.requests)
+
+            await wait_for(hanging, timeout_s=15, what="the hanging request")
+            claimed_at = site.requests[0].at
+            doomed.kill()
+            start_workers(processes, nats_server.url, tmp_path, 1)
+            await wait_for_worker_started(bus, "warm-0")
+            _, ids = await queue_warm_tasks(
+                bus, [{"url": site.url(f"/p{i}"), **limits} for i in range(3)]
+            )
+            ends = await wait_for_ends(bus, ids, timeout_s=30)
+    assert len(results(ends)) == 3
+    first_after = min(site.times("/p")) - claimed_at
+    print(f"the killed worker's slot was free again {first_after:.2f}s after its request")
+    # Its lease: the 2 s timeout and a 1 s margin (from the claim, just before the request).
+    assert 2.5 <= first_after <= 8.0

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 # Compare-and-set retries before giving up (each lost race means another writer got through).
 MAX_RACES = 50
+CROWDED_BACKOFF_CAP_S = 8.0
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(DomainState)
 
@@ -55,10 +56,12 @@ class DomainGate:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def enter(
-        self, domain: str, limits: Limits, *, holder: str, lease_s: float, returning: bool
+        self, domain: str, limits: Limits, *, holder: str, lease_s: float, deferrals: int
     ) -> Pass:
         """Wait for the domain's turn (at most `MAX_WAIT_S`) and take a slot, or raise `Defer`
-        until the turn booked for this task. `returning`: the task was deferred before."""
+        until the turn booked for this task. `deferrals`: how often the task was put back."""
+        returning = deferrals > 0
+        crowded = False
 
         def decide(state: DomainState, now: float) -> tuple[DomainState | None, Go | Later]:
             decision = claim(
@@ -73,10 +76,14 @@ class DomainGate:
                 await asyncio.sleep(decision.wait_s)
                 return Pass(domain=domain, holder=holder, entered_at=time.time())
             if not decision.full:
-                raise Defer(f"domain {domain} is busy", delay_s=decision.delay_s)
+                delay_s = decision.delay_s
+                if crowded:
+                    delay_s = max(delay_s, _crowded_backoff_s(deferrals))
+                raise Defer(f"domain {domain} is busy", delay_s=delay_s)
             await asyncio.sleep(decision.delay_s)
             # Its turn came and went with every slot taken: a turn at the end of the queue.
-            returning = returning and time.monotonic() < give_up_at
+            crowded = time.monotonic() >= give_up_at
+            returning = not crowded
 
     async def pace(self, slot: Pass, limits: Limits, *, max_wait_s: float) -> bool:
         """Wait for the turn of one more request of the slot's task; False (no turn taken)
@@ -146,6 +153,14 @@ class DomainGate:
                     continue
                 return outcome
         raise Defer(f"domain {domain}: too many writers at once", delay_s=random.uniform(0.1, 0.5))
+
+
+def _crowded_backoff_s(deferrals: int) -> float:
+    """How long a task stays away after finding every slot taken at its turn, growing with
+    each time it was put back: slots held by slow requests (or by a killed worker, until
+    their lease ends) are not polled by every waiting task."""
+    cap_s = min(CROWDED_BACKOFF_CAP_S, 0.25 * 2.0 ** min(deferrals, 10))
+    return random.uniform(0.5, 1.0) * cap_s
 
 
 def _decode(value: bytes | None) -> DomainState:

@@ -32,8 +32,8 @@ MAX_SLOW_DOWN_DEFERRALS = 10
 WARM_PAUSE_S = (0.2, 0.5)
 # A warming request waits this long for the domain's turn at most, else warming stops.
 WARM_MAX_WAIT_S = 2.0
-# A slot outlives the requests a task may make by this much (then a killed worker's frees).
-SLOT_MARGIN_S = 10.0
+# A slot outlives the longest a task may hold it by this much (then a killed worker's frees).
+SLOT_MARGIN_S = 1.0
 MAX_CONNECTIONS = 200
 
 
@@ -140,13 +140,13 @@ class WarmHandler:
             raise RuntimeError("http.warm runs in a worker (its client is opened with it)")
         gate = await self._domain_gate(self._js)
         limits = Limits(rate=warm_args.requests_per_s, concurrency=warm_args.concurrency)
-        lease_s = warm_args.timeout_s * (warm_args.warm_checks + 2) + SLOT_MARGIN_S
+        lease_s = _slot_lease_s(warm_args)
         slot = await gate.enter(
             domain,
             limits,
             holder=f"{ctx.worker_id}/{ctx.task_id}",
             lease_s=lease_s,
-            returning=ctx.deferrals > 0,
+            deferrals=ctx.deferrals,
         )
         visit = _Visit(self._client, gate, warm_args, limits, slot)
         outcome = Outcome.FAILURE
@@ -182,6 +182,17 @@ class WarmHandler:
         except (Retry, PermanentError, ThrottledError) as exc:
             log.info("warming %s stopped: %s", first.final_url, exc.args[0])
             return None
+
+
+def _slot_lease_s(args: WarmArgs) -> float:
+    """The longest a task holds its slot: each request's timeout, and before each warming
+    request its pause and its wait for the domain's turn."""
+    warming = args.warm_checks + 1 if args.warm else 0
+    return (
+        args.timeout_s
+        + warming * (args.timeout_s + WARM_PAUSE_S[1] + WARM_MAX_WAIT_S)
+        + SLOT_MARGIN_S
+    )
 
 
 def _put_back(error: str, blocked_s: float, ctx: TaskContext) -> Exception:
