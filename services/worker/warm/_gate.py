@@ -119,14 +119,6 @@ class DomainGate:
 
         return await self._change(slot.domain, decide)
 
-    async def state(self, domain: str) -> DomainState | None:
-        """The domain's state as stored (None: none yet)."""
-        try:
-            entry = await self._kv.get(domain_key(domain))
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        return _decode(entry.value)
-
     async def _change(
         self, domain: str, decide: Callable[[DomainState, float], tuple[DomainState | None, T]]
     ) -> T:

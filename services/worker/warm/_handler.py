@@ -175,7 +175,7 @@ class WarmHandler:
         return self._gate
 
     async def _warm(self, visit: _Visit, first: Answer) -> dict[str, Any] | None:
-        if first.cache not in COLD:
+        if first.cache not in COLD or not 200 <= first.status < 300:
             return None
         try:
             return await visit.warm(first)
