@@ -3,6 +3,7 @@ the `JOBSTREAM_DOMAINS` bucket with compare-and-set, so every worker on every ho
 pace, one set of slots and one slow-down per domain."""
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -18,6 +19,7 @@ from nats.js.kv import KeyValue
 from services.worker._handlers import Defer
 from services.worker.warm._politeness import (
     MAX_WAIT_S,
+    Blocked,
     DomainState,
     Go,
     Later,
@@ -27,6 +29,7 @@ from services.worker.warm._politeness import (
     domain_key,
     pace,
     release,
+    take_slot,
     throttle,
 )
 
@@ -36,6 +39,8 @@ T = TypeVar("T")
 # Compare-and-set retries before giving up (each lost race means another writer got through).
 MAX_RACES = 50
 CROWDED_BACKOFF_CAP_S = 8.0
+# How often a task whose turn has come looks for a free slot.
+SLOT_POLL_S = 0.02
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(DomainState)
 
@@ -58,32 +63,35 @@ class DomainGate:
     async def enter(
         self, domain: str, limits: Limits, *, holder: str, lease_s: float, deferrals: int
     ) -> Pass:
-        """Wait for the domain's turn (at most `MAX_WAIT_S`) and take a slot, or raise `Defer`
-        until the turn booked for this task. `deferrals`: how often the task was put back."""
-        returning = deferrals > 0
-        crowded = False
+        """Wait for the domain's turn (at most `MAX_WAIT_S`), then for a free slot (as long
+        again at most), or raise `Defer`: until the turn booked for the task, or, if every
+        slot stayed taken, for longer each time the task was put back (`deferrals`)."""
 
-        def decide(state: DomainState, now: float) -> tuple[DomainState | None, Go | Later]:
-            decision = claim(
-                state, limits, now, holder=holder, lease_s=lease_s, returning=returning
-            )
+        def turn(state: DomainState, now: float) -> tuple[DomainState, Go | Later]:
+            decision = claim(state, limits, now, returning=deferrals > 0)
             return decision.state, decision
 
+        decision = await self._change(domain, turn)
+        if isinstance(decision, Later):
+            raise Defer(f"domain {domain}: a turn booked", delay_s=decision.delay_s)
+        await asyncio.sleep(decision.wait_s)
+
+        def slot(state: DomainState, now: float) -> tuple[DomainState | None, Blocked | bool]:
+            taken = take_slot(state, limits, now, holder=holder, lease_s=lease_s)
+            if isinstance(taken, Blocked):
+                return None, taken
+            return taken, taken is not None
+
         give_up_at = time.monotonic() + MAX_WAIT_S
-        while True:
-            decision = await self._change(domain, decide)
-            if isinstance(decision, Go):
-                await asyncio.sleep(decision.wait_s)
-                return Pass(domain=domain, holder=holder, entered_at=time.time())
-            if not decision.full:
-                delay_s = decision.delay_s
-                if crowded:
-                    delay_s = max(delay_s, _crowded_backoff_s(deferrals))
-                raise Defer(f"domain {domain} is busy", delay_s=delay_s)
-            await asyncio.sleep(decision.delay_s)
-            # Its turn came and went with every slot taken: a turn at the end of the queue.
-            crowded = time.monotonic() >= give_up_at
-            returning = not crowded
+        while not (taken := await self._change(domain, slot, own_turn=False)):
+            if time.monotonic() >= give_up_at:
+                raise Defer(
+                    f"domain {domain}: every slot taken", delay_s=_crowded_backoff_s(deferrals)
+                )
+            await asyncio.sleep(SLOT_POLL_S)
+        if isinstance(taken, Blocked):
+            raise Defer(f"domain {domain}: slowed down", delay_s=taken.delay_s)
+        return Pass(domain=domain, holder=holder, entered_at=time.time())
 
     async def pace(self, slot: Pass, limits: Limits, *, max_wait_s: float) -> bool:
         """Wait for the turn of one more request of the slot's task; False (no turn taken)
@@ -105,7 +113,7 @@ class DomainGate:
         def decide(state: DomainState, now: float) -> tuple[DomainState, None]:
             return release(state, now, holder=slot.holder, held_s=held_s, outcome=outcome), None
 
-        await self._change(slot.domain, decide)
+        await self._change(slot.domain, decide, own_turn=False)
 
     async def slow_down(self, slot: Pass, retry_after_s: float) -> float:
         """Free the slot, block the domain for `retry_after_s` and halve its pace; the time
@@ -117,15 +125,22 @@ class DomainGate:
             blocked = throttle(freed, now, retry_after_s)
             return blocked, blocked.blocked_until - now
 
-        return await self._change(slot.domain, decide)
+        return await self._change(slot.domain, decide, own_turn=False)
 
     async def _change(
-        self, domain: str, decide: Callable[[DomainState, float], tuple[DomainState | None, T]]
+        self,
+        domain: str,
+        decide: Callable[[DomainState, float], tuple[DomainState | None, T]],
+        *,
+        own_turn: bool = True,
     ) -> T:
         """Read the domain's state, decide, and write the new state only if no one else wrote
-        in between; else read and decide again."""
+        in between; else read and decide again. `own_turn`: wait for the process's other
+        changes of the domain first (their races would be lost anyway); slots are taken and
+        given back without waiting behind the bookings."""
+        lock = self._locks[domain] if own_turn else contextlib.nullcontext()
         key = domain_key(domain)
-        async with self._locks[domain]:
+        async with lock:
             for _ in range(MAX_RACES):
                 try:
                     entry = await self._kv.get(key)

@@ -7,8 +7,8 @@ The state lives in a KV bucket, shared by every worker (see `_gate.py`):
   domain's queue and is deferred until then, so that a backlog of one domain is put back
   once per task, not polled; bookings are spaced evenly and end at `tat`, and a turn not
   claimed in time lapses;
-- concurrency slots, each with its holder and an expiry, so that the slot of a killed worker
-  frees itself;
+- concurrency slots, taken at a task's turn and held until its requests end, each with its
+  holder and an expiry, so that the slot of a killed worker frees itself;
 - adaptation: a 429/503 blocks the domain until its Retry-After and halves `factor`; each
   success adds `RECOVERY_STEP` back, up to 1.
 """
@@ -23,10 +23,14 @@ import msgspec
 
 # A task waits for its turn in place up to this long; beyond, it is deferred.
 MAX_WAIT_S = 0.5
+# How much of an interval a request may come early to make up for one that came late (the
+# burst tolerance of GCRA): the long-run rate is kept, requests are never closer than
+# (1 - CATCH_UP) intervals.
+CATCH_UP = 0.5
+# A deferred task comes back this long before its turn.
+EARLY_RETURN_S = 0.4
 # A booked turn this far in the past was not claimed: it lapses.
 BOOKING_LAPSES_AFTER_S = 2.0
-# How soon a task whose turn has come looks for a free slot again.
-SLOT_RETRY_S = 0.02
 MIN_FACTOR = 1 / 64
 RECOVERY_STEP = 0.05
 # Weight of the newest sample in the moving average of how long a slot is held.
@@ -59,7 +63,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class Go:
-    """Start after `wait_s` (at most `MAX_WAIT_S`), holding a slot; `state` records it."""
+    """Start after `wait_s` (at most `MAX_WAIT_S`); `state` records the turn taken."""
 
     state: DomainState
     wait_s: float
@@ -67,12 +71,10 @@ class Go:
 
 @dataclass(frozen=True)
 class Later:
-    """Come back after `delay_s`; `state` (a booking) is written first, unless None.
-    `full`: it is the task's turn, but every slot is taken (worth waiting a little)."""
+    """Come back after `delay_s`, at the turn `state` books."""
 
-    state: DomainState | None
+    state: DomainState
     delay_s: float
-    full: bool = False
 
 
 class Outcome(Enum):
@@ -99,45 +101,57 @@ def _live_bookings(state: DomainState, spacing_s: float, now: float) -> tuple[in
     return state.booked, first
 
 
-def claim(
-    state: DomainState,
-    limits: Limits,
-    now: float,
-    *,
-    holder: str,
-    lease_s: float,
-    returning: bool,
-) -> Go | Later:
-    """A task's first request: go soon (a turn is due and the task comes back for one, or
-    there is room before the turns booked, or none are), or book a turn and come back then.
-    A new task never takes a due turn: the tasks that booked them would be put back again."""
-    slots = [slot for slot in state.slots if slot.expires_at > now and slot.holder != holder]
+def claim(state: DomainState, limits: Limits, now: float, *, returning: bool) -> Go | Later:
+    """A task's turn for its first request: soon (a turn is due and the task comes back for
+    one, or there is room before the turns booked, or none are), or a turn booked at the end
+    of the queue to come back for. A new task never takes a due turn: the tasks that booked
+    them would be put back again. The slot is taken at the turn (`take_slot`)."""
     pace_s = rate_interval_s(state, limits)
     spacing_s = _booking_interval_s(state, limits)
-    earliest = max(now, state.last_start + pace_s, state.blocked_until)
+    # A turn taken late is made up for by the next ones, never closer than this to the last.
+    soonest = max(now, state.last_start + pace_s * (1 - CATCH_UP), state.blocked_until)
+    earliest = max(soonest, state.last_start + pace_s)
     booked, first = _live_bookings(state, spacing_s, now)
     start: float | None = None
+    tat = state.tat
     if returning and booked and first <= now + MAX_WAIT_S:  # a turn is due: take it
-        start, booked = max(earliest, first), booked - 1
+        start, booked = max(soonest, first), booked - 1
     elif booked and earliest + spacing_s <= first:  # room before the first turn
         start = earliest
-    elif not booked:
-        start = max(earliest, state.tat)
+    elif not booked:  # GCRA: `tat` is when the next request is due
+        start = max(soonest, state.tat - pace_s * CATCH_UP)
+        tat = max(state.tat, start) + pace_s
     if start is not None and start - now <= MAX_WAIT_S:
-        if len(slots) < limits.concurrency:
-            tat = state.tat if booked else max(state.tat, start + pace_s)
-            taken = Slot(holder=holder, expires_at=now + lease_s)
-            going = msgspec.structs.replace(
-                state, tat=tat, booked=booked, last_start=start, slots=[*slots, taken]
-            )
-            return Go(going, max(0.0, start - now))
-        if returning:  # its turn: worth waiting a little for a slot
-            return Later(None, SLOT_RETRY_S, full=True)
+        going = msgspec.structs.replace(state, tat=tat, booked=booked, last_start=start)
+        return Go(going, max(0.0, start - now))
     booked, _ = _live_bookings(state, spacing_s, now)
     turn = max(state.tat, earliest)
-    booking = msgspec.structs.replace(state, tat=turn + spacing_s, booked=booked + 1, slots=slots)
-    # Back a little early: a due turn is waited for in place, a missed one lapses.
-    return Later(booking, max(0.0, turn - now - MAX_WAIT_S / 2))
+    booking = msgspec.structs.replace(state, tat=turn + spacing_s, booked=booked + 1)
+    # Back early: a turn is waited for in place, while one claimed late is made up for only
+    # in part (`CATCH_UP`), so most of the wait allowed in place goes to absorb the way back
+    # (a delayed redelivery, a busy worker).
+    return Later(booking, max(0.0, turn - now - EARLY_RETURN_S))
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """The domain was slowed down after the turn was given: come back when its block ends."""
+
+    delay_s: float
+
+
+def take_slot(
+    state: DomainState, limits: Limits, now: float, *, holder: str, lease_s: float
+) -> DomainState | Blocked | None:
+    """One of the domain's slots for `holder` until it leaves (or `lease_s` passes: a killed
+    worker's slot frees itself); None while every slot is held."""
+    if state.blocked_until > now:
+        return Blocked(state.blocked_until - now)
+    slots = [slot for slot in state.slots if slot.expires_at > now and slot.holder != holder]
+    if len(slots) >= limits.concurrency:
+        return None
+    taken = Slot(holder=holder, expires_at=now + lease_s)
+    return msgspec.structs.replace(state, slots=[*slots, taken])
 
 
 def pace(state: DomainState, limits: Limits, now: float) -> tuple[DomainState, float]:
