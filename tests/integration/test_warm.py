@@ -66,9 +66,11 @@ async def wait_for_ends(bus: Bus, task_ids: list[str], *, timeout_s: float) -> d
 def start_workers(
     processes: Processes, nats_url: str, tmp_path: Path, count: int, *extra: str
 ) -> list[str]:
+    """Workers as a crawl would run them: many pages in hand at once, since a page waiting
+    for its domain's turn (up to a second) holds one of the worker's slots."""
     names = [f"warm-{index}" for index in range(count)]
     for name in names:
-        processes.worker(name, nats_url, data_dir=tmp_path, lease_s=10, extra=extra)
+        processes.worker(name, nats_url, data_dir=tmp_path, lease_s=10, concurrency=32, extra=extra)
     return names
 
 
@@ -120,7 +122,8 @@ async def test_a_429_blocks_its_domain_for_retry_after_then_slows_it(
     bus: Bus, nats_server: NatsServer, tmp_path: Path
 ) -> None:
     def once_429(request: Request) -> Reply:
-        if request.path == "/p6" and request.seen == 0:
+        """429 to the site's sixth request (its rate known by then), then 200 to all."""
+        if len(limited.requests) == 6:
             return Reply(status=429, headers={"retry-after": "2"})
         return Reply()
 
@@ -140,7 +143,7 @@ async def test_a_429_blocks_its_domain_for_retry_after_then_slows_it(
     assert len(results(ends)) == 60
     failed = [e.error for e in log if isinstance(e, TaskFailed)]
     assert not failed, "a 429 is not a failed attempt"
-    refused_at = next(r.at for r in limited.requests if r.path == "/p6")
+    refused_at = limited.requests[5].at
     after = [t - refused_at for t in limited.times() if t > refused_at]
     print(f"after the 429: next request {after[0]:.2f}s later")
     assert after[0] >= 2.0 - 0.05
@@ -150,7 +153,7 @@ async def test_a_429_blocks_its_domain_for_retry_after_then_slows_it(
     assert slowed_rate < 5.0 * 0.75  # halved, then a step back up with each success
     # The other domain went on while the limited one was blocked.
     during = [t for t in other.times() if refused_at + 0.2 < t < refused_at + 1.8]
-    assert len(during) >= 5
+    assert len(during) >= 5, [round(t - refused_at, 2) for t in other.times()]
 
 
 async def test_outcomes_retries_broken_links_and_bad_arguments(

@@ -23,8 +23,8 @@ import msgspec
 
 # A task waits for its turn in place up to this long; beyond, it is deferred.
 MAX_WAIT_S = 0.5
-# How much of an interval a request may come early to make up for one that came late (the
-# burst tolerance of GCRA): the long-run rate is kept, requests are never closer than
+# How much of an interval a booked turn may be taken early to make up for the one before
+# that came late: the bookings' schedule (the rate) is kept, requests are never closer than
 # (1 - CATCH_UP) intervals.
 CATCH_UP = 0.5
 # A deferred task comes back this long before its turn.
@@ -108,7 +108,7 @@ def claim(state: DomainState, limits: Limits, now: float, *, returning: bool) ->
     them would be put back again. The slot is taken at the turn (`take_slot`)."""
     pace_s = rate_interval_s(state, limits)
     spacing_s = _booking_interval_s(state, limits)
-    # A turn taken late is made up for by the next ones, never closer than this to the last.
+    # A booked turn taken late is made up for by the next ones, never closer than this.
     soonest = max(now, state.last_start + pace_s * (1 - CATCH_UP), state.blocked_until)
     earliest = max(soonest, state.last_start + pace_s)
     booked, first = _live_bookings(state, spacing_s, now)
@@ -118,9 +118,9 @@ def claim(state: DomainState, limits: Limits, now: float, *, returning: bool) ->
         start, booked = max(soonest, first), booked - 1
     elif booked and earliest + spacing_s <= first:  # room before the first turn
         start = earliest
-    elif not booked:  # GCRA: `tat` is when the next request is due
-        start = max(soonest, state.tat - pace_s * CATCH_UP)
-        tat = max(state.tat, start) + pace_s
+    elif not booked:  # `tat`: when the next request is due
+        start = max(earliest, state.tat)
+        tat = start + pace_s
     if start is not None and start - now <= MAX_WAIT_S:
         going = msgspec.structs.replace(state, tat=tat, booked=booked, last_start=start)
         return Go(going, max(0.0, start - now))
