@@ -10,7 +10,7 @@ with the same key, the dispatcher aborting a stale submission): the loser of a f
 import contextlib
 import hashlib
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -52,7 +52,12 @@ class _TaskLine(msgspec.Struct, forbid_unknown_fields=True):
 _task_line_decoder = msgspec.json.Decoder(_TaskLine)
 
 
-class TaskLineError(UsageError):
+class SourceFailed(JobstreamError):
+    """The tasks' source broke off partway (a bad line on stdin, a site that stopped
+    answering): a job half-sent from it is rejected, never left to run in part."""
+
+
+class TaskLineError(UsageError, SourceFailed):
     """A line of a tasks file that is not a task."""
 
 
@@ -196,9 +201,11 @@ def resume_point(last: tuple[int, Event | None] | None, job_id: str) -> Position
             raise AlreadySubmitted(f"job {job_id} was already submitted with this key")
 
 
-def skip_tasks(specs: Iterable[TaskSpec], count: int) -> Iterator[TaskSpec]:
+async def skip_tasks(
+    specs: Iterable[TaskSpec] | AsyncIterable[TaskSpec], count: int
+) -> AsyncIterator[TaskSpec]:
     """`specs` without their first `count` tasks (a spec straddling the cut is shortened)."""
-    for spec in specs:
+    async for spec in _as_async(specs):
         if count >= spec.count:
             count -= spec.count
             continue
@@ -206,10 +213,22 @@ def skip_tasks(specs: Iterable[TaskSpec], count: int) -> Iterator[TaskSpec]:
         count = 0
 
 
+async def _as_async(
+    specs: Iterable[TaskSpec] | AsyncIterable[TaskSpec],
+) -> AsyncIterator[TaskSpec]:
+    """Tasks read from a file and tasks found as they are sent (a crawl's discovery) alike."""
+    if isinstance(specs, AsyncIterable):
+        async for spec in specs:
+            yield spec
+    else:
+        for spec in specs:
+            yield spec
+
+
 async def stream_job(
     bus: Bus,
     header: JobSubmitted,
-    specs: Iterable[TaskSpec],
+    specs: Iterable[TaskSpec] | AsyncIterable[TaskSpec],
     *,
     start: Position | None,
     on_sent: Callable[[int], None],
@@ -222,7 +241,7 @@ async def stream_job(
         await _send_batches(
             bus, header.job_id, skip_tasks(specs, position.tasks), position, budget, on_sent
         )
-    except TaskLineError as exc:  # stdin cannot be read twice: a bad line shows up only now
+    except SourceFailed as exc:  # a source read once (stdin, a site) fails only now
         await _abort(bus, header.job_id, position, str(exc))
         raise
     seal = JobSealed(job_id=header.job_id, batches=position.batches, task_count=position.tasks)
@@ -233,14 +252,14 @@ async def stream_job(
 async def _send_batches(
     bus: Bus,
     job_id: str,
-    specs: Iterable[TaskSpec],
+    specs: AsyncIterable[TaskSpec],
     position: Position,
     budget: int,
     on_sent: Callable[[int], None],
 ) -> None:
     batch: list[TaskSpec] = []
     size = 0
-    for spec in specs:
+    async for spec in specs:
         spec_size = len(encode(spec)) + 1
         check_task_fits(spec_size, bus.nc.max_payload)
         if batch and size + spec_size > budget:

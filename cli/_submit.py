@@ -3,7 +3,7 @@
 import contextlib
 import functools
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
+from cli._runtime import UsageError
 from cli._stream import (
     STDIN,
     AlreadySubmitted,
@@ -168,6 +169,8 @@ class SubmitPlan:
     summary: FileSummary | None
     registry: HandlerRegistry
     kind_defaults: bool
+    # Tasks found while the job is sent (a crawl's discovery), when neither of the above.
+    source: AsyncIterator[TaskSpec] | None = None
 
     @property
     def queue(self) -> str:
@@ -179,6 +182,8 @@ class SubmitOutcome:
     job_id: str
     duplicate: bool
     no_worker: bool
+    # Tasks sent from a `source` (None for the other plans, and for a duplicate).
+    tasks: int | None = None
 
 
 def plan_submission(
@@ -241,6 +246,14 @@ async def submit_planned(bus: Bus, plan: SubmitPlan, *, show_progress: bool) -> 
     duplicate = False
     try:
         start = resume_point(await last_on_job(bus, job_id), job_id) if key else None
+        if plan.source is not None:
+            sent = await _send_found(bus, plan.source, settings, start, show_progress)
+            return SubmitOutcome(
+                job_id=job_id,
+                duplicate=False,
+                no_worker=await no_worker_seen(bus, settings.queue),
+                tasks=sent,
+            )
         _check_sizes(plan, bus.nc.max_payload)
         whole = _whole_job(plan, batch_bytes(bus.nc.max_payload)) if start is None else None
         if whole is not None:
@@ -256,6 +269,55 @@ async def submit_planned(bus: Bus, plan: SubmitPlan, *, show_progress: bool) -> 
     return SubmitOutcome(
         job_id=job_id, duplicate=duplicate, no_worker=await no_worker_seen(bus, settings.queue)
     )
+
+
+async def _send_found(
+    bus: Bus,
+    source: AsyncIterator[TaskSpec],
+    settings: JobSubmitted,
+    start: Position | None,
+    show_progress: bool,
+) -> int:
+    """Send tasks as the source finds them. Up to a batch's worth is read before anything is
+    published: a source that fails that early leaves nothing in the log, and one that ends
+    there is sent whole in one `job.submitted`. The number of tasks sent."""
+    head: list[TaskSpec] = []
+    if start is None:
+        head, ended = await _read_ahead(source, bus.nc.max_payload)
+        if ended:
+            if not head:
+                raise UsageError("no tasks to submit")
+            await bus.publish_event(
+                msgspec.structs.replace(settings, tasks=head), expected_last_subject_seq=0
+            )
+            return sum(spec.count for spec in head)
+    header = msgspec.structs.replace(settings, tasks=[], sealed=False)
+    with _progress(show_progress, None, start.tasks if start else 0) as advance:
+        return await stream_job(bus, header, _chained(head, source), start=start, on_sent=advance)
+
+
+async def _read_ahead(
+    source: AsyncIterator[TaskSpec], max_payload: int
+) -> tuple[list[TaskSpec], bool]:
+    """The source's first tasks, up to a batch's bytes, and whether that is all of them."""
+    budget = batch_bytes(max_payload)
+    head: list[TaskSpec] = []
+    size = 0
+    async for spec in source:
+        spec_size = len(encode(spec)) + 1
+        check_task_fits(spec_size, max_payload)
+        head.append(spec)
+        size += spec_size
+        if size > budget:
+            return head, False
+    return head, True
+
+
+async def _chained(head: list[TaskSpec], rest: AsyncIterator[TaskSpec]) -> AsyncIterator[TaskSpec]:
+    for spec in head:
+        yield spec
+    async for spec in rest:
+        yield spec
 
 
 def _whole_job(plan: SubmitPlan, budget: int) -> list[TaskSpec] | None:

@@ -447,6 +447,15 @@ def submit(
         typer.echo(outcome.job_id)
 
 
+def _register_crawl() -> None:
+    from cli.crawl import CRAWL_HELP, crawl
+
+    app.command("crawl", help=CRAWL_HELP)(crawl)
+
+
+_register_crawl()
+
+
 @app.command()
 def cancel(
     job_id: Annotated[

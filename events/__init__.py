@@ -45,6 +45,7 @@ from events._catalogue import (
     expand_tasks,
     is_chunk_id,
     task_id_for,
+    task_index_of,
     utc_now,
 )
 from events._codec import (
@@ -233,6 +234,7 @@ __all__ = [
     "subject_for",
     "task_event_subject",
     "task_id_for",
+    "task_index_of",
     "task_queue_subject",
     "tasks_stream_config",
     "utc_now",

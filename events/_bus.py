@@ -220,6 +220,22 @@ class Bus:
         """The first message on `subject` (a job's `job.submitted`), as `last_on_subject`."""
         return await self._direct_get(subject, last=False)
 
+    async def event_at(self, seq: int) -> Event | None:
+        """The event at sequence `seq` of the log; None if it is gone (limits, purge) or is
+        not an event."""
+
+        async def get() -> Event | None:
+            try:
+                raw = await self.js.get_msg(EVENTS_STREAM, seq=seq, direct=True)
+            except nats.js.errors.NotFoundError:
+                return None
+            try:
+                return decode_event(raw.data or b"")
+            except DecodeError:
+                return None
+
+        return await with_retry(get, what=f"read seq {seq}")
+
     async def _direct_get(self, subject: str, *, last: bool) -> LogPosition | None:
         async def get() -> LogPosition | None:
             try:

@@ -4,6 +4,7 @@ Evolution rule: add fields with defaults; never change a field's type. Unknown f
 are ignored on decode, so an older reader survives a newer writer.
 """
 
+import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -362,6 +363,22 @@ class TaskMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 def task_id_for(job_id: str, index: int) -> str:
     """Task ids of a job are derived from the job id and the task's index in the job."""
     return f"{job_id}-{index}"
+
+
+_TASK_INDEX = re.compile(r"0|[1-9][0-9]{0,8}")
+
+
+def task_index_of(job_id: str, task_id: str) -> int | None:
+    """The index of task `task_id` in job `job_id`, if `task_id` is one `task_id_for` makes
+    (below MAX_TASKS_PER_JOB); None if not."""
+    prefix = f"{job_id}-"
+    if not task_id.startswith(prefix):
+        return None
+    digits = task_id[len(prefix) :]
+    if _TASK_INDEX.fullmatch(digits) is None:
+        return None
+    index = int(digits)
+    return index if index < MAX_TASKS_PER_JOB else None
 
 
 class TaskExpander:

@@ -28,8 +28,9 @@ _HEARTBEAT = "100"
 _NO_MESSAGES = "404"
 _REQUEST_EXPIRED = "408"
 _REQUEST_FULL = "409"
-# A 409 with this description ends a request that reached its max_bytes: not a lost feed.
-_MAX_BYTES_REACHED = "Message Size Exceeds MaxBytes"
+# A 409 with one of these descriptions ends a request that has max_bytes: it reached them, or
+# its batch was filled first. Not a lost feed.
+_REQUEST_DONE = frozenset({"Message Size Exceeds MaxBytes", "Batch Completed"})
 _ACK_V1_TOKENS = 9
 
 DEFAULT_EXPIRES_S = 10.0
@@ -212,7 +213,7 @@ class PullFeed:
             return
         description = headers.get(DESCRIPTION_HEADER, "")
         ended = status in (_REQUEST_EXPIRED, _NO_MESSAGES)
-        if ended or (status == _REQUEST_FULL and description == _MAX_BYTES_REACHED):
+        if ended or (status == _REQUEST_FULL and description in _REQUEST_DONE):
             pending = headers.get(PENDING_MESSAGES_HEADER, "")
             expired = int(pending) if pending.isdigit() else self._requested
             self._requested = max(0, self._requested - expired)

@@ -1,5 +1,6 @@
 """Projectors that turn the event log into PostgreSQL read models and NDJSON files."""
 
+from projections._listing import TaskLister, unlisted_batches
 from projections._migrate import DEFAULT_SCHEMA, migrate, quote_ident
 from projections._ndjson import (
     NdjsonProjector,
@@ -9,7 +10,7 @@ from projections._ndjson import (
     repair_partitions,
     result_line,
 )
-from projections._postgres import DEFAULT_NAME, PostgresProjector, checkpoint
+from projections._postgres import DEFAULT_NAME, PostgresProjector, caught_up, checkpoint
 from projections._queries import load_queries
 from projections._replay import (
     ReplayReport,
@@ -26,6 +27,8 @@ __all__ = [
     "PostgresProjector",
     "ReplayReport",
     "ResultLine",
+    "TaskLister",
+    "caught_up",
     "checkpoint",
     "last_written_seq",
     "load_queries",
@@ -38,4 +41,5 @@ __all__ = [
     "replay_stdout",
     "result_line",
     "swap_schemas",
+    "unlisted_batches",
 ]

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from events import (
     JOB_EVENTS,
@@ -48,9 +49,11 @@ from events import (
     chunk_task_events,
     encode,
     task_id_for,
+    task_index_of,
 )
 from projections._migrate import quote_ident
-from projections._postgres import _counted_back, _utc, over_the_task_limit, spec_ranges
+from projections._postgres import _counted_back, _utc
+from projections._task_rows import over_the_task_limit, spec_ranges
 
 TERMINAL_TASK_STATES = frozenset({"succeeded", "dead_lettered", "cancelled"})
 TERMINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled", "rejected"})
@@ -137,8 +140,10 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "seq",
     ),
     "rejected_events": ("seq", "subject", "error", "payload"),
+    "job_batches": ("job_id", "first_index", "task_count", "seq", "listed"),
 }
 _JSON_COLUMNS = {"labels", "args", "result", "inputs", "output"}
+_INPUTS = COLUMNS["results"].index("inputs")
 
 
 def _float(value: float | None) -> float | None:
@@ -170,6 +175,7 @@ class ReadModelFold:
         self.workers: dict[str, _Row] = {}
         self.results: dict[str, tuple[Any, ...]] = {}  # never changed: kept in COLUMNS order
         self.rejected: dict[int, _Row] = {}
+        self.batches: list[_Row] = []
         self.last_seq = 0
 
     def apply_item(self, item: SourceItem) -> None:
@@ -262,10 +268,20 @@ class ReadModelFold:
         job = self.jobs.get(event.job_id)
         if job is None or job["status"] != "submitting":
             return
-        added = self._add_tasks(seq, event.job_id, event.first_index, event.tasks)
-        if added:
-            job["total_tasks"] += added
-            job["updated_seq"] = seq
+        if job["total_tasks"] != event.first_index or event.task_count == 0:
+            return
+        job["total_tasks"] += event.task_count
+        job["updated_seq"] = seq
+        self.batches.append(
+            {
+                "job_id": event.job_id,
+                "first_index": event.first_index,
+                "task_count": event.task_count,
+                "seq": seq,
+                "listed": True,
+            }
+        )
+        self._list_tasks(seq, event.job_id, event.first_index, event.tasks)
 
     def _job_sealed(self, seq: int, event: JobSealed) -> None:
         job = self.jobs.get(event.job_id)
@@ -290,6 +306,23 @@ class ReadModelFold:
                     self.tasks[task_id] = _new_task(task_id, job_id, index, spec.kind, args, seq)
                     added += 1
         return added
+
+    def _list_tasks(self, seq: int, job_id: str, first_index: int, specs: list[TaskSpec]) -> None:
+        """A taken batch's task rows, as the projector's lister writes them: a row a task
+        event made first gets its index, kind and args, and its result the args it lacked."""
+        for spec, first in spec_ranges(first_index, specs):
+            args = _json(spec.args) or "{}"
+            for index in range(first, first + spec.count):
+                task_id = task_id_for(job_id, index)
+                task = self.tasks.get(task_id)
+                if task is None:
+                    self.tasks[task_id] = _new_task(task_id, job_id, index, spec.kind, args, seq)
+                    continue
+                task.update(task_index=index, kind=spec.kind, args=args)
+                task["updated_seq"] = max(task["updated_seq"], seq)
+                result = self.results.get(task_id)
+                if result is not None and msgspec.json.decode(result[_INPUTS]) == {}:
+                    self.results[task_id] = (*result[:_INPUTS], args, *result[_INPUTS + 1 :])
 
     def _job_finished(
         self, seq: int, at: datetime, job_id: str, status: str, duration_s: float | None
@@ -331,12 +364,21 @@ class ReadModelFold:
 
     # --- tasks -----------------------------------------------------------------------------
 
-    def _open_task(self, task_id: str) -> _Row | None:
-        task = self.tasks.get(task_id)
-        return None if task is None or task["state"] in TERMINAL_TASK_STATES else task
+    def _open_task(self, seq: int, event: OneTaskEvent, kind: str = "") -> _Row | None:
+        """The event's task row unless it ended; made (as the projector's upserts make it)
+        if it is not there yet, its job is known and its id is one of the job's."""
+        task = self.tasks.get(event.task_id)
+        if task is None:
+            index = task_index_of(event.job_id, event.task_id)
+            if index is None or event.job_id not in self.jobs:
+                return None
+            task = self.tasks[event.task_id] = _new_task(
+                event.task_id, event.job_id, index, kind, "{}", seq
+            )
+        return None if task["state"] in TERMINAL_TASK_STATES else task
 
     def _task_started(self, seq: int, at: datetime, event: TaskStarted) -> None:
-        task = self._open_task(event.task_id)
+        task = self._open_task(seq, event)
         if task is not None:
             task.update(
                 state="running",
@@ -355,7 +397,7 @@ class ReadModelFold:
         self._worker_seen(seq, at, event.worker_id)
 
     def _task_progress(self, seq: int, at: datetime, event: TaskProgress) -> None:
-        task = self._open_task(event.task_id)
+        task = self._open_task(seq, event)
         if task is not None:
             if event.fraction is not None:
                 task["progress"] = _float(event.fraction)
@@ -372,7 +414,7 @@ class ReadModelFold:
         started_at = _counted_back(at, event.duration_s)
         duration = _float(event.duration_s)
         result = _json(event.result)
-        task = self._open_task(event.task_id)
+        task = self._open_task(seq, event, event.kind)
         if task is not None:
             if not (task["attempts"] == event.attempt and task["started_at"] is not None):
                 task["started_at"] = started_at
@@ -406,7 +448,7 @@ class ReadModelFold:
     def _task_failed(self, seq: int, at: datetime, event: TaskFailed) -> None:
         started_at = _counted_back(at, event.duration_s)
         duration = _float(event.duration_s)
-        task = self._open_task(event.task_id)
+        task = self._open_task(seq, event)
         if task is not None:
             task.update(
                 state="failed",
@@ -455,7 +497,7 @@ class ReadModelFold:
     def _task_dead_lettered(self, seq: int, at: datetime, event: TaskDeadLettered) -> None:
         worker_id = event.worker_id or None
         error = event.last_error or event.reason
-        task = self._open_task(event.task_id)
+        task = self._open_task(seq, event, event.kind)
         if task is not None:
             task.update(
                 state="dead_lettered",
@@ -497,7 +539,7 @@ class ReadModelFold:
         job["updated_seq"] = max(job["updated_seq"], seq)
 
     def _task_cancelled(self, seq: int, at: datetime, event: TaskCancelled) -> None:
-        task = self._open_task(event.task_id)
+        task = self._open_task(seq, event)
         if task is not None:
             task.update(state="cancelled", finished_at=at, updated_seq=seq)
 
@@ -572,6 +614,7 @@ class ReadModelFold:
             "workers": _in_columns("workers", self.workers.values()),
             "results": list(self.results.values()),
             "rejected_events": _in_columns("rejected_events", self.rejected.values()),
+            "job_batches": _in_columns("job_batches", self.batches),
         }
 
 

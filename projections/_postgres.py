@@ -21,8 +21,8 @@ savepoints and parked there too, so no input stalls the projector.
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
-from contextlib import aclosing, asynccontextmanager
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
@@ -31,7 +31,6 @@ import asyncpg
 from events import (
     DEFAULT_BATCH_MAX,
     JOB_EVENTS,
-    MAX_TASKS_PER_JOB,
     Bus,
     Event,
     JobCancelled,
@@ -50,7 +49,6 @@ from events import (
     TaskFailed,
     TaskProgress,
     TaskRequeued,
-    TaskSpec,
     TaskStarted,
     TaskSucceeded,
     WorkerEvent,
@@ -62,34 +60,19 @@ from events import (
     encode,
     event_batches,
     sleep_unless_stopped,
+    task_index_of,
 )
+from projections._database import DATA_ERRORS, RETRY_CAP_S, RETRY_ERRORS, connection
+from projections._listing import TaskLister, unlisted_batches
 from projections._migrate import DEFAULT_SCHEMA, quote_ident
 from projections._queries import load_queries
+from projections._task_rows import over_the_task_limit, spec_rows
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "postgres"
-RETRY_CAP_S = 5.0
 
 T = TypeVar("T")
-
-# Errors caused by an event's values: the event is parked, the batch goes on.
-DATA_ERRORS: tuple[type[Exception], ...] = (
-    asyncpg.DataError,
-    asyncpg.IntegrityConstraintViolationError,
-    asyncpg.ProgramLimitExceededError,
-)
-# Errors that pass: the same batch is tried again.
-_RETRY_ERRORS: tuple[type[Exception], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,  # a connection left mid-reply by a lost server
-    asyncpg.OperatorInterventionError,
-    asyncpg.InsufficientResourcesError,
-    asyncpg.TransactionRollbackError,
-)
 
 _Key = tuple[str, str]
 _Row = dict[str, Any]
@@ -164,48 +147,22 @@ def event_steps(seq: int, event: Event) -> list[tuple[Event, Step]]:
             return [(event, _task_step(seq, event))]
 
 
-def over_the_task_limit(job_id: str, first_index: int, specs: Sequence[TaskSpec]) -> str | None:
-    """Why `specs`, taking task indexes from `first_index` on, cannot be projected (None: they
-    can): a job's task indexes stay below `MAX_TASKS_PER_JOB`, the dispatcher's own limit."""
-    end = first_index + sum(spec.count for spec in specs)
-    if end <= MAX_TASKS_PER_JOB:
-        return None
-    return (
-        f"job {job_id}: tasks up to index {end - 1:,}, over the limit of"
-        f" {MAX_TASKS_PER_JOB:,} tasks per job"
-    )
-
-
-def spec_ranges(first_index: int, specs: Iterable[TaskSpec]) -> Iterator[tuple[TaskSpec, int]]:
-    """Each spec with the task index of its first task: a spec of `count` n takes n
-    consecutive indexes (as in `events.TaskExpander`), from `first_index` on."""
-    index = first_index
-    for spec in specs:
-        yield spec, index
-        index += spec.count
-
-
-def _spec_rows(job_id: str, first_index: int, specs: Sequence[TaskSpec]) -> list[_Row]:
-    """The JSON input of the task rows of `specs`: one object per spec, expanded to one row
-    per task in SQL (`generate_series`), so a big job costs no Python work per task."""
-    error = over_the_task_limit(job_id, first_index, specs)
-    if error is not None:
-        raise RejectedEvent(error)
-    return [
-        {"kind": spec.kind, "args": spec.args, "count": spec.count, "first_index": first}
-        for spec, first in spec_ranges(first_index, specs)
-    ]
-
-
 def _job_step(seq: int, event: JobEvent) -> Step:
     owned = [("job", event.job_id)]
     match event:
         case JobSubmitted():
             return _submitted_step(seq, event)
         case JobTasksAdded():
-            specs = _spec_rows(event.job_id, event.first_index, event.tasks)
-            # Owning the job is enough, as for job.submitted.
-            row: _Row = {"seq": seq, "job_id": event.job_id, "specs": specs}
+            error = over_the_task_limit(event.job_id, event.first_index, event.tasks)
+            if error is not None:
+                raise RejectedEvent(error)
+            # Owning the job is enough, as for job.submitted. The task rows: `TaskLister`.
+            row: _Row = {
+                "seq": seq,
+                "job_id": event.job_id,
+                "first_index": event.first_index,
+                "task_count": event.task_count,
+            }
             return Step("job_tasks_added", row, owned)
         case JobSealed():
             return Step("job_sealed", {"seq": seq, "job_id": event.job_id}, owned)
@@ -223,7 +180,10 @@ def _job_step(seq: int, event: JobEvent) -> Step:
 
 
 def _submitted_step(seq: int, job: JobSubmitted) -> Step:
-    specs = _spec_rows(job.job_id, 0, job.tasks)
+    error = over_the_task_limit(job.job_id, 0, job.tasks)
+    if error is not None:
+        raise RejectedEvent(error)
+    specs = spec_rows(0, job.tasks)
     row: _Row = {
         "seq": seq,
         "at": _utc(job.at),
@@ -246,7 +206,14 @@ def _submitted_step(seq: int, job: JobSubmitted) -> Step:
 
 
 def _task_step(seq: int, event: OneTaskEvent) -> Step:
-    row: _Row = {"seq": seq, "at": _utc(event.at), "job_id": event.job_id, "task_id": event.task_id}
+    row: _Row = {
+        "seq": seq,
+        "at": _utc(event.at),
+        "job_id": event.job_id,
+        "task_id": event.task_id,
+        # Where the event makes its task's row (not there yet): see sql/projector.sql.
+        "task_index": task_index_of(event.job_id, event.task_id),
+    }
     owned, job = [("task", event.task_id)], ("job", event.job_id)
     match event:
         case TaskStarted():
@@ -428,28 +395,24 @@ def _sort_out(items: Sequence[SourceItem]) -> tuple[list[Entry], list[_Parked]]:
     return entries, parked
 
 
-@asynccontextmanager
-async def _connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection, closed rather than reused when an operation on it failed midway:
-    after the server went away it may still be waiting for the end of a reply."""
-    async with pool.acquire() as conn:
-        try:
-            yield conn
-        except _CLEAN_ERRORS:  # answered in full and rolled back: reusable
-            raise
-        except BaseException:
-            conn.terminate()
-            raise
-
-
 async def checkpoint(
     pool: asyncpg.Pool, *, schema: str = DEFAULT_SCHEMA, name: str = DEFAULT_NAME
 ) -> int:
     """The last stream sequence projection `name` applied to `schema` (0: none yet)."""
-    async with _connection(pool) as conn, conn.transaction():
+    async with connection(pool) as conn, conn.transaction():
         await conn.execute(f"SET LOCAL search_path TO {quote_ident(schema)}")
         last = await conn.fetchval(load_queries()["read_checkpoint"], name)
     return int(last) if last is not None else 0
+
+
+async def caught_up(
+    pool: asyncpg.Pool, seq: int, *, schema: str = DEFAULT_SCHEMA, name: str = DEFAULT_NAME
+) -> bool:
+    """Whether projection `name` applied the log up to `seq` into `schema`, the task rows of
+    streamed jobs included."""
+    if await checkpoint(pool, schema=schema, name=name) < seq:
+        return False
+    return await unlisted_batches(pool, schema=schema) == 0
 
 
 class PostgresProjector:
@@ -477,9 +440,16 @@ class PostgresProjector:
             f"SET LOCAL search_path TO {quote_ident(schema)}; SET LOCAL synchronous_commit TO off"
         )
         self._queries = load_queries()
+        self.lister = TaskLister(bus, pool, schema=schema)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Project until `stop` is set; database outages are waited out, batch by batch."""
+        """Project until `stop` is set, and write the task rows of streamed jobs beside it;
+        database outages are waited out, batch by batch."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.lister.run(stop))
+            group.create_task(self._project(stop))
+
+    async def _project(self, stop: asyncio.Event) -> None:
         read = functools.partial(checkpoint, self.pool, schema=self.schema, name=self.name)
         while not stop.is_set():
             start = await self._retrying(read, stop)
@@ -507,18 +477,23 @@ class PostgresProjector:
                 if await self._retrying(apply, stop) is None:
                     return
 
-    async def apply_batch(self, items: Sequence[SourceItem]) -> int:
+    async def apply_batch(self, items: Sequence[SourceItem], *, list_tasks: bool = True) -> int:
         """Apply `items` (in log order) in one transaction; return the checkpoint after it.
 
         Items at or below the checkpoint are skipped, so offering a batch twice is harmless.
+        Then the task rows of the streamed jobs' batches it took are written, unless
+        `list_tasks` is False: they are left to `lister`, as while the projector runs.
         """
         if not items:
             return await checkpoint(self.pool, schema=self.schema, name=self.name)
-        return await self._apply_batch(items, after=None)
+        last_seq = await self._apply_batch(items, after=None)
+        if list_tasks:
+            await self.lister.list_pending()
+        return last_seq
 
     async def _apply_batch(self, items: Sequence[SourceItem], *, after: int | None) -> int:
         """`apply_batch`, first checking that the checkpoint is not below `after`."""
-        async with _connection(self.pool) as conn:
+        async with connection(self.pool, clean=_CLEAN_ERRORS) as conn:
             try:
                 last_seq, parked = await self._transaction(conn, items, after, isolate=False)
             except DATA_ERRORS as exc:
@@ -532,6 +507,8 @@ class PostgresProjector:
         for rejected in parked:
             log.warning("parked seq %d on %s: %s", rejected.seq, rejected.subject, rejected.error)
         self.last_seq = last_seq
+        if any(isinstance(item.event, JobTasksAdded) for item in items):
+            self.lister.wake.set()
         return last_seq
 
     async def _transaction(
@@ -593,7 +570,7 @@ class PostgresProjector:
         while not stop.is_set():
             try:
                 return await operation()
-            except _RETRY_ERRORS as exc:
+            except RETRY_ERRORS as exc:
                 if isinstance(exc, ValueError):  # asyncpg's client-side errors: a bug
                     raise
                 attempt += 1

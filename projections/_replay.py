@@ -31,6 +31,7 @@ from events import (
     new_id,
     with_retry,
 )
+from projections._database import DATA_ERRORS
 from projections._fold import ReadModelFold, write_fold
 from projections._migrate import DEFAULT_SCHEMA, migrate, quote_ident
 from projections._ndjson import (
@@ -41,7 +42,7 @@ from projections._ndjson import (
     exclusive_results_dir,
     result_lines,
 )
-from projections._postgres import DATA_ERRORS, DEFAULT_NAME, PostgresProjector
+from projections._postgres import DEFAULT_NAME, PostgresProjector
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +195,7 @@ async def _build_with_projector(
     finally:
         stop.set()
         await running
+    await projector.lister.list_pending()
 
 
 async def swap_schemas(

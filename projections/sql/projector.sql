@@ -11,7 +11,10 @@
 -- the snapshot taken before the statement).
 --
 -- A terminal task state (succeeded, dead_lettered, cancelled) or job status (completed,
--- failed, cancelled) is never left. Events whose rows are missing match nothing.
+-- failed, cancelled) is never left. A task event makes its task's row if the row is not
+-- there yet (a streamed job's rows are written apart, by list_task_batch, and may come
+-- later), provided its job is known and its id is one of the job's (task_index, from
+-- events.task_index_of, not NULL); other events whose rows are missing match nothing.
 
 
 -- name: lock_checkpoint
@@ -78,29 +81,68 @@ ON CONFLICT (task_id) DO NOTHING;
 
 
 -- name: job_tasks_added
--- One batch of a streamed job's tasks, `specs` expanded as in job_submitted. Only a job still
--- submitting takes them (an unknown, sealed or ended job: nothing changes). total_tasks grows
--- by the task rows the batch made, so a batch seen again (or one overlapping an earlier one)
--- counts each task once; a batch that made no row leaves the job as it was.
+-- One batch of a streamed job's tasks. A job still submitting takes the batch that goes on
+-- where its tasks end (first_index = total_tasks), as the dispatcher does; any other (a
+-- repeat, a gap, an overlap, an empty batch, one of an unknown, sealed or ended job) changes
+-- nothing. Only the batch and the job's count are written here: the batch's task rows are
+-- written apart (list_task_batch), so a big job does not hold back the events after it.
 WITH e AS (
-    SELECT * FROM json_to_recordset($1::json) AS e (seq bigint, job_id text, specs json)
+    SELECT *
+    FROM json_to_recordset($1::json)
+        AS e (seq bigint, job_id text, first_index integer, task_count integer)
 ),
-added AS (
-    INSERT INTO tasks (task_id, job_id, task_index, kind, args, state, updated_seq)
-    SELECT e.job_id || '-' || i, e.job_id, i, s.kind, s.args, 'queued', e.seq
+taken AS (
+    UPDATE jobs
+    SET total_tasks = jobs.total_tasks + e.task_count, updated_seq = e.seq
     FROM e
-    JOIN jobs ON jobs.job_id = e.job_id AND jobs.status = 'submitting'
-    CROSS JOIN json_to_recordset(e.specs)
+    WHERE jobs.job_id = e.job_id
+      AND jobs.status = 'submitting'
+      AND jobs.total_tasks = e.first_index
+      AND e.task_count > 0
+    RETURNING jobs.job_id
+)
+INSERT INTO job_batches (job_id, first_index, task_count, seq, listed)
+SELECT e.job_id, e.first_index, e.task_count, e.seq, false
+FROM e
+JOIN taken ON taken.job_id = e.job_id
+ON CONFLICT (job_id, first_index) DO NOTHING;
+
+
+-- name: unlisted_batches
+-- $1 rows to fetch: the batches whose task rows are still to be written, in log order.
+SELECT job_id, first_index, seq FROM job_batches WHERE NOT listed ORDER BY seq LIMIT $1;
+
+
+-- name: count_unlisted_batches
+SELECT count(*) FROM job_batches WHERE NOT listed;
+
+
+-- name: list_task_batch
+-- $1 job, $2 first index, $3 seq, $4 specs (as job_submitted's): the task rows of one batch
+-- that job_tasks_added took, once (`listed`). A row that a task event made first keeps its
+-- state and gets its index, kind and args; a result recorded without the task's args (the
+-- event's were empty) gets them, as if the row had been there first.
+WITH batch AS (
+    UPDATE job_batches SET listed = true
+    WHERE job_id = $1::text AND first_index = $2::integer AND seq = $3::bigint AND NOT listed
+    RETURNING job_id, seq
+),
+listed AS (
+    INSERT INTO tasks (task_id, job_id, task_index, kind, args, state, updated_seq)
+    SELECT batch.job_id || '-' || i, batch.job_id, i, s.kind, s.args, 'queued', batch.seq
+    FROM batch
+    CROSS JOIN json_to_recordset($4::json)
         AS s (kind text, args jsonb, count integer, first_index integer)
     CROSS JOIN generate_series(s.first_index, s.first_index + s.count - 1) AS i
-    ON CONFLICT (task_id) DO NOTHING
-    RETURNING tasks.job_id
+    ON CONFLICT (task_id) DO UPDATE
+    SET task_index = excluded.task_index, kind = excluded.kind, args = excluded.args,
+        updated_seq = greatest(tasks.updated_seq, excluded.updated_seq)
+    RETURNING tasks.task_id, tasks.args
 )
-UPDATE jobs
-SET total_tasks = jobs.total_tasks + a.added, updated_seq = e.seq
-FROM (SELECT added.job_id, count(*) AS added FROM added GROUP BY added.job_id) AS a
-JOIN e ON e.job_id = a.job_id
-WHERE jobs.job_id = a.job_id;
+UPDATE results
+SET inputs = listed.args
+FROM listed
+WHERE results.task_id = listed.task_id AND results.inputs = '{}'::jsonb;
 
 
 -- name: job_sealed
@@ -176,16 +218,23 @@ WHERE jobs.job_id = e.job_id;
 WITH e AS (
     SELECT *
     FROM json_to_recordset($1::json) AS e (
-        seq bigint, at timestamptz, job_id text, task_id text, worker_id text, attempt integer
+        seq bigint, at timestamptz, job_id text, task_id text, task_index integer,
+        worker_id text, attempt integer
     )
 ),
 task AS (
-    UPDATE tasks
-    SET state = 'running', attempts = e.attempt, worker_id = e.worker_id,
-        started_at = e.at, updated_seq = e.seq
+    INSERT INTO tasks AS t (
+        task_id, job_id, task_index, kind, state, attempts, worker_id, started_at, updated_seq
+    )
+    SELECT
+        e.task_id, e.job_id, e.task_index, '', 'running', e.attempt, e.worker_id, e.at, e.seq
     FROM e
-    WHERE tasks.task_id = e.task_id
-      AND tasks.state NOT IN ('succeeded', 'dead_lettered', 'cancelled')
+    WHERE e.task_index IS NOT NULL
+      AND EXISTS (SELECT 1 FROM jobs WHERE jobs.job_id = e.job_id)
+    ON CONFLICT (task_id) DO UPDATE
+    SET state = 'running', attempts = excluded.attempts, worker_id = excluded.worker_id,
+        started_at = excluded.started_at, updated_seq = excluded.updated_seq
+    WHERE t.state NOT IN ('succeeded', 'dead_lettered', 'cancelled')
 ),
 abandoned AS (
     UPDATE task_attempts AS a
@@ -205,16 +254,24 @@ ON CONFLICT (task_id, attempt) DO NOTHING;
 WITH e AS (
     SELECT *
     FROM json_to_recordset($1::json) AS e (
-        seq bigint, task_id text, worker_id text, fraction float8, message text
+        seq bigint, job_id text, task_id text, task_index integer, worker_id text,
+        fraction float8, message text
     )
 )
-UPDATE tasks
-SET state = 'running', worker_id = e.worker_id,
-    progress = coalesce(e.fraction, tasks.progress), progress_message = e.message,
-    updated_seq = e.seq
+INSERT INTO tasks AS t (
+    task_id, job_id, task_index, kind, state, worker_id, progress, progress_message, updated_seq
+)
+SELECT
+    e.task_id, e.job_id, e.task_index, '', 'running', e.worker_id, e.fraction, e.message,
+    e.seq
 FROM e
-WHERE tasks.task_id = e.task_id
-  AND tasks.state NOT IN ('succeeded', 'dead_lettered', 'cancelled');
+WHERE e.task_index IS NOT NULL
+  AND EXISTS (SELECT 1 FROM jobs WHERE jobs.job_id = e.job_id)
+ON CONFLICT (task_id) DO UPDATE
+SET state = 'running', worker_id = excluded.worker_id,
+    progress = coalesce(excluded.progress, t.progress),
+    progress_message = excluded.progress_message, updated_seq = excluded.updated_seq
+WHERE t.state NOT IN ('succeeded', 'dead_lettered', 'cancelled');
 
 
 -- name: task_succeeded
@@ -223,24 +280,32 @@ WHERE tasks.task_id = e.task_id
 WITH e AS (
     SELECT *
     FROM json_to_recordset($1::json) AS e (
-        seq bigint, at timestamptz, job_id text, task_id text, worker_id text,
-        attempt integer, started_at timestamptz, duration_s float8, kind text, args jsonb,
-        result jsonb
+        seq bigint, at timestamptz, job_id text, task_id text, task_index integer,
+        worker_id text, attempt integer, started_at timestamptz, duration_s float8, kind text,
+        args jsonb, result jsonb
     )
 ),
 task AS (
-    UPDATE tasks
-    SET state = 'succeeded', attempts = e.attempt, worker_id = e.worker_id,
-        result = e.result, error = NULL,
-        started_at = CASE
-            WHEN tasks.attempts = e.attempt AND tasks.started_at IS NOT NULL
-                THEN tasks.started_at
-            ELSE e.started_at
-        END,
-        finished_at = e.at, duration_s = e.duration_s, updated_seq = e.seq
+    INSERT INTO tasks AS t (
+        task_id, job_id, task_index, kind, state, attempts, worker_id, result, started_at,
+        finished_at, duration_s, updated_seq
+    )
+    SELECT
+        e.task_id, e.job_id, e.task_index, e.kind, 'succeeded', e.attempt, e.worker_id,
+        e.result, e.started_at, e.at, e.duration_s, e.seq
     FROM e
-    WHERE tasks.task_id = e.task_id
-      AND tasks.state NOT IN ('succeeded', 'dead_lettered', 'cancelled')
+    WHERE e.task_index IS NOT NULL
+      AND EXISTS (SELECT 1 FROM jobs WHERE jobs.job_id = e.job_id)
+    ON CONFLICT (task_id) DO UPDATE
+    SET state = 'succeeded', attempts = excluded.attempts, worker_id = excluded.worker_id,
+        result = excluded.result, error = NULL,
+        started_at = CASE
+            WHEN t.attempts = excluded.attempts AND t.started_at IS NOT NULL THEN t.started_at
+            ELSE excluded.started_at
+        END,
+        finished_at = excluded.finished_at, duration_s = excluded.duration_s,
+        updated_seq = excluded.updated_seq
+    WHERE t.state NOT IN ('succeeded', 'dead_lettered', 'cancelled')
 ),
 attempt AS (
     INSERT INTO task_attempts AS a (
@@ -276,17 +341,24 @@ ON CONFLICT (task_id) DO NOTHING;
 WITH e AS (
     SELECT *
     FROM json_to_recordset($1::json) AS e (
-        seq bigint, at timestamptz, job_id text, task_id text, worker_id text,
-        attempt integer, started_at timestamptz, duration_s float8, error text
+        seq bigint, at timestamptz, job_id text, task_id text, task_index integer,
+        worker_id text, attempt integer, started_at timestamptz, duration_s float8, error text
     )
 ),
 task AS (
-    UPDATE tasks
-    SET state = 'failed', attempts = e.attempt, worker_id = e.worker_id, error = e.error,
-        progress = NULL, progress_message = NULL, updated_seq = e.seq
+    INSERT INTO tasks AS t (
+        task_id, job_id, task_index, kind, state, attempts, worker_id, error, updated_seq
+    )
+    SELECT
+        e.task_id, e.job_id, e.task_index, '', 'failed', e.attempt, e.worker_id, e.error, e.seq
     FROM e
-    WHERE tasks.task_id = e.task_id
-      AND tasks.state NOT IN ('succeeded', 'dead_lettered', 'cancelled')
+    WHERE e.task_index IS NOT NULL
+      AND EXISTS (SELECT 1 FROM jobs WHERE jobs.job_id = e.job_id)
+    ON CONFLICT (task_id) DO UPDATE
+    SET state = 'failed', attempts = excluded.attempts, worker_id = excluded.worker_id,
+        error = excluded.error, progress = NULL, progress_message = NULL,
+        updated_seq = excluded.updated_seq
+    WHERE t.state NOT IN ('succeeded', 'dead_lettered', 'cancelled')
 )
 INSERT INTO task_attempts AS a (
     task_id, attempt, job_id, worker_id, outcome, error, started_at, finished_at, duration_s
@@ -307,18 +379,26 @@ SET worker_id = excluded.worker_id, outcome = excluded.outcome, error = excluded
 WITH e AS (
     SELECT *
     FROM json_to_recordset($1::json) AS e (
-        seq bigint, at timestamptz, job_id text, task_id text, worker_id text,
-        attempts integer, kind text, args jsonb, error text
+        seq bigint, at timestamptz, job_id text, task_id text, task_index integer,
+        worker_id text, attempts integer, kind text, args jsonb, error text
     )
 ),
 task AS (
-    UPDATE tasks
-    SET state = 'dead_lettered', attempts = e.attempts,
-        worker_id = coalesce(e.worker_id, tasks.worker_id), error = e.error,
-        finished_at = e.at, updated_seq = e.seq
+    INSERT INTO tasks AS t (
+        task_id, job_id, task_index, kind, state, attempts, worker_id, error, finished_at,
+        updated_seq
+    )
+    SELECT
+        e.task_id, e.job_id, e.task_index, e.kind, 'dead_lettered', e.attempts, e.worker_id,
+        e.error, e.at, e.seq
     FROM e
-    WHERE tasks.task_id = e.task_id
-      AND tasks.state NOT IN ('succeeded', 'dead_lettered', 'cancelled')
+    WHERE e.task_index IS NOT NULL
+      AND EXISTS (SELECT 1 FROM jobs WHERE jobs.job_id = e.job_id)
+    ON CONFLICT (task_id) DO UPDATE
+    SET state = 'dead_lettered', attempts = excluded.attempts,
+        worker_id = coalesce(excluded.worker_id, t.worker_id), error = excluded.error,
+        finished_at = excluded.finished_at, updated_seq = excluded.updated_seq
+    WHERE t.state NOT IN ('succeeded', 'dead_lettered', 'cancelled')
 ),
 abandoned AS (
     UPDATE task_attempts AS a
@@ -378,13 +458,19 @@ WHERE jobs.job_id = j.job_id;
 
 -- name: task_cancelled
 WITH e AS (
-    SELECT * FROM json_to_recordset($1::json) AS e (seq bigint, at timestamptz, task_id text)
+    SELECT *
+    FROM json_to_recordset($1::json) AS e (
+        seq bigint, at timestamptz, job_id text, task_id text, task_index integer
+    )
 )
-UPDATE tasks
-SET state = 'cancelled', finished_at = e.at, updated_seq = e.seq
+INSERT INTO tasks AS t (task_id, job_id, task_index, kind, state, finished_at, updated_seq)
+SELECT e.task_id, e.job_id, e.task_index, '', 'cancelled', e.at, e.seq
 FROM e
-WHERE tasks.task_id = e.task_id
-  AND tasks.state NOT IN ('succeeded', 'dead_lettered', 'cancelled');
+WHERE e.task_index IS NOT NULL
+  AND EXISTS (SELECT 1 FROM jobs WHERE jobs.job_id = e.job_id)
+ON CONFLICT (task_id) DO UPDATE
+SET state = 'cancelled', finished_at = excluded.finished_at, updated_seq = excluded.updated_seq
+WHERE t.state NOT IN ('succeeded', 'dead_lettered', 'cancelled');
 
 
 -- name: worker_started

@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+import projections
 from events import (
     EVENTS_STREAM,
     TASK_EVENT_SUBJECTS,
@@ -118,11 +119,11 @@ async def project(
     target = await bus.stream_last_seq()
     projector = PostgresProjector(bus, pool, schema=schema, batch_max=batch_max)
 
-    async def caught_up() -> bool:
-        return await checkpoint(pool, schema=schema) >= target
+    async def applied() -> bool:
+        return await projections.caught_up(pool, target, schema=schema)
 
     async with running(projector.run):
-        await wait_until(caught_up, f"the projection to reach seq {target}")
+        await wait_until(applied, f"the projection to reach seq {target}")
     return target
 
 

@@ -85,6 +85,27 @@ async def test_max_bytes_bounds_what_is_buffered_and_loses_nothing(bus: Bus) -> 
         await feed.stop()
 
 
+async def test_a_request_filled_before_its_max_bytes_is_not_a_lost_feed(bus: Bus) -> None:
+    # The server ends such a request with "409 Batch Completed".
+    consumer = await _stream_with_consumer(bus, ack=AckPolicy.NONE)
+    for index in range(12):
+        await bus.js.publish(f"pt.{index}", b"x" * 100)
+    feed = PullFeed(bus.nc, stream=STREAM, consumer=consumer, window=4, max_bytes=1_000_000)
+    await feed.start()
+    seen: list[int] = []
+    try:
+        for _ in range(100):
+            seen += [d.stream_seq for d in await feed.take(4, timeout_s=1)]
+            assert not feed.lost
+            if len(seen) == 12:
+                break
+        await asyncio.sleep(0.3)  # the last request's end arrives
+        assert seen == list(range(1, 13))
+        assert not feed.lost
+    finally:
+        await feed.stop()
+
+
 async def test_a_deleted_consumer_makes_the_feed_lost(bus: Bus) -> None:
     consumer = await _stream_with_consumer(bus, ack=AckPolicy.NONE)
     feed = PullFeed(bus.nc, stream=STREAM, consumer=consumer, window=10, heartbeat_s=0.2)

@@ -21,6 +21,7 @@ from events import (
 from projections import (
     NdjsonProjector,
     PostgresProjector,
+    caught_up,
     checkpoint,
     last_written_seq,
     replay_ndjson,
@@ -40,6 +41,7 @@ TABLES = {
     "workers": "worker_id",
     "results": "task_id",
     "rejected_events": "seq",
+    "job_batches": "job_id, first_index",
     "projection_checkpoints": "projection",
 }
 
@@ -123,7 +125,7 @@ async def test_replay_rebuilds_identical_read_models_and_files(
     try:
         last = await bus.stream_last_seq()
         async with running(PostgresProjector(bus, pool).run, NdjsonProjector(bus, results_dir).run):
-            while await checkpoint(pool) < last or last_written_seq(results_dir) == 0:
+            while not await caught_up(pool, last) or last_written_seq(results_dir) == 0:
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.5)
         live_files = {p.name: p.read_bytes() for p in results_dir.glob("results-*.ndjson")}

@@ -35,8 +35,9 @@ from events import (
     WorkerStopped,
     chunk_id_for,
 )
-from projections import PostgresProjector, checkpoint, replay_postgres
+from projections import PostgresProjector, caught_up, replay_postgres
 from projections._fold import COLUMNS, _result_row
+from tests.integration.test_projections import read_log
 from tests.integration.test_replay import TABLES, table_rows
 from tests.integration.test_worker_dispatcher import running
 
@@ -341,7 +342,8 @@ def streamed_jobs() -> list[Event]:
             first_index=4,
             tasks=[TaskSpec(kind="noop", args={"n": [1]}, count=2)],
         ),
-        # Overlapping the tasks there: only index 6 is new.
+        # Not where the tasks there end (it overlaps them): not taken, as the dispatcher does
+        # not take it; the task.started of index 6 below makes that task's row all the same.
         JobTasksAdded(
             at=at(38.4),
             job_id="stream",
@@ -436,7 +438,7 @@ async def test_bulk_replay_equals_the_projector_on_every_rule(bus: Bus, database
     try:
         # Small batches: the projector's rounds meet many boundaries.
         async with running(PostgresProjector(bus, pool, batch_max=3).run):
-            while await checkpoint(pool) < last:
+            while not await caught_up(pool, last):
                 await asyncio.sleep(0.05)
         bulk = await replay_postgres(bus, pool, swap=False, bulk=True)
         async with pool.acquire() as conn:
@@ -454,7 +456,7 @@ async def test_bulk_replay_equals_the_projector_on_every_rule(bus: Bus, database
             )
             assert [tuple(row) for row in streamed] == [
                 ("huge", "rejected", 0, 0, -1),
-                ("stream", "running", 7, 7, 6),
+                ("stream", "running", 6, 7, 6),
                 ("stream2", "rejected", 4, 4, 3),
                 ("stream3", "rejected", 0, 0, -1),
                 ("stream4", "cancelled", 0, 0, -1),
@@ -477,7 +479,7 @@ async def test_bulk_replay_equals_the_projector_on_every_rule(bus: Bus, database
                 (3, "noop", "{}", "queued"),
                 (4, "noop", '{"n": [1]}', "queued"),
                 (5, "noop", '{"n": [1]}', "queued"),
-                (6, "sleep", "{}", "running"),
+                (6, "", "{}", "running"),  # its task.started made it
             ]
             workers = await conn.fetch(
                 "SELECT worker_id, state FROM jobstream.workers ORDER BY worker_id"
@@ -526,3 +528,100 @@ def test_the_tricky_log_has_every_event_type() -> None:
 
 def test_result_rows_are_built_in_the_column_order_of_the_table() -> None:
     assert tuple(inspect.signature(_result_row).parameters) == tuple(COLUMNS["results"])
+
+
+async def test_task_events_ahead_of_their_rows_give_the_replays_tables(
+    bus: Bus, database_url: str
+) -> None:
+    """A streamed job's task rows are written apart from the log's order (the lister), so
+    its first results show at once: task events projected before the rows make them, and
+    once the batch is listed the tables are the replay's."""
+    job = "big"
+    specs = [TaskSpec(kind="sum", args={"a": i, "b": 1}) for i in range(4)]
+    events: list[Event] = [
+        JobSubmitted(at=at(0), job_id=job, sealed=False, tasks=[]),
+        JobTasksAdded(at=at(0.1), job_id=job, batch=0, first_index=0, tasks=specs),
+        JobSealed(at=at(0.2), job_id=job, batches=1, task_count=4),
+        TaskStarted(
+            at=at(1), job_id=job, task_id="big-0", worker_id="w1", attempt=1, lease_deadline=at(9)
+        ),
+        # Empty args: the result's inputs are the task's, known only once the batch is listed.
+        TaskSucceeded(
+            at=at(2),
+            job_id=job,
+            task_id="big-0",
+            kind="sum",
+            worker_id="w1",
+            attempt=1,
+            result={"sum": 1},
+            duration_s=0.5,
+        ),
+        TaskDeadLettered(
+            at=at(3),
+            job_id=job,
+            task_id="big-1",
+            kind="sum",
+            args={"a": 1, "b": 1},
+            reason="permanent error",
+            attempts=1,
+            last_error="boom",
+        ),
+        TaskCancelled(at=at(4), job_id=job, task_id="big-2"),
+        # Not an id of the job's tasks: no row.
+        TaskCancelled(at=at(5), job_id=job, task_id="big-x"),
+    ]
+    for event in events:
+        await bus.publish_event(event)
+    last = await bus.stream_last_seq()
+    items = await read_log(bus, last)
+    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=4)
+    try:
+        projector = PostgresProjector(bus, pool)
+        assert await projector.apply_batch(items, list_tasks=False) == last
+        assert not await caught_up(pool, last)
+        rows_before = await _task_rows(pool, job)
+        assert rows_before == [
+            ("big-0", 0, "", "{}", "succeeded"),  # made by its task.started: no kind
+            ("big-1", 1, "sum", "{}", "dead_lettered"),
+            ("big-2", 2, "", "{}", "cancelled"),
+        ]
+        async with pool.acquire() as conn:
+            total = await conn.fetchval(
+                "SELECT total_tasks FROM jobstream.jobs WHERE job_id = $1", job
+            )
+            assert total == 4
+            inputs = await conn.fetchval(
+                "SELECT inputs::text FROM jobstream.results WHERE task_id = 'big-0'"
+            )
+            assert inputs == "{}"
+
+        assert await projector.lister.list_pending() == 1
+        assert await caught_up(pool, last)
+        assert await _task_rows(pool, job) == [
+            ("big-0", 0, "sum", '{"a": 0, "b": 1}', "succeeded"),
+            ("big-1", 1, "sum", '{"a": 1, "b": 1}', "dead_lettered"),
+            ("big-2", 2, "sum", '{"a": 2, "b": 1}', "cancelled"),
+            ("big-3", 3, "sum", '{"a": 3, "b": 1}', "queued"),
+        ]
+        assert await projector.lister.list_pending() == 0  # listed once
+        bulk = await replay_postgres(bus, pool, swap=False, bulk=True)
+        async with pool.acquire() as conn:
+            inputs = await conn.fetchval(
+                "SELECT inputs::text FROM jobstream.results WHERE task_id = 'big-0'"
+            )
+            assert inputs == '{"a": 0, "b": 1}'
+            for table in TABLES:
+                live = await table_rows(conn, "jobstream", table)
+                assert await table_rows(conn, bulk.schema, table) == live, table
+    finally:
+        await pool.close()
+
+
+async def _task_rows(pool: asyncpg.Pool, job_id: str) -> list[tuple[object, ...]]:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT task_id, task_index, kind, args::text, state FROM jobstream.tasks"
+            " WHERE job_id = $1 ORDER BY task_id",
+            job_id,
+        )
+    return [tuple(row) for row in rows]

@@ -1,0 +1,106 @@
+"""The task rows of streamed jobs, written apart from the order of the log.
+
+The projector takes a `job.tasks_added` batch by recording it in `job_batches` (one small
+row, in the batch's transaction); the lister writes the batch's task rows afterwards,
+reading the batch back from the log by its sequence, and marks it listed in the same
+transaction. So the events after a job of a million tasks (its first results among them)
+are projected at once while its task rows follow, and each batch is listed once whatever
+crashes. A task event that comes first makes its task's row; the listing then fills in the
+row's kind and args (`list_task_batch` in sql/projector.sql).
+"""
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+
+from events import Bus, JobTasksAdded, backoff_s, encode, sleep_unless_stopped
+from projections._database import RETRY_CAP_S, RETRY_ERRORS, connection
+from projections._migrate import DEFAULT_SCHEMA, quote_ident
+from projections._queries import load_queries
+from projections._task_rows import spec_rows
+
+log = logging.getLogger(__name__)
+
+UNLISTED_PAGE = 16
+IDLE_WAIT_S = 1.0
+
+
+async def unlisted_batches(pool: asyncpg.Pool, *, schema: str = DEFAULT_SCHEMA) -> int:
+    """How many batches taken in `schema` still wait for their task rows."""
+    async with connection(pool) as conn, conn.transaction():
+        await conn.execute(f"SET LOCAL search_path TO {quote_ident(schema)}")
+        count = await conn.fetchval(load_queries()["count_unlisted_batches"])
+    return int(count)
+
+
+class TaskLister:
+    """Writes the task rows of the batches the projector took, until stopped."""
+
+    def __init__(self, bus: Bus, pool: asyncpg.Pool, *, schema: str = DEFAULT_SCHEMA) -> None:
+        self.bus = bus
+        self.pool = pool
+        self.schema = schema
+        # Set by the projector when it took a batch: list it now rather than at the next poll.
+        self.wake = asyncio.Event()
+        self._search_path = (
+            f"SET LOCAL search_path TO {quote_ident(schema)}; SET LOCAL synchronous_commit TO off"
+        )
+        self._queries = load_queries()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """List batches as they are taken; database and NATS outages are waited out."""
+        failures = 0
+        while not stop.is_set():
+            self.wake.clear()
+            try:
+                await self.list_pending()
+                failures = 0
+            except RETRY_ERRORS as exc:
+                failures += 1
+                log.warning("task listing in %s: %r, retry %d", self.schema, exc, failures)
+                await sleep_unless_stopped(stop, backoff_s(failures, cap_s=RETRY_CAP_S))
+                continue
+            await _first_of(stop, self.wake, timeout_s=IDLE_WAIT_S)
+
+    async def list_pending(self) -> int:
+        """Write the task rows of every batch not listed yet; return how many were listed."""
+        listed = 0
+        while True:
+            async with connection(self.pool) as conn, conn.transaction():
+                await conn.execute(self._search_path)
+                pending = await conn.fetch(self._queries["unlisted_batches"], UNLISTED_PAGE)
+            if not pending:
+                return listed
+            for batch in pending:
+                await self._list(batch["job_id"], batch["first_index"], batch["seq"])
+                listed += 1
+
+    async def _list(self, job_id: str, first_index: int, seq: int) -> None:
+        event = await self.bus.event_at(seq)
+        specs: list[dict[str, object]] = []
+        if isinstance(event, JobTasksAdded) and (event.job_id, event.first_index) == (
+            job_id,
+            first_index,
+        ):
+            specs = spec_rows(first_index, event.tasks)
+        else:  # the log no longer holds it (a retention limit): the batch stays without rows
+            log.error("job %s: the batch at seq %d is gone from the log; no task rows", job_id, seq)
+        async with connection(self.pool) as conn, conn.transaction():
+            await conn.execute(self._search_path)
+            await conn.execute(
+                self._queries["list_task_batch"], job_id, first_index, seq, encode(specs).decode()
+            )
+
+
+async def _first_of(stop: asyncio.Event, wake: asyncio.Event, *, timeout_s: float) -> None:
+    """Wait until `stop` or `wake` is set, or `timeout_s` passed."""
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(wake.wait())]
+    try:
+        await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await wait
