@@ -2,7 +2,8 @@
 may start (and when), or when to come back; and how an answer changes the domain's pace.
 
 The state lives in a KV bucket, shared by every worker (see `_gate.py`):
-- a GCRA-style pace: requests start at least `1 / (rate * factor)` apart;
+- a GCRA-style pace: requests start `1 / (rate * factor)` apart (a turn taken late may be
+  followed sooner, never sooner than half that: `CATCH_UP`);
 - bookings: a task that would wait longer than `MAX_WAIT_S` books a turn at the end of the
   domain's queue and is deferred until then, so that a backlog of one domain is put back
   once per task, not polled; bookings are spaced evenly and end at `tat`, and a turn not
@@ -45,7 +46,8 @@ class Slot(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class DomainState(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
-    # Times are Unix seconds (wall clock: shared by hosts).
+    # Times are Unix seconds: the wall clock, shared by hosts (whose clocks NTP must keep
+    # well within one interval of each other).
     tat: float = 0.0
     booked: int = 0
     last_start: float = 0.0
