@@ -236,24 +236,43 @@ def plan_submission(
 async def submit_planned(bus: Bus, plan: SubmitPlan, *, show_progress: bool) -> SubmitOutcome:
     """Publish the job: whole in one `job.submitted` when it fits in a batch, else streamed
     (resumed where it stopped, for an idempotency key already used)."""
+    await prepare_bus(bus)
+    published = await publish_planned(bus, plan, show_progress=show_progress)
+    return SubmitOutcome(
+        job_id=published.job_id,
+        duplicate=published.duplicate,
+        no_worker=await no_worker_seen(bus, plan.queue),
+        tasks=published.tasks,
+    )
+
+
+async def prepare_bus(bus: Bus) -> None:
+    """The streams and buckets a submission writes to, once per connection."""
     await ensure_streams(bus.js)
     await ensure_buckets(bus.js)
+
+
+@dataclass(frozen=True)
+class Published:
+    job_id: str
+    duplicate: bool
+    # Tasks sent from a `source` (None for the other plans, and for a duplicate).
+    tasks: int | None = None
+
+
+async def publish_planned(bus: Bus, plan: SubmitPlan, *, show_progress: bool) -> Published:
+    """`submit_planned` on a prepared bus, without its look for a worker (`populate` sends
+    many jobs on one bus)."""
     job_id = plan.settings.job_id
     key = plan.settings.idempotency_key
     if key is not None:
         job_id = await claim_job_id(bus, key, job_id)
     settings = msgspec.structs.replace(plan.settings, job_id=job_id)
-    duplicate = False
     try:
         start = resume_point(await last_on_job(bus, job_id), job_id) if key else None
         if plan.source is not None:
             sent = await _send_found(bus, plan.source, settings, start, show_progress)
-            return SubmitOutcome(
-                job_id=job_id,
-                duplicate=False,
-                no_worker=await no_worker_seen(bus, settings.queue),
-                tasks=sent,
-            )
+            return Published(job_id=job_id, duplicate=False, tasks=sent)
         _check_sizes(plan, bus.nc.max_payload)
         whole = _whole_job(plan, batch_bytes(bus.nc.max_payload)) if start is None else None
         if whole is not None:
@@ -263,12 +282,10 @@ async def submit_planned(bus: Bus, plan: SubmitPlan, *, show_progress: bool) -> 
         else:
             await _stream(bus, plan, settings, start, show_progress=show_progress)
     except AlreadySubmitted:
-        duplicate = True
+        return Published(job_id=job_id, duplicate=True)
     except ConflictError:  # a concurrent submit with the same key published it first
-        duplicate = True
-    return SubmitOutcome(
-        job_id=job_id, duplicate=duplicate, no_worker=await no_worker_seen(bus, settings.queue)
-    )
+        return Published(job_id=job_id, duplicate=True)
+    return Published(job_id=job_id, duplicate=False)
 
 
 async def _send_found(

@@ -21,6 +21,7 @@ from cli._runtime import (
     stop_on_signals,
     usage_error,
 )
+from cli._schedule_commands import populate, schedule_app
 from cli._settings import (
     DEFAULT_DATA_DIR,
     ConcurrencyOption,
@@ -39,7 +40,9 @@ from events import (
     ConnectError,
     JobstreamError,
     NameKind,
+    SchedulesUnsupportedError,
     ensure_buckets,
+    ensure_schedules,
     ensure_streams,
     ensure_worker_consumer,
     event_json_schema,
@@ -104,6 +107,10 @@ def init(
             await ensure_streams(bus.js, replicas=replicas)
             await ensure_worker_consumer(bus.js, queue, lease_s=lease_s, replicas=replicas)
             await ensure_buckets(bus.js, replicas=replicas)
+            try:
+                await ensure_schedules(bus.js, replicas=replicas)
+            except SchedulesUnsupportedError as exc:
+                typer.echo(f"note: schedules are off: {exc}", err=True)
         finally:
             await bus.close()
         pool = await connect_database(endpoints.database_url, min_size=1, max_size=1)
@@ -479,6 +486,10 @@ def cancel(
 
     run(main())
     typer.echo(f"job {job_id} cancelled")
+
+
+app.add_typer(schedule_app, name="schedule")
+app.command()(populate)
 
 
 dlq_app = typer.Typer(help="Dead-lettered tasks: list them, give them another round.")

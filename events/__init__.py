@@ -88,6 +88,18 @@ from events._names import (
 )
 from events._progress import PROGRESS_KEY, DispatcherProgress, decode_progress
 from events._pull import Delivery, PullFeed
+from events._schedules import (
+    SCHEDULE_LABEL,
+    TICK_ACK_WAIT_S,
+    TICKS_KEPT_PER_SCHEDULE,
+    Schedule,
+    SchedulesUnsupportedError,
+    decode_schedule,
+    ensure_schedules,
+    schedule_ticks_consumer_config,
+    schedules_stream_config,
+    tick_job_id,
+)
 from events._schema import event_json_schema
 from events._source import (
     DEFAULT_BATCH_MAX,
@@ -114,6 +126,11 @@ from events._subjects import (
     IDEMPOTENCY_BUCKET,
     JOB_EVENT_SUBJECTS,
     LIVENESS_BUCKET,
+    SCHEDULE_DEFINITION_SUBJECTS,
+    SCHEDULE_SUBJECTS,
+    SCHEDULE_TICK_SUBJECTS,
+    SCHEDULE_TICKS_CONSUMER,
+    SCHEDULES_STREAM,
     TASK_EVENT_SUBJECTS,
     TASKS_STREAM,
     WORKER_EVENT_SUBJECTS,
@@ -124,12 +141,16 @@ from events._subjects import (
     job_task_events_subject,
     level_filter_subjects,
     queue_subjects,
+    schedule_of_subject,
+    schedule_subject,
+    schedule_tick_subject,
     subject_for,
     task_event_subject,
     task_queue_subject,
     worker_consumer_name,
     worker_subject,
 )
+from events._timing import Cron, TimingError, interval_text, parse_cron, parse_interval
 from events._urls import redact_url
 
 __all__ = [
@@ -257,4 +278,28 @@ __all__ = [
     "worker_consumer_config",
     "worker_consumer_name",
     "worker_subject",
+    # schedules
+    "SCHEDULE_DEFINITION_SUBJECTS",
+    "SCHEDULE_LABEL",
+    "SCHEDULE_SUBJECTS",
+    "SCHEDULE_TICK_SUBJECTS",
+    "SCHEDULE_TICKS_CONSUMER",
+    "SCHEDULES_STREAM",
+    "TICK_ACK_WAIT_S",
+    "TICKS_KEPT_PER_SCHEDULE",
+    "Cron",
+    "Schedule",
+    "SchedulesUnsupportedError",
+    "TimingError",
+    "decode_schedule",
+    "ensure_schedules",
+    "interval_text",
+    "parse_cron",
+    "parse_interval",
+    "schedule_of_subject",
+    "schedule_subject",
+    "schedule_tick_subject",
+    "schedule_ticks_consumer_config",
+    "schedules_stream_config",
+    "tick_job_id",
 ]

@@ -24,6 +24,7 @@ class NameKind(StrEnum):
     TASK_ID = "task id"
     WORKER_ID = "worker id"
     EVENT_ID = "event id"
+    SCHEDULE = "schedule name"
 
 
 MAX_LENGTH: dict[NameKind, int] = {
@@ -34,6 +35,7 @@ MAX_LENGTH: dict[NameKind, int] = {
     NameKind.WORKER_ID: 128,
     # Derived event ids append a suffix to another id (`<chunk event id>-f<index>`).
     NameKind.EVENT_ID: 128,
+    NameKind.SCHEDULE: 64,
 }
 
 # The rule as a regular expression, for checks outside this module (HTTP parameters).
@@ -57,6 +59,7 @@ TaskId = Annotated[str, _meta(NameKind.TASK_ID)]
 WorkerId = Annotated[str, _meta(NameKind.WORKER_ID)]
 WorkerIdOrEmpty = Annotated[str, _meta(NameKind.WORKER_ID, empty_ok=True)]
 EventId = Annotated[str, _meta(NameKind.EVENT_ID)]
+ScheduleName = Annotated[str, _meta(NameKind.SCHEDULE)]
 
 
 class PriorityLevel(StrEnum):

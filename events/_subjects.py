@@ -17,7 +17,7 @@ from events._catalogue import (
     WorkerStarted,
     WorkerStopped,
 )
-from events._names import NameKind, PriorityLevel, check_name
+from events._names import NameKind, PriorityLevel, check_name, quote
 
 EVENTS_STREAM = "JOBSTREAM_EVENTS"
 TASKS_STREAM = "JOBSTREAM_TASKS"
@@ -38,6 +38,12 @@ TASK_QUEUE_SUBJECTS = "task.>"
 class Header(StrEnum):
     MSG_ID = "Nats-Msg-Id"
     EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+    # nats-server's message schedules (2.12+): set on a schedule message by its writer...
+    SCHEDULE = "Nats-Schedule"
+    SCHEDULE_TARGET = "Nats-Schedule-Target"
+    # ... and on each message the server publishes for it (a tick).
+    SCHEDULER = "Nats-Scheduler"
+    SCHEDULE_NEXT = "Nats-Schedule-Next"
 
 
 JOB_SUBJECT_PREFIX = "evt.job."
@@ -125,3 +131,34 @@ def subject_for(event: Event) -> str:
             return task_event_subject(event.job_id, event.task_id)
         case WorkerStarted() | WorkerStopped() | WorkerLost():
             return worker_subject(event.worker_id)
+
+
+# --- schedules -------------------------------------------------------------------------
+
+# A schedule is one message on `sched.def.<name>`; the server publishes its ticks on
+# `sched.tick.<name>`, in the same stream.
+SCHEDULES_STREAM = "JOBSTREAM_SCHEDULES"
+SCHEDULE_SUBJECTS = "sched.>"
+SCHEDULE_DEFINITION_SUBJECTS = "sched.def.>"
+SCHEDULE_TICK_SUBJECTS = "sched.tick.>"
+_SCHEDULE_DEFINITION_PREFIX = "sched.def."
+_SCHEDULE_TICK_PREFIX = "sched.tick."
+# The durable consumer of the ticks, shared by every dispatcher: each tick goes to one.
+SCHEDULE_TICKS_CONSUMER = "dispatchers-schedule-ticks"
+
+
+def schedule_subject(name: str) -> str:
+    return f"{_SCHEDULE_DEFINITION_PREFIX}{check_name(name, NameKind.SCHEDULE)}"
+
+
+def schedule_tick_subject(name: str) -> str:
+    return f"{_SCHEDULE_TICK_PREFIX}{check_name(name, NameKind.SCHEDULE)}"
+
+
+def schedule_of_subject(subject: str) -> str:
+    """The schedule a definition or tick subject names; `ValueError` for any other subject
+    (or an invalid name)."""
+    for prefix in (_SCHEDULE_DEFINITION_PREFIX, _SCHEDULE_TICK_PREFIX):
+        if subject.startswith(prefix):
+            return check_name(subject.removeprefix(prefix), NameKind.SCHEDULE)
+    raise ValueError(f"{quote(subject)} is not a schedule subject")

@@ -51,6 +51,7 @@ from events import (
     task_id_for,
     task_index_of,
 )
+from projections._crawl import CRAWL_KIND, CrawlStatsFold, failure_undone, page_facts
 from projections._migrate import quote_ident
 from projections._postgres import _counted_back, _utc
 from projections._task_rows import over_the_task_limit, spec_ranges
@@ -141,6 +142,29 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     ),
     "rejected_events": ("seq", "subject", "error", "payload"),
     "job_batches": ("job_id", "first_index", "task_count", "seq", "listed"),
+    "crawl_stats": (
+        "job_id",
+        "pass",
+        "domain",
+        "pages_done",
+        "pages_failed",
+        "broken_links",
+        "server_errors",
+        "redirects",
+        "bytes",
+        "slow_pages",
+        "pages_warmed",
+        "misses_to_hits",
+        "time_saved_us",
+        "timed_pages",
+        "total_us",
+        "min_ms",
+        "max_ms",
+        "status_counts",
+        "cache_counts",
+        "response_ms",
+        "updated_seq",
+    ),
 }
 _JSON_COLUMNS = {"labels", "args", "result", "inputs", "output"}
 _INPUTS = COLUMNS["results"].index("inputs")
@@ -176,6 +200,7 @@ class ReadModelFold:
         self.results: dict[str, tuple[Any, ...]] = {}  # never changed: kept in COLUMNS order
         self.rejected: dict[int, _Row] = {}
         self.batches: list[_Row] = []
+        self.crawl = CrawlStatsFold()
         self.last_seq = 0
 
     def apply_item(self, item: SourceItem) -> None:
@@ -442,6 +467,8 @@ class ReadModelFold:
                 finished_at=at,
                 seq=seq,
             )
+            if event.kind == CRAWL_KIND:
+                self.crawl.count(page_facts(seq, event))
         self._job_running(seq, event.job_id, started_at)
         self._worker_seen(seq, at, event.worker_id, succeeded=1)
 
@@ -525,18 +552,27 @@ class ReadModelFold:
                 finished_at=at,
                 seq=seq,
             )
+            if event.kind == CRAWL_KIND:
+                self.crawl.count(page_facts(seq, event))
 
     def _task_requeued(self, seq: int, event: TaskRequeued) -> None:
         task = self.tasks.get(event.task_id)
         if task is not None and task["state"] == "dead_lettered":
             task.update(state="queued", finished_at=None, duration_s=None, updated_seq=seq)
-            self.results.pop(event.task_id, None)
+            result = self.results.pop(event.task_id, None)
+            if event.kind == CRAWL_KIND and result is not None:
+                self._crawl_failure_undone(seq, event, result)
         job = self.jobs.get(event.job_id)
         if job is None:
             return
         if job["status"] in ("failed", "completed"):
             job.update(status="running", finished_at=None, duration_s=None)
         job["updated_seq"] = max(job["updated_seq"], seq)
+
+    def _crawl_failure_undone(self, seq: int, event: TaskRequeued, result: tuple[Any, ...]) -> None:
+        row = dict(zip(COLUMNS["results"], result, strict=True))
+        if row["status"] == "dead_lettered" and row["kind"] == CRAWL_KIND:
+            self.crawl.undo_failure(failure_undone(seq, event), row["error"])
 
     def _task_cancelled(self, seq: int, at: datetime, event: TaskCancelled) -> None:
         task = self._open_task(seq, event)
@@ -615,6 +651,7 @@ class ReadModelFold:
             "results": list(self.results.values()),
             "rejected_events": _in_columns("rejected_events", self.rejected.values()),
             "job_batches": _in_columns("job_batches", self.batches),
+            "crawl_stats": _in_columns("crawl_stats", self.crawl.table_rows()),
         }
 
 

@@ -62,6 +62,7 @@ from events import (
     sleep_unless_stopped,
     task_index_of,
 )
+from projections._crawl import CrawlRound
 from projections._database import DATA_ERRORS, RETRY_CAP_S, RETRY_ERRORS, connection
 from projections._listing import TaskLister, unlisted_batches
 from projections._migrate import DEFAULT_SCHEMA, quote_ident
@@ -287,13 +288,15 @@ def _worker_step(seq: int, event: WorkerEvent) -> Step:
 class _Round:
     """Steps that touch disjoint rows, grouped by query, and the sums for shared rows."""
 
-    def __init__(self) -> None:
+    def __init__(self, crawl_pages: set[tuple[str, int]]) -> None:
         self.rows: dict[str, list[_Row]] = {}
         self.jobs: dict[str, _Row] = {}
         self.workers: dict[str, _Row] = {}
+        self.crawl = CrawlRound(crawl_pages)
 
     def add(self, seq: int, event: Event, step: Step) -> None:
         self.rows.setdefault(step.query, []).append(step.row)
+        self.crawl.add(seq, event)
         if isinstance(event, TaskStarted | TaskProgress | TaskSucceeded | TaskFailed):
             self._job_running(seq, event.job_id, _attempt_start(event))
         if isinstance(event, TaskStarted | TaskProgress | TaskSucceeded | TaskFailed):
@@ -325,11 +328,13 @@ class _Round:
         worker["seq"] = seq
 
     def statements(self) -> Iterator[tuple[str, list[_Row]]]:
+        yield from self.crawl.before()
         yield from self.rows.items()
         if self.jobs:
             yield "jobs_running", list(self.jobs.values())
         if self.workers:
             yield "workers_seen", list(self.workers.values())
+        yield from self.crawl.after()
 
 
 class Entry(NamedTuple):
@@ -348,6 +353,7 @@ def _all_steps(entries: Iterable[Entry]) -> Iterator[tuple[int, Event, Step]]:
 def plan_rounds(entries: Iterable[Entry]) -> list[_Round]:
     """Place each step in the first round after every earlier step it must follow."""
     rounds: list[_Round] = []
+    crawl_pages: set[tuple[str, int]] = set()  # shared by the rounds: see CrawlRound
     last_touch: dict[_Key, int] = {}
     last_owner: dict[_Key, int] = {}
     for seq, event, step in _all_steps(entries):
@@ -357,7 +363,7 @@ def plan_rounds(entries: Iterable[Entry]) -> list[_Round]:
         for key in step.shared:
             index = max(index, last_owner.get(key, -1) + 1)
         if index == len(rounds):
-            rounds.append(_Round())
+            rounds.append(_Round(crawl_pages))
         rounds[index].add(seq, event, step)
         for key in step.owned:
             last_touch[key] = last_owner[key] = index
@@ -439,7 +445,7 @@ class PostgresProjector:
         self._search_path = (
             f"SET LOCAL search_path TO {quote_ident(schema)}; SET LOCAL synchronous_commit TO off"
         )
-        self._queries = load_queries()
+        self._queries = {**load_queries(), **load_queries("crawl.sql")}
         self.lister = TaskLister(bus, pool, schema=schema)
 
     async def run(self, stop: asyncio.Event) -> None:

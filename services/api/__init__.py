@@ -27,6 +27,7 @@ from services.api._app import (
     job_summary,
     running_tasks,
 )
+from services.api._crawl_figures import CrawlReport
 from services.api._errors import ErrorBody, FieldError
 from services.api._liveness import LiveWork, live_work, read_liveness
 
@@ -35,6 +36,7 @@ __all__ = [
     "DEFAULT_SCHEMA",
     "MAX_PAGE_SIZE",
     "BadQueryValueError",
+    "CrawlReport",
     "DatabaseUnavailableError",
     "ErrorBody",
     "FieldError",

@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, JsonValue
 
 from events import JobstreamError, load_queries
+from services.api._crawl import crawl_router
 from services.api._cursors import (
     JobCursor,
     ResultCursor,
@@ -672,6 +673,7 @@ def create_app(
     app.state.dashboard_html = _dashboard_html(title)
     app.include_router(router)
     app.include_router(live_router)
+    app.include_router(crawl_router)
     add_error_handlers(app)
     app.add_exception_handler(BadQueryValueError, _on_bad_value)
     app.add_exception_handler(DatabaseUnavailableError, _on_unavailable)

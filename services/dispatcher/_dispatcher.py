@@ -73,6 +73,7 @@ from events import (
     utc_now,
     with_retry,
 )
+from services.dispatcher._schedules import ScheduleFirer
 from services.dispatcher._state import (
     DispatcherState,
     LiveWorker,
@@ -158,6 +159,8 @@ class Dispatcher:
         batches = event_batches(self.bus, start_seq=self.state.last_seq + 1, stop=stop)
         lost_check = asyncio.create_task(self._lost_worker_loop(stop))
         progress = asyncio.create_task(self._progress_loop(snapshots, stop))
+        schedules = ScheduleFirer(self.bus, on_set_aside=self._count_set_aside)
+        firing = asyncio.create_task(schedules.run(stop))
         log.info("dispatcher started at log sequence %d", self.state.last_seq + 1)
         try:
             async with contextlib.aclosing(batches):
@@ -167,7 +170,7 @@ class Dispatcher:
                             await self._apply(entry)
                         await self._outbox.settle()
         finally:
-            for helper in (lost_check, progress, *self._expansions.values()):
+            for helper in (lost_check, progress, firing, *self._expansions.values()):
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
@@ -229,6 +232,10 @@ class Dispatcher:
         except POISON_ERRORS as exc:
             reason = f"cannot be acted on: {type(exc).__name__}: {exc}"
             await self._set_aside(entry, reason, only_if_first=False)
+
+    def _count_set_aside(self) -> None:
+        self.state.set_aside += 1
+        self._dirty = True
 
     def _follow_job_subject(self, entry: SourceItem) -> None:
         """Whatever lands on an open job's subject (a foreign client's message too) moves the

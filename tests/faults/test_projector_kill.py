@@ -4,6 +4,7 @@ identical to a fresh replay, and the NDJSON files hold each finished task exactl
 import asyncio
 import random
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -21,6 +22,25 @@ from tests.integration.test_replay import TABLES, table_rows
 
 KILLS = 20
 TASKS = 60_000  # enough that twenty restarts cannot finish the log
+CRAWLED = TASKS // 4  # every fourth task is a crawled page: its crawl_stats counted once
+
+
+def _kind_and_result(index: int) -> tuple[str, Any]:
+    if index % 4 != 1:
+        return "sum", {"sum": index + 1}
+    url = f"https://d{index % 3}.example/{index}"
+    return "http.warm", {
+        "url": url,
+        "domain": f"d{index % 3}.example",
+        "pass": 1,
+        "status": 404 if index % 20 == 1 else 200,
+        "cache": "HIT",
+        "timings_ms": {"total": float(index % 5000)},
+        "bytes": 100,
+        "redirects": [],
+        "warm": None,
+        "time_saved_ms": None,
+    }
 
 
 async def publish_workload(bus: Bus) -> str:
@@ -35,15 +55,16 @@ async def publish_workload(bus: Bus) -> str:
                     job_id=job.job_id, task_id=task_id, worker_id="w1", attempt=1, error="boom"
                 )
             )
+        kind, result = _kind_and_result(index)
         events.append(
             TaskSucceeded(
                 job_id=job.job_id,
                 task_id=task_id,
-                kind="sum",
+                kind=kind,
                 args={"a": index, "b": 1},
                 worker_id="w2" if index % 10 == 0 else "w1",
                 attempt=2 if index % 10 == 0 else 1,
-                result={"sum": index + 1},
+                result=result,
                 duration_s=0.001,
             )
         )
@@ -103,6 +124,10 @@ async def test_projector_sigkilled_twenty_times(
                 live = await table_rows(conn, "jobstream", table)
                 assert await table_rows(conn, rebuilt.schema, table) == live, table
             results_rows = await conn.fetchval("SELECT count(*) FROM jobstream.results")
+            crawled = await conn.fetchrow(
+                "SELECT sum(pages_done) AS pages, sum(broken_links) AS broken,"
+                " sum(bytes) AS bytes FROM jobstream.crawl_stats"
+            )
             workers = await conn.fetch(
                 "SELECT worker_id, tasks_succeeded, tasks_failed FROM jobstream.workers"
                 " ORDER BY worker_id"
@@ -110,6 +135,7 @@ async def test_projector_sigkilled_twenty_times(
     finally:
         await pool.close()
     assert results_rows == TASKS
+    assert tuple(crawled) == (CRAWLED, TASKS // 20, CRAWLED * 100)
     assert [tuple(row) for row in workers] == [
         ("w1", TASKS * 9 // 10, TASKS // 10),
         ("w2", TASKS // 10, 0),

@@ -43,6 +43,7 @@ TABLES = {
     "rejected_events": "seq",
     "job_batches": "job_id, first_index",
     "projection_checkpoints": "projection",
+    "crawl_stats": "job_id, pass, domain",
 }
 
 

@@ -5,6 +5,7 @@ import asyncio
 import inspect
 import typing
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import asyncpg
 
@@ -322,6 +323,135 @@ def tricky_log() -> list[Event]:
             at=at(37), job_id="prog", task_id="prog-0", worker_id="w5", attempt=2, fraction=0.3
         ),
         *streamed_jobs(),
+        *crawl_corners(),
+    ]
+
+
+def _page(url: str, **fields: Any) -> Any:
+    """An http.warm result as the contract shapes it, `fields` changed."""
+    return {
+        "url": url,
+        "final_url": url,
+        "domain": url.split("/")[2].lower(),
+        "pass": 1,
+        "status": 200,
+        "redirects": [],
+        "cache": "HIT",
+        "cache_header": "x-cache: HIT",
+        "timings_ms": {"dns": None, "connect": 1.5, "tls": None, "ttfb": 9.0, "total": 20.25},
+        "bytes": 1234,
+        "content_type": "text/html",
+        "warm": None,
+        "time_saved_ms": None,
+    } | fields
+
+
+def crawl_corners() -> list[Event]:
+    """http.warm pages: counted once per results row, in rounds and in chunks."""
+    job, kind = "crawl", "http.warm"
+    url = "https://Site.example/"
+
+    def done(index: int, seconds: float, result: Any) -> TaskSucceeded:
+        return TaskSucceeded(
+            at=at(seconds),
+            job_id=job,
+            task_id=f"crawl-{index}",
+            kind=kind,
+            args={"url": f"{url}{index}"},
+            worker_id="w1",
+            attempt=1,
+            result=result,
+            duration_s=0.1,
+        )
+
+    def dead(index: int, seconds: float, error: str, args: dict[str, Any]) -> TaskDeadLettered:
+        return TaskDeadLettered(
+            at=at(seconds),
+            job_id=job,
+            task_id=f"crawl-{index}",
+            kind=kind,
+            args=args,
+            reason="exhausted",
+            attempts=3,
+            last_error=error,
+        )
+
+    return [
+        JobSubmitted(
+            at=at(50),
+            job_id=job,
+            labels={"crawl": "site.example", "pass": "2"},
+            tasks=[TaskSpec(kind=kind, args={"url": f"{url}{i}"}) for i in range(10)],
+        ),
+        done(
+            0,
+            50.1,
+            _page(
+                f"{url}0",
+                cache="MISS",
+                warm={"checks": 2, "cache": "HIT", "status": 200, "total_ms": 5.0},
+                time_saved_ms=15.25,
+            ),
+        ),
+        # Seen again: no second count.
+        done(0, 50.2, _page(f"{url}0", status=500)),
+        # A result that is not the contract's: counted as a page, its figures unknown.
+        done(1, 50.3, "not an object"),
+        done(
+            2,
+            50.4,
+            _page(
+                f"{url}2",
+                status=True,
+                bytes=1 << 60,
+                **{"pass": 2},
+                timings_ms={"total": -5},
+                cache="weird",
+            ),
+        ),
+        done(
+            3,
+            50.5,
+            _page(
+                f"{url}3",
+                status=404,
+                redirects=[{"url": "x", "status": 301}],
+                timings_ms={"total": 4500.5},
+                **{"pass": 2},
+            ),
+        ),
+        dead(4, 50.6, "HTTP 503 Service Unavailable for x", {"url": f"{url}4", "pass": 2}),
+        TaskRequeued(
+            at=at(50.7),
+            job_id=job,
+            task_id="crawl-4",
+            kind=kind,
+            args={"url": f"{url}4", "pass": 2},
+        ),
+        dead(4, 50.8, "ConnectError", {"url": f"{url}4", "pass": 2}),
+        # Requeued while not dead-lettered: nothing taken back.
+        TaskRequeued(at=at(50.9), job_id=job, task_id="crawl-3", kind=kind),
+        dead(5, 51.0, "HTTP 502 Bad Gateway", {}),
+        TaskCancelled(at=at(51.1), job_id=job, task_id="crawl-6"),
+        done(6, 51.2, _page("http://other.example:8080/6", cache="EXPIRED")),
+        TaskChunkFinished(
+            at=at(51.3),
+            job_id=job,
+            task_id=chunk_id_for(job, 7),
+            worker_id="w4",
+            attempt=1,
+            duration_s=0.2,
+            results=[
+                ChunkResult(
+                    task_id=f"crawl-{i}",
+                    kind=kind,
+                    result=_page(f"{url}{i}", timings_ms={"total": 100.0 * i}),
+                    duration_s=0.1,
+                )
+                for i in (7, 8, 7)  # 7 named twice: one results row, counted once
+            ],
+            failed=[ChunkFailure(task_id="crawl-9", kind=kind, error="HTTP 500")],
+        ),
     ]
 
 
@@ -507,6 +637,17 @@ async def test_bulk_replay_equals_the_projector_on_every_rule(bus: Bus, database
                 "SELECT status, started_at FROM jobstream.jobs WHERE job_id = 'prog'"
             )
             assert (job["status"], job["started_at"]) == ("running", at(32))
+            crawl = await conn.fetch(
+                "SELECT pass, domain, pages_done, pages_failed, broken_links, server_errors,"
+                " redirects, slow_pages, pages_warmed, misses_to_hits, time_saved_us,"
+                " timed_pages, bytes FROM jobstream.crawl_stats ORDER BY pass, domain"
+            )
+            assert [tuple(row) for row in crawl] == [
+                (1, "", 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0),
+                (1, "other.example:8080", 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1234),
+                (1, "site.example", 4, 0, 0, 0, 0, 0, 1, 1, 15250, 3, 3 * 1234),
+                (2, "site.example", 2, 1, 1, 0, 1, 1, 0, 0, 0, 1, (1 << 40) + 1234),
+            ]
             attempts = await conn.fetch(
                 "SELECT task_id, attempt, outcome FROM jobstream.task_attempts"
                 " WHERE job_id = 'job-c' ORDER BY task_id, attempt"
