@@ -16,6 +16,7 @@ from events import (
     task_id_for,
 )
 from services.stack import NatsServer
+from services.worker.warm._handler import MAX_SLOW_DOWN_DEFERRALS
 from tests.faults._harness import (
     Processes,
     events_of,
@@ -309,3 +310,28 @@ async def test_a_killed_workers_slot_frees_itself_after_its_lease(
     print(f"the killed worker's slot was free again {first_after:.2f}s after its request")
     # Its lease: the 2 s timeout and a 1 s margin (from the claim, just before the request).
     assert 2.5 <= first_after <= 8.0
+
+
+async def test_a_site_that_always_answers_503_ends_in_a_dead_letter(
+    bus: Bus, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """A 503 slows the domain and defers the page, a few times; then it counts as a failed
+    attempt, and after the last the page is dead-lettered with the status as its error."""
+    site = Site(lambda request: Reply(status=503, headers={"retry-after": "0"}))
+    async with serving(site):
+        page = {"url": site.url("/down"), "rate": 50.0, "concurrency": 1, "warm": False}
+        with Processes(tmp_path / "logs") as processes:
+            workers = start_workers(processes, nats_server.url, tmp_path, 1, *FAST_RETRIES)
+            await wait_for_worker_started(bus, *workers)
+            _, ids = await queue_warm_tasks(bus, [page], max_attempts=2)
+            ends = await wait_for_ends(bus, ids, timeout_s=40)
+        log = list(events_of(await read_log(bus)))
+    dead = ends[ids[0]]
+    assert isinstance(dead, TaskDeadLettered)
+    assert dead.attempts == 2
+    assert dead.last_error == f"HTTP 503 Service Unavailable for {site.url('/down')}"
+    failed = [e for e in log if isinstance(e, TaskFailed)]
+    assert [f.attempt for f in failed] == [1, 2]
+    # Put back until the page has been deferred MAX_SLOW_DOWN_DEFERRALS times (some of them
+    # for its turn, as the domain slowed down), then one request per attempt.
+    assert 3 <= len(site.requests) <= MAX_SLOW_DOWN_DEFERRALS + 2
