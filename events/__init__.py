@@ -122,6 +122,7 @@ from events._streams import (
 )
 from events._subjects import (
     DISPATCHER_BUCKET,
+    DOMAINS_BUCKET,
     EVENT_SUBJECTS,
     EVENTS_STREAM,
     IDEMPOTENCY_BUCKET,
@@ -167,6 +168,7 @@ __all__ = [
     "DEFAULT_BATCH_MAX",
     "DEFAULT_LEASE_S",
     "DISPATCHER_BUCKET",
+    "DOMAINS_BUCKET",
     "EVENTS_STREAM",
     "IDEMPOTENCY_BUCKET",
     "EVENT_SUBJECTS",

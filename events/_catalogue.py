@@ -356,6 +356,8 @@ class TaskMessage(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     retry_at: AwareDatetime | None = None
     # Its job's level: the subject it is queued on, and the consumer it is served by.
     level: PriorityLevel = PriorityLevel.NORMAL
+    # Times its handler put it back for later (`Defer`), none of them counted as an attempt.
+    deferrals: AttemptNumber = 0
 
 
 def task_id_for(job_id: str, index: int) -> str:

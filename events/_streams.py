@@ -16,6 +16,7 @@ from nats.js.api import (
 from events._names import LEVELS_HIGH_FIRST, PriorityLevel
 from events._subjects import (
     DISPATCHER_BUCKET,
+    DOMAINS_BUCKET,
     EVENT_SUBJECTS,
     EVENTS_STREAM,
     IDEMPOTENCY_BUCKET,
@@ -31,6 +32,8 @@ DEFAULT_LEASE_S = 30.0
 DEFAULT_MAX_ACK_PENDING = 20_000
 # Liveness keys carry their own timestamp; the bucket's TTL only clears out old workers.
 LIVENESS_TTL_S = 3600.0
+# A domain's politeness state is soft: one not crawled for a day starts afresh.
+DOMAINS_TTL_S = 86_400.0
 
 
 def events_stream_config(
@@ -143,6 +146,7 @@ async def ensure_buckets(js: JetStreamContext, *, replicas: int | None = None) -
         KeyValueConfig(bucket=LIVENESS_BUCKET, ttl=LIVENESS_TTL_S, replicas=count, history=1),
         KeyValueConfig(bucket=DISPATCHER_BUCKET, replicas=count, history=1),
         KeyValueConfig(bucket=IDEMPOTENCY_BUCKET, replicas=count, history=1),
+        KeyValueConfig(bucket=DOMAINS_BUCKET, ttl=DOMAINS_TTL_S, replicas=count, history=1),
     ):
         try:
             await js.create_key_value(config)

@@ -25,6 +25,8 @@ LIVENESS_BUCKET = "JOBSTREAM_LIVENESS"
 DISPATCHER_BUCKET = "JOBSTREAM_DISPATCHER"
 # Idempotency keys of submitted jobs (a hash of the key → the job id), kept forever.
 IDEMPOTENCY_BUCKET = "JOBSTREAM_IDEMPOTENCY"
+# Per-domain politeness of `http.warm` (rate, concurrency slots, slow-downs), fleet-wide.
+DOMAINS_BUCKET = "JOBSTREAM_DOMAINS"
 
 EVENT_SUBJECTS = "evt.>"
 JOB_EVENT_SUBJECTS = "evt.job.>"

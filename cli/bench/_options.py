@@ -12,6 +12,7 @@ SECTIONS = (
     "latency",
     "priority",
     "one_big_job",
+    "crawl",
     "recovery",
     "replay",
     "ceiling",
@@ -19,7 +20,7 @@ SECTIONS = (
 )
 # The sections that need the jobstream processes (dispatcher, projector, workers).
 PRODUCT_SECTIONS = frozenset(
-    {"throughput", "chunked", "latency", "priority", "one_big_job", "recovery"}
+    {"throughput", "chunked", "latency", "priority", "one_big_job", "crawl", "recovery"}
 )
 
 DEFAULT_TASKS = 20_000
@@ -40,6 +41,11 @@ LATENCY_RATE_PER_S = 200.0
 LATENCY_DURATION_S = 5.0
 QUICK_LATENCY_DURATION_S = 1.0
 RECOVERY_TASK_S = 1.0
+# Crawl: this many local domains, each at this rate, for about this long.
+CRAWL_DOMAINS = 4
+CRAWL_RATE_PER_S = 10.0
+CRAWL_DURATION_S = 10.0
+QUICK_CRAWL_DURATION_S = 3.0
 BENCH_QUEUE = "bench"
 
 
@@ -59,6 +65,9 @@ class BenchOptions:
     latency_rate_per_s: float = LATENCY_RATE_PER_S
     latency_duration_s: float = LATENCY_DURATION_S
     recovery_task_s: float = RECOVERY_TASK_S
+    crawl_domains: int = CRAWL_DOMAINS
+    crawl_rate_per_s: float = CRAWL_RATE_PER_S
+    crawl_duration_s: float = CRAWL_DURATION_S
     nats_url: str | None = None
     database_url: str | None = None
     nats_sync_always: bool = False
@@ -131,6 +140,7 @@ def build_options(
             replay_events=QUICK_REPLAY_EVENTS,
             lease_s=QUICK_LEASE_S,
             latency_duration_s=QUICK_LATENCY_DURATION_S,
+            crawl_duration_s=QUICK_CRAWL_DURATION_S,
         )
     if tasks is not None:
         options = replace(options, tasks=tasks)

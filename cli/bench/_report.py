@@ -34,6 +34,8 @@ SCALAR_KEYS = (
     "one_big_job_submit_rss_mib",
     "one_big_job_dispatcher_rss_mib",
     "one_big_job_projector_rss_mib",
+    "crawl_pages_per_s",
+    "crawl_target_pages_per_s",
 )
 SPANS = ("submit_to_started", "submit_to_done")
 PERCENTILES = ("p50", "p95", "p99")
@@ -160,6 +162,8 @@ def _throughput_rows(table: Table, summary: dict[str, Any]) -> None:
         ("one big job: peak RSS of submit (MiB)", "one_big_job_submit_rss_mib", None),
         ("one big job: peak RSS of dispatcher (MiB)", "one_big_job_dispatcher_rss_mib", None),
         ("one big job: peak RSS of projector (MiB)", "one_big_job_projector_rss_mib", None),
+        ("crawl: pages/s, the whole fleet", "crawl_pages_per_s", None),
+        ("  the domains' rates summed (pages/s)", "crawl_target_pages_per_s", None),
     )
     for label, key, ratio in rows:
         runs = ", ".join(_fmt(run[key]) for run in per_run)
@@ -193,6 +197,7 @@ def _cpu_table(summary: dict[str, Any]) -> Table | None:
         "jobstream priority": detail.get("priority", {}).get("cpu"),
         "one big job": detail.get("one_big_job", {}).get("cpu"),
         "one big job, small jobs": detail.get("one_big_job", {}).get("small_jobs", {}).get("cpu"),
+        "crawl": detail.get("crawl", {}).get("cpu"),
         "replay": detail.get("replay", {}).get("cpu"),
     }
     for design, result in detail.get("baselines", {}).items():

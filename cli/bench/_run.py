@@ -23,6 +23,7 @@ from cli.bench._baselines import (
 from cli.bench._ceiling import measure_ceiling
 from cli.bench._common import read_model_pool
 from cli.bench._cpu import CpuMeter
+from cli.bench._crawl import measure_crawl
 from cli.bench._environment import describe
 from cli.bench._latency import measure_latency
 from cli.bench._one_big_job import measure_one_big_job
@@ -59,6 +60,8 @@ def empty_figures() -> RunFigures:
         "one_big_job_submit_rss_mib": None,
         "one_big_job_dispatcher_rss_mib": None,
         "one_big_job_projector_rss_mib": None,
+        "crawl_pages_per_s": None,
+        "crawl_target_pages_per_s": None,
         "recovery_s": None,
         "recovery_restart_s": None,
         "lease_s": None,
@@ -240,6 +243,27 @@ async def _one_big_job(ctx: _Context) -> None:
     ctx.run["detail"]["one_big_job"] = asdict(result)
 
 
+async def _crawl(ctx: _Context) -> None:
+    options = ctx.options
+    ctx.progress(
+        f"crawl: {options.crawl_domains} local domains at {options.crawl_rate_per_s:g}"
+        f" pages/s each, for about {options.crawl_duration_s:g}s"
+    )
+    result = await measure_crawl(
+        ctx.bus,
+        ctx.pool,
+        _meter(ctx.servers, ctx.processes),
+        domains=options.crawl_domains,
+        rate_per_domain=options.crawl_rate_per_s,
+        duration_s=options.crawl_duration_s,
+        queue=options.queue,
+        alive=ctx.processes.check_alive,
+    )
+    ctx.run["crawl_pages_per_s"] = result.pages_per_s
+    ctx.run["crawl_target_pages_per_s"] = result.target_pages_per_s
+    ctx.run["detail"]["crawl"] = asdict(result)
+
+
 async def _recovery(ctx: _Context) -> None:
     options = ctx.options
     ctx.progress(f"recovery: SIGKILL a worker (lease {options.lease_s}s)")
@@ -266,6 +290,7 @@ _PRODUCT_MEASURES: tuple[tuple[str, Callable[[_Context], Awaitable[None]]], ...]
     ("throughput", _throughput),
     ("chunked", _chunked),
     ("one_big_job", _one_big_job),
+    ("crawl", _crawl),
     ("recovery", _recovery),
 )
 

@@ -2,6 +2,7 @@
 
 from services.worker._handlers import (
     BUILTIN_HANDLERS,
+    Defer,
     Handler,
     HandlerRegistry,
     PermanentError,
@@ -15,6 +16,7 @@ from services.worker._worker import SimulatedFailure, Worker, WorkerOptions
 
 __all__ = [
     "BUILTIN_HANDLERS",
+    "Defer",
     "Handler",
     "HandlerRegistry",
     "PermanentError",

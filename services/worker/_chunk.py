@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from events import ChunkFailure, ChunkItem, ChunkResult, TaskMessage
-from services.worker._handlers import TaskContext, is_permanent
+from services.worker._handlers import TaskContext, failure_text, is_permanent
 
 CallHandler = Callable[[TaskMessage, TaskContext], Awaitable[Any]]
 
@@ -57,7 +57,7 @@ async def run_items(
                     task_id=item.task_id,
                     kind=item.kind,
                     args=item.args,
-                    error=f"{type(exc).__name__}: {exc}",
+                    error=failure_text(exc),
                     duration_s=time.monotonic() - started,
                     retryable=not is_permanent(exc),
                 )

@@ -5,7 +5,9 @@ import importlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from nats.js import JetStreamContext
 
 from events import MAX_PROGRESS_MESSAGE, JobstreamError
 
@@ -20,6 +22,8 @@ class TaskContext:
     attempt: int
     max_attempts: int
     worker_id: str
+    # Times the task was put back for later by `Defer` (not attempts).
+    deferrals: int = 0
     # Where `progress` reports go (the worker's sender); None: nowhere (a task of a chunk).
     report_progress: Callable[[float, str], None] | None = field(
         default=None, repr=False, compare=False
@@ -39,6 +43,16 @@ class TaskContext:
 
 class Handler(Protocol):
     def __call__(self, args: Mapping[str, Any], ctx: TaskContext) -> Awaitable[Any]: ...
+
+
+@runtime_checkable
+class OpensWithWorker(Protocol):
+    """A handler that holds something for the worker's lifetime (a connection pool, a KV
+    bucket): opened when the worker starts, closed when it stops."""
+
+    async def open(self, js: JetStreamContext, *, worker_id: str) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 def task_kind(*, max_attempts: int) -> Callable[[F], F]:
@@ -65,6 +79,18 @@ class Retry(JobstreamError):
         self.delay_s = delay_s
 
 
+class Defer(JobstreamError):
+    """Raised by a handler to put the task back, to run again after `delay_s` seconds,
+    without counting an attempt (a domain that asks us to slow down, a rate limit's turn).
+
+    The worker caps the deferrals of one task (`MAX_DEFERRALS`); past it, a `Defer` is a
+    failed attempt. In a chunk, a `Defer` is a failed attempt: the task goes on alone."""
+
+    def __init__(self, message: str = "deferred", *, delay_s: float) -> None:
+        super().__init__(message)
+        self.delay_s = max(0.0, delay_s)
+
+
 class PermanentError(JobstreamError):
     """Raised by a handler for a failure that no retry can fix: the task is dead-lettered."""
 
@@ -78,6 +104,14 @@ class UnknownTaskKind(JobstreamError):
 def is_permanent(exc: Exception) -> bool:
     """A failure no retry can fix: the task is dead-lettered at once."""
     return isinstance(exc, PermanentError | UnknownTaskKind)
+
+
+def failure_text(exc: BaseException) -> str:
+    """The error recorded for a failed attempt: a handler's own `Retry` message as it wrote
+    it (`HTTP 503 Service Unavailable for ...`), any other exception with its type's name."""
+    if isinstance(exc, Retry) and str(exc):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _number(args: Mapping[str, Any], name: str) -> float:
@@ -139,8 +173,8 @@ class HandlerRegistry:
     added by import path."""
 
     def __init__(self, handlers: Mapping[str, Handler] | None = None) -> None:
-        self._handlers: dict[str, Handler] = dict(
-            BUILTIN_HANDLERS if handlers is None else handlers
+        self._handlers: dict[str, Handler] = (
+            {**BUILTIN_HANDLERS, **_builtins_with_state()} if handlers is None else dict(handlers)
         )
 
     @classmethod
@@ -166,8 +200,25 @@ class HandlerRegistry:
         value = getattr(self._handlers.get(kind), "max_attempts", None)
         return value if isinstance(value, int) else None
 
+    async def open(self, js: JetStreamContext, *, worker_id: str) -> None:
+        for handler in self._handlers.values():
+            if isinstance(handler, OpensWithWorker):
+                await handler.open(js, worker_id=worker_id)
+
+    async def close(self) -> None:
+        for handler in self._handlers.values():
+            if isinstance(handler, OpensWithWorker):
+                await handler.close()
+
     def kinds(self) -> list[str]:
         return sorted(self._handlers)
 
     def __contains__(self, kind: object) -> bool:
         return kind in self._handlers
+
+
+def _builtins_with_state() -> dict[str, Handler]:
+    """Built-ins that hold state per worker process: a new one for each registry."""
+    from services.worker.warm import WarmHandler
+
+    return {"http.warm": WarmHandler()}

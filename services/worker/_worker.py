@@ -14,6 +14,7 @@ from datetime import timedelta
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -52,7 +53,14 @@ from events import (
     utc_now,
 )
 from services.worker._chunk import failed_in_chunk, run_items, split
-from services.worker._handlers import HandlerRegistry, Retry, TaskContext, is_permanent
+from services.worker._handlers import (
+    Defer,
+    HandlerRegistry,
+    Retry,
+    TaskContext,
+    failure_text,
+    is_permanent,
+)
 from services.worker._levels import DEFAULT_SHARE_EVERY, LevelFeeds
 from services.worker._progress import ProgressSender, Report
 
@@ -71,6 +79,9 @@ PULL_HEARTBEAT_S = 0.25
 LIVENESS_INTERVAL_S = 1.0
 # Room left in a worker id for "-<pid>-<suffix>".
 HOST_TOKEN_MAX = 96
+# Past this many deferrals, a task's `Defer` counts as a failed attempt: a task cannot be put
+# back forever.
+MAX_DEFERRALS = 100
 
 
 def _package_version() -> str:
@@ -150,6 +161,7 @@ class Worker:
             )
         )
         log.info("worker %s started on queue %s", self.worker_id, self.options.queue)
+        await self.handlers.open(js, worker_id=self.worker_id)
         liveness = asyncio.create_task(self._liveness_loop(stop))
         try:
             await self._pull_loop(stop)
@@ -157,6 +169,7 @@ class Worker:
             liveness.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await liveness
+            await self.handlers.close()
             await self._publish(WorkerStopped(worker_id=self.worker_id))
             await self._forget_liveness()
             log.info("worker %s stopped after %d tasks", self.worker_id, self.tasks_done)
@@ -335,9 +348,9 @@ class Worker:
         """On a redelivery, learn the subject's last sequence; False if the task already ended.
 
         A first delivery needs no look-up: its subject is empty, and the fence (expected
-        sequence 0) proves it.
+        sequence 0) proves it. A deferred task's may not be (its `task.started`).
         """
-        if state.attempt == 1 and state.task.attempts_before == 0:
+        if state.attempt == 1 and state.task.attempts_before == 0 and not state.task.deferrals:
             return True
         last = await self.bus.last_on_subject(state.subject)
         if last is None:
@@ -360,6 +373,7 @@ class Worker:
             attempt=state.attempt,
             max_attempts=task.attempts_before + task.max_attempts,
             worker_id=self.worker_id,
+            deferrals=task.deferrals,
             report_progress=functools.partial(self._report_progress, state),
         )
         started = time.monotonic()
@@ -392,6 +406,14 @@ class Worker:
                 await state.msg.ack()
                 return
             raise
+        except Defer as exc:
+            await _close_progress(state)
+            if task.deferrals < MAX_DEFERRALS:
+                await self._defer(state, exc)
+            else:
+                failure = Retry(f"deferred {task.deferrals} times, the last: {exc}")
+                await self._on_failure(state, failure, time.monotonic() - started)
+            return
         except Exception as exc:
             await _close_progress(state)
             await self._on_failure(state, exc, time.monotonic() - started)
@@ -415,6 +437,26 @@ class Worker:
         )
         await state.msg.ack()
         self.tasks_done += 1
+
+    async def _defer(self, state: _Attempt, defer: Defer) -> None:
+        """Queue a copy of the task to run after `defer.delay_s`, with this attempt not
+        counted, then ack this one (as a chunk's `_split` does with its failed tasks). The
+        copy's message id names the attempt and the deferral: a retried publish is not
+        doubled. Should the ack be lost, both copies run; the fence on the task's subject
+        keeps the second end out of the log."""
+        task = state.task
+        not_counted = state.attempt - 1
+        copy = msgspec.structs.replace(
+            task,
+            attempts_before=not_counted,
+            max_attempts=task.attempts_before + task.max_attempts - not_counted,
+            retry_at=utc_now() + timedelta(seconds=defer.delay_s),
+            deferrals=task.deferrals + 1,
+        )
+        msg_id = f"{task.task_id}@deferred-{state.attempt}-{copy.deferrals}"
+        await self.bus.publish_task(self.options.queue, copy, msg_id=msg_id)
+        await state.msg.ack()
+        log.debug("task %s deferred %.2fs: %s", task.task_id, defer.delay_s, defer)
 
     async def _lease_if_slow(
         self, state: _Attempt, runner: asyncio.Task[Any]
@@ -528,7 +570,7 @@ class Worker:
                 return
 
     async def _on_failure(self, state: _Attempt, exc: Exception, duration_s: float) -> None:
-        error = f"{type(exc).__name__}: {exc}"
+        error = failure_text(exc)
         permanent = is_permanent(exc)
         last_attempt = state.attempt >= state.task.attempts_before + state.task.max_attempts
         delay_s = self._retry_delay_s(state.attempt, exc)

@@ -32,6 +32,8 @@ THROUGHPUT_KEYS = (
     "one_big_job_submit_rss_mib",
     "one_big_job_dispatcher_rss_mib",
     "one_big_job_projector_rss_mib",
+    "crawl_pages_per_s",
+    "crawl_target_pages_per_s",
 )
 
 
@@ -92,4 +94,7 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
     assert big["tasks"] == big["small_jobs"]["tasks"] == summary["settings"]["tasks"]
     assert {"dispatcher", "projector", "bench"} <= set(big["rss"]["peak_mib"])
     assert detail["priority"]["job_tasks"] > 0
+    crawl = detail["crawl"]
+    assert crawl["pages"] > 0
+    assert max(crawl["domain_max_in_flight"]) <= 2
     assert not list(tmp_path.iterdir()), "the bench leaves nothing in the working directory"
