@@ -4,13 +4,13 @@ import asyncio
 import json
 import logging
 import sys
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cli._browse import jobs, live_work_once, show, tasks, workers
 from cli._events import events_app
 from cli._nats_security import nats_security_options
 from cli._runtime import (
@@ -43,7 +43,6 @@ from events import (
     DEFAULT_LEASE_S,
     MAX_TASKS_PER_JOB,
     NO_SECURITY,
-    ConnectError,
     JobstreamError,
     NameKind,
     NatsSecurity,
@@ -61,7 +60,6 @@ from projections import DEFAULT_SCHEMA, migrate
 if TYPE_CHECKING:
     from cli._demo import DemoReport
     from cli._submit import SubmitOutcome
-    from services.api import LiveWork
 
 app = typer.Typer(
     name="jobstream",
@@ -616,6 +614,8 @@ def cancel(
 
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(events_app, name="events")
+for _browse_command in (jobs, tasks, workers, show):
+    app.command()(_browse_command)
 app.command()(populate)
 
 
@@ -787,7 +787,7 @@ def status(
     endpoints = resolve_endpoints(nats_url, database_url, data_dir, need_nats=False)
 
     async def main() -> tuple[dict[str, object] | None, list[dict[str, object]], str]:
-        live, note = await _live_work_once(endpoints.nats_urls, nats_security)
+        live, note = await live_work_once(endpoints.nats_urls, nats_security)
         pool = await connect_database(
             endpoints.database_url, min_size=1, max_size=1, server_settings={"search_path": schema}
         )
@@ -824,33 +824,6 @@ def status(
     more = int(tasks.get("running", 0)) - len(running)
     if more > 0:
         typer.echo(f"  … and {more} more running")
-
-
-async def _live_work_once(
-    nats_urls: list[str], nats_security: NatsSecurity
-) -> tuple["LiveWork | None", str]:
-    """The workers' liveness records read once, and a note for the user when they cannot be
-    (the counts then come from the read model alone)."""
-    from services.api import live_work, read_liveness
-
-    if not nats_urls:
-        return None, "note: no NATS URL; counts are the read model's alone"
-    try:
-        bus = await asyncio.wait_for(
-            connect_bus(nats_urls, name="jobstream-status", security=nats_security), 5
-        )
-    except (TimeoutError, ConnectError):
-        return (
-            None,
-            "note: NATS unreachable; counts are the read model's (tasks in flight not shown)",
-        )
-    try:
-        records = await asyncio.wait_for(read_liveness(bus), 5)
-    except Exception as exc:  # the read model alone still answers
-        return None, f"note: liveness records unreadable ({type(exc).__name__}); read model only"
-    finally:
-        await bus.close()
-    return live_work(records, time.time()), ""
 
 
 @app.command()

@@ -9,6 +9,7 @@ from services.api._app import (
     DEFAULT_PAGE_SIZE,
     DEFAULT_SCHEMA,
     MAX_PAGE_SIZE,
+    Attempt,
     BadQueryValueError,
     DatabaseUnavailableError,
     Health,
@@ -19,19 +20,30 @@ from services.api._app import (
     ResultPage,
     Task,
     TaskCounts,
+    TaskDetail,
     TaskPage,
     Worker,
     WorkerList,
     create_app,
     dead_letters,
     job_summary,
+    jobs_page,
     running_tasks,
+    task_detail,
+    tasks_page,
+    workers_list,
 )
 from services.api._crawl_figures import CrawlReport
 from services.api._errors import ErrorBody, FieldError
 from services.api._liveness import LiveWork, live_work, read_liveness
 
 __all__ = [
+    "Attempt",
+    "TaskDetail",
+    "jobs_page",
+    "task_detail",
+    "tasks_page",
+    "workers_list",
     "DEFAULT_PAGE_SIZE",
     "DEFAULT_SCHEMA",
     "MAX_PAGE_SIZE",

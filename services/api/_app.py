@@ -54,6 +54,7 @@ from services.api._params import (
     OptionalDayQuery,
     OptionalJobIdQuery,
     OptionalQueueQuery,
+    TaskIdPath,
 )
 
 DEFAULT_SCHEMA = "jobstream"
@@ -183,6 +184,22 @@ class Task(_Model):
 class TaskPage(_Model):
     tasks: list[Task]
     next_cursor: str | None
+
+
+class Attempt(_Model):
+    attempt: int
+    worker_id: str
+    # running | succeeded | failed
+    outcome: str
+    error: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_s: float | None
+
+
+class TaskDetail(Task):
+    # Each attempt, oldest first (`attempts` is how many there were).
+    history: list[Attempt]
 
 
 class Worker(_Model):
@@ -462,11 +479,93 @@ async def dead_letters(
     ]
 
 
+async def jobs_page(
+    conn: asyncpg.Connection,
+    live: LiveWork,
+    *,
+    status: str | None = None,
+    queue: str | None = None,
+    limit: int = DEFAULT_PAGE_SIZE,
+    after: JobCursor | None = None,
+) -> JobPage:
+    """A page of jobs, newest first, with their task counts (and the tasks in flight of
+    `live`), on the caller's connection (search_path: the read-model schema)."""
+    await _init_connection(conn)
+    rows = await conn.fetch(
+        _SQL["list_jobs"],
+        status,
+        queue,
+        after.submitted_at if after else None,
+        after.job_id if after else None,
+        limit + 1,
+        list(live.tasks_by_job),
+    )
+    page = rows[:limit]
+    counts = await _task_counts(conn, [row["job_id"] for row in page], live)
+    next_cursor = None
+    if len(rows) > limit:
+        last = page[-1]
+        next_cursor = encode_cursor(JobCursor(last["submitted_at"], last["job_id"]))
+    return JobPage(jobs=[_job(row, counts[row["job_id"]]) for row in page], next_cursor=next_cursor)
+
+
+async def tasks_page(
+    conn: asyncpg.Connection,
+    job_id: str,
+    live: LiveWork,
+    *,
+    state: str | None = None,
+    limit: int = DEFAULT_PAGE_SIZE,
+    after: TaskCursor | None = None,
+) -> TaskPage | None:
+    """A page of a job's tasks in task order; None if the job is not there."""
+    await _init_connection(conn)
+    rows = await conn.fetch(
+        _SQL["list_tasks"],
+        job_id,
+        state,
+        after.task_index if after else None,
+        after.task_id if after else None,
+        limit + 1,
+        live.tasks_of(job_id),
+    )
+    if not rows and not await conn.fetchval(_SQL["job_exists"], job_id):
+        return None
+    page = rows[:limit]
+    next_cursor = None
+    if len(rows) > limit:
+        last = page[-1]
+        next_cursor = encode_cursor(TaskCursor(last["task_index"], last["task_id"]))
+    return TaskPage(tasks=[_task(row, live) for row in page], next_cursor=next_cursor)
+
+
+async def task_detail(
+    conn: asyncpg.Connection, task_id: str, live: LiveWork
+) -> "TaskDetail | None":
+    """One task with its attempts, oldest first; None if the read model has no such task."""
+    await _init_connection(conn)
+    row = await conn.fetchrow(_SQL["get_task"], task_id)
+    if row is None:
+        return None
+    history = [Attempt(**dict(a)) for a in await conn.fetch(_SQL["list_attempts"], task_id)]
+    return TaskDetail(**_task(row, live).model_dump(), history=history)
+
+
+async def workers_list(conn: asyncpg.Connection, live: LiveWork) -> WorkerList:
+    """Every worker the log has seen, active ones first."""
+    rows = await conn.fetch(_SQL["list_workers"])
+    return WorkerList(workers=[_worker(row, live) for row in rows])
+
+
 # --- routes -----------------------------------------------------------------
 
 router = APIRouter()
 _ONE_JOB: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "No such job"},
+    **READS,
+}
+_ONE_TASK: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No such task"},
     **READS,
 }
 Limit = Annotated[
@@ -495,23 +594,7 @@ async def list_jobs(
     """Jobs, newest first, with their task counts."""
     after = decode_cursor(cursor, JobCursor)
     async with read_models.connection() as conn:
-        rows = await conn.fetch(
-            _SQL["list_jobs"],
-            status,
-            queue,
-            after.submitted_at if after else None,
-            after.job_id if after else None,
-            limit + 1,
-            list(live.tasks_by_job),
-        )
-        page = rows[:limit]
-        counts = await _task_counts(conn, [row["job_id"] for row in page], live)
-    next_cursor = None
-    if len(rows) > limit:
-        last = page[-1]
-        next_cursor = encode_cursor(JobCursor(last["submitted_at"], last["job_id"]))
-    jobs = [_job(row, counts[row["job_id"]]) for row in page]
-    return JobPage(jobs=jobs, next_cursor=next_cursor)
+        return await jobs_page(conn, live, status=status, queue=queue, limit=limit, after=after)
 
 
 @router.get("/jobs/{job_id}", responses=_ONE_JOB)
@@ -536,32 +619,27 @@ async def list_tasks(
     """A job's tasks in task order."""
     after = decode_cursor(cursor, TaskCursor)
     async with read_models.connection() as conn:
-        rows = await conn.fetch(
-            _SQL["list_tasks"],
-            job_id,
-            state,
-            after.task_index if after else None,
-            after.task_id if after else None,
-            limit + 1,
-            live.tasks_of(job_id),
-        )
-        missing = not rows and not await conn.fetchval(_SQL["job_exists"], job_id)
-    if missing:
+        page = await tasks_page(conn, job_id, live, state=state, limit=limit, after=after)
+    if page is None:
         raise HTTPException(404, f"job {job_id} not found")
-    page = rows[:limit]
-    next_cursor = None
-    if len(rows) > limit:
-        last = page[-1]
-        next_cursor = encode_cursor(TaskCursor(last["task_index"], last["task_id"]))
-    return TaskPage(tasks=[_task(row, live) for row in page], next_cursor=next_cursor)
+    return page
+
+
+@router.get("/tasks/{task_id}", responses=_ONE_TASK)
+async def get_task(task_id: TaskIdPath, read_models: ReadModels, live: Live) -> TaskDetail:
+    """One task with each of its attempts (worker, outcome, error, times)."""
+    async with read_models.connection() as conn:
+        task = await task_detail(conn, task_id, live)
+    if task is None:
+        raise HTTPException(404, f"task {task_id} not found")
+    return task
 
 
 @router.get("/workers", responses={503: READS[503]})
 async def list_workers(read_models: ReadModels, live: Live) -> WorkerList:
     """Every worker the log has seen: active ones first."""
     async with read_models.connection() as conn:
-        rows = await conn.fetch(_SQL["list_workers"])
-    return WorkerList(workers=[_worker(row, live) for row in rows])
+        return await workers_list(conn, live)
 
 
 @router.get("/results", responses=READS)

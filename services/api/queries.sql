@@ -66,6 +66,19 @@ WHERE job_id = $1::text
 ORDER BY task_index, task_id
 LIMIT $5::integer;
 
+-- name: get_task
+SELECT task_id, job_id, task_index, kind, args, state, attempts, worker_id, result, error,
+       started_at, finished_at, duration_s, progress, progress_message
+FROM tasks
+WHERE task_id = $1::text;
+
+-- name: list_attempts
+-- A task's attempts, oldest first.
+SELECT attempt, worker_id, outcome, error, started_at, finished_at, duration_s
+FROM task_attempts
+WHERE task_id = $1::text
+ORDER BY attempt;
+
 -- name: list_workers
 -- Active workers first, then the most recently started.
 SELECT worker_id, host, pid, queues, concurrency, version, state, started_at, last_seen_at,

@@ -1,0 +1,324 @@
+"""`jobstream jobs`, `tasks`, `workers` and `show`: the read models, as the API shows them
+(with the tasks in flight that the workers' liveness records show), in a table or as NDJSON."""
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
+
+import asyncpg
+import typer
+
+from cli._nats_security import nats_security_options
+from cli._runtime import connect_bus, connect_database, run
+from cli._settings import (
+    DEFAULT_DATA_DIR,
+    DatabaseUrlOption,
+    DataDirOption,
+    NatsUrlOption,
+    SchemaOption,
+    checked,
+    resolve_endpoints,
+)
+from events import NO_SECURITY, ConnectError, NameKind, NatsSecurity, quote
+from projections import DEFAULT_SCHEMA
+
+if TYPE_CHECKING:
+    from services.api import LiveWork
+
+T = TypeVar("T")
+
+JobStatus = Literal[
+    "submitting", "queued", "running", "completed", "failed", "cancelled", "rejected"
+]
+TaskState = Literal["queued", "running", "succeeded", "failed", "dead_lettered", "cancelled"]
+LimitOption = Annotated[int, typer.Option(min=1, max=500, help="Rows to show, at most 500.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="NDJSON: one object per line.")]
+# Errors are cut to this in a table (the JSON has them whole).
+ERROR_SHOWN = 60
+
+
+async def live_work_once(
+    nats_urls: list[str], nats_security: NatsSecurity
+) -> tuple["LiveWork | None", str]:
+    """The workers' liveness records read once, and a note for the user when they cannot be
+    (the counts then come from the read model alone)."""
+    from services.api import live_work, read_liveness
+
+    if not nats_urls:
+        return None, "note: no NATS URL; counts are the read model's alone"
+    try:
+        bus = await asyncio.wait_for(
+            connect_bus(nats_urls, name="jobstream-status", security=nats_security), 5
+        )
+    except (TimeoutError, ConnectError):
+        return (
+            None,
+            "note: NATS unreachable; counts are the read model's (tasks in flight not shown)",
+        )
+    try:
+        records = await asyncio.wait_for(read_liveness(bus), 5)
+    except Exception as exc:  # the read model alone still answers
+        return None, f"note: liveness records unreadable ({type(exc).__name__}); read model only"
+    finally:
+        await bus.close()
+    return live_work(records, time.time()), ""
+
+
+def _read(
+    nats_url: str | None,
+    database_url: str | None,
+    data_dir: Any,
+    schema: str,
+    security: NatsSecurity,
+    read: Callable[[asyncpg.Connection, "LiveWork"], Awaitable[T]],
+) -> T:
+    """`read` on a read-model connection, with the tasks in flight; a note on stderr if
+    those could not be read."""
+    from services.api import LiveWork
+
+    endpoints = resolve_endpoints(nats_url, database_url, data_dir, need_nats=False)
+
+    async def main() -> tuple[T, str]:
+        live, note = await live_work_once(endpoints.nats_urls, security)
+        pool = await connect_database(
+            endpoints.database_url, min_size=1, max_size=1, server_settings={"search_path": schema}
+        )
+        try:
+            async with pool.acquire() as conn:
+                return await read(conn, live or LiveWork()), note
+        finally:
+            await pool.close()
+
+    value, note = run(main())
+    if note:
+        typer.echo(note, err=True)
+    return value
+
+
+@nats_security_options
+def jobs(
+    status: Annotated[JobStatus | None, typer.Option(help="Only jobs in this status.")] = None,
+    queue: Annotated[
+        str | None,
+        typer.Option(help="Only jobs of this queue.", callback=checked(NameKind.QUEUE)),
+    ] = None,
+    limit: LimitOption = 20,
+    as_json: JsonOption = False,
+    nats_url: NatsUrlOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+    nats_security: NatsSecurity = NO_SECURITY,
+) -> None:
+    """List jobs, newest first, with their progress."""
+    from services.api import JobPage, jobs_page
+
+    async def read(conn: asyncpg.Connection, live: "LiveWork") -> JobPage:
+        return await jobs_page(conn, live, status=status, queue=queue, limit=limit)
+
+    page = _read(nats_url, database_url, data_dir, schema, nats_security, read)
+    rows = [job.model_dump(mode="json") for job in page.jobs]
+    if as_json:
+        _ndjson(rows)
+        return
+    _table(
+        ["JOB", "NAME", "QUEUE", "STATUS", "DONE", "SUBMITTED"],
+        [
+            [
+                row["job_id"],
+                row["name"],
+                row["queue"],
+                row["status"],
+                f"{_done(row['tasks'])}/{row['tasks']['total']}",
+                _when(row["submitted_at"]),
+            ]
+            for row in rows
+        ],
+        empty="no jobs",
+    )
+
+
+@nats_security_options
+def tasks(
+    job_id: Annotated[
+        str, typer.Argument(help="The job whose tasks to list.", callback=checked(NameKind.JOB_ID))
+    ],
+    state: Annotated[TaskState | None, typer.Option(help="Only tasks in this state.")] = None,
+    limit: LimitOption = 50,
+    as_json: JsonOption = False,
+    nats_url: NatsUrlOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+    nats_security: NatsSecurity = NO_SECURITY,
+) -> None:
+    """List a job's tasks in task order."""
+    from services.api import TaskPage, tasks_page
+
+    async def read(conn: asyncpg.Connection, live: "LiveWork") -> TaskPage | None:
+        return await tasks_page(conn, job_id, live, state=state, limit=limit)
+
+    page = _read(nats_url, database_url, data_dir, schema, nats_security, read)
+    if page is None:
+        _not_found("job", job_id)
+    rows = [task.model_dump(mode="json") for task in page.tasks]
+    if as_json:
+        _ndjson(rows)
+        return
+    _table(
+        ["TASK", "KIND", "STATE", "ATTEMPTS", "WORKER", "SECONDS", "ERROR"],
+        [
+            [
+                row["task_id"],
+                row["kind"],
+                row["state"],
+                str(row["attempts"]),
+                row["worker_id"] or "",
+                _seconds(row["duration_s"]),
+                _cut(row["error"]),
+            ]
+            for row in rows
+        ],
+        empty="no tasks",
+    )
+
+
+@nats_security_options
+def workers(
+    as_json: JsonOption = False,
+    nats_url: NatsUrlOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+    nats_security: NatsSecurity = NO_SECURITY,
+) -> None:
+    """List the workers the log has seen: active ones first."""
+    from services.api import WorkerList, workers_list
+
+    found: WorkerList = _read(nats_url, database_url, data_dir, schema, nats_security, workers_list)
+    rows = [worker.model_dump(mode="json") for worker in found.workers]
+    if as_json:
+        _ndjson(rows)
+        return
+    _table(
+        ["WORKER", "STATE", "HOST", "QUEUES", "CONCURRENCY", "SUCCEEDED", "FAILED", "LAST SEEN"],
+        [
+            [
+                row["worker_id"],
+                row["state"],
+                row["host"],
+                ",".join(row["queues"]),
+                str(row["concurrency"]),
+                f"{row['tasks_succeeded']:,}",
+                f"{row['tasks_failed']:,}",
+                _when(row["last_seen_at"]),
+            ]
+            for row in rows
+        ],
+        empty="no workers",
+    )
+
+
+@nats_security_options
+def show(
+    item_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="JOB_ID|TASK_ID",
+            help="A job id, or a task id (JOB_ID-INDEX).",
+            callback=checked(NameKind.TASK_ID),
+        ),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    nats_url: NatsUrlOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+    nats_security: NatsSecurity = NO_SECURITY,
+) -> None:
+    """Show a job (its counts) or a task (its attempts and errors)."""
+    from services.api import job_summary, task_detail
+
+    async def read(conn: asyncpg.Connection, live: "LiveWork") -> dict[str, Any] | None:
+        if len(item_id) <= 64:
+            job = await job_summary(conn, item_id, live)
+            if job is not None:
+                return {"job": job}
+        task = await task_detail(conn, item_id, live)
+        return None if task is None else {"task": task.model_dump(mode="json")}
+
+    found = _read(nats_url, database_url, data_dir, schema, nats_security, read)
+    if found is None:
+        _not_found("job or task", item_id)
+    if as_json:
+        typer.echo(json.dumps(next(iter(found.values()))))
+        return
+    if "job" in found:
+        job = found["job"]
+        counts = "  ".join(f"{state} {n}" for state, n in job["tasks"].items())
+        typer.echo(f"job {job['job_id']} {job['name']!r} on {job['queue']}: {job['status']}")
+        typer.echo(f"  {counts}")
+        if job.get("error"):
+            typer.echo(f"  reason: {job['error']}")
+        return
+    task = found["task"]
+    typer.echo(
+        f"task {task['task_id']} ({task['kind']}) of job {task['job_id']}: {task['state']},"
+        f" {task['attempts']} attempt(s)"
+    )
+    typer.echo(f"  args: {json.dumps(task['args'])}")
+    if task["result"] is not None:
+        typer.echo(f"  result: {json.dumps(task['result'])}")
+    for attempt in task["history"]:
+        error = f": {attempt['error']}" if attempt["error"] else ""
+        typer.echo(
+            f"  attempt {attempt['attempt']} on {attempt['worker_id']}: {attempt['outcome']}"
+            f" {_seconds(attempt['duration_s'])}s{error}"
+        )
+
+
+def _not_found(what: str, item_id: str) -> NoReturn:
+    typer.echo(f"error: {what} {quote(item_id)} not found (or not projected yet)", err=True)
+    raise typer.Exit(1)
+
+
+def _ndjson(rows: Iterable[dict[str, Any]]) -> None:
+    for row in rows:
+        typer.echo(json.dumps(row))
+
+
+def _table(headers: list[str], rows: list[list[str]], *, empty: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    if not rows:
+        typer.echo(empty)
+        return
+    table = Table(*headers, box=None, pad_edge=False, header_style="bold")
+    for row in rows:
+        table.add_row(*row)
+    Console(soft_wrap=True).print(table)
+
+
+def _done(counts: dict[str, int]) -> int:
+    return counts["succeeded"] + counts["dead_lettered"] + counts["cancelled"]
+
+
+def _when(value: str | None) -> str:
+    if value is None:
+        return ""
+    return datetime.fromisoformat(value).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def _cut(error: str | None) -> str:
+    if not error:
+        return ""
+    line = error.splitlines()[0]
+    return line if len(line) <= ERROR_SHOWN else line[: ERROR_SHOWN - 1] + "…"
