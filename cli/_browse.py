@@ -186,8 +186,16 @@ def tasks(
     )
 
 
+workers_app = typer.Typer(
+    name="workers",
+    help="The workers the log has seen (a table, or --json); `prune` forgets old ones.",
+)
+
+
+@workers_app.callback(invoke_without_command=True)
 @nats_security_options
 def workers(
+    ctx: typer.Context,
     as_json: JsonOption = False,
     nats_url: NatsUrlOption = None,
     database_url: DatabaseUrlOption = None,
@@ -196,6 +204,8 @@ def workers(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """List the workers the log has seen: active ones first."""
+    if ctx.invoked_subcommand is not None:
+        return
     from services.api import WorkerList, workers_list
 
     found: WorkerList = _read(nats_url, database_url, data_dir, schema, nats_security, workers_list)
@@ -220,6 +230,54 @@ def workers(
         ],
         empty="no workers",
     )
+
+
+@workers_app.command("prune")
+@nats_security_options
+def prune(
+    older_than_s: Annotated[
+        float,
+        typer.Option(
+            "--older-than-s",
+            min=0,
+            help="Only workers last seen at least this many seconds ago (0: every one).",
+        ),
+    ] = 0.0,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say which would go; change nothing.")
+    ] = False,
+    nats_url: NatsUrlOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+    nats_security: NatsSecurity = NO_SECURITY,
+) -> None:
+    """Forget stopped and lost workers (the original clean-up): a `worker.forgotten` event
+    each, so the read models drop them (and a replay does too). A worker that started again
+    meanwhile is kept."""
+    from cli._prune import prune_workers
+    from services.api import WorkerList, workers_list
+
+    found: WorkerList = _read(nats_url, database_url, data_dir, schema, nats_security, workers_list)
+    cutoff = time.time() - older_than_s
+    chosen = [
+        worker.worker_id
+        for worker in found.workers
+        if worker.state != "active"
+        and (worker.last_seen_at is None or worker.last_seen_at.timestamp() <= cutoff)
+    ]
+    if dry_run or not chosen:
+        for worker_id in chosen:
+            typer.echo(f"would forget {worker_id}")
+        typer.echo(f"{len(chosen)} worker(s) to forget")
+        return
+    endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
+    forgotten = run(prune_workers(endpoints.nats_urls, nats_security, chosen))
+    typer.echo(f"forgot {len(forgotten)} worker(s)" + _kept(len(chosen) - len(forgotten)))
+
+
+def _kept(count: int) -> str:
+    return f"; kept {count} that started again meanwhile" if count else ""
 
 
 @nats_security_options

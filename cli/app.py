@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli._browse import jobs, live_work_once, show, tasks, workers
+from cli._browse import jobs, live_work_once, show, tasks, workers_app
 from cli._events import events_app
 from cli._nats_security import nats_security_options
 from cli._runtime import (
@@ -93,6 +93,7 @@ def _options(
     ] = False,
 ) -> None:
     """Distributed jobs on NATS JetStream: submit, watch, and run every process."""
+
 
 DEFAULT_CONCURRENCY = 8
 DEFAULT_MAX_ATTEMPTS = 3
@@ -638,8 +639,9 @@ def cancel(
 
 app.add_typer(schedule_app, name="schedule")
 app.add_typer(events_app, name="events")
-for _browse_command in (jobs, tasks, workers, show):
+for _browse_command in (jobs, tasks, show):
     app.command()(_browse_command)
+app.add_typer(workers_app, name="workers")
 app.command()(populate)
 
 

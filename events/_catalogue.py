@@ -321,7 +321,14 @@ class WorkerLost(_Event, tag="worker.lost", frozen=True, kw_only=True):
     last_seen: AwareDatetime | None = None
 
 
-WorkerEvent = WorkerStarted | WorkerStopped | WorkerLost
+class WorkerForgotten(_Event, tag="worker.forgotten", frozen=True, kw_only=True):
+    """A stopped or lost worker removed from the read models (`jobstream workers prune`)."""
+
+    worker_id: WorkerId
+    reason: str = ""
+
+
+WorkerEvent = WorkerStarted | WorkerStopped | WorkerLost | WorkerForgotten
 
 Event = JobEvent | TaskEvent | WorkerEvent
 

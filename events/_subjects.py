@@ -13,6 +13,7 @@ from events._catalogue import (
     TaskRequeued,
     TaskStarted,
     TaskSucceeded,
+    WorkerForgotten,
     WorkerLost,
     WorkerStarted,
     WorkerStopped,
@@ -129,7 +130,7 @@ def subject_for(event: Event) -> str:
             | TaskChunkFinished()
         ):
             return task_event_subject(event.job_id, event.task_id)
-        case WorkerStarted() | WorkerStopped() | WorkerLost():
+        case WorkerStarted() | WorkerStopped() | WorkerLost() | WorkerForgotten():
             return worker_subject(event.worker_id)
 
 

@@ -43,6 +43,7 @@ from events import (
     TaskSpec,
     TaskStarted,
     TaskSucceeded,
+    WorkerForgotten,
     WorkerLost,
     WorkerStarted,
     WorkerStopped,
@@ -224,6 +225,10 @@ class ReadModelFold:
                 self._worker_stopped(seq, at, event)
             case WorkerLost():
                 self._worker_lost(seq, event)
+            case WorkerForgotten():
+                worker = self.workers.get(event.worker_id)
+                if worker is not None and worker["state"] != "active":
+                    del self.workers[event.worker_id]
             case TaskChunkFinished():
                 for task_event in chunk_task_events(event):
                     self._task_event(seq, at, task_event)

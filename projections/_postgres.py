@@ -52,6 +52,7 @@ from events import (
     TaskStarted,
     TaskSucceeded,
     WorkerEvent,
+    WorkerForgotten,
     WorkerLost,
     WorkerStarted,
     WorkerStopped,
@@ -140,7 +141,7 @@ def event_steps(seq: int, event: Event) -> list[tuple[Event, Step]]:
     if isinstance(event, JOB_EVENTS):
         return [(event, _job_step(seq, event))]
     match event:
-        case WorkerStarted() | WorkerStopped() | WorkerLost():
+        case WorkerStarted() | WorkerStopped() | WorkerLost() | WorkerForgotten():
             return [(event, _worker_step(seq, event))]
         case TaskChunkFinished():
             return [(task, _task_step(seq, task)) for task in chunk_task_events(event)]
@@ -279,6 +280,8 @@ def _worker_step(seq: int, event: WorkerEvent) -> Step:
         case WorkerLost():
             row["last_seen_at"] = None if event.last_seen is None else _utc(event.last_seen)
             query = "worker_lost"
+        case WorkerForgotten():
+            query = "worker_forgotten"
     return Step(query, row, [("worker", event.worker_id)])
 
 

@@ -519,6 +519,13 @@ FROM e
 WHERE workers.worker_id = e.worker_id AND workers.state = 'active';
 
 
+-- name: worker_forgotten
+-- A stopped or lost worker leaves the read model (an active one stays: it came back).
+DELETE FROM workers
+USING json_to_recordset($1::json) AS e (seq bigint, worker_id text)
+WHERE workers.worker_id = e.worker_id AND workers.state <> 'active';
+
+
 -- name: workers_seen
 -- One row per worker: the sum of a round's task.started, .progress, .succeeded and .failed
 -- events of the worker. A worker known only from its task events gets a row, shown active;

@@ -49,6 +49,7 @@ from events import (
     TaskSpec,
     TaskStarted,
     TaskSucceeded,
+    WorkerForgotten,
     WorkerLost,
     WorkerStarted,
     WorkerStopped,
@@ -320,7 +321,7 @@ class Dispatcher:
             case WorkerStarted():
                 workers[event.worker_id] = _live_worker(seq, event)
                 lost.pop(event.worker_id, None)
-            case WorkerStopped():
+            case WorkerStopped() | WorkerForgotten():
                 workers.pop(event.worker_id, None)
                 lost.pop(event.worker_id, None)
             case WorkerLost():

@@ -96,6 +96,30 @@ async def test_jobs_tasks_workers_and_show(bus: Bus, nats_url: str, database_url
     shown_job = await asyncio.to_thread(_jobstream, "show", good.job_id, *where)
     assert "completed" in shown_job.stdout and "succeeded 3" in shown_job.stdout
 
+    # The worker stopped with the loops above (its worker.stopped projected now): prune
+    # forgets it, through the log.
+    await _project(bus, database_url)
+    dry = await asyncio.to_thread(_jobstream, "workers", "prune", "--dry-run", *where)
+    assert "1 worker(s) to forget" in dry.stdout, dry.stderr
+    pruned = await asyncio.to_thread(_jobstream, "workers", "prune", *where)
+    assert "forgot 1 worker(s)" in pruned.stdout, pruned.stderr
+    await _project(bus, database_url)
+    left = await asyncio.to_thread(_jobstream, "workers", "--json", *where)
+    assert left.returncode == 0 and _lines(left.stdout) == []
+
+
+async def _project(bus: Bus, database_url: str) -> None:
+    pool = await asyncpg.create_pool(
+        database_url, min_size=1, max_size=3, server_settings={"search_path": "jobstream"}
+    )
+    try:
+        async with running(PostgresProjector(bus, pool).run):
+            last = await bus.stream_last_seq()
+            while not await caught_up(pool, last):
+                await asyncio.sleep(0.05)
+    finally:
+        await pool.close()
+
 
 async def test_bad_input_gets_a_clear_error(nats_url: str, database_url: str) -> None:
     where = ["--nats-url", nats_url, "--database-url", database_url]

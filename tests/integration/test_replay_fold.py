@@ -31,6 +31,7 @@ from events import (
     TaskSpec,
     TaskStarted,
     TaskSucceeded,
+    WorkerForgotten,
     WorkerLost,
     WorkerStarted,
     WorkerStopped,
@@ -252,6 +253,10 @@ def tricky_log() -> list[Event]:
         WorkerLost(at=at(25.5), worker_id="w2", last_seen=at(20)),
         WorkerStopped(at=at(26), worker_id="w3"),
         WorkerStopped(at=at(26.5), worker_id="nobody"),
+        # Forgotten (workers prune): a stopped one goes, a lost one goes (and comes back
+        # below, afresh).
+        WorkerForgotten(at=at(26.6), worker_id="w3", reason="pruned"),
+        WorkerForgotten(at=at(26.7), worker_id="w1"),
         WorkerStarted(
             at=at(27),
             worker_id="w1",
@@ -285,6 +290,8 @@ def tricky_log() -> list[Event]:
             attempt=1,
             lease_deadline=at(35),
         ),
+        # An active worker is not forgotten.
+        WorkerForgotten(at=at(30.5), worker_id="w2"),
         # Progress without a task.started: the task (and its job) runs; a report without a
         # fraction keeps the last one; one after the end changes nothing.
         JobSubmitted(at=at(31), job_id="prog", tasks=[TaskSpec(kind="sleep", count=2)]),
@@ -614,7 +621,9 @@ async def test_bulk_replay_equals_the_projector_on_every_rule(bus: Bus, database
             workers = await conn.fetch(
                 "SELECT worker_id, state FROM jobstream.workers ORDER BY worker_id"
             )
-            assert {row["worker_id"]: row["state"] for row in workers}["w2"] == "active"
+            states_by_worker = {row["worker_id"]: row["state"] for row in workers}
+            assert states_by_worker["w2"] == "active"
+            assert "w3" not in states_by_worker
             states = await conn.fetch(
                 "SELECT task_id, state, attempts FROM jobstream.tasks"
                 " WHERE job_id = 'job-c' ORDER BY task_id"

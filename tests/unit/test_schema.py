@@ -34,6 +34,7 @@ from events import (
     TaskSpec,
     TaskStarted,
     TaskSucceeded,
+    WorkerForgotten,
     WorkerLost,
     WorkerStarted,
     WorkerStopped,
@@ -106,6 +107,7 @@ ONE_OF_EACH: list[Event] = [
     ),
     WorkerStopped(worker_id="host-1-A"),
     WorkerLost(worker_id="host-1-A", last_seen=NOW),
+    WorkerForgotten(worker_id="host-1-A", reason="pruned"),
 ]
 
 
