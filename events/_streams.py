@@ -126,18 +126,28 @@ async def ensure_worker_consumer(
 
     The normal level's comes first: before levels it was the queue's one consumer, filtering
     all of `task.<queue>.>`, and a WorkQueue stream refuses a consumer whose filter overlaps
-    another's, so it must be narrowed before the others are added.
+    another's, so it must be narrowed before the others are added. An existing consumer keeps
+    the `max_ack_pending` an operator gave it.
     """
-    if replicas is None:
-        try:
-            current = await js.consumer_info(TASKS_STREAM, worker_consumer_name(queue))
-            replicas = current.config.num_replicas or 1
-        except nats.js.errors.NotFoundError:
-            replicas = 1
     normal_first = sorted(LEVELS_HIGH_FIRST, key=lambda level: level is not PriorityLevel.NORMAL)
     for level in normal_first:
-        config = worker_consumer_config(queue, level, lease_s=lease_s, replicas=replicas)
+        current = await _consumer_config(js, worker_consumer_name(queue, level))
+        if replicas is None:  # the normal level's count, for every level
+            replicas = (current.num_replicas if current is not None else None) or 1
+        max_ack_pending = DEFAULT_MAX_ACK_PENDING
+        if current is not None and current.max_ack_pending:
+            max_ack_pending = current.max_ack_pending
+        config = worker_consumer_config(
+            queue, level, lease_s=lease_s, max_ack_pending=max_ack_pending, replicas=replicas
+        )
         await js.add_consumer(TASKS_STREAM, config)
+
+
+async def _consumer_config(js: JetStreamContext, name: str) -> ConsumerConfig | None:
+    try:
+        return (await js.consumer_info(TASKS_STREAM, name)).config
+    except nats.js.errors.NotFoundError:
+        return None
 
 
 async def ensure_buckets(js: JetStreamContext, *, replicas: int | None = None) -> None:
