@@ -149,10 +149,18 @@ from events._subjects import (
     subject_for,
     task_event_subject,
     task_queue_subject,
+    task_schedule_subject,
     worker_consumer_name,
     worker_subject,
 )
-from events._timing import Cron, TimingError, interval_text, parse_cron, parse_interval
+from events._timing import (
+    Cron,
+    TimingError,
+    at_pattern,
+    interval_text,
+    parse_cron,
+    parse_interval,
+)
 from events._urls import redact_url
 
 __all__ = [
@@ -263,6 +271,7 @@ __all__ = [
     "task_id_for",
     "task_index_of",
     "task_queue_subject",
+    "task_schedule_subject",
     "tasks_stream_config",
     "utc_now",
     "check_name",
@@ -300,6 +309,7 @@ __all__ = [
     "decode_schedule",
     "ensure_schedules",
     "interval_text",
+    "at_pattern",
     "parse_cron",
     "parse_interval",
     "schedule_of_subject",

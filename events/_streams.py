@@ -54,6 +54,9 @@ def events_stream_config(
 
 
 def tasks_stream_config(*, replicas: int = 1) -> StreamConfig:
+    """The work queue. A task that waits (deferred, or for its retry) waits in it as a message
+    schedule (nats-server 2.12+), which holds no slot of the queue's consumer; the server
+    needs roll-ups allowed for schedules."""
     return StreamConfig(
         name=TASKS_STREAM,
         subjects=[TASK_QUEUE_SUBJECTS],
@@ -62,6 +65,8 @@ def tasks_stream_config(*, replicas: int = 1) -> StreamConfig:
         num_replicas=replicas,
         duplicate_window=DUPLICATE_WINDOW_S,
         allow_direct=True,
+        allow_msg_schedules=True,
+        allow_rollup_hdrs=True,
     )
 
 
@@ -145,9 +150,11 @@ async def ensure_worker_consumer(
 
 async def _consumer_config(js: JetStreamContext, name: str) -> ConsumerConfig | None:
     try:
-        return (await js.consumer_info(TASKS_STREAM, name)).config
+        info = await js.consumer_info(TASKS_STREAM, name)
     except nats.js.errors.NotFoundError:
         return None
+    config: ConsumerConfig = info.config
+    return config
 
 
 async def ensure_buckets(js: JetStreamContext, *, replicas: int | None = None) -> None:

@@ -81,6 +81,15 @@ def task_queue_subject(queue: str, job_id: str, *, level: PriorityLevel) -> str:
     return f"task.{queue}.{level.value}.{job_id}"
 
 
+def task_schedule_subject(queue: str, job_id: str, task_id: str, *, level: PriorityLevel) -> str:
+    """Where a task waits to be queued at a later time, as a message the server schedules onto
+    its queue subject (`task_queue_subject`). One token longer than any subject a queue's
+    consumer takes, so no worker is handed it; one per task, since the server keeps one
+    schedule per subject (a newer one replaces it)."""
+    queue_subject = task_queue_subject(queue, job_id, level=level)
+    return f"{queue_subject}.{check_name(task_id, NameKind.TASK_ID)}"
+
+
 def queue_subjects(queue: str) -> str:
     """Every task message of a queue, of any level (and of the form before levels)."""
     return f"task.{check_name(queue, NameKind.QUEUE)}.>"
@@ -97,10 +106,11 @@ def level_filter_subjects(queue: str, level: PriorityLevel) -> list[str]:
     return subjects
 
 
-def job_queue_purge_subjects(job_id: str) -> tuple[str, str]:
-    """A job's queued task messages, of every level, and of the form before levels."""
+def job_queue_purge_subjects(job_id: str) -> tuple[str, str, str]:
+    """A job's queued task messages, of every level, and of the form before levels; and its
+    tasks waiting to be queued (`task_schedule_subject`)."""
     job_id = check_name(job_id, NameKind.JOB_ID)
-    return f"task.*.*.{job_id}", f"task.*.{job_id}"
+    return f"task.*.*.{job_id}", f"task.*.{job_id}", f"task.*.*.{job_id}.*"
 
 
 def worker_consumer_name(queue: str, level: PriorityLevel = PriorityLevel.NORMAL) -> str:

@@ -63,7 +63,7 @@ def test_subjects_and_filters_per_level() -> None:
     assert level_filter_subjects("q", PriorityLevel.HIGH) == ["task.q.high.*"]
     # The normal level also takes the form before levels (one token shorter: no overlap).
     assert level_filter_subjects("q", PriorityLevel.NORMAL) == ["task.q.normal.*", "task.q.*"]
-    assert job_queue_purge_subjects("J") == ("task.*.*.J", "task.*.J")
+    assert job_queue_purge_subjects("J") == ("task.*.*.J", "task.*.J", "task.*.*.J.*")
 
 
 def test_consumer_names_of_levels_never_collide_across_queues() -> None:
