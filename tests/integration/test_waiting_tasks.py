@@ -17,7 +17,7 @@ from pathlib import Path
 
 from nats.js.api import ConsumerInfo
 
-from cli.bench._sites import Site, serving
+from cli.bench._sites import Site, rate_per_s, serving
 from events import (
     LEVELS_HIGH_FIRST,
     TASKS_STREAM,
@@ -139,6 +139,7 @@ async def test_a_slow_domains_waiting_pages_leave_the_queue_to_other_jobs(
             await wait_for(all_fetched, timeout_s=PAGES / RATE_PER_S + 30, what="every page")
             ends = await wait_for_ends(bus, pages, timeout_s=30)
             print(f"ack-pending over the whole crawl: at most {ack_pending.peak}")
+            print(f"the domain served {rate_per_s(site.times()):.2f} pages/s (asked {RATE_PER_S})")
             assert ack_pending.peak < waiting / 10
     assert all(isinstance(end, TaskSucceeded) for end in ends.values())
     assert set(Counter(request.path for request in site.requests).values()) == {1}
