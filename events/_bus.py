@@ -30,6 +30,7 @@ from events._subjects import (
     EVENTS_STREAM,
     Header,
     subject_for,
+    task_due_subject,
     task_queue_subject,
     task_schedule_subject,
 )
@@ -192,10 +193,11 @@ class Bus:
     ) -> int:
         """Have the server queue `message` at `at` (a message schedule): until then it waits
         in the tasks stream, on a subject no worker takes, holding no slot of the queue's
-        consumer. When it fires, the server queues a copy (without the message id) and
-        removes the schedule; a newer schedule of the same task replaces one not yet fired."""
+        consumers. When it fires, the server queues a copy (without the message id) on the
+        queue's due subject and removes the schedule; a newer schedule of the same task
+        replaces one not yet fired."""
         level = message.level
-        target = task_queue_subject(queue, message.job_id, level=level)
+        target = task_due_subject(queue, message.job_id)
         subject = task_schedule_subject(queue, message.job_id, message.task_id, level=level)
         headers = {
             Header.MSG_ID.value: msg_id,

@@ -23,6 +23,8 @@ from events._subjects import (
     LIVENESS_BUCKET,
     TASK_QUEUE_SUBJECTS,
     TASKS_STREAM,
+    due_consumer_name,
+    due_filter_subject,
     level_filter_subjects,
     worker_consumer_name,
 )
@@ -96,6 +98,26 @@ def worker_consumer_config(
     )
 
 
+def due_consumer_config(
+    queue: str,
+    *,
+    lease_s: float = DEFAULT_LEASE_S,
+    max_ack_pending: int = DEFAULT_MAX_ACK_PENDING,
+    replicas: int = 1,
+) -> ConsumerConfig:
+    """The durable pull consumer of a queue's due tasks (`task_due_subject`), as a level's."""
+    return ConsumerConfig(
+        durable_name=due_consumer_name(queue),
+        filter_subject=due_filter_subject(queue),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=lease_s,
+        max_deliver=-1,
+        max_ack_pending=max_ack_pending,
+        num_replicas=replicas,
+    )
+
+
 # `replicas=None` below means "keep what exists, 1 if new": every process runs these
 # definitions at start-up, and one that starts against an R3 cluster must not scale its
 # streams, consumer or buckets down. Only an explicit count (`jobstream init --replicas`)
@@ -126,8 +148,8 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -
 async def ensure_worker_consumer(
     js: JetStreamContext, queue: str, *, lease_s: float, replicas: int | None = None
 ) -> None:
-    """Create the queue's consumers, one per level, or update them: `pull_subscribe` ignores
-    config once a consumer exists.
+    """Create the queue's consumers, one per level and one of its due tasks, or update them:
+    `pull_subscribe` ignores config once a consumer exists.
 
     The normal level's comes first: before levels it was the queue's one consumer, filtering
     all of `task.<queue>.>`, and a WorkQueue stream refuses a consumer whose filter overlaps
@@ -135,15 +157,22 @@ async def ensure_worker_consumer(
     the `max_ack_pending` an operator gave it.
     """
     normal_first = sorted(LEVELS_HIGH_FIRST, key=lambda level: level is not PriorityLevel.NORMAL)
-    for level in normal_first:
-        current = await _consumer_config(js, worker_consumer_name(queue, level))
-        if replicas is None:  # the normal level's count, for every level
+    for level in [*normal_first, None]:
+        name = due_consumer_name(queue) if level is None else worker_consumer_name(queue, level)
+        current = await _consumer_config(js, name)
+        if replicas is None:  # the normal level's count, for every consumer
             replicas = (current.num_replicas if current is not None else None) or 1
         max_ack_pending = DEFAULT_MAX_ACK_PENDING
         if current is not None and current.max_ack_pending:
             max_ack_pending = current.max_ack_pending
-        config = worker_consumer_config(
-            queue, level, lease_s=lease_s, max_ack_pending=max_ack_pending, replicas=replicas
+        config = (
+            due_consumer_config(
+                queue, lease_s=lease_s, max_ack_pending=max_ack_pending, replicas=replicas
+            )
+            if level is None
+            else worker_consumer_config(
+                queue, level, lease_s=lease_s, max_ack_pending=max_ack_pending, replicas=replicas
+            )
         )
         await js.add_consumer(TASKS_STREAM, config)
 

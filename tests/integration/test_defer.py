@@ -20,6 +20,7 @@ from events import (
     TaskMessage,
     TaskStarted,
     TaskSucceeded,
+    due_consumer_name,
     job_queue_purge_subjects,
     new_id,
     task_id_for,
@@ -92,8 +93,11 @@ async def waiting_as_schedule(bus: Bus, message: TaskMessage) -> None:
 
     async def consumer_empty() -> None:
         while True:
-            consumer = await bus.js.consumer_info(TASKS_STREAM, worker_consumer_name("default"))
-            if (consumer.num_ack_pending, consumer.num_pending) == (0, 0):
+            held = set()
+            for name in (worker_consumer_name("default"), due_consumer_name("default")):
+                consumer = await bus.js.consumer_info(TASKS_STREAM, name)
+                held |= {consumer.num_ack_pending, consumer.num_pending}
+            if held == {0}:
                 return
             await asyncio.sleep(0.05)
 
