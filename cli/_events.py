@@ -13,7 +13,7 @@ import msgspec
 import typer
 
 from cli._nats_security import nats_security_options
-from cli._runtime import connect_bus, run
+from cli._runtime import bus_session, run
 from cli._settings import DEFAULT_DATA_DIR, DataDirOption, NatsUrlOption, checked, resolve_endpoints
 from events import (
     EVENT_SUBJECTS,
@@ -34,6 +34,7 @@ events_app = typer.Typer(
     no_args_is_help=True,
 )
 
+NAME = "jobstream-events"
 # Fields every event has, left out of the one-line form (shown in their own columns).
 _COMMON_FIELDS = frozenset({"type", "id", "at"})
 # The one-line form keeps a line to about a terminal's width.
@@ -80,14 +81,9 @@ def tail(
     print_item = _printer(as_json)
 
     async def main() -> None:
-        bus = await connect_bus(
-            endpoints.nats_urls, name="jobstream-events", security=nats_security
-        )
-        try:
+        async with bus_session(endpoints.nats_urls, name=NAME, security=nats_security) as bus:
             start = max(1, await bus.stream_last_seq() + 1 - last)
             await _print_from(bus, subjects, start, wanted, print_item, until_seq=None)
-        finally:
-            await bus.close()
 
     with contextlib.suppress(KeyboardInterrupt):
         run(main())
@@ -112,10 +108,7 @@ def show(
     print_item = _printer(as_json)
 
     async def main() -> None:
-        bus = await connect_bus(
-            endpoints.nats_urls, name="jobstream-events", security=nats_security
-        )
-        try:
+        async with bus_session(endpoints.nats_urls, name=NAME, security=nats_security) as bus:
             first = await bus.first_on_subject(job_subject(job_id))
             if first is None:
                 raise JobstreamError(f"job {job_id} is not in the log")
@@ -123,8 +116,6 @@ def show(
             lasts = [await bus.last_on_subject(subject) for subject in subjects]
             until = max(position[0] for position in lasts if position is not None)
             await _print_from(bus, subjects, first[0], wanted, print_item, until_seq=until)
-        finally:
-            await bus.close()
 
     run(main())
 

@@ -4,7 +4,8 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from typing import Any, NoReturn, TypeVar
 
 import asyncpg
@@ -119,6 +120,18 @@ def stop_on_signals() -> asyncio.Event:
 
 async def connect_bus(urls: list[str], *, name: str, security: NatsSecurity = NO_SECURITY) -> Bus:
     return await Bus.connect(urls, name=name, security=security)
+
+
+@asynccontextmanager
+async def bus_session(
+    urls: list[str], *, name: str, security: NatsSecurity = NO_SECURITY
+) -> AsyncIterator[Bus]:
+    """A connected bus for the length of a command, closed however the command ends."""
+    bus = await connect_bus(urls, name=name, security=security)
+    try:
+        yield bus
+    finally:
+        await bus.close()
 
 
 async def check_nats_credentials(urls: list[str], security: NatsSecurity) -> None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cli._nats_security import nats_security_options
-from cli._runtime import connect_bus, run, usage_error
+from cli._runtime import bus_session, run, usage_error
 from cli._settings import (
     DEFAULT_DATA_DIR,
     DataDirOption,
@@ -114,13 +114,10 @@ def schedule_add(
         usage_error(str(exc))
 
     async def main() -> None:
-        bus = await connect_bus(
+        async with bus_session(
             endpoints.nats_urls, name="jobstream-schedule", security=nats_security
-        )
-        try:
+        ) as bus:
             await add_schedule(bus, schedule)
-        finally:
-            await bus.close()
 
     run(main())
     first = next_fire(schedule, schedule.created_at)
@@ -143,13 +140,10 @@ def schedule_list(
     endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
 
     async def main() -> "list[ScheduleRow]":
-        bus = await connect_bus(
+        async with bus_session(
             endpoints.nats_urls, name="jobstream-schedule", security=nats_security
-        )
-        try:
+        ) as bus:
             return await list_schedules(bus)
-        finally:
-            await bus.close()
 
     rows = run(main())
     if as_json:
@@ -190,13 +184,10 @@ def schedule_rm(
     endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
 
     async def main() -> None:
-        bus = await connect_bus(
+        async with bus_session(
             endpoints.nats_urls, name="jobstream-schedule", security=nats_security
-        )
-        try:
+        ) as bus:
             await remove_schedule(bus, name)
-        finally:
-            await bus.close()
 
     run(main())
     typer.echo(f"schedule {name} removed")
@@ -226,13 +217,10 @@ def populate(
         usage_error(str(exc))
 
     async def main() -> tuple[list[str], bool]:
-        bus = await connect_bus(
+        async with bus_session(
             endpoints.nats_urls, name="jobstream-populate", security=nats_security
-        )
-        try:
+        ) as bus:
             return await submit_samples(bus, plans, queue=queue)
-        finally:
-            await bus.close()
 
     job_ids, no_worker = run(main())
     if no_worker:

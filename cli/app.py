@@ -14,6 +14,7 @@ import typer
 from cli._events import events_app
 from cli._nats_security import nats_security_options
 from cli._runtime import (
+    bus_session,
     check_nats_credentials,
     connect_bus,
     connect_database,
@@ -563,11 +564,8 @@ def _watch_until_ended(
     from cli._watch import JobTally, watch_job
 
     async def main() -> JobTally:
-        bus = await connect_bus(nats_urls, name="jobstream-watch", security=security)
-        try:
+        async with bus_session(nats_urls, name="jobstream-watch", security=security) as bus:
             return await watch_job(bus, job_id, show_progress=sys.stderr.isatty())
-        finally:
-            await bus.close()
 
     tally = run(main())
     if as_json:

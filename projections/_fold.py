@@ -51,7 +51,13 @@ from events import (
     task_id_for,
     task_index_of,
 )
-from projections._crawl import CRAWL_KIND, CrawlStatsFold, failure_undone, page_facts
+from projections._crawl import (
+    CRAWL_KIND,
+    SUMMED,
+    CrawlStatsFold,
+    failure_undone,
+    page_facts,
+)
 from projections._migrate import quote_ident
 from projections._postgres import _counted_back, _utc
 from projections._task_rows import over_the_task_limit, spec_ranges
@@ -146,18 +152,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "job_id",
         "pass",
         "domain",
-        "pages_done",
-        "pages_failed",
-        "broken_links",
-        "server_errors",
-        "redirects",
-        "bytes",
-        "slow_pages",
-        "pages_warmed",
-        "misses_to_hits",
-        "time_saved_us",
-        "timed_pages",
-        "total_us",
+        *SUMMED,
         "min_ms",
         "max_ms",
         "status_counts",
