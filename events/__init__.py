@@ -114,6 +114,7 @@ from events._source import (
 from events._sql import QueryFileError, load_queries, parse_queries
 from events._streams import (
     DEFAULT_LEASE_S,
+    due_consumer_config,
     ensure_buckets,
     ensure_streams,
     ensure_worker_consumer,
@@ -138,6 +139,8 @@ from events._subjects import (
     TASKS_STREAM,
     WORKER_EVENT_SUBJECTS,
     Header,
+    due_consumer_name,
+    due_filter_subject,
     job_of_subject,
     job_queue_purge_subjects,
     job_subject,
@@ -148,12 +151,21 @@ from events._subjects import (
     schedule_subject,
     schedule_tick_subject,
     subject_for,
+    task_due_subject,
     task_event_subject,
     task_queue_subject,
+    task_schedule_subject,
     worker_consumer_name,
     worker_subject,
 )
-from events._timing import Cron, TimingError, interval_text, parse_cron, parse_interval
+from events._timing import (
+    Cron,
+    TimingError,
+    at_pattern,
+    interval_text,
+    parse_cron,
+    parse_interval,
+)
 from events._urls import redact_url
 
 __all__ = [
@@ -265,6 +277,11 @@ __all__ = [
     "task_id_for",
     "task_index_of",
     "task_queue_subject",
+    "task_schedule_subject",
+    "task_due_subject",
+    "due_filter_subject",
+    "due_consumer_name",
+    "due_consumer_config",
     "tasks_stream_config",
     "utc_now",
     "check_name",
@@ -302,6 +319,7 @@ __all__ = [
     "decode_schedule",
     "ensure_schedules",
     "interval_text",
+    "at_pattern",
     "parse_cron",
     "parse_interval",
     "schedule_of_subject",

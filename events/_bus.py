@@ -5,6 +5,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import TypeVar
 
 import nats
@@ -25,7 +26,15 @@ from events._errors import (
     TlsError,
 )
 from events._security import NO_SECURITY, NatsSecurity, is_auth_refusal, tls_refusal
-from events._subjects import EVENTS_STREAM, Header, subject_for, task_queue_subject
+from events._subjects import (
+    EVENTS_STREAM,
+    Header,
+    subject_for,
+    task_due_subject,
+    task_queue_subject,
+    task_schedule_subject,
+)
+from events._timing import at_pattern
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +187,24 @@ class Bus:
     async def publish_task(self, queue: str, message: TaskMessage, *, msg_id: str) -> int:
         subject = task_queue_subject(queue, message.job_id, level=message.level)
         return await self._publish(subject, encode(message), {Header.MSG_ID.value: msg_id})
+
+    async def schedule_task(
+        self, queue: str, message: TaskMessage, *, msg_id: str, at: datetime
+    ) -> int:
+        """Have the server queue `message` at `at` (a message schedule): until then it waits
+        in the tasks stream, on a subject no worker takes, holding no slot of the queue's
+        consumers. When it fires, the server queues a copy (without the message id) on the
+        queue's due subject and removes the schedule; a newer schedule of the same task
+        replaces one not yet fired."""
+        level = message.level
+        target = task_due_subject(queue, message.job_id)
+        subject = task_schedule_subject(queue, message.job_id, message.task_id, level=level)
+        headers = {
+            Header.MSG_ID.value: msg_id,
+            Header.SCHEDULE.value: at_pattern(at),
+            Header.SCHEDULE_TARGET.value: target,
+        }
+        return await self._publish(subject, encode(message), headers)
 
     async def start_event_publish(
         self, event: Event, *, expected_last_subject_seq: int | None = None

@@ -23,6 +23,8 @@ from events._subjects import (
     LIVENESS_BUCKET,
     TASK_QUEUE_SUBJECTS,
     TASKS_STREAM,
+    due_consumer_name,
+    due_filter_subject,
     level_filter_subjects,
     worker_consumer_name,
 )
@@ -54,6 +56,9 @@ def events_stream_config(
 
 
 def tasks_stream_config(*, replicas: int = 1) -> StreamConfig:
+    """The work queue. A task that waits (deferred, or for its retry) waits in it as a message
+    schedule (nats-server 2.12+), which holds no slot of the queue's consumer; the server
+    needs roll-ups allowed for schedules."""
     return StreamConfig(
         name=TASKS_STREAM,
         subjects=[TASK_QUEUE_SUBJECTS],
@@ -62,6 +67,8 @@ def tasks_stream_config(*, replicas: int = 1) -> StreamConfig:
         num_replicas=replicas,
         duplicate_window=DUPLICATE_WINDOW_S,
         allow_direct=True,
+        allow_msg_schedules=True,
+        allow_rollup_hdrs=True,
     )
 
 
@@ -82,6 +89,26 @@ def worker_consumer_config(
     return ConsumerConfig(
         durable_name=worker_consumer_name(queue, level),
         filter_subjects=level_filter_subjects(queue, level),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=lease_s,
+        max_deliver=-1,
+        max_ack_pending=max_ack_pending,
+        num_replicas=replicas,
+    )
+
+
+def due_consumer_config(
+    queue: str,
+    *,
+    lease_s: float = DEFAULT_LEASE_S,
+    max_ack_pending: int = DEFAULT_MAX_ACK_PENDING,
+    replicas: int = 1,
+) -> ConsumerConfig:
+    """The durable pull consumer of a queue's due tasks (`task_due_subject`), as a level's."""
+    return ConsumerConfig(
+        durable_name=due_consumer_name(queue),
+        filter_subject=due_filter_subject(queue),
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=lease_s,
@@ -121,23 +148,42 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -
 async def ensure_worker_consumer(
     js: JetStreamContext, queue: str, *, lease_s: float, replicas: int | None = None
 ) -> None:
-    """Create the queue's consumers, one per level, or update them: `pull_subscribe` ignores
-    config once a consumer exists.
+    """Create the queue's consumers, one per level and one of its due tasks, or update them:
+    `pull_subscribe` ignores config once a consumer exists.
 
     The normal level's comes first: before levels it was the queue's one consumer, filtering
     all of `task.<queue>.>`, and a WorkQueue stream refuses a consumer whose filter overlaps
-    another's, so it must be narrowed before the others are added.
+    another's, so it must be narrowed before the others are added. An existing consumer keeps
+    the `max_ack_pending` an operator gave it.
     """
-    if replicas is None:
-        try:
-            current = await js.consumer_info(TASKS_STREAM, worker_consumer_name(queue))
-            replicas = current.config.num_replicas or 1
-        except nats.js.errors.NotFoundError:
-            replicas = 1
     normal_first = sorted(LEVELS_HIGH_FIRST, key=lambda level: level is not PriorityLevel.NORMAL)
-    for level in normal_first:
-        config = worker_consumer_config(queue, level, lease_s=lease_s, replicas=replicas)
+    for level in [*normal_first, None]:
+        name = due_consumer_name(queue) if level is None else worker_consumer_name(queue, level)
+        current = await _consumer_config(js, name)
+        if replicas is None:  # the normal level's count, for every consumer
+            replicas = (current.num_replicas if current is not None else None) or 1
+        max_ack_pending = DEFAULT_MAX_ACK_PENDING
+        if current is not None and current.max_ack_pending:
+            max_ack_pending = current.max_ack_pending
+        config = (
+            due_consumer_config(
+                queue, lease_s=lease_s, max_ack_pending=max_ack_pending, replicas=replicas
+            )
+            if level is None
+            else worker_consumer_config(
+                queue, level, lease_s=lease_s, max_ack_pending=max_ack_pending, replicas=replicas
+            )
+        )
         await js.add_consumer(TASKS_STREAM, config)
+
+
+async def _consumer_config(js: JetStreamContext, name: str) -> ConsumerConfig | None:
+    try:
+        info = await js.consumer_info(TASKS_STREAM, name)
+    except nats.js.errors.NotFoundError:
+        return None
+    config: ConsumerConfig = info.config
+    return config
 
 
 async def ensure_buckets(js: JetStreamContext, *, replicas: int | None = None) -> None:

@@ -82,6 +82,37 @@ def task_queue_subject(queue: str, job_id: str, *, level: PriorityLevel) -> str:
     return f"task.{queue}.{level.value}.{job_id}"
 
 
+# The token, in place of a level, of the subject a waiting task is queued on when its time
+# comes (`task_due_subject`).
+DUE_TOKEN = "due"
+
+
+def task_due_subject(queue: str, job_id: str) -> str:
+    """Where the server queues a waiting task when its time comes: a consumer of its own,
+    served before the levels, as a redelivery is before new messages; from the end of a
+    level's queue it would come back late, behind whatever was queued meanwhile."""
+    queue, job_id = check_name(queue, NameKind.QUEUE), check_name(job_id, NameKind.JOB_ID)
+    return f"task.{queue}.{DUE_TOKEN}.{job_id}"
+
+
+def due_filter_subject(queue: str) -> str:
+    return f"task.{check_name(queue, NameKind.QUEUE)}.{DUE_TOKEN}.*"
+
+
+def due_consumer_name(queue: str) -> str:
+    """The durable consumer of a queue's due tasks (`due-workers-…`, never a level's name)."""
+    return f"{DUE_TOKEN}-workers-{check_name(queue, NameKind.QUEUE)}"
+
+
+def task_schedule_subject(queue: str, job_id: str, task_id: str, *, level: PriorityLevel) -> str:
+    """Where a task waits to be queued at a later time (on `task_due_subject`), as a message
+    schedule. One token longer than any subject a queue's consumers take, so no worker is
+    handed it; one per task, since the server keeps one schedule per subject (a newer one
+    replaces it)."""
+    queue_subject = task_queue_subject(queue, job_id, level=level)
+    return f"{queue_subject}.{check_name(task_id, NameKind.TASK_ID)}"
+
+
 def queue_subjects(queue: str) -> str:
     """Every task message of a queue, of any level (and of the form before levels)."""
     return f"task.{check_name(queue, NameKind.QUEUE)}.>"
@@ -98,10 +129,11 @@ def level_filter_subjects(queue: str, level: PriorityLevel) -> list[str]:
     return subjects
 
 
-def job_queue_purge_subjects(job_id: str) -> tuple[str, str]:
-    """A job's queued task messages, of every level, and of the form before levels."""
+def job_queue_purge_subjects(job_id: str) -> tuple[str, str, str]:
+    """A job's queued task messages, of every level (and due), and of the form before levels;
+    and its tasks waiting to be queued (`task_schedule_subject`)."""
     job_id = check_name(job_id, NameKind.JOB_ID)
-    return f"task.*.*.{job_id}", f"task.*.{job_id}"
+    return f"task.*.*.{job_id}", f"task.*.{job_id}", f"task.*.*.{job_id}.*"
 
 
 def worker_consumer_name(queue: str, level: PriorityLevel = PriorityLevel.NORMAL) -> str:

@@ -1,6 +1,7 @@
 """When a schedule fires: an interval (`10m`, `1h30m`) or a five-field cron expression,
 checked by the rules nats-server applies (its cron is robfig/cron's, with a seconds field in
-front), written in the server's own pattern syntax, and its next fire time (UTC)."""
+front), written in the server's own pattern syntax, and its next fire time (UTC); and the
+pattern of a message the server delivers once, at a given time."""
 
 import re
 from dataclasses import dataclass
@@ -42,6 +43,12 @@ _BOUNDS = (
 )
 # A cron expression with no match within this many years never fires (the server's bound).
 _SEARCH_YEARS = 5
+
+
+def at_pattern(when: datetime) -> str:
+    """The `Nats-Schedule` of a one-shot message: `@at` and an RFC 3339 time in UTC, to the
+    millisecond (the server parses fractions of a second; a time past fires at once)."""
+    return "@at " + when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class TimingError(ValueError):

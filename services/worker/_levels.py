@@ -11,13 +11,23 @@ next slot frees. At most one window per level is held so.
 
 Starvation control: a lower level passed over for `share_every - 1` slots in a row is offered
 slots first until it is served; a level with no work left is simply passed over again.
+
+Before every level come the queue's due tasks: tasks that waited (deferred, or for a retry)
+outside the queue and whose time has come, as a redelivery comes before new messages.
 """
 
 import asyncio
 
 from nats.aio.client import Client as NatsClient
 
-from events import LEVELS_HIGH_FIRST, TASKS_STREAM, Delivery, PriorityLevel, PullFeed
+from events import (
+    LEVELS_HIGH_FIRST,
+    TASKS_STREAM,
+    Delivery,
+    PriorityLevel,
+    PullFeed,
+    due_consumer_name,
+)
 from events import worker_consumer_name as consumer_name
 
 # Of every `share_every` slots handed out, one goes first to the normal level and one to the
@@ -53,28 +63,34 @@ class LevelFeeds:
     ) -> None:
         self.share_every = max(len(LEVELS_HIGH_FIRST), share_every)
         self._arrived = asyncio.Event()
-        self.feeds = {
-            level: PullFeed(
+
+        def feed(consumer: str) -> PullFeed:
+            return PullFeed(
                 nc,
                 stream=TASKS_STREAM,
-                consumer=consumer_name(queue, level),
+                consumer=consumer,
                 window=0,
                 holds_taken=True,
                 expires_s=expires_s,
                 heartbeat_s=heartbeat_s,
                 arrived=self._arrived,
             )
-            for level in LEVELS_HIGH_FIRST
-        }
+
+        self.feeds = {level: feed(consumer_name(queue, level)) for level in LEVELS_HIGH_FIRST}
+        self.due = feed(due_consumer_name(queue))
         # Slots handed to a higher level since each level was last served.
         self.passed_over = dict.fromkeys(LEVELS_HIGH_FIRST, 0)
 
+    @property
+    def all_feeds(self) -> list[PullFeed]:
+        return [self.due, *self.feeds.values()]
+
     async def start(self) -> None:
-        for feed in self.feeds.values():
+        for feed in self.all_feeds:
             await feed.start()
 
     async def stop(self) -> None:
-        for feed in self.feeds.values():
+        for feed in self.all_feeds:
             await feed.stop()
 
     def order(self) -> list[PriorityLevel]:
@@ -82,15 +98,15 @@ class LevelFeeds:
 
     @property
     def buffered(self) -> int:
-        return sum(feed.buffered for feed in self.feeds.values())
+        return sum(feed.buffered for feed in self.all_feeds)
 
     @property
     def requested(self) -> int:
-        return sum(feed.requested for feed in self.feeds.values())
+        return sum(feed.requested for feed in self.all_feeds)
 
     @property
     def lost(self) -> list[PullFeed]:
-        return [feed for feed in self.feeds.values() if feed.lost]
+        return [feed for feed in self.all_feeds if feed.lost]
 
     async def take(self, free: int, timeout_s: float) -> list[Delivery]:
         """Up to `free` deliveries, each from the first level in `order` that has one; if none
@@ -104,16 +120,16 @@ class LevelFeeds:
             try:
                 await asyncio.wait_for(self._arrived.wait(), timeout_s)
             except TimeoutError:
-                for feed in self.feeds.values():
+                for feed in self.all_feeds:
                     feed.check_alive()
                 return []
         return self._take_buffered(free)
 
     async def offer(self, free: int) -> None:
-        """Size each level's pull window to the slots the levels before it leave."""
+        """Size each level's pull window to the slots the due tasks and the levels before it
+        leave."""
         claimed = 0
-        for level in self.order():
-            feed = self.feeds[level]
+        for feed in [self.due, *(self.feeds[level] for level in self.order())]:
             await feed.resize(max(0, free - claimed))
             claimed += feed.buffered + (feed.requested if feed.backlog > 0 else 0)
 
@@ -127,6 +143,9 @@ class LevelFeeds:
         return taken
 
     def _take_one(self) -> Delivery | None:
+        due = self.due.take_buffered(1)
+        if due:
+            return due[0]
         for level in self.order():
             got = self.feeds[level].take_buffered(1)
             if got:

@@ -5,12 +5,13 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import random
 import socket
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -22,12 +23,14 @@ from nats.aio.msg import Msg
 from events import (
     LIVENESS_BUCKET,
     MAX_RUNNING,
+    TASKS_STREAM,
     TERMINAL_TASK_EVENTS,
     Bus,
     ChunkFailure,
     ChunkResult,
     ConflictError,
     Event,
+    Header,
     Liveness,
     NameKind,
     RunningTask,
@@ -82,6 +85,11 @@ HOST_TOKEN_MAX = 96
 # Past this many deferrals, a task's `Defer` counts as a failed attempt: a task cannot be put
 # back forever.
 MAX_DEFERRALS = 100
+# A task that waits (deferred, or for its retry) at most this long waits in the queue, as a
+# message nak'ed with a delay, holding a slot of the queue's consumer meanwhile; a longer wait
+# is a message schedule, which holds none (the server fires schedules a quarter of a second
+# apart at the closest, too coarse for short waits).
+HOLD_IN_QUEUE_MAX_S = 1.0
 
 
 def _package_version() -> str:
@@ -143,6 +151,8 @@ class Worker:
         # handling task (turned into `RunningTask`s once a tick, not once a task).
         self._running: dict[asyncio.Task[Any], tuple[TaskMessage, float]] = {}
         self.tasks_done = 0
+        # Until the tasks stream is known to have message schedules, every wait is held.
+        self._hold_in_queue_max_s = math.inf
 
     # --- lifecycle ---------------------------------------------------------
 
@@ -150,6 +160,7 @@ class Worker:
         """Run until `stop` is set, then drain gracefully."""
         js = self.bus.js
         await ensure_worker_consumer(js, self.options.queue, lease_s=self.options.lease_s)
+        self._hold_in_queue_max_s = await self._longest_wait_held_in_queue_s()
         await self._publish(
             WorkerStarted(
                 worker_id=self.worker_id,
@@ -173,6 +184,19 @@ class Worker:
             await self._publish(WorkerStopped(worker_id=self.worker_id))
             await self._forget_liveness()
             log.info("worker %s stopped after %d tasks", self.worker_id, self.tasks_done)
+
+    async def _longest_wait_held_in_queue_s(self) -> float:
+        """`HOLD_IN_QUEUE_MAX_S`; every wait if the tasks stream has no message schedules (a
+        server before 2.12 ignores the setting, and would keep a schedule as a plain message
+        that no worker ever takes)."""
+        info = await self.bus.js.stream_info(TASKS_STREAM)
+        if info.config.allow_msg_schedules:
+            return HOLD_IN_QUEUE_MAX_S
+        log.warning(
+            "the tasks stream has no message schedules (nats-server 2.12 or later): a waiting"
+            " task holds a slot of the queue's consumer until its time"
+        )
+        return math.inf
 
     async def _shutdown(self, feeds: LevelFeeds) -> None:
         """Ask for no more tasks, let in-flight tasks finish within the grace period, then give
@@ -308,9 +332,17 @@ class Worker:
             log.error("malformed task message on %s, dropped: %s", msg.subject, exc)
             await msg.term()
             return
-        if task.retry_at is not None:
-            if num_delivered == 1:  # its backoff: wait, without counting an attempt
-                await msg.nak(delay=max(0.0, (task.retry_at - utc_now()).total_seconds()))
+        if task.retry_at is not None and not _fired_by_schedule(msg):
+            # Queued with a wait the queue holds (or by an older worker): the first delivery
+            # only waits, and is not an attempt.
+            wait_s = (task.retry_at - utc_now()).total_seconds()
+            if wait_s > self._hold_in_queue_max_s:
+                seq = msg.metadata.sequence.stream
+                await self._queue_later(task, msg_id=f"{task.task_id}@later-{seq}")
+                await msg.ack()
+                return
+            if num_delivered == 1:
+                await msg.nak(delay=max(0.0, wait_s))
                 return
             num_delivered -= 1
         attempt = task.attempts_before + num_delivered
@@ -454,9 +486,36 @@ class Worker:
             deferrals=task.deferrals + 1,
         )
         msg_id = f"{task.task_id}@deferred-{state.attempt}-{copy.deferrals}"
-        await self.bus.publish_task(self.options.queue, copy, msg_id=msg_id)
+        await self._queue_later(copy, msg_id=msg_id)
         await state.msg.ack()
         log.debug("task %s deferred %.2fs: %s", task.task_id, defer.delay_s, defer)
+
+    async def _retry_later(self, state: _Attempt, retry_at: datetime, delay_s: float) -> None:
+        """The next attempt, after `delay_s`: this delivery nak'ed with that delay if the queue
+        holds such a wait, else a copy that counts this attempt queued for `retry_at` and this
+        delivery acked (as `_defer` does)."""
+        if delay_s <= self._hold_in_queue_max_s:
+            await state.msg.nak(delay=delay_s)
+            return
+        task = state.task
+        copy = msgspec.structs.replace(
+            task,
+            attempts_before=state.attempt,
+            max_attempts=task.attempts_before + task.max_attempts - state.attempt,
+            retry_at=retry_at,
+        )
+        await self._queue_later(copy, msg_id=f"{task.task_id}@retry-{state.attempt}")
+        await state.msg.ack()
+
+    async def _queue_later(self, message: TaskMessage, *, msg_id: str) -> None:
+        """Queue `message` to run at its `retry_at`: as a message schedule if the wait is longer
+        than the queue holds, else now (its first delivery waits the rest)."""
+        assert message.retry_at is not None
+        queue = self.options.queue
+        if (message.retry_at - utc_now()).total_seconds() > self._hold_in_queue_max_s:
+            await self.bus.schedule_task(queue, message, msg_id=msg_id, at=message.retry_at)
+        else:
+            await self.bus.publish_task(queue, message, msg_id=msg_id)
 
     async def _lease_if_slow(
         self, state: _Attempt, runner: asyncio.Task[Any]
@@ -518,9 +577,7 @@ class Worker:
         retry_at = utc_now() + timedelta(seconds=self._backoff_s(attempt))
         again, ended = split(state.task, failures, attempt, retry_at=retry_at)
         for message in again:
-            await self.bus.publish_task(
-                self.options.queue, message, msg_id=f"{message.task_id}@split"
-            )
+            await self._queue_later(message, msg_id=f"{message.task_id}@split")
         for failure in ended:
             dead = TaskDeadLettered(
                 id=derived_id(failure.task_id, "dead-lettered-in-chunk"),
@@ -597,7 +654,8 @@ class Worker:
                 error,
                 delay_s,
             )
-            await state.msg.nak(delay=delay_s)
+            assert next_retry_at is not None
+            await self._retry_later(state, next_retry_at, delay_s)
             return
         reason = "permanent error" if permanent else f"failed {state.attempt} attempts"
         await self._dead_letter(state, reason, error, attempts=state.attempt)
@@ -685,6 +743,11 @@ class Worker:
 def _host_token() -> str:
     """The host name as a worker-id part: a dotted name (`web1.example.com`) gets dashes."""
     return safe_name(socket.gethostname(), NameKind.WORKER_ID)[:HOST_TOKEN_MAX]
+
+
+def _fired_by_schedule(msg: Msg) -> bool:
+    """The message was queued by the server at its time, from a schedule (`_queue_later`)."""
+    return Header.SCHEDULER.value in (msg.headers or {})
 
 
 def _shared_subject(state: _Attempt) -> None:

@@ -11,12 +11,16 @@ from events import (
     JobSubmitted,
     PriorityLevel,
     TaskSpec,
+    due_consumer_name,
+    due_filter_subject,
     expand_chunks,
     expand_tasks,
     job_queue_purge_subjects,
     level_filter_subjects,
     level_of,
+    task_due_subject,
     task_queue_subject,
+    task_schedule_subject,
     worker_consumer_name,
 )
 from services.worker._chunk import split
@@ -63,12 +67,23 @@ def test_subjects_and_filters_per_level() -> None:
     assert level_filter_subjects("q", PriorityLevel.HIGH) == ["task.q.high.*"]
     # The normal level also takes the form before levels (one token shorter: no overlap).
     assert level_filter_subjects("q", PriorityLevel.NORMAL) == ["task.q.normal.*", "task.q.*"]
-    assert job_queue_purge_subjects("J") == ("task.*.*.J", "task.*.J")
+    assert job_queue_purge_subjects("J") == ("task.*.*.J", "task.*.J", "task.*.*.J.*")
+
+
+def test_subjects_of_waiting_and_due_tasks() -> None:
+    """A waiting task's schedule is one token longer than any consumer's filter; its due
+    subject has a token no level has."""
+    waiting = task_schedule_subject("q", "J", "J-1", level=PriorityLevel.LOW)
+    assert waiting == "task.q.low.J.J-1"
+    assert task_due_subject("q", "J") == "task.q.due.J"
+    assert due_filter_subject("q") == "task.q.due.*"
+    assert "due" not in {level.value for level in LEVELS_HIGH_FIRST}
 
 
 def test_consumer_names_of_levels_never_collide_across_queues() -> None:
     queues = ["a", "high", "a-high", "high-a", "low-workers-a", "workers-a", "a_low"]
     names = [worker_consumer_name(q, level) for q in queues for level in LEVELS_HIGH_FIRST]
+    names += [due_consumer_name(q) for q in [*queues, "due", "due-workers-a"]]
     assert len(set(names)) == len(names)
     assert worker_consumer_name("q") == "workers-q"  # the name before levels
 

@@ -7,7 +7,10 @@ The state lives in a KV bucket, shared by every worker (see `_gate.py`):
 - bookings: a task that would wait longer than `MAX_WAIT_S` books a turn at the end of the
   domain's queue and is deferred until then, so that a backlog of one domain is put back
   once per task, not polled; bookings are spaced evenly and end at `tat`, and a turn not
-  claimed in time lapses;
+  claimed in time lapses. A turn is booked however far off it is: the deferred task waits
+  as a message schedule, holding nothing of the queue, whereas a horizon would put each
+  page of a long crawl back once per horizon (a site of 50,000 pages at 2/s is 7 hours;
+  with a minute's horizon, past the worker's cap on deferrals);
 - concurrency slots, taken at a task's turn and held until its requests end, each with its
   holder and an expiry, so that the slot of a killed worker frees itself;
 - adaptation: a 429/503 blocks the domain until its Retry-After and halves `factor`; each
