@@ -157,6 +157,9 @@ class Readiness(BaseModel):
     log_last_seq: int | None
     # The dispatcher and each projection: how far they have applied the log.
     consumers: dict[str, ConsumerProgress]
+    # Batches of streamed jobs whose task rows the projector is still writing (they follow
+    # the job's other events by design: not a problem). None: not known.
+    task_batches_unlisted: int | None = None
     # Why not ready (empty when ready).
     problems: list[str]
 
@@ -301,8 +304,18 @@ async def _readiness(request: Request) -> Readiness:
         postgres=postgres,
         log_last_seq=last_seq,
         consumers=consumers,
+        task_batches_unlisted=await _unlisted_batches(request) if postgres else None,
         problems=problems,
     )
+
+
+async def _unlisted_batches(request: Request) -> int | None:
+    try:
+        async with request.app.state.read_models.connection() as conn:
+            count = await conn.fetchval(request.app.state.sql["count_unlisted_batches"])
+    except Exception:  # read models older than the table: not known
+        return None
+    return int(count)
 
 
 @live_router.get(
@@ -351,6 +364,11 @@ async def metrics(request: Request) -> Response:
     jobs = Gauge(
         "jobstream_jobs", "Jobs in the read model by status", ["status"], registry=registry
     )
+    unlisted = Gauge(
+        "jobstream_task_batches_unlisted",
+        "Batches of streamed jobs whose task rows the projector is still writing",
+        registry=registry,
+    )
     bus = _live(request).connected()
     with contextlib.suppress(Exception):
         if bus is not None:
@@ -369,6 +387,9 @@ async def metrics(request: Request) -> Response:
                 jobs.labels(status=row["status"]).set(row["n"])
             parked = await conn.fetchval(request.app.state.sql["count_rejected_events"])
             set_aside.labels(by="projections").set(parked)
+    pending = await _unlisted_batches(request)
+    if pending is not None:
+        unlisted.set(pending)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 

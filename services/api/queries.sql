@@ -115,5 +115,8 @@ SELECT projection, last_seq, updated_at FROM projection_checkpoints ORDER BY pro
 -- name: count_jobs_by_status
 SELECT status, count(*) AS n FROM jobs GROUP BY status;
 
+-- name: count_unlisted_batches
+SELECT count(*) FROM job_batches WHERE NOT listed;
+
 -- name: count_rejected_events
 SELECT count(*) FROM rejected_events;

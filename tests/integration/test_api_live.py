@@ -76,8 +76,10 @@ async def test_job_history_readiness_and_metrics(bus: Bus, database_url: str, ap
             "postgres": {"applied_seq": 2, "behind_events": 0, "behind_s": 0.0}
         }
         assert ready.json()["problems"] == []
+        assert ready.json()["task_batches_unlisted"] == 0
 
         metrics = (await client.get("/metrics")).text
+        assert "jobstream_task_batches_unlisted 0.0" in metrics
         assert 'jobstream_consumer_lag_events{consumer="postgres"} 0.0' in metrics
         assert "jobstream_log_last_seq 2.0" in metrics
         assert 'jobstream_consumer_lag_seconds{consumer="postgres"} 0.0' in metrics
