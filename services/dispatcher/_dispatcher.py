@@ -76,6 +76,7 @@ from events import (
 )
 from services.dispatcher._schedules import ScheduleFirer
 from services.dispatcher._state import (
+    Cancellation,
     DispatcherState,
     LiveWorker,
     OpenJob,
@@ -92,6 +93,8 @@ STATE_KEY = "state"
 SNAPSHOT_INTERVAL_S = 1.0
 PROGRESS_INTERVAL_S = 1.0
 CANCEL_CONCURRENCY = 64
+# A cancelled job's tasks are ended in windows of this many; its progress is saved after each.
+CANCEL_WINDOW = 2_000
 # The events that end a job: after one, no other ending is written.
 JOB_ENDINGS = (JobCompleted, JobFailed, JobCancelled, JobRejected)
 # A job with more tasks than this is queued in the background, from the log, in windows of
@@ -147,6 +150,7 @@ class Dispatcher:
         # Held while a batch of the log is applied: a snapshot is never taken halfway.
         self._applying = asyncio.Lock()
         self._expansions: dict[str, asyncio.Task[None]] = {}
+        self._cancelling: dict[str, asyncio.Task[None]] = {}
         self._expansion_slots = asyncio.Semaphore(EXPANSION_CONCURRENCY)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -157,6 +161,8 @@ class Dispatcher:
         for job in list(self.state.jobs.values()):
             if job.expanding:  # a big job's queueing, cut short by the last stop
                 self._start_expansion(job)
+        for cancellation in list(self.state.cancellations.values()):  # cut short likewise
+            self._start_cancellation(cancellation)
         batches = event_batches(self.bus, start_seq=self.state.last_seq + 1, stop=stop)
         lost_check = asyncio.create_task(self._lost_worker_loop(stop))
         progress = asyncio.create_task(self._progress_loop(snapshots, stop))
@@ -171,7 +177,8 @@ class Dispatcher:
                             await self._apply(entry)
                         await self._outbox.settle()
         finally:
-            for helper in (lost_check, progress, firing, *self._expansions.values()):
+            background = [*self._expansions.values(), *self._cancelling.values()]
+            for helper in (lost_check, progress, firing, *background):
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await helper
@@ -555,7 +562,8 @@ class Dispatcher:
     # --- cancellation --------------------------------------------------------------
 
     async def _cancel_job(self, event: JobCancelled) -> None:
-        """Purge the job's queued task messages, then end every task that has not ended.
+        """Purge the job's queued task messages now, then end every task that has not ended,
+        in the background (the log goes on meanwhile).
 
         Each `task.cancelled` is fenced on the task's subject, so it never lands after a
         worker's ending; running tasks see it at their next lease tick and stop.
@@ -564,11 +572,49 @@ class Dispatcher:
         if job is None:
             return
         await self._purge_queued(job.job_id)
-        if job.chunk_size > 1:
-            await self._cancel_chunks(job, event.reason)
-        else:
-            await self._cancel_tasks(job.job_id, range(job.total), event.reason)
-        log.info("job %s cancelled", job.job_id)
+        cancellation = Cancellation(
+            job_id=job.job_id, total=job.total, chunk_size=job.chunk_size, reason=event.reason
+        )
+        self.state.cancellations[job.job_id] = cancellation
+        self._dirty = True
+        self._start_cancellation(cancellation)
+
+    def _start_cancellation(self, cancellation: Cancellation) -> None:
+        running = self._cancelling.get(cancellation.job_id)
+        if running is None or running.done():
+            self._cancelling[cancellation.job_id] = asyncio.create_task(
+                self._end_cancelled_tasks(cancellation)
+            )
+
+    async def _end_cancelled_tasks(self, cancellation: Cancellation) -> None:
+        """End a cancelled job's tasks window by window, saving how far it got; a failure
+        is tried again from there."""
+        job_id, size = cancellation.job_id, cancellation.chunk_size
+        window = size * max(1, CANCEL_WINDOW // size)
+        try:
+            while cancellation.done < cancellation.total:
+                end = min(cancellation.total, cancellation.done + window)
+                if size > 1:
+                    await self._cancel_chunks(
+                        job_id, size, cancellation.done, end, cancellation.reason
+                    )
+                else:
+                    indexes = range(cancellation.done, end)
+                    await self._cancel_tasks(job_id, indexes, cancellation.reason)
+                cancellation.done = end
+                self._dirty = True
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("job %s: cancelling stopped (%s); trying again", job_id, exc)
+            await asyncio.sleep(EXPANSION_RETRY_S)
+            self._cancelling.pop(job_id, None)
+            self._start_cancellation(cancellation)
+            return
+        self.state.cancellations.pop(job_id, None)
+        self._cancelling.pop(job_id, None)
+        self._dirty = True
+        log.info("job %s cancelled: its %d tasks ended", job_id, cancellation.total)
 
     async def _purge_queued(self, job_id: str) -> None:
         """Remove the job's task messages that no worker has taken."""
@@ -588,17 +634,20 @@ class Dispatcher:
             chunk = task_ids[start : start + CANCEL_CONCURRENCY]
             await asyncio.gather(*(self._cancel_task(job_id, t, reason) for t in chunk))
 
-    async def _cancel_chunks(self, job: OpenJob, reason: str) -> None:
-        """Cancel each chunk on its own subject (fenced, so never after its run recorded an
-        end), then its tasks; of a chunk that ran, only the failed tasks (they went on alone)."""
-        for first in range(0, job.total, job.chunk_size):
-            indexes = range(first, min(first + job.chunk_size, job.total))
-            chunk_id = chunk_id_for(job.job_id, first)
-            ran = await self._cancel_chunk(job.job_id, chunk_id, reason)
+    async def _cancel_chunks(
+        self, job_id: str, chunk_size: int, start: int, end: int, reason: str
+    ) -> None:
+        """Cancel each chunk from task `start` to `end` on its own subject (fenced, so never
+        after its run recorded an end), then its tasks; of a chunk that ran, only the failed
+        tasks (they went on alone)."""
+        for first in range(start, end, chunk_size):
+            indexes = range(first, min(first + chunk_size, end))
+            chunk_id = chunk_id_for(job_id, first)
+            ran = await self._cancel_chunk(job_id, chunk_id, reason)
             if ran is None:
-                await self._cancel_tasks(job.job_id, indexes, reason)
+                await self._cancel_tasks(job_id, indexes, reason)
             else:
-                await self._cancel_task_ids(job.job_id, [f.task_id for f in ran.failed], reason)
+                await self._cancel_task_ids(job_id, [f.task_id for f in ran.failed], reason)
 
     async def _cancel_chunk(
         self, job_id: str, chunk_id: str, reason: str

@@ -69,6 +69,18 @@ class LiveWorker(msgspec.Struct, kw_only=True):
     started_at: datetime
 
 
+class Cancellation(msgspec.Struct, kw_only=True):
+    """A cancelled job whose tasks are being ended with `task.cancelled`, in the background
+    (a job of a million tasks takes minutes); resumed from `done` after a restart."""
+
+    job_id: str
+    total: int
+    chunk_size: int = 1
+    reason: str = ""
+    # The tasks from index 0 on that have been ended (whole chunks, in chunked mode).
+    done: int = 0
+
+
 class DispatcherState(msgspec.Struct, kw_only=True):
     last_seq: int = 0
     # Events set aside as unusable, since the dispatcher's state began.
@@ -78,6 +90,7 @@ class DispatcherState(msgspec.Struct, kw_only=True):
     # Workers reported lost, with the sequence of that report: one seen working again is
     # live again, and can be reported lost again.
     lost_workers: dict[str, int] = msgspec.field(default_factory=dict)
+    cancellations: dict[str, Cancellation] = msgspec.field(default_factory=dict)
 
     def on_job_submitted(self, seq: int, event: JobSubmitted) -> OpenJob | None:
         """Track a new job; None if it is already known (a replayed submission)."""
