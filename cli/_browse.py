@@ -1,14 +1,12 @@
 """`jobstream jobs`, `tasks`, `workers` and `show`: the read models, as the API shows them
 (with the tasks in flight that the workers' liveness records show), in a table or as NDJSON."""
 
-import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
 
-import asyncpg
 import typer
 
 from cli._nats_security import nats_security_options
@@ -26,6 +24,8 @@ from events import NO_SECURITY, ConnectError, NameKind, NatsSecurity, quote
 from projections import DEFAULT_SCHEMA
 
 if TYPE_CHECKING:
+    import asyncpg
+
     from services.api import LiveWork
 
 T = TypeVar("T")
@@ -45,6 +45,8 @@ async def live_work_once(
 ) -> tuple["LiveWork | None", str]:
     """The workers' liveness records read once, and a note for the user when they cannot be
     (the counts then come from the read model alone)."""
+    import asyncio
+
     from services.api import live_work, read_liveness
 
     if not nats_urls:
@@ -73,7 +75,7 @@ def _read(
     data_dir: Any,
     schema: str,
     security: NatsSecurity,
-    read: Callable[[asyncpg.Connection, "LiveWork"], Awaitable[T]],
+    read: Callable[["asyncpg.Connection", "LiveWork"], Awaitable[T]],
 ) -> T:
     """`read` on a read-model connection, with the tasks in flight; a note on stderr if
     those could not be read."""
@@ -116,7 +118,7 @@ def jobs(
     """List jobs, newest first, with their progress."""
     from services.api import JobPage, jobs_page
 
-    async def read(conn: asyncpg.Connection, live: "LiveWork") -> JobPage:
+    async def read(conn: "asyncpg.Connection", live: "LiveWork") -> JobPage:
         return await jobs_page(conn, live, status=status, queue=queue, limit=limit)
 
     page = _read(nats_url, database_url, data_dir, schema, nats_security, read)
@@ -158,7 +160,7 @@ def tasks(
     """List a job's tasks in task order."""
     from services.api import TaskPage, tasks_page
 
-    async def read(conn: asyncpg.Connection, live: "LiveWork") -> TaskPage | None:
+    async def read(conn: "asyncpg.Connection", live: "LiveWork") -> TaskPage | None:
         return await tasks_page(conn, job_id, live, state=state, limit=limit)
 
     page = _read(nats_url, database_url, data_dir, schema, nats_security, read)
@@ -300,7 +302,7 @@ def show(
     """Show a job (its counts) or a task (its attempts and errors)."""
     from services.api import job_summary, task_detail
 
-    async def read(conn: asyncpg.Connection, live: "LiveWork") -> dict[str, Any] | None:
+    async def read(conn: "asyncpg.Connection", live: "LiveWork") -> dict[str, Any] | None:
         if len(item_id) <= 64:
             job = await job_summary(conn, item_id, live)
             if job is not None:

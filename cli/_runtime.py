@@ -1,27 +1,30 @@
 """Running a process: the event loop, signals, logging, and the errors a user sees."""
 
-import asyncio
 import logging
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-import asyncpg
-import nats.errors
 import typer
 
 from events import (
     NO_SECURITY,
     AuthenticationError,
-    Bus,
     ConnectError,
     JobstreamError,
     NatsSecurity,
     TlsError,
     redact_url,
 )
+
+if TYPE_CHECKING:  # imported where used: a command's start-up (--help) needs none of them
+    import asyncio
+
+    import asyncpg
+
+    from events import Bus
 
 T = TypeVar("T")
 
@@ -45,6 +48,11 @@ def setup_logging(level: str = "INFO") -> None:
 class UsageError(JobstreamError):
     """What the user gave cannot be used (found only once the command ran: a bad line on
     stdin, say): exit 2, as for a wrong command line."""
+
+
+class SourceFailed(JobstreamError):
+    """The tasks' source broke off partway (a bad line on stdin, a site that stopped
+    answering): a job half-sent from it is rejected, never left to run in part."""
 
 
 def exit_code(exc: JobstreamError) -> int:
@@ -77,6 +85,9 @@ def _not_tls_eof_notice(record: logging.LogRecord) -> bool:
 def run(main: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine on uvloop where available; a JobstreamError becomes one line and exit
     1 (3 when a server could not be reached or refused the credentials)."""
+    import asyncpg
+    import nats.errors
+
     asyncio_log = logging.getLogger("asyncio")
     if _not_tls_eof_notice not in asyncio_log.filters:
         asyncio_log.addFilter(_not_tls_eof_notice)
@@ -104,13 +115,17 @@ def _run_on_best_loop(main: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
     except ImportError:
+        import asyncio
+
         return asyncio.run(main)
     result: T = uvloop.run(main)
     return result
 
 
-def stop_on_signals() -> asyncio.Event:
+def stop_on_signals() -> "asyncio.Event":
     """An event set by SIGINT or SIGTERM: the process's cue to shut down gracefully."""
+    import asyncio
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -118,14 +133,16 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def connect_bus(urls: list[str], *, name: str, security: NatsSecurity = NO_SECURITY) -> Bus:
+async def connect_bus(urls: list[str], *, name: str, security: NatsSecurity = NO_SECURITY) -> "Bus":
+    from events import Bus
+
     return await Bus.connect(urls, name=name, security=security)
 
 
 @asynccontextmanager
 async def bus_session(
     urls: list[str], *, name: str, security: NatsSecurity = NO_SECURITY
-) -> AsyncIterator[Bus]:
+) -> AsyncIterator["Bus"]:
     """A connected bus for the length of a command, closed however the command ends."""
     bus = await connect_bus(urls, name=name, security=security)
     try:
@@ -139,7 +156,7 @@ async def check_nats_credentials(urls: list[str], security: NatsSecurity) -> Non
     otherwise retry in the background (the API) or restart children forever (a worker
     supervisor); a server not reachable yet is left to those retries."""
     try:
-        bus = await Bus.connect(urls, name="jobstream-check", security=security)
+        bus = await connect_bus(urls, name="jobstream-check", security=security)
     except (AuthenticationError, TlsError):
         raise
     except ConnectError:
@@ -147,7 +164,9 @@ async def check_nats_credentials(urls: list[str], security: NatsSecurity) -> Non
     await bus.close()
 
 
-async def connect_database(url: str, **kwargs: Any) -> asyncpg.Pool:
+async def connect_database(url: str, **kwargs: Any) -> "asyncpg.Pool":
+    import asyncpg
+
     try:
         pool: asyncpg.Pool = await asyncpg.create_pool(url, timeout=10, **kwargs)
     except asyncpg.InvalidAuthorizationSpecificationError as exc:
@@ -162,9 +181,11 @@ async def connect_database(url: str, **kwargs: Any) -> asyncpg.Pool:
 
 
 async def run_until_stopped(
-    stop: asyncio.Event, *runners: Callable[[asyncio.Event], Coroutine[Any, Any, None]]
+    stop: "asyncio.Event", *runners: Callable[["asyncio.Event"], Coroutine[Any, Any, None]]
 ) -> None:
     """Run several loops until `stop`; if one fails, stop the others and re-raise."""
+    import asyncio
+
     tasks = [asyncio.create_task(runner(stop)) for runner in runners]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

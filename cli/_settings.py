@@ -171,3 +171,7 @@ def resolve_endpoints(
     return Endpoints(
         nats_urls=split_urls(nats or ""), database_url=database or "", data_dir=data_dir
     )
+
+
+# The file name that means standard input (`--tasks-file -`, `--urls-file -`).
+STDIN = "-"

@@ -8,7 +8,6 @@ with the same key, the dispatcher aborting a stale submission): the loser of a f
 """
 
 import contextlib
-import hashlib
 import sys
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -18,7 +17,9 @@ from typing import IO, Any
 import msgspec
 import nats.js.errors
 
-from cli._runtime import UsageError
+from cli._idempotency import idempotency_bucket_key
+from cli._runtime import SourceFailed, UsageError
+from cli._settings import STDIN
 from events import (
     IDEMPOTENCY_BUCKET,
     MAX_REASON_LENGTH,
@@ -40,8 +41,6 @@ from events import (
 # A batch's tasks take at most this share of the server's max_payload: the rest is the
 # event's own fields and the headers.
 BATCH_SHARE = 0.5
-MAX_IDEMPOTENCY_KEY_LENGTH = 200
-STDIN = "-"
 
 
 class _TaskLine(msgspec.Struct, forbid_unknown_fields=True):
@@ -50,11 +49,6 @@ class _TaskLine(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _task_line_decoder = msgspec.json.Decoder(_TaskLine)
-
-
-class SourceFailed(JobstreamError):
-    """The tasks' source broke off partway (a bad line on stdin, a site that stopped
-    answering): a job half-sent from it is rejected, never left to run in part."""
 
 
 class TaskLineError(UsageError, SourceFailed):
@@ -139,19 +133,6 @@ def check_task_fits(task_bytes: int, max_payload: int) -> None:
             f"a task of {task_bytes:,} bytes is over the {budget:,} bytes a batch may hold"
             f" (half the server's max_payload of {max_payload:,})"
         )
-
-
-def idempotency_bucket_key(key: str) -> str:
-    """A key of any characters as a KV key."""
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def check_idempotency_key(key: str) -> str:
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
-        raise JobstreamError(
-            f"--idempotency-key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters"
-        )
-    return key
 
 
 async def claim_job_id(bus: Bus, key: str, job_id: str) -> str:

@@ -12,14 +12,14 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
+from cli._idempotency import check_idempotency_key
 from cli._runtime import UsageError
+from cli._settings import STDIN
 from cli._stream import (
-    STDIN,
     AlreadySubmitted,
     FileSummary,
     Position,
     batch_bytes,
-    check_idempotency_key,
     check_task_fits,
     claim_job_id,
     last_on_job,

@@ -1,6 +1,5 @@
 """The `jobstream` command: submit, watch and run every process."""
 
-import asyncio
 import json
 import logging
 import sys
@@ -46,16 +45,10 @@ from events import (
     JobstreamError,
     NameKind,
     NatsSecurity,
-    SchedulesUnsupportedError,
-    ensure_buckets,
-    ensure_schedules,
-    ensure_streams,
-    ensure_worker_consumer,
-    event_json_schema,
     quote,
     redact_url,
 )
-from projections import DEFAULT_SCHEMA, migrate
+from projections import DEFAULT_SCHEMA
 
 if TYPE_CHECKING:
     from cli._demo import DemoReport
@@ -131,6 +124,15 @@ def init(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Create the streams, the queue's consumer, the buckets and the read-model tables."""
+    from events import (
+        SchedulesUnsupportedError,
+        ensure_buckets,
+        ensure_schedules,
+        ensure_streams,
+        ensure_worker_consumer,
+    )
+    from projections import migrate
+
     endpoints = resolve_endpoints(nats_url, database_url, data_dir)
 
     async def main() -> None:
@@ -169,6 +171,8 @@ SCHEMA_HELP = (
 
 @app.command(help=SCHEMA_HELP)
 def schema() -> None:
+    from events import event_json_schema
+
     typer.echo(json.dumps(event_json_schema(), indent=2))
 
 
@@ -241,6 +245,7 @@ def worker(
         worker_id=worker_id,
     )
     registry = HandlerRegistry.default(handler)
+    from events import ensure_buckets, ensure_streams
 
     async def main() -> None:
         stop = stop_on_signals()
@@ -307,7 +312,8 @@ def projector(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Run the projectors: PostgreSQL read models and daily NDJSON result files."""
-    from projections import NdjsonProjector, PostgresProjector
+    from events import ensure_streams
+    from projections import NdjsonProjector, PostgresProjector, migrate
 
     if only not in (None, "postgres", "ndjson"):
         raise typer.BadParameter("--only takes postgres or ndjson")
@@ -915,6 +921,8 @@ def demo(
 
 async def _wait_for_read_models(api_url: str, timeout_s: float = 60.0) -> None:
     """Wait until the API can list jobs: the projector has created the read models."""
+    import asyncio
+
     import httpx
 
     loop = asyncio.get_running_loop()

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nats.errors
-
 from events._errors import JobstreamError
 
 AUTHORIZATION_VIOLATION = "authorization violation"
@@ -119,6 +117,8 @@ def is_auth_refusal(exc: BaseException) -> bool:
     """The server refused the credentials. On a first connect nats-py 2.16 passes the server's
     `-ERR 'Authorization Violation'` to the error callback as a plain `nats.errors.Error`, not
     as `AuthorizationError`."""
+    import nats.errors  # here: the settings above are read without loading the client
+
     if isinstance(exc, nats.errors.AuthorizationError):
         return True
     return isinstance(exc, nats.errors.Error) and any(

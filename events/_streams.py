@@ -28,9 +28,9 @@ from events._subjects import (
     level_filter_subjects,
     worker_consumer_name,
 )
+from events._timing import DEFAULT_LEASE_S
 
 DUPLICATE_WINDOW_S = 120.0
-DEFAULT_LEASE_S = 30.0
 DEFAULT_MAX_ACK_PENDING = 20_000
 # Liveness keys carry their own timestamp; the bucket's TTL only clears out old workers.
 LIVENESS_TTL_S = 3600.0

@@ -7,6 +7,9 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+# A task's lease: the queue consumer's ack wait, by default.
+DEFAULT_LEASE_S = 30.0
+
 MIN_INTERVAL_S = 1
 MAX_INTERVAL_S = 366 * 86_400
 _UNIT_S = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}

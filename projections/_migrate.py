@@ -1,8 +1,10 @@
 """Numbered SQL migrations, applied in order into one schema."""
 
 from importlib import resources
+from typing import TYPE_CHECKING
 
-import asyncpg
+if TYPE_CHECKING:
+    import asyncpg
 
 DEFAULT_SCHEMA = "jobstream"
 
@@ -23,7 +25,7 @@ def quote_ident(name: str) -> str:
     return '"' + name + '"'
 
 
-async def migrate(conn: asyncpg.Connection, schema: str = DEFAULT_SCHEMA) -> list[str]:
+async def migrate(conn: "asyncpg.Connection", schema: str = DEFAULT_SCHEMA) -> list[str]:
     """Create `schema` and apply the migrations it lacks; return the names applied."""
     applied: list[str] = []
     ident = quote_ident(schema)

@@ -11,12 +11,12 @@ from cli._nats_security import nats_security_options
 from cli._runtime import EXIT_FAILURE, connect_bus, run, usage_error
 from cli._settings import (
     DEFAULT_DATA_DIR,
+    STDIN,
     DataDirOption,
     NatsUrlOption,
     QueueOption,
     resolve_endpoints,
 )
-from cli._stream import STDIN
 from cli.crawl._request import (
     MAX_PASSES,
     PASS_KEY_SUFFIX,

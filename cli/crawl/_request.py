@@ -3,7 +3,7 @@
 from dataclasses import dataclass
 from typing import Literal
 
-from cli._stream import MAX_IDEMPOTENCY_KEY_LENGTH, check_idempotency_key
+from cli._idempotency import MAX_IDEMPOTENCY_KEY_LENGTH, check_idempotency_key
 from cli.crawl._tasks import (
     MAX_HEADERS,
     URLS_LABEL,

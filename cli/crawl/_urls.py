@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-from cli._stream import STDIN
+from cli._settings import STDIN
 from cli.crawl._errors import DiscoveryError
 
 MAX_URL_LENGTH = 2048

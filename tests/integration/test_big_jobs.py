@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cli._stream import idempotency_bucket_key
+from cli._idempotency import idempotency_bucket_key
 from events import (
     IDEMPOTENCY_BUCKET,
     TASKS_STREAM,
