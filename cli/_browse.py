@@ -79,14 +79,18 @@ def _read(
 ) -> T:
     """`read` on a read-model connection, with the tasks in flight; a note on stderr if
     those could not be read."""
-    from services.api import LiveWork
+    from services.api import LiveWork, init_connection
 
     endpoints = resolve_endpoints(nats_url, database_url, data_dir, need_nats=False)
 
     async def main() -> tuple[T, str]:
         live, note = await live_work_once(endpoints.nats_urls, security)
         pool = await connect_database(
-            endpoints.database_url, min_size=1, max_size=1, server_settings={"search_path": schema}
+            endpoints.database_url,
+            min_size=1,
+            max_size=1,
+            server_settings={"search_path": schema},
+            init=init_connection,
         )
         try:
             async with pool.acquire() as conn:

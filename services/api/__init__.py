@@ -26,6 +26,7 @@ from services.api._app import (
     WorkerList,
     create_app,
     dead_letters,
+    init_connection,
     job_summary,
     jobs_page,
     running_tasks,
@@ -40,6 +41,7 @@ from services.api._liveness import LiveWork, live_work, read_liveness
 __all__ = [
     "Attempt",
     "TaskDetail",
+    "init_connection",
     "jobs_page",
     "task_detail",
     "tasks_page",

@@ -260,7 +260,9 @@ def _json_encode(value: object) -> str:
     return msgspec.json.encode(value).decode("utf-8")
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Set up a read-model connection as the API's pool does (jsonb as Python values): for a
+    pool of a caller's own (`asyncpg.create_pool(..., init=init_connection)`)."""
     await conn.set_type_codec(
         "jsonb", encoder=_json_encode, decoder=msgspec.json.decode, schema="pg_catalog"
     )
@@ -335,7 +337,7 @@ class _ReadModels:
                 max_size=self._pool_max_size,
                 timeout=CONNECT_TIMEOUT_S,
                 command_timeout=COMMAND_TIMEOUT_S,
-                init=_init_connection,
+                init=init_connection,
                 server_settings={
                     "search_path": f'"{self.schema}"',
                     "application_name": "jobstream-api",
@@ -454,7 +456,7 @@ async def running_tasks(
     """A job's first `limit` running tasks, as `GET /jobs/{id}/tasks?state=running` shows
     them (with the tasks in flight in `live`), JSON-safe, on the caller's connection."""
     live = live or LiveWork()
-    await _init_connection(conn)  # the caller's connection may decode jsonb as text
+    await init_connection(conn)  # the caller's connection may decode jsonb as text
     rows = await conn.fetch(
         _SQL["list_tasks"], job_id, "running", None, None, limit, live.tasks_of(job_id)
     )
@@ -489,8 +491,8 @@ async def jobs_page(
     after: JobCursor | None = None,
 ) -> JobPage:
     """A page of jobs, newest first, with their task counts (and the tasks in flight of
-    `live`), on the caller's connection (search_path: the read-model schema)."""
-    await _init_connection(conn)
+    `live`), on the caller's connection (search_path: the read-model schema; jsonb decoded
+    as the API's pool does it: `init_connection`)."""
     rows = await conn.fetch(
         _SQL["list_jobs"],
         status,
@@ -519,7 +521,6 @@ async def tasks_page(
     after: TaskCursor | None = None,
 ) -> TaskPage | None:
     """A page of a job's tasks in task order; None if the job is not there."""
-    await _init_connection(conn)
     rows = await conn.fetch(
         _SQL["list_tasks"],
         job_id,
@@ -543,7 +544,6 @@ async def task_detail(
     conn: asyncpg.Connection, task_id: str, live: LiveWork
 ) -> "TaskDetail | None":
     """One task with its attempts, oldest first; None if the read model has no such task."""
-    await _init_connection(conn)
     row = await conn.fetchrow(_SQL["get_task"], task_id)
     if row is None:
         return None
