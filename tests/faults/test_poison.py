@@ -72,6 +72,7 @@ VALID_EVENTS: dict[str, dict[str, Any]] = {
     },
     "worker.stopped": {**_JOB, "worker_id": "w"},
     "worker.lost": {**_JOB, "worker_id": "w"},
+    "worker.forgotten": {**_JOB, "worker_id": "w"},
 }
 
 
