@@ -3,8 +3,9 @@
 Names are imported on first use (PEP 562), so a command that needs only a few of them
 (`jobstream --help`) does not load the NATS client."""
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from events._lazy import lazy_attribute
 
 if TYPE_CHECKING:
     from events._bus import Bus, backoff_s, is_transient, with_retry
@@ -335,16 +336,11 @@ _HOMES: dict[str, str] = {
     "parse_cron": "events._timing",
     "parse_interval": "events._timing",
     "redact_url": "events._urls",
+    "lazy_attribute": "events._lazy",
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'events' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attribute(__name__, _HOMES, globals())
 
 
 def __dir__() -> list[str]:
@@ -352,6 +348,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "lazy_attribute",
     "MAX_REASON_LENGTH",
     "JOB_EVENTS",
     "MAX_TASKS_PER_JOB",

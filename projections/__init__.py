@@ -2,8 +2,9 @@
 
 Names are imported on first use (PEP 562): a command that needs few of them starts fast."""
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from events import lazy_attribute
 
 if TYPE_CHECKING:
     from projections._listing import TaskLister, unlisted_batches
@@ -52,13 +53,7 @@ _HOMES: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'projections' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attribute(__name__, _HOMES, globals())
 
 
 def __dir__() -> list[str]:
