@@ -20,7 +20,7 @@ from cli._settings import (
     checked,
     resolve_endpoints,
 )
-from events import NO_SECURITY, ConnectError, NameKind, NatsSecurity, quote
+from events import MAX_LENGTH, NO_SECURITY, ConnectError, NameKind, NatsSecurity, quote
 from projections import DEFAULT_SCHEMA
 
 if TYPE_CHECKING:
@@ -307,7 +307,7 @@ def show(
     from services.api import job_summary, task_detail
 
     async def read(conn: "asyncpg.Connection", live: "LiveWork") -> dict[str, Any] | None:
-        if len(item_id) <= 64:
+        if len(item_id) <= MAX_LENGTH[NameKind.JOB_ID]:  # else only a task id fits
             job = await job_summary(conn, item_id, live)
             if job is not None:
                 return {"job": job}
