@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
 
 import typer
 
-from cli._nats_security import nats_security_options
-from cli._runtime import connect_bus, connect_database, run
-from cli._settings import (
+from jobstream.cli._nats_security import nats_security_options
+from jobstream.cli._runtime import connect_bus, connect_database, run
+from jobstream.cli._settings import (
     DEFAULT_DATA_DIR,
     DatabaseUrlOption,
     DataDirOption,
@@ -20,13 +20,13 @@ from cli._settings import (
     checked,
     resolve_endpoints,
 )
-from events import MAX_LENGTH, NO_SECURITY, ConnectError, NameKind, NatsSecurity, quote
-from projections import DEFAULT_SCHEMA
+from jobstream.events import MAX_LENGTH, NO_SECURITY, ConnectError, NameKind, NatsSecurity, quote
+from jobstream.projections import DEFAULT_SCHEMA
 
 if TYPE_CHECKING:
     import asyncpg
 
-    from services.api import LiveWork
+    from jobstream.services.api import LiveWork
 
 T = TypeVar("T")
 
@@ -47,7 +47,7 @@ async def live_work_once(
     (the counts then come from the read model alone)."""
     import asyncio
 
-    from services.api import live_work, read_liveness
+    from jobstream.services.api import live_work, read_liveness
 
     if not nats_urls:
         return None, "note: no NATS URL; counts are the read model's alone"
@@ -79,7 +79,7 @@ def _read(
 ) -> T:
     """`read` on a read-model connection, with the tasks in flight; a note on stderr if
     those could not be read."""
-    from services.api import LiveWork, init_connection
+    from jobstream.services.api import LiveWork, init_connection
 
     endpoints = resolve_endpoints(nats_url, database_url, data_dir, need_nats=False)
 
@@ -120,7 +120,7 @@ def jobs(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """List jobs, newest first, with their progress."""
-    from services.api import JobPage, jobs_page
+    from jobstream.services.api import JobPage, jobs_page
 
     async def read(conn: "asyncpg.Connection", live: "LiveWork") -> JobPage:
         return await jobs_page(conn, live, status=status, queue=queue, limit=limit)
@@ -162,7 +162,7 @@ def tasks(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """List a job's tasks in task order."""
-    from services.api import TaskPage, tasks_page
+    from jobstream.services.api import TaskPage, tasks_page
 
     async def read(conn: "asyncpg.Connection", live: "LiveWork") -> TaskPage | None:
         return await tasks_page(conn, job_id, live, state=state, limit=limit)
@@ -212,7 +212,7 @@ def workers(
     """List the workers the log has seen: active ones first."""
     if ctx.invoked_subcommand is not None:
         return
-    from services.api import WorkerList, workers_list
+    from jobstream.services.api import WorkerList, workers_list
 
     found: WorkerList = _read(nats_url, database_url, data_dir, schema, nats_security, workers_list)
     rows = [worker.model_dump(mode="json") for worker in found.workers]
@@ -261,8 +261,8 @@ def prune(
     """Forget stopped and lost workers (the original clean-up): a `worker.forgotten` event
     each, so the read models drop them (and a replay does too). A worker that started again
     meanwhile is kept."""
-    from cli._prune import prune_workers
-    from services.api import WorkerList, workers_list
+    from jobstream.cli._prune import prune_workers
+    from jobstream.services.api import WorkerList, workers_list
 
     found: WorkerList = _read(nats_url, database_url, data_dir, schema, nats_security, workers_list)
     cutoff = time.time() - older_than_s
@@ -304,7 +304,7 @@ def show(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Show a job (its counts) or a task (its attempts and errors)."""
-    from services.api import job_summary, task_detail
+    from jobstream.services.api import job_summary, task_detail
 
     async def read(conn: "asyncpg.Connection", live: "LiveWork") -> dict[str, Any] | None:
         if len(item_id) <= MAX_LENGTH[NameKind.JOB_ID]:  # else only a task id fits

@@ -13,8 +13,8 @@ import asyncpg
 import httpx
 import msgspec
 
-from cli._submit import build_job, submit
-from events import Bus, JobstreamError, JobSubmitted, TaskSpec
+from jobstream.cli._submit import build_job, submit
+from jobstream.events import Bus, JobstreamError, JobSubmitted, TaskSpec
 
 TERMINAL_JOB_STATES = ("completed", "failed", "cancelled")
 

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from events import (
+from jobstream.events import (
     Bus,
     ConflictError,
     JobstreamError,
@@ -15,7 +15,7 @@ from events import (
     job_subject,
     task_event_subject,
 )
-from services.api import dead_letters
+from jobstream.services.api import dead_letters
 
 MAX_RETRY_BATCH = 100_000
 

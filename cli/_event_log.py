@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 
 import msgspec
 
-from events import Bus, SourceItem, event_batches
+from jobstream.events import Bus, SourceItem, event_batches
 
 # Fields every event has, left out of the one-line form (shown in their own columns).
 _COMMON_FIELDS = frozenset({"type", "id", "at"})

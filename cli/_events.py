@@ -6,10 +6,16 @@ from typing import Annotated
 
 import typer
 
-from cli._nats_security import nats_security_options
-from cli._runtime import bus_session, run
-from cli._settings import DEFAULT_DATA_DIR, DataDirOption, NatsUrlOption, checked, resolve_endpoints
-from events import (
+from jobstream.cli._nats_security import nats_security_options
+from jobstream.cli._runtime import bus_session, run
+from jobstream.cli._settings import (
+    DEFAULT_DATA_DIR,
+    DataDirOption,
+    NatsUrlOption,
+    checked,
+    resolve_endpoints,
+)
+from jobstream.events import (
     EVENT_SUBJECTS,
     NO_SECURITY,
     JobstreamError,
@@ -63,7 +69,7 @@ def tail(
     for pattern in subjects:
         if not pattern.startswith("evt.") or " " in pattern:
             raise typer.BadParameter(f"--subject {pattern!r}: an events subject starts with evt.")
-    from cli._event_log import print_from, printer, type_filter
+    from jobstream.cli._event_log import print_from, printer, type_filter
 
     wanted = type_filter(event_type)
     endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
@@ -92,7 +98,7 @@ def show(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Print a job's history from the log, in order: the job's events and its tasks'."""
-    from cli._event_log import print_from, printer, type_filter
+    from jobstream.cli._event_log import print_from, printer, type_filter
 
     wanted = type_filter(event_type)
     endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)

@@ -5,7 +5,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
-from events import (
+from jobstream.events import (
     Bus,
     Event,
     JobCancelled,

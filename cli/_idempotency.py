@@ -2,7 +2,7 @@
 
 import hashlib
 
-from events import JobstreamError
+from jobstream.events import JobstreamError
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 

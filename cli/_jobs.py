@@ -1,6 +1,6 @@
 """Operations on one job through the log: cancel."""
 
-from events import (
+from jobstream.events import (
     Bus,
     ConflictError,
     JobCancelled,

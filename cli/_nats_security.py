@@ -9,8 +9,8 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
-from cli._runtime import usage_error
-from events import NatsSecurity, NatsSecurityError
+from jobstream.cli._runtime import usage_error
+from jobstream.events import NatsSecurity, NatsSecurityError
 
 P = ParamSpec("P")
 R = TypeVar("R")

@@ -4,15 +4,15 @@
 import json
 import random
 
-from cli._submit import (
+from jobstream.cli._submit import (
     SubmitPlan,
     no_worker_seen,
     plan_submission,
     prepare_bus,
     publish_planned,
 )
-from events import Bus
-from services.worker import HandlerRegistry
+from jobstream.events import Bus
+from jobstream.services.worker import HandlerRegistry
 
 SAMPLE_KIND = "sum"
 SAMPLE_JOB_NAME = "populate"

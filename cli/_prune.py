@@ -1,8 +1,8 @@
 """`jobstream workers prune`: a `worker.forgotten` for each worker, fenced on the worker's
 own subject so that a worker that started again meanwhile is not forgotten."""
 
-from cli._runtime import bus_session
-from events import (
+from jobstream.cli._runtime import bus_session
+from jobstream.events import (
     ConflictError,
     NatsSecurity,
     WorkerForgotten,

@@ -11,8 +11,8 @@ import asyncpg
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from events import EVENTS_STREAM, Bus, JobstreamError, job_subject, quote
-from projections import ReplayReport, replay_ndjson, replay_postgres, replay_stdout
+from jobstream.events import EVENTS_STREAM, Bus, JobstreamError, job_subject, quote
+from jobstream.projections import ReplayReport, replay_ndjson, replay_postgres, replay_stdout
 
 TARGETS = ("postgres", "ndjson", "stdout")
 OnProgress = Callable[[int, int], None]

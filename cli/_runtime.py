@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import typer
 
-from events import (
+from jobstream.events import (
     NO_SECURITY,
     AuthenticationError,
     ConnectError,
@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # imported where used: a command's start-up (--help) needs no
 
     import asyncpg
 
-    from events import Bus
+    from jobstream.events import Bus
 
 T = TypeVar("T")
 
@@ -134,7 +134,7 @@ def stop_on_signals() -> "asyncio.Event":
 
 
 async def connect_bus(urls: list[str], *, name: str, security: NatsSecurity = NO_SECURITY) -> "Bus":
-    from events import Bus
+    from jobstream.events import Bus
 
     return await Bus.connect(urls, name=name, security=security)
 

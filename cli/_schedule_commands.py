@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli._nats_security import nats_security_options
-from cli._runtime import bus_session, run, usage_error
-from cli._settings import (
+from jobstream.cli._nats_security import nats_security_options
+from jobstream.cli._runtime import bus_session, run, usage_error
+from jobstream.cli._settings import (
     DEFAULT_DATA_DIR,
     DataDirOption,
     NatsUrlOption,
@@ -16,10 +16,10 @@ from cli._settings import (
     checked,
     resolve_endpoints,
 )
-from events import MAX_TASKS_PER_JOB, NO_SECURITY, JobstreamError, NameKind, NatsSecurity
+from jobstream.events import MAX_TASKS_PER_JOB, NO_SECURITY, JobstreamError, NameKind, NatsSecurity
 
 if TYPE_CHECKING:
-    from cli._schedules import ScheduleRow
+    from jobstream.cli._schedules import ScheduleRow
 
 schedule_app = typer.Typer(
     help="Jobs submitted on a schedule, fired by nats-server itself: exactly one job per"
@@ -86,14 +86,14 @@ def schedule_add(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Add a schedule: from now on, each period submits one job of these options."""
-    from cli._schedules import (
+    from jobstream.cli._schedules import (
         JobTemplate,
         add_schedule,
         describe_timing,
         next_fire,
         plan_schedule,
     )
-    from services.worker import HandlerRegistry
+    from jobstream.services.worker import HandlerRegistry
 
     template = JobTemplate(
         kind=kind,
@@ -135,7 +135,7 @@ def schedule_list(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """List the schedules: when each fires next, and the job its last tick submitted."""
-    from cli._schedules import list_schedules
+    from jobstream.cli._schedules import list_schedules
 
     endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
 
@@ -179,7 +179,7 @@ def schedule_rm(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Remove a schedule: it fires no more (jobs it submitted are not touched)."""
-    from cli._schedules import remove_schedule
+    from jobstream.cli._schedules import remove_schedule
 
     endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
 
@@ -205,10 +205,10 @@ def populate(
 ) -> None:
     """Submit N sample jobs now (one `sum` of two small random numbers each), as the
     original control plane's admin population did; print their ids."""
-    from cli._populate import populate as submit_samples
-    from cli._populate import sample_plans
-    from cli._submit import no_worker_warning
-    from services.worker import HandlerRegistry
+    from jobstream.cli._populate import populate as submit_samples
+    from jobstream.cli._populate import sample_plans
+    from jobstream.cli._submit import no_worker_warning
+    from jobstream.services.worker import HandlerRegistry
 
     try:
         plans = sample_plans(HandlerRegistry.default(), count, queue=queue, rng=random.Random(seed))

@@ -1,5 +1,5 @@
 """`jobstream schedule add/list/rm`: schedules as messages of the schedules stream, which
-nats-server fires itself (see `events._schedules`)."""
+nats-server fires itself (see `jobstream.events._schedules`)."""
 
 import contextlib
 import functools
@@ -10,9 +10,9 @@ import msgspec
 import nats.js.errors
 from nats.js.api import RawStreamMsg, StreamInfo
 
-from cli._runtime import UsageError
-from cli._submit import plan_submission
-from events import (
+from jobstream.cli._runtime import UsageError
+from jobstream.cli._submit import plan_submission
+from jobstream.events import (
     EVENTS_STREAM,
     SCHEDULE_DEFINITION_SUBJECTS,
     SCHEDULE_LABEL,
@@ -39,7 +39,7 @@ from events import (
     utc_now,
     with_retry,
 )
-from services.worker import HandlerRegistry
+from jobstream.services.worker import HandlerRegistry
 
 WRONG_LAST_SEQUENCE = 10071
 PUBLISH_TIMEOUT_S = 5.0

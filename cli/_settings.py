@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from cli._runtime import usage_error
-from events import JobstreamError, NameKind, check_name
+from jobstream.cli._runtime import usage_error
+from jobstream.events import JobstreamError, NameKind, check_name
 
 DEFAULT_DATA_DIR = Path(".jobstream")
 STACK_FILE = "stack.json"

@@ -16,10 +16,10 @@ from types import TracebackType
 import asyncpg
 import httpx
 
-from cli._nats_security import nats_security_environment
-from cli._settings import remove_stack_file, write_stack_file
-from events import NO_SECURITY, ConnectError, JobstreamError, NatsSecurity
-from services.stack import NatsServer, PostgresServer, stop_processes
+from jobstream.cli._nats_security import nats_security_environment
+from jobstream.cli._settings import remove_stack_file, write_stack_file
+from jobstream.events import NO_SECURITY, ConnectError, JobstreamError, NatsSecurity
+from jobstream.services.stack import NatsServer, PostgresServer, stop_processes
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class LocalStack:
         ]
 
     def _start_children(self) -> None:
-        jobstream = [sys.executable, "-m", "cli"]
+        jobstream = [sys.executable, "-m", "jobstream.cli"]
         base = self._base_args()
         options = self.options
         self._children = [

@@ -17,10 +17,10 @@ from typing import IO, Any
 import msgspec
 import nats.js.errors
 
-from cli._idempotency import idempotency_bucket_key
-from cli._runtime import SourceFailed, UsageError
-from cli._settings import STDIN
-from events import (
+from jobstream.cli._idempotency import idempotency_bucket_key
+from jobstream.cli._runtime import SourceFailed, UsageError
+from jobstream.cli._settings import STDIN
+from jobstream.events import (
     IDEMPOTENCY_BUCKET,
     MAX_REASON_LENGTH,
     Bus,

@@ -12,10 +12,10 @@ import msgspec
 import nats.errors
 import nats.js.errors
 
-from cli._idempotency import check_idempotency_key
-from cli._runtime import UsageError
-from cli._settings import STDIN
-from cli._stream import (
+from jobstream.cli._idempotency import check_idempotency_key
+from jobstream.cli._runtime import UsageError
+from jobstream.cli._settings import STDIN
+from jobstream.cli._stream import (
     AlreadySubmitted,
     FileSummary,
     Position,
@@ -29,7 +29,7 @@ from cli._stream import (
     stream_job,
     summarize,
 )
-from events import (
+from jobstream.events import (
     LEVELS_HIGH_FIRST,
     TASKS_STREAM,
     Bus,
@@ -44,7 +44,7 @@ from events import (
     with_retry,
     worker_consumer_name,
 )
-from services.worker import HandlerRegistry
+from jobstream.services.worker import HandlerRegistry
 
 DEFAULT_MAX_ATTEMPTS = 3
 

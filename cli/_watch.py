@@ -17,8 +17,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from cli._follow import END_STATUS, JobEnd, JobFollower
-from events import (
+from jobstream.cli._follow import END_STATUS, JobEnd, JobFollower
+from jobstream.events import (
     Bus,
     Event,
     JobCompleted,

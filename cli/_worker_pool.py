@@ -6,12 +6,12 @@ import sys
 
 import typer
 
-from cli._nats_security import SECURITY_PARAMETERS, nats_security_environment
-from cli._runtime import check_nats_credentials, run, stop_on_signals
-from events import NatsSecurity
-from services.stack import ChildSpec, Supervisor
+from jobstream.cli._nats_security import SECURITY_PARAMETERS, nats_security_environment
+from jobstream.cli._runtime import check_nats_credentials, run, stop_on_signals
+from jobstream.events import NatsSecurity
+from jobstream.services.stack import ChildSpec, Supervisor
 
-JOBSTREAM = [sys.executable, "-m", "cli"]
+JOBSTREAM = [sys.executable, "-m", "jobstream.cli"]
 # Passed to each child by its environment, not its command line (which any local user can
 # read): URLs may hold a password, and the security flags do.
 URL_VARIABLES = {"nats_url": "JOBSTREAM_NATS_URL", "database_url": "JOBSTREAM_DATABASE_URL"}

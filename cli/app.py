@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli._browse import jobs, live_work_once, show, tasks, workers_app
-from cli._events import events_app
-from cli._nats_security import nats_security_options
-from cli._runtime import (
+from jobstream.cli._browse import jobs, live_work_once, show, tasks, workers_app
+from jobstream.cli._events import events_app
+from jobstream.cli._nats_security import nats_security_options
+from jobstream.cli._runtime import (
     bus_session,
     check_nats_credentials,
     connect_bus,
@@ -24,8 +24,8 @@ from cli._runtime import (
     stop_on_signals,
     usage_error,
 )
-from cli._schedule_commands import populate, schedule_app
-from cli._settings import (
+from jobstream.cli._schedule_commands import populate, schedule_app
+from jobstream.cli._settings import (
     DEFAULT_DATA_DIR,
     ConcurrencyOption,
     DatabasePoolSizeOption,
@@ -38,7 +38,7 @@ from cli._settings import (
     checked,
     resolve_endpoints,
 )
-from events import (
+from jobstream.events import (
     DEFAULT_LEASE_S,
     MAX_TASKS_PER_JOB,
     NO_SECURITY,
@@ -48,11 +48,11 @@ from events import (
     quote,
     redact_url,
 )
-from projections import DEFAULT_SCHEMA
+from jobstream.projections import DEFAULT_SCHEMA
 
 if TYPE_CHECKING:
-    from cli._demo import DemoReport
-    from cli._submit import SubmitOutcome
+    from jobstream.cli._demo import DemoReport
+    from jobstream.cli._submit import SubmitOutcome
 
 app = typer.Typer(
     name="jobstream",
@@ -124,14 +124,14 @@ def init(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Create the streams, the queue's consumer, the buckets and the read-model tables."""
-    from events import (
+    from jobstream.events import (
         SchedulesUnsupportedError,
         ensure_buckets,
         ensure_schedules,
         ensure_streams,
         ensure_worker_consumer,
     )
-    from projections import migrate
+    from jobstream.projections import migrate
 
     endpoints = resolve_endpoints(nats_url, database_url, data_dir)
 
@@ -171,7 +171,7 @@ SCHEMA_HELP = (
 
 @app.command(help=SCHEMA_HELP)
 def schema() -> None:
-    from events import event_json_schema
+    from jobstream.events import event_json_schema
 
     typer.echo(json.dumps(event_json_schema(), indent=2))
 
@@ -217,12 +217,12 @@ def worker(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Run a worker: pull tasks from the queue and run their handlers."""
-    from services.worker import HandlerRegistry, Worker, WorkerOptions
+    from jobstream.services.worker import HandlerRegistry, Worker, WorkerOptions
 
     setup_logging()
     endpoints = resolve_endpoints(nats_url, database_url, data_dir, need_database=False)
     if processes > 1:
-        from cli._worker_pool import run_worker_processes
+        from jobstream.cli._worker_pool import run_worker_processes
 
         raise typer.Exit(
             run_worker_processes(
@@ -245,7 +245,7 @@ def worker(
         worker_id=worker_id,
     )
     registry = HandlerRegistry.default(handler)
-    from events import ensure_buckets, ensure_streams
+    from jobstream.events import ensure_buckets, ensure_streams
 
     async def main() -> None:
         stop = stop_on_signals()
@@ -282,7 +282,7 @@ def dispatcher(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Run the dispatcher: expand jobs into tasks, end finished jobs, report lost workers."""
-    from services.dispatcher import Dispatcher
+    from jobstream.services.dispatcher import Dispatcher
 
     setup_logging()
     endpoints = resolve_endpoints(nats_url, database_url, data_dir, need_database=False)
@@ -312,8 +312,8 @@ def projector(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Run the projectors: PostgreSQL read models and daily NDJSON result files."""
-    from events import ensure_streams
-    from projections import NdjsonProjector, PostgresProjector, migrate
+    from jobstream.events import ensure_streams
+    from jobstream.projections import NdjsonProjector, PostgresProjector, migrate
 
     if only not in (None, "postgres", "ndjson"):
         raise typer.BadParameter("--only takes postgres or ndjson")
@@ -375,7 +375,7 @@ def api(
     """Run the read-only HTTP API and the dashboard."""
     import uvicorn
 
-    from services.api import create_app
+    from jobstream.services.api import create_app
 
     setup_logging()
     endpoints = resolve_endpoints(nats_url, database_url, data_dir)
@@ -411,7 +411,7 @@ def up(
 ) -> None:
     """Start everything: embedded NATS and PostgreSQL unless URLs are given, then the
     dispatcher, workers, projectors and API. Ctrl-C stops all cleanly."""
-    from cli._stack import LocalStack, StackOptions
+    from jobstream.cli._stack import LocalStack, StackOptions
 
     setup_logging()
     options = StackOptions(
@@ -506,8 +506,8 @@ def submit(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Submit a job of one task or millions; print its id."""
-    from cli._submit import SubmitPlan, no_worker_warning, plan_submission, submit_planned
-    from services.worker import HandlerRegistry
+    from jobstream.cli._submit import SubmitPlan, no_worker_warning, plan_submission, submit_planned
+    from jobstream.services.worker import HandlerRegistry
 
     try:
         if (kind is None) == (tasks_file is None):
@@ -590,7 +590,7 @@ def _watch_until_ended(
     security: NatsSecurity,
     extra: dict[str, object] | None = None,
 ) -> None:
-    from cli._watch import JobTally, watch_job
+    from jobstream.cli._watch import JobTally, watch_job
 
     async def main() -> JobTally:
         async with bus_session(nats_urls, name="jobstream-watch", security=security) as bus:
@@ -606,7 +606,7 @@ def _watch_until_ended(
 
 
 def _register_crawl() -> None:
-    from cli.crawl import CRAWL_HELP, crawl
+    from jobstream.cli.crawl import CRAWL_HELP, crawl
 
     app.command("crawl", help=CRAWL_HELP)(crawl)
 
@@ -626,7 +626,7 @@ def cancel(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Cancel a job: its queued tasks are purged, running ones stop within a lease tick."""
-    from cli._jobs import cancel_job
+    from jobstream.cli._jobs import cancel_job
 
     endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
 
@@ -668,7 +668,7 @@ def dlq_list(
     schema: SchemaOption = DEFAULT_SCHEMA,
 ) -> None:
     """List dead-lettered tasks, the latest first (from the read model)."""
-    from cli._dlq import list_dead_letters
+    from jobstream.cli._dlq import list_dead_letters
 
     endpoints = resolve_endpoints(None, database_url, data_dir, need_nats=False)
 
@@ -710,7 +710,7 @@ def dlq_retry(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Give dead-lettered tasks another round of attempts (their job re-opens)."""
-    from cli._dlq import RetryOutcome, retry_dead_letters
+    from jobstream.cli._dlq import RetryOutcome, retry_dead_letters
 
     endpoints = resolve_endpoints(nats_url, database_url, data_dir)
 
@@ -753,8 +753,8 @@ def replay(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Rebuild the read models or the NDJSON files from the log, or print the log as NDJSON."""
-    from cli._replay import TARGETS, seq_since
-    from cli._replay import replay as run_replay
+    from jobstream.cli._replay import TARGETS, seq_since
+    from jobstream.cli._replay import replay as run_replay
 
     if target not in TARGETS:
         raise typer.BadParameter(f"--target takes one of {', '.join(TARGETS)}")
@@ -814,7 +814,7 @@ def status(
 ) -> None:
     """Show a job's status, its task counts (the read model, with the tasks in flight that
     the workers' liveness records show) and its running tasks' progress."""
-    from services.api import job_summary, running_tasks
+    from jobstream.services.api import job_summary, running_tasks
 
     endpoints = resolve_endpoints(nats_url, database_url, data_dir, need_nats=False)
 
@@ -873,8 +873,8 @@ def demo(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Start the stack, run sample jobs (sums, sleeps, retries, failures) and summarise."""
-    from cli._demo import report_json, run_demo
-    from cli._stack import LocalStack, StackOptions
+    from jobstream.cli._demo import report_json, run_demo
+    from jobstream.cli._stack import LocalStack, StackOptions
 
     setup_logging("WARNING" if as_json else "INFO")
     options = StackOptions(
@@ -1014,7 +1014,7 @@ def bench(
     Postgres designs jobstream replaces, in one run (embedded servers unless URLs are given)."""
     from rich.console import Console
 
-    from cli.bench import build_options, render, run_bench, stderr_progress, to_json
+    from jobstream.cli.bench import build_options, render, run_bench, stderr_progress, to_json
 
     try:
         options = build_options(

@@ -15,18 +15,18 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
-from events._acks import PipelinedPublisher
-from events._catalogue import Event, TaskMessage
-from events._codec import DecodeError, decode_event, encode
-from events._errors import (
+from jobstream.events._acks import PipelinedPublisher
+from jobstream.events._catalogue import Event, TaskMessage
+from jobstream.events._codec import DecodeError, decode_event, encode
+from jobstream.events._errors import (
     AuthenticationError,
     ConflictError,
     ConnectError,
     PublishError,
     TlsError,
 )
-from events._security import NO_SECURITY, NatsSecurity, is_auth_refusal, tls_refusal
-from events._subjects import (
+from jobstream.events._security import NO_SECURITY, NatsSecurity, is_auth_refusal, tls_refusal
+from jobstream.events._subjects import (
     EVENTS_STREAM,
     Header,
     subject_for,
@@ -34,7 +34,7 @@ from events._subjects import (
     task_queue_subject,
     task_schedule_subject,
 )
-from events._timing import at_pattern
+from jobstream.events._timing import at_pattern
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 import msgspec
 
-from events._ids import new_id
-from events._names import (
+from jobstream.events._ids import new_id
+from jobstream.events._names import (
     EventId,
     JobId,
     PriorityLevel,

@@ -4,7 +4,7 @@ from typing import Any
 
 import msgspec
 
-from events._catalogue import Event, TaskMessage
+from jobstream.events._catalogue import Event, TaskMessage
 
 _encoder = msgspec.json.Encoder()
 _event_decoder: msgspec.json.Decoder[Event] = msgspec.json.Decoder(Event)

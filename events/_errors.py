@@ -1,6 +1,6 @@
 """One exception root for jobstream; errors carry data."""
 
-from events._urls import redact_url
+from jobstream.events._urls import redact_url
 
 
 class JobstreamError(Exception):

@@ -10,9 +10,9 @@ from typing import Annotated
 
 import msgspec
 
-from events._catalogue import MAX_CHUNK_SIZE
-from events._codec import DecodeError
-from events._names import JobId, QueueName, TaskId
+from jobstream.events._catalogue import MAX_CHUNK_SIZE
+from jobstream.events._codec import DecodeError
+from jobstream.events._names import JobId, QueueName, TaskId
 
 # A worker with a larger concurrency lists only this many of its messages (about 200 bytes
 # each, so the value stays far below a stock server's 1 MB message limit); the others are

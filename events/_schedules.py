@@ -25,19 +25,19 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from events._catalogue import Attempts, AwareDatetime, Priority, TaskSpec, TimeoutS
-from events._codec import DecodeError
-from events._errors import JobstreamError
-from events._ids import derived_id
-from events._names import QueueName, ScheduleName
-from events._streams import DUPLICATE_WINDOW_S
-from events._subjects import (
+from jobstream.events._catalogue import Attempts, AwareDatetime, Priority, TaskSpec, TimeoutS
+from jobstream.events._codec import DecodeError
+from jobstream.events._errors import JobstreamError
+from jobstream.events._ids import derived_id
+from jobstream.events._names import QueueName, ScheduleName
+from jobstream.events._streams import DUPLICATE_WINDOW_S
+from jobstream.events._subjects import (
     SCHEDULE_SUBJECTS,
     SCHEDULE_TICK_SUBJECTS,
     SCHEDULE_TICKS_CONSUMER,
     SCHEDULES_STREAM,
 )
-from events._timing import MAX_INTERVAL_S, parse_cron
+from jobstream.events._timing import MAX_INTERVAL_S, parse_cron
 
 # Ticks kept per schedule: after an outage of every dispatcher, at most this many of the
 # latest missed periods still fire; older ones are dropped by the stream.

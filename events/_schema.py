@@ -10,7 +10,7 @@ from typing import Any, get_args
 
 import msgspec
 
-from events._catalogue import Event, TaskMessage
+from jobstream.events._catalogue import Event, TaskMessage
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID = "urn:jobstream:events"

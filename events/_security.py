@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from events._errors import JobstreamError
+from jobstream.events._errors import JobstreamError
 
 AUTHORIZATION_VIOLATION = "authorization violation"
 # Server messages (lower case) that end a first connect: the same answer comes on every retry.

@@ -21,12 +21,12 @@ from nats.errors import ConnectionClosedError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from events._bus import Bus, backoff_s, is_transient
-from events._catalogue import Event
-from events._codec import DecodeError, decode_event
-from events._ids import new_id
-from events._pull import Delivery, PullFeed
-from events._subjects import EVENT_SUBJECTS, EVENTS_STREAM
+from jobstream.events._bus import Bus, backoff_s, is_transient
+from jobstream.events._catalogue import Event
+from jobstream.events._codec import DecodeError, decode_event
+from jobstream.events._ids import new_id
+from jobstream.events._pull import Delivery, PullFeed
+from jobstream.events._subjects import EVENT_SUBJECTS, EVENTS_STREAM
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from importlib import resources
 from types import MappingProxyType
 
-from events._errors import JobstreamError
+from jobstream.events._errors import JobstreamError
 
 _NAME_LINE = re.compile(r"^--\s*name:\s*(?P<name>\S+)\s*$")
 _VALID_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")

@@ -13,8 +13,8 @@ from nats.js.api import (
     StreamConfig,
 )
 
-from events._names import LEVELS_HIGH_FIRST, PriorityLevel
-from events._subjects import (
+from jobstream.events._names import LEVELS_HIGH_FIRST, PriorityLevel
+from jobstream.events._subjects import (
     DISPATCHER_BUCKET,
     DOMAINS_BUCKET,
     EVENT_SUBJECTS,
@@ -28,7 +28,7 @@ from events._subjects import (
     level_filter_subjects,
     worker_consumer_name,
 )
-from events._timing import DEFAULT_LEASE_S
+from jobstream.events._timing import DEFAULT_LEASE_S
 
 DUPLICATE_WINDOW_S = 120.0
 DEFAULT_MAX_ACK_PENDING = 20_000

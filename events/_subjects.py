@@ -2,7 +2,7 @@
 
 from enum import StrEnum
 
-from events._catalogue import (
+from jobstream.events._catalogue import (
     JOB_EVENTS,
     Event,
     TaskCancelled,
@@ -18,7 +18,7 @@ from events._catalogue import (
     WorkerStarted,
     WorkerStopped,
 )
-from events._names import NameKind, PriorityLevel, check_name, quote
+from jobstream.events._names import NameKind, PriorityLevel, check_name, quote
 
 EVENTS_STREAM = "JOBSTREAM_EVENTS"
 TASKS_STREAM = "JOBSTREAM_TASKS"

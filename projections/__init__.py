@@ -4,12 +4,12 @@ Names are imported on first use (PEP 562): a command that needs few of them star
 
 from typing import TYPE_CHECKING
 
-from events import lazy_attribute
+from jobstream.events import lazy_attribute
 
 if TYPE_CHECKING:
-    from projections._listing import TaskLister, unlisted_batches
-    from projections._migrate import DEFAULT_SCHEMA, migrate, quote_ident
-    from projections._ndjson import (
+    from jobstream.projections._listing import TaskLister, unlisted_batches
+    from jobstream.projections._migrate import DEFAULT_SCHEMA, migrate, quote_ident
+    from jobstream.projections._ndjson import (
         NdjsonProjector,
         ResultLine,
         last_written_seq,
@@ -17,9 +17,14 @@ if TYPE_CHECKING:
         repair_partitions,
         result_line,
     )
-    from projections._postgres import DEFAULT_NAME, PostgresProjector, caught_up, checkpoint
-    from projections._queries import load_queries
-    from projections._replay import (
+    from jobstream.projections._postgres import (
+        DEFAULT_NAME,
+        PostgresProjector,
+        caught_up,
+        checkpoint,
+    )
+    from jobstream.projections._queries import load_queries
+    from jobstream.projections._replay import (
         ReplayReport,
         replay_ndjson,
         replay_postgres,
@@ -29,27 +34,27 @@ if TYPE_CHECKING:
 
 # Each public name and the module that defines it.
 _HOMES: dict[str, str] = {
-    "TaskLister": "projections._listing",
-    "unlisted_batches": "projections._listing",
-    "DEFAULT_SCHEMA": "projections._migrate",
-    "migrate": "projections._migrate",
-    "quote_ident": "projections._migrate",
-    "NdjsonProjector": "projections._ndjson",
-    "ResultLine": "projections._ndjson",
-    "last_written_seq": "projections._ndjson",
-    "partition_path": "projections._ndjson",
-    "repair_partitions": "projections._ndjson",
-    "result_line": "projections._ndjson",
-    "DEFAULT_NAME": "projections._postgres",
-    "PostgresProjector": "projections._postgres",
-    "caught_up": "projections._postgres",
-    "checkpoint": "projections._postgres",
-    "load_queries": "projections._queries",
-    "ReplayReport": "projections._replay",
-    "replay_ndjson": "projections._replay",
-    "replay_postgres": "projections._replay",
-    "replay_stdout": "projections._replay",
-    "swap_schemas": "projections._replay",
+    "TaskLister": "jobstream.projections._listing",
+    "unlisted_batches": "jobstream.projections._listing",
+    "DEFAULT_SCHEMA": "jobstream.projections._migrate",
+    "migrate": "jobstream.projections._migrate",
+    "quote_ident": "jobstream.projections._migrate",
+    "NdjsonProjector": "jobstream.projections._ndjson",
+    "ResultLine": "jobstream.projections._ndjson",
+    "last_written_seq": "jobstream.projections._ndjson",
+    "partition_path": "jobstream.projections._ndjson",
+    "repair_partitions": "jobstream.projections._ndjson",
+    "result_line": "jobstream.projections._ndjson",
+    "DEFAULT_NAME": "jobstream.projections._postgres",
+    "PostgresProjector": "jobstream.projections._postgres",
+    "caught_up": "jobstream.projections._postgres",
+    "checkpoint": "jobstream.projections._postgres",
+    "load_queries": "jobstream.projections._queries",
+    "ReplayReport": "jobstream.projections._replay",
+    "replay_ndjson": "jobstream.projections._replay",
+    "replay_postgres": "jobstream.projections._replay",
+    "replay_stdout": "jobstream.projections._replay",
+    "swap_schemas": "jobstream.projections._replay",
 }
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from events import Event, TaskDeadLettered, TaskRequeued, TaskSucceeded, encode
+from jobstream.events import Event, TaskDeadLettered, TaskRequeued, TaskSucceeded, encode
 
 CRAWL_KIND = "http.warm"
 SLOW_PAGE_MS = 3000.0

@@ -21,7 +21,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from events import (
+from jobstream.events import (
     JOB_EVENTS,
     Event,
     JobCancelled,
@@ -52,16 +52,16 @@ from events import (
     task_id_for,
     task_index_of,
 )
-from projections._crawl import (
+from jobstream.projections._crawl import (
     CRAWL_KIND,
     SUMMED,
     CrawlStatsFold,
     failure_undone,
     page_facts,
 )
-from projections._migrate import quote_ident
-from projections._postgres import _counted_back, _utc
-from projections._task_rows import over_the_task_limit, spec_ranges
+from jobstream.projections._migrate import quote_ident
+from jobstream.projections._postgres import _counted_back, _utc
+from jobstream.projections._task_rows import over_the_task_limit, spec_ranges
 
 TERMINAL_TASK_STATES = frozenset({"succeeded", "dead_lettered", "cancelled"})
 TERMINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled", "rejected"})

@@ -15,11 +15,11 @@ import logging
 
 import asyncpg
 
-from events import Bus, JobTasksAdded, backoff_s, encode, sleep_unless_stopped
-from projections._database import RETRY_CAP_S, RETRY_ERRORS, connection
-from projections._migrate import DEFAULT_SCHEMA, quote_ident
-from projections._queries import load_queries
-from projections._task_rows import spec_rows
+from jobstream.events import Bus, JobTasksAdded, backoff_s, encode, sleep_unless_stopped
+from jobstream.projections._database import RETRY_CAP_S, RETRY_ERRORS, connection
+from jobstream.projections._migrate import DEFAULT_SCHEMA, quote_ident
+from jobstream.projections._queries import load_queries
+from jobstream.projections._task_rows import spec_rows
 
 log = logging.getLogger(__name__)
 

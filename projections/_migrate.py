@@ -10,7 +10,7 @@ DEFAULT_SCHEMA = "jobstream"
 
 
 def _migrations() -> list[tuple[int, str, str]]:
-    folder = resources.files("projections") / "sql" / "migrations"
+    folder = resources.files("jobstream.projections") / "sql" / "migrations"
     found = []
     for entry in folder.iterdir():
         if entry.name.endswith(".sql"):

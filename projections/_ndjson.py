@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from events import (
+from jobstream.events import (
     DEFAULT_BATCH_MAX,
     TASK_EVENT_SUBJECTS,
     Bus,

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple, TypeVar
 
 import asyncpg
 
-from events import (
+from jobstream.events import (
     DEFAULT_BATCH_MAX,
     JOB_EVENTS,
     Bus,
@@ -63,12 +63,12 @@ from events import (
     sleep_unless_stopped,
     task_index_of,
 )
-from projections._crawl import CrawlRound
-from projections._database import DATA_ERRORS, RETRY_CAP_S, RETRY_ERRORS, connection
-from projections._listing import TaskLister, unlisted_batches
-from projections._migrate import DEFAULT_SCHEMA, quote_ident
-from projections._queries import load_queries
-from projections._task_rows import over_the_task_limit, spec_rows
+from jobstream.projections._crawl import CrawlRound
+from jobstream.projections._database import DATA_ERRORS, RETRY_CAP_S, RETRY_ERRORS, connection
+from jobstream.projections._listing import TaskLister, unlisted_batches
+from jobstream.projections._migrate import DEFAULT_SCHEMA, quote_ident
+from jobstream.projections._queries import load_queries
+from jobstream.projections._task_rows import over_the_task_limit, spec_rows
 
 log = logging.getLogger(__name__)
 

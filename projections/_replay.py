@@ -20,7 +20,7 @@ from typing import BinaryIO
 import asyncpg
 import nats.js.errors
 
-from events import (
+from jobstream.events import (
     EVENT_SUBJECTS,
     EVENTS_STREAM,
     TASK_EVENT_SUBJECTS,
@@ -31,10 +31,10 @@ from events import (
     new_id,
     with_retry,
 )
-from projections._database import DATA_ERRORS
-from projections._fold import ReadModelFold, write_fold
-from projections._migrate import DEFAULT_SCHEMA, migrate, quote_ident
-from projections._ndjson import (
+from jobstream.projections._database import DATA_ERRORS
+from jobstream.projections._fold import ReadModelFold, write_fold
+from jobstream.projections._migrate import DEFAULT_SCHEMA, migrate, quote_ident
+from jobstream.projections._ndjson import (
     FILE_PREFIX,
     FILE_SUFFIX,
     PartitionWriter,
@@ -42,7 +42,7 @@ from projections._ndjson import (
     exclusive_results_dir,
     result_lines,
 )
-from projections._postgres import DEFAULT_NAME, PostgresProjector
+from jobstream.projections._postgres import DEFAULT_NAME, PostgresProjector
 
 log = logging.getLogger(__name__)
 

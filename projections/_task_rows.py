@@ -4,7 +4,7 @@ task, expanded to one row per task in SQL."""
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from events import MAX_TASKS_PER_JOB, TaskSpec
+from jobstream.events import MAX_TASKS_PER_JOB, TaskSpec
 
 
 def over_the_task_limit(job_id: str, first_index: int, specs: Sequence[TaskSpec]) -> str | None:

@@ -8,7 +8,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-from services.stack import free_port
+from jobstream.services.stack import free_port
 
 START_ATTEMPTS = 100
 START_POLL_S = 0.05

@@ -11,9 +11,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from events import Bus, ensure_buckets, ensure_streams
-from projections import migrate
-from services.stack import NatsServer, PostgresServer
+from jobstream.events import Bus, ensure_buckets, ensure_streams
+from jobstream.projections import migrate
+from jobstream.services.stack import NatsServer, PostgresServer
 
 TEMPLATE_DB = "jobstream_template"
 _database_numbers = itertools.count(1)

@@ -5,10 +5,10 @@ import sys
 import time
 from typing import Any
 
-from cli.bench._options import SECTIONS, BenchOptions, build_options, parse_sections
-from cli.bench._report import render, summarize, to_json
-from cli.bench._run import Progress, run_once
-from events import JobstreamError
+from jobstream.cli.bench._options import SECTIONS, BenchOptions, build_options, parse_sections
+from jobstream.cli.bench._report import render, summarize, to_json
+from jobstream.cli.bench._run import Progress, run_once
+from jobstream.events import JobstreamError
 
 __all__ = [
     "SECTIONS",

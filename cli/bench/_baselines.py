@@ -25,13 +25,13 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from cli.bench._common import poll_until, rate
-from cli.bench._cpu import CpuMeter, CpuReport
-from cli.bench._sql import baseline_query
-from cli.bench._stack import Child, Servers, log_tail, stop_children
-from events import JobstreamError
-from projections import quote_ident
-from services.stack import free_port
+from jobstream.cli.bench._common import poll_until, rate
+from jobstream.cli.bench._cpu import CpuMeter, CpuReport
+from jobstream.cli.bench._sql import baseline_query
+from jobstream.cli.bench._stack import Child, Servers, log_tail, stop_children
+from jobstream.events import JobstreamError
+from jobstream.projections import quote_ident
+from jobstream.services.stack import free_port
 
 SCHEMA = "jobstream_bench_baseline"
 BATCH = 100
@@ -104,7 +104,7 @@ async def _worker_processes(
 ) -> AsyncIterator[_Workers]:
     command = [
         *PYTHON,
-        "cli.bench._baseline_worker",
+        "jobstream.cli.bench._baseline_worker",
         design,
         "--url",
         url,
@@ -211,7 +211,7 @@ async def _control_plane(setup: BaselineSetup) -> AsyncIterator[tuple[str, Child
         "control-plane",
         [
             *PYTHON,
-            "cli.bench._control_plane",
+            "jobstream.cli.bench._control_plane",
             "--database-url",
             setup.servers.database_url,
             "--schema",

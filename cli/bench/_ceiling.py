@@ -16,9 +16,9 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, PubAck, StorageType, StreamConfig
 
-from cli.bench._common import rate
-from cli.bench._cpu import CpuMeter, CpuReport
-from events import JobstreamError, TaskMessage, encode
+from jobstream.cli.bench._common import rate
+from jobstream.cli.bench._cpu import CpuMeter, CpuReport
+from jobstream.events import JobstreamError, TaskMessage, encode
 
 STREAM = "JOBSTREAM_BENCH_CEILING"
 SUBJECT = "bench.ceiling.jobs"

@@ -9,8 +9,8 @@ from typing import TypeVar
 
 import asyncpg
 
-from cli._submit import build_job
-from events import Bus, JobstreamError, JobSubmitted, TaskSpec
+from jobstream.cli._submit import build_job
+from jobstream.events import Bus, JobstreamError, JobSubmitted, TaskSpec
 
 T = TypeVar("T")
 

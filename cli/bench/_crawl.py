@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from cli._submit import build_job
-from cli.bench._common import poll_until
-from cli.bench._cpu import CpuMeter, CpuReport
-from cli.bench._sites import Reply, Request, Site, rate_per_s, serving
-from cli.bench._sql import read_model_query
-from events import Bus, TaskSpec
+from jobstream.cli._submit import build_job
+from jobstream.cli.bench._common import poll_until
+from jobstream.cli.bench._cpu import CpuMeter, CpuReport
+from jobstream.cli.bench._sites import Reply, Request, Site, rate_per_s, serving
+from jobstream.cli.bench._sql import read_model_query
+from jobstream.events import Bus, TaskSpec
 
 # Each page takes the site this long to answer: a quick page of a real site.
 PAGE_S = 0.005

@@ -8,8 +8,8 @@ from typing import Any
 import asyncpg
 import psutil
 
-from cli.bench._stack import Servers
-from events import Bus
+from jobstream.cli.bench._stack import Servers
+from jobstream.events import Bus
 
 PACKAGES = (
     "jobstream",

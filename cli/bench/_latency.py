@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from cli.bench._common import Percentiles, job_of, percentiles_ms, poll_until, rate
-from cli.bench._cpu import CpuMeter, CpuReport
-from cli.bench._sql import read_model_query
-from events import Bus
+from jobstream.cli.bench._common import Percentiles, job_of, percentiles_ms, poll_until, rate
+from jobstream.cli.bench._cpu import CpuMeter, CpuReport
+from jobstream.cli.bench._sql import read_model_query
+from jobstream.events import Bus
 
 POLL_S = 0.005
 DRAIN_TIMEOUT_S = 60.0

@@ -32,18 +32,18 @@ from pathlib import Path
 
 import asyncpg
 
-from cli.bench._common import poll_until, rate
-from cli.bench._cpu import CpuMeter, CpuReport
-from cli.bench._memory import RssReport, RssSampler
-from cli.bench._sql import read_model_query
-from cli.bench._stack import JOBSTREAM, log_tail
-from cli.bench._throughput import (
+from jobstream.cli.bench._common import poll_until, rate
+from jobstream.cli.bench._cpu import CpuMeter, CpuReport
+from jobstream.cli.bench._memory import RssReport, RssSampler
+from jobstream.cli.bench._sql import read_model_query
+from jobstream.cli.bench._stack import JOBSTREAM, log_tail
+from jobstream.cli.bench._throughput import (
     MIN_TIMEOUT_S,
     TIMEOUT_S_PER_TASK,
     ThroughputResult,
     measure_throughput,
 )
-from events import Bus, JobstreamError
+from jobstream.events import Bus, JobstreamError
 
 POLL_S = 0.02
 RSS_INTERVAL_S = 0.1

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, replace
 
-from events import JobstreamError
+from jobstream.events import JobstreamError
 
 # Tasks per message in the chunked section: the batch of the batched SKIP LOCKED baseline.
 CHUNK_SIZE = 100

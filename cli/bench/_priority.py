@@ -13,11 +13,11 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from cli.bench._common import job_of, poll_until
-from cli.bench._cpu import CpuMeter, CpuReport
-from cli.bench._sql import read_model_query
-from cli.bench._throughput import MIN_TIMEOUT_S, TIMEOUT_S_PER_TASK
-from events import TASKS_STREAM, Bus, JobstreamError
+from jobstream.cli.bench._common import job_of, poll_until
+from jobstream.cli.bench._cpu import CpuMeter, CpuReport
+from jobstream.cli.bench._sql import read_model_query
+from jobstream.cli.bench._throughput import MIN_TIMEOUT_S, TIMEOUT_S_PER_TASK
+from jobstream.events import TASKS_STREAM, Bus, JobstreamError
 
 # Each backlog task sleeps long enough that the backlog would keep every slot busy for at
 # least BACKLOG_S (so it is still mostly queued when the dispatcher has queued all of it and

@@ -2,10 +2,10 @@
 
 import asyncpg
 
-from cli.bench._common import job_of, poll_until
-from cli.bench._sql import read_model_query
-from cli.bench._stack import ProductProcesses
-from events import Bus
+from jobstream.cli.bench._common import job_of, poll_until
+from jobstream.cli.bench._sql import read_model_query
+from jobstream.cli.bench._stack import ProductProcesses
+from jobstream.events import Bus
 
 READY_TIMEOUT_S = 60.0
 POLL_S = 0.05

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from cli.bench._common import job_of, poll_until
-from cli.bench._sql import read_model_query
-from cli.bench._stack import ProductProcesses
-from events import Bus
+from jobstream.cli.bench._common import job_of, poll_until
+from jobstream.cli.bench._sql import read_model_query
+from jobstream.cli.bench._stack import ProductProcesses
+from jobstream.events import Bus
 
 POLL_S = 0.02
 RECOVERY_TIMEOUT_S = 60.0

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import asyncpg
 from nats.js.api import PubAck
 
-from cli.bench._common import rate
-from cli.bench._cpu import CpuMeter, CpuReport
-from events import (
+from jobstream.cli.bench._common import rate
+from jobstream.cli.bench._cpu import CpuMeter, CpuReport
+from jobstream.events import (
     Bus,
     Event,
     JobCompleted,
@@ -29,7 +29,7 @@ from events import (
     subject_for,
     task_id_for,
 )
-from projections import quote_ident, replay_postgres
+from jobstream.projections import quote_ident, replay_postgres
 
 TASKS_PER_JOB = 1_000
 PUBLISH_WINDOW = 1_000

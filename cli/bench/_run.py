@@ -13,28 +13,28 @@ from typing import Any
 
 import asyncpg
 
-from cli.bench._baselines import (
+from jobstream.cli.bench._baselines import (
     BATCH,
     BaselineSetup,
     drop_schema,
     measure_http,
     measure_skip_locked,
 )
-from cli.bench._ceiling import measure_ceiling
-from cli.bench._common import read_model_pool
-from cli.bench._cpu import CpuMeter
-from cli.bench._crawl import measure_crawl
-from cli.bench._environment import describe
-from cli.bench._latency import measure_latency
-from cli.bench._one_big_job import measure_one_big_job
-from cli.bench._options import CHUNK_SIZE, BenchOptions
-from cli.bench._priority import measure_priority
-from cli.bench._ready import wait_until_ready
-from cli.bench._recovery import measure_recovery
-from cli.bench._replay import measure_replay
-from cli.bench._stack import ProductProcesses, Servers, bench_servers, product_processes
-from cli.bench._throughput import ThroughputResult, measure_throughput
-from events import Bus, ensure_streams
+from jobstream.cli.bench._ceiling import measure_ceiling
+from jobstream.cli.bench._common import read_model_pool
+from jobstream.cli.bench._cpu import CpuMeter
+from jobstream.cli.bench._crawl import measure_crawl
+from jobstream.cli.bench._environment import describe
+from jobstream.cli.bench._latency import measure_latency
+from jobstream.cli.bench._one_big_job import measure_one_big_job
+from jobstream.cli.bench._options import CHUNK_SIZE, BenchOptions
+from jobstream.cli.bench._priority import measure_priority
+from jobstream.cli.bench._ready import wait_until_ready
+from jobstream.cli.bench._recovery import measure_recovery
+from jobstream.cli.bench._replay import measure_replay
+from jobstream.cli.bench._stack import ProductProcesses, Servers, bench_servers, product_processes
+from jobstream.cli.bench._throughput import ThroughputResult, measure_throughput
+from jobstream.events import Bus, ensure_streams
 
 Progress = Callable[[str], None]
 RunFigures = dict[str, Any]

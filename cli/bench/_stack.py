@@ -13,10 +13,10 @@ from pathlib import Path
 
 import asyncpg
 
-from cli.bench._options import BenchOptions
-from events import JobstreamError
-from projections import DEFAULT_SCHEMA, quote_ident
-from services.stack import NatsServer, PostgresServer
+from jobstream.cli.bench._options import BenchOptions
+from jobstream.events import JobstreamError
+from jobstream.projections import DEFAULT_SCHEMA, quote_ident
+from jobstream.services.stack import NatsServer, PostgresServer
 
 BENCH_DATABASE = "jobstream"
 CONFIGURED_SCHEMA_PREFIX = "jobstream_bench_run_"
@@ -177,7 +177,7 @@ class ProductProcesses:
                 child.check_alive()
 
 
-JOBSTREAM = [sys.executable, "-m", "cli"]
+JOBSTREAM = [sys.executable, "-m", "jobstream.cli"]
 
 
 def _server_args(servers: Servers, run_dir: Path) -> list[str]:

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from cli.bench._common import job_of, poll_until, rate, split, submit_all
-from cli.bench._cpu import CpuMeter, CpuReport
-from cli.bench._memory import RssReport, RssSampler
-from cli.bench._sql import read_model_query
-from events import Bus
+from jobstream.cli.bench._common import job_of, poll_until, rate, split, submit_all
+from jobstream.cli.bench._cpu import CpuMeter, CpuReport
+from jobstream.cli.bench._memory import RssReport, RssSampler
+from jobstream.cli.bench._sql import read_model_query
+from jobstream.events import Bus
 
 POLL_S = 0.02
 MIN_TIMEOUT_S = 60.0

@@ -1,5 +1,5 @@
 """`jobstream crawl`: a site's pages found and warmed by an ordinary job of `http.warm` tasks."""
 
-from cli.crawl._command import CRAWL_HELP, crawl
+from jobstream.cli.crawl._command import CRAWL_HELP, crawl
 
 __all__ = ["CRAWL_HELP", "crawl"]

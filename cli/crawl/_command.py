@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from cli._nats_security import nats_security_options
-from cli._runtime import EXIT_FAILURE, connect_bus, run, usage_error
-from cli._settings import (
+from jobstream.cli._nats_security import nats_security_options
+from jobstream.cli._runtime import EXIT_FAILURE, connect_bus, run, usage_error
+from jobstream.cli._settings import (
     DEFAULT_DATA_DIR,
     STDIN,
     DataDirOption,
@@ -17,21 +17,21 @@ from cli._settings import (
     QueueOption,
     resolve_endpoints,
 )
-from cli.crawl._request import (
+from jobstream.cli.crawl._request import (
     MAX_PASSES,
     PASS_KEY_SUFFIX,
     CrawlRequest,
     build_request,
     warm_settings,
 )
-from cli.crawl._tasks import DEFAULT_CONCURRENCY, DEFAULT_RATE, DEFAULT_TIMEOUT_S
-from cli.crawl._urls import check_urls_file
-from events import NO_SECURITY, JobstreamError, NatsSecurity
+from jobstream.cli.crawl._tasks import DEFAULT_CONCURRENCY, DEFAULT_RATE, DEFAULT_TIMEOUT_S
+from jobstream.cli.crawl._urls import check_urls_file
+from jobstream.events import NO_SECURITY, JobstreamError, NatsSecurity
 
 if TYPE_CHECKING:
-    from cli.crawl._discover import DiscoveryReport
-    from cli.crawl._run import CrawlHooks, PassOutcome
-    from cli.crawl._watch import PassSummary
+    from jobstream.cli.crawl._discover import DiscoveryReport
+    from jobstream.cli.crawl._run import CrawlHooks, PassOutcome
+    from jobstream.cli.crawl._watch import PassSummary
 
 # A line of live progress at most this often when stderr is not a terminal.
 PLAIN_PROGRESS_EVERY_S = 10.0
@@ -187,7 +187,7 @@ def crawl(
     report = _Reporter(request, as_json=as_json)
 
     async def main() -> list["PassOutcome"]:
-        from cli.crawl._run import run_crawl
+        from jobstream.cli.crawl._run import run_crawl
 
         bus = await connect_bus(endpoints.nats_urls, name="jobstream-crawl", security=nats_security)
         try:
@@ -212,7 +212,7 @@ class _Reporter:
         self._pages: int | None = None
 
     def hooks(self) -> "CrawlHooks":
-        from cli.crawl._run import CrawlHooks
+        from jobstream.cli.crawl._run import CrawlHooks
 
         return CrawlHooks(
             note=self.note,
@@ -226,7 +226,7 @@ class _Reporter:
         typer.echo(text, err=True)
 
     def submitted(self, outcome: "PassOutcome", found: "DiscoveryReport | None") -> None:
-        from cli._submit import no_worker_warning
+        from jobstream.cli._submit import no_worker_warning
 
         if found is not None:
             delay = found.crawl_delay_s

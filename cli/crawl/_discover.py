@@ -8,11 +8,18 @@ from dataclasses import dataclass
 
 import httpx
 
-from cli.crawl._errors import DiscoveryError, SitemapMissing, SiteUnreachable
-from cli.crawl._fetch import check_sitemap_answer, read_capped, streamed_get
-from cli.crawl._robots import ALLOW_ALL, MAX_ROBOTS_BYTES, RobotsRules, parse_robots
-from cli.crawl._sitemap import BodyDecoder, SitemapKind, SitemapParser
-from cli.crawl._urls import PathFilter, SeenUrls, checked_url, normalise_url, origin_of, site_name
+from jobstream.cli.crawl._errors import DiscoveryError, SitemapMissing, SiteUnreachable
+from jobstream.cli.crawl._fetch import check_sitemap_answer, read_capped, streamed_get
+from jobstream.cli.crawl._robots import ALLOW_ALL, MAX_ROBOTS_BYTES, RobotsRules, parse_robots
+from jobstream.cli.crawl._sitemap import BodyDecoder, SitemapKind, SitemapParser
+from jobstream.cli.crawl._urls import (
+    PathFilter,
+    SeenUrls,
+    checked_url,
+    normalise_url,
+    origin_of,
+    site_name,
+)
 
 FALLBACK_SITEMAPS = ("/sitemap.xml", "/sitemap_index.xml")
 # An index that names an index that names an index: deeper is a loop or a mistake.

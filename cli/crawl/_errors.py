@@ -6,8 +6,8 @@ that cannot be reached (DNS, refused, timed out, a robots.txt answering 5xx) exi
 NATS or PostgreSQL server not reached does. Both reject a job already half-sent.
 """
 
-from cli._runtime import SourceFailed, UsageError
-from events import ConnectError
+from jobstream.cli._runtime import SourceFailed, UsageError
+from jobstream.events import ConnectError
 
 
 class DiscoveryError(UsageError, SourceFailed):

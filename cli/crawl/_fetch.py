@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 
-from cli.crawl._errors import DiscoveryError, SitemapMissing, SiteUnreachable
+from jobstream.cli.crawl._errors import DiscoveryError, SitemapMissing, SiteUnreachable
 
 MISSING = (404, 410)
 

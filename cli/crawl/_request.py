@@ -3,8 +3,8 @@
 from dataclasses import dataclass
 from typing import Literal
 
-from cli._idempotency import MAX_IDEMPOTENCY_KEY_LENGTH, check_idempotency_key
-from cli.crawl._tasks import (
+from jobstream.cli._idempotency import MAX_IDEMPOTENCY_KEY_LENGTH, check_idempotency_key
+from jobstream.cli.crawl._tasks import (
     MAX_HEADERS,
     URLS_LABEL,
     WARM_KIND,
@@ -13,8 +13,8 @@ from cli.crawl._tasks import (
     default_user_agent,
     parse_header,
 )
-from cli.crawl._urls import PathFilter, checked_url, host_of
-from events import JobstreamError
+from jobstream.cli.crawl._urls import PathFilter, checked_url, host_of
+from jobstream.events import JobstreamError
 
 Source = Literal["site", "sitemap", "urls"]
 MAX_PASSES = 10
@@ -95,7 +95,7 @@ def build_request(
 def warm_settings(
     concurrency: int, rate: float, headers: list[str], timeout_s: float, user_agent: str | None
 ) -> WarmSettings:
-    from services.worker import HandlerRegistry
+    from jobstream.services.worker import HandlerRegistry
 
     if len(headers) > MAX_HEADERS:
         raise JobstreamError(f"at most {MAX_HEADERS} --header options")

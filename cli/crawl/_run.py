@@ -5,21 +5,21 @@ import contextlib
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 
-from cli._submit import (
+from jobstream.cli._submit import (
     DEFAULT_MAX_ATTEMPTS,
     SubmitOutcome,
     SubmitPlan,
     build_job,
     submit_planned,
 )
-from cli.crawl._discover import Discovery, DiscoveryReport
-from cli.crawl._fetch import discovery_client
-from cli.crawl._request import CrawlRequest
-from cli.crawl._tasks import crawl_labels, next_pass
-from cli.crawl._urls import open_urls
-from cli.crawl._watch import PassSummary, job_tasks, watch_job
-from events import Bus, TaskSpec
-from services.worker import HandlerRegistry
+from jobstream.cli.crawl._discover import Discovery, DiscoveryReport
+from jobstream.cli.crawl._fetch import discovery_client
+from jobstream.cli.crawl._request import CrawlRequest
+from jobstream.cli.crawl._tasks import crawl_labels, next_pass
+from jobstream.cli.crawl._urls import open_urls
+from jobstream.cli.crawl._watch import PassSummary, job_tasks, watch_job
+from jobstream.events import Bus, TaskSpec
+from jobstream.services.worker import HandlerRegistry
 
 
 @dataclass

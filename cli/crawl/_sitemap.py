@@ -10,8 +10,8 @@ from collections.abc import Iterator
 from enum import StrEnum
 from xml.parsers import expat
 
-from cli.crawl._errors import DiscoveryError
-from cli.crawl._urls import MAX_URL_LENGTH
+from jobstream.cli.crawl._errors import DiscoveryError
+from jobstream.cli.crawl._urls import MAX_URL_LENGTH
 
 # A sitemap is at most 50 MB by the protocol; this bounds a gzip bomb, not honest files.
 MAX_SITEMAP_BYTES = 512 * 1024 * 1024

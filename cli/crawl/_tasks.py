@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from events import TaskSpec
+from jobstream.events import TaskSpec
 
 WARM_KIND = "http.warm"
 URLS_LABEL = "urls"

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
-from cli._settings import STDIN
-from cli.crawl._errors import DiscoveryError
+from jobstream.cli._settings import STDIN
+from jobstream.cli.crawl._errors import DiscoveryError
 
 MAX_URL_LENGTH = 2048
 SCHEMES = ("http", "https")

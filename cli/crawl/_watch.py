@@ -7,8 +7,8 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cli._follow import END_STATUS, JobFollower
-from events import (
+from jobstream.cli._follow import END_STATUS, JobFollower
+from jobstream.events import (
     Bus,
     Event,
     JobCancelled,

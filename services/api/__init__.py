@@ -5,7 +5,7 @@ Run it with uvicorn's factory mode, e.g. from the CLI::
     uvicorn.run(functools.partial(create_app, database_url=url), factory=True)
 """
 
-from services.api._app import (
+from jobstream.services.api._app import (
     DEFAULT_PAGE_SIZE,
     DEFAULT_SCHEMA,
     MAX_PAGE_SIZE,
@@ -34,9 +34,9 @@ from services.api._app import (
     tasks_page,
     workers_list,
 )
-from services.api._crawl_figures import CrawlReport
-from services.api._errors import ErrorBody, FieldError
-from services.api._liveness import LiveWork, live_work, read_liveness
+from jobstream.services.api._crawl_figures import CrawlReport
+from jobstream.services.api._errors import ErrorBody, FieldError
+from jobstream.services.api._liveness import LiveWork, live_work, read_liveness
 
 __all__ = [
     "Attempt",

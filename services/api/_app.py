@@ -21,24 +21,24 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, JsonValue
 
-from events import NO_SECURITY, JobstreamError, NatsSecurity, load_queries
-from services.api._crawl import crawl_router
-from services.api._cursors import (
+from jobstream.events import NO_SECURITY, JobstreamError, NatsSecurity, load_queries
+from jobstream.services.api._crawl import crawl_router
+from jobstream.services.api._cursors import (
     JobCursor,
     ResultCursor,
     TaskCursor,
     decode_cursor,
     encode_cursor,
 )
-from services.api._errors import (
+from jobstream.services.api._errors import (
     RETRY_AFTER_S,
     ErrorBody,
     add_error_handlers,
     bad_query,
     error_response,
 )
-from services.api._live import DEFAULT_READY_MAX_LAG_S, LiveLog, live_router
-from services.api._liveness import (
+from jobstream.services.api._live import DEFAULT_READY_MAX_LAG_S, LiveLog, live_router
+from jobstream.services.api._liveness import (
     WAITING_STATES,
     Live,
     LivenessWatch,
@@ -48,7 +48,7 @@ from services.api._liveness import (
     overlay_status,
     overlay_task,
 )
-from services.api._params import (
+from jobstream.services.api._params import (
     READS,
     JobIdPath,
     OptionalDayQuery,
@@ -85,7 +85,7 @@ _TERMINAL_TASK_STATES = frozenset({"succeeded", "dead_lettered", "cancelled"})
 _TERMINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled", "rejected"})
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-_SQL = load_queries("services.api", "queries.sql")
+_SQL = load_queries("jobstream.services.api", "queries.sql")
 log = logging.getLogger("jobstream.api")
 
 
@@ -704,7 +704,9 @@ async def _on_missing(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _dashboard_html(title: str) -> str:
-    template = (resources.files("services.api") / "static" / "index.html").read_text("utf-8")
+    template = (resources.files("jobstream.services.api") / "static" / "index.html").read_text(
+        "utf-8"
+    )
     return template.replace("{{title}}", html.escape(title))
 
 

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Protocol
 import asyncpg
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 
-from events import load_queries
-from services.api._crawl_figures import (
+from jobstream.events import load_queries
+from jobstream.services.api._crawl_figures import (
     CrawlReport,
     DomainFigures,
     ListedFigures,
@@ -19,8 +19,8 @@ from services.api._crawl_figures import (
     Sum,
     summed,
 )
-from services.api._errors import ErrorBody
-from services.api._params import READS, JobIdPath
+from jobstream.services.api._errors import ErrorBody
+from jobstream.services.api._params import READS, JobIdPath
 
 CRAWL_KIND = "http.warm"
 DEFAULT_LISTED_URLS = 20
@@ -28,7 +28,7 @@ MAX_LISTED_URLS = 200
 DEFAULT_MAX_DOMAINS = 100
 MAX_DOMAINS = 1000
 
-_SQL = load_queries("services.api", "crawl.sql")
+_SQL = load_queries("jobstream.services.api", "crawl.sql")
 
 
 class _Connections(Protocol):

@@ -8,7 +8,7 @@ from typing import Annotated, TypeVar
 
 import msgspec
 
-from services.api._errors import bad_query
+from jobstream.services.api._errors import bad_query
 
 _AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 _PgInteger = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from events import quote
+from jobstream.events import quote
 
 log = logging.getLogger("jobstream.api")
 

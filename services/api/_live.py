@@ -17,7 +17,7 @@ from nats.aio.msg import Msg
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from pydantic import BaseModel, JsonValue
 
-from events import (
+from jobstream.events import (
     DISPATCHER_BUCKET,
     EVENT_SUBJECTS,
     EVENTS_STREAM,
@@ -35,9 +35,9 @@ from events import (
     job_subject,
     job_task_events_subject,
 )
-from services.api._cursors import EventCursor, decode_cursor, encode_cursor
-from services.api._errors import RETRY_AFTER_S, ErrorBody
-from services.api._params import (
+from jobstream.services.api._cursors import EventCursor, decode_cursor, encode_cursor
+from jobstream.services.api._errors import RETRY_AFTER_S, ErrorBody
+from jobstream.services.api._params import (
     LOG_READS,
     RETRY_AFTER,
     JobIdPath,

@@ -20,7 +20,7 @@ import nats.js.errors
 from fastapi import Depends, Request
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from events import (
+from jobstream.events import (
     LIVENESS_BUCKET,
     Bus,
     DecodeError,

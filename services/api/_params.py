@@ -1,5 +1,5 @@
 """Path and query parameters checked before any database or NATS call: ids and names follow
-the log's own rule (`events.check_name`), so a request can never build a bad subject."""
+the log's own rule (`jobstream.events.check_name`), so a request can never build a bad subject."""
 
 import re
 from datetime import date
@@ -8,8 +8,8 @@ from typing import Annotated, Any
 from fastapi import Path, Query
 from pydantic import BeforeValidator
 
-from events import MAX_LENGTH, NAME_CHARSET, NAME_PATTERN, NameKind
-from services.api._errors import ErrorBody
+from jobstream.events import MAX_LENGTH, NAME_CHARSET, NAME_PATTERN, NameKind
+from jobstream.services.api._errors import ErrorBody
 
 
 def _rule(kind: NameKind) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import nats.js.errors
 import nats.js.kv
 from nats.js.api import PubAck
 
-from events import (
+from jobstream.events import (
     DISPATCHER_BUCKET,
     LIVENESS_BUCKET,
     MAX_REASON_LENGTH,
@@ -74,8 +74,8 @@ from events import (
     utc_now,
     with_retry,
 )
-from services.dispatcher._schedules import ScheduleFirer
-from services.dispatcher._state import (
+from jobstream.services.dispatcher._schedules import ScheduleFirer
+from jobstream.services.dispatcher._state import (
     Cancellation,
     DispatcherState,
     LiveWorker,

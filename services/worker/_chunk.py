@@ -7,8 +7,8 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from events import ChunkFailure, ChunkItem, ChunkResult, TaskMessage
-from services.worker._handlers import TaskContext, failure_text, is_permanent
+from jobstream.events import ChunkFailure, ChunkItem, ChunkResult, TaskMessage
+from jobstream.services.worker._handlers import TaskContext, failure_text, is_permanent
 
 CallHandler = Callable[[TaskMessage, TaskContext], Awaitable[Any]]
 

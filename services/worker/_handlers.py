@@ -9,7 +9,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from nats.js import JetStreamContext
 
-from events import MAX_PROGRESS_MESSAGE, JobstreamError
+from jobstream.events import MAX_PROGRESS_MESSAGE, JobstreamError
 
 ENTRY_POINT_GROUP = "jobstream.handlers"
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -219,6 +219,6 @@ class HandlerRegistry:
 
 def _builtins_with_state() -> dict[str, Handler]:
     """Built-ins that hold state per worker process: a new one for each registry."""
-    from services.worker.warm import WarmHandler
+    from jobstream.services.worker.warm import WarmHandler
 
     return {"http.warm": WarmHandler()}

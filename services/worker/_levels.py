@@ -20,7 +20,7 @@ import asyncio
 
 from nats.aio.client import Client as NatsClient
 
-from events import (
+from jobstream.events import (
     LEVELS_HIGH_FIRST,
     TASKS_STREAM,
     Delivery,
@@ -28,7 +28,7 @@ from events import (
     PullFeed,
     due_consumer_name,
 )
-from events import worker_consumer_name as consumer_name
+from jobstream.events import worker_consumer_name as consumer_name
 
 # Of every `share_every` slots handed out, one goes first to the normal level and one to the
 # low level (when they have work): 10 gives high at least 80% of a busy worker, the others

@@ -20,7 +20,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 
-from events import (
+from jobstream.events import (
     LIVENESS_BUCKET,
     MAX_RUNNING,
     TASKS_STREAM,
@@ -55,8 +55,8 @@ from events import (
     task_event_subject,
     utc_now,
 )
-from services.worker._chunk import failed_in_chunk, run_items, split
-from services.worker._handlers import (
+from jobstream.services.worker._chunk import failed_in_chunk, run_items, split
+from jobstream.services.worker._handlers import (
     Defer,
     HandlerRegistry,
     Retry,
@@ -64,8 +64,8 @@ from services.worker._handlers import (
     failure_text,
     is_permanent,
 )
-from services.worker._levels import DEFAULT_SHARE_EVERY, LevelFeeds
-from services.worker._progress import ProgressSender, Report
+from jobstream.services.worker._levels import DEFAULT_SHARE_EVERY, LevelFeeds
+from jobstream.services.worker._progress import ProgressSender, Report
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ THROUGHPUT_KEYS = (
 def _run_bench(cwd: Path) -> dict[str, Any]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("JOBSTREAM_")}
     result = subprocess.run(
-        [sys.executable, "-m", "cli", "bench", "--quick", "--json"],
+        [sys.executable, "-m", "jobstream.cli", "bench", "--quick", "--json"],
         capture_output=True,
         text=True,
         timeout=BENCH_TIMEOUT_S,

@@ -2,7 +2,7 @@
 waits, and a complete read of the log to check the one invariant that matters most (each
 task ends exactly once).
 
-Every process is started as `python -m cli ...` in the test's own process group (so an
+Every process is started as `python -m jobstream.cli ...` in the test's own process group (so an
 interrupted run takes them along), with its output in a file under the test's tmp dir; the
 files are printed when the test fails inside `Processes`.
 """
@@ -26,7 +26,7 @@ import asyncpg
 import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from events import (
+from jobstream.events import (
     EVENTS_STREAM,
     TASKS_STREAM,
     TERMINAL_TASK_EVENTS,
@@ -51,7 +51,7 @@ from events import (
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-JOBSTREAM = [sys.executable, "-m", "cli"]
+JOBSTREAM = [sys.executable, "-m", "jobstream.cli"]
 # Short leases keep each fault test to seconds: a lost lease comes back after this long.
 LEASE_S = 1.5
 CLI_TIMEOUT_S = 60.0
@@ -117,7 +117,7 @@ def _child_environment() -> dict[str, str]:
 
 
 class Processes:
-    """`python -m cli` children of one test. On exit every one still running is killed;
+    """`python -m jobstream.cli` children of one test. On exit every one still running is killed;
     if the block failed, the tail of each child's output (and of any watched server log)
     is printed, which pytest shows with the failure. While the block is open, `wait_for`
     fails at once if a child the test did not kill exits."""

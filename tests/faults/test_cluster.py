@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from events import (
+from jobstream.events import (
     DISPATCHER_BUCKET,
     EVENTS_STREAM,
     LIVENESS_BUCKET,
@@ -21,7 +21,7 @@ from events import (
     ensure_worker_consumer,
     worker_consumer_name,
 )
-from services.stack import NatsCluster
+from jobstream.services.stack import NatsCluster
 from tests.faults._harness import (
     LEASE_S,
     Processes,

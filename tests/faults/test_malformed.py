@@ -8,7 +8,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from events import (
+from jobstream.events import (
     Bus,
     JobCompleted,
     JobSubmitted,
@@ -20,7 +20,7 @@ from events import (
     task_event_subject,
     utc_now,
 )
-from services.stack import NatsServer
+from jobstream.services.stack import NatsServer
 from tests.faults._harness import (
     LEASE_S,
     Processes,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from events import TASKS_STREAM, JobCompleted, TaskSucceeded
-from services.stack import NatsServer
+from jobstream.events import TASKS_STREAM, JobCompleted, TaskSucceeded
+from jobstream.services.stack import NatsServer
 from tests.faults._harness import (
     Processes,
     assert_each_task_ended_once,

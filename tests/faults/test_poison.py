@@ -15,7 +15,7 @@ import msgspec
 import nats
 import pytest
 
-from events import (
+from jobstream.events import (
     Event,
     JobCompleted,
     JobRejected,
@@ -24,7 +24,7 @@ from events import (
     decode_event,
     encode,
 )
-from services.stack import NatsServer
+from jobstream.services.stack import NatsServer
 from tests.faults._harness import (
     Child,
     Processes,
@@ -122,7 +122,7 @@ def test_every_event_type_is_covered() -> None:
 
 def test_the_cli_refuses_a_5000_character_queue(nats_url: str, tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "cli", "submit", "--nats-url", nats_url, "--queue", HUGE],
+        [sys.executable, "-m", "jobstream.cli", "submit", "--nats-url", nats_url, "--queue", HUGE],
         capture_output=True,
         text=True,
         timeout=60,

@@ -9,8 +9,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from events import Bus, JobSubmitted, TaskFailed, TaskSpec, TaskSucceeded, task_id_for
-from projections import last_written_seq, replay_postgres
+from jobstream.events import Bus, JobSubmitted, TaskFailed, TaskSpec, TaskSucceeded, task_id_for
+from jobstream.projections import last_written_seq, replay_postgres
 from tests.faults._harness import (
     Processes,
     ndjson_task_counts,

@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from events import JobSubmitted, TaskSpec, new_id
-from services.api import create_app
-from services.stack import NatsServer
+from jobstream.events import JobSubmitted, TaskSpec, new_id
+from jobstream.services.api import create_app
+from jobstream.services.stack import NatsServer
 from tests._serving import serving
 from tests.faults._harness import Processes, connected, wait_for
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from events import SCHEDULES_STREAM, ensure_streams, schedule_subject
-from services.stack import NatsServer
+from jobstream.events import SCHEDULES_STREAM, ensure_streams, schedule_subject
+from jobstream.services.stack import NatsServer
 from tests.faults._harness import Processes, connected, wait_for
 from tests.integration.test_schedules import (
     TickWatch,

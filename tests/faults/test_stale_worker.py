@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from events import JobCompleted, TaskStarted, TaskSucceeded
-from services.stack import NatsServer
+from jobstream.events import JobCompleted, TaskStarted, TaskSucceeded
+from jobstream.services.stack import NatsServer
 from tests.faults._harness import (
     LEASE_S,
     Processes,

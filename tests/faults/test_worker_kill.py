@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from events import (
+from jobstream.events import (
     Bus,
     JobCompleted,
     JobFailed,
@@ -17,7 +17,7 @@ from events import (
     TaskSucceeded,
     WorkerLost,
 )
-from services.stack import NatsServer
+from jobstream.services.stack import NatsServer
 from tests.faults._harness import (
     LEASE_S,
     Processes,

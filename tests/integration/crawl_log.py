@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from events import (
+from jobstream.events import (
     Event,
     JobSubmitted,
     TaskDeadLettered,

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from events import QueryFileError, load_queries, parse_queries
-from services.api import create_app, job_summary
+from jobstream.events import QueryFileError, load_queries, parse_queries
+from jobstream.services.api import create_app, job_summary
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 JsonObject = dict[str, Any]
@@ -495,7 +495,7 @@ def test_schema_name_is_checked() -> None:
 
 
 def test_shipped_queries_load() -> None:
-    queries = load_queries("services.api", "queries.sql")
+    queries = load_queries("jobstream.services.api", "queries.sql")
     assert {"list_jobs", "get_job", "task_counts", "list_tasks", "list_workers"} <= set(queries)
     assert queries["get_job"].startswith("SELECT")
 

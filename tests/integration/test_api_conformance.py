@@ -11,8 +11,8 @@ from schemathesis.core.failures import Failure
 from schemathesis.engine import events
 from schemathesis.openapi.checks import RejectedPositiveData
 
-from events import Bus, JobSubmitted, TaskFailed, TaskSpec, TaskSucceeded, new_id
-from services.api import create_app
+from jobstream.events import Bus, JobSubmitted, TaskFailed, TaskSpec, TaskSucceeded, new_id
+from jobstream.services.api import create_app
 from tests._serving import serving
 from tests.integration.test_api_live import project_all
 

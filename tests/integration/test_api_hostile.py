@@ -10,8 +10,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from events import Bus, JobSubmitted, TaskSpec, TaskSucceeded, new_id
-from services.api import create_app
+from jobstream.events import Bus, JobSubmitted, TaskSpec, TaskSucceeded, new_id
+from jobstream.services.api import create_app
 from tests._serving import serving
 from tests.integration.test_api_live import project_all
 

@@ -8,9 +8,9 @@ import asyncpg
 import httpx
 import pytest
 
-from events import Bus, JobSubmitted, TaskSpec, TaskSucceeded, new_id
-from projections import PostgresProjector, checkpoint
-from services.api import create_app
+from jobstream.events import Bus, JobSubmitted, TaskSpec, TaskSucceeded, new_id
+from jobstream.projections import PostgresProjector, checkpoint
+from jobstream.services.api import create_app
 from tests._serving import serving
 from tests.integration.test_worker_dispatcher import running
 

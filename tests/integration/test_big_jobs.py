@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cli._idempotency import idempotency_bucket_key
-from events import (
+from jobstream.cli._idempotency import idempotency_bucket_key
+from jobstream.events import (
     IDEMPOTENCY_BUCKET,
     TASKS_STREAM,
     Bus,
@@ -26,9 +26,9 @@ from events import (
     TaskSucceeded,
     job_subject,
 )
-from services.api import create_app
-from services.dispatcher import Dispatcher
-from services.worker import Worker, WorkerOptions
+from jobstream.services.api import create_app
+from jobstream.services.dispatcher import Dispatcher
+from jobstream.services.worker import Worker, WorkerOptions
 from tests._serving import serving
 from tests.faults._harness import (
     Processes,
@@ -39,7 +39,7 @@ from tests.faults._harness import (
 )
 from tests.integration.test_worker_dispatcher import read_log, running
 
-JOBSTREAM = [sys.executable, "-m", "cli"]
+JOBSTREAM = [sys.executable, "-m", "jobstream.cli"]
 FAST = WorkerOptions(concurrency=64)
 
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import asyncpg
 
-from events import Bus, JobFailed, JobSubmitted, TaskSpec, new_id
-from projections import PostgresProjector, caught_up
-from services.dispatcher import Dispatcher
-from services.worker import Worker, WorkerOptions
+from jobstream.events import Bus, JobFailed, JobSubmitted, TaskSpec, new_id
+from jobstream.projections import PostgresProjector, caught_up
+from jobstream.services.dispatcher import Dispatcher
+from jobstream.services.worker import Worker, WorkerOptions
 from tests.integration.test_worker_dispatcher import running, wait_for_job_end
 
 TIMEOUT_S = 60
@@ -20,7 +20,7 @@ TIMEOUT_S = 60
 
 def _jobstream(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
+        [sys.executable, "-m", "jobstream.cli", *args],
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,

@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
-from cli._jobs import cancel_job
-from events import (
+from jobstream.cli._jobs import cancel_job
+from jobstream.events import (
     TASKS_STREAM,
     TERMINAL_TASK_EVENTS,
     Bus,
@@ -20,8 +20,8 @@ from events import (
     TaskStarted,
     new_id,
 )
-from services.dispatcher import Dispatcher
-from services.worker import Worker, WorkerOptions
+from jobstream.services.dispatcher import Dispatcher
+from jobstream.services.worker import Worker, WorkerOptions
 from tests.integration.test_worker_dispatcher import read_log, running, wait_for_job_end
 
 

@@ -5,8 +5,8 @@ import asyncio
 from collections import Counter
 from datetime import timedelta
 
-from cli._jobs import cancel_job
-from events import (
+from jobstream.cli._jobs import cancel_job
+from jobstream.events import (
     TASKS_STREAM,
     Bus,
     Event,
@@ -28,8 +28,8 @@ from events import (
     utc_now,
     worker_consumer_name,
 )
-from services.dispatcher import Dispatcher
-from services.worker import Worker, WorkerOptions
+from jobstream.services.dispatcher import Dispatcher
+from jobstream.services.worker import Worker, WorkerOptions
 from tests.integration.test_worker_dispatcher import FAST, read_log, running, wait_for_job_end
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from events import DEFAULT_LEASE_S, Bus, JobSubmitted, ensure_worker_consumer
-from services.stack import NatsServer, PostgresServer
-from services.worker import Worker, WorkerOptions
+from jobstream.events import DEFAULT_LEASE_S, Bus, JobSubmitted, ensure_worker_consumer
+from jobstream.services.stack import NatsServer, PostgresServer
+from jobstream.services.worker import Worker, WorkerOptions
 from tests.integration.test_worker_dispatcher import running
 
-JOBSTREAM = [sys.executable, "-m", "cli"]
+JOBSTREAM = [sys.executable, "-m", "jobstream.cli"]
 UNREACHABLE_NATS = "nats://127.0.0.1:1"
 UNREACHABLE_POSTGRES = "postgresql://postgres@127.0.0.1:1/jobstream"
 NATS_USER = "bar"

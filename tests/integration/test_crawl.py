@@ -16,7 +16,7 @@ import asyncpg
 import httpx
 import pytest
 
-from events import (
+from jobstream.events import (
     Bus,
     JobCompleted,
     JobRejected,
@@ -26,14 +26,20 @@ from events import (
     TaskSpec,
     job_subject,
 )
-from projections import PostgresProjector
-from services.dispatcher import Dispatcher
-from services.worker import HandlerRegistry, PermanentError, TaskContext, Worker, WorkerOptions
+from jobstream.projections import PostgresProjector
+from jobstream.services.dispatcher import Dispatcher
+from jobstream.services.worker import (
+    HandlerRegistry,
+    PermanentError,
+    TaskContext,
+    Worker,
+    WorkerOptions,
+)
 from tests._sites import Answer, Site, sitemap_index, urlset
 from tests.faults._harness import wait_until_projected
 from tests.integration.test_worker_dispatcher import read_log, running
 
-JOBSTREAM = [sys.executable, "-m", "cli"]
+JOBSTREAM = [sys.executable, "-m", "jobstream.cli"]
 
 
 class Crawled:

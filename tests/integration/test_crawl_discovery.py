@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from cli.crawl._discover import MAX_SITEMAP_DEPTH, Discovery
-from cli.crawl._errors import DiscoveryError
-from cli.crawl._fetch import discovery_client
-from cli.crawl._urls import PathFilter
+from jobstream.cli.crawl._discover import MAX_SITEMAP_DEPTH, Discovery
+from jobstream.cli.crawl._errors import DiscoveryError
+from jobstream.cli.crawl._fetch import discovery_client
+from jobstream.cli.crawl._urls import PathFilter
 from tests._sites import Site, sitemap_index, urlset
 
 UA = "jobstream-warm/test"

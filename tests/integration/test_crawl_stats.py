@@ -11,10 +11,10 @@ from typing import Any
 import asyncpg
 import pytest
 
-from events import Bus, JobSubmitted, TaskSpec, TaskSucceeded
-from projections import NdjsonProjector, PostgresProjector, checkpoint, replay_postgres
-from projections._crawl import SUMMED
-from services.api import create_app
+from jobstream.events import Bus, JobSubmitted, TaskSpec, TaskSucceeded
+from jobstream.projections import NdjsonProjector, PostgresProjector, checkpoint, replay_postgres
+from jobstream.projections._crawl import SUMMED
+from jobstream.services.api import create_app
 from tests.integration.crawl_log import (
     DOMAINS,
     CrawlLog,
@@ -203,7 +203,7 @@ def _async(read: Any) -> Any:
 
 
 def test_summed_columns_are_the_tables() -> None:
-    from services.api._crawl_figures import SUMMED as API_SUMMED
+    from jobstream.services.api._crawl_figures import SUMMED as API_SUMMED
 
     assert API_SUMMED == SUMMED
 

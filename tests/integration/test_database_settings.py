@@ -9,7 +9,7 @@ import asyncpg
 import httpx
 import pytest
 
-from services.stack import free_port
+from jobstream.services.stack import free_port
 from tests.faults._harness import JOBSTREAM, REPO_ROOT
 from tests.integration.test_cli_errors import assert_clean_error
 

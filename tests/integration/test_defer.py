@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import nats.js.errors
 
-from events import (
+from jobstream.events import (
     TASKS_STREAM,
     Bus,
     PriorityLevel,
@@ -28,8 +28,15 @@ from events import (
     utc_now,
     worker_consumer_name,
 )
-from services.worker import Defer, HandlerRegistry, Retry, TaskContext, Worker, WorkerOptions
-from services.worker._worker import HOLD_IN_QUEUE_MAX_S, MAX_DEFERRALS, _Attempt
+from jobstream.services.worker import (
+    Defer,
+    HandlerRegistry,
+    Retry,
+    TaskContext,
+    Worker,
+    WorkerOptions,
+)
+from jobstream.services.worker._worker import HOLD_IN_QUEUE_MAX_S, MAX_DEFERRALS, _Attempt
 from tests.integration.test_worker_dispatcher import read_log, running
 
 # Longer than the queue holds: the wait is a message schedule.

@@ -6,13 +6,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from services.stack import free_port
+from jobstream.services.stack import free_port
 
 
 def test_demo_on_embedded_stack_agrees_everywhere(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBSTREAM_")}
     result = subprocess.run(
-        [sys.executable, "-m", "cli", "demo", "--json", "--api-port", str(free_port())],
+        [sys.executable, "-m", "jobstream.cli", "demo", "--json", "--api-port", str(free_port())],
         capture_output=True,
         text=True,
         timeout=240,

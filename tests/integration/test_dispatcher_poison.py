@@ -1,7 +1,7 @@
 """A job whose task messages cannot be sent (a chunk over the server's max_payload) is set
 aside as rejected, its queued messages purged, and the dispatcher goes on with the next job."""
 
-from events import (
+from jobstream.events import (
     TASKS_STREAM,
     Bus,
     JobCompleted,
@@ -11,8 +11,8 @@ from events import (
     job_subject,
     new_id,
 )
-from services.dispatcher import Dispatcher
-from services.worker import Worker, WorkerOptions
+from jobstream.services.dispatcher import Dispatcher
+from jobstream.services.worker import Worker, WorkerOptions
 from tests.integration.test_worker_dispatcher import running, wait_for_job_end
 
 

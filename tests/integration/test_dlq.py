@@ -7,8 +7,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from cli._dlq import list_dead_letters, retry_dead_letters
-from events import (
+from jobstream.cli._dlq import list_dead_letters, retry_dead_letters
+from jobstream.events import (
     Bus,
     JobCompleted,
     JobFailed,
@@ -19,9 +19,9 @@ from events import (
     TaskSucceeded,
     new_id,
 )
-from projections import PostgresProjector, checkpoint
-from services.dispatcher import Dispatcher
-from services.worker import HandlerRegistry, TaskContext, Worker, WorkerOptions
+from jobstream.projections import PostgresProjector, checkpoint
+from jobstream.services.dispatcher import Dispatcher
+from jobstream.services.worker import HandlerRegistry, TaskContext, Worker, WorkerOptions
 from tests.integration.test_worker_dispatcher import read_log, running, wait_for_job_end
 
 BROKEN = {"on": True}

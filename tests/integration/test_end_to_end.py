@@ -10,11 +10,11 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from cli._stack import LocalStack, StackOptions
-from services.stack import free_port
+from jobstream.cli._stack import LocalStack, StackOptions
+from jobstream.services.stack import free_port
 from tests.faults._harness import ndjson_task_counts
 
-JOBSTREAM = [sys.executable, "-m", "cli"]
+JOBSTREAM = [sys.executable, "-m", "jobstream.cli"]
 
 
 async def jobstream(*args: str) -> str:

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-from events import (
+from jobstream.events import (
     Bus,
     JobSubmitted,
     TaskFailed,
@@ -22,7 +22,7 @@ TIMEOUT_S = 30
 
 def _jobstream(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
+        [sys.executable, "-m", "jobstream.cli", *args],
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,
@@ -32,7 +32,7 @@ def _jobstream(*args: str) -> subprocess.CompletedProcess[str]:
 
 def _start(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "cli", *args],
+        [sys.executable, "-m", "jobstream.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

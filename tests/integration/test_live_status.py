@@ -14,11 +14,11 @@ import asyncpg
 import httpx
 import pytest
 
-from events import Bus, JobSubmitted, TaskProgress, TaskSpec, TaskStarted, new_id
-from projections import PostgresProjector
-from services.api import create_app
-from services.dispatcher import Dispatcher
-from services.worker import HandlerRegistry, TaskContext, Worker, WorkerOptions
+from jobstream.events import Bus, JobSubmitted, TaskProgress, TaskSpec, TaskStarted, new_id
+from jobstream.projections import PostgresProjector
+from jobstream.services.api import create_app
+from jobstream.services.dispatcher import Dispatcher
+from jobstream.services.worker import HandlerRegistry, TaskContext, Worker, WorkerOptions
 from tests._serving import serving
 from tests.integration.test_worker_dispatcher import read_log, running, wait_for_job_end
 
@@ -92,7 +92,7 @@ async def _status(job_id: str, bus: Bus, database_url: str, *flags: str) -> str:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "cli",
+        "jobstream.cli",
         "status",
         job_id,
         "--nats-url",

@@ -13,7 +13,7 @@ import httpx
 import nats.errors
 import pytest
 
-from events import (
+from jobstream.events import (
     DEFAULT_LEASE_S,
     Bus,
     JobCompleted,
@@ -30,7 +30,7 @@ from events import (
     task_event_subject,
     task_id_for,
 )
-from services.stack import NatsServer, free_port, nats_server_binary
+from jobstream.services.stack import NatsServer, free_port, nats_server_binary
 from tests._certs import make_certificates
 from tests.faults._harness import REPO_ROOT, Processes, jobstream, wait_for, wait_for_job_end
 

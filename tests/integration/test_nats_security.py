@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from events import Bus, JobCompleted, NatsSecurity, ensure_buckets, ensure_streams
-from services.stack import NatsServer
+from jobstream.events import Bus, JobCompleted, NatsSecurity, ensure_buckets, ensure_streams
+from jobstream.services.stack import NatsServer
 from tests._certs import (
     CertFiles,
     Decentralized,

@@ -9,8 +9,8 @@ from typing import Any
 
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from cli._jobs import cancel_job
-from events import (
+from jobstream.cli._jobs import cancel_job
+from jobstream.events import (
     TASKS_STREAM,
     Bus,
     JobCancelled,
@@ -27,8 +27,8 @@ from events import (
     task_id_for,
     worker_consumer_name,
 )
-from services.dispatcher import Dispatcher
-from services.worker import HandlerRegistry, TaskContext, Worker, WorkerOptions
+from jobstream.services.dispatcher import Dispatcher
+from jobstream.services.worker import HandlerRegistry, TaskContext, Worker, WorkerOptions
 from tests.integration.test_worker_dispatcher import read_log, running
 
 BACKLOG = 50_000

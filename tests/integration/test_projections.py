@@ -15,8 +15,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-import projections
-from events import (
+from jobstream import projections
+from jobstream.events import (
     EVENTS_STREAM,
     TASK_EVENT_SUBJECTS,
     Bus,
@@ -47,7 +47,7 @@ from events import (
     event_batches,
     task_id_for,
 )
-from projections import (
+from jobstream.projections import (
     NdjsonProjector,
     PostgresProjector,
     checkpoint,
@@ -55,7 +55,7 @@ from projections import (
     migrate,
     partition_path,
 )
-from services.stack import NatsServer, PostgresServer
+from jobstream.services.stack import NatsServer, PostgresServer
 
 TIMEOUT_S = 30.0
 REPO = Path(__file__).resolve().parents[2]
@@ -929,8 +929,8 @@ async def test_a_second_ndjson_projector_on_one_directory_is_refused(
 NDJSON_CHILD = """
 import asyncio, sys
 from pathlib import Path
-from events import Bus
-from projections import NdjsonProjector
+from jobstream.events import Bus
+from jobstream.projections import NdjsonProjector
 
 async def main() -> None:
     bus = await Bus.connect([sys.argv[1]], name="ndjson-child")

@@ -9,9 +9,9 @@ import nats.js.errors
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
-from events import Bus, PullFeed
-from events._acks import PipelinedPublisher
-from events._pull import delivery_of
+from jobstream.events import Bus, PullFeed
+from jobstream.events._acks import PipelinedPublisher
+from jobstream.events._pull import delivery_of
 
 STREAM = "PULLTEST"
 

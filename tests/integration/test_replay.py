@@ -9,8 +9,8 @@ from typing import Any
 
 import asyncpg
 
-from cli._jobs import cancel_job
-from events import (
+from jobstream.cli._jobs import cancel_job
+from jobstream.events import (
     Bus,
     JobSubmitted,
     TaskSpec,
@@ -18,7 +18,7 @@ from events import (
     WorkerStarted,
     new_id,
 )
-from projections import (
+from jobstream.projections import (
     NdjsonProjector,
     PostgresProjector,
     caught_up,
@@ -28,8 +28,8 @@ from projections import (
     replay_postgres,
     replay_stdout,
 )
-from services.dispatcher import Dispatcher
-from services.worker import HandlerRegistry, TaskContext, Worker, WorkerOptions
+from jobstream.services.dispatcher import Dispatcher
+from jobstream.services.worker import HandlerRegistry, TaskContext, Worker, WorkerOptions
 from tests.integration.test_worker_dispatcher import read_log, running, wait_for_job_end
 
 # Columns a replay may legitimately change: when a row was written, not what it says.

@@ -9,7 +9,7 @@ from typing import Any
 
 import asyncpg
 
-from events import (
+from jobstream.events import (
     MAX_TASKS_PER_JOB,
     Bus,
     ChunkFailure,
@@ -37,8 +37,8 @@ from events import (
     WorkerStopped,
     chunk_id_for,
 )
-from projections import PostgresProjector, caught_up, replay_postgres
-from projections._fold import COLUMNS, _result_row
+from jobstream.projections import PostgresProjector, caught_up, replay_postgres
+from jobstream.projections._fold import COLUMNS, _result_row
 from tests.integration.test_projections import read_log
 from tests.integration.test_replay import TABLES, table_rows
 from tests.integration.test_worker_dispatcher import running

@@ -17,9 +17,9 @@ from pathlib import Path
 import nats.js.errors
 from typer.testing import CliRunner, Result
 
-from cli._schedules import JobTemplate, add_schedule, plan_schedule
-from cli.app import app
-from events import (
+from jobstream.cli._schedules import JobTemplate, add_schedule, plan_schedule
+from jobstream.cli.app import app
+from jobstream.events import (
     SCHEDULE_LABEL,
     SCHEDULE_TICKS_CONSUMER,
     SCHEDULES_STREAM,
@@ -33,9 +33,9 @@ from events import (
     schedule_tick_subject,
     tick_job_id,
 )
-from services.dispatcher import Dispatcher
-from services.dispatcher._schedules import ScheduleFirer
-from services.worker import HandlerRegistry
+from jobstream.services.dispatcher import Dispatcher
+from jobstream.services.dispatcher._schedules import ScheduleFirer
+from jobstream.services.worker import HandlerRegistry
 from tests.faults._harness import Processes, connected, log_contains, read_log, wait_for
 from tests.integration.test_worker_dispatcher import running
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from events import event_json_schema, event_type
+from jobstream.events import event_json_schema, event_type
 from tests.unit.test_schema import ONE_OF_EACH, started, wire
 
 AJV_PACKAGES = ("ajv@8", "ajv-formats@3")

@@ -11,8 +11,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-from cli._jobs import cancel_job
-from events import (
+from jobstream.cli._jobs import cancel_job
+from jobstream.events import (
     EVENT_SUBJECTS,
     Bus,
     JobRejected,
@@ -26,8 +26,8 @@ from events import (
     job_subject,
     new_id,
 )
-from services.dispatcher import Dispatcher
-from services.worker import Worker
+from jobstream.services.dispatcher import Dispatcher
+from jobstream.services.worker import Worker
 from tests.integration.test_worker_dispatcher import FAST, read_log, running, wait_for_job_end
 
 # Events that nothing in this run writes: `task.progress` (no handler reports progress yet),

@@ -1,6 +1,6 @@
 import asyncpg
 
-from events import Bus
+from jobstream.events import Bus
 
 
 async def test_fixtures_give_real_servers(bus: Bus, database_url: str) -> None:

@@ -10,7 +10,7 @@ import nats.js.errors
 import pytest
 from nats.js.api import StreamConfig
 
-from events import (
+from jobstream.events import (
     TASKS_STREAM,
     Bus,
     Header,
@@ -29,7 +29,7 @@ from events import (
     tasks_stream_config,
     utc_now,
 )
-from services.stack import NatsServer
+from jobstream.services.stack import NatsServer
 
 FIRES_IN_S = 1.0
 

@@ -15,8 +15,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from cli.bench._sites import Site, rate_per_s, serving
-from events import (
+from jobstream.cli.bench._sites import Site, rate_per_s, serving
+from jobstream.events import (
     LEVELS_HIGH_FIRST,
     TASKS_STREAM,
     Bus,
@@ -31,7 +31,7 @@ from events import (
     worker_consumer_config,
     worker_consumer_name,
 )
-from services.stack import NatsServer
+from jobstream.services.stack import NatsServer
 from tests.faults._harness import Processes, wait_for, wait_for_worker_started
 from tests.integration.test_warm import queue_warm_tasks, start_workers, wait_for_ends
 

@@ -5,8 +5,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cli.bench._sites import Reply, Request, Site, rate_per_s, serving
-from events import (
+from jobstream.cli.bench._sites import Reply, Request, Site, rate_per_s, serving
+from jobstream.events import (
     Bus,
     TaskDeadLettered,
     TaskFailed,
@@ -15,8 +15,8 @@ from events import (
     new_id,
     task_id_for,
 )
-from services.stack import NatsServer
-from services.worker.warm._handler import MAX_SLOW_DOWN_DEFERRALS
+from jobstream.services.stack import NatsServer
+from jobstream.services.worker.warm._handler import MAX_SLOW_DOWN_DEFERRALS
 from tests.faults._harness import (
     Processes,
     events_of,

@@ -3,8 +3,8 @@ extension (connect only on a new connection), the redirect chain, the body count
 
 import httpx
 
-from cli.bench._sites import Reply, Request, Site, serving
-from services.worker.warm._fetch import fetch
+from jobstream.cli.bench._sites import Reply, Request, Site, serving
+from jobstream.services.worker.warm._fetch import fetch
 
 
 def answer(request: Request) -> Reply:

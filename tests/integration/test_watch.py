@@ -9,9 +9,9 @@ from typing import Any
 
 import pexpect
 
-from events import Bus, ensure_streams
-from services.dispatcher import Dispatcher
-from services.worker import Worker, WorkerOptions
+from jobstream.events import Bus, ensure_streams
+from jobstream.services.dispatcher import Dispatcher
+from jobstream.services.worker import Worker, WorkerOptions
 from tests.integration.test_worker_dispatcher import running
 
 TIMEOUT_S = 60
@@ -21,7 +21,7 @@ def _jobstream(*args: str) -> "pexpect.spawn[str]":
     # A wide terminal, as a person's: the bar and its columns on one line.
     return pexpect.spawn(
         sys.executable,
-        ["-m", "cli", *args],
+        ["-m", "jobstream.cli", *args],
         encoding="utf-8",
         timeout=TIMEOUT_S,
         dimensions=(40, 160),

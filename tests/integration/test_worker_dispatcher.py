@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from events import (
+from jobstream.events import (
     EVENT_SUBJECTS,
     Bus,
     Event,
@@ -28,8 +28,8 @@ from events import (
     new_id,
     utc_now,
 )
-from services.dispatcher import Dispatcher
-from services.worker import Worker, WorkerOptions
+from jobstream.services.dispatcher import Dispatcher
+from jobstream.services.worker import Worker, WorkerOptions
 
 FAST = WorkerOptions(lease_s=5, retry_base_s=0.01, retry_cap_s=0.05, concurrency=16)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from events import Bus, JobCompleted, WorkerStarted, WorkerStopped, worker_subject
-from services.stack import NatsServer, RestartPolicy
+from jobstream.events import Bus, JobCompleted, WorkerStarted, WorkerStopped, worker_subject
+from jobstream.services.stack import NatsServer, RestartPolicy
 from tests.faults._harness import (
     Processes,
     assert_each_task_ended_once,

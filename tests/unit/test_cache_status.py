@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from services.worker.warm import CacheStatus, cache_status
+from jobstream.services.worker.warm import CacheStatus, cache_status
 
 H = CacheStatus
 

@@ -4,7 +4,7 @@ from importlib.metadata import version
 
 from typer.testing import CliRunner
 
-from cli.app import app
+from jobstream.cli.app import app
 
 
 def test_version_prints_the_installed_version() -> None:

@@ -4,11 +4,11 @@ import gzip
 
 import pytest
 
-from cli.crawl._errors import DiscoveryError
-from cli.crawl._robots import parse_robots
-from cli.crawl._sitemap import BodyDecoder, SitemapKind, SitemapParser
-from cli.crawl._tasks import parse_header
-from cli.crawl._urls import PathFilter, SeenUrls, normalise_url, same_site
+from jobstream.cli.crawl._errors import DiscoveryError
+from jobstream.cli.crawl._robots import parse_robots
+from jobstream.cli.crawl._sitemap import BodyDecoder, SitemapKind, SitemapParser
+from jobstream.cli.crawl._tasks import parse_header
+from jobstream.cli.crawl._urls import PathFilter, SeenUrls, normalise_url, same_site
 
 NS = 'xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"'
 UA = "jobstream-warm/0.1.0 (+https://github.com/jobstream)"

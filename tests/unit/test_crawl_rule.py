@@ -5,9 +5,9 @@ import math
 import random
 from typing import Any
 
-from events import TaskDeadLettered, TaskSucceeded
-from projections._crawl import CrawlStatsFold, bucket_of, domain_of, page_facts
-from services.api._crawl_figures import summed
+from jobstream.events import TaskDeadLettered, TaskSucceeded
+from jobstream.projections._crawl import CrawlStatsFold, bucket_of, domain_of, page_facts
+from jobstream.services.api._crawl_figures import summed
 
 
 def succeeded(task: int, result: Any, args: dict[str, Any] | None = None) -> TaskSucceeded:

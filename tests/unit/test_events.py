@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from events import (
+from jobstream.events import (
     DecodeError,
     JobSubmitted,
     PriorityLevel,

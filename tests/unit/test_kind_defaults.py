@@ -5,9 +5,9 @@ from typing import Any
 
 import pytest
 
-from cli._submit import with_kind_defaults
-from events import JobSubmitted, TaskSpec, expand_tasks
-from services.worker import HandlerRegistry, TaskContext, task_kind
+from jobstream.cli._submit import with_kind_defaults
+from jobstream.events import JobSubmitted, TaskSpec, expand_tasks
+from jobstream.services.worker import HandlerRegistry, TaskContext, task_kind
 
 
 @task_kind(max_attempts=7)

@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from events import DecodeError, Liveness, RunningTask, decode_liveness, encode_liveness
-from services.api._liveness import (
+from jobstream.events import DecodeError, Liveness, RunningTask, decode_liveness, encode_liveness
+from jobstream.services.api._liveness import (
     live_work,
     overlay_counts,
     overlay_last_seen,

@@ -5,7 +5,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from events import (
+from jobstream.events import (
     MAX_LENGTH,
     DecodeError,
     JobSubmitted,

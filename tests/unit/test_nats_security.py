@@ -6,8 +6,8 @@ from pathlib import Path
 import nats.errors
 import pytest
 
-from events import NatsSecurity, NatsSecurityError
-from events._security import is_auth_refusal, tls_refusal
+from jobstream.events import NatsSecurity, NatsSecurityError
+from jobstream.events._security import is_auth_refusal, tls_refusal
 from tests._certs import make_certificates
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 import typer
 
-from cli._nats_security import SECURITY_PARAMETERS, nats_security_environment
-from cli.app import app
-from events import NatsSecurity
+from jobstream.cli._nats_security import SECURITY_PARAMETERS, nats_security_environment
+from jobstream.cli.app import app
+from jobstream.events import NatsSecurity
 
 CONNECTING = [
     "init", "worker", "dispatcher", "projector", "api", "up", "submit", "cancel", "replay",

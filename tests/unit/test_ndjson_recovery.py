@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from events import (
+from jobstream.events import (
     ChunkFailure,
     ChunkResult,
     JobSealed,
@@ -21,14 +21,14 @@ from events import (
     decode_item,
     encode,
 )
-from projections import (
+from jobstream.projections import (
     ResultLine,
     last_written_seq,
     partition_path,
     repair_partitions,
     result_line,
 )
-from projections._ndjson import READ_CHUNK, PartitionWriter, result_lines
+from jobstream.projections._ndjson import READ_CHUNK, PartitionWriter, result_lines
 
 DAY = datetime(2026, 5, 4, 10, 0, tzinfo=UTC)
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import msgspec
 import pytest
 
-from services.worker.warm import domain_key, retry_after_s
-from services.worker.warm._politeness import (
+from jobstream.services.worker.warm import domain_key, retry_after_s
+from jobstream.services.worker.warm._politeness import (
     DEFAULT_RETRY_AFTER_S,
     MAX_RETRY_AFTER_S,
     MAX_WAIT_S,

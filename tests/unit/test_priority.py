@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from events import (
+from jobstream.events import (
     LEVELS_HIGH_FIRST,
     ChunkFailure,
     JobSubmitted,
@@ -23,8 +23,8 @@ from events import (
     task_schedule_subject,
     worker_consumer_name,
 )
-from services.worker._chunk import split
-from services.worker._levels import offer_order, record_served
+from jobstream.services.worker._chunk import split
+from jobstream.services.worker._levels import offer_order, record_served
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ import asyncio
 
 import pytest
 
-from services.worker import TaskContext
-from services.worker._progress import ProgressLimiter, ProgressSender, Report
+from jobstream.services.worker import TaskContext
+from jobstream.services.worker._progress import ProgressLimiter, ProgressSender, Report
 
 
 class Clock:

@@ -7,8 +7,8 @@ import msgspec
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app
-from events import (
+from jobstream.cli.app import app
+from jobstream.events import (
     SCHEDULE_LABEL,
     DecodeError,
     Header,
@@ -23,7 +23,7 @@ from events import (
     schedule_subject,
     tick_job_id,
 )
-from services.dispatcher._schedules import UnusableTickError, job_for_tick, read_tick
+from jobstream.services.dispatcher._schedules import UnusableTickError, job_for_tick, read_tick
 
 AT = datetime(2026, 12, 2, 1, 30, 15, tzinfo=UTC)  # a Wednesday
 

@@ -10,8 +10,8 @@ import pytest
 from jsonschema import Draft202012Validator
 from typer.testing import CliRunner
 
-from cli.app import app
-from events import (
+from jobstream.cli.app import app
+from jobstream.events import (
     MAX_TASKS_PER_JOB,
     ChunkFailure,
     ChunkItem,

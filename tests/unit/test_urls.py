@@ -2,7 +2,7 @@
 
 import pytest
 
-from events import AuthenticationError, ConnectError, redact_url
+from jobstream.events import AuthenticationError, ConnectError, redact_url
 
 
 @pytest.mark.parametrize(

@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
-from services.worker import PermanentError
-from services.worker.warm._args import parse_args
+from jobstream.services.worker import PermanentError
+from jobstream.services.worker.warm._args import parse_args
 
 
 @pytest.mark.parametrize(

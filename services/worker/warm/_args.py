@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from services.worker._handlers import PermanentError
+from jobstream.services.worker._handlers import PermanentError
 
 MAX_URL_CHARS = 2048
 MAX_HEADERS = 64

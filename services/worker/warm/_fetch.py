@@ -7,7 +7,7 @@ from typing import Any
 
 import httpx
 
-from services.worker.warm._cache import CacheStatus, cache_status
+from jobstream.services.worker.warm._cache import CacheStatus, cache_status
 
 MAX_REDIRECTS = 10
 

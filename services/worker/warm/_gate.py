@@ -16,8 +16,8 @@ import msgspec
 import nats.js.errors
 from nats.js.kv import KeyValue
 
-from services.worker._handlers import Defer
-from services.worker.warm._politeness import (
+from jobstream.services.worker._handlers import Defer
+from jobstream.services.worker.warm._politeness import (
     MAX_WAIT_S,
     Blocked,
     DomainState,

@@ -13,13 +13,13 @@ import httpx
 import nats.js.errors
 from nats.js import JetStreamContext
 
-from events import DOMAINS_BUCKET, utc_now
-from services.worker._handlers import Defer, PermanentError, Retry, TaskContext
-from services.worker.warm._args import WarmArgs, parse_args
-from services.worker.warm._cache import COLD, CacheStatus
-from services.worker.warm._fetch import MAX_REDIRECTS, Answer, fetch
-from services.worker.warm._gate import DomainGate, Pass
-from services.worker.warm._politeness import Limits, Outcome, retry_after_s
+from jobstream.events import DOMAINS_BUCKET, utc_now
+from jobstream.services.worker._handlers import Defer, PermanentError, Retry, TaskContext
+from jobstream.services.worker.warm._args import WarmArgs, parse_args
+from jobstream.services.worker.warm._cache import COLD, CacheStatus
+from jobstream.services.worker.warm._fetch import MAX_REDIRECTS, Answer, fetch
+from jobstream.services.worker.warm._gate import DomainGate, Pass
+from jobstream.services.worker.warm._politeness import Limits, Outcome, retry_after_s
 
 log = logging.getLogger(__name__)
 
