@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
 import typer
 
 from jobstream.cli._nats_security import nats_security_options
-from jobstream.cli._runtime import connect_bus, connect_database, run
+from jobstream.cli._runtime import connect_bus, database_session, run, usage_error
 from jobstream.cli._settings import (
     DEFAULT_DATA_DIR,
     DatabaseUrlOption,
@@ -20,7 +20,15 @@ from jobstream.cli._settings import (
     checked,
     resolve_endpoints,
 )
-from jobstream.events import MAX_LENGTH, NO_SECURITY, ConnectError, NameKind, NatsSecurity, quote
+from jobstream.events import (
+    MAX_LENGTH,
+    NO_SECURITY,
+    ConnectError,
+    JobstreamError,
+    NameKind,
+    NatsSecurity,
+    quote,
+)
 from jobstream.projections import DEFAULT_SCHEMA
 
 if TYPE_CHECKING:
@@ -69,7 +77,7 @@ async def live_work_once(
     return live_work(records, time.time()), ""
 
 
-def _read(
+def read_with_live_work(
     nats_url: str | None,
     database_url: str | None,
     data_dir: Any,
@@ -85,18 +93,11 @@ def _read(
 
     async def main() -> tuple[T, str]:
         live, note = await live_work_once(endpoints.nats_urls, security)
-        pool = await connect_database(
-            endpoints.database_url,
-            min_size=1,
-            max_size=1,
-            server_settings={"search_path": schema},
-            init=init_connection,
-        )
-        try:
-            async with pool.acquire() as conn:
-                return await read(conn, live or LiveWork()), note
-        finally:
-            await pool.close()
+        async with (
+            database_session(endpoints.database_url, schema=schema, init=init_connection) as pool,
+            pool.acquire() as conn,
+        ):
+            return await read(conn, live or LiveWork()), note
 
     value, note = run(main())
     if note:
@@ -111,6 +112,16 @@ def jobs(
         str | None,
         typer.Option(help="Only jobs of this queue.", callback=checked(NameKind.QUEUE)),
     ] = None,
+    labels: Annotated[
+        list[str] | None,
+        typer.Option("--label", help="KEY=VALUE: only jobs with this label (repeatable: all)."),
+    ] = None,
+    since: Annotated[
+        datetime | None, typer.Option(help="Only jobs submitted at or after this time (UTC).")
+    ] = None,
+    until: Annotated[
+        datetime | None, typer.Option(help="Only jobs submitted before this time (UTC).")
+    ] = None,
     limit: LimitOption = 20,
     as_json: JsonOption = False,
     nats_url: NatsUrlOption = None,
@@ -120,12 +131,27 @@ def jobs(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """List jobs, newest first, with their progress."""
+    from jobstream.cli._schedules import parse_labels
     from jobstream.services.api import JobPage, jobs_page
 
-    async def read(conn: "asyncpg.Connection", live: "LiveWork") -> JobPage:
-        return await jobs_page(conn, live, status=status, queue=queue, limit=limit)
+    try:
+        wanted = parse_labels(labels or [])
+    except JobstreamError as exc:
+        usage_error(str(exc))
 
-    page = _read(nats_url, database_url, data_dir, schema, nats_security, read)
+    async def read(conn: "asyncpg.Connection", live: "LiveWork") -> JobPage:
+        return await jobs_page(
+            conn,
+            live,
+            status=status,
+            queue=queue,
+            labels=wanted,
+            since=_utc(since),
+            until=_utc(until),
+            limit=limit,
+        )
+
+    page = read_with_live_work(nats_url, database_url, data_dir, schema, nats_security, read)
     rows = [job.model_dump(mode="json") for job in page.jobs]
     if as_json:
         _ndjson(rows)
@@ -167,7 +193,7 @@ def tasks(
     async def read(conn: "asyncpg.Connection", live: "LiveWork") -> TaskPage | None:
         return await tasks_page(conn, job_id, live, state=state, limit=limit)
 
-    page = _read(nats_url, database_url, data_dir, schema, nats_security, read)
+    page = read_with_live_work(nats_url, database_url, data_dir, schema, nats_security, read)
     if page is None:
         _not_found("job", job_id)
     rows = [task.model_dump(mode="json") for task in page.tasks]
@@ -214,7 +240,9 @@ def workers(
         return
     from jobstream.services.api import WorkerList, workers_list
 
-    found: WorkerList = _read(nats_url, database_url, data_dir, schema, nats_security, workers_list)
+    found: WorkerList = read_with_live_work(
+        nats_url, database_url, data_dir, schema, nats_security, workers_list
+    )
     rows = [worker.model_dump(mode="json") for worker in found.workers]
     if as_json:
         _ndjson(rows)
@@ -264,7 +292,9 @@ def prune(
     from jobstream.cli._prune import prune_workers
     from jobstream.services.api import WorkerList, workers_list
 
-    found: WorkerList = _read(nats_url, database_url, data_dir, schema, nats_security, workers_list)
+    found: WorkerList = read_with_live_work(
+        nats_url, database_url, data_dir, schema, nats_security, workers_list
+    )
     cutoff = time.time() - older_than_s
     chosen = [
         worker.worker_id
@@ -314,7 +344,7 @@ def show(
         task = await task_detail(conn, item_id, live)
         return None if task is None else {"task": task.model_dump(mode="json")}
 
-    found = _read(nats_url, database_url, data_dir, schema, nats_security, read)
+    found = read_with_live_work(nats_url, database_url, data_dir, schema, nats_security, read)
     if found is None:
         _not_found("job or task", item_id)
     if as_json:
@@ -342,6 +372,10 @@ def show(
             f"  attempt {attempt['attempt']} on {attempt['worker_id']}: {attempt['outcome']}"
             f" {_seconds(attempt['duration_s'])}s{error}"
         )
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return moment.replace(tzinfo=moment.tzinfo or UTC) if moment else None
 
 
 def _not_found(what: str, item_id: str) -> NoReturn:

@@ -180,6 +180,21 @@ async def connect_database(url: str, **kwargs: Any) -> "asyncpg.Pool":
     return pool
 
 
+@asynccontextmanager
+async def database_session(
+    url: str, *, schema: str | None = None, size: int = 1, **kwargs: Any
+) -> AsyncIterator["asyncpg.Pool"]:
+    """A connection pool for the length of a command (`schema` first on its search path),
+    closed however the command ends."""
+    if schema is not None:
+        kwargs["server_settings"] = {"search_path": schema}
+    pool = await connect_database(url, min_size=1, max_size=size, **kwargs)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
 async def run_until_stopped(
     stop: "asyncio.Event", *runners: Callable[["asyncio.Event"], Coroutine[Any, Any, None]]
 ) -> None:

@@ -203,8 +203,10 @@ def populate(
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
-    """Submit N sample jobs now (one `sum` of two small random numbers each), as the
-    original control plane's admin population did; print their ids."""
+    """Submit N sample jobs now and print their ids.
+
+    Each is one `sum` of two small random numbers, as the original control plane's admin
+    population made them."""
     from jobstream.cli._populate import populate as submit_samples
     from jobstream.cli._populate import sample_plans
     from jobstream.cli._submit import no_worker_warning

@@ -175,3 +175,14 @@ def resolve_endpoints(
 
 # The file name that means standard input (`--tasks-file -`, `--urls-file -`).
 STDIN = "-"
+
+
+DEFAULT_CONCURRENCY = 8
+DEFAULT_MAX_ATTEMPTS = 3
+HandlerOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--handler",
+        help="Extra task kind as name=package.module:function (repeatable).",
+    ),
+]

@@ -200,6 +200,7 @@ def plan_submission(
     chunk_size: int,
     idempotency_key: str | None,
     priority: int = 0,
+    labels: dict[str, str] | None = None,
 ) -> SubmitPlan:
     """Everything that can be checked before connecting; `JobstreamError` says what is wrong
     (a bad line of a tasks file with its number)."""
@@ -221,6 +222,7 @@ def plan_submission(
         timeout_s=timeout_s,
         chunk_size=chunk_size,
         priority=priority,
+        labels=labels,
         idempotency_key=check_idempotency_key(idempotency_key) if idempotency_key else None,
     )
     return SubmitPlan(

@@ -51,10 +51,14 @@ from jobstream.services.api._liveness import (
 from jobstream.services.api._params import (
     READS,
     JobIdPath,
+    LabelQuery,
     OptionalDayQuery,
     OptionalJobIdQuery,
     OptionalQueueQuery,
+    SinceQuery,
     TaskIdPath,
+    UntilQuery,
+    parse_label_query,
 )
 
 DEFAULT_SCHEMA = "jobstream"
@@ -487,6 +491,9 @@ async def jobs_page(
     *,
     status: str | None = None,
     queue: str | None = None,
+    labels: dict[str, str] | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
     limit: int = DEFAULT_PAGE_SIZE,
     after: JobCursor | None = None,
 ) -> JobPage:
@@ -501,6 +508,9 @@ async def jobs_page(
         after.job_id if after else None,
         limit + 1,
         list(live.tasks_by_job),
+        labels or None,
+        since,
+        until,
     )
     page = rows[:limit]
     counts = await _task_counts(conn, [row["job_id"] for row in page], live)
@@ -588,13 +598,26 @@ async def list_jobs(
     live: Live,
     status: Annotated[JobStatus | None, Query()] = None,
     queue: OptionalQueueQuery = None,
+    label: LabelQuery = None,
+    since: SinceQuery = None,
+    until: UntilQuery = None,
     limit: Limit = DEFAULT_PAGE_SIZE,
     cursor: Cursor = None,
 ) -> JobPage:
     """Jobs, newest first, with their task counts."""
     after = decode_cursor(cursor, JobCursor)
     async with read_models.connection() as conn:
-        return await jobs_page(conn, live, status=status, queue=queue, limit=limit, after=after)
+        return await jobs_page(
+            conn,
+            live,
+            status=status,
+            queue=queue,
+            labels=parse_label_query(label),
+            since=since,
+            until=until,
+            limit=limit,
+            after=after,
+        )
 
 
 @router.get("/jobs/{job_id}", responses=_ONE_JOB)

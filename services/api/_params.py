@@ -2,11 +2,11 @@
 the log's own rule (`jobstream.events.check_name`), so a request can never build a bad subject."""
 
 import re
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 from fastapi import Path, Query
-from pydantic import BeforeValidator
+from pydantic import AfterValidator, BeforeValidator, StringConstraints
 
 from jobstream.events import MAX_LENGTH, NAME_CHARSET, NAME_PATTERN, NameKind
 from jobstream.services.api._errors import ErrorBody
@@ -41,6 +41,47 @@ OptionalDayQuery = Annotated[
     date | None,
     BeforeValidator(_iso_day),
     Query(description="UTC day the task finished, YYYY-MM-DD"),
+]
+
+
+# Labels a job filter may ask for at once, and the length of one KEY=VALUE.
+MAX_LABELS = 16
+MAX_LABEL_LENGTH = 256
+
+LabelQuery = Annotated[
+    list[Annotated[str, StringConstraints(max_length=MAX_LABEL_LENGTH, pattern=r"^[^=]+=")]] | None,
+    Query(
+        max_length=MAX_LABELS,
+        description="KEY=VALUE: only jobs with this label (repeat: jobs with all of them)",
+    ),
+]
+
+
+def parse_label_query(pairs: list[str] | None) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    return dict(pair.partition("=")[::2] for pair in pairs)
+
+
+def _utc_moment(value: datetime) -> datetime:
+    # A time without an offset is UTC; one that leaves the calendar in UTC is refused.
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("is out of range in UTC") from exc
+
+
+SinceQuery = Annotated[
+    datetime | None,
+    AfterValidator(lambda value: value and _utc_moment(value)),
+    Query(description="only jobs submitted at or after this time (RFC 3339; UTC if no offset)"),
+]
+UntilQuery = Annotated[
+    datetime | None,
+    AfterValidator(lambda value: value and _utc_moment(value)),
+    Query(description="only jobs submitted before this time (RFC 3339; UTC if no offset)"),
 ]
 
 

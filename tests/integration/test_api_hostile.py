@@ -51,7 +51,7 @@ def _assert_error(response: httpx.Response, status: int, *fragments: str) -> Non
 async def test_oversized_ids_and_filters_answer_4xx_and_harm_nothing(
     app: FastAPI, bus: Bus, database_url: str
 ) -> None:
-    job = JobSubmitted(job_id=new_id(), tasks=[TaskSpec(kind="noop")])
+    job = JobSubmitted(job_id=new_id(), tasks=[TaskSpec(kind="noop")], labels={"team": "a"})
     await bus.publish_event(job)
     await project_all(bus, database_url)
     huge = "A" * 10_240
@@ -72,6 +72,19 @@ async def test_oversized_ids_and_filters_answer_4xx_and_harm_nothing(
         )
         _assert_error(await _timed_get(client, "/no/such/route"), 404)
         _assert_error(await _timed_get(client, "/jobs/nosuchjob/events"), 404, "not found")
+        _assert_error(await _timed_get(client, "/jobs", label="novalue"), 422, "label")
+        _assert_error(await _timed_get(client, "/jobs", label="k=" + huge), 422, "label")
+        too_many = await client.get("/jobs", params=[("label", f"k{n}=v") for n in range(17)])
+        _assert_error(too_many, 422, "label")
+        _assert_error(await _timed_get(client, "/jobs", since="yesterday"), 422, "since")
+        _assert_error(
+            await _timed_get(client, "/jobs", until="9999-12-31T23:59:59-23:00"), 422, "until"
+        )
+        labelled = await _timed_get(client, "/jobs", label="team=a", since="2000-01-01T00:00:00")
+        assert [j["job_id"] for j in labelled.json()["jobs"]] == [job.job_id]
+        assert (await _timed_get(client, "/jobs", label="team=b")).json()["jobs"] == []
+        later = await _timed_get(client, "/jobs", since="2999-01-01T00:00:00Z")
+        assert later.json()["jobs"] == []
 
         assert (await _wait_ready(client)).status_code == 200
         events = await _timed_get(client, f"/jobs/{job.job_id}/events")

@@ -108,6 +108,37 @@ async def test_jobs_tasks_workers_and_show(bus: Bus, nats_url: str, database_url
     assert left.returncode == 0 and _lines(left.stdout) == []
 
 
+async def test_jobs_by_label_and_time(bus: Bus, nats_url: str, database_url: str) -> None:
+    """`submit --label` marks a job; `jobs --label/--since/--until` find it again."""
+    where = ["--nats-url", nats_url, "--database-url", database_url]
+    submitted = {}
+    for labels in (["team=a", "env=prod"], ["team=a"], ["team=b"]):
+        flags = [arg for label in labels for arg in ("--label", label)]
+        done = await asyncio.to_thread(
+            _jobstream, "submit", "--kind", "noop", *flags, "--nats-url", nats_url
+        )
+        assert done.returncode == 0, done.stderr
+        submitted[" ".join(labels)] = done.stdout.strip()
+    await _project(bus, database_url)
+
+    async def listed(*flags: str) -> set[str]:
+        found = await asyncio.to_thread(_jobstream, "jobs", "--json", *flags, *where)
+        assert found.returncode == 0, found.stderr
+        return {job["job_id"] for job in _lines(found.stdout)}
+
+    assert await listed("--label", "team=a") == {
+        submitted["team=a env=prod"],
+        submitted["team=a"],
+    }
+    assert await listed("--label", "team=a", "--label", "env=prod") == {
+        submitted["team=a env=prod"]
+    }
+    assert await listed("--label", "team=c") == set()
+    assert await listed("--since", "2000-01-01", "--label", "team=b") == {submitted["team=b"]}
+    assert await listed("--since", "2999-01-01") == set()
+    assert await listed("--until", "2000-01-01") == set()
+
+
 async def _project(bus: Bus, database_url: str) -> None:
     pool = await asyncpg.create_pool(
         database_url, min_size=1, max_size=3, server_settings={"search_path": "jobstream"}
@@ -133,6 +164,9 @@ async def test_bad_input_gets_a_clear_error(nats_url: str, database_url: str) ->
         ["jobs", "--status", "sleeping"],
         ["jobs", "--limit", "0"],
         ["jobs", "--queue", "a b"],
+        ["jobs", "--label", "novalue"],
+        ["jobs", "--label", "=x"],
+        ["jobs", "--since", "yesterday"],
     ):
         result = await asyncio.to_thread(_jobstream, *args, *where)
         assert result.returncode == 2, (args, result.stderr)

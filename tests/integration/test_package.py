@@ -1,5 +1,5 @@
 """The wheel a user installs: one top-level name, `jobstream`, with every module and data file
-of the four source folders, and it runs from where it is unpacked."""
+of the source folders, and it runs from where it is unpacked."""
 
 import os
 import shutil
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = ("events", "services", "projections", "cli")
+SOURCES = ("events", "services", "projections", "cli", "bench")
 DATA_SUFFIXES = (".py", ".sql", ".html", ".js", ".css", ".svg")
 
 
@@ -24,7 +24,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for folder in SOURCES:
         shutil.copytree(REPO / folder, tree / folder, ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
+    built = subprocess.run(
         [
             sys.executable,
             "-m",
@@ -37,12 +37,14 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
             str(out),
             str(tree),
         ],
-        check=True,
+        check=False,
         capture_output=True,
+        text=True,
         timeout=300,
     )
-    [built] = out.glob("jobstream-*.whl")
-    return built
+    assert built.returncode == 0, built.stderr
+    [wheel_file] = out.glob("jobstream-*.whl")
+    return wheel_file
 
 
 def test_the_wheel_installs_one_top_level_name(wheel: Path) -> None:
@@ -88,3 +90,16 @@ def test_the_unpacked_wheel_runs(wheel: Path, tmp_path: Path) -> None:
     where, counts = shown.stdout.splitlines()
     assert where == str(tmp_path / "site" / "jobstream" / "__init__.py")
     assert counts.split()[1] == "True" and int(counts.split()[0]) > 0
+
+
+def test_the_benchmarks_dependencies_are_an_extra(wheel: Path) -> None:
+    archive = zipfile.ZipFile(wheel)
+    [metadata] = [name for name in archive.namelist() if name.endswith(".dist-info/METADATA")]
+    requires = [
+        line.removeprefix("Requires-Dist: ")
+        for line in archive.read(metadata).decode().splitlines()
+        if line.startswith("Requires-Dist: ")
+    ]
+    for name in ("psutil", "httptools"):
+        [entry] = [r for r in requires if r.startswith(name)]
+        assert entry.endswith('extra == "bench"'), entry

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from jobstream.cli.bench._sites import Site, rate_per_s, serving
+from jobstream.bench._sites import Site, rate_per_s, serving
 from jobstream.events import (
     LEVELS_HIGH_FIRST,
     TASKS_STREAM,
@@ -128,7 +128,7 @@ async def test_a_slow_domains_waiting_pages_leave_the_queue_to_other_jobs(
                 handed_out: int = info.delivered.stream_seq
                 return handed_out >= last_page_seq
 
-            await wait_for(every_page_handed_out, timeout_s=60, what="every page handed out")
+            await wait_for(every_page_handed_out, timeout_s=120, what="every page handed out")
             await asyncio.sleep(1.0)  # the last ones deferred
             waiting = PAGES - len(site.requests)
             noop_job, noop_tasks = await queue_noop_job(bus)

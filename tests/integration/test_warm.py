@@ -5,7 +5,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from jobstream.cli.bench._sites import Reply, Request, Site, rate_per_s, serving
+from jobstream.bench._sites import Reply, Request, Site, rate_per_s, serving
 from jobstream.events import (
     Bus,
     TaskDeadLettered,

@@ -3,7 +3,7 @@ extension (connect only on a new connection), the redirect chain, the body count
 
 import httpx
 
-from jobstream.cli.bench._sites import Reply, Request, Site, serving
+from jobstream.bench._sites import Reply, Request, Site, serving
 from jobstream.services.worker.warm._fetch import fetch
 
 

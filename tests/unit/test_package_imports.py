@@ -1,5 +1,5 @@
 """Every module imports jobstream's own code as `jobstream.…`: a bare `import events` (or
-`services`, `projections`, `cli`) would load a second copy of a module under another name,
+`services`, `projections`, `cli`, `bench`) would load a second copy of a module under another name,
 and msgspec's type checks fail across the two copies."""
 
 import ast
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-FOLDERS = ("events", "services", "projections", "cli", "tests")
-BARE = {"events", "services", "projections", "cli"}
+FOLDERS = ("events", "services", "projections", "cli", "bench", "tests")
+BARE = {"events", "services", "projections", "cli", "bench"}
 
 
 def _bare_imports(source: str, where: str) -> list[str]:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import asyncpg
 from nats.js.api import PubAck
 
-from jobstream.cli.bench._common import rate
-from jobstream.cli.bench._cpu import CpuMeter, CpuReport
+from jobstream.bench._common import rate
+from jobstream.bench._cpu import CpuMeter, CpuReport
 from jobstream.events import (
     Bus,
     Event,

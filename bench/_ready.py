@@ -2,9 +2,9 @@
 
 import asyncpg
 
-from jobstream.cli.bench._common import job_of, poll_until
-from jobstream.cli.bench._sql import read_model_query
-from jobstream.cli.bench._stack import ProductProcesses
+from jobstream.bench._common import job_of, poll_until
+from jobstream.bench._sql import read_model_query
+from jobstream.bench._stack import ProductProcesses
 from jobstream.events import Bus
 
 READY_TIMEOUT_S = 60.0

@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import psutil
 
-from jobstream.cli.bench._stack import Servers
+from jobstream.bench._stack import Servers
 from jobstream.events import Bus
 
 PACKAGES = (

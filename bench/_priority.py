@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from jobstream.cli.bench._common import job_of, poll_until
-from jobstream.cli.bench._cpu import CpuMeter, CpuReport
-from jobstream.cli.bench._sql import read_model_query
-from jobstream.cli.bench._throughput import MIN_TIMEOUT_S, TIMEOUT_S_PER_TASK
+from jobstream.bench._common import job_of, poll_until
+from jobstream.bench._cpu import CpuMeter, CpuReport
+from jobstream.bench._sql import read_model_query
+from jobstream.bench._throughput import MIN_TIMEOUT_S, TIMEOUT_S_PER_TASK
 from jobstream.events import TASKS_STREAM, Bus, JobstreamError
 
 # Each backlog task sleeps long enough that the backlog would keep every slot busy for at

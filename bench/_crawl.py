@@ -8,11 +8,11 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from jobstream.bench._common import poll_until
+from jobstream.bench._cpu import CpuMeter, CpuReport
+from jobstream.bench._sites import Reply, Request, Site, rate_per_s, serving
+from jobstream.bench._sql import read_model_query
 from jobstream.cli._submit import build_job
-from jobstream.cli.bench._common import poll_until
-from jobstream.cli.bench._cpu import CpuMeter, CpuReport
-from jobstream.cli.bench._sites import Reply, Request, Site, rate_per_s, serving
-from jobstream.cli.bench._sql import read_model_query
 from jobstream.events import Bus, TaskSpec
 
 # Each page takes the site this long to answer: a quick page of a real site.

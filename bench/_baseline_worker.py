@@ -1,6 +1,6 @@
 """Worker processes of the two original designs, for the bench's baselines.
 
-`python -m jobstream.cli.bench._baseline_worker http|skip-locked …` sets up its connections, prints
+`python -m jobstream.bench._baseline_worker http|skip-locked …` sets up its connections, prints
 `ready`, waits for a line on stdin, then runs `--concurrency` loops that claim and complete
 jobs until none is left, and prints `{"done": n, "cpu_s": its CPU seconds}`.
 """
@@ -16,8 +16,8 @@ from typing import Any
 import asyncpg
 import httpx
 
+from jobstream.bench._sql import baseline_query
 from jobstream.cli._runtime import run
-from jobstream.cli.bench._sql import baseline_query
 from jobstream.services.worker import HandlerRegistry, TaskContext
 
 REQUEST_TIMEOUT_S = 30.0

@@ -5,9 +5,9 @@ import sys
 import time
 from typing import Any
 
-from jobstream.cli.bench._options import SECTIONS, BenchOptions, build_options, parse_sections
-from jobstream.cli.bench._report import render, summarize, to_json
-from jobstream.cli.bench._run import Progress, run_once
+from jobstream.bench._options import SECTIONS, BenchOptions, build_options, parse_sections
+from jobstream.bench._report import render, summarize, to_json
+from jobstream.bench._run import Progress, run_once
 from jobstream.events import JobstreamError
 
 __all__ = [

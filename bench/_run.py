@@ -13,27 +13,27 @@ from typing import Any
 
 import asyncpg
 
-from jobstream.cli.bench._baselines import (
+from jobstream.bench._baselines import (
     BATCH,
     BaselineSetup,
     drop_schema,
     measure_http,
     measure_skip_locked,
 )
-from jobstream.cli.bench._ceiling import measure_ceiling
-from jobstream.cli.bench._common import read_model_pool
-from jobstream.cli.bench._cpu import CpuMeter
-from jobstream.cli.bench._crawl import measure_crawl
-from jobstream.cli.bench._environment import describe
-from jobstream.cli.bench._latency import measure_latency
-from jobstream.cli.bench._one_big_job import measure_one_big_job
-from jobstream.cli.bench._options import CHUNK_SIZE, BenchOptions
-from jobstream.cli.bench._priority import measure_priority
-from jobstream.cli.bench._ready import wait_until_ready
-from jobstream.cli.bench._recovery import measure_recovery
-from jobstream.cli.bench._replay import measure_replay
-from jobstream.cli.bench._stack import ProductProcesses, Servers, bench_servers, product_processes
-from jobstream.cli.bench._throughput import ThroughputResult, measure_throughput
+from jobstream.bench._ceiling import measure_ceiling
+from jobstream.bench._common import read_model_pool
+from jobstream.bench._cpu import CpuMeter
+from jobstream.bench._crawl import measure_crawl
+from jobstream.bench._environment import describe
+from jobstream.bench._latency import measure_latency
+from jobstream.bench._one_big_job import measure_one_big_job
+from jobstream.bench._options import CHUNK_SIZE, BenchOptions
+from jobstream.bench._priority import measure_priority
+from jobstream.bench._ready import wait_until_ready
+from jobstream.bench._recovery import measure_recovery
+from jobstream.bench._replay import measure_replay
+from jobstream.bench._stack import ProductProcesses, Servers, bench_servers, product_processes
+from jobstream.bench._throughput import ThroughputResult, measure_throughput
 from jobstream.events import Bus, ensure_streams
 
 Progress = Callable[[str], None]

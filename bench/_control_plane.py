@@ -1,7 +1,7 @@
 """Baseline (a): the original control plane — a FastAPI app whose workers claim, start and
 complete jobs over HTTP, each call one Postgres transaction through an asyncpg pool.
 
-Run as its own process: `python -m jobstream.cli.bench._control_plane --database-url … --port …`.
+Run as its own process: `python -m jobstream.bench._control_plane --database-url … --port …`.
 """
 
 import argparse
@@ -15,7 +15,7 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from pydantic import BaseModel
 
-from jobstream.cli.bench._sql import baseline_query
+from jobstream.bench._sql import baseline_query
 
 
 class ClaimRequest(BaseModel):

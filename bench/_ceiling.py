@@ -16,8 +16,8 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, PubAck, StorageType, StreamConfig
 
-from jobstream.cli.bench._common import rate
-from jobstream.cli.bench._cpu import CpuMeter, CpuReport
+from jobstream.bench._common import rate
+from jobstream.bench._cpu import CpuMeter, CpuReport
 from jobstream.events import JobstreamError, TaskMessage, encode
 
 STREAM = "JOBSTREAM_BENCH_CEILING"

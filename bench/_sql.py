@@ -5,9 +5,9 @@ from jobstream.events import load_queries
 
 def read_model_query(name: str) -> str:
     """A query on jobstream's read models (`read_model.sql`)."""
-    return load_queries("jobstream.cli.bench", "read_model.sql")[name]
+    return load_queries("jobstream.bench", "read_model.sql")[name]
 
 
 def baseline_query(name: str) -> str:
     """A statement of the two original Postgres designs (`baselines.sql`)."""
-    return load_queries("jobstream.cli.bench", "baselines.sql")[name]
+    return load_queries("jobstream.bench", "baselines.sql")[name]

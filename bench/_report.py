@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from jobstream.cli.bench._options import CHUNK_SIZE, BenchOptions
+from jobstream.bench._options import CHUNK_SIZE, BenchOptions
 
 NOTES: dict[str, str] = {}
 SCALAR_KEYS = (

@@ -25,10 +25,10 @@ from pathlib import Path
 import asyncpg
 import httpx
 
-from jobstream.cli.bench._common import poll_until, rate
-from jobstream.cli.bench._cpu import CpuMeter, CpuReport
-from jobstream.cli.bench._sql import baseline_query
-from jobstream.cli.bench._stack import Child, Servers, log_tail, stop_children
+from jobstream.bench._common import poll_until, rate
+from jobstream.bench._cpu import CpuMeter, CpuReport
+from jobstream.bench._sql import baseline_query
+from jobstream.bench._stack import Child, Servers, log_tail, stop_children
 from jobstream.events import JobstreamError
 from jobstream.projections import quote_ident
 from jobstream.services.stack import free_port
@@ -104,7 +104,7 @@ async def _worker_processes(
 ) -> AsyncIterator[_Workers]:
     command = [
         *PYTHON,
-        "jobstream.cli.bench._baseline_worker",
+        "jobstream.bench._baseline_worker",
         design,
         "--url",
         url,
@@ -211,7 +211,7 @@ async def _control_plane(setup: BaselineSetup) -> AsyncIterator[tuple[str, Child
         "control-plane",
         [
             *PYTHON,
-            "jobstream.cli.bench._control_plane",
+            "jobstream.bench._control_plane",
             "--database-url",
             setup.servers.database_url,
             "--schema",

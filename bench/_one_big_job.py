@@ -32,12 +32,12 @@ from pathlib import Path
 
 import asyncpg
 
-from jobstream.cli.bench._common import poll_until, rate
-from jobstream.cli.bench._cpu import CpuMeter, CpuReport
-from jobstream.cli.bench._memory import RssReport, RssSampler
-from jobstream.cli.bench._sql import read_model_query
-from jobstream.cli.bench._stack import JOBSTREAM, log_tail
-from jobstream.cli.bench._throughput import (
+from jobstream.bench._common import poll_until, rate
+from jobstream.bench._cpu import CpuMeter, CpuReport
+from jobstream.bench._memory import RssReport, RssSampler
+from jobstream.bench._sql import read_model_query
+from jobstream.bench._stack import JOBSTREAM, log_tail
+from jobstream.bench._throughput import (
     MIN_TIMEOUT_S,
     TIMEOUT_S_PER_TASK,
     ThroughputResult,

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from jobstream.cli.bench._common import job_of, poll_until, rate, split, submit_all
-from jobstream.cli.bench._cpu import CpuMeter, CpuReport
-from jobstream.cli.bench._memory import RssReport, RssSampler
-from jobstream.cli.bench._sql import read_model_query
+from jobstream.bench._common import job_of, poll_until, rate, split, submit_all
+from jobstream.bench._cpu import CpuMeter, CpuReport
+from jobstream.bench._memory import RssReport, RssSampler
+from jobstream.bench._sql import read_model_query
 from jobstream.events import Bus
 
 POLL_S = 0.02

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import asyncpg
 
-from jobstream.cli.bench._options import BenchOptions
+from jobstream.bench._options import BenchOptions
 from jobstream.events import JobstreamError
 from jobstream.projections import DEFAULT_SCHEMA, quote_ident
 from jobstream.services.stack import NatsServer, PostgresServer

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from jobstream.cli.bench._common import Percentiles, job_of, percentiles_ms, poll_until, rate
-from jobstream.cli.bench._cpu import CpuMeter, CpuReport
-from jobstream.cli.bench._sql import read_model_query
+from jobstream.bench._common import Percentiles, job_of, percentiles_ms, poll_until, rate
+from jobstream.bench._cpu import CpuMeter, CpuReport
+from jobstream.bench._sql import read_model_query
 from jobstream.events import Bus
 
 POLL_S = 0.005

@@ -1,0 +1,88 @@
+"""`jobstream status`: one job's counts and its running tasks' progress."""
+
+import json
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from jobstream.cli._browse import read_with_live_work
+from jobstream.cli._nats_security import nats_security_options
+from jobstream.cli._settings import (
+    DEFAULT_DATA_DIR,
+    DatabaseUrlOption,
+    DataDirOption,
+    NatsUrlOption,
+    SchemaOption,
+    checked,
+)
+from jobstream.events import (
+    NO_SECURITY,
+    NameKind,
+    NatsSecurity,
+    quote,
+)
+from jobstream.projections import DEFAULT_SCHEMA
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from jobstream.services.api import LiveWork
+
+    pass
+
+
+# Running tasks `status` lists with their progress.
+STATUS_RUNNING_SHOWN = 10
+
+
+@nats_security_options
+def status(
+    job_id: Annotated[
+        str,
+        typer.Argument(help="The job id that submit printed.", callback=checked(NameKind.JOB_ID)),
+    ],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    nats_url: NatsUrlOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = DEFAULT_DATA_DIR,
+    schema: SchemaOption = DEFAULT_SCHEMA,
+    nats_security: NatsSecurity = NO_SECURITY,
+) -> None:
+    """Show a job's status, task counts and its running tasks' progress.
+
+    The counts are the read model's, with the tasks in flight that the workers' liveness
+    records show."""
+    from jobstream.services.api import job_summary, running_tasks
+
+    async def read(
+        conn: "asyncpg.Connection", live: "LiveWork"
+    ) -> tuple[dict[str, object] | None, list[dict[str, object]]]:
+        summary = await job_summary(conn, job_id, live)
+        running = await running_tasks(conn, job_id, live, limit=STATUS_RUNNING_SHOWN)
+        return summary, running
+
+    summary, running = read_with_live_work(
+        nats_url, database_url, data_dir, schema, nats_security, read
+    )
+    if summary is None:
+        typer.echo(
+            f"error: job {quote(job_id)} not found (not submitted, or not projected yet)", err=True
+        )
+        raise typer.Exit(1)
+    if as_json:
+        typer.echo(json.dumps({**summary, "running_tasks": running}))
+        return
+    tasks = summary["tasks"]
+    assert isinstance(tasks, dict)
+    typer.echo(f"job {job_id}: {summary['status']}")
+    if summary.get("error"):
+        typer.echo(f"  reason: {summary['error']}")
+    typer.echo("  " + "  ".join(f"{state} {n}" for state, n in tasks.items()))
+    for task in running:
+        progress = task["progress"]
+        shown = f": {progress:.0%}" if isinstance(progress, float) else ""
+        message = f"  {task['progress_message']}" if task["progress_message"] else ""
+        typer.echo(f"  {task['task_id']} running on {task['worker_id']}{shown}{message}")
+    more = int(tasks.get("running", 0)) - len(running)
+    if more > 0:
+        typer.echo(f"  … and {more} more running")
