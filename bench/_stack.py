@@ -16,7 +16,7 @@ import asyncpg
 from jobstream.bench._options import BenchOptions
 from jobstream.events import JobstreamError
 from jobstream.projections import DEFAULT_SCHEMA, quote_ident
-from jobstream.services.stack import NatsServer, PostgresServer
+from jobstream.services.stack import NatsServer, PostgresServer, kill_process, stop_processes
 
 BENCH_DATABASE = "jobstream"
 CONFIGURED_SCHEMA_PREFIX = "jobstream_bench_run_"
@@ -132,25 +132,8 @@ class Child:
     def log_tail(self) -> str:
         return log_tail(self.log_path)
 
-    def terminate(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-
-    def stop(self, *, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM (if not sent yet) and wait; SIGKILL after `timeout_s`."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.terminate()
-        try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout_s)
-
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(STOP_TIMEOUT_S)
+        kill_process(self.process)
 
 
 @dataclass
@@ -248,8 +231,8 @@ async def product_processes(
 
 
 async def stop_children(children: list[Child]) -> None:
-    """SIGTERM to all at once, then wait for each (SIGKILL for one that hangs)."""
-    for child in children:
-        child.terminate()
-    for child in children:
-        await asyncio.to_thread(child.stop)
+    """SIGTERM to all at once, then wait (SIGKILL for one that hangs)."""
+    processes = [child.process for child in children if child.process is not None]
+    await asyncio.to_thread(
+        stop_processes, processes, signum=signal.SIGTERM, timeout_s=STOP_TIMEOUT_S
+    )
