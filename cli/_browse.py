@@ -3,33 +3,24 @@
 
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
 
 import typer
 
-from jobstream.cli._nats_security import nats_security_options
-from jobstream.cli._runtime import connect_bus, database_session, run, usage_error
+from jobstream.cli._read_models import ReadModels, read_model_options
+from jobstream.cli._runtime import run, usage_error
 from jobstream.cli._settings import (
-    DEFAULT_DATA_DIR,
-    DatabaseUrlOption,
-    DataDirOption,
-    NatsUrlOption,
-    SchemaOption,
     checked,
     resolve_endpoints,
 )
 from jobstream.events import (
     MAX_LENGTH,
-    NO_SECURITY,
-    ConnectError,
     JobstreamError,
     NameKind,
-    NatsSecurity,
     quote,
 )
-from jobstream.projections import DEFAULT_SCHEMA
 
 if TYPE_CHECKING:
     import asyncpg
@@ -46,66 +37,11 @@ LimitOption = Annotated[int, typer.Option(min=1, max=500, help="Rows to show, at
 JsonOption = Annotated[bool, typer.Option("--json", help="NDJSON: one object per line.")]
 # Errors are cut to this in a table (the JSON has them whole).
 ERROR_SHOWN = 60
+# The default a command's `read_models` parameter never keeps (`read_model_options` fills it).
+READ_MODELS = ReadModels()
 
 
-async def live_work_once(
-    nats_urls: list[str], nats_security: NatsSecurity
-) -> tuple["LiveWork | None", str]:
-    """The workers' liveness records read once, and a note for the user when they cannot be
-    (the counts then come from the read model alone)."""
-    import asyncio
-
-    from jobstream.services.api import live_work, read_liveness
-
-    if not nats_urls:
-        return None, "note: no NATS URL; counts are the read model's alone"
-    try:
-        bus = await asyncio.wait_for(
-            connect_bus(nats_urls, name="jobstream-status", security=nats_security), 5
-        )
-    except (TimeoutError, ConnectError):
-        return (
-            None,
-            "note: NATS unreachable; counts are the read model's (tasks in flight not shown)",
-        )
-    try:
-        records = await asyncio.wait_for(read_liveness(bus), 5)
-    except Exception as exc:  # the read model alone still answers
-        return None, f"note: liveness records unreadable ({type(exc).__name__}); read model only"
-    finally:
-        await bus.close()
-    return live_work(records, time.time()), ""
-
-
-def read_with_live_work(
-    nats_url: str | None,
-    database_url: str | None,
-    data_dir: Any,
-    schema: str,
-    security: NatsSecurity,
-    read: Callable[["asyncpg.Connection", "LiveWork"], Awaitable[T]],
-) -> T:
-    """`read` on a read-model connection, with the tasks in flight; a note on stderr if
-    those could not be read."""
-    from jobstream.services.api import LiveWork, init_connection
-
-    endpoints = resolve_endpoints(nats_url, database_url, data_dir, need_nats=False)
-
-    async def main() -> tuple[T, str]:
-        live, note = await live_work_once(endpoints.nats_urls, security)
-        async with (
-            database_session(endpoints.database_url, schema=schema, init=init_connection) as pool,
-            pool.acquire() as conn,
-        ):
-            return await read(conn, live or LiveWork()), note
-
-    value, note = run(main())
-    if note:
-        typer.echo(note, err=True)
-    return value
-
-
-@nats_security_options
+@read_model_options
 def jobs(
     status: Annotated[JobStatus | None, typer.Option(help="Only jobs in this status.")] = None,
     queue: Annotated[
@@ -124,11 +60,7 @@ def jobs(
     ] = None,
     limit: LimitOption = 20,
     as_json: JsonOption = False,
-    nats_url: NatsUrlOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    schema: SchemaOption = DEFAULT_SCHEMA,
-    nats_security: NatsSecurity = NO_SECURITY,
+    read_models: ReadModels = READ_MODELS,
 ) -> None:
     """List jobs, newest first, with their progress."""
     from jobstream.cli._schedules import parse_labels
@@ -151,7 +83,7 @@ def jobs(
             limit=limit,
         )
 
-    page = read_with_live_work(nats_url, database_url, data_dir, schema, nats_security, read)
+    page = read_models.read(read)
     rows = [job.model_dump(mode="json") for job in page.jobs]
     if as_json:
         _ndjson(rows)
@@ -173,7 +105,7 @@ def jobs(
     )
 
 
-@nats_security_options
+@read_model_options
 def tasks(
     job_id: Annotated[
         str, typer.Argument(help="The job whose tasks to list.", callback=checked(NameKind.JOB_ID))
@@ -181,11 +113,7 @@ def tasks(
     state: Annotated[TaskState | None, typer.Option(help="Only tasks in this state.")] = None,
     limit: LimitOption = 50,
     as_json: JsonOption = False,
-    nats_url: NatsUrlOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    schema: SchemaOption = DEFAULT_SCHEMA,
-    nats_security: NatsSecurity = NO_SECURITY,
+    read_models: ReadModels = READ_MODELS,
 ) -> None:
     """List a job's tasks in task order."""
     from jobstream.services.api import TaskPage, tasks_page
@@ -193,7 +121,7 @@ def tasks(
     async def read(conn: "asyncpg.Connection", live: "LiveWork") -> TaskPage | None:
         return await tasks_page(conn, job_id, live, state=state, limit=limit)
 
-    page = read_with_live_work(nats_url, database_url, data_dir, schema, nats_security, read)
+    page = read_models.read(read)
     if page is None:
         _not_found("job", job_id)
     rows = [task.model_dump(mode="json") for task in page.tasks]
@@ -225,24 +153,18 @@ workers_app = typer.Typer(
 
 
 @workers_app.callback(invoke_without_command=True)
-@nats_security_options
+@read_model_options
 def workers(
     ctx: typer.Context,
     as_json: JsonOption = False,
-    nats_url: NatsUrlOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    schema: SchemaOption = DEFAULT_SCHEMA,
-    nats_security: NatsSecurity = NO_SECURITY,
+    read_models: ReadModels = READ_MODELS,
 ) -> None:
     """List the workers the log has seen: active ones first."""
     if ctx.invoked_subcommand is not None:
         return
     from jobstream.services.api import WorkerList, workers_list
 
-    found: WorkerList = read_with_live_work(
-        nats_url, database_url, data_dir, schema, nats_security, workers_list
-    )
+    found: WorkerList = read_models.read(workers_list)
     rows = [worker.model_dump(mode="json") for worker in found.workers]
     if as_json:
         _ndjson(rows)
@@ -267,7 +189,7 @@ def workers(
 
 
 @workers_app.command("prune")
-@nats_security_options
+@read_model_options
 def prune(
     older_than_s: Annotated[
         float,
@@ -280,11 +202,7 @@ def prune(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say which would go; change nothing.")
     ] = False,
-    nats_url: NatsUrlOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    schema: SchemaOption = DEFAULT_SCHEMA,
-    nats_security: NatsSecurity = NO_SECURITY,
+    read_models: ReadModels = READ_MODELS,
 ) -> None:
     """Forget stopped and lost workers (the original clean-up): a `worker.forgotten` event
     each, so the read models drop them (and a replay does too). A worker that started again
@@ -292,9 +210,7 @@ def prune(
     from jobstream.cli._prune import prune_workers
     from jobstream.services.api import WorkerList, workers_list
 
-    found: WorkerList = read_with_live_work(
-        nats_url, database_url, data_dir, schema, nats_security, workers_list
-    )
+    found: WorkerList = read_models.read(workers_list)
     cutoff = time.time() - older_than_s
     chosen = [
         worker.worker_id
@@ -307,8 +223,10 @@ def prune(
             typer.echo(f"would forget {worker_id}")
         typer.echo(f"{len(chosen)} worker(s) to forget")
         return
-    endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
-    forgotten = run(prune_workers(endpoints.nats_urls, nats_security, chosen))
+    endpoints = resolve_endpoints(
+        read_models.nats_url, None, read_models.data_dir, need_database=False
+    )
+    forgotten = run(prune_workers(endpoints.nats_urls, read_models.security, chosen))
     typer.echo(f"forgot {len(forgotten)} worker(s)" + _kept(len(chosen) - len(forgotten)))
 
 
@@ -316,7 +234,7 @@ def _kept(count: int) -> str:
     return f"; kept {count} that started again meanwhile" if count else ""
 
 
-@nats_security_options
+@read_model_options
 def show(
     item_id: Annotated[
         str,
@@ -327,11 +245,7 @@ def show(
         ),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    nats_url: NatsUrlOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    schema: SchemaOption = DEFAULT_SCHEMA,
-    nats_security: NatsSecurity = NO_SECURITY,
+    read_models: ReadModels = READ_MODELS,
 ) -> None:
     """Show a job (its counts) or a task (its attempts and errors)."""
     from jobstream.services.api import job_summary, task_detail
@@ -344,7 +258,7 @@ def show(
         task = await task_detail(conn, item_id, live)
         return None if task is None else {"task": task.model_dump(mode="json")}
 
-    found = read_with_live_work(nats_url, database_url, data_dir, schema, nats_security, read)
+    found = read_models.read(read)
     if found is None:
         _not_found("job or task", item_id)
     if as_json:

@@ -5,23 +5,15 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from jobstream.cli._browse import read_with_live_work
-from jobstream.cli._nats_security import nats_security_options
+from jobstream.cli._browse import READ_MODELS
+from jobstream.cli._read_models import ReadModels, read_model_options
 from jobstream.cli._settings import (
-    DEFAULT_DATA_DIR,
-    DatabaseUrlOption,
-    DataDirOption,
-    NatsUrlOption,
-    SchemaOption,
     checked,
 )
 from jobstream.events import (
-    NO_SECURITY,
     NameKind,
-    NatsSecurity,
     quote,
 )
-from jobstream.projections import DEFAULT_SCHEMA
 
 if TYPE_CHECKING:
     import asyncpg
@@ -35,18 +27,14 @@ if TYPE_CHECKING:
 STATUS_RUNNING_SHOWN = 10
 
 
-@nats_security_options
+@read_model_options
 def status(
     job_id: Annotated[
         str,
         typer.Argument(help="The job id that submit printed.", callback=checked(NameKind.JOB_ID)),
     ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    nats_url: NatsUrlOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = DEFAULT_DATA_DIR,
-    schema: SchemaOption = DEFAULT_SCHEMA,
-    nats_security: NatsSecurity = NO_SECURITY,
+    read_models: ReadModels = READ_MODELS,
 ) -> None:
     """Show a job's status, task counts and its running tasks' progress.
 
@@ -61,9 +49,7 @@ def status(
         running = await running_tasks(conn, job_id, live, limit=STATUS_RUNNING_SHOWN)
         return summary, running
 
-    summary, running = read_with_live_work(
-        nats_url, database_url, data_dir, schema, nats_security, read
-    )
+    summary, running = read_models.read(read)
     if summary is None:
         typer.echo(
             f"error: job {quote(job_id)} not found (not submitted, or not projected yet)", err=True

@@ -171,7 +171,8 @@ async def test_the_tasks_of_a_chunk_in_flight_show_running(
     job = JobSubmitted(
         job_id=new_id(),
         chunk_size=4,
-        tasks=[TaskSpec(kind="sleep", args={"seconds": 1}, count=4)],
+        # 8 s in flight in all: room for a slow start on a loaded machine.
+        tasks=[TaskSpec(kind="sleep", args={"seconds": 2}, count=4)],
     )
     async with stack(bus, database_url, Worker(bus, options=NO_STARTED)):
         await bus.publish_event(job)
@@ -182,7 +183,7 @@ async def test_the_tasks_of_a_chunk_in_flight_show_running(
             tasks: list[Any] = response.json().get("tasks", [])
             return tasks if len(tasks) == 4 else None
 
-        tasks = await _until(four_running, 2.5)
+        tasks = await _until(four_running, 6.0)
         assert tasks is not None, "the chunk's tasks were not shown running"
         assert [t["task_id"] for t in tasks] == [f"{job.job_id}-{i}" for i in range(4)]
         counts = (await api.get(f"/jobs/{job.job_id}")).json()["tasks"]
@@ -193,7 +194,7 @@ async def test_the_tasks_of_a_chunk_in_flight_show_running(
 async def fail_then_sleep(args: Mapping[str, Any], ctx: TaskContext) -> None:
     if ctx.attempt == 1:
         raise RuntimeError("first attempt fails")
-    await asyncio.sleep(4)
+    await asyncio.sleep(8)
 
 
 async def test_a_task_being_retried_shows_running(
@@ -215,7 +216,7 @@ async def test_a_task_being_retried_shows_running(
             task: dict[str, Any] = response.json()["tasks"][0]
             return task if task["attempts"] == 1 and task["state"] == "running" else None
 
-        task = await _until(retried_and_running, 3.5)
+        task = await _until(retried_and_running, 7.0)
         assert task is not None, "the retried task was not shown running"
         assert task["error"] is not None  # the read model has the failed first attempt
         counts = (await api.get(f"/jobs/{job.job_id}")).json()["tasks"]
