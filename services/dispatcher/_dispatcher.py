@@ -6,8 +6,9 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
+from typing import Any
 
 import msgspec
 import nats.errors
@@ -152,8 +153,25 @@ class Dispatcher:
         self._expansions: dict[str, asyncio.Task[None]] = {}
         self._cancelling: dict[str, asyncio.Task[None]] = {}
         self._expansion_slots = asyncio.Semaphore(EXPANSION_CONCURRENCY)
+        # Set by the first background task (queueing, cancelling, the loops) that ends on an
+        # error it could not handle: `run` stops on it and raises it, rather than leave a
+        # job's queueing stalled with no sign. A restart resumes from the snapshot.
+        self._background_failed: asyncio.Future[BaseException] | None = None
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> "asyncio.Task[None]":
+        task = asyncio.create_task(work)
+        task.add_done_callback(self._note_background_end)
+        return task
+
+    def _note_background_end(self, task: "asyncio.Task[None]") -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        failed = self._background_failed
+        if failed is not None and not failed.done():
+            failed.set_result(task.exception())  # type: ignore[arg-type]
 
     async def run(self, stop: asyncio.Event) -> None:
+        failed = self._background_failed = asyncio.get_running_loop().create_future()
         await ensure_streams(self.bus.js)
         await ensure_buckets(self.bus.js)
         snapshots = await self.bus.js.key_value(DISPATCHER_BUCKET)
@@ -164,28 +182,39 @@ class Dispatcher:
         for cancellation in list(self.state.cancellations.values()):  # cut short likewise
             self._start_cancellation(cancellation)
         batches = event_batches(self.bus, start_seq=self.state.last_seq + 1, stop=stop)
-        lost_check = asyncio.create_task(self._lost_worker_loop(stop))
-        progress = asyncio.create_task(self._progress_loop(snapshots, stop))
+        lost_check = self._background(self._lost_worker_loop(stop))
+        progress = self._background(self._progress_loop(snapshots, stop))
         schedules = ScheduleFirer(self.bus, on_set_aside=self._count_set_aside)
-        firing = asyncio.create_task(schedules.run(stop))
+        firing = self._background(schedules.run(stop))
         log.info("dispatcher started at log sequence %d", self.state.last_seq + 1)
+        applying = asyncio.create_task(self._apply_log(batches))
         try:
-            async with contextlib.aclosing(batches):
-                async for batch in batches:
-                    async with self._applying:
-                        for entry in batch:
-                            await self._apply(entry)
-                        await self._outbox.settle()
+            await asyncio.wait({applying, failed}, return_when=asyncio.FIRST_COMPLETED)
+            if failed.done():
+                log.error("dispatcher stopping: a background task failed: %r", failed.result())
+                raise failed.result()
+            await applying
         finally:
+            applying.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await applying
             background = [*self._expansions.values(), *self._cancelling.values()]
             for helper in (lost_check, progress, firing, *background):
                 helper.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await helper
             if self._dirty:
                 with contextlib.suppress(Exception):
                     await self._outbox.settle()
                     await self._save(snapshots)
+
+    async def _apply_log(self, batches: AsyncGenerator[list[SourceItem], None]) -> None:
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                async with self._applying:
+                    for entry in batch:
+                        await self._apply(entry)
+                    await self._outbox.settle()
 
     async def _load(self, snapshots: "nats.js.kv.KeyValue") -> None:
         try:
@@ -374,7 +403,7 @@ class Dispatcher:
     def _start_expansion(self, job: OpenJob) -> None:
         running = self._expansions.get(job.job_id)
         if running is None or running.done():
-            self._expansions[job.job_id] = asyncio.create_task(self._expand_from_log(job))
+            self._expansions[job.job_id] = self._background(self._expand_from_log(job))
 
     async def _stop_expansion(self, job_id: str) -> None:
         expansion = self._expansions.pop(job_id, None)
@@ -582,7 +611,7 @@ class Dispatcher:
     def _start_cancellation(self, cancellation: Cancellation) -> None:
         running = self._cancelling.get(cancellation.job_id)
         if running is None or running.done():
-            self._cancelling[cancellation.job_id] = asyncio.create_task(
+            self._cancelling[cancellation.job_id] = self._background(
                 self._end_cancelled_tasks(cancellation)
             )
 
