@@ -20,7 +20,8 @@ from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from jobstream.services.api._errors import ErrorBody, error_response
+from jobstream.services.api._errors import error_response
+from jobstream.services.api._params import RETRY_AFTER, json_error
 
 PUBLIC_PATHS = frozenset({"/", "/healthz", "/readyz"})
 QUERY_TOKEN_PATHS = frozenset({"/events/stream"})
@@ -51,24 +52,15 @@ _bearer = HTTPBearer(
 )
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
 
+# Written out as JSON (not `model=`): the live stream's own media type is not JSON.
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
-    401: {
-        "model": ErrorBody,
-        "description": "No bearer token, or not this API's",
-        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
-    }
+    401: json_error(
+        "No bearer token, or not this API's",
+        {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    )
 }
 TOO_MANY: dict[int | str, dict[str, Any]] = {
-    429: {
-        "model": ErrorBody,
-        "description": "Too many requests from this client address",
-        "headers": {
-            "Retry-After": {
-                "description": "Seconds to wait before retrying",
-                "schema": {"type": "integer"},
-            }
-        },
-    }
+    429: json_error("Too many requests from this client address", RETRY_AFTER)
 }
 
 

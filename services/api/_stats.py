@@ -17,16 +17,16 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobstream.events import load_queries
-from jobstream.services.api._errors import bad_query
 from jobstream.services.api._live import projection_lag
 from jobstream.services.api._params import READS, OptionalQueueQuery
 
 DEFAULT_WINDOW_S = 3600
 MAX_WINDOW_S = 86_400
 DEFAULT_BUCKET_S = 60
-MIN_BUCKET_S = 10
+MIN_BUCKET_S = 60
 MAX_BUCKET_S = 3600
-MAX_BUCKETS = 1440
+MIN_WINDOW_S = 60
+# At most MAX_WINDOW_S / MIN_BUCKET_S = 1440 buckets per answer.
 MAX_QUEUE_KIND_ROWS = 200
 STATS_CACHE_S = 2.0
 STATS_CACHE_ENTRIES = 64
@@ -74,6 +74,7 @@ class ProjectorLag(_Model):
 
 
 class Stats(_Model):
+    # The window asked for, rounded up to whole buckets.
     window_s: int
     bucket_s: int
     # The window is [since, until): until is the end of the current bucket.
@@ -90,9 +91,10 @@ class Stats(_Model):
 WindowQuery = Annotated[
     int,
     Query(
-        ge=MIN_BUCKET_S,
+        ge=MIN_WINDOW_S,
         le=MAX_WINDOW_S,
-        description=f"seconds of history, {MIN_BUCKET_S}..{MAX_WINDOW_S}, a multiple of bucket_s",
+        description=f"seconds of history, {MIN_WINDOW_S}..{MAX_WINDOW_S}; rounded up to whole "
+        "buckets (the answer's window_s says how much)",
     ),
 ]
 BucketQuery = Annotated[
@@ -100,8 +102,7 @@ BucketQuery = Annotated[
     Query(
         ge=MIN_BUCKET_S,
         le=MAX_BUCKET_S,
-        description=f"seconds per bucket, {MIN_BUCKET_S}..{MAX_BUCKET_S}; "
-        f"at most {MAX_BUCKETS} buckets per window",
+        description=f"seconds per bucket, {MIN_BUCKET_S}..{MAX_BUCKET_S}",
     ),
 ]
 KindQuery = Annotated[
@@ -203,12 +204,7 @@ async def get_stats(
 ) -> Stats:
     """Tasks succeeded and failed (dead-lettered) per bucket over the last `window_s`,
     duration percentiles, the same per queue and kind, and the read models' lag."""
-    if window_s % bucket_s:
-        raise bad_query("window_s", window_s, f"must be a multiple of bucket_s ({bucket_s})")
-    if window_s // bucket_s > MAX_BUCKETS:
-        raise bad_query(
-            "bucket_s", bucket_s, f"gives {window_s // bucket_s} buckets; at most {MAX_BUCKETS}"
-        )
+    window_s = -(-window_s // bucket_s) * bucket_s
     cache: StatsCache = request.app.state.stats_cache
     key = (window_s, bucket_s, queue, kind)
     return await cache.get(key, lambda: _compute(request, window_s, bucket_s, queue, kind))
