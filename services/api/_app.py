@@ -63,6 +63,7 @@ from jobstream.services.api._safety import (
     DEFAULT_RATE_LIMIT_BURST,
     DEFAULT_RATE_LIMIT_PER_S,
     add_safety,
+    document_router,
     include_guarded,
 )
 from jobstream.services.api._stats import StatsCache, stats_router
@@ -793,7 +794,8 @@ def create_app(
     """
     if not _SCHEMA_NAME.match(schema):
         raise ValueError(f"schema name {schema!r}: use letters, digits and underscores")
-    app = FastAPI(title=title, lifespan=_lifespan)
+    # The document is served by document_router, behind the token like any JSON route.
+    app = FastAPI(title=title, lifespan=_lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     app.state.read_models = _ReadModels(
         database_url=database_url, schema=schema, pool_max_size=pool_max_size
     )
@@ -813,7 +815,15 @@ def create_app(
     )
     include_guarded(
         app,
-        [router, live_router, crawl_router, stats_router, queues_router, dead_letters_router],
+        [
+            router,
+            live_router,
+            crawl_router,
+            stats_router,
+            queues_router,
+            dead_letters_router,
+            document_router,
+        ],
         token=api_token is not None,
         rate_limited=rate_limit_per_s is not None,
     )

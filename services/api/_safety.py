@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Security
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
@@ -137,6 +138,16 @@ def include_guarded(
         else:
             app.include_router(by_query, responses=limit)
             app.include_router(guarded, responses=limit)
+
+
+# The OpenAPI document, served like any other JSON route (FastAPI's own is not, and its
+# /docs pages load scripts from a CDN, which the Content-Security-Policy refuses).
+document_router = APIRouter()
+
+
+@document_router.get("/openapi.json", include_in_schema=False)
+async def openapi_document(request: Request) -> JSONResponse:
+    return JSONResponse(request.app.openapi())
 
 
 # --- the rate limit ---------------------------------------------------------
