@@ -6,11 +6,14 @@ Routes are protected by default: every route needs the token (when one is set) e
 stream also takes it as `?token=`, since a browser's EventSource cannot send headers.
 """
 
+import base64
+import hashlib
 import hmac
 import math
+import re
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -45,6 +48,8 @@ SECURITY_HEADERS: tuple[tuple[str, str], ...] = (
     ("Cross-Origin-Opener-Policy", "same-origin"),
 )
 _REALM = 'Bearer realm="jobstream"'
+# A page's inline <script> and <style> blocks (no attributes): allowed by their hashes alone.
+_INLINE_BLOCK = re.compile(r"<(script|style)>(.*?)</\1>", re.DOTALL)
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -219,20 +224,40 @@ class RateLimitMiddleware:
 # --- headers ----------------------------------------------------------------
 
 
-class SecurityHeadersMiddleware:
-    """Adds `SECURITY_HEADERS` to every response that does not set its own."""
+def page_policy(html: str) -> str:
+    """The Content-Security-Policy of a page: only its own origin, and the page's own inline
+    scripts and styles, each by its SHA-256 (no inline code that the page did not ship)."""
+    hashes: dict[str, list[str]] = {"script": [], "style": []}
+    for tag, body in _INLINE_BLOCK.findall(html):
+        digest = base64.b64encode(hashlib.sha256(body.encode("utf-8")).digest()).decode()
+        hashes[tag].append(f"'sha256-{digest}'")
+    policy = CONTENT_SECURITY_POLICY
+    for tag, sources in hashes.items():
+        if sources:
+            policy += f"; {tag}-src 'self' {' '.join(sources)}"
+    return policy
 
-    def __init__(self, app: ASGIApp) -> None:
+
+class SecurityHeadersMiddleware:
+    """Adds `SECURITY_HEADERS` to every response that does not set its own; the pages of
+    `page_policies` (path: policy) get their own Content-Security-Policy."""
+
+    def __init__(self, app: ASGIApp, *, page_policies: Mapping[str, str]) -> None:
         self.app = app
+        self.page_policies = dict(page_policies)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
 
+        page_policy = self.page_policies.get(scope["path"])
+
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
+                if page_policy is not None:
+                    headers.setdefault("Content-Security-Policy", page_policy)
                 for name, value in SECURITY_HEADERS:
                     headers.setdefault(name, value)
             await send(message)
@@ -290,4 +315,6 @@ def add_safety(
             allow_headers=["Authorization"],
             max_age=CORS_MAX_AGE_S,
         )
-    app.add_middleware(SecurityHeadersMiddleware)
+    # The dashboard page (rendered before this is called) may carry inline code of its own.
+    dashboard_html: str = app.state.dashboard_html
+    app.add_middleware(SecurityHeadersMiddleware, page_policies={"/": page_policy(dashboard_html)})

@@ -2,6 +2,9 @@
 the bearer token, CORS, the per-client-IP rate limit and the security headers."""
 
 import asyncio
+import base64
+import hashlib
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,6 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 from jobstream.services.api import create_app
+from jobstream.services.api._safety import CONTENT_SECURITY_POLICY
 from tests._serving import serving
 
 TOKEN = "s3cret-token"
@@ -246,3 +250,16 @@ async def test_security_headers_on_every_answer(
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["X-Frame-Options"] == "DENY"
     assert response.headers["Referrer-Policy"] == "no-referrer"
+
+
+async def test_the_page_may_run_its_own_inline_code_only(guarded: httpx.AsyncClient) -> None:
+    page = await guarded.get("/")
+    policy = page.headers["Content-Security-Policy"]
+    assert policy.startswith("default-src 'self'")
+    blocks = re.findall(r"<(script|style)>(.*?)</\1>", page.text, re.DOTALL)
+    for tag, body in blocks:
+        digest = base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()
+        assert f"{tag}-src 'self'" in policy and f"'sha256-{digest}'" in policy
+    assert "unsafe-inline" not in policy
+    other = await guarded.get("/healthz")
+    assert other.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
