@@ -37,7 +37,7 @@ DEFAULT_RATE_LIMIT_BURST = 200
 MAX_TRACKED_CLIENTS = 10_000
 CORS_MAX_AGE_S = 600
 CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'; "
+    "default-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; "
     "object-src 'none'"
 )
 SECURITY_HEADERS: tuple[tuple[str, str], ...] = (

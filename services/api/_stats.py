@@ -29,6 +29,9 @@ MIN_WINDOW_S = 60
 # At most MAX_WINDOW_S / MIN_BUCKET_S = 1440 buckets per answer.
 MAX_QUEUE_KIND_ROWS = 200
 STATS_CACHE_S = 2.0
+# An answer that took long to compute is kept this many times as long (a window of a million
+# finished tasks takes ~2 s: kept ~20 s), so viewers never keep the database busy.
+STATS_KEEP_FACTOR = 10.0
 STATS_CACHE_ENTRIES = 64
 PROJECTION = "postgres"
 KIND_MAX_LENGTH = 200
@@ -86,6 +89,8 @@ class Stats(_Model):
     # Per queue and task kind, the busiest first (at most MAX_QUEUE_KIND_ROWS).
     by_queue_kind: list[QueueKindStats]
     projector_lag: ProjectorLag
+    # When these figures were read (answers are kept a few seconds; longer if slow to read).
+    as_of: datetime
 
 
 WindowQuery = Annotated[
@@ -126,22 +131,32 @@ def window(now: datetime, window_s: int, bucket_s: int) -> tuple[datetime, datet
 
 
 class StatsCache:
-    """Answers kept `ttl_s` per set of parameters (the last `entries` sets); one computation
-    at a time, so concurrent viewers share it."""
+    """Answers kept per set of parameters (the last `entries` sets) for `ttl_s`, or
+    `keep_factor` times as long as they took to read; one computation at a time, so
+    concurrent viewers share it."""
 
-    def __init__(self, ttl_s: float = STATS_CACHE_S, entries: int = STATS_CACHE_ENTRIES) -> None:
+    def __init__(
+        self,
+        ttl_s: float = STATS_CACHE_S,
+        entries: int = STATS_CACHE_ENTRIES,
+        keep_factor: float = STATS_KEEP_FACTOR,
+    ) -> None:
         self.ttl_s = ttl_s
         self.entries = entries
+        self.keep_factor = keep_factor
+        # key: (when it expires on the monotonic clock, the answer)
         self._values: OrderedDict[tuple[object, ...], tuple[float, Stats]] = OrderedDict()
         self._lock = asyncio.Lock()
 
     async def get(self, key: tuple[object, ...], compute: Callable[[], Awaitable[Stats]]) -> Stats:
         async with self._lock:
             kept = self._values.get(key)
-            if kept is not None and time.monotonic() - kept[0] < self.ttl_s:
+            if kept is not None and time.monotonic() < kept[0]:
                 return kept[1]
+            started = time.monotonic()
             value = await compute()
-            self._values[key] = (time.monotonic(), value)
+            took = time.monotonic() - started
+            self._values[key] = (started + max(self.ttl_s, self.keep_factor * took), value)
             self._values.move_to_end(key)
             while len(self._values) > self.entries:
                 self._values.popitem(last=False)
@@ -158,7 +173,8 @@ async def _projector_lag(request: Request) -> ProjectorLag:
 async def _compute(
     request: Request, window_s: int, bucket_s: int, queue: str | None, kind: str | None
 ) -> Stats:
-    since, until = window(datetime.now(UTC), window_s, bucket_s)
+    now = datetime.now(UTC)
+    since, until = window(now, window_s, bucket_s)
     width = timedelta(seconds=bucket_s)
     async with request.app.state.read_models.connection() as conn:
         rows = await conn.fetch(_SQL["stats_buckets"], since, until, width, queue, kind)
@@ -188,6 +204,7 @@ async def _compute(
         durations=Durations(p50_s=p50, p90_s=p90, p99_s=p99),
         by_queue_kind=[QueueKindStats(**dict(row)) for row in per_queue_kind],
         projector_lag=await _projector_lag(request),
+        as_of=now,
     )
 
 

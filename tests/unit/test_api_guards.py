@@ -1,6 +1,7 @@
 """The API's pure helpers: the rate limit's buckets, queue names from consumer names, the
 stats window and CORS origins."""
 
+import asyncio
 from datetime import UTC, datetime
 
 import pytest
@@ -8,7 +9,7 @@ import pytest
 from jobstream.events import LEVELS_HIGH_FIRST, due_consumer_name, worker_consumer_name
 from jobstream.services.api._queues import level_of_consumer
 from jobstream.services.api._safety import TokenBuckets, check_origins
-from jobstream.services.api._stats import window
+from jobstream.services.api._stats import Durations, ProjectorLag, Stats, StatsCache, window
 
 
 class Clock:
@@ -79,3 +80,36 @@ def test_cors_origins() -> None:
     for bad in ["ops.example.com", "https://ops.example.com/", "https://u@h", "https://h?q"]:
         with pytest.raises(ValueError, match="CORS origin"):
             check_origins([bad])
+
+
+def _stats(marker: int) -> Stats:
+    now = datetime.now(UTC)
+    return Stats(
+        window_s=marker,
+        bucket_s=60,
+        since=now,
+        until=now,
+        buckets=[],
+        durations=Durations(p50_s=None, p90_s=None, p99_s=None),
+        by_queue_kind=[],
+        projector_lag=ProjectorLag(events=None, seconds=None),
+        as_of=now,
+    )
+
+
+async def test_stats_kept_longer_the_longer_they_took() -> None:
+    cache = StatsCache(ttl_s=0.0, keep_factor=20.0)
+    computed = 0
+
+    async def slow() -> Stats:
+        nonlocal computed
+        computed += 1
+        await asyncio.sleep(0.02)
+        return _stats(computed)
+
+    first = await cache.get(("k",), slow)
+    assert await cache.get(("k",), slow) is first  # kept ~0.4 s: 20 times the 0.02 s it took
+    other = await cache.get(("other",), slow)
+    assert other.window_s == 2
+    await asyncio.sleep(0.5)
+    assert (await cache.get(("k",), slow)).window_s == 3
