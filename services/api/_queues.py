@@ -126,20 +126,26 @@ async def _list_consumers(bus: Bus) -> list[ConsumerInfo]:
 
 
 class QueueDepthCache:
-    """The last listing, kept `ttl_s`; one call in flight at a time."""
+    """The last listing, or the last failure to list, kept `ttl_s`; one call in flight at a
+    time (so an unreachable server costs one timeout per `ttl_s`, not one per viewer)."""
 
     def __init__(self, ttl_s: float = QUEUES_CACHE_S) -> None:
         self.ttl_s = ttl_s
         self._lock = asyncio.Lock()
-        self._value: QueueList | None = None
+        self._value: QueueList | BaseException | None = None
         self._taken = 0.0
 
     async def get(self, bus: Bus) -> QueueList:
         async with self._lock:
             if self._value is None or time.monotonic() - self._taken >= self.ttl_s:
-                infos = await asyncio.wait_for(_list_consumers(bus), LIST_TIMEOUT_S)
-                self._value = queue_depths(infos, datetime.now(UTC))
+                try:
+                    infos = await asyncio.wait_for(_list_consumers(bus), LIST_TIMEOUT_S)
+                    self._value = queue_depths(infos, datetime.now(UTC))
+                except (TimeoutError, nats.errors.Error) as exc:
+                    self._value = exc
                 self._taken = time.monotonic()
+            if isinstance(self._value, BaseException):
+                raise self._value.with_traceback(None)
             return self._value
 
 
