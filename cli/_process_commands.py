@@ -7,6 +7,16 @@ from typing import Annotated
 
 import typer
 
+from jobstream.cli._api_options import (
+    DEFAULT_RATE_LIMIT_BURST,
+    DEFAULT_RATE_LIMIT_PER_S,
+    ApiTokenOption,
+    CorsOriginsOption,
+    RateLimitBurstOption,
+    RateLimitOption,
+    parse_origins,
+    rate_limit,
+)
 from jobstream.cli._nats_security import nats_security_options
 from jobstream.cli._runtime import (
     bus_session,
@@ -283,6 +293,10 @@ def api(
         ),
     ] = 30.0,
     database_pool_size: DatabasePoolSizeOption = 10,
+    token: ApiTokenOption = None,
+    cors_origins: CorsOriginsOption = None,
+    rate_limit_per_s: RateLimitOption = DEFAULT_RATE_LIMIT_PER_S,
+    rate_limit_burst: RateLimitBurstOption = DEFAULT_RATE_LIMIT_BURST,
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Run the read-only HTTP API and the dashboard."""
@@ -301,6 +315,10 @@ def api(
         nats_security=nats_security,
         ready_max_lag_s=ready_max_lag_s,
         pool_max_size=database_pool_size,
+        api_token=token,
+        cors_origins=parse_origins(cors_origins),
+        rate_limit_per_s=rate_limit(rate_limit_per_s),
+        rate_limit_burst=rate_limit_burst,
     )
     uvicorn.run(application, host=host, port=port, log_level="warning")
 

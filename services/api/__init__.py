@@ -23,6 +23,7 @@ from jobstream.services.api._app import (
     TaskDetail,
     TaskPage,
     Worker,
+    WorkerDetail,
     WorkerList,
     create_app,
     dead_letters,
@@ -35,8 +36,18 @@ from jobstream.services.api._app import (
     workers_list,
 )
 from jobstream.services.api._crawl_figures import CrawlReport
+from jobstream.services.api._dead_letters import DeadLetter, DeadLetterPage
 from jobstream.services.api._errors import ErrorBody, FieldError
 from jobstream.services.api._liveness import LiveWork, live_work, read_liveness
+from jobstream.services.api._queues import LevelDepth, QueueDepth, QueueList
+from jobstream.services.api._safety import DEFAULT_RATE_LIMIT_BURST, DEFAULT_RATE_LIMIT_PER_S
+from jobstream.services.api._stats import (
+    Durations,
+    ProjectorLag,
+    QueueKindStats,
+    Stats,
+    StatsBucket,
+)
 
 __all__ = [
     "Attempt",
@@ -72,4 +83,17 @@ __all__ = [
     "live_work",
     "read_liveness",
     "running_tasks",
+    "DEFAULT_RATE_LIMIT_BURST",
+    "DEFAULT_RATE_LIMIT_PER_S",
+    "DeadLetter",
+    "DeadLetterPage",
+    "Durations",
+    "LevelDepth",
+    "ProjectorLag",
+    "QueueDepth",
+    "QueueKindStats",
+    "QueueList",
+    "Stats",
+    "StatsBucket",
+    "WorkerDetail",
 ]

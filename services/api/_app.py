@@ -30,6 +30,7 @@ from jobstream.services.api._cursors import (
     decode_cursor,
     encode_cursor,
 )
+from jobstream.services.api._dead_letters import dead_letters_router
 from jobstream.services.api._errors import (
     RETRY_AFTER_S,
     ErrorBody,
@@ -58,8 +59,18 @@ from jobstream.services.api._params import (
     SinceQuery,
     TaskIdPath,
     UntilQuery,
+    WorkerIdPath,
     parse_label_query,
 )
+from jobstream.services.api._queues import QueueDepthCache, queues_router
+from jobstream.services.api._safety import (
+    DEFAULT_RATE_LIMIT_BURST,
+    DEFAULT_RATE_LIMIT_PER_S,
+    add_safety,
+    document_router,
+    include_guarded,
+)
+from jobstream.services.api._stats import StatsCache, stats_router
 
 DEFAULT_SCHEMA = "jobstream"
 DEFAULT_PAGE_SIZE = 50
@@ -71,6 +82,7 @@ ACQUIRE_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 10.0
 RECONNECT_INTERVAL_S = 1.0
+WORKER_RATE_WINDOW_S = 60
 
 # submitting: a streamed job whose tasks are still being added (it runs once sealed).
 JobStatus = Literal[
@@ -90,6 +102,7 @@ _TERMINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled", "rejecte
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _SQL = load_queries("jobstream.services.api", "queries.sql")
+_OPS_SQL = load_queries("jobstream.services.api", "ops.sql")
 log = logging.getLogger("jobstream.api")
 
 
@@ -219,6 +232,14 @@ class Worker(_Model):
     stopped_at: datetime | None
     tasks_succeeded: int
     tasks_failed: int
+
+
+class WorkerDetail(Worker):
+    # Tasks it holds right now (from the liveness records).
+    in_flight: int
+    # Tasks it finished (succeeded or dead-lettered) per second over the last rate_window_s.
+    rate_per_s: float
+    rate_window_s: int
 
 
 class WorkerList(_Model):
@@ -574,6 +595,10 @@ _ONE_JOB: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "No such job"},
     **READS,
 }
+_ONE_WORKER: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No such worker"},
+    **READS,
+}
 _ONE_TASK: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorBody, "description": "No such task"},
     **READS,
@@ -663,6 +688,25 @@ async def list_workers(read_models: ReadModels, live: Live) -> WorkerList:
     """Every worker the log has seen: active ones first."""
     async with read_models.connection() as conn:
         return await workers_list(conn, live)
+
+
+@router.get("/workers/{worker_id}", responses=_ONE_WORKER)
+async def get_worker(worker_id: WorkerIdPath, read_models: ReadModels, live: Live) -> WorkerDetail:
+    """One worker: state, host, concurrency, last seen, tasks succeeded and failed, the tasks
+    it holds now and its recent rate."""
+    since = datetime.now(UTC) - timedelta(seconds=WORKER_RATE_WINDOW_S)
+    async with read_models.connection() as conn:
+        row = await conn.fetchrow(_OPS_SQL["get_worker"], worker_id)
+        if row is None:
+            raise HTTPException(404, f"worker {worker_id} not found")
+        finished = await conn.fetchval(_OPS_SQL["worker_finished_since"], worker_id, since)
+    in_flight = sum(1 for holder in live.worker_by_task.values() if holder == worker_id)
+    return WorkerDetail(
+        **_worker(row, live).model_dump(),
+        in_flight=in_flight,
+        rate_per_s=finished / WORKER_RATE_WINDOW_S,
+        rate_window_s=WORKER_RATE_WINDOW_S,
+    )
 
 
 @router.get("/results", responses=READS)
@@ -758,15 +802,23 @@ def create_app(
     title: str = "jobstream",
     pool_max_size: int = POOL_MAX_SIZE,
     ready_max_lag_s: float = DEFAULT_READY_MAX_LAG_S,
+    api_token: str | None = None,
+    cors_origins: Sequence[str] = (),
+    rate_limit_per_s: float | None = DEFAULT_RATE_LIMIT_PER_S,
+    rate_limit_burst: int = DEFAULT_RATE_LIMIT_BURST,
 ) -> FastAPI:
     """The API over the read models in `schema` of `database_url`.
 
     With `nats_urls`, the endpoints that read the event log (a job's history, readiness, the
-    live stream) work too; the API starts without NATS and connects in the background.
+    live stream, queue depths) work too; the API starts without NATS and connects in the
+    background. With `api_token`, every route but `/`, `/healthz` and `/readyz` needs it as a
+    bearer token; `cors_origins` may call it from a browser; each client address may make
+    `rate_limit_per_s` requests a second, in bursts of `rate_limit_burst` (None: no limit).
     """
     if not _SCHEMA_NAME.match(schema):
         raise ValueError(f"schema name {schema!r}: use letters, digits and underscores")
-    app = FastAPI(title=title, lifespan=_lifespan)
+    # The document is served by document_router, behind the token like any JSON route.
+    app = FastAPI(title=title, lifespan=_lifespan, openapi_url=None, docs_url=None, redoc_url=None)
     app.state.read_models = _ReadModels(
         database_url=database_url, schema=schema, pool_max_size=pool_max_size
     )
@@ -775,9 +827,29 @@ def create_app(
     app.state.sql = _SQL
     app.state.ready_max_lag_s = ready_max_lag_s
     app.state.dashboard_html = _dashboard_html(title)
-    app.include_router(router)
-    app.include_router(live_router)
-    app.include_router(crawl_router)
+    app.state.stats_cache = StatsCache()
+    app.state.queue_depths = QueueDepthCache()
+    add_safety(
+        app,
+        api_token=api_token,
+        cors_origins=cors_origins,
+        rate_limit_per_s=rate_limit_per_s,
+        rate_limit_burst=rate_limit_burst,
+    )
+    include_guarded(
+        app,
+        [
+            router,
+            live_router,
+            crawl_router,
+            stats_router,
+            queues_router,
+            dead_letters_router,
+            document_router,
+        ],
+        token=api_token is not None,
+        rate_limited=rate_limit_per_s is not None,
+    )
     add_error_handlers(app)
     app.add_exception_handler(BadQueryValueError, _on_bad_value)
     app.add_exception_handler(DatabaseUnavailableError, _on_unavailable)

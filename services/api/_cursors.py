@@ -30,15 +30,22 @@ class ResultCursor(msgspec.Struct, frozen=True, array_like=True, tag="r"):
     task_id: str
 
 
+class DeadLetterCursor(msgspec.Struct, frozen=True, array_like=True, tag="d"):
+    finished_at: _AwareDatetime
+    task_id: str
+
+
 class EventCursor(msgspec.Struct, frozen=True, array_like=True, tag="e"):
     seq: _Sequence
 
 
-C = TypeVar("C", JobCursor, TaskCursor, ResultCursor, EventCursor)
+C = TypeVar("C", JobCursor, TaskCursor, ResultCursor, DeadLetterCursor, EventCursor)
 _encoder = msgspec.json.Encoder()
 
 
-def encode_cursor(cursor: JobCursor | TaskCursor | ResultCursor | EventCursor) -> str:
+def encode_cursor(
+    cursor: JobCursor | TaskCursor | ResultCursor | DeadLetterCursor | EventCursor,
+) -> str:
     return base64.urlsafe_b64encode(_encoder.encode(cursor)).rstrip(b"=").decode("ascii")
 
 

@@ -273,6 +273,18 @@ async def _age_of(bus: Bus, seq: int) -> float:
     return 0.0
 
 
+async def projection_lag(request: Request, projection: str) -> ConsumerProgress | None:
+    """How far `projection` is behind the log; None if NATS or PostgreSQL cannot say."""
+    bus = _live(request).connected()
+    if bus is None:
+        return None
+    last_seq, applied = await _progress(request, bus)
+    if projection not in applied:
+        return None
+    consumers = await _consumers(bus, last_seq, {projection: applied[projection]})
+    return consumers.get(projection)
+
+
 async def _readiness(request: Request) -> Readiness:
     bus = _live(request).connected()
     problems: list[str] = []

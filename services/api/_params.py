@@ -24,6 +24,7 @@ def _rule(kind: NameKind) -> dict[str, Any]:
 
 JobIdPath = Annotated[str, Path(**_rule(NameKind.JOB_ID))]
 TaskIdPath = Annotated[str, Path(**_rule(NameKind.TASK_ID))]
+WorkerIdPath = Annotated[str, Path(**_rule(NameKind.WORKER_ID))]
 OptionalJobIdQuery = Annotated[str | None, Query(**_rule(NameKind.JOB_ID))]
 OptionalQueueQuery = Annotated[str | None, Query(**_rule(NameKind.QUEUE))]
 

@@ -11,15 +11,28 @@ from schemathesis.core.failures import Failure
 from schemathesis.engine import events
 from schemathesis.openapi.checks import RejectedPositiveData
 
-from jobstream.events import Bus, JobSubmitted, TaskFailed, TaskSpec, TaskSucceeded, new_id
+from jobstream.events import (
+    Bus,
+    JobSubmitted,
+    TaskDeadLettered,
+    TaskFailed,
+    TaskSpec,
+    TaskSucceeded,
+    WorkerStarted,
+    new_id,
+)
 from jobstream.services.api import create_app
 from tests._serving import serving
 from tests.integration.test_api_live import project_all
 
 SEED = 20261201
 MAX_EXAMPLES = 25
+TOKEN = "conformance-token"
 CONFIG: dict[str, Any] = {
     "seed": SEED,
+    # The API runs with a token: Schemathesis sends it through the document's security scheme
+    # (and checks that a request without it is refused).
+    "auth": {"openapi": {"bearer": {"bearer": TOKEN}}},
     "checks": {"enabled": True},
     "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True, "database": "none"},
     # No state kept between runs (it would replay earlier crashes): each run is the same.
@@ -74,7 +87,9 @@ def _failures(event: events.EngineEvent) -> list[str]:
 def run_schemathesis(base_url: str) -> tuple[list[str], dict[str, set[int]]]:
     """Schemathesis's failures and errors, and the statuses each operation answered."""
     config = schemathesis.Config.from_dict(CONFIG)
-    schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json", config=config)
+    schema = schemathesis.openapi.from_url(
+        f"{base_url}/openapi.json", config=config, headers={"Authorization": f"Bearer {TOKEN}"}
+    )
     schema.hook("filter_failure")(_opaque_cursor_refused)
     problems: list[str] = []
     statuses: dict[str, set[int]] = {}
@@ -90,7 +105,13 @@ def run_schemathesis(base_url: str) -> tuple[list[str], dict[str, set[int]]]:
 
 
 async def _seed(bus: Bus, database_url: str) -> str:
-    """A job of three tasks, one succeeded and one failed, in the log and the read models."""
+    """A job of three tasks, one succeeded, one failed and one dead-lettered, and its worker,
+    in the log and the read models."""
+    await bus.publish_event(
+        WorkerStarted(
+            worker_id="w1", host="h", pid=1, queues=["default"], concurrency=2, version="t"
+        )
+    )
     job = JobSubmitted(
         job_id=new_id(),
         name="conformance",
@@ -117,6 +138,16 @@ async def _seed(bus: Bus, database_url: str) -> str:
         retryable=False,
     )
     await bus.publish_event(failed, expected_last_subject_seq=0)
+    dead = TaskDeadLettered(
+        job_id=job.job_id,
+        task_id=f"{job.job_id}-2",
+        kind="sum",
+        reason="out of attempts",
+        attempts=1,
+        last_error="boom",
+        worker_id="w1",
+    )
+    await bus.publish_event(dead, expected_last_subject_seq=0)
     await project_all(bus, database_url)
     return job.job_id
 
@@ -125,9 +156,14 @@ async def test_every_response_matches_the_openapi_document(
     bus: Bus, nats_url: str, database_url: str
 ) -> None:
     job_id = await _seed(bus, database_url)
-    app: FastAPI = create_app(database_url=database_url, nats_urls=[nats_url])
+    # No rate limit here: Schemathesis sends requests as fast as it can (tested apart).
+    app: FastAPI = create_app(
+        database_url=database_url, nats_urls=[nats_url], api_token=TOKEN, rate_limit_per_s=None
+    )
     async with serving(app) as client:
+        client.headers["Authorization"] = f"Bearer {TOKEN}"
         assert (await client.get(f"/jobs/{job_id}/tasks")).status_code == 200
+        assert (await client.get("/dead-letters")).json()["dead_letters"]
         # Schemathesis is synchronous: it runs in a thread while this loop serves the API.
         problems, statuses = await asyncio.to_thread(run_schemathesis, str(client.base_url))
     assert not problems, "\n\n".join(problems)
