@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from jobstream.events import EVENTS_STREAM, TASKS_STREAM
 from jobstream.services.stack import nats_server_binary
 from tests.infra._schemas import COMPOSE_DIR, REPO_ROOT, compose_validator, load_yaml_documents
 
@@ -108,6 +109,14 @@ def test_the_worker_scales_and_drains_within_its_stop_grace(compose: dict[str, A
     stop_s = float(worker["stop_grace_period"].removesuffix("s"))
     assert stop_s >= grace_s + 5
     assert "JOBSTREAM_WORKER_PROCESSES" in worker["environment"]
+
+
+def test_the_guide_names_the_streams_and_files_that_exist() -> None:
+    guide = (REPO_ROOT / "docs" / "deployment.md").read_text("utf-8")
+    assert f"nats stream edit {EVENTS_STREAM}" in guide
+    assert TASKS_STREAM in guide
+    for path in re.findall(r"`(infra/[\w./-]+)`", guide):
+        assert (REPO_ROOT / path).exists(), path
 
 
 def _dockerfile_instructions() -> list[tuple[str, str]]:

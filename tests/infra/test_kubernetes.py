@@ -206,6 +206,15 @@ def test_keda_scales_the_workers_on_the_queues_real_consumers(
         assert int(metadata["activationLagThreshold"]) >= 0
         assert metadata["account"] == "$G"
     assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
+    # The lags of every level add up, and a pod's share is its slots.
+    modifiers = scaled["spec"]["advanced"]["scalingModifiers"]
+    terms = {term.strip() for term in modifiers["formula"].split("+")}
+    assert terms == {trigger["name"] for trigger in triggers}
+    worker = named(resources, "Deployment", "jobstream-worker")
+    [container] = pod_spec(worker)["containers"]
+    concurrency = {item["name"]: item.get("value") for item in container["env"]}
+    assert modifiers["target"] == concurrency["JOBSTREAM_CONCURRENCY"]
+    assert modifiers["metricType"] == "AverageValue"
 
 
 # The keys of the official chart's values (nats-io/k8s, chart `nats` 2.14.2, values.yaml) that
