@@ -17,7 +17,14 @@ from jobstream.services.stack import nats_server_binary
 from tests.infra._schemas import COMPOSE_DIR, REPO_ROOT, compose_validator, load_yaml_documents
 
 NATS_NODES = ("nats-1", "nats-2", "nats-3")
-JOBSTREAM_SERVICES = ("dispatcher", "projector", "api", "worker")
+# service -> the jobstream command it runs
+JOBSTREAM_SERVICES = {
+    "dispatcher": "dispatcher",
+    "projector": "projector",
+    "ndjson-projector": "projector",
+    "api": "api",
+    "worker": "worker",
+}
 
 
 @pytest.fixture(scope="module")
@@ -92,12 +99,23 @@ def test_init_makes_r3_streams_before_any_process_starts(compose: dict[str, Any]
         **{node: {"condition": "service_healthy"} for node in NATS_NODES},
         "postgres": {"condition": "service_healthy"},
     }
-    for name in JOBSTREAM_SERVICES:
+    for name, command in JOBSTREAM_SERVICES.items():
         service = services(compose)[name]
         assert service["depends_on"] == {"init": {"condition": "service_completed_successfully"}}
         urls = service["environment"]["JOBSTREAM_NATS_URL"].split(",")
         assert urls == [f"nats://{node}:4222" for node in NATS_NODES], name
-        assert service["command"][:2] == ["jobstream", name]
+        assert service["command"][:2] == ["jobstream", command]
+
+
+def test_each_projection_runs_once_and_the_files_are_on_a_volume(compose: dict[str, Any]) -> None:
+    only = {
+        name: service["command"][service["command"].index("--only") + 1]
+        for name, service in services(compose).items()
+        if service.get("command", [])[:2] == ["jobstream", "projector"]
+    }
+    assert sorted(only.values()) == ["ndjson", "postgres"]
+    [ndjson] = [name for name, projection in only.items() if projection == "ndjson"]
+    assert "results:/data/results" in services(compose)[ndjson]["volumes"]
 
 
 def test_the_worker_scales_and_drains_within_its_stop_grace(compose: dict[str, Any]) -> None:

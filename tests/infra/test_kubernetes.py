@@ -179,6 +179,31 @@ def test_config_and_secret_references_are_consistent(
                     assert ref["key"] in ("url", "api-url")
 
 
+def test_each_projection_runs_once_and_the_files_are_on_a_volume(resources: Resources) -> None:
+    only: dict[str, str] = {}
+    for resource in resources:
+        if resource["kind"] != "Deployment":
+            continue
+        [container] = pod_spec(resource)["containers"]
+        if container["args"][:2] == ["jobstream", "projector"]:
+            only[resource["metadata"]["name"]] = container["args"][
+                container["args"].index("--only") + 1
+            ]
+            assert resource["spec"]["replicas"] == 1
+    assert sorted(only.values()) == ["ndjson", "postgres"]
+    [ndjson] = [name for name, projection in only.items() if projection == "ndjson"]
+    spec = pod_spec(named(resources, "Deployment", ndjson))
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in spec["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    [claim] = claims
+    named(resources, "PersistentVolumeClaim", claim)
+    [container] = spec["containers"]
+    assert {"name": "results", "mountPath": "/data/results"} in container["volumeMounts"]
+
+
 def test_init_job_makes_r3_streams(resources: Resources) -> None:
     job = named(resources, "Job", "jobstream-init")
     [container] = pod_spec(job)["containers"]
@@ -283,4 +308,4 @@ def test_kustomize_builds_resources_that_match_their_schemas(tmp_path: Path) -> 
     [config_map] = [doc for doc in documents if doc["kind"] == "ConfigMap"]
     # kustomize names the generated ConfigMap with a hash and rewrites every reference to it.
     references = built.count(f"name: {config_map['metadata']['name']}")
-    assert references == 1 + 5  # itself, and the Job's and four Deployments' envFrom
+    assert references == 1 + 6  # itself, and the Job's and five Deployments' envFrom
