@@ -6,8 +6,10 @@ non-root image with a healthcheck)."""
 import copy
 import re
 import shlex
+import shutil
 import subprocess
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +19,17 @@ from jobstream.services.stack import nats_server_binary
 from tests.infra._schemas import COMPOSE_DIR, REPO_ROOT, compose_validator, load_yaml_documents
 
 NATS_NODES = ("nats-1", "nats-2", "nats-3")
+ACCOUNTS = REPO_ROOT / "infra" / "nats" / "accounts.conf"
+# service -> the NATS user (infra/nats/accounts.conf) it logs in as
+ROLE_OF_SERVICE = {
+    "init": "admin",
+    "dispatcher": "dispatcher",
+    "projector": "projector",
+    "ndjson-projector": "projector",
+    "api": "api",
+    "worker": "worker",
+    "cli": "submitter",
+}
 # service -> the jobstream command it runs
 JOBSTREAM_SERVICES = {
     "dispatcher": "dispatcher",
@@ -72,6 +85,9 @@ def test_three_nats_nodes_share_one_cluster_config(compose: dict[str, Any]) -> N
         assert service["environment"]["NATS_SERVER_NAME"] == node
         assert service["hostname"] == node
         assert "./nats-cluster.conf:/etc/nats/nats-cluster.conf:ro" in service["volumes"]
+        # included by nats-cluster.conf, from beside it
+        assert "../nats/accounts.conf:/etc/nats/accounts.conf:ro" in service["volumes"]
+        assert 'include "accounts.conf"' in config
         assert f"{node}:/data" in service["volumes"]
         # The tasks stream waits with message schedules: nats-server 2.12 or later.
         major, minor = re.findall(r"nats:(\d+)\.(\d+)", service["image"])[0]
@@ -79,10 +95,18 @@ def test_three_nats_nodes_share_one_cluster_config(compose: dict[str, Any]) -> N
 
 
 @pytest.mark.parametrize("node", NATS_NODES)
-def test_nats_server_accepts_the_cluster_config_for_each_node(node: str) -> None:
+def test_nats_server_accepts_the_cluster_config_for_each_node(
+    node: str, compose: dict[str, Any], tmp_path: Path
+) -> None:
+    # As the container sees them: the accounts beside the cluster config.
+    shutil.copy(COMPOSE_DIR / "nats-cluster.conf", tmp_path / "nats-cluster.conf")
+    shutil.copy(ACCOUNTS, tmp_path / "accounts.conf")
+    passwords = services(compose)[node]["environment"]
+    env = {name: f"secret-{name}" for name in passwords if name.endswith("_PASSWORD")}
+    assert len(env) == len(set(ROLE_OF_SERVICE.values()))
     result = subprocess.run(
-        [nats_server_binary(), "-t", "-c", str(COMPOSE_DIR / "nats-cluster.conf")],
-        env={"NATS_SERVER_NAME": node},
+        [nats_server_binary(), "-t", "-c", str(tmp_path / "nats-cluster.conf")],
+        env={**env, "NATS_SERVER_NAME": node},
         capture_output=True,
         text=True,
         timeout=30,
@@ -90,6 +114,24 @@ def test_nats_server_accepts_the_cluster_config_for_each_node(node: str) -> None
     )
     assert result.returncode == 0, result.stderr
     assert "is valid" in result.stdout + result.stderr
+
+
+def test_each_process_logs_in_as_its_role(compose: dict[str, Any]) -> None:
+    users = dict(re.findall(r"user: (\w+), password: \$(\w+)", ACCOUNTS.read_text("utf-8")))
+    node_env = services(compose)["nats-1"]["environment"]
+    example = (COMPOSE_DIR / "env.example").read_text("utf-8")
+    jobstream_services = {
+        name for name, service in services(compose).items() if name not in NATS_NODES
+    } - {"postgres"}
+    assert jobstream_services == ROLE_OF_SERVICE.keys()
+    for name, role in ROLE_OF_SERVICE.items():
+        env = services(compose)[name]["environment"]
+        assert env["JOBSTREAM_NATS_USER"] == role, name
+        variable = users[role]
+        assert env["JOBSTREAM_NATS_PASSWORD"].startswith(f"${{{variable}:?"), name
+        # The server knows the same password, from the same variable.
+        assert node_env[variable].startswith(f"${{{variable}:?"), name
+        assert f"\n{variable}=" in example
 
 
 def test_init_makes_r3_streams_before_any_process_starts(compose: dict[str, Any]) -> None:
