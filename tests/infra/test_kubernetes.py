@@ -5,6 +5,7 @@ disruption budgets that select pods, a KEDA scaler on the queue's real consumers
 chart values. With `kubectl` on the PATH, kustomize's own build is checked too."""
 
 import copy
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -22,6 +23,7 @@ from jobstream.events import (
 from jobstream.services.api import create_app
 from tests.infra._schemas import (
     K8S_DIR,
+    REPO_ROOT,
     Document,
     kind_key,
     load_yaml_documents,
@@ -29,6 +31,23 @@ from tests.infra._schemas import (
 )
 
 Resources = list[Document]
+ACCOUNTS = REPO_ROOT / "infra" / "nats" / "accounts.conf"
+# The account of accounts.conf: `accounts { JOBSTREAM { ... } }`.
+[ACCOUNT] = re.findall(r"^accounts \{\s*\n\s*(\w+) \{", ACCOUNTS.read_text("utf-8"), re.M)
+# resource -> the NATS user it logs in as
+ROLE_OF = {
+    "jobstream-init": "admin",
+    "jobstream-dispatcher": "dispatcher",
+    "jobstream-projector": "projector",
+    "jobstream-ndjson": "projector",
+    "jobstream-api": "api",
+    "jobstream-worker": "worker",
+}
+SECRET_KEYS = {
+    ("jobstream-database", "url"),
+    ("jobstream-database", "api-url"),
+    *(("jobstream-nats", role) for role in ROLE_OF.values()),
+}
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +194,7 @@ def test_config_and_secret_references_are_consistent(
             for item in container.get("env", []):
                 if "valueFrom" in item:
                     ref = item["valueFrom"]["secretKeyRef"]
-                    assert ref["name"] == "jobstream-database"
-                    assert ref["key"] in ("url", "api-url")
+                    assert (ref["name"], ref["key"]) in SECRET_KEYS, item
 
 
 def test_each_projection_runs_once_and_the_files_are_on_a_volume(resources: Resources) -> None:
@@ -204,6 +222,20 @@ def test_each_projection_runs_once_and_the_files_are_on_a_volume(resources: Reso
     assert {"name": "results", "mountPath": "/data/results"} in container["volumeMounts"]
 
 
+def test_each_process_logs_in_to_nats_as_its_role(resources: Resources) -> None:
+    users = dict(re.findall(r"user: (\w+), password: \$(\w+)", ACCOUNTS.read_text("utf-8")))
+    for resource in resources:
+        if resource["kind"] not in ("Deployment", "Job"):
+            continue
+        [container] = pod_spec(resource)["containers"]
+        env = {item["name"]: item for item in container["env"]}
+        role = env["JOBSTREAM_NATS_USER"]["value"]
+        assert role == ROLE_OF[resource["metadata"]["name"]]
+        assert role in users
+        ref = env["JOBSTREAM_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "jobstream-nats", "key": role}
+
+
 def test_init_job_makes_r3_streams(resources: Resources) -> None:
     job = named(resources, "Job", "jobstream-init")
     [container] = pod_spec(job)["containers"]
@@ -229,7 +261,7 @@ def test_keda_scales_the_workers_on_the_queues_real_consumers(
         assert metadata["natsServerMonitoringEndpoint"].endswith(":8222")
         assert int(metadata["lagThreshold"]) > 0
         assert int(metadata["activationLagThreshold"]) >= 0
-        assert metadata["account"] == "$G"
+        assert metadata["account"] == ACCOUNT
     assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
     # The lags of every level add up, and a pod's share is its slots.
     modifiers = scaled["spec"]["advanced"]["scalingModifiers"]
@@ -258,8 +290,9 @@ _CHART_KEYS: dict[str, Any] = {
             "memoryStore": {"enabled": bool},
         },
         "monitor": {"enabled": bool, "port": int},
+        "merge": dict,
     },
-    "container": {"image": {"repository": str, "tag": str}, "resources": dict},
+    "container": {"image": {"repository": str, "tag": str}, "env": dict, "resources": dict},
     "podTemplate": {"topologySpreadConstraints": dict},
     "podDisruptionBudget": {"enabled": bool},
     "natsBox": {"enabled": bool},
@@ -289,6 +322,13 @@ def test_the_nats_chart_values_give_a_jetstream_cluster_of_three() -> None:
     assert config["jetstream"]["fileStore"]["pvc"]["enabled"] is True
     assert config["jetstream"]["memoryStore"]["enabled"] is False
     assert config["monitor"] == {"enabled": True, "port": 8222}
+    # accounts.conf is included, and nats-server gets every password it names, from a Secret.
+    assert values["config"]["merge"] == {"00$include": "accounts.conf"}
+    users = dict(re.findall(r"user: (\w+), password: \$(\w+)", ACCOUNTS.read_text("utf-8")))
+    env = values["container"]["env"]
+    assert env.keys() == set(users.values())
+    for role, variable in users.items():
+        assert env[variable]["valueFrom"]["secretKeyRef"]["key"] == role
     major, minor = (int(part) for part in values["container"]["image"]["tag"].split(".")[:2])
     assert (major, minor) >= (2, 12), "the tasks stream's message schedules need 2.12"
 

@@ -1,9 +1,11 @@
-"""What KEDA's nats-jetstream scaler reads, from a real nats-server: the monitoring URL it forms
-from infra/k8s/worker-scaledobject.yaml (`/jsz?acc=<account>&consumers=true&config=true`)
-lists the stream and every consumer the triggers name once `jobstream init` has run, and a
+"""What KEDA's nats-jetstream scaler reads, from a real nats-server with jobstream's account
+(infra/nats/accounts.conf): the monitoring URL it forms from
+infra/k8s/worker-scaledobject.yaml (`/jsz?acc=<account>&consumers=true&config=true`) lists
+the stream and every consumer the triggers name once `jobstream init` has run, and a
 consumer's lag (pending + unacknowledged, as the scaler adds them) counts the queued tasks,
 whether waiting or in a worker's hands."""
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ import pytest
 
 from jobstream.events import (
     Bus,
+    NatsSecurity,
     PriorityLevel,
     ensure_streams,
     ensure_worker_consumer,
@@ -20,16 +23,26 @@ from jobstream.events import (
     worker_consumer_name,
 )
 from jobstream.services.stack import NatsServer, free_port
-from tests.infra._schemas import K8S_DIR, load_yaml_documents
+from tests.infra._schemas import K8S_DIR, REPO_ROOT, load_yaml_documents
+
+ACCOUNTS = REPO_ROOT / "infra" / "nats" / "accounts.conf"
 
 QUEUED = 7
 TAKEN = 2
 
 
 @pytest.fixture
-def monitored_nats(tmp_path: Path) -> Iterator[tuple[NatsServer, int]]:
+def monitored_nats(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[NatsServer, int]]:
+    """A nats-server with the users of infra/nats/accounts.conf, as nats/values.yaml loads
+    them, and its monitoring port."""
+    accounts = ACCOUNTS.read_text("utf-8")
+    for variable in re.findall(r"password: \$(\w+)", accounts):
+        monkeypatch.setenv(variable, f"secret-{variable}")
     http_port = free_port()
-    server = NatsServer(tmp_path / "nats", extra_config=f"http: 127.0.0.1:{http_port}").start()
+    extra = f"{accounts}\nhttp: 127.0.0.1:{http_port}\n"
+    server = NatsServer(tmp_path / "nats", extra_config=extra).start()
     yield server, http_port
     server.stop()
 
@@ -58,7 +71,8 @@ async def test_the_scaler_finds_every_consumer_and_counts_the_backlog(
     [account] = {t["account"] for t in triggers}
     [stream] = {t["stream"] for t in triggers}
     queue = "default"
-    bus = await Bus.connect([server.url], name="keda-lag-test")
+    admin = NatsSecurity(user="admin", password="secret-JOBSTREAM_ADMIN_PASSWORD")
+    bus = await Bus.connect([server.url], name="keda-lag-test", security=admin)
     try:
         await ensure_streams(bus.js)
         await ensure_worker_consumer(bus.js, queue, lease_s=30.0)
