@@ -2,10 +2,12 @@
 (credentials and TLS files), turned into nats-py's connect arguments, and the rule that tells
 a refusal no retry can fix (bad credentials, a certificate not trusted) from a server down."""
 
-import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where used: the CLI's start-up needs no ssl
+    import ssl
 
 from jobstream.events._errors import JobstreamError
 
@@ -69,11 +71,13 @@ class NatsSecurity:
     def uses_tls(self) -> bool:
         return self.tls_ca_file is not None or self.tls_cert_file is not None
 
-    def ssl_context(self) -> ssl.SSLContext | None:
+    def ssl_context(self) -> "ssl.SSLContext | None":
         """A verifying client context (the system's CAs unless a CA file is given); None
         when no TLS option is set (a `tls://` URL then uses nats-py's default context)."""
         if not self.uses_tls:
             return None
+        import ssl
+
         try:
             context = ssl.create_default_context(
                 cafile=str(self.tls_ca_file) if self.tls_ca_file else None
@@ -130,6 +134,8 @@ def tls_refusal(exc: BaseException) -> str | None:
     """Why a TLS handshake failed for good, or None if `exc` is no such failure: our check of
     the server's certificate failed, or the server rejected ours (or its absence) with an
     alert. A handshake cut short by a server going down (EOF) is not one."""
+    import ssl
+
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"the server's certificate is not trusted ({exc.verify_message})"
     if isinstance(exc, ssl.SSLError):

@@ -3,7 +3,6 @@
 import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import msgspec
@@ -21,6 +20,8 @@ MAX_HEADERS = 50
 
 
 def default_user_agent() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
         ours = version("jobstream")
     except PackageNotFoundError:
