@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from importlib import resources
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, JsonValue
 
 from jobstream.events import NO_SECURITY, JobstreamError, NatsSecurity, load_queries
@@ -489,10 +491,14 @@ async def jobs_page(
     queue: str | None = None,
     limit: int = DEFAULT_PAGE_SIZE,
     after: JobCursor | None = None,
+    name: str | None = None,
+    label: str | None = None,
 ) -> JobPage:
     """A page of jobs, newest first, with their task counts (and the tasks in flight of
     `live`), on the caller's connection (search_path: the read-model schema; jsonb decoded
-    as the API's pool does it: `init_connection`)."""
+    as the API's pool does it: `init_connection`). `name`: a part of the name, any case;
+    `label`: a label's key, or `key=value`."""
+    label_key, _, label_value = (label or "").partition("=")
     rows = await conn.fetch(
         _SQL["list_jobs"],
         status,
@@ -501,6 +507,9 @@ async def jobs_page(
         after.job_id if after else None,
         limit + 1,
         list(live.tasks_by_job),
+        None if name is None else f"%{_like_escaped(name)}%",
+        label_key if label is not None else None,
+        label_value if label is not None and "=" in label else None,
     )
     page = rows[:limit]
     counts = await _task_counts(conn, [row["job_id"] for row in page], live)
@@ -509,6 +518,10 @@ async def jobs_page(
         last = page[-1]
         next_cursor = encode_cursor(JobCursor(last["submitted_at"], last["job_id"]))
     return JobPage(jobs=[_job(row, counts[row["job_id"]]) for row in page], next_cursor=next_cursor)
+
+
+def _like_escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 async def tasks_page(
@@ -574,6 +587,19 @@ Limit = Annotated[
 Cursor = Annotated[
     str | None, Query(min_length=1, description="the next_cursor of the previous page")
 ]
+MAX_SEARCH_LENGTH = 200
+NameSearch = Annotated[
+    str | None,
+    Query(min_length=1, max_length=MAX_SEARCH_LENGTH, description="a part of the name, any case"),
+]
+LabelSearch = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=MAX_SEARCH_LENGTH,
+        description="jobs with this label: `key`, or `key=value`",
+    ),
+]
 
 
 @router.get("/healthz")
@@ -590,11 +616,15 @@ async def list_jobs(
     queue: OptionalQueueQuery = None,
     limit: Limit = DEFAULT_PAGE_SIZE,
     cursor: Cursor = None,
+    name: NameSearch = None,
+    label: LabelSearch = None,
 ) -> JobPage:
-    """Jobs, newest first, with their task counts."""
+    """Jobs, newest first, with their task counts; `name` and `label` narrow the list."""
     after = decode_cursor(cursor, JobCursor)
     async with read_models.connection() as conn:
-        return await jobs_page(conn, live, status=status, queue=queue, limit=limit, after=after)
+        return await jobs_page(
+            conn, live, status=status, queue=queue, limit=limit, after=after, name=name, label=label
+        )
 
 
 @router.get("/jobs/{job_id}", responses=_ONE_JOB)
@@ -703,10 +733,12 @@ async def _on_missing(request: Request, exc: Exception) -> JSONResponse:
 # --- the factory ------------------------------------------------------------
 
 
+def _static_dir() -> Path:
+    return Path(str(resources.files("jobstream.services.api") / "static"))
+
+
 def _dashboard_html(title: str) -> str:
-    template = (resources.files("jobstream.services.api") / "static" / "index.html").read_text(
-        "utf-8"
-    )
+    template = (_static_dir() / "index.html").read_text("utf-8")
     return template.replace("{{title}}", html.escape(title))
 
 
@@ -755,6 +787,8 @@ def create_app(
     app.include_router(router)
     app.include_router(live_router)
     app.include_router(crawl_router)
+    # The dashboard's scripts, styles and vendored chart library (static/vendor/).
+    app.mount("/static", StaticFiles(directory=str(_static_dir())), name="static")
     add_error_handlers(app)
     app.add_exception_handler(BadQueryValueError, _on_bad_value)
     app.add_exception_handler(DatabaseUnavailableError, _on_unavailable)

@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = ("events", "services", "projections", "cli")
-DATA_SUFFIXES = (".py", ".sql", ".html", ".js", ".css", ".svg")
+DATA_SUFFIXES = (".py", ".sql", ".html", ".js", ".css", ".svg", ".txt")
 
 
 @pytest.fixture(scope="module")
