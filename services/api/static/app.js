@@ -11,7 +11,8 @@
 const REFRESH_MS = 5000;
 const AGGREGATE_MS = 10000;
 const PAGE_SIZE = 50;
-const TIMELINE_PAGE = 200;
+const TIMELINE_PAGE = 100;
+const LIVE_TIMELINE_ROWS = 500; // rows the open timeline takes from the live stream
 const RATE_WINDOW_S = 30;
 const LIVE_MINUTES = 60;
 const TOKEN_KEY = "jobstream.token";
@@ -596,10 +597,10 @@ function jobView(jobId, params) {
       el("span", { class: "tools" }, el("label", {}, "state ", el("select", { id: "task-state", onchange: (e) => {
         location.hash = `#/job/${q(jobId)}${e.target.value ? `?state=${e.target.value}` : ""}`;
       } }, el("option", { value: "" }, "any"), TASK_STATES.map((s) => el("option", { value: s, selected: s === taskState ? "" : null }, s)))))],
-    { id: "job-tasks" }, el("div", { id: "tasks-list" })),
+    { id: "job-tasks" }, el("div", { id: "tasks-list", class: "scroll" }), el("div", { id: "tasks-pager" })),
     section(["Dead letters", el("span", { class: "count" }, "retry with the CLI")], { id: "job-dead" }, el("div", { id: "dead-list" })),
     section(["Timeline", el("span", { class: "count" }, "the job's events, from the log")], { id: "job-timeline" },
-      el("div", { id: "timeline" }), el("div", { class: "pager" }, el("button", { type: "button", id: "timeline-more", onclick: () => loadTimeline() }, "load more"))),
+      el("div", { id: "timeline", class: "scroll" }), el("div", { class: "pager" }, el("button", { type: "button", id: "timeline-more", onclick: () => loadTimeline() }, "load more"))),
     el("section", { id: "crawl-section", style: "display:none" }, el("h2", {}, "Crawl"), el("div", { id: "crawl" })));
 
   async function loadTasks() {
@@ -615,7 +616,8 @@ function jobView(jobId, params) {
       el("td", { class: "wrap" }, t.error ? el("span", { class: "reason", title: t.error }, t.error) : (t.progress_message || ""))));
     document.getElementById("tasks-list").replaceChildren(
       table(["#", "task", "kind", "state", "attempts", "worker", "duration", "finished", "error / progress"], rows,
-        "no tasks in this state", { id: "tasks-table" }), pager.controls(page.tasks.length));
+        "no tasks in this state", { id: "tasks-table" }));
+    document.getElementById("tasks-pager").replaceChildren(pager.controls(page.tasks.length));
   }
 
   async function loadDead() {
@@ -623,9 +625,10 @@ function jobView(jobId, params) {
     const rows = page.tasks.map((t) => el("tr", {}, el("td", {}, taskLink(t.task_id)), el("td", { class: "num" }, t.attempts),
       el("td", { class: "wrap" }, t.error || "—"), el("td", {}, copyCommand(`jobstream dlq retry ${shellWord(t.task_id)}`))));
     const all = page.tasks.length ? el("div", { class: "pager" }, "all of this job's: ", copyCommand(`jobstream dlq retry ${shellWord(jobId)}`)) : null;
+    const more = page.next_cursor
+      ? el("div", { class: "pager" }, el("a", { href: `#/job/${q(jobId)}?state=dead_lettered` }, "all dead letters of this job →")) : null;
     document.getElementById("dead-list").replaceChildren(
-      table(["task", "attempts", "last error", "retry"], rows, "none", { id: "dead-table" }), all,
-      page.next_cursor ? el("div", { class: "pager" }, el("a", { href: `#/job/${q(jobId)}?state=dead_lettered` }, "all dead letters of this job →")) : null);
+      ...[table(["task", "attempts", "last error", "retry"], rows, "none", { id: "dead-table" }), all, more].filter(Boolean));
   }
 
   async function loadTimeline() {
@@ -727,8 +730,9 @@ function jobView(jobId, params) {
       if (TERMINAL_EVENTS.has(type)) ended.push([Date.now(), 1]);
       else if (type === "task.chunk_finished") ended.push([Date.now(), event.results.length]);
       // Events after the last page read show up at once on the timeline's last page.
-      if (!timelineCursor && document.getElementById("timeline-table")) {
-        document.querySelector("#timeline-table tbody").append(timelineRow({ seq: null, event, error: null }));
+      const body = document.querySelector("#timeline-table tbody");
+      if (!timelineCursor && body && body.rows.length < LIVE_TIMELINE_ROWS) {
+        body.append(timelineRow({ seq: null, event, error: null }));
       }
     },
     stream: `events/stream?job_id=${q(jobId)}`,
@@ -1008,17 +1012,20 @@ function onEvent(type, event) {
   if (liveEvents % 50 === 1) setLive(true);
   recordThroughput(type, event);
   dirty = true;
+  if (type.startsWith("job.")) aggregateDirty = true;
   if (current && current.onEvent) current.onEvent(type, event);
 }
 
 let lastAggregate = 0;
+let aggregateDirty = false; // a job event came: job counts may have changed
 let running = false;
 
 async function tick(force) {
   if (running || !current) return;
   const now = Date.now();
   const refreshDue = current.refresh && (force || (dirty && now - lastRefresh >= REFRESH_MS) || now - lastRefresh >= AGGREGATE_MS);
-  const aggregateDue = force || now - lastAggregate >= AGGREGATE_MS;
+  const aggregateDue = force || now - lastAggregate >= AGGREGATE_MS
+    || (aggregateDirty && now - lastAggregate >= REFRESH_MS);
   if (!refreshDue && !aggregateDue) return;
   running = true;
   const shown = current;
@@ -1027,6 +1034,7 @@ async function tick(force) {
     if (refreshDue) { dirty = false; lastRefresh = now; work.push(shown.refresh()); }
     if (aggregateDue) {
       lastAggregate = now;
+      aggregateDirty = false;
       work.push(refreshHealth().then(() => (shown.aggregate ? shown.aggregate() : null)));
     }
     await Promise.all(work);
