@@ -246,12 +246,11 @@ function recordThroughput(type, event) {
     const b = bucket(event.at);
     b.succeeded += 1;
     b.durations.push(event.duration_s);
-  } else if (type === "task.failed" || type === "task.dead_lettered") {
-    bucket(event.at).failed += 1;
+  } else if (type === "task.dead_lettered") {
+    bucket(event.at).failed += 1; // failed for good, as /stats counts it
   } else if (type === "task.chunk_finished") {
     const b = bucket(event.at);
     b.succeeded += event.results.length;
-    b.failed += event.failed.length;
     for (const r of event.results) b.durations.push(r.duration_s);
   }
 }
@@ -263,36 +262,44 @@ function percentile(sorted, p) {
 
 function liveSeries() {
   const now = minuteOf();
-  const t = [], ok = [], failed = [], p50 = [], p95 = [], p99 = [];
+  const t = [], ok = [], failed = [], p50 = [], p90 = [], p99 = [];
   for (let m = now - 29 * 60; m <= now; m += 60) {
     const b = minutes.get(m);
     const sorted = b ? [...b.durations].sort((a, z) => a - z) : [];
     t.push(m); ok.push(b ? b.succeeded : 0); failed.push(b ? b.failed : 0);
-    p50.push(percentile(sorted, 50)); p95.push(percentile(sorted, 95)); p99.push(percentile(sorted, 99));
+    p50.push(percentile(sorted, 50)); p90.push(percentile(sorted, 90)); p99.push(percentile(sorted, 99));
   }
-  return { t, ok, failed, p50, p95, p99, source: "events seen live since this page opened" };
+  return { t, ok, failed, p50, p90, p99, source: "events seen live since this page opened" };
 }
 
-// /stats buckets, whatever their exact field names: a time, succeeded, failed, percentiles.
-function statsSeries(stats) {
-  const rows = stats && (stats.buckets || stats.throughput || stats.minutes);
-  if (!Array.isArray(rows) || rows.length === 0) return null;
-  const pick = (row, names) => { for (const n of names) if (row[n] !== undefined) return row[n]; return null; };
-  const durationOf = (row, p) => {
-    const nested = row.duration_s || row.durations || row.duration;
-    const v = pick(row, [`p${p}`, `p${p}_s`, `duration_p${p}_s`, `duration_p${p}`])
-      ?? (nested && typeof nested === "object" ? pick(nested, [`p${p}`, `p${p}_s`]) : null);
-    return v === null ? null : Number(v);
+// Throughput from /stats: one bucket a minute over the last hour, from the read models.
+function statsThroughput(stats) {
+  if (!stats || !Array.isArray(stats.buckets) || stats.buckets.length === 0) return null;
+  return {
+    t: stats.buckets.map((b) => Date.parse(b.at) / 1000),
+    ok: stats.buckets.map((b) => b.succeeded),
+    failed: stats.buckets.map((b) => b.failed),
+    source: `the read models, last ${Math.round(stats.window_s / 60)} min`,
   };
-  const out = { t: [], ok: [], failed: [], p50: [], p95: [], p99: [], source: "the server's /stats" };
-  for (const row of rows) {
-    const at = pick(row, ["minute", "at", "start", "t", "time", "bucket"]);
-    out.t.push(typeof at === "number" ? at : Date.parse(at) / 1000);
-    out.ok.push(Number(pick(row, ["succeeded", "ok"]) ?? 0));
-    out.failed.push(Number(pick(row, ["failed", "dead_lettered"]) ?? 0));
-    out.p50.push(durationOf(row, 50)); out.p95.push(durationOf(row, 95)); out.p99.push(durationOf(row, 99));
-  }
-  return out;
+}
+
+function statsPanel(stats) {
+  if (stats === null) return notAvailable("figures over the last hour (/stats)");
+  const d = stats.durations;
+  const lag = stats.projector_lag;
+  const total = stats.buckets.reduce((sum, b) => sum + b.succeeded, 0);
+  const failed = stats.buckets.reduce((sum, b) => sum + b.failed, 0);
+  const rows = stats.by_queue_kind.map((r) => el("tr", {}, el("td", {}, r.queue), el("td", {}, r.kind),
+    el("td", { class: "num" }, count(r.succeeded)), el("td", { class: "num" }, count(r.failed)),
+    el("td", { class: "num" }, seconds(r.p50_s)), el("td", { class: "num" }, seconds(r.p99_s))));
+  return el("div", {},
+    el("div", { class: "tiles", id: "stats-tiles" },
+      tile("succeeded", count(total), `last ${Math.round(stats.window_s / 60)} min`),
+      tile("failed", count(failed), "dead-lettered", failed > 0),
+      tile("p50", seconds(d.p50_s), "duration"), tile("p90", seconds(d.p90_s), "duration"),
+      tile("p99", seconds(d.p99_s), "duration"),
+      tile("read-model lag", lag.events === null ? "—" : count(lag.events), lag.seconds === null ? "not known" : `events, ${seconds(lag.seconds)}`, lag.seconds > 5)),
+    table(["queue", "kind", "succeeded", "failed", "p50", "p99"], rows, "nothing finished in the window", { id: "stats-table" }));
 }
 
 // --- charts (uPlot, vendored) -----------------------------------------------------------
@@ -319,15 +326,18 @@ function chart(id, title, labels, colors, data, unit) {
   charts[id].width = width;
 }
 
-function drawCharts(series) {
+function drawThroughput(series) {
   chart("chart-throughput", "tasks per minute", ["succeeded", "failed"], ["#16a34a", "#dc2626"],
     [series.t, series.ok, series.failed], "tasks");
-  chart("chart-durations", "task duration", ["p50", "p95", "p99"], ["#2563eb", "#a16207", "#dc2626"],
-    [series.t, series.p50, series.p95, series.p99], "s");
-  for (const id of ["throughput-source", "durations-source"]) {
-    const note = document.getElementById(id);
-    if (note) note.textContent = `from ${series.source}`;
-  }
+  const note = document.getElementById("throughput-source");
+  if (note) note.textContent = `from ${series.source}`;
+}
+
+function drawDurations(series) {
+  chart("chart-durations", "task duration", ["p50", "p90", "p99"], ["#2563eb", "#a16207", "#dc2626"],
+    [series.t, series.p50, series.p90, series.p99], "s");
+  const note = document.getElementById("durations-source");
+  if (note) note.textContent = `per minute, from ${series.source}`;
 }
 
 // --- shared pieces -------------------------------------------------------------------
@@ -436,10 +446,8 @@ let current = null; // { name, refresh(), onEvent(type, event), aggregate() }
 let dirty = false;
 let lastRefresh = 0;
 
-// Counts of jobs by status: /stats when it carries them, else the Prometheus gauges.
-async function jobCounts(stats) {
-  const fromStats = stats && (stats.jobs_by_status || stats.jobs || stats.job_counts);
-  if (fromStats && typeof fromStats === "object" && !Array.isArray(fromStats)) return fromStats;
+// Counts of jobs by status: the API's Prometheus gauges (one GROUP BY over the jobs).
+async function jobCounts() {
   const response = await request("metrics");
   const text = await response.text();
   const counts = {};
@@ -456,26 +464,17 @@ function countTiles(counts, active, hrefOf) {
       el("div", { class: "value", id: `count-${status}` }, count(counts[status] || 0)))));
 }
 
-function genericTable(rows, emptyText, commandOf) {
-  if (!rows.length) return el("div", { class: "empty" }, emptyText);
-  const keys = Object.keys(rows[0]);
-  const cell = (key, value) => {
-    if (key === "job_id" && value) return jobLink(value);
-    if (key === "task_id" && value) return taskLink(value);
-    if (value !== null && typeof value === "object") return code(JSON.stringify(value));
-    if (typeof value === "number") return count(value);
-    return value ?? "—";
-  };
-  const headers = commandOf ? [...keys, "retry"] : keys;
-  return table(headers, rows.map((row) => el("tr", {},
-    keys.map((k) => el("td", { class: typeof row[k] === "number" ? "num" : (k === "error" ? "wrap" : "") }, cell(k, row[k]))),
-    commandOf ? el("td", {}, copyCommand(commandOf(row))) : null)), emptyText);
-}
-
-function firstArray(body) {
-  if (Array.isArray(body)) return body;
-  for (const value of Object.values(body || {})) if (Array.isArray(value)) return value;
-  return [];
+function queuesTable(body) {
+  const rows = body.queues.map((queue) => {
+    const level = (name) => queue.levels.filter((l) => l.level === name).reduce((sum, l) => sum + l.pending, 0);
+    return el("tr", {}, el("td", {}, el("a", { href: `#/jobs?queue=${q(queue.queue)}` }, queue.queue)),
+      el("td", { class: "num" }, count(queue.pending)), el("td", { class: "num" }, count(level("high"))),
+      el("td", { class: "num" }, count(level("normal"))), el("td", { class: "num" }, count(level("low"))),
+      el("td", { class: "num" }, count(level("due"))), el("td", { class: "num" }, count(queue.ack_pending)),
+      el("td", { class: "num" }, count(queue.redelivered)), el("td", { class: "num" }, count(queue.waiting)));
+  });
+  return table(["queue", "waiting tasks", "high", "normal", "low", "due", "in flight", "redelivered", "idle fetches"],
+    rows, "no queues yet", { id: "queues-table" });
 }
 
 function overviewView() {
@@ -485,6 +484,7 @@ function overviewView() {
     el("div", { class: "row" },
       section(["Throughput", el("span", { class: "count", id: "throughput-source" })], {}, el("div", { class: "chart", id: "chart-throughput" })),
       section(["Durations", el("span", { class: "count", id: "durations-source" })], {}, el("div", { class: "chart", id: "chart-durations" }))),
+    section(["Last hour", el("span", { class: "count" }, "by queue and kind")], {}, el("div", { id: "stats" })),
     el("div", { class: "row" },
       section("Queues", {}, el("div", { id: "queues" }, el("div", { class: "empty" }, "loading…"))),
       section("Health and read-model lag", {}, el("div", { id: "health-panel" }, healthPanel()))),
@@ -501,18 +501,25 @@ function overviewView() {
       document.getElementById("workers-summary").replaceChildren(workersTable(workers.workers));
     },
     async aggregate() {
-      stats = await optionalJson("stats");
-      const [counts, queues] = await Promise.all([jobCounts(stats), optionalJson("queues")]);
+      const [counts, queues, latest] = await Promise.all([jobCounts(), optionalJson("queues"), optionalJson("stats")]);
+      stats = latest;
       document.getElementById("counts").replaceChildren(countTiles(counts, null, (s) => `#/jobs?status=${s}`));
-      document.getElementById("queues").replaceChildren(queues === null ? notAvailable("queue depths (/queues)")
-        : genericTable(firstArray(queues), "no queues"));
+      document.getElementById("queues").replaceChildren(queues === null ? notAvailable("queue depths (/queues)") : queuesTable(queues));
       document.getElementById("health-panel").replaceChildren(healthPanel());
-      drawCharts(statsSeries(stats) || liveSeries());
+      document.getElementById("stats").replaceChildren(statsPanel(stats));
+      drawThroughput(statsThroughput(stats) || liveSeries());
+      drawDurations(liveSeries());
     },
     onEvent() {
-      // Without /stats, the charts follow the live events (drawn at most once a second).
-      if (statsSeries(stats) || chartTimer) return;
-      chartTimer = setTimeout(() => { chartTimer = 0; drawCharts(liveSeries()); }, 1000);
+      // The charts follow the live events, drawn at most once a second (the throughput one
+      // only without /stats: with it, it is redrawn at each refresh of /stats).
+      if (chartTimer) return;
+      chartTimer = setTimeout(() => {
+        chartTimer = 0;
+        const series = liveSeries();
+        if (!statsThroughput(stats)) drawThroughput(series);
+        drawDurations(series);
+      }, 1000);
     },
     stream: "events/stream",
   };
@@ -566,7 +573,7 @@ function jobsView(params) {
         table(JOB_HEADERS, page.jobs.map(jobRow), "no jobs match", { id: "jobs-table" }), pager.controls(page.jobs.length));
     },
     async aggregate() {
-      const counts = await jobCounts(await optionalJson("stats"));
+      const counts = await jobCounts();
       const hrefOf = (s) => {
         const next = new URLSearchParams(filters);
         if (filters.status === s) next.delete("status"); else next.set("status", s);
@@ -855,9 +862,15 @@ function workerView(workerId) {
         holder.replaceChildren(workersTable(row), notAvailable("this worker's details (/workers/{id})"));
         return;
       }
-      holder.replaceChildren(el("dl", { class: "facts" }, Object.entries(detail).flatMap(([k, v]) =>
-        Array.isArray(v) && v.length && typeof v[0] === "object" ? [el("dt", {}, k), el("dd", {}, genericTable(v, "none"))]
-          : [el("dt", {}, k), el("dd", {}, typeof v === "object" && v !== null ? code(JSON.stringify(v)) : String(v ?? "—"))])));
+      const w = detail;
+      holder.replaceChildren(el("dl", { class: "facts", id: "worker-facts" },
+        [["state", badge(w.state)], ["host", w.host || "—"], ["pid", w.pid], ["version", w.version || "—"],
+          ["queues", w.queues.join(", ")], ["concurrency", w.concurrency], ["in flight", `${w.in_flight} of ${w.concurrency}`],
+          ["rate", `${perSecond(w.rate_per_s)} over the last ${w.rate_window_s} s`],
+          ["succeeded", count(w.tasks_succeeded)], ["failed", count(w.tasks_failed)],
+          ["started", w.started_at ? new Date(w.started_at).toLocaleString() : "—"], ["last seen", ago(w.last_seen_at)],
+          ["stopped", w.stopped_at ? new Date(w.stopped_at).toLocaleString() : "—"]]
+          .flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])));
     },
   };
 }
@@ -880,10 +893,13 @@ function deadLettersView() {
           el("div", { class: "na" }, "Each job's page lists its own dead letters; ", code("jobstream dlq list"), " lists them all."));
         return;
       }
-      pager.next = page.next_cursor || null;
-      const rows = firstArray(page);
-      holder.replaceChildren(genericTable(rows, "no dead letters", (row) => `jobstream dlq retry ${shellWord(row.task_id)}`),
-        pager.controls(rows.length));
+      pager.next = page.next_cursor;
+      const rows = page.dead_letters.map((d) => el("tr", {}, el("td", {}, taskLink(d.task_id)), el("td", {}, jobLink(d.job_id)),
+        el("td", {}, d.kind), el("td", {}, d.queue ?? "—"), el("td", { class: "num" }, d.attempts),
+        el("td", { class: "wrap" }, d.error || "—"), el("td", { title: d.finished_at }, ago(d.finished_at)),
+        el("td", {}, copyCommand(d.retry_command))));
+      holder.replaceChildren(table(["task", "job", "kind", "queue", "attempts", "last error", "dead since", "retry"],
+        rows, "no dead letters", { id: "dead-letters-table" }), pager.controls(rows.length));
     },
   };
   return state;
