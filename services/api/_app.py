@@ -787,10 +787,11 @@ def create_app(
     app.include_router(router)
     app.include_router(live_router)
     app.include_router(crawl_router)
-    # The dashboard's scripts, styles and vendored chart library (static/vendor/).
-    app.mount("/static", StaticFiles(directory=str(_static_dir())), name="static")
     add_error_handlers(app)
     app.add_exception_handler(BadQueryValueError, _on_bad_value)
     app.add_exception_handler(DatabaseUnavailableError, _on_unavailable)
     app.add_exception_handler(ReadModelsMissingError, _on_missing)
+    # The dashboard's scripts, styles and vendored chart library (static/vendor/): public,
+    # like the page, which asks for the API's token itself.
+    app.mount("/static", StaticFiles(directory=str(_static_dir())), name="static")
     return app

@@ -8,6 +8,7 @@ Playwright package drives that browser, and never downloads one of its own.
 """
 
 import asyncio
+import inspect
 import json
 import re
 import shutil
@@ -16,9 +17,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Dialog, Page, async_playwright, expect
 
+from jobstream.events import Bus
+from jobstream.services.api import create_app
 from jobstream.services.stack import free_port
+from tests._serving import serving
 from tests.faults._harness import REPO_ROOT, Processes, submit
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -28,6 +32,7 @@ SLEEP_S = 0.1
 CONCURRENCY = 4
 WAIT_S = 60.0
 UI_TIMEOUT_MS = 30_000
+TOKEN = "dashboard-test-token"
 
 pytestmark = [
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium installed (apt-get install chromium)"),
@@ -188,3 +193,31 @@ async def test_dashboard_live_drill_down_and_screenshots(
         await expect(page.locator("#workers-table")).to_contain_text("w1")
         assert errors == []
         procs.assert_running()
+
+
+_TOKENS = "api_token" in inspect.signature(create_app).parameters
+
+
+@pytest.mark.skipif(not _TOKENS, reason="this API has no bearer token yet")
+async def test_dashboard_asks_for_the_token_once_and_sends_it(
+    bus: Bus, nats_url: str, database_url: str, browser: Browser
+) -> None:
+    app = create_app(database_url=database_url, nats_urls=[nats_url], api_token=TOKEN)  # type: ignore[call-arg,unused-ignore]
+    async with serving(app) as client:
+        assert (await client.get("/jobs")).status_code == 401
+        page = await browser.new_page()
+        prompts: list[str] = []
+
+        async def answer(dialog: Dialog) -> None:
+            prompts.append(dialog.message)
+            await dialog.accept(TOKEN)
+
+        page.on("dialog", answer)
+        await page.goto(f"{client.base_url}/#/jobs")
+        await expect(page.locator("#jobs-table")).to_contain_text("no jobs match")
+        await expect(page.locator("#live")).to_have_class(re.compile(r"\bok\b"))
+        await page.goto(f"{client.base_url}/#/")  # a new load: the token is kept for the tab
+        await expect(page.locator("#jobs-table")).to_be_visible()
+        assert len(prompts) == 1 and "token" in prompts[0]
+        assert await page.evaluate("sessionStorage.getItem('jobstream.token')") == TOKEN
+        await page.close()  # its live stream, which the server would wait for

@@ -101,33 +101,36 @@ function copyCommand(command) {
 
 class NotAvailable extends Error {}
 
-let tokenAsked = false;
+let tokenAnswer = null; // the one prompt of this page load, shared by every request
 
-function authHeaders() {
-  const token = sessionStorage.getItem(TOKEN_KEY);
+function authHeaders(token) {
   return token ? { Authorization: `Bearer ${token}` } : {};
 }
 
-// On a 401, ask for the token once per page load; true if there is a new one to try.
+// Ask for the token once per page load (concurrent 401s share the one prompt).
 function askToken() {
-  if (tokenAsked) return false;
-  tokenAsked = true;
-  const token = window.prompt("This jobstream API needs a token (kept for this tab only):");
-  if (!token) return false;
-  sessionStorage.setItem(TOKEN_KEY, token.trim());
-  return true;
+  if (!tokenAnswer) {
+    tokenAnswer = new Promise((resolve) => {
+      const token = window.prompt("This jobstream API needs a token (kept for this tab only):");
+      if (token && token.trim()) sessionStorage.setItem(TOKEN_KEY, token.trim());
+      resolve(Boolean(token && token.trim()));
+    });
+  }
+  return tokenAnswer;
 }
 
+// fetch with the tab's bearer token; on a 401, retry once with a newer token (another
+// request's, or the answer to the one prompt).
 async function request(url, init) {
-  for (let attempt = 0; ; attempt += 1) {
-    const response = await fetch(url, { ...init, headers: { ...(init?.headers || {}), ...authHeaders() } });
-    if (response.status === 401 && attempt === 0 && askToken()) continue;
-    if (response.status === 401) {
-      sessionStorage.removeItem(TOKEN_KEY);
-      throw new Error("the API refused the token (HTTP 401); reload the page to enter another");
-    }
-    return response;
+  for (let attempt = 0; attempt < 2; attempt += 1) {
+    const sent = sessionStorage.getItem(TOKEN_KEY);
+    const response = await fetch(url, { ...init, headers: { ...(init?.headers || {}), ...authHeaders(sent) } });
+    if (response.status !== 401) return response;
+    const latest = sessionStorage.getItem(TOKEN_KEY);
+    if (latest && latest !== sent) continue;
+    if (!(await askToken())) break;
   }
+  throw new Error("the API needs its token (HTTP 401); reload the page to enter it");
 }
 
 // JSON of `url`; `optional`: a route the server does not have throws NotAvailable;
@@ -224,9 +227,9 @@ function setLive(on) {
   pill.textContent = on ? `live · ${count(liveEvents)} events` : "live: reconnecting";
 }
 
-// --- throughput and durations seen live (when the server has no /stats) ----------------
+// --- throughput and durations seen live (throughput from /stats when the server has it) ---
 
-const minutes = new Map(); // minute (epoch s) -> {succeeded, failed, durations[]}
+const minutes = new Map(); // minute (epoch s) -> {succeeded, failed}
 
 function minuteOf(at) { return Math.floor(Date.parse(at || new Date().toISOString()) / 60000) * 60; }
 
@@ -234,24 +237,39 @@ function bucket(at) {
   const key = minuteOf(at);
   let b = minutes.get(key);
   if (!b) {
-    b = { succeeded: 0, failed: 0, durations: [] };
+    b = { succeeded: 0, failed: 0 };
     minutes.set(key, b);
     for (const old of minutes.keys()) if (old < key - LIVE_MINUTES * 60) minutes.delete(old);
   }
   return b;
 }
 
+const DURATION_BUCKET_S = 10;
+const DURATION_BUCKETS = 60;
+const durationBuckets = new Map(); // 10-second slot (epoch s) -> durations[]
+
+function recordDurations(at, values) {
+  const key = Math.floor(Date.parse(at || new Date().toISOString()) / (DURATION_BUCKET_S * 1000)) * DURATION_BUCKET_S;
+  let list = durationBuckets.get(key);
+  if (!list) {
+    list = [];
+    durationBuckets.set(key, list);
+    for (const old of durationBuckets.keys()) if (old < key - DURATION_BUCKETS * DURATION_BUCKET_S) durationBuckets.delete(old);
+  }
+  list.push(...values);
+}
+
 function recordThroughput(type, event) {
   if (type === "task.succeeded") {
     const b = bucket(event.at);
     b.succeeded += 1;
-    b.durations.push(event.duration_s);
+    recordDurations(event.at, [event.duration_s]);
   } else if (type === "task.dead_lettered") {
     bucket(event.at).failed += 1; // failed for good, as /stats counts it
   } else if (type === "task.chunk_finished") {
     const b = bucket(event.at);
     b.succeeded += event.results.length;
-    for (const r of event.results) b.durations.push(r.duration_s);
+    recordDurations(event.at, event.results.map((r) => r.duration_s));
   }
 }
 
@@ -262,14 +280,23 @@ function percentile(sorted, p) {
 
 function liveSeries() {
   const now = minuteOf();
-  const t = [], ok = [], failed = [], p50 = [], p90 = [], p99 = [];
+  const t = [], ok = [], failed = [];
   for (let m = now - 29 * 60; m <= now; m += 60) {
     const b = minutes.get(m);
-    const sorted = b ? [...b.durations].sort((a, z) => a - z) : [];
     t.push(m); ok.push(b ? b.succeeded : 0); failed.push(b ? b.failed : 0);
-    p50.push(percentile(sorted, 50)); p90.push(percentile(sorted, 90)); p99.push(percentile(sorted, 99));
   }
-  return { t, ok, failed, p50, p90, p99, source: "events seen live since this page opened" };
+  return { t, ok, failed, source: "events seen live since this page opened" };
+}
+
+function liveDurations() {
+  const step = DURATION_BUCKET_S;
+  const now = Math.floor(Date.now() / (step * 1000)) * step;
+  const t = [], p50 = [], p90 = [], p99 = [];
+  for (let s = now - (DURATION_BUCKETS - 1) * step; s <= now; s += step) {
+    const sorted = [...(durationBuckets.get(s) || [])].sort((a, z) => a - z);
+    t.push(s); p50.push(percentile(sorted, 50)); p90.push(percentile(sorted, 90)); p99.push(percentile(sorted, 99));
+  }
+  return { t, p50, p90, p99, source: `events seen live, per ${step} s` };
 }
 
 // Throughput from /stats: one bucket a minute over the last hour, from the read models.
@@ -337,7 +364,7 @@ function drawDurations(series) {
   chart("chart-durations", "task duration", ["p50", "p90", "p99"], ["#2563eb", "#a16207", "#dc2626"],
     [series.t, series.p50, series.p90, series.p99], "s");
   const note = document.getElementById("durations-source");
-  if (note) note.textContent = `per minute, from ${series.source}`;
+  if (note) note.textContent = `from ${series.source}`;
 }
 
 // --- shared pieces -------------------------------------------------------------------
@@ -484,10 +511,11 @@ function overviewView() {
     el("div", { class: "row" },
       section(["Throughput", el("span", { class: "count", id: "throughput-source" })], {}, el("div", { class: "chart", id: "chart-throughput" })),
       section(["Durations", el("span", { class: "count", id: "durations-source" })], {}, el("div", { class: "chart", id: "chart-durations" }))),
-    section(["Last hour", el("span", { class: "count" }, "by queue and kind")], {}, el("div", { id: "stats" })),
     el("div", { class: "row" },
-      section("Queues", {}, el("div", { id: "queues" }, el("div", { class: "empty" }, "loading…"))),
+      section(["Last hour", el("span", { class: "count" }, "by queue and kind")], {}, el("div", { id: "stats" })),
       section("Health and read-model lag", {}, el("div", { id: "health-panel" }, healthPanel()))),
+    section(["Queues", el("span", { class: "count" }, "tasks waiting in JetStream, by priority level")], {},
+      el("div", { id: "queues" }, el("div", { class: "empty" }, "loading…"))),
     section(["Latest jobs", el("span", { class: "tools" }, el("a", { href: "#/jobs" }, "all jobs →"))], {},
       el("div", { id: "latest-jobs" })),
     section("Workers", {}, el("div", { id: "workers-summary" })));
@@ -508,7 +536,7 @@ function overviewView() {
       document.getElementById("health-panel").replaceChildren(healthPanel());
       document.getElementById("stats").replaceChildren(statsPanel(stats));
       drawThroughput(statsThroughput(stats) || liveSeries());
-      drawDurations(liveSeries());
+      drawDurations(liveDurations());
     },
     onEvent() {
       // The charts follow the live events, drawn at most once a second (the throughput one
@@ -516,9 +544,8 @@ function overviewView() {
       if (chartTimer) return;
       chartTimer = setTimeout(() => {
         chartTimer = 0;
-        const series = liveSeries();
-        if (!statsThroughput(stats)) drawThroughput(series);
-        drawDurations(series);
+        if (!statsThroughput(stats)) drawThroughput(liveSeries());
+        drawDurations(liveDurations());
       }, 1000);
     },
     stream: "events/stream",
