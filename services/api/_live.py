@@ -426,6 +426,15 @@ class EventFanout:
         self._bus: Bus | None = None
         self._lock = asyncio.Lock()
 
+    @property
+    def viewers(self) -> int:
+        return len(self._viewers)
+
+    @property
+    def subscriptions(self) -> int:
+        """NATS subscriptions held: 1 while anyone watches, else 0."""
+        return 0 if self._subscription is None else 1
+
     async def join(self, job_id: str | None) -> _Viewer:
         viewer = _Viewer(job_id)
         self._viewers.add(viewer)
