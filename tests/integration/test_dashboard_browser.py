@@ -140,6 +140,30 @@ async def _dead_letters(page: Page, url: str, job_id: str) -> None:
     await page.screenshot(path=str(SCREENSHOTS / "task.png"), full_page=True)
 
 
+async def _served(url: str, path: str) -> bool:
+    """The API has the route (an API without it answers FastAPI's own 404)."""
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        response = await client.get(path)
+    return not (response.status_code == 404 and response.json()["detail"] == "Not Found")
+
+
+async def _dead_letters_and_worker(page: Page, url: str) -> None:
+    """All dead letters with their retry commands, and one worker; or, on an API without
+    those endpoints, "not available" rather than a broken page."""
+    await page.goto(f"{url}#/dead-letters")
+    if await _served(url, "dead-letters"):
+        table = page.locator("#dead-letters-table")
+        await expect(table.locator("tbody tr")).to_have_count(2)
+        await expect(table).to_contain_text("jobstream dlq retry")
+    else:
+        await expect(page.locator("#dead-letters")).to_contain_text("not available")
+    await page.goto(f"{url}#/worker/w1")
+    if await _served(url, "workers/w1"):
+        await expect(page.locator("#worker-facts")).to_contain_text("in flight")
+    else:
+        await expect(page.locator("#worker")).to_contain_text("not available")
+
+
 async def test_dashboard_live_drill_down_and_screenshots(
     nats_url: str, database_url: str, tmp_path: Path, browser: Browser
 ) -> None:
@@ -191,6 +215,7 @@ async def test_dashboard_live_drill_down_and_screenshots(
         await expect(page.locator("#count-completed")).to_have_text(str(completed_before + 1))
         await page.goto(f"{url}#/workers")
         await expect(page.locator("#workers-table")).to_contain_text("w1")
+        await _dead_letters_and_worker(page, url)
         assert errors == []
         procs.assert_running()
 
