@@ -346,6 +346,8 @@ function chart(id, title, labels, colors, data, unit) {
   holder.replaceChildren();
   const series = [{}, ...labels.map((label, i) => ({
     label, stroke: colors[i], width: 2, fill: i === 0 && unit === "tasks" ? `${colors[i]}22` : undefined,
+    // Durations: a slot without tasks has none (null); join the slots that have, and mark each.
+    spanGaps: unit === "s", points: unit === "s" ? { show: true, size: 5 } : undefined,
     value: (u, v) => (v === null ? "—" : unit === "s" ? seconds(v) : count(v)),
   }))];
   const axes = [{}, { values: (u, vals) => vals.map((v) => (unit === "s" ? seconds(v) : count(v))), size: 60 }];
