@@ -93,7 +93,6 @@ async def _overview_while_running(
 
     await _until(chart_moved, "the throughput chart to change")
     await expect(page.locator("#lag-table")).to_contain_text("postgres")
-    await page.screenshot(path=str(SCREENSHOTS / "overview.png"), full_page=True)
     return job_id
 
 
@@ -210,9 +209,11 @@ async def test_dashboard_live_drill_down_and_screenshots(
         await _job_and_task(page, sleepy)
         await _dead_letters(page, url, broken)
 
-        # The job ends; the overview's count of completed jobs goes up.
-        await page.goto(url)
+        # The job ends; the overview's count of completed jobs goes up. (Hash links: the same
+        # page, with what it has seen live since it opened.)
+        await page.goto(f"{url}#/")
         await expect(page.locator("#count-completed")).to_have_text(str(completed_before + 1))
+        await page.screenshot(path=str(SCREENSHOTS / "overview.png"), full_page=True)
         await page.goto(f"{url}#/workers")
         await expect(page.locator("#workers-table")).to_contain_text("w1")
         await _dead_letters_and_worker(page, url)
@@ -241,7 +242,8 @@ async def test_dashboard_asks_for_the_token_once_and_sends_it(
         await page.goto(f"{client.base_url}/#/jobs")
         await expect(page.locator("#jobs-table")).to_contain_text("no jobs match")
         await expect(page.locator("#live")).to_have_class(re.compile(r"\bok\b"))
-        await page.goto(f"{client.base_url}/#/")  # a new load: the token is kept for the tab
+        await page.goto(f"{client.base_url}/#/")
+        await page.reload()  # a new load: the token is kept for the tab, not asked again
         await expect(page.locator("#jobs-table")).to_be_visible()
         assert len(prompts) == 1 and "token" in prompts[0]
         assert await page.evaluate("sessionStorage.getItem('jobstream.token')") == TOKEN
