@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -24,6 +25,8 @@ from jobstream.services.api import create_app
 from jobstream.services.stack import free_port
 from tests._serving import serving
 from tests.faults._harness import REPO_ROOT, Processes, submit
+from tests.integration.crawl_log import DOMAINS, crawl_log
+from tests.integration.test_api_live import project_all
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
@@ -248,3 +251,27 @@ async def test_dashboard_asks_for_the_token_once_and_sends_it(
         assert len(prompts) == 1 and "token" in prompts[0]
         assert await page.evaluate("sessionStorage.getItem('jobstream.token')") == TOKEN
         await page.close()  # its live stream, which the server would wait for
+
+
+async def test_a_crawls_page_shows_its_statistics(
+    bus: Bus, nats_url: str, database_url: str, browser: Browser
+) -> None:
+    """A crawl's log (written by hand, projected), then its job page: the crawl's figures."""
+    log = crawl_log("crawl-ui", datetime.now(UTC) - timedelta(minutes=5))
+    for event in log.events:
+        await bus.publish_event(event)
+    await project_all(bus, database_url)
+    app = create_app(database_url=database_url, nats_urls=[nats_url])
+    async with serving(app) as client:
+        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+        errors: list[str] = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        await page.goto(f"{client.base_url}/#/job/crawl-ui")
+        crawl = page.locator("#crawl-section")
+        await expect(crawl).to_be_visible(timeout=UI_TIMEOUT_MS)
+        for shown in ("cache hit ratio", "per pass", "per domain", "broken links", DOMAINS[0]):
+            await expect(crawl).to_contain_text(shown)
+        await expect(page.locator("#dead-table")).to_contain_text("jobstream dlq retry")
+        await crawl.screenshot(path=str(SCREENSHOTS / "crawl.png"))
+        assert errors == []
+        await page.close()
