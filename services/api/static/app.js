@@ -412,7 +412,11 @@ const JOB_HEADERS = ["job", "name", "queue", "status", "progress", "ok / running
 
 // Pages through a cursor listing: `load(cursor)` gives {rows, next_cursor}.
 class Pager {
-  constructor(onChange) { this.cursors = [null]; this.next = null; this.onChange = onChange; }
+  constructor(onChange) {
+    this.cursors = [null];
+    this.next = null;
+    this.onChange = () => Promise.resolve().then(onChange).catch(setBanner);
+  }
   get cursor() { return this.cursors[this.cursors.length - 1]; }
   reset() { this.cursors = [null]; this.next = null; }
   controls(shown) {
@@ -636,7 +640,7 @@ function jobView(jobId, params) {
     { id: "job-tasks" }, el("div", { id: "tasks-list", class: "scroll" }), el("div", { id: "tasks-pager" })),
     section(["Dead letters", el("span", { class: "count" }, "retry with the CLI")], { id: "job-dead" }, el("div", { id: "dead-list" })),
     section(["Timeline", el("span", { class: "count" }, "the job's events, from the log")], { id: "job-timeline" },
-      el("div", { id: "timeline", class: "scroll" }), el("div", { class: "pager" }, el("button", { type: "button", id: "timeline-more", onclick: () => loadTimeline() }, "load more"))),
+      el("div", { id: "timeline", class: "scroll" }), el("div", { class: "pager" }, el("button", { type: "button", id: "timeline-more", onclick: () => loadTimeline().catch(setBanner) }, "load more"))),
     el("section", { id: "crawl-section", style: "display:none" }, el("h2", {}, "Crawl"), el("div", { id: "crawl" })));
 
   async function loadTasks() {
