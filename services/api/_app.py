@@ -53,10 +53,12 @@ from jobstream.services.api._liveness import (
 from jobstream.services.api._params import (
     READS,
     JobIdPath,
+    LabelQuery,
     OptionalDayQuery,
     OptionalJobIdQuery,
     OptionalQueueQuery,
     TaskIdPath,
+    parse_label_query,
 )
 
 DEFAULT_SCHEMA = "jobstream"
@@ -491,14 +493,13 @@ async def jobs_page(
     queue: str | None = None,
     limit: int = DEFAULT_PAGE_SIZE,
     after: JobCursor | None = None,
+    labels: dict[str, str] | None = None,
     name: str | None = None,
-    label: str | None = None,
 ) -> JobPage:
     """A page of jobs, newest first, with their task counts (and the tasks in flight of
     `live`), on the caller's connection (search_path: the read-model schema; jsonb decoded
-    as the API's pool does it: `init_connection`). `name`: a part of the name, any case;
-    `label`: a label's key, or `key=value`."""
-    label_key, _, label_value = (label or "").partition("=")
+    as the API's pool does it: `init_connection`). `labels`: jobs with all of them; `name`:
+    a part of the name, any case."""
     rows = await conn.fetch(
         _SQL["list_jobs"],
         status,
@@ -507,9 +508,8 @@ async def jobs_page(
         after.job_id if after else None,
         limit + 1,
         list(live.tasks_by_job),
+        labels or None,
         None if name is None else f"%{_like_escaped(name)}%",
-        label_key if label is not None else None,
-        label_value if label is not None and "=" in label else None,
     )
     page = rows[:limit]
     counts = await _task_counts(conn, [row["job_id"] for row in page], live)
@@ -592,14 +592,6 @@ NameSearch = Annotated[
     str | None,
     Query(min_length=1, max_length=MAX_SEARCH_LENGTH, description="a part of the name, any case"),
 ]
-LabelSearch = Annotated[
-    str | None,
-    Query(
-        min_length=1,
-        max_length=MAX_SEARCH_LENGTH,
-        description="jobs with this label: `key`, or `key=value`",
-    ),
-]
 
 
 @router.get("/healthz")
@@ -616,14 +608,21 @@ async def list_jobs(
     queue: OptionalQueueQuery = None,
     limit: Limit = DEFAULT_PAGE_SIZE,
     cursor: Cursor = None,
+    label: LabelQuery = None,
     name: NameSearch = None,
-    label: LabelSearch = None,
 ) -> JobPage:
-    """Jobs, newest first, with their task counts; `name` and `label` narrow the list."""
+    """Jobs, newest first, with their task counts; `label` and `name` narrow the list."""
     after = decode_cursor(cursor, JobCursor)
     async with read_models.connection() as conn:
         return await jobs_page(
-            conn, live, status=status, queue=queue, limit=limit, after=after, name=name, label=label
+            conn,
+            live,
+            status=status,
+            queue=queue,
+            labels=parse_label_query(label),
+            name=name,
+            limit=limit,
+            after=after,
         )
 
 

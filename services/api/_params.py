@@ -6,7 +6,7 @@ from datetime import date
 from typing import Annotated, Any
 
 from fastapi import Path, Query
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, StringConstraints
 
 from jobstream.events import MAX_LENGTH, NAME_CHARSET, NAME_PATTERN, NameKind
 from jobstream.services.api._errors import ErrorBody
@@ -42,6 +42,25 @@ OptionalDayQuery = Annotated[
     BeforeValidator(_iso_day),
     Query(description="UTC day the task finished, YYYY-MM-DD"),
 ]
+
+
+# Labels a job filter may ask for at once, and the length of one KEY=VALUE.
+MAX_LABELS = 16
+MAX_LABEL_LENGTH = 256
+
+LabelQuery = Annotated[
+    list[Annotated[str, StringConstraints(max_length=MAX_LABEL_LENGTH, pattern=r"^[^=]+=")]] | None,
+    Query(
+        max_length=MAX_LABELS,
+        description="KEY=VALUE: only jobs with this label (repeat: jobs with all of them)",
+    ),
+]
+
+
+def parse_label_query(pairs: list[str] | None) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    return dict(pair.partition("=")[::2] for pair in pairs)
 
 
 # Every 503 says when to try again.

@@ -8,8 +8,8 @@
 -- name: list_jobs
 -- $1 status, $2 queue (NULL: any), $3/$4 the last (submitted_at, job_id) seen (NULL: first page),
 -- $5 rows to fetch, $6 the jobs with tasks in flight (a queued one among them shows as
--- running, so the filter says so too), $7 a part of the name (a LIKE pattern, escaped by the
--- caller; NULL: any), $8/$9 a label key and its value (NULL: any). Newest first.
+-- running, so the filter says so too), $7 labels the job must all have (NULL: any), $8 a part
+-- of the name (a LIKE pattern, escaped by the caller; NULL: any). Newest first.
 SELECT job_id, name, queue, status, priority, total_tasks, max_attempts, timeout_s,
        idempotency_key, submitted_by, labels, submitted_at, started_at, finished_at, duration_s,
        error
@@ -21,9 +21,8 @@ WHERE ($1::text IS NULL
        OR ($1::text NOT IN ('running', 'queued') AND status = $1::text))
   AND ($2::text IS NULL OR queue = $2::text)
   AND ($3::timestamptz IS NULL OR (submitted_at, job_id) < ($3::timestamptz, $4::text))
-  AND ($7::text IS NULL OR name ILIKE $7::text)
-  AND ($8::text IS NULL OR labels ? $8::text)
-  AND ($9::text IS NULL OR labels ->> $8::text = $9::text)
+  AND ($7::jsonb IS NULL OR labels @> $7::jsonb)
+  AND ($8::text IS NULL OR name ILIKE $8::text)
 ORDER BY submitted_at DESC, job_id DESC
 LIMIT $5::integer;
 

@@ -267,7 +267,15 @@ async def test_a_crawls_page_shows_its_statistics(
         page = await browser.new_page(viewport={"width": 1400, "height": 1000})
         errors: list[str] = []
         page.on("pageerror", lambda error: errors.append(str(error)))
-        await page.goto(f"{client.base_url}/#/job/crawl-ui")
+        # Found by its labels (and not by another label's value).
+        await page.goto(f"{client.base_url}/#/jobs")
+        await page.fill("#job-search", "label:crawl=example label:pass=2")
+        await page.press("#job-search", "Enter")
+        await expect(page.locator("#jobs-table")).to_contain_text("no jobs match")
+        await page.fill("#job-search", "label:crawl=example label:pass=1 status:running")
+        await page.press("#job-search", "Enter")
+        await expect(page.locator("#jobs-filter")).to_contain_text("label:pass=1")
+        await page.click("#jobs-table >> text=crawl-ui")
         crawl = page.locator("#crawl-section")
         await expect(crawl).to_be_visible(timeout=UI_TIMEOUT_MS)
         for shown in ("cache hit ratio", "per pass", "per domain", "broken links", DOMAINS[0]):

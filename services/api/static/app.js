@@ -558,47 +558,56 @@ function overviewView() {
   };
 }
 
+// `status:failed queue:web label:team=ops nightly` → the /jobs query (labels repeat; a bare
+// word is a part of the name, `id:` a job id).
 function parseSearch(text) {
-  // `status:failed queue:web label:team=ops nightly` → filters; a bare word is a part of the name.
-  const filters = {};
+  const query = new URLSearchParams();
   const words = [];
   for (const token of text.trim().split(/\s+/).filter(Boolean)) {
     const match = /^(status|queue|label|name|id):(.+)$/.exec(token);
-    if (match) filters[match[1]] = match[2]; else words.push(token);
+    if (!match) words.push(token);
+    else if (match[1] === "label") query.append("label", match[2]);
+    else query.set(match[1], match[2]);
   }
-  if (words.length) filters.name = words.join(" ");
-  return filters;
+  if (words.length) query.set("name", words.join(" "));
+  return query;
+}
+
+function searchText(query) {
+  const parts = [];
+  for (const [key, value] of query) if (key !== "name") parts.push(`${key}:${value}`);
+  if (query.get("name")) parts.push(query.get("name"));
+  return parts.join(" ");
 }
 
 function jobsView(params) {
-  const filters = Object.fromEntries(params);
+  const filters = new URLSearchParams([...params].filter(([key]) => ["status", "queue", "label", "name"].includes(key)));
   const pager = new Pager(() => state.refresh());
-  const searchText = Object.entries(filters).filter(([k]) => k !== "name").map(([k, v]) => `${k}:${v}`)
-    .concat(filters.name ? [filters.name] : []).join(" ");
-  const input = el("input", { type: "search", id: "job-search", value: searchText,
-    placeholder: "job id, name, status:failed queue:q label:k=v" });
+  const shown = searchText(filters);
+  const input = el("input", { type: "search", id: "job-search", value: shown,
+    placeholder: "job id, name, status:failed queue:q label:key=value" });
   const form = el("form", { class: "tools", onsubmit: async (event) => {
     event.preventDefault();
     const wanted = parseSearch(input.value);
-    if (wanted.id || (Object.keys(wanted).length === 1 && wanted.name && !wanted.name.includes(" "))) {
+    const keys = [...wanted.keys()];
+    const id = wanted.get("id") || (keys.length === 1 && keys[0] === "name" && !wanted.get("name").includes(" ") ? wanted.get("name") : null);
+    if (id) {
       // Perhaps a job id: open the job if there is one.
-      const id = wanted.id || wanted.name;
-      const response = await request(`jobs/${q(id)}`);
-      if (response.ok) { location.hash = `#/job/${q(id)}`; return; }
-      delete wanted.id;
+      const response = await request(`jobs/${q(id)}`).catch(() => null);
+      if (response && response.ok) { location.hash = `#/job/${q(id)}`; return; }
+      wanted.delete("id");
     }
-    location.hash = `#/jobs?${new URLSearchParams(wanted)}`;
-  } }, input, el("button", { type: "submit" }, "search"),
-  el("a", { href: "#/jobs" }, "clear"));
+    location.hash = `#/jobs?${wanted}`;
+  } }, input, el("button", { type: "submit" }, "search"), el("a", { href: "#/jobs" }, "clear"));
   view().replaceChildren(
     el("section", {}, el("div", { id: "counts" })),
-    section(["Jobs", el("span", { class: "count", id: "jobs-filter" }, Object.keys(filters).length ? `filtered: ${searchText}` : "all, newest first"), form], {},
+    section(["Jobs", el("span", { class: "count", id: "jobs-filter" }, shown ? `filtered: ${shown}` : "all, newest first"), form], {},
       el("div", { id: "jobs-list" })));
   const state = {
     name: "jobs",
     async refresh() {
-      const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
-      for (const key of ["status", "queue", "name", "label"]) if (filters[key]) query.set(key, filters[key]);
+      const query = new URLSearchParams(filters);
+      query.set("limit", String(PAGE_SIZE));
       if (pager.cursor) query.set("cursor", pager.cursor);
       const page = await getJson(`jobs?${query}`);
       pager.next = page.next_cursor;
@@ -607,12 +616,12 @@ function jobsView(params) {
     },
     async aggregate() {
       const counts = await jobCounts();
-      const hrefOf = (s) => {
+      const hrefOf = (status) => {
         const next = new URLSearchParams(filters);
-        if (filters.status === s) next.delete("status"); else next.set("status", s);
+        if (filters.get("status") === status) next.delete("status"); else next.set("status", status);
         return `#/jobs?${next}`;
       };
-      document.getElementById("counts").replaceChildren(countTiles(counts, filters.status, hrefOf));
+      document.getElementById("counts").replaceChildren(countTiles(counts, filters.get("status"), hrefOf));
     },
     stream: "events/stream",
   };
