@@ -12,7 +12,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = ("events", "services", "projections", "cli")
-DATA_SUFFIXES = (".py", ".sql", ".html", ".js", ".css", ".svg", ".txt")
+DATA_SUFFIXES = (".py", ".sql", ".html", ".js", ".css", ".svg")
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +88,11 @@ def test_the_unpacked_wheel_runs(wheel: Path, tmp_path: Path) -> None:
     where, counts = shown.stdout.splitlines()
     assert where == str(tmp_path / "site" / "jobstream" / "__init__.py")
     assert counts.split()[1] == "True" and int(counts.split()[0]) > 0
+
+
+def test_the_wheel_carries_the_dashboard_with_its_vendored_licence(wheel: Path) -> None:
+    inside = set(zipfile.ZipFile(wheel).namelist())
+    static = "jobstream/services/api/static/"
+    for name in ("index.html", "app.js", "app.css", "vendor/uPlot.iife.min.js"):
+        assert static + name in inside, name
+    assert {static + "vendor/uPlot.LICENSE.txt", static + "vendor/README.txt"} <= inside
