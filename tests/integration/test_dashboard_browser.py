@@ -117,12 +117,12 @@ async def _job_and_task(page: Page, job_id: str) -> None:
     await expect(page.locator("#job-rate")).to_contain_text("/s")
     await expect(page.locator("#job-eta")).not_to_have_text("—")
     await expect(page.locator("#tasks-table tbody tr")).to_have_count(50)
-    await page.click(".next-page")  # the second page of tasks, by the API's cursor
-    await expect(page.locator("#tasks-table tbody tr").first.locator("td").first).to_have_text("50")
     timeline = page.locator("#timeline-table")
     await expect(timeline).to_contain_text("job.submitted")
     await expect(timeline).to_contain_text("task.succeeded")
     await page.screenshot(path=str(SCREENSHOTS / "job.png"), full_page=True)
+    await page.click(".next-page")  # the second page of tasks, by the API's cursor
+    await expect(page.locator("#tasks-table tbody tr").first.locator("td").first).to_have_text("50")
 
     await page.select_option("#task-state", "succeeded")
     await expect(page.locator("#tasks-table tbody tr").first).to_contain_text("succeeded")
