@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime, time, timedelta
 from importlib import resources
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, JsonValue
 
 from jobstream.events import NO_SECURITY, JobstreamError, NatsSecurity, load_queries
@@ -517,10 +519,12 @@ async def jobs_page(
     until: datetime | None = None,
     limit: int = DEFAULT_PAGE_SIZE,
     after: JobCursor | None = None,
+    name: str | None = None,
 ) -> JobPage:
     """A page of jobs, newest first, with their task counts (and the tasks in flight of
     `live`), on the caller's connection (search_path: the read-model schema; jsonb decoded
-    as the API's pool does it: `init_connection`)."""
+    as the API's pool does it: `init_connection`). `labels`: jobs with all of them; `name`:
+    a part of the name, any case."""
     rows = await conn.fetch(
         _SQL["list_jobs"],
         status,
@@ -532,6 +536,7 @@ async def jobs_page(
         labels or None,
         since,
         until,
+        None if name is None else f"%{_like_escaped(name)}%",
     )
     page = rows[:limit]
     counts = await _task_counts(conn, [row["job_id"] for row in page], live)
@@ -540,6 +545,10 @@ async def jobs_page(
         last = page[-1]
         next_cursor = encode_cursor(JobCursor(last["submitted_at"], last["job_id"]))
     return JobPage(jobs=[_job(row, counts[row["job_id"]]) for row in page], next_cursor=next_cursor)
+
+
+def _like_escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 async def tasks_page(
@@ -609,6 +618,11 @@ Limit = Annotated[
 Cursor = Annotated[
     str | None, Query(min_length=1, description="the next_cursor of the previous page")
 ]
+MAX_SEARCH_LENGTH = 200
+NameSearch = Annotated[
+    str | None,
+    Query(min_length=1, max_length=MAX_SEARCH_LENGTH, description="a part of the name, any case"),
+]
 
 
 @router.get("/healthz")
@@ -628,8 +642,9 @@ async def list_jobs(
     until: UntilQuery = None,
     limit: Limit = DEFAULT_PAGE_SIZE,
     cursor: Cursor = None,
+    name: NameSearch = None,
 ) -> JobPage:
-    """Jobs, newest first, with their task counts."""
+    """Jobs, newest first, with their task counts; `label` and `name` narrow the list."""
     after = decode_cursor(cursor, JobCursor)
     async with read_models.connection() as conn:
         return await jobs_page(
@@ -640,6 +655,7 @@ async def list_jobs(
             labels=parse_label_query(label),
             since=since,
             until=until,
+            name=name,
             limit=limit,
             after=after,
         )
@@ -770,10 +786,12 @@ async def _on_missing(request: Request, exc: Exception) -> JSONResponse:
 # --- the factory ------------------------------------------------------------
 
 
+def _static_dir() -> Path:
+    return Path(str(resources.files("jobstream.services.api") / "static"))
+
+
 def _dashboard_html(title: str) -> str:
-    template = (resources.files("jobstream.services.api") / "static" / "index.html").read_text(
-        "utf-8"
-    )
+    template = (_static_dir() / "index.html").read_text("utf-8")
     return template.replace("{{title}}", html.escape(title))
 
 
@@ -854,4 +872,7 @@ def create_app(
     app.add_exception_handler(BadQueryValueError, _on_bad_value)
     app.add_exception_handler(DatabaseUnavailableError, _on_unavailable)
     app.add_exception_handler(ReadModelsMissingError, _on_missing)
+    # The dashboard's scripts, styles and vendored chart library (static/vendor/): public,
+    # like the page, which asks for the API's token itself.
+    app.mount("/static", StaticFiles(directory=str(_static_dir())), name="static")
     return app

@@ -14,6 +14,7 @@ import nats.js.errors
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 from pydantic import BaseModel, JsonValue
 
@@ -409,6 +410,102 @@ class EventStreamResponse(StreamingResponse):
     media_type = "text/event-stream"
 
 
+class _Viewer:
+    """One client of the live stream: its frames to send, and the job it follows (None: all)."""
+
+    def __init__(self, job_id: str | None) -> None:
+        self.queue: asyncio.Queue[bytes] = asyncio.Queue(SSE_QUEUE_SIZE)
+        self.job_id = job_id
+        self.dropped = 0
+
+    def wants(self, subject: str) -> bool:
+        if self.job_id is None:
+            return True
+        tokens = subject.split(".")
+        return len(tokens) >= 3 and tokens[1] in ("job", "task") and tokens[2] == self.job_id
+
+
+class EventFanout:
+    """One NATS subscription on every event subject, shared by all viewers of the live stream:
+    each message is framed once and copied to the queue of each viewer that wants it (a full
+    queue drops the frame for that viewer only). Subscribed while anyone watches, and again
+    on a new connection after the old one closed."""
+
+    def __init__(self, live_log: LiveLog) -> None:
+        self._live_log = live_log
+        self._viewers: set[_Viewer] = set()
+        self._subscription: Subscription | None = None
+        self._bus: Bus | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def viewers(self) -> int:
+        return len(self._viewers)
+
+    @property
+    def subscriptions(self) -> int:
+        """NATS subscriptions held: 1 while anyone watches, else 0."""
+        return 0 if self._subscription is None else 1
+
+    async def join(self, job_id: str | None) -> _Viewer:
+        viewer = _Viewer(job_id)
+        self._viewers.add(viewer)
+        try:
+            await self.ensure_subscribed(self._live_log.require())
+        except BaseException:
+            self._viewers.discard(viewer)
+            raise
+        return viewer
+
+    async def ensure_subscribed(self, bus: Bus) -> None:
+        """Subscribe on `bus` unless already subscribed there; flushed, so the server has the
+        subscription when this returns."""
+        async with self._lock:
+            if self._subscription is not None and self._bus is bus:
+                return
+            await self._unsubscribe()
+            self._subscription = await bus.nc.subscribe(EVENT_SUBJECTS, cb=self._deliver)
+            self._bus = bus
+            await bus.nc.flush(timeout=int(NATS_CHECK_TIMEOUT_S))
+
+    async def leave(self, viewer: _Viewer) -> None:
+        self._viewers.discard(viewer)
+        if not self._viewers:
+            async with self._lock:
+                if not self._viewers:
+                    await self._unsubscribe()
+
+    async def refresh(self) -> None:
+        """Resubscribe if the connection was replaced (called on each keep-alive)."""
+        bus = self._live_log.connected()
+        if bus is not None and bus is not self._bus and self._viewers:
+            await self.ensure_subscribed(bus)
+
+    async def _unsubscribe(self) -> None:
+        subscription, self._subscription, self._bus = self._subscription, None, None
+        if subscription is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await subscription.unsubscribe()
+
+    async def _deliver(self, msg: Msg) -> None:
+        frame: bytes | None = None
+        for viewer in self._viewers:
+            if not viewer.wants(msg.subject):
+                continue
+            frame = frame or _sse(msg)
+            try:
+                viewer.queue.put_nowait(frame)
+            except asyncio.QueueFull:
+                viewer.dropped += 1
+
+
+def _fanout(request: Request) -> EventFanout:
+    fanout: EventFanout | None = getattr(request.app.state, "event_fanout", None)
+    if fanout is None:
+        fanout = request.app.state.event_fanout = EventFanout(_live(request))
+    return fanout
+
+
 @live_router.get(
     "/events/stream",
     response_class=EventStreamResponse,
@@ -423,35 +520,28 @@ class EventStreamResponse(StreamingResponse):
 )
 async def event_stream(request: Request, job_id: OptionalJobIdQuery = None) -> EventStreamResponse:
     """Live events as server-sent events (`event: <type>`, `data: <json>`), optionally one
-    job's only. Live only: use `/jobs/{id}/events` or a JetStream consumer for history."""
-    bus = _live(request).require()
-    subjects = [EVENT_SUBJECTS]
-    if job_id is not None:
-        subjects = [job_subject(job_id), job_task_events_subject(job_id)]
-    queue: asyncio.Queue[Msg] = asyncio.Queue(SSE_QUEUE_SIZE)
-
-    async def enqueue(msg: Msg) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
-            queue.put_nowait(msg)
-
-    subscriptions = [await bus.nc.subscribe(subject, cb=enqueue) for subject in subjects]
-    # The server has the subscriptions before the client reads ": connected".
-    await bus.nc.flush(timeout=int(NATS_CHECK_TIMEOUT_S))
+    job's only. Live only: use `/jobs/{id}/events` or a JetStream consumer for history. One
+    NATS subscription serves every viewer; a viewer too slow to keep up loses events (a
+    `: dropped N` comment says how many)."""
+    fanout = _fanout(request)
+    viewer = await fanout.join(job_id)
 
     async def body() -> AsyncIterator[bytes]:
         try:
             yield b": connected\n\n"
             while not await request.is_disconnected():
                 try:
-                    msg = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE_S)
+                    frame = await asyncio.wait_for(viewer.queue.get(), SSE_KEEPALIVE_S)
                 except TimeoutError:
+                    await fanout.refresh()
                     yield b": keep-alive\n\n"
                     continue
-                yield _sse(msg)
+                if viewer.dropped:
+                    yield f": dropped {viewer.dropped}\n\n".encode()
+                    viewer.dropped = 0
+                yield frame
         finally:
-            for subscription in subscriptions:
-                with contextlib.suppress(nats.errors.Error):
-                    await subscription.unsubscribe()
+            await fanout.leave(viewer)
 
     return EventStreamResponse(body())
 

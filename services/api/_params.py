@@ -64,8 +64,21 @@ def parse_label_query(pairs: list[str] | None) -> dict[str, str] | None:
     return dict(pair.partition("=")[::2] for pair in pairs)
 
 
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def _rfc3339(value: object) -> object:
+    # Pydantic alone also reads "0.5" (a Unix time) and times without an offset.
+    if isinstance(value, str) and not _RFC3339.fullmatch(value):
+        raise ValueError("must be a time as RFC 3339, e.g. 2026-12-02T10:00:00Z")
+    return value
+
+
 def _utc_moment(value: datetime) -> datetime:
-    # A time without an offset is UTC; one that leaves the calendar in UTC is refused.
+    # One that leaves the calendar in UTC is refused.
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     try:
@@ -76,13 +89,15 @@ def _utc_moment(value: datetime) -> datetime:
 
 SinceQuery = Annotated[
     datetime | None,
+    BeforeValidator(_rfc3339),
     AfterValidator(lambda value: value and _utc_moment(value)),
-    Query(description="only jobs submitted at or after this time (RFC 3339; UTC if no offset)"),
+    Query(description="only jobs submitted at or after this time (RFC 3339)"),
 ]
 UntilQuery = Annotated[
     datetime | None,
+    BeforeValidator(_rfc3339),
     AfterValidator(lambda value: value and _utc_moment(value)),
-    Query(description="only jobs submitted before this time (RFC 3339; UTC if no offset)"),
+    Query(description="only jobs submitted before this time (RFC 3339)"),
 ]
 
 

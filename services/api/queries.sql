@@ -9,7 +9,8 @@
 -- $1 status, $2 queue (NULL: any), $3/$4 the last (submitted_at, job_id) seen (NULL: first page),
 -- $5 rows to fetch, $6 the jobs with tasks in flight (a queued one among them shows as
 -- running, so the filter says so too), $7 labels the job must all have (NULL: any), $8/$9
--- submitted at or after / before (NULL: open). Newest first.
+-- submitted at or after / before (NULL: open), $10 a part of the name (a LIKE pattern,
+-- escaped by the caller; NULL: any). Newest first.
 SELECT job_id, name, queue, status, priority, total_tasks, max_attempts, timeout_s,
        idempotency_key, submitted_by, labels, submitted_at, started_at, finished_at, duration_s,
        error
@@ -24,6 +25,7 @@ WHERE ($1::text IS NULL
   AND ($7::jsonb IS NULL OR labels @> $7::jsonb)
   AND ($8::timestamptz IS NULL OR submitted_at >= $8::timestamptz)
   AND ($9::timestamptz IS NULL OR submitted_at < $9::timestamptz)
+  AND ($10::text IS NULL OR name ILIKE $10::text)
 ORDER BY submitted_at DESC, job_id DESC
 LIMIT $5::integer;
 

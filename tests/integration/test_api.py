@@ -129,8 +129,16 @@ async def test_healthz_and_dashboard(client: httpx.AsyncClient) -> None:
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
     assert "<title>jobstream</title>" in page.text
-    assert "fetch(" in page.text and "workers" in page.text
     assert "http://" not in page.text and "https://" not in page.text  # no CDN
+    # Its scripts and styles are served by the app itself.
+    for asset in ("static/app.js", "static/app.css", "static/vendor/uPlot.iife.min.js"):
+        assert asset in page.text
+        served = await client.get(f"/{asset}")
+        assert served.status_code == 200, asset
+        assert "//cdn" not in served.text
+    assert "fetch(" in (await client.get("/static/app.js")).text
+    licence = await client.get("/static/vendor/uPlot.LICENSE.txt")
+    assert licence.status_code == 200 and "MIT License" in licence.text
 
 
 async def test_dashboard_title_is_escaped(database_url: str) -> None:
@@ -207,6 +215,29 @@ async def test_jobs_filters(client: httpx.AsyncClient, db: asyncpg.Connection) -
     assert [job["job_id"] for job in both["jobs"]] == ["a"]
     assert [job["job_id"] for job in submitting["jobs"]] == ["d"]
     assert none["jobs"] == []
+
+
+async def test_jobs_search_by_name_and_labels(
+    client: httpx.AsyncClient, db: asyncpg.Connection
+) -> None:
+    await insert_job(db, "nightly_a", labels={"team": "ops", "crawl": "example.com"})
+    await insert_job(db, "nightlyxb", labels={"team": "web"})
+    await insert_job(db, "other", labels={})
+
+    def ids(body: JsonObject) -> list[str]:
+        return sorted(job["job_id"] for job in body["jobs"])
+
+    assert ids(await get_ok(client, "/jobs", name="NIGHTLY")) == ["nightly_a", "nightlyxb"]
+    # `_` and `%` are matched as themselves, not as LIKE wildcards.
+    assert ids(await get_ok(client, "/jobs", name="y_a")) == ["nightly_a"]
+    assert ids(await get_ok(client, "/jobs", name="%")) == []
+    assert ids(await get_ok(client, "/jobs", label="team=web")) == ["nightlyxb"]
+    both = await client.get("/jobs", params={"label": ["team=ops", "crawl=example.com"]})
+    assert ids(both.json()) == ["nightly_a"]
+    assert ids(await get_ok(client, "/jobs", label="team=ops", name="xb")) == []
+    assert ids(await get_ok(client, "/jobs", label="team=")) == []
+    for bad in ({"name": "x" * 201}, {"label": "team"}, {"name": ""}):
+        assert (await client.get("/jobs", params=bad)).status_code == 422, bad
 
 
 async def test_jobs_pagination_has_no_gaps_or_duplicates(

@@ -80,7 +80,9 @@ async def test_oversized_ids_and_filters_answer_4xx_and_harm_nothing(
         _assert_error(
             await _timed_get(client, "/jobs", until="9999-12-31T23:59:59-23:00"), 422, "until"
         )
-        labelled = await _timed_get(client, "/jobs", label="team=a", since="2000-01-01T00:00:00")
+        _assert_error(await _timed_get(client, "/jobs", since="0.5"), 422, "since")
+        _assert_error(await _timed_get(client, "/jobs", since="2000-01-01T00:00:00"), 422, "since")
+        labelled = await _timed_get(client, "/jobs", label="team=a", since="2000-01-01T00:00:00Z")
         assert [j["job_id"] for j in labelled.json()["jobs"]] == [job.job_id]
         assert (await _timed_get(client, "/jobs", label="team=b")).json()["jobs"] == []
         later = await _timed_get(client, "/jobs", since="2999-01-01T00:00:00Z")

@@ -1,6 +1,7 @@
 """The API endpoints that read the event log: history, readiness, metrics, live stream."""
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 
@@ -100,3 +101,43 @@ async def test_live_event_stream(bus: Bus, api_url: str) -> None:
     assert received[1].startswith("id: ")
     data = json.loads(received[2].removeprefix("data: "))
     assert data["job_id"] == job.job_id
+
+
+async def test_one_subscription_fans_out_to_every_viewer(
+    bus: Bus, nats_url: str, database_url: str
+) -> None:
+    app = create_app(database_url=database_url, nats_urls=[nats_url])
+    first, second = (JobSubmitted(job_id=new_id(), tasks=[TaskSpec(kind="noop")]) for _ in "ab")
+
+    async def job_ids(lines: AsyncIterator[str], count: int) -> list[str]:
+        """The job ids of the next `count` events of a stream."""
+        found: list[str] = []
+        while len(found) < count:
+            line = await asyncio.wait_for(anext(lines), 5)
+            if line.startswith("data: "):
+                found.append(json.loads(line.removeprefix("data: "))["job_id"])
+        return found
+
+    async with serving(app) as client, contextlib.AsyncExitStack() as streams:
+        opened: list[AsyncIterator[str]] = []
+        for params in ({}, {"job_id": first.job_id}, {"job_id": second.job_id}):
+            response = await streams.enter_async_context(
+                client.stream("GET", "/events/stream", params=params)
+            )
+            lines = response.aiter_lines()
+            assert await anext(lines) == ": connected"
+            opened.append(lines)
+        fanout = app.state.event_fanout
+        assert (fanout.viewers, fanout.subscriptions) == (3, 1)
+        await bus.publish_event(first)
+        await bus.publish_event(second)
+        everything, only_first, only_second = opened
+        assert await job_ids(everything, 2) == [first.job_id, second.job_id]
+        assert await job_ids(only_first, 1) == [first.job_id]
+        assert await job_ids(only_second, 1) == [second.job_id]
+        await streams.aclose()
+        for _ in range(100):
+            if fanout.viewers == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert (fanout.viewers, fanout.subscriptions) == (0, 0)

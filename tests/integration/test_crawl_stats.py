@@ -138,7 +138,7 @@ async def test_api_reports_a_crawl_and_the_replay_gives_the_same_rows(
             assert response.status_code == 422, bad
             assert response.json()["detail"]
         assert (await client.get("/jobs/crawl-2/crawl", params={"urls": -1})).status_code == 422
-        dashboard = (await client.get("/")).text
+        dashboard = (await client.get("/static/app.js")).text  # the dashboard's script
         assert "/crawl`" in dashboard and "crawlPanel" in dashboard
         schema = (await client.get("/openapi.json")).json()
         assert "CrawlReport" in schema["components"]["schemas"]

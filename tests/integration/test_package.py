@@ -65,6 +65,14 @@ def test_the_wheel_holds_every_source_and_data_file(wheel: Path) -> None:
     assert expected - inside == set()
 
 
+def test_the_wheel_carries_the_dashboard_with_its_vendored_licence(wheel: Path) -> None:
+    inside = set(zipfile.ZipFile(wheel).namelist())
+    static = "jobstream/services/api/static/"
+    for name in ("index.html", "app.js", "app.css", "vendor/uPlot.iife.min.js"):
+        assert static + name in inside, name
+    assert {static + "vendor/uPlot.LICENSE.txt", static + "vendor/README.txt"} <= inside
+
+
 def test_the_unpacked_wheel_runs(wheel: Path, tmp_path: Path) -> None:
     """Imported from the unpacked wheel (ahead of the editable install on sys.path): the
     command starts, and the files it reads at run time are there."""
