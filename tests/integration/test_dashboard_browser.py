@@ -1,7 +1,8 @@
 """The dashboard in a real browser (Debian's headless Chromium, driven by Playwright) against a
 real stack: dispatcher, projector, a worker and the API as `jobstream` processes, while a job
 runs. It sees the counts and the chart change, drills into a job, a task and the timeline,
-finds dead letters with their retry command, and saves screenshots into docs/screenshots/.
+finds dead letters with their retry command, and saves screenshots (into docs/screenshots/
+with JOBSTREAM_UPDATE_SCREENSHOTS=1).
 
 Skipped only when no Chromium is installed (`.ci/run` installs Debian's `chromium`); the
 Playwright package drives that browser, and never downloads one of its own.
@@ -10,8 +11,10 @@ Playwright package drives that browser, and never downloads one of its own.
 import asyncio
 import inspect
 import json
+import os
 import re
 import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +32,13 @@ from tests.integration.crawl_log import DOMAINS, crawl_log
 from tests.integration.test_api_live import project_all
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
+# The README's screenshots are rewritten only when asked (JOBSTREAM_UPDATE_SCREENSHOTS=1), so a
+# test run leaves the working tree as it was; otherwise they go to a temporary folder.
+SCREENSHOTS = (
+    REPO_ROOT / "docs" / "screenshots"
+    if os.environ.get("JOBSTREAM_UPDATE_SCREENSHOTS") == "1"
+    else Path(tempfile.mkdtemp(prefix="jobstream-screenshots-"))
+)
 SLEEP_TASKS = 600
 SLEEP_S = 0.1
 CONCURRENCY = 4
