@@ -8,8 +8,6 @@ from typing import Annotated, TypeVar
 
 import msgspec
 
-from jobstream.services.api._errors import bad_query
-
 _AwareDatetime = Annotated[datetime, msgspec.Meta(tz=True)]
 _PgInteger = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
 _Sequence = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
@@ -57,5 +55,8 @@ def decode_cursor(cursor: str | None, kind: type[C]) -> C | None:
         raw = base64.b64decode(padded, altchars=b"-_", validate=True)
         return msgspec.json.decode(raw, type=kind)
     except (binascii.Error, ValueError, msgspec.DecodeError) as exc:
+        # Imported here: the CLI's read commands encode cursors without the web stack.
+        from jobstream.services.api._errors import bad_query
+
         message = "not a cursor of this listing; pass back the next_cursor it returned"
         raise bad_query("cursor", cursor, message) from exc

@@ -13,11 +13,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated
 
 import nats.errors
 import nats.js.errors
-from fastapi import Depends, Request
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from jobstream.events import (
@@ -211,11 +209,3 @@ async def read_liveness(bus: Bus) -> dict[str, Liveness]:
             if entry.value:
                 records[key] = decode_liveness(entry.value)
     return records
-
-
-def _live_work(request: Request) -> LiveWork:
-    watch: LivenessWatch = request.app.state.liveness
-    return watch.work()
-
-
-Live = Annotated[LiveWork, Depends(_live_work)]
