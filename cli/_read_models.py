@@ -55,7 +55,7 @@ class ReadModels:
 
     def read(self, read: Callable[["asyncpg.Connection", "LiveWork"], Awaitable[T]]) -> T:
         """`read` on a read-model connection, with the tasks in flight; a note on stderr if
-        those could not be read (the read model alone answers then)."""
+        those could not be read (the read model alone answered then)."""
         from jobstream.services.api import LiveWork, init_connection
 
         endpoints = resolve_endpoints(
@@ -73,7 +73,7 @@ class ReadModels:
                 return await read(conn, live or LiveWork()), note
 
         value, note = run(main())
-        if note:
+        if note and value is not None:  # a note qualifies an answer; "not found" needs none
             typer.echo(note, err=True)
         return value
 

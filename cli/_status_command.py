@@ -44,17 +44,19 @@ def status(
 
     async def read(
         conn: "asyncpg.Connection", live: "LiveWork"
-    ) -> tuple[dict[str, object] | None, list[dict[str, object]]]:
+    ) -> tuple[dict[str, object], list[dict[str, object]]] | None:
         summary = await job_summary(conn, job_id, live)
-        running = await running_tasks(conn, job_id, live, limit=STATUS_RUNNING_SHOWN)
-        return summary, running
+        if summary is None:
+            return None
+        return summary, await running_tasks(conn, job_id, live, limit=STATUS_RUNNING_SHOWN)
 
-    summary, running = read_models.read(read)
-    if summary is None:
+    found = read_models.read(read)
+    if found is None:
         typer.echo(
             f"error: job {quote(job_id)} not found (not submitted, or not projected yet)", err=True
         )
         raise typer.Exit(1)
+    summary, running = found
     if as_json:
         typer.echo(json.dumps({**summary, "running_tasks": running}))
         return
