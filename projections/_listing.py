@@ -6,7 +6,7 @@ reading the batch back from the log by its sequence, and marks it listed in the 
 transaction. So the events after a job of a million tasks (its first results among them)
 are projected at once while its task rows follow, and each batch is listed once whatever
 crashes. A task event that comes first makes its task's row; the listing then fills in the
-row's kind and args (`list_task_batch` in sql/projector.sql).
+row's kind and args (`_rules.ReadModel.list_batch`).
 """
 
 import asyncio
@@ -15,11 +15,12 @@ import logging
 
 import asyncpg
 
-from jobstream.events import Bus, JobTasksAdded, backoff_s, encode, sleep_unless_stopped
+from jobstream.events import Bus, JobTasksAdded, TaskSpec, backoff_s, sleep_unless_stopped
 from jobstream.projections._database import RETRY_CAP_S, RETRY_ERRORS, connection
 from jobstream.projections._migrate import DEFAULT_SCHEMA, quote_ident
 from jobstream.projections._queries import load_queries
-from jobstream.projections._task_rows import spec_rows
+from jobstream.projections._rows import Loaded, write
+from jobstream.projections._rules import ReadModel
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +80,29 @@ class TaskLister:
 
     async def _list(self, job_id: str, first_index: int, seq: int) -> None:
         event = await self.bus.event_at(seq)
-        specs: list[dict[str, object]] = []
+        specs: list[TaskSpec] = []
         if isinstance(event, JobTasksAdded) and (event.job_id, event.first_index) == (
             job_id,
             first_index,
         ):
-            specs = spec_rows(first_index, event.tasks)
+            specs = event.tasks
         else:  # the log no longer holds it (a retention limit): the batch stays without rows
             log.error("job %s: the batch at seq %d is gone from the log; no task rows", job_id, seq)
         async with connection(self.pool) as conn, conn.transaction():
             await conn.execute(self._search_path)
-            await conn.execute(
-                self._queries["list_task_batch"], job_id, first_index, seq, encode(specs).decode()
+            count = await conn.fetchval(self._queries["take_batch"], job_id, first_index, seq)
+            if count is None:  # listed already
+                return
+            # The rows task events made before the listing: the rules give them their index,
+            # kind and args (`ReadModel.list_batch`); the others are written as ranges.
+            model = ReadModel(list_batches=False)
+            loaded = Loaded(model)
+            end = first_index + sum(spec.count for spec in specs)
+            loaded.take_tasks(
+                await conn.fetch(self._queries["load_batch_tasks"], job_id, first_index, end)
             )
+            model.list_batch(job_id, first_index, specs, seq)
+            await write(conn, self._queries, loaded)
 
 
 async def _first_of(stop: asyncio.Event, wake: asyncio.Event, *, timeout_s: float) -> None:
