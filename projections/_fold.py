@@ -17,7 +17,7 @@ import asyncpg
 import msgspec
 
 from jobstream.projections._migrate import quote_ident
-from jobstream.projections._rules import COLUMNS, JSON_COLUMNS, ReadModel, Row
+from jobstream.projections._rules import COLUMNS, JSON_COLUMNS, ReadModel
 
 
 def _copy_value(value: Any) -> Any:
@@ -27,16 +27,15 @@ def _copy_value(value: Any) -> Any:
     return value
 
 
-def _in_columns(table: str, rows: Iterable[Row]) -> list[tuple[Any, ...]]:
+def _in_columns(table: str, rows: Iterable[msgspec.Struct]) -> list[tuple[Any, ...]]:
     """`rows` as tuples in `COLUMNS` order, jsonb values as text."""
-    columns = COLUMNS[table]
-    json_at = [i for i, column in enumerate(columns) if column in JSON_COLUMNS]
-    pick = operator.itemgetter(*columns)
+    json_at = [i for i, column in enumerate(COLUMNS[table]) if column in JSON_COLUMNS]
+    astuple = msgspec.structs.astuple
     if not json_at:
-        return [pick(row) for row in rows]
+        return [astuple(row) for row in rows]
     out: list[tuple[Any, ...]] = []
     for row in rows:
-        values = list(pick(row))
+        values = list(astuple(row))
         for i in json_at:
             values[i] = _copy_value(values[i])
         out.append(tuple(values))
@@ -46,16 +45,16 @@ def _in_columns(table: str, rows: Iterable[Row]) -> list[tuple[Any, ...]]:
 def table_rows(model: ReadModel) -> dict[str, list[tuple[Any, ...]]]:
     """Each table's rows as tuples in `COLUMNS` order."""
     attempts = (a for per_task in model.attempts.values() for a in per_task.values())
-    results = (dict(zip(COLUMNS["results"], row, strict=True)) for row in model.results.values())
+    crawl = operator.itemgetter(*COLUMNS["crawl_stats"])
     return {
         "jobs": _in_columns("jobs", model.jobs.values()),
         "tasks": _in_columns("tasks", model.expanded_tasks()),
         "task_attempts": _in_columns("task_attempts", attempts),
         "workers": _in_columns("workers", model.workers.values()),
-        "results": _in_columns("results", results),
+        "results": _in_columns("results", model.results.values()),
         "rejected_events": _in_columns("rejected_events", model.rejected.values()),
         "job_batches": _in_columns("job_batches", model.batches),
-        "crawl_stats": _in_columns("crawl_stats", model.crawl.table_rows()),
+        "crawl_stats": [crawl(row) for row in model.crawl.table_rows()],
     }
 
 

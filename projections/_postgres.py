@@ -20,7 +20,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import aclosing
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 import asyncpg
 
@@ -37,8 +37,7 @@ from jobstream.projections._database import DATA_ERRORS, RETRY_CAP_S, RETRY_ERRO
 from jobstream.projections._listing import TaskLister, unlisted_batches
 from jobstream.projections._migrate import DEFAULT_SCHEMA, quote_ident
 from jobstream.projections._queries import load_queries
-from jobstream.projections._rows import keys_of, load, write
-from jobstream.projections._rows import parked as parked_by
+from jobstream.projections._rows import keys_of, load, parked_rows, write
 from jobstream.projections._rules import ReadModel
 
 log = logging.getLogger(__name__)
@@ -46,9 +45,6 @@ log = logging.getLogger(__name__)
 DEFAULT_NAME = "postgres"
 
 T = TypeVar("T")
-
-_Key = tuple[str, str]
-_Row = dict[str, Any]
 
 
 class _Rewound(Exception):
@@ -219,7 +215,7 @@ class PostgresProjector:
         for item in items:
             model.apply_item(item)
         await write(conn, self._queries, loaded)
-        rejected = [_Parked(*row) for row in parked_by(model)]
+        rejected = [_Parked(*row) for row in parked_rows(model)]
         if rejected:
             await conn.executemany(self._queries["reject_event"], rejected)
         return rejected

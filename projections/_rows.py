@@ -7,34 +7,42 @@ went, the new batches and task ranges, and the parked events. Nothing here decid
 row holds: that is `_rules.py`.
 """
 
-import operator
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
 
 from jobstream.events import SourceItem, encode
-from jobstream.projections._rules import COLUMNS, JSON_COLUMNS, Keys, ReadModel, Row
+from jobstream.projections._rules import (
+    COLUMNS,
+    JSON_COLUMNS,
+    AttemptRow,
+    JobRow,
+    Keys,
+    ReadModel,
+    ResultRow,
+    TaskRow,
+    WorkerRow,
+)
 
-_Key = Any
-_Pick = Callable[[Row], tuple[Any, ...]]
-_PICK: dict[str, _Pick] = {
-    table: operator.itemgetter(*columns) for table, columns in COLUMNS.items()
-}
+R = TypeVar("R", bound=msgspec.Struct)
+K = TypeVar("K")
+
 _JSON_IN: dict[str, tuple[str, ...]] = {
     table: tuple(c for c in columns if c in JSON_COLUMNS) for table, columns in COLUMNS.items()
 }
+_CRAWL_MAPS = ("status_counts", "cache_counts", "response_ms")
 
 
-def _as_row(record: asyncpg.Record, table: str) -> Row:
+def row_of(record: asyncpg.Record, kind: type[R], table: str) -> R:
     """A loaded row as the rules hold it: jsonb values as `msgspec.Raw` (asyncpg gives text)."""
-    row = dict(record)
+    values = dict(record)
     for column in _JSON_IN[table]:
-        value = row[column]
+        value = values[column]
         if value is not None:
-            row[column] = msgspec.Raw(value.encode())
-    return row
+            values[column] = msgspec.Raw(value.encode())
+    return kind(**values)
 
 
 class Loaded:
@@ -42,52 +50,48 @@ class Loaded:
 
     def __init__(self, model: ReadModel) -> None:
         self.model = model
-        self.jobs: dict[_Key, tuple[Any, ...]] = {}
-        self.tasks: dict[_Key, tuple[Any, ...]] = {}
-        self.attempts: dict[_Key, tuple[Any, ...]] = {}
-        self.workers: dict[_Key, tuple[Any, ...]] = {}
-        self.results: dict[_Key, tuple[Any, ...]] = {}
-        self.crawl: dict[_Key, tuple[Any, ...]] = {}
+        self.jobs: dict[str, JobRow] = {}
+        self.tasks: dict[str, TaskRow] = {}
+        self.attempts: dict[tuple[str, int], AttemptRow] = {}
+        self.workers: dict[str, WorkerRow] = {}
+        self.results: dict[str, ResultRow] = {}
+        self.crawl: dict[tuple[str, int, str], dict[str, Any]] = {}
         self.batches = len(model.batches)
 
     def take_jobs(self, records: Iterable[asyncpg.Record]) -> None:
         for record in records:
-            row = _as_row(record, "jobs")
-            self.model.jobs[row["job_id"]] = row
-            self.jobs[row["job_id"]] = _PICK["jobs"](row)
+            job = row_of(record, JobRow, "jobs")
+            self.model.jobs[job.job_id] = self.jobs[job.job_id] = job
 
     def take_tasks(self, records: Iterable[asyncpg.Record]) -> None:
         for record in records:
-            row = _as_row(record, "tasks")
-            self.model.tasks[row["task_id"]] = row
-            self.tasks[row["task_id"]] = _PICK["tasks"](row)
+            task = row_of(record, TaskRow, "tasks")
+            self.model.tasks[task.task_id] = self.tasks[task.task_id] = task
 
     def take_attempts(self, records: Iterable[asyncpg.Record]) -> None:
         for record in records:
-            row = dict(record)
-            self.model.attempts.setdefault(row["task_id"], {})[row["attempt"]] = row
-            self.attempts[row["task_id"], row["attempt"]] = _PICK["task_attempts"](row)
+            attempt = AttemptRow(**record)
+            self.model.attempts.setdefault(attempt.task_id, {})[attempt.attempt] = attempt
+            self.attempts[attempt.task_id, attempt.attempt] = attempt
 
     def take_workers(self, records: Iterable[asyncpg.Record]) -> None:
         for record in records:
-            row = dict(record)
-            self.model.workers[row["worker_id"]] = row
-            self.workers[row["worker_id"]] = _PICK["workers"](row)
+            worker = WorkerRow(**record)
+            self.model.workers[worker.worker_id] = self.workers[worker.worker_id] = worker
 
     def take_results(self, records: Iterable[asyncpg.Record]) -> None:
         for record in records:
-            result = _PICK["results"](_as_row(record, "results"))
-            self.model.results[result[0]] = result
-            self.results[result[0]] = result
+            result = row_of(record, ResultRow, "results")
+            self.model.results[result.task_id] = self.results[result.task_id] = result
 
     def take_crawl(self, records: Iterable[asyncpg.Record]) -> None:
         for record in records:
             row = dict(record)
-            for column in ("status_counts", "cache_counts", "response_ms"):
+            for column in _CRAWL_MAPS:
                 row[column] = msgspec.json.decode(row[column])
             key = (row["job_id"], row["pass"], row["domain"])
             self.model.crawl.rows[key] = row
-            self.crawl[key] = _PICK["crawl_stats"](row)
+            self.crawl[key] = row | {column: dict(row[column]) for column in _CRAWL_MAPS}
 
 
 async def load(
@@ -109,26 +113,16 @@ async def load(
     return loaded
 
 
-def _changed(
-    table: str, rows: Iterable[tuple[_Key, Row]], before: Mapping[_Key, tuple[Any, ...]]
-) -> list[Row]:
-    pick = _PICK[table]
-    return [row for key, row in rows if before.get(key) != pick(row)]
+def _changed(rows: Iterable[tuple[K, Any]], before: Mapping[K, Any]) -> list[Any]:
+    """The rows that are new or not as they were loaded (crawl_stats rows are mutable dicts,
+    compared with their copies)."""
+    return [row for key, row in rows if before.get(key) != row]
 
 
-def _attempt_items(model: ReadModel) -> Iterator[tuple[_Key, Row]]:
+def _attempt_items(model: ReadModel) -> Iterator[tuple[tuple[str, int], AttemptRow]]:
     for task_id, attempts in model.attempts.items():
         for number, row in attempts.items():
             yield (task_id, number), row
-
-
-def _result_items(model: ReadModel, before: Mapping[_Key, tuple[Any, ...]]) -> list[Row]:
-    columns = COLUMNS["results"]
-    return [
-        dict(zip(columns, row, strict=True))
-        for task_id, row in model.results.items()
-        if before.get(task_id) != row
-    ]
 
 
 async def write(conn: asyncpg.Connection, queries: Mapping[str, str], loaded: Loaded) -> None:
@@ -141,31 +135,24 @@ async def write(conn: asyncpg.Connection, queries: Mapping[str, str], loaded: Lo
 
     ranges = [r.as_json() for per_job in model.ranges.values() for r in per_job]
     await merge("insert_task_ranges", ranges)
-    await merge("merge_jobs", _changed("jobs", model.jobs.items(), loaded.jobs))
-    await merge("merge_tasks", _changed("tasks", model.tasks.items(), loaded.tasks))
-    await merge(
-        "merge_task_attempts", _changed("task_attempts", _attempt_items(model), loaded.attempts)
-    )
-    await merge("merge_workers", _changed("workers", model.workers.items(), loaded.workers))
+    await merge("merge_jobs", _changed(model.jobs.items(), loaded.jobs))
+    await merge("merge_tasks", _changed(model.tasks.items(), loaded.tasks))
+    await merge("merge_task_attempts", _changed(_attempt_items(model), loaded.attempts))
+    await merge("merge_workers", _changed(model.workers.items(), loaded.workers))
     gone_workers = [key for key in loaded.workers if key not in model.workers]
     if gone_workers:
         await conn.execute(queries["delete_workers"], gone_workers)
     gone_results = [key for key in loaded.results if key not in model.results]
     if gone_results:
         await conn.execute(queries["delete_results"], gone_results)
-    await merge("merge_results", _result_items(model, loaded.results))
-    await merge(
-        "merge_crawl_stats", _changed("crawl_stats", model.crawl.rows.items(), loaded.crawl)
-    )
+    await merge("merge_results", _changed(model.results.items(), loaded.results))
+    await merge("merge_crawl_stats", _changed(model.crawl.rows.items(), loaded.crawl))
     await merge("insert_job_batches", model.batches[loaded.batches :])
 
 
-def parked(model: ReadModel) -> list[tuple[int, str, str, bytes]]:
+def parked_rows(model: ReadModel) -> list[tuple[int, str, str, bytes]]:
     """The events the rules parked: the arguments of `reject_event`."""
-    return [
-        (row["seq"], row["subject"], row["error"], row["payload"])
-        for row in model.rejected.values()
-    ]
+    return [(row.seq, row.subject, row.error, row.payload) for row in model.rejected.values()]
 
 
 def keys_of(items: Iterable[SourceItem]) -> Keys:

@@ -71,89 +71,127 @@ from jobstream.projections._task_rows import over_the_task_limit, spec_ranges
 TERMINAL_TASK_STATES = frozenset({"succeeded", "dead_lettered", "cancelled"})
 TERMINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled", "rejected"})
 
-Row = dict[str, Any]
+EMPTY_JSON = msgspec.Raw(b"{}")
+
+
+class RejectedEvent(ValueError):
+    """An event that decodes but cannot be projected: it is parked in `rejected_events`."""
+
+
+# --- the rows -------------------------------------------------------------------------------
+# One Struct per table, its fields the table's columns in order (`COLUMNS`). A rule never
+# changes a row: it returns a new one (`msgspec.structs.replace`). jsonb columns hold
+# `msgspec.Raw` JSON text.
+
+
+class JobRow(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    name: str = ""
+    queue: str = ""
+    priority: int = 0
+    status: str = "queued"
+    total_tasks: int = 0
+    max_attempts: int = 0
+    timeout_s: float | None = None
+    idempotency_key: str | None = None
+    submitted_by: str = ""
+    labels: msgspec.Raw = EMPTY_JSON
+    submitted_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+    error: str | None = None
+    submitted_seq: int
+    updated_seq: int
+
+
+class TaskRow(msgspec.Struct, frozen=True, kw_only=True):
+    task_id: str
+    job_id: str
+    task_index: int
+    kind: str = ""
+    args: msgspec.Raw = EMPTY_JSON
+    state: str = "queued"
+    attempts: int = 0
+    worker_id: str | None = None
+    result: msgspec.Raw | None = None
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+    updated_seq: int
+    progress: float | None = None
+    progress_message: str | None = None
+
+
+class AttemptRow(msgspec.Struct, frozen=True, kw_only=True):
+    task_id: str
+    attempt: int
+    job_id: str
+    worker_id: str
+    outcome: str  # running | succeeded | failed
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+
+
+class WorkerRow(msgspec.Struct, frozen=True, kw_only=True):
+    worker_id: str
+    host: str = ""
+    pid: int = 0
+    queues: list[str] = msgspec.field(default_factory=list)
+    concurrency: int = 0
+    version: str = ""
+    state: str = "active"  # active | stopped | lost
+    started_at: datetime | None = None
+    last_seen_at: datetime | None = None
+    stopped_at: datetime | None = None
+    tasks_succeeded: int = 0
+    tasks_failed: int = 0
+    updated_seq: int
+
+
+class ResultRow(msgspec.Struct, frozen=True, kw_only=True):
+    task_id: str
+    job_id: str
+    kind: str
+    inputs: msgspec.Raw
+    output: msgspec.Raw | None
+    processed_by: str
+    duration_s: float | None
+    status: str  # succeeded | dead_lettered
+    error: str | None
+    attempts: int
+    finished_at: datetime
+    seq: int
+
+
+class RejectedRow(msgspec.Struct, frozen=True, kw_only=True):
+    seq: int
+    subject: str
+    error: str
+    payload: bytes
+
+
+class BatchRow(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    first_index: int
+    task_count: int
+    seq: int
+    listed: bool
+
+
+TableRow = JobRow | TaskRow | AttemptRow | WorkerRow | ResultRow | RejectedRow | BatchRow
 
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "jobs": (
-        "job_id",
-        "name",
-        "queue",
-        "priority",
-        "status",
-        "total_tasks",
-        "max_attempts",
-        "timeout_s",
-        "idempotency_key",
-        "submitted_by",
-        "labels",
-        "submitted_at",
-        "started_at",
-        "finished_at",
-        "duration_s",
-        "error",
-        "submitted_seq",
-        "updated_seq",
-    ),
-    "tasks": (
-        "task_id",
-        "job_id",
-        "task_index",
-        "kind",
-        "args",
-        "state",
-        "attempts",
-        "worker_id",
-        "result",
-        "error",
-        "started_at",
-        "finished_at",
-        "duration_s",
-        "updated_seq",
-        "progress",
-        "progress_message",
-    ),
-    "task_attempts": (
-        "task_id",
-        "attempt",
-        "job_id",
-        "worker_id",
-        "outcome",
-        "error",
-        "started_at",
-        "finished_at",
-        "duration_s",
-    ),
-    "workers": (
-        "worker_id",
-        "host",
-        "pid",
-        "queues",
-        "concurrency",
-        "version",
-        "state",
-        "started_at",
-        "last_seen_at",
-        "stopped_at",
-        "tasks_succeeded",
-        "tasks_failed",
-        "updated_seq",
-    ),
-    "results": (
-        "task_id",
-        "job_id",
-        "kind",
-        "inputs",
-        "output",
-        "processed_by",
-        "duration_s",
-        "status",
-        "error",
-        "attempts",
-        "finished_at",
-        "seq",
-    ),
-    "rejected_events": ("seq", "subject", "error", "payload"),
-    "job_batches": ("job_id", "first_index", "task_count", "seq", "listed"),
+    "jobs": JobRow.__struct_fields__,
+    "tasks": TaskRow.__struct_fields__,
+    "task_attempts": AttemptRow.__struct_fields__,
+    "workers": WorkerRow.__struct_fields__,
+    "results": ResultRow.__struct_fields__,
+    "rejected_events": RejectedRow.__struct_fields__,
+    "job_batches": BatchRow.__struct_fields__,
     "crawl_stats": (
         "job_id",
         "pass",
@@ -170,11 +208,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 JSON_COLUMNS = frozenset(
     {"labels", "args", "result", "inputs", "output", "status_counts", "cache_counts", "response_ms"}
 )
-EMPTY_JSON = msgspec.Raw(b"{}")
 
-
-class RejectedEvent(ValueError):
-    """An event that decodes but cannot be projected: it is parked in `rejected_events`."""
+replace = msgspec.structs.replace
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -211,6 +246,10 @@ def _later(a: datetime | None, b: datetime | None) -> datetime | None:
     if b is None:
         return a
     return b if b > a else a
+
+
+def _seconds(since: datetime, until: datetime) -> float:
+    return (until - since) / timedelta(seconds=1)
 
 
 # --- the result of a finished task ------------------------------------------------------------
@@ -272,21 +311,21 @@ def result_of(seq: int, event: TaskSucceeded | TaskDeadLettered) -> Result:
     )
 
 
-def result_row(result: Result) -> tuple[Any, ...]:
-    """`result` as a `results` row, in `COLUMNS["results"]` order."""
-    return (
-        result.task_id,
-        result.job_id,
-        result.kind,
-        json_value(result.inputs),
-        json_value(result.output),
-        result.worker_id,
-        result.duration_s,
-        result.status,
-        result.error,
-        result.attempts,
-        result.at,
-        result.seq,
+def result_row(result: Result, output: msgspec.Raw | None) -> ResultRow:
+    """`result` as a `results` row; `output`: its output as JSON (encoded once per event)."""
+    return ResultRow(
+        task_id=result.task_id,
+        job_id=result.job_id,
+        kind=result.kind,
+        inputs=json_value(result.inputs) or EMPTY_JSON,
+        output=output,
+        processed_by=result.worker_id,
+        duration_s=result.duration_s,
+        status=result.status,
+        error=result.error,
+        attempts=result.attempts,
+        finished_at=result.at,
+        seq=result.seq,
     )
 
 
@@ -307,9 +346,14 @@ class TaskRange:
     def holds(self, index: int) -> bool:
         return self.first_index <= index < self.first_index + self.count
 
-    def row(self, index: int) -> Row:
-        return new_task(
-            task_id_for(self.job_id, index), self.job_id, index, self.kind, self.args, self.seq
+    def row(self, index: int) -> TaskRow:
+        return TaskRow(
+            task_id=task_id_for(self.job_id, index),
+            job_id=self.job_id,
+            task_index=index,
+            kind=self.kind,
+            args=self.args,
+            updated_seq=self.seq,
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -327,6 +371,7 @@ class TaskRange:
 def task_ranges(
     job_id: str, first_index: int, specs: Iterable[TaskSpec], seq: int
 ) -> list[TaskRange]:
+    """The ranges of `specs`, task indexes from `first_index` on."""
     return [
         TaskRange(job_id, first, spec.count, spec.kind, json_value(spec.args) or EMPTY_JSON, seq)
         for spec, first in spec_ranges(first_index, specs)
@@ -334,14 +379,388 @@ def task_ranges(
     ]
 
 
-# --- the rules --------------------------------------------------------------------------------
+def check_task_limit(job_id: str, first_index: int, specs: list[TaskSpec]) -> None:
+    """`RejectedEvent` if the task indexes of `specs` reach over the limit of tasks per job."""
+    error = over_the_task_limit(job_id, first_index, specs)
+    if error is not None:
+        raise RejectedEvent(error)
+
+
+# --- job rules --------------------------------------------------------------------------------
+
+
+def job_submitted(
+    job: JobRow | None, seq: int, at: datetime, event: JobSubmitted
+) -> tuple[JobRow, list[TaskRange]]:
+    """The job and the ranges of its task rows. A second job.submitted for a known job id
+    changes nothing, its tasks included. A streamed job is `submitting` until its
+    job.sealed. (A new job has no task rows yet: a task event makes one only for a known
+    job.)"""
+    check_task_limit(event.job_id, 0, event.tasks)
+    if job is not None:
+        return job, []
+    row = JobRow(
+        job_id=event.job_id,
+        name=event.name,
+        queue=event.queue,
+        priority=event.priority,
+        status="queued" if event.sealed else "submitting",
+        total_tasks=event.task_count,
+        max_attempts=event.max_attempts,
+        timeout_s=finite(event.timeout_s),
+        idempotency_key=event.idempotency_key,
+        submitted_by=event.submitted_by,
+        labels=json_value(event.labels) or EMPTY_JSON,
+        submitted_at=at,
+        submitted_seq=seq,
+        updated_seq=seq,
+    )
+    return row, task_ranges(event.job_id, 0, event.tasks, seq)
+
+
+def job_tasks_added(
+    job: JobRow | None, seq: int, event: JobTasksAdded, *, listed: bool
+) -> tuple[JobRow | None, BatchRow | None]:
+    """A job still submitting takes the batch that goes on where its tasks end (as the
+    dispatcher does): its count grows and the batch is recorded (`listed`: its task rows
+    come with it). Any other (a repeat, a gap, an overlap, an empty batch, one of an unknown,
+    sealed or ended job) changes nothing."""
+    check_task_limit(event.job_id, event.first_index, event.tasks)
+    if job is None or job.status != "submitting":
+        return job, None
+    if job.total_tasks != event.first_index or event.task_count == 0:
+        return job, None
+    batch = BatchRow(
+        job_id=event.job_id,
+        first_index=event.first_index,
+        task_count=event.task_count,
+        seq=seq,
+        listed=listed,
+    )
+    return replace(job, total_tasks=job.total_tasks + event.task_count, updated_seq=seq), batch
+
+
+def job_sealed(job: JobRow, seq: int) -> JobRow:
+    """A streamed job is whole: it is queued, and runs. Only a job still submitting (a
+    rejected or cancelled one stays so)."""
+    if job.status != "submitting":
+        return job
+    return replace(job, status="queued", updated_seq=seq)
+
+
+def job_finished(
+    job: JobRow, seq: int, at: datetime, status: str, duration_s: float | None
+) -> JobRow:
+    """An ended job stays as it ended. No duration: the time since submission."""
+    if job.status in TERMINAL_JOB_STATUSES:
+        return job
+    duration = finite(duration_s)
+    return replace(
+        job,
+        status=status,
+        finished_at=at,
+        duration_s=duration if duration is not None else _seconds(job.submitted_at, at),
+        updated_seq=seq,
+    )
+
+
+def job_rejected(job: JobRow | None, seq: int, at: datetime, event: JobRejected) -> JobRow:
+    """A job the dispatcher set aside ends as rejected; its row is made if its submission
+    could not be read (then it has no tasks)."""
+    if job is None:
+        job = JobRow(job_id=event.job_id, submitted_at=at, submitted_seq=seq, updated_seq=seq)
+    if job.status in TERMINAL_JOB_STATUSES:
+        return job
+    return replace(
+        job,
+        status="rejected",
+        finished_at=at,
+        duration_s=_seconds(job.submitted_at, at),
+        error=event.reason,
+        updated_seq=seq,
+    )
+
+
+def job_running(job: JobRow, seq: int, started_at: datetime) -> JobRow:
+    """A task at work: a queued job runs, from its earliest attempt's start."""
+    return replace(
+        job,
+        status="running" if job.status == "queued" else job.status,
+        started_at=started_at
+        if job.started_at is None or started_at < job.started_at
+        else job.started_at,
+        updated_seq=max(job.updated_seq, seq),
+    )
+
+
+def job_reopened(job: JobRow, seq: int) -> JobRow:
+    """A task requeued: a failed or completed job runs again."""
+    if job.status in ("failed", "completed"):
+        job = replace(job, status="running", finished_at=None, duration_s=None)
+    return replace(job, updated_seq=max(job.updated_seq, seq))
+
+
+# --- task rules -------------------------------------------------------------------------------
+# Each takes the row of a task that has not ended (a terminal state is never left: see
+# `ReadModel.open_task`) and returns its new row.
+
+
+def task_started(task: TaskRow, seq: int, at: datetime, event: TaskStarted) -> TaskRow:
+    return replace(
+        task,
+        state="running",
+        attempts=event.attempt,
+        worker_id=event.worker_id,
+        started_at=at,
+        updated_seq=seq,
+    )
+
+
+def task_progress(task: TaskRow, seq: int, event: TaskProgress) -> TaskRow:
+    """A report of a task in flight: it is running (a task.started may never come: a worker
+    sends one only for tasks slower than its tick); a report without a fraction keeps the
+    last one."""
+    return replace(
+        task,
+        state="running",
+        worker_id=event.worker_id,
+        progress=task.progress if event.fraction is None else finite(event.fraction),
+        progress_message=event.message,
+        updated_seq=seq,
+    )
+
+
+def task_succeeded(
+    task: TaskRow,
+    seq: int,
+    event: TaskSucceeded,
+    result: Result,
+    output: msgspec.Raw | None,
+    started_at: datetime,
+) -> TaskRow:
+    """started_at: when the attempt started, as its task.started said, else counted back."""
+    same_attempt_started = task.attempts == event.attempt and task.started_at is not None
+    return replace(
+        task,
+        state="succeeded",
+        attempts=event.attempt,
+        worker_id=event.worker_id,
+        result=output,
+        error=None,
+        started_at=task.started_at if same_attempt_started else started_at,
+        finished_at=result.at,
+        duration_s=result.duration_s,
+        updated_seq=seq,
+    )
+
+
+def task_failed(task: TaskRow, seq: int, event: TaskFailed) -> TaskRow:
+    """Not terminal: a retry or a dead letter follows. Progress belongs to the attempt."""
+    return replace(
+        task,
+        state="failed",
+        attempts=event.attempt,
+        worker_id=event.worker_id,
+        error=event.error,
+        progress=None,
+        progress_message=None,
+        updated_seq=seq,
+    )
+
+
+def task_dead_lettered(
+    task: TaskRow, seq: int, at: datetime, event: TaskDeadLettered, error: str | None
+) -> TaskRow:
+    """No worker in the event: the one the task had."""
+    return replace(
+        task,
+        state="dead_lettered",
+        attempts=event.attempts,
+        worker_id=event.worker_id or task.worker_id,
+        error=error,
+        finished_at=at,
+        updated_seq=seq,
+    )
+
+
+def task_requeued(task: TaskRow, seq: int) -> TaskRow:
+    """A dead-lettered task given another round (`jobstream dlq retry`) is queued again and
+    no longer finished; any other stays."""
+    if task.state != "dead_lettered":
+        return task
+    return replace(task, state="queued", finished_at=None, duration_s=None, updated_seq=seq)
+
+
+def task_cancelled(task: TaskRow, seq: int, at: datetime) -> TaskRow:
+    return replace(task, state="cancelled", finished_at=at, updated_seq=seq)
+
+
+def task_listed(task: TaskRow, task_range: TaskRange, index: int) -> TaskRow:
+    """A row a task event made before its batch was listed keeps its state and gets its
+    index, kind and args."""
+    return replace(
+        task,
+        task_index=index,
+        kind=task_range.kind,
+        args=task_range.args,
+        updated_seq=max(task.updated_seq, task_range.seq),
+    )
+
+
+# --- attempt rules ----------------------------------------------------------------------------
+
+
+def attempt_started(event: TaskStarted, at: datetime) -> AttemptRow:
+    return AttemptRow(
+        task_id=event.task_id,
+        attempt=event.attempt,
+        job_id=event.job_id,
+        worker_id=event.worker_id,
+        outcome="running",
+        started_at=at,
+    )
+
+
+def attempt_abandoned(attempt: AttemptRow, error: str | None, at: datetime) -> AttemptRow:
+    """An attempt still running when a later one starts (its lease expired) or the task is
+    dead-lettered: it failed."""
+    if attempt.outcome != "running":
+        return attempt
+    return replace(attempt, outcome="failed", error=error, finished_at=at)
+
+
+def attempt_finished(
+    attempt: AttemptRow | None,
+    event: TaskSucceeded | TaskFailed,
+    outcome: str,
+    error: str | None,
+    started_at: datetime,
+    at: datetime,
+    duration_s: float | None,
+) -> AttemptRow:
+    """An attempt's outcome; its start, as its task.started said, else counted back."""
+    if attempt is None:
+        return AttemptRow(
+            task_id=event.task_id,
+            attempt=event.attempt,
+            job_id=event.job_id,
+            worker_id=event.worker_id,
+            outcome=outcome,
+            error=error,
+            started_at=started_at,
+            finished_at=at,
+            duration_s=duration_s,
+        )
+    return replace(
+        attempt,
+        worker_id=event.worker_id,
+        outcome=outcome,
+        error=error,
+        started_at=started_at if attempt.started_at is None else attempt.started_at,
+        finished_at=at,
+        duration_s=duration_s,
+    )
+
+
+# --- worker rules -----------------------------------------------------------------------------
+
+
+def worker_started(
+    worker: WorkerRow | None, seq: int, at: datetime, event: WorkerStarted
+) -> WorkerRow:
+    """A restarted worker keeps its counters."""
+    if worker is None:
+        worker = WorkerRow(worker_id=event.worker_id, last_seen_at=at, updated_seq=seq)
+    return replace(
+        worker,
+        host=event.host,
+        pid=event.pid,
+        queues=list(event.queues),
+        concurrency=event.concurrency,
+        version=event.version,
+        state="active",
+        started_at=at,
+        last_seen_at=_later(worker.last_seen_at, at),
+        stopped_at=None,
+        updated_seq=seq,
+    )
+
+
+def worker_stopped(worker: WorkerRow, seq: int, at: datetime) -> WorkerRow:
+    return replace(
+        worker,
+        state="stopped",
+        stopped_at=at,
+        last_seen_at=_later(worker.last_seen_at, at),
+        updated_seq=seq,
+    )
+
+
+def worker_lost(worker: WorkerRow, seq: int, event: WorkerLost) -> WorkerRow:
+    """Only an active worker is lost; no last_seen: the one it had."""
+    if worker.state != "active":
+        return worker
+    last_seen = worker.last_seen_at if event.last_seen is None else utc(event.last_seen)
+    return replace(worker, state="lost", last_seen_at=last_seen, updated_seq=seq)
+
+
+def worker_forgotten(worker: WorkerRow) -> bool:
+    """Whether the worker leaves the read model: a stopped or lost one does (an active one
+    stays: it came back)."""
+    return worker.state != "active"
+
+
+def worker_seen(
+    worker: WorkerRow | None,
+    seq: int,
+    at: datetime,
+    worker_id: str,
+    *,
+    succeeded: int = 0,
+    failed: int = 0,
+) -> WorkerRow:
+    """A task event of the worker's: a worker known only from its task events gets a row,
+    shown active; a lost one seen working again is active again."""
+    if worker is None:
+        return WorkerRow(
+            worker_id=worker_id,
+            tasks_succeeded=succeeded,
+            tasks_failed=failed,
+            last_seen_at=at,
+            updated_seq=seq,
+        )
+    return replace(
+        worker,
+        state="active" if worker.state == "lost" else worker.state,
+        tasks_succeeded=worker.tasks_succeeded + succeeded,
+        tasks_failed=worker.tasks_failed + failed,
+        last_seen_at=_later(worker.last_seen_at, at),
+        updated_seq=max(worker.updated_seq, seq),
+    )
+
+
+def _job_ended(
+    job: JobRow, seq: int, at: datetime, event: JobSealed | JobCancelled | JobCompleted | JobFailed
+) -> JobRow:
+    match event:
+        case JobSealed():
+            return job_sealed(job, seq)
+        case JobCancelled():
+            return job_finished(job, seq, at, "cancelled", None)
+        case JobCompleted():
+            return job_finished(job, seq, at, "completed", event.duration_s)
+        case JobFailed():
+            return job_finished(job, seq, at, "failed", event.duration_s)
+
+
+# --- the read model ---------------------------------------------------------------------------
 
 
 class ReadModel:
-    """Rows of the read-model tables, changed event by event.
+    """Rows of the read-model tables, and the rules applied to them event by event.
 
     Rows not held are taken not to exist: a caller applying events to a part of the tables
-    must first put in every row the events name (`keys_of` says which).
+    must first put in every row the events name (`Keys` says which).
 
     `list_batches`: a taken `job.tasks_added` batch gets its task rows at once (the replay);
     else it is only recorded, unlisted, for the projector's lister (`list_batch`).
@@ -349,13 +768,13 @@ class ReadModel:
 
     def __init__(self, *, list_batches: bool) -> None:
         self.list_batches = list_batches
-        self.jobs: dict[str, Row] = {}
-        self.tasks: dict[str, Row] = {}
-        self.attempts: dict[str, dict[int, Row]] = {}
-        self.workers: dict[str, Row] = {}
-        self.results: dict[str, tuple[Any, ...]] = {}  # never changed: kept in COLUMNS order
-        self.rejected: dict[int, Row] = {}
-        self.batches: list[Row] = []
+        self.jobs: dict[str, JobRow] = {}
+        self.tasks: dict[str, TaskRow] = {}
+        self.attempts: dict[str, dict[int, AttemptRow]] = {}
+        self.workers: dict[str, WorkerRow] = {}
+        self.results: dict[str, ResultRow] = {}
+        self.rejected: dict[int, RejectedRow] = {}
+        self.batches: list[BatchRow] = []
         self.ranges: dict[str, list[TaskRange]] = {}  # by job: task rows not made yet
         self.crawl = CrawlStatsFold()
         self.last_seq = 0
@@ -373,7 +792,7 @@ class ReadModel:
             self._reject(item, str(exc))
 
     def _reject(self, item: SourceItem, error: str) -> None:
-        row = {"seq": item.seq, "subject": item.subject, "error": error, "payload": item.data}
+        row = RejectedRow(seq=item.seq, subject=item.subject, error=error, payload=item.data)
         self.rejected.setdefault(item.seq, row)
 
     def apply(self, seq: int, event: Event) -> None:
@@ -384,14 +803,20 @@ class ReadModel:
             return
         match event:
             case WorkerStarted():
-                self._worker_started(seq, at, event)
+                self.workers[event.worker_id] = worker_started(
+                    self.workers.get(event.worker_id), seq, at, event
+                )
             case WorkerStopped():
-                self._worker_stopped(seq, at, event)
+                worker = self.workers.get(event.worker_id)
+                if worker is not None:
+                    self.workers[event.worker_id] = worker_stopped(worker, seq, at)
             case WorkerLost():
-                self._worker_lost(seq, event)
+                worker = self.workers.get(event.worker_id)
+                if worker is not None:
+                    self.workers[event.worker_id] = worker_lost(worker, seq, event)
             case WorkerForgotten():
                 worker = self.workers.get(event.worker_id)
-                if worker is not None and worker["state"] != "active":
+                if worker is not None and worker_forgotten(worker):
                     del self.workers[event.worker_id]
             case TaskChunkFinished():
                 for task_event in chunk_task_events(event):
@@ -399,149 +824,47 @@ class ReadModel:
             case _:
                 self._task_event(seq, at, event)
 
-    def _task_event(self, seq: int, at: datetime, event: OneTaskEvent) -> None:
-        match event:
-            case TaskStarted():
-                self._task_started(seq, at, event)
-            case TaskProgress():
-                self._task_progress(seq, at, event)
-            case TaskSucceeded():
-                self._task_succeeded(seq, at, event)
-            case TaskFailed():
-                self._task_failed(seq, at, event)
-            case TaskDeadLettered():
-                self._task_dead_lettered(seq, at, event)
-            case TaskRequeued():
-                self._task_requeued(seq, event)
-            case TaskCancelled():
-                self._task_cancelled(seq, at, event)
-
     # --- jobs ------------------------------------------------------------------------------
 
     def _job_event(self, seq: int, at: datetime, event: JobEvent) -> None:
+        job = self.jobs.get(event.job_id)
         match event:
             case JobSubmitted():
-                self._job_submitted(seq, at, event)
+                job, ranges = job_submitted(job, seq, at, event)
+                if ranges:
+                    self.ranges.setdefault(event.job_id, []).extend(ranges)
             case JobTasksAdded():
-                self._job_tasks_added(seq, event)
-            case JobSealed():
-                self._job_sealed(seq, event)
-            case JobCancelled():
-                self._job_finished(seq, at, event.job_id, "cancelled", None)
-            case JobCompleted():
-                self._job_finished(seq, at, event.job_id, "completed", event.duration_s)
-            case JobFailed():
-                self._job_finished(seq, at, event.job_id, "failed", event.duration_s)
+                job, batch = job_tasks_added(job, seq, event, listed=self.list_batches)
+                if batch is not None:
+                    self.batches.append(batch)
+                    if self.list_batches:
+                        self.list_batch(event.job_id, event.first_index, event.tasks, seq)
             case JobRejected():
-                self._job_rejected(seq, at, event)
-
-    def _job_submitted(self, seq: int, at: datetime, job: JobSubmitted) -> None:
-        """A second job.submitted for a known job id changes nothing, its tasks included. A
-        streamed job is `submitting` until its job.sealed."""
-        _check_task_limit(job.job_id, 0, job.tasks)
-        if job.job_id in self.jobs:
-            return
-        self.jobs[job.job_id] = new_job(job.job_id, queue=job.queue, at=at, seq=seq) | {
-            "name": job.name,
-            "priority": job.priority,
-            "status": "queued" if job.sealed else "submitting",
-            "total_tasks": job.task_count,
-            "max_attempts": job.max_attempts,
-            "timeout_s": finite(job.timeout_s),
-            "idempotency_key": job.idempotency_key,
-            "submitted_by": job.submitted_by,
-            "labels": json_value(job.labels),
-        }
-        # A new job has no task rows yet: a task event makes one only for a known job.
-        self.ranges.setdefault(job.job_id, []).extend(task_ranges(job.job_id, 0, job.tasks, seq))
-
-    def _job_tasks_added(self, seq: int, event: JobTasksAdded) -> None:
-        """A job still submitting takes the batch that goes on where its tasks end (as the
-        dispatcher does); any other (a repeat, a gap, an overlap, an empty batch, one of an
-        unknown, sealed or ended job) changes nothing."""
-        _check_task_limit(event.job_id, event.first_index, event.tasks)
-        job = self.jobs.get(event.job_id)
-        if job is None or job["status"] != "submitting":
-            return
-        if job["total_tasks"] != event.first_index or event.task_count == 0:
-            return
-        job["total_tasks"] += event.task_count
-        job["updated_seq"] = seq
-        self.batches.append(
-            {
-                "job_id": event.job_id,
-                "first_index": event.first_index,
-                "task_count": event.task_count,
-                "seq": seq,
-                "listed": self.list_batches,
-            }
-        )
-        if self.list_batches:
-            self.list_batch(event.job_id, event.first_index, event.tasks, seq)
+                job = job_rejected(job, seq, at, event)
+            case _ if job is not None:
+                job = _job_ended(job, seq, at, event)
+        if job is not None:
+            self.jobs[event.job_id] = job
 
     def list_batch(self, job_id: str, first_index: int, specs: list[TaskSpec], seq: int) -> None:
-        """The task rows of a taken batch. A row a task event made first (the batch's rows
-        are written apart from the log's order: `TaskLister`) keeps its state and gets its
-        index, kind and args; the others are queued."""
+        """The task rows of a taken batch: its ranges, and the rows task events made first
+        (the batch's rows are written apart from the log's order: `TaskLister`) listed."""
         for task_range in task_ranges(job_id, first_index, specs, seq):
             for index in range(task_range.first_index, task_range.first_index + task_range.count):
-                task = self.tasks.get(task_id_for(job_id, index))
+                task_id = task_id_for(job_id, index)
+                task = self.tasks.get(task_id)
                 if task is not None:
-                    task.update(task_index=index, kind=task_range.kind, args=task_range.args)
-                    task["updated_seq"] = max(task["updated_seq"], seq)
+                    self.tasks[task_id] = task_listed(task, task_range, index)
             self.ranges.setdefault(job_id, []).append(task_range)
 
-    def _job_sealed(self, seq: int, event: JobSealed) -> None:
-        """A streamed job is whole: it is queued, and runs. Only a job still submitting."""
-        job = self.jobs.get(event.job_id)
-        if job is not None and job["status"] == "submitting":
-            job.update(status="queued", updated_seq=seq)
-
-    def _job_finished(
-        self, seq: int, at: datetime, job_id: str, status: str, duration_s: float | None
-    ) -> None:
-        """An ended job stays as it ended; no duration: the time since submission."""
-        job = self.jobs.get(job_id)
-        if job is None or job["status"] in TERMINAL_JOB_STATUSES:
-            return
-        job["status"] = status
-        job["finished_at"] = at
-        duration = finite(duration_s)
-        job["duration_s"] = (
-            duration if duration is not None else (at - job["submitted_at"]) / timedelta(seconds=1)
-        )
-        job["updated_seq"] = seq
-
-    def _job_rejected(self, seq: int, at: datetime, event: JobRejected) -> None:
-        """A job the dispatcher set aside ends as rejected; its row is made if its submission
-        could not be read (then it has no tasks)."""
-        job = self.jobs.get(event.job_id)
-        if job is None:
-            job = self.jobs[event.job_id] = new_job(event.job_id, queue="", at=at, seq=seq)
-        if job["status"] in TERMINAL_JOB_STATUSES:
-            return
-        job.update(
-            status="rejected",
-            finished_at=at,
-            duration_s=(at - job["submitted_at"]) / timedelta(seconds=1),
-            error=event.reason,
-            updated_seq=seq,
-        )
-
     def _job_running(self, seq: int, job_id: str, started_at: datetime) -> None:
-        """A task at work: a queued job runs, from its earliest attempt's start."""
         job = self.jobs.get(job_id)
-        if job is None:
-            return
-        if job["status"] == "queued":
-            job["status"] = "running"
-        if job["started_at"] is None or started_at < job["started_at"]:
-            job["started_at"] = started_at
-        job["updated_seq"] = max(job["updated_seq"], seq)
+        if job is not None:
+            self.jobs[job_id] = job_running(job, seq, started_at)
 
     # --- tasks -----------------------------------------------------------------------------
 
-    def task(self, job_id: str, task_id: str) -> Row | None:
+    def task(self, job_id: str, task_id: str) -> TaskRow | None:
         """The task's row, made from its job's ranges if it is one of them."""
         task = self.tasks.get(task_id)
         if task is not None:
@@ -558,93 +881,78 @@ class ReadModel:
                 return task
         return None
 
-    def _open_task(self, seq: int, event: OneTaskEvent, kind: str = "") -> Row | None:
-        """The event's task row unless it ended; made if it is not there yet, its job is
-        known and its id is one of the job's (a streamed job's rows may come later)."""
+    def open_task(self, seq: int, event: OneTaskEvent, kind: str = "") -> TaskRow | None:
+        """The event's task row unless it ended (a terminal state is never left). A task
+        event makes its task's row if it is not there yet (a streamed job's rows may come
+        later), provided its job is known and its id is one of the job's."""
         task = self.task(event.job_id, event.task_id)
         if task is None:
             index = task_index_of(event.job_id, event.task_id)
             if index is None or event.job_id not in self.jobs:
                 return None
-            task = self.tasks[event.task_id] = new_task(
-                event.task_id, event.job_id, index, kind, EMPTY_JSON, seq
+            task = TaskRow(
+                task_id=event.task_id,
+                job_id=event.job_id,
+                task_index=index,
+                kind=kind,
+                updated_seq=seq,
             )
-        return None if task["state"] in TERMINAL_TASK_STATES else task
+        return None if task.state in TERMINAL_TASK_STATES else task
+
+    def _task_event(self, seq: int, at: datetime, event: OneTaskEvent) -> None:
+        match event:
+            case TaskStarted():
+                self._task_started(seq, at, event)
+            case TaskProgress():
+                task = self.open_task(seq, event)
+                if task is not None:
+                    self.tasks[event.task_id] = task_progress(task, seq, event)
+                self._job_running(seq, event.job_id, at)
+                self._worker_seen(seq, at, event.worker_id)
+            case TaskSucceeded():
+                self._task_succeeded(seq, at, event)
+            case TaskFailed():
+                self._task_failed(seq, at, event)
+            case TaskDeadLettered():
+                self._task_dead_lettered(seq, at, event)
+            case TaskRequeued():
+                self._task_requeued(seq, event)
+            case TaskCancelled():
+                task = self.open_task(seq, event)
+                if task is not None:
+                    self.tasks[event.task_id] = task_cancelled(task, seq, at)
 
     def _task_started(self, seq: int, at: datetime, event: TaskStarted) -> None:
-        """An earlier attempt still running never reported an outcome: its lease expired."""
-        task = self._open_task(seq, event)
+        task = self.open_task(seq, event)
         if task is not None:
-            task.update(
-                state="running",
-                attempts=event.attempt,
-                worker_id=event.worker_id,
-                started_at=at,
-                updated_seq=seq,
-            )
+            self.tasks[event.task_id] = task_started(task, seq, at, event)
         attempts = self.attempts.setdefault(event.task_id, {})
         for number, attempt in attempts.items():
-            if number < event.attempt and attempt["outcome"] == "running":
-                attempt.update(outcome="failed", error="lease expired", finished_at=at)
+            if number < event.attempt:
+                attempts[number] = attempt_abandoned(attempt, "lease expired", at)
         if event.attempt not in attempts:
-            attempts[event.attempt] = _new_attempt(event, "running", started_at=at)
-        self._job_running(seq, event.job_id, at)
-        self._worker_seen(seq, at, event.worker_id)
-
-    def _task_progress(self, seq: int, at: datetime, event: TaskProgress) -> None:
-        """A report of a task in flight: it is running (a task.started may never come); a
-        report without a fraction keeps the last one."""
-        task = self._open_task(seq, event)
-        if task is not None:
-            if event.fraction is not None:
-                task["progress"] = finite(event.fraction)
-            task.update(
-                state="running",
-                worker_id=event.worker_id,
-                progress_message=event.message,
-                updated_seq=seq,
-            )
+            attempts[event.attempt] = attempt_started(event, at)
         self._job_running(seq, event.job_id, at)
         self._worker_seen(seq, at, event.worker_id)
 
     def _task_succeeded(self, seq: int, at: datetime, event: TaskSucceeded) -> None:
-        """started_at: when the attempt started (counted back from its duration unless its
-        task.started said)."""
         started_at = counted_back(at, event.duration_s)
         result = result_of(seq, event)
         output = json_value(event.result)
-        task = self._open_task(seq, event, event.kind)
+        task = self.open_task(seq, event, event.kind)
         if task is not None:
-            if not (task["attempts"] == event.attempt and task["started_at"] is not None):
-                task["started_at"] = started_at
-            task["state"] = "succeeded"
-            task["attempts"] = event.attempt
-            task["worker_id"] = event.worker_id
-            task["result"] = output
-            task["error"] = None
-            task["finished_at"] = at
-            task["duration_s"] = result.duration_s
-            task["updated_seq"] = seq
+            self.tasks[event.task_id] = task_succeeded(task, seq, event, result, output, started_at)
         self._finish_attempt(event, "succeeded", None, started_at, at, result.duration_s)
-        self._add_result(seq, event, result)
+        self._add_result(seq, event, result, output)
         self._job_running(seq, event.job_id, started_at)
         self._worker_seen(seq, at, event.worker_id, succeeded=1)
 
     def _task_failed(self, seq: int, at: datetime, event: TaskFailed) -> None:
-        """Not terminal: a retry or a dead letter follows. Progress belongs to the attempt."""
         started_at = counted_back(at, event.duration_s)
-        duration = finite(event.duration_s)
-        task = self._open_task(seq, event)
+        task = self.open_task(seq, event)
         if task is not None:
-            task.update(
-                state="failed",
-                attempts=event.attempt,
-                worker_id=event.worker_id,
-                error=event.error,
-                progress=None,
-                progress_message=None,
-                updated_seq=seq,
-            )
+            self.tasks[event.task_id] = task_failed(task, seq, event)
+        duration = finite(event.duration_s)
         self._finish_attempt(event, "failed", event.error, started_at, at, duration)
         self._job_running(seq, event.job_id, started_at)
         self._worker_seen(seq, at, event.worker_id, failed=1)
@@ -656,140 +964,66 @@ class ReadModel:
         error: str | None,
         started_at: datetime,
         at: datetime,
-        duration: float | None,
+        duration_s: float | None,
     ) -> None:
         attempts = self.attempts.setdefault(event.task_id, {})
-        attempt = attempts.get(event.attempt)
-        if attempt is None:
-            attempts[event.attempt] = _new_attempt(
-                event,
-                outcome,
-                started_at=started_at,
-                error=error,
-                finished_at=at,
-                duration_s=duration,
-            )
-            return
-        if attempt["started_at"] is None:
-            attempt["started_at"] = started_at
-        attempt["worker_id"] = event.worker_id
-        attempt["outcome"] = outcome
-        attempt["error"] = error
-        attempt["finished_at"] = at
-        attempt["duration_s"] = duration
+        attempts[event.attempt] = attempt_finished(
+            attempts.get(event.attempt), event, outcome, error, started_at, at, duration_s
+        )
 
     def _task_dead_lettered(self, seq: int, at: datetime, event: TaskDeadLettered) -> None:
-        """No worker: the one the task had. Attempts still running end as failed."""
-        worker_id = event.worker_id or None
         result = result_of(seq, event)
-        task = self._open_task(seq, event, event.kind)
+        task = self.open_task(seq, event, event.kind)
         if task is not None:
-            task.update(
-                state="dead_lettered",
-                attempts=event.attempts,
-                worker_id=worker_id if worker_id is not None else task["worker_id"],
-                error=result.error,
-                finished_at=at,
-                updated_seq=seq,
-            )
-        for attempt in self.attempts.get(event.task_id, {}).values():
-            if attempt["outcome"] == "running":
-                attempt.update(outcome="failed", error=result.error, finished_at=at)
-        self._add_result(seq, event, result)
+            self.tasks[event.task_id] = task_dead_lettered(task, seq, at, event, result.error)
+        attempts = self.attempts.get(event.task_id, {})
+        for number, attempt in attempts.items():
+            attempts[number] = attempt_abandoned(attempt, result.error, at)
+        self._add_result(seq, event, result, None)
 
     def _add_result(
-        self, seq: int, event: TaskSucceeded | TaskDeadLettered, result: Result
+        self,
+        seq: int,
+        event: TaskSucceeded | TaskDeadLettered,
+        result: Result,
+        output: msgspec.Raw | None,
     ) -> None:
         """The first finishing event of a task makes its result; a page of a crawl counts."""
         if event.task_id in self.results:
             return
-        self.results[event.task_id] = result_row(result)
+        self.results[event.task_id] = result_row(result, output)
         if event.kind == CRAWL_KIND:
             self.crawl.count(page_facts(seq, event))
 
     def _task_requeued(self, seq: int, event: TaskRequeued) -> None:
-        """A dead-lettered task given another round is queued again and no longer finished:
-        its result goes, and its job runs again."""
+        """Requeued: the task's result goes (and with it a failed page's count), its job runs
+        again."""
         task = self.tasks.get(event.task_id)
-        if task is not None and task["state"] == "dead_lettered":
-            task.update(state="queued", finished_at=None, duration_s=None, updated_seq=seq)
+        if task is not None and task.state == "dead_lettered":
+            self.tasks[event.task_id] = task_requeued(task, seq)
             result = self.results.pop(event.task_id, None)
-            if event.kind == CRAWL_KIND and result is not None:
-                row = dict(zip(COLUMNS["results"], result, strict=True))
-                if row["status"] == "dead_lettered" and row["kind"] == CRAWL_KIND:
-                    self.crawl.undo_failure(failure_undone(seq, event), row["error"])
+            if (
+                result is not None
+                and result.status == "dead_lettered"
+                and (event.kind == CRAWL_KIND == result.kind)
+            ):
+                self.crawl.undo_failure(failure_undone(seq, event), result.error)
         job = self.jobs.get(event.job_id)
-        if job is None:
-            return
-        if job["status"] in ("failed", "completed"):
-            job.update(status="running", finished_at=None, duration_s=None)
-        job["updated_seq"] = max(job["updated_seq"], seq)
-
-    def _task_cancelled(self, seq: int, at: datetime, event: TaskCancelled) -> None:
-        task = self._open_task(seq, event)
-        if task is not None:
-            task.update(state="cancelled", finished_at=at, updated_seq=seq)
+        if job is not None:
+            self.jobs[event.job_id] = job_reopened(job, seq)
 
     # --- workers ---------------------------------------------------------------------------
-
-    def _worker_started(self, seq: int, at: datetime, event: WorkerStarted) -> None:
-        """A restarted worker keeps its counters."""
-        worker = self.workers.get(event.worker_id)
-        if worker is None:
-            worker = self.workers[event.worker_id] = new_worker(event.worker_id, seq)
-            worker.update(tasks_succeeded=0, tasks_failed=0, last_seen_at=at)
-        worker.update(
-            host=event.host,
-            pid=event.pid,
-            queues=list(event.queues),
-            concurrency=event.concurrency,
-            version=event.version,
-            state="active",
-            started_at=at,
-            last_seen_at=_later(worker["last_seen_at"], at),
-            stopped_at=None,
-            updated_seq=seq,
-        )
-
-    def _worker_stopped(self, seq: int, at: datetime, event: WorkerStopped) -> None:
-        worker = self.workers.get(event.worker_id)
-        if worker is not None:
-            worker.update(
-                state="stopped",
-                stopped_at=at,
-                last_seen_at=_later(worker["last_seen_at"], at),
-                updated_seq=seq,
-            )
-
-    def _worker_lost(self, seq: int, event: WorkerLost) -> None:
-        """Only an active worker is lost."""
-        worker = self.workers.get(event.worker_id)
-        if worker is None or worker["state"] != "active":
-            return
-        if event.last_seen is not None:
-            worker["last_seen_at"] = utc(event.last_seen)
-        worker.update(state="lost", updated_seq=seq)
 
     def _worker_seen(
         self, seq: int, at: datetime, worker_id: str, *, succeeded: int = 0, failed: int = 0
     ) -> None:
-        """A worker known only from its task events gets a row, shown active; a lost one seen
-        working again is active again."""
-        worker = self.workers.get(worker_id)
-        if worker is None:
-            worker = self.workers[worker_id] = new_worker(worker_id, seq)
-            worker.update(tasks_succeeded=succeeded, tasks_failed=failed, last_seen_at=at)
-            return
-        if worker["state"] == "lost":
-            worker["state"] = "active"
-        worker["tasks_succeeded"] += succeeded
-        worker["tasks_failed"] += failed
-        worker["last_seen_at"] = _later(worker["last_seen_at"], at)
-        worker["updated_seq"] = max(worker["updated_seq"], seq)
+        self.workers[worker_id] = worker_seen(
+            self.workers.get(worker_id), seq, at, worker_id, succeeded=succeeded, failed=failed
+        )
 
     # --- output ----------------------------------------------------------------------------
 
-    def expanded_tasks(self) -> Iterator[Row]:
+    def expanded_tasks(self) -> Iterator[TaskRow]:
         """Every task row, those of the ranges included (the replay's COPY)."""
         yield from self.tasks.values()
         for ranges in self.ranges.values():
@@ -830,96 +1064,3 @@ class Keys:
             event.kind == CRAWL_KIND
         ):
             self.crawl_jobs.add(event.job_id)
-
-
-def _check_task_limit(job_id: str, first_index: int, specs: list[TaskSpec]) -> None:
-    error = over_the_task_limit(job_id, first_index, specs)
-    if error is not None:
-        raise RejectedEvent(error)
-
-
-def new_job(job_id: str, *, queue: str, at: datetime, seq: int) -> Row:
-    """A jobs row with the table's defaults."""
-    return {
-        "job_id": job_id,
-        "name": "",
-        "queue": queue,
-        "priority": 0,
-        "status": "queued",
-        "total_tasks": 0,
-        "max_attempts": 0,
-        "timeout_s": None,
-        "idempotency_key": None,
-        "submitted_by": "",
-        "labels": EMPTY_JSON,
-        "submitted_at": at,
-        "started_at": None,
-        "finished_at": None,
-        "duration_s": None,
-        "error": None,
-        "submitted_seq": seq,
-        "updated_seq": seq,
-    }
-
-
-def new_task(task_id: str, job_id: str, index: int, kind: str, args: msgspec.Raw, seq: int) -> Row:
-    """A queued tasks row."""
-    return {
-        "task_id": task_id,
-        "job_id": job_id,
-        "task_index": index,
-        "kind": kind,
-        "args": args,
-        "state": "queued",
-        "attempts": 0,
-        "worker_id": None,
-        "result": None,
-        "error": None,
-        "started_at": None,
-        "finished_at": None,
-        "duration_s": None,
-        "updated_seq": seq,
-        "progress": None,
-        "progress_message": None,
-    }
-
-
-def _new_attempt(
-    event: TaskStarted | TaskSucceeded | TaskFailed,
-    outcome: str,
-    *,
-    started_at: datetime,
-    error: str | None = None,
-    finished_at: datetime | None = None,
-    duration_s: float | None = None,
-) -> Row:
-    return {
-        "task_id": event.task_id,
-        "attempt": event.attempt,
-        "job_id": event.job_id,
-        "worker_id": event.worker_id,
-        "outcome": outcome,
-        "error": error,
-        "started_at": started_at,
-        "finished_at": finished_at,
-        "duration_s": duration_s,
-    }
-
-
-def new_worker(worker_id: str, seq: int) -> Row:
-    """A workers row with the table's defaults."""
-    return {
-        "worker_id": worker_id,
-        "host": "",
-        "pid": 0,
-        "queues": [],
-        "concurrency": 0,
-        "version": "",
-        "state": "active",
-        "started_at": None,
-        "last_seen_at": None,
-        "stopped_at": None,
-        "tasks_succeeded": 0,
-        "tasks_failed": 0,
-        "updated_seq": seq,
-    }

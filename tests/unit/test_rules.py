@@ -37,8 +37,8 @@ from jobstream.projections._fold import table_rows
 from jobstream.projections._ndjson import result_line, result_lines
 from jobstream.projections._rows import keys_of
 from jobstream.projections._rules import (
-    COLUMNS,
     EMPTY_JSON,
+    BatchRow,
     ReadModel,
     RejectedEvent,
     result_of,
@@ -100,11 +100,11 @@ def raw(value: Any) -> msgspec.Raw:
 
 def test_a_job_leaves_ranges_not_rows_and_a_task_event_makes_its_row_from_them() -> None:
     model = model_of([job(count=1_000_000), succeeded(999_999, 5)])
-    assert model.jobs["J"]["status"] == "running"
-    assert model.jobs["J"]["total_tasks"] == 1_000_000
+    assert model.jobs["J"].status == "running"
+    assert model.jobs["J"].total_tasks == 1_000_000
     assert list(model.tasks) == ["J-999999"]  # the one row an event touched
     task = model.tasks["J-999999"]
-    assert (task["task_index"], task["kind"], task["args"], task["state"]) == (
+    assert (task.task_index, task.kind, task.args, task.state) == (
         999_999,
         "sum",
         raw({"a": 1}),
@@ -116,8 +116,8 @@ def test_a_job_leaves_ranges_not_rows_and_a_task_event_makes_its_row_from_them()
 
 def test_the_replay_expands_the_ranges_around_the_rows_events_made() -> None:
     model = model_of([job(count=3), succeeded(1, 5)])
-    rows = {row["task_id"]: row for row in model.expanded_tasks()}
-    assert [(task_id, row["state"]) for task_id, row in sorted(rows.items())] == [
+    rows = {row.task_id: row for row in model.expanded_tasks()}
+    assert [(task_id, row.state) for task_id, row in sorted(rows.items())] == [
         ("J-0", "queued"),
         ("J-1", "succeeded"),
         ("J-2", "queued"),
@@ -126,7 +126,7 @@ def test_the_replay_expands_the_ranges_around_the_rows_events_made() -> None:
 
 def test_a_second_submission_of_a_job_changes_nothing() -> None:
     model = model_of([job(count=1), job(count=5, name="again")])
-    assert (model.jobs["J"]["total_tasks"], model.jobs["J"]["name"]) == (1, "")
+    assert (model.jobs["J"].total_tasks, model.jobs["J"].name) == (1, "")
     assert [r.count for r in model.ranges["J"]] == [1]
 
 
@@ -152,14 +152,14 @@ def test_an_ended_job_stays_as_it_ended() -> None:
             JobCompleted(at=at(11), job_id="J", succeeded=3, duration_s=11),
         ]
     )
-    assert (model.jobs["J"]["status"], model.jobs["J"]["duration_s"]) == ("failed", 10)
+    assert (model.jobs["J"].status, model.jobs["J"].duration_s) == ("failed", 10)
 
 
 def test_task_events_of_an_unknown_job_make_no_rows() -> None:
     model = model_of([succeeded(0, 1)])
     assert not model.tasks and not model.jobs
     assert model.results  # the result is the event's own
-    assert model.workers["w1"]["tasks_succeeded"] == 1
+    assert model.workers["w1"].tasks_succeeded == 1
 
 
 # --- tasks, attempts, results ------------------------------------------------------------
@@ -170,10 +170,10 @@ def test_a_late_second_success_changes_only_its_attempt() -> None:
         [job(), succeeded(0, 5), succeeded(0, 6, attempt=2, worker_id="w2", result="late")]
     )
     task = model.tasks["J-0"]
-    assert (task["attempts"], task["worker_id"], task["result"]) == (1, "w1", raw({"sum": 0}))
-    assert model.results["J-0"][COLUMNS["results"].index("output")] == raw({"sum": 0})
+    assert (task.attempts, task.worker_id, task.result) == (1, "w1", raw({"sum": 0}))
+    assert model.results["J-0"].output == raw({"sum": 0})
     assert sorted(model.attempts["J-0"]) == [1, 2]
-    assert model.workers["w2"]["tasks_succeeded"] == 1
+    assert model.workers["w2"].tasks_succeeded == 1
 
 
 def test_a_new_attempt_ends_the_one_still_running_as_lease_expired() -> None:
@@ -190,19 +190,19 @@ def test_a_new_attempt_ends_the_one_still_running_as_lease_expired() -> None:
         ]
     )
     first, second = model.attempts["J-0"][1], model.attempts["J-0"][2]
-    assert (first["outcome"], first["error"], first["finished_at"]) == (
+    assert (first.outcome, first.error, first.finished_at) == (
         "failed",
         "lease expired",
         at(2),
     )
-    assert second["outcome"] == "running"
-    assert model.jobs["J"]["started_at"] == at(1)
+    assert second.outcome == "running"
+    assert model.jobs["J"].started_at == at(1)
 
 
 def test_a_finish_without_a_start_counts_back_its_duration() -> None:
     model = model_of([job(), succeeded(0, 10, duration_s=4.0)])
-    assert model.tasks["J-0"]["started_at"] == at(6)
-    assert model.jobs["J"]["started_at"] == at(6)
+    assert model.tasks["J-0"].started_at == at(6)
+    assert model.jobs["J"].started_at == at(6)
 
 
 def test_a_requeued_dead_letter_loses_its_result_and_reopens_its_job() -> None:
@@ -216,9 +216,9 @@ def test_a_requeued_dead_letter_loses_its_result_and_reopens_its_job() -> None:
             TaskRequeued(at=at(3), job_id="J", task_id="J-0", kind="sum"),
         ]
     )
-    assert model.tasks["J-0"]["state"] == "queued"
+    assert model.tasks["J-0"].state == "queued"
     assert "J-0" not in model.results
-    assert (model.jobs["J"]["status"], model.jobs["J"]["finished_at"]) == ("running", None)
+    assert (model.jobs["J"].status, model.jobs["J"].finished_at) == ("running", None)
 
 
 def test_a_chunk_is_its_tasks_own_events_at_its_seq() -> None:
@@ -233,11 +233,11 @@ def test_a_chunk_is_its_tasks_own_events_at_its_seq() -> None:
         failed=[ChunkFailure(task_id="J-1", kind="sum", error="boom", duration_s=0.2)],
     )
     model = model_of([job(), chunk])
-    assert (model.tasks["J-0"]["state"], model.tasks["J-1"]["state"]) == ("succeeded", "failed")
+    assert (model.tasks["J-0"].state, model.tasks["J-1"].state) == ("succeeded", "failed")
     assert chunk_id_for("J", 0) not in model.tasks
-    assert model.results["J-0"][-1] == 2  # the chunk's seq
+    assert model.results["J-0"].seq == 2  # the chunk's seq
     worker = model.workers["w4"]
-    assert (worker["tasks_succeeded"], worker["tasks_failed"]) == (1, 1)
+    assert (worker.tasks_succeeded, worker.tasks_failed) == (1, 1)
 
 
 # --- the result of a finished task: one rule for the results table and the NDJSON files ---
@@ -249,23 +249,23 @@ def test_the_results_row_and_the_ndjson_line_are_one_result(args: dict[str, Any]
     event's, even when it reports none."""
     event = succeeded(0, 5, args=args)
     model = model_of([job(), event])
-    row = dict(zip(COLUMNS["results"], model.results["J-0"], strict=True))
+    row = model.results["J-0"]
     line = result_line(items([job(), event])[1])
     assert line is not None
-    assert msgspec.json.decode(bytes(row["inputs"])) == line.inputs == args
-    assert model.tasks["J-0"]["args"] == raw({"a": 1})  # the task keeps its own
+    assert msgspec.json.decode(bytes(row.inputs)) == line.inputs == args
+    assert model.tasks["J-0"].args == raw({"a": 1})  # the task keeps its own
     assert (
-        row["task_id"],
-        row["job_id"],
-        row["kind"],
-        msgspec.json.decode(bytes(row["output"])),
-        row["processed_by"],
-        row["duration_s"],
-        row["status"],
-        row["error"],
-        row["attempts"],
-        row["finished_at"],
-        row["seq"],
+        row.task_id,
+        row.job_id,
+        row.kind,
+        msgspec.json.decode(bytes(row.output or b"null")),
+        row.processed_by,
+        row.duration_s,
+        row.status,
+        row.error,
+        row.attempts,
+        row.finished_at,
+        row.seq,
     ) == (
         line.task_id,
         line.job_id,
@@ -294,7 +294,7 @@ def test_a_dead_letter_result_carries_its_last_error_else_its_reason() -> None:
         None,
         "",
     )
-    assert result_row(result)[COLUMNS["results"].index("inputs")] == EMPTY_JSON
+    assert result_row(result, None).inputs == EMPTY_JSON
 
 
 def test_a_chunk_makes_a_line_per_success_from_the_same_rule() -> None:
@@ -337,7 +337,7 @@ def test_workers_lost_seen_again_and_forgotten() -> None:
         ]
     )
     worker = model.workers["w1"]
-    assert (worker["state"], worker["tasks_succeeded"], worker["stopped_at"]) == (
+    assert (worker.state, worker.tasks_succeeded, worker.stopped_at) == (
         "stopped",
         1,
         at(4),
@@ -361,13 +361,11 @@ def test_a_listed_batch_fills_in_the_rows_task_events_made_first() -> None:
     ]
     for item in items(events):
         live.apply_item(item)
-    assert live.batches == [
-        {"job_id": "S", "first_index": 0, "task_count": 2, "seq": 2, "listed": False}
-    ]
-    assert (live.tasks["S-1"]["kind"], live.tasks["S-1"]["args"]) == ("", EMPTY_JSON)
+    assert live.batches == [BatchRow(job_id="S", first_index=0, task_count=2, seq=2, listed=False)]
+    assert (live.tasks["S-1"].kind, live.tasks["S-1"].args) == ("", EMPTY_JSON)
     live.list_batch("S", 0, specs, 2)  # the lister, later
     task = live.tasks["S-1"]
-    assert (task["kind"], task["args"], task["state"], task["updated_seq"]) == (
+    assert (task.kind, task.args, task.state, task.updated_seq) == (
         "sum",
         raw({"i": 1}),
         "running",
@@ -391,16 +389,12 @@ def _in_batches(log: Sequence[Event], size: int) -> ReadModel:
     for batch in batches:
         keys = keys_of(batch)
         part = ReadModel(list_batches=True)
-        part.jobs = {k: dict(store.jobs[k]) for k in keys.jobs if k in store.jobs}
-        tasks = {row["task_id"]: row for row in store.expanded_tasks()}
-        part.tasks = {k: dict(tasks[k]) for k in keys.tasks if k in tasks}
-        part.attempts = {
-            k: {n: dict(a) for n, a in store.attempts[k].items()}
-            for k in keys.tasks
-            if k in store.attempts
-        }
+        part.jobs = {k: store.jobs[k] for k in keys.jobs if k in store.jobs}
+        tasks = {row.task_id: row for row in store.expanded_tasks()}
+        part.tasks = {k: tasks[k] for k in keys.tasks if k in tasks}
+        part.attempts = {k: dict(store.attempts[k]) for k in keys.tasks if k in store.attempts}
         part.results = {k: store.results[k] for k in keys.tasks if k in store.results}
-        part.workers = {k: dict(store.workers[k]) for k in keys.workers if k in store.workers}
+        part.workers = {k: store.workers[k] for k in keys.workers if k in store.workers}
         part.crawl.rows = {
             k: dict(row)
             | {m: dict(row[m]) for m in ("status_counts", "cache_counts", "response_ms")}
@@ -417,7 +411,7 @@ def _in_batches(log: Sequence[Event], size: int) -> ReadModel:
                     task_range.first_index, task_range.first_index + task_range.count
                 ):
                     row = task_range.row(index)
-                    store.tasks.setdefault(row["task_id"], row)
+                    store.tasks.setdefault(row.task_id, row)
         for k in keys.workers:
             store.workers.pop(k, None)
         for k in keys.tasks:
