@@ -5,7 +5,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -20,7 +20,16 @@ from jobstream.cli._settings import (
     checked,
     resolve_endpoints,
 )
-from jobstream.events import MAX_LENGTH, NO_SECURITY, ConnectError, NameKind, NatsSecurity, quote
+from jobstream.events import (
+    MAX_LENGTH,
+    NO_SECURITY,
+    ConnectError,
+    JobStatus,
+    NameKind,
+    NatsSecurity,
+    TaskState,
+    quote,
+)
 from jobstream.projections import DEFAULT_SCHEMA
 
 if TYPE_CHECKING:
@@ -30,10 +39,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-JobStatus = Literal[
-    "submitting", "queued", "running", "completed", "failed", "cancelled", "rejected"
-]
-TaskState = Literal["queued", "running", "succeeded", "failed", "dead_lettered", "cancelled"]
 LimitOption = Annotated[int, typer.Option(min=1, max=500, help="Rows to show, at most 500.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="NDJSON: one object per line.")]
 # Errors are cut to this in a table (the JSON has them whole).

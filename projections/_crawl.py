@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from jobstream.events import Event, TaskDeadLettered, TaskRequeued, TaskSucceeded, encode
+from jobstream.events import TaskDeadLettered, TaskRequeued, TaskSucceeded, encode
 
 CRAWL_KIND = "http.warm"
 SLOW_PAGE_MS = 3000.0
@@ -48,12 +48,6 @@ SUMMED = (
     "timed_pages",
     "total_us",
 )
-
-
-def is_crawl_page(event: Event) -> bool:
-    return isinstance(event, TaskSucceeded | TaskDeadLettered | TaskRequeued) and (
-        event.kind == CRAWL_KIND
-    )
 
 
 def domain_of(url: object) -> str:

@@ -16,8 +16,9 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from jobstream.events import JSON_COLUMNS
 from jobstream.projections._migrate import quote_ident
-from jobstream.projections._rules import COLUMNS, JSON_COLUMNS, ReadModel
+from jobstream.projections._rules import COLUMNS, ReadModel
 
 
 def _copy_value(value: Any) -> Any:

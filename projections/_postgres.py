@@ -26,6 +26,7 @@ import asyncpg
 
 from jobstream.events import (
     DEFAULT_BATCH_MAX,
+    POSTGRES_PROJECTION,
     Bus,
     JobTasksAdded,
     SourceItem,
@@ -42,7 +43,7 @@ from jobstream.projections._rules import ReadModel
 
 log = logging.getLogger(__name__)
 
-DEFAULT_NAME = "postgres"
+DEFAULT_NAME = POSTGRES_PROJECTION
 
 T = TypeVar("T")
 

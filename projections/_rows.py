@@ -13,18 +13,17 @@ from typing import Any, TypeVar
 import asyncpg
 import msgspec
 
-from jobstream.events import SourceItem, encode
-from jobstream.projections._rules import (
-    COLUMNS,
+from jobstream.events import (
     JSON_COLUMNS,
     AttemptRow,
     JobRow,
-    Keys,
-    ReadModel,
     ResultRow,
+    SourceItem,
     TaskRow,
     WorkerRow,
+    encode,
 )
+from jobstream.projections._rules import COLUMNS, Keys, ReadModel
 
 R = TypeVar("R", bound=msgspec.Struct)
 K = TypeVar("K")

@@ -29,17 +29,29 @@ from typing import Any
 import msgspec
 
 from jobstream.events import (
+    EMPTY_JSON,
     JOB_EVENTS,
+    TABLE_ROWS,
+    TERMINAL_JOB_STATUSES,
+    TERMINAL_TASK_STATES,
+    AttemptOutcome,
+    AttemptRow,
+    BatchRow,
     Event,
     JobCancelled,
     JobCompleted,
     JobEvent,
     JobFailed,
     JobRejected,
+    JobRow,
     JobSealed,
+    JobStatus,
     JobSubmitted,
     JobTasksAdded,
     OneTaskEvent,
+    RejectedRow,
+    ResultRow,
+    ResultStatus,
     SourceItem,
     TaskCancelled,
     TaskChunkFinished,
@@ -47,11 +59,13 @@ from jobstream.events import (
     TaskFailed,
     TaskProgress,
     TaskRequeued,
+    TaskRow,
     TaskSpec,
     TaskStarted,
     TaskSucceeded,
     WorkerForgotten,
     WorkerLost,
+    WorkerRow,
     WorkerStarted,
     WorkerStopped,
     chunk_task_events,
@@ -68,130 +82,14 @@ from jobstream.projections._crawl import (
 )
 from jobstream.projections._task_rows import over_the_task_limit, spec_ranges
 
-TERMINAL_TASK_STATES = frozenset({"succeeded", "dead_lettered", "cancelled"})
-TERMINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled", "rejected"})
-
-EMPTY_JSON = msgspec.Raw(b"{}")
-
 
 class RejectedEvent(ValueError):
     """An event that decodes but cannot be projected: it is parked in `rejected_events`."""
 
 
-# --- the rows -------------------------------------------------------------------------------
-# One Struct per table, its fields the table's columns in order (`COLUMNS`). A rule never
-# changes a row: it returns a new one (`msgspec.structs.replace`). jsonb columns hold
-# `msgspec.Raw` JSON text.
-
-
-class JobRow(msgspec.Struct, frozen=True, kw_only=True):
-    job_id: str
-    name: str = ""
-    queue: str = ""
-    priority: int = 0
-    status: str = "queued"
-    total_tasks: int = 0
-    max_attempts: int = 0
-    timeout_s: float | None = None
-    idempotency_key: str | None = None
-    submitted_by: str = ""
-    labels: msgspec.Raw = EMPTY_JSON
-    submitted_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    duration_s: float | None = None
-    error: str | None = None
-    submitted_seq: int
-    updated_seq: int
-
-
-class TaskRow(msgspec.Struct, frozen=True, kw_only=True):
-    task_id: str
-    job_id: str
-    task_index: int
-    kind: str = ""
-    args: msgspec.Raw = EMPTY_JSON
-    state: str = "queued"
-    attempts: int = 0
-    worker_id: str | None = None
-    result: msgspec.Raw | None = None
-    error: str | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    duration_s: float | None = None
-    updated_seq: int
-    progress: float | None = None
-    progress_message: str | None = None
-
-
-class AttemptRow(msgspec.Struct, frozen=True, kw_only=True):
-    task_id: str
-    attempt: int
-    job_id: str
-    worker_id: str
-    outcome: str  # running | succeeded | failed
-    error: str | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    duration_s: float | None = None
-
-
-class WorkerRow(msgspec.Struct, frozen=True, kw_only=True):
-    worker_id: str
-    host: str = ""
-    pid: int = 0
-    queues: list[str] = msgspec.field(default_factory=list)
-    concurrency: int = 0
-    version: str = ""
-    state: str = "active"  # active | stopped | lost
-    started_at: datetime | None = None
-    last_seen_at: datetime | None = None
-    stopped_at: datetime | None = None
-    tasks_succeeded: int = 0
-    tasks_failed: int = 0
-    updated_seq: int
-
-
-class ResultRow(msgspec.Struct, frozen=True, kw_only=True):
-    task_id: str
-    job_id: str
-    kind: str
-    inputs: msgspec.Raw
-    output: msgspec.Raw | None
-    processed_by: str
-    duration_s: float | None
-    status: str  # succeeded | dead_lettered
-    error: str | None
-    attempts: int
-    finished_at: datetime
-    seq: int
-
-
-class RejectedRow(msgspec.Struct, frozen=True, kw_only=True):
-    seq: int
-    subject: str
-    error: str
-    payload: bytes
-
-
-class BatchRow(msgspec.Struct, frozen=True, kw_only=True):
-    job_id: str
-    first_index: int
-    task_count: int
-    seq: int
-    listed: bool
-
-
-TableRow = JobRow | TaskRow | AttemptRow | WorkerRow | ResultRow | RejectedRow | BatchRow
-
+# The tables' columns, in order.
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "jobs": JobRow.__struct_fields__,
-    "tasks": TaskRow.__struct_fields__,
-    "task_attempts": AttemptRow.__struct_fields__,
-    "workers": WorkerRow.__struct_fields__,
-    "results": ResultRow.__struct_fields__,
-    "rejected_events": RejectedRow.__struct_fields__,
-    "job_batches": BatchRow.__struct_fields__,
+    **{table: row.__struct_fields__ for table, row in TABLE_ROWS.items()},
     "crawl_stats": (
         "job_id",
         "pass",
@@ -205,9 +103,6 @@ COLUMNS: dict[str, tuple[str, ...]] = {
         "updated_seq",
     ),
 }
-JSON_COLUMNS = frozenset(
-    {"labels", "args", "result", "inputs", "output", "status_counts", "cache_counts", "response_ms"}
-)
 
 replace = msgspec.structs.replace
 
@@ -269,7 +164,7 @@ class Result(msgspec.Struct, frozen=True, kw_only=True):
     job_id: str
     task_id: str
     kind: str
-    status: str  # succeeded | dead_lettered
+    status: ResultStatus
     inputs: dict[str, Any]
     output: Any
     worker_id: str
@@ -449,7 +344,7 @@ def job_sealed(job: JobRow, seq: int) -> JobRow:
 
 
 def job_finished(
-    job: JobRow, seq: int, at: datetime, status: str, duration_s: float | None
+    job: JobRow, seq: int, at: datetime, status: JobStatus, duration_s: float | None
 ) -> JobRow:
     """An ended job stays as it ended. No duration: the time since submission."""
     if job.status in TERMINAL_JOB_STATUSES:
@@ -632,7 +527,7 @@ def attempt_abandoned(attempt: AttemptRow, error: str | None, at: datetime) -> A
 def attempt_finished(
     attempt: AttemptRow | None,
     event: TaskSucceeded | TaskFailed,
-    outcome: str,
+    outcome: AttemptOutcome,
     error: str | None,
     started_at: datetime,
     at: datetime,
@@ -960,7 +855,7 @@ class ReadModel:
     def _finish_attempt(
         self,
         event: TaskSucceeded | TaskFailed,
-        outcome: str,
+        outcome: AttemptOutcome,
         error: str | None,
         started_at: datetime,
         at: datetime,

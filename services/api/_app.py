@@ -21,7 +21,17 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, JsonValue
 
-from jobstream.events import NO_SECURITY, JobstreamError, NatsSecurity, load_queries
+from jobstream.events import (
+    NO_SECURITY,
+    READ_MODEL_SCHEMA,
+    TASK_STATES,
+    TERMINAL_JOB_STATUSES,
+    JobStatus,
+    JobstreamError,
+    NatsSecurity,
+    TaskState,
+    load_queries,
+)
 from jobstream.services.api._crawl import crawl_router
 from jobstream.services.api._cursors import (
     JobCursor,
@@ -57,7 +67,7 @@ from jobstream.services.api._params import (
     TaskIdPath,
 )
 
-DEFAULT_SCHEMA = "jobstream"
+DEFAULT_SCHEMA = READ_MODEL_SCHEMA
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 POOL_MIN_SIZE = 1
@@ -68,21 +78,6 @@ COMMAND_TIMEOUT_S = 30.0
 CLOSE_TIMEOUT_S = 10.0
 RECONNECT_INTERVAL_S = 1.0
 
-# submitting: a streamed job whose tasks are still being added (it runs once sealed).
-JobStatus = Literal[
-    "submitting", "queued", "running", "completed", "failed", "cancelled", "rejected"
-]
-TaskState = Literal["queued", "running", "succeeded", "failed", "dead_lettered", "cancelled"]
-_TASK_STATES: tuple[TaskState, ...] = (
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "dead_lettered",
-    "cancelled",
-)
-_TERMINAL_TASK_STATES = frozenset({"succeeded", "dead_lettered", "cancelled"})
-_TERMINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled", "rejected"})
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _SQL = load_queries("jobstream.services.api", "queries.sql")
@@ -395,7 +390,7 @@ async def _task_counts(
 def _counts(by_state: Mapping[str, int], total_tasks: int) -> TaskCounts:
     """Counts from the tasks table; tasks the job announced but the projector has not written
     yet count as queued, so a fresh job never shows 0 of 0."""
-    per_state = {state: by_state.get(state, 0) for state in _TASK_STATES}
+    per_state = {state: by_state.get(state, 0) for state in TASK_STATES}
     counted = sum(by_state.values())
     unprojected = max(total_tasks - counted, 0)
     per_state["queued"] += unprojected
@@ -404,7 +399,7 @@ def _counts(by_state: Mapping[str, int], total_tasks: int) -> TaskCounts:
 
 def _progress(counts: TaskCounts, status: str) -> float:
     if counts.total == 0:
-        return 1.0 if status in _TERMINAL_JOB_STATUSES else 0.0
+        return 1.0 if status in TERMINAL_JOB_STATUSES else 0.0
     terminal = counts.succeeded + counts.dead_lettered + counts.cancelled
     return terminal / counts.total
 

@@ -10,7 +10,9 @@ import msgspec
 import pytest
 
 from jobstream.events import (
+    EMPTY_JSON,
     MAX_TASKS_PER_JOB,
+    BatchRow,
     ChunkFailure,
     ChunkResult,
     Event,
@@ -37,8 +39,6 @@ from jobstream.projections._fold import table_rows
 from jobstream.projections._ndjson import result_line, result_lines
 from jobstream.projections._rows import keys_of
 from jobstream.projections._rules import (
-    EMPTY_JSON,
-    BatchRow,
     ReadModel,
     RejectedEvent,
     result_of,
