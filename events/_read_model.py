@@ -34,12 +34,17 @@ TERMINAL_JOB_STATUSES: frozenset[JobStatus] = frozenset(
 TERMINAL_TASK_STATES: frozenset[TaskState] = frozenset({"succeeded", "dead_lettered", "cancelled"})
 
 EMPTY_JSON = msgspec.Raw(b"{}")
+# A jsonb column's SQL NULL. The read models never hold a JSON `null` apart from SQL NULL (a
+# task's result of None is NULL), so `null` stands for it: rows read back as JSON (where the
+# two look alike) keep their meaning, and JSON written as `null` is stored as NULL.
+JSON_NULL = msgspec.Raw(b"null")
 
 
 # --- the rows -------------------------------------------------------------------------------
 # One Struct per table, its fields the table's columns in order. Rows are frozen: a rule
 # returns a new row (`msgspec.structs.replace`). jsonb columns hold their JSON text
-# (`msgspec.Raw`); crawl_stats rows are the crawl rule's own (projections/_crawl.py).
+# (`msgspec.Raw`, NULL as `JSON_NULL`); crawl_stats rows are the crawl rule's own
+# (projections/_crawl.py).
 
 
 class JobRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -72,7 +77,7 @@ class TaskRow(msgspec.Struct, frozen=True, kw_only=True):
     state: TaskState = "queued"
     attempts: int = 0
     worker_id: str | None = None
-    result: msgspec.Raw | None = None
+    result: msgspec.Raw = JSON_NULL
     error: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -115,7 +120,7 @@ class ResultRow(msgspec.Struct, frozen=True, kw_only=True):
     job_id: str
     kind: str
     inputs: msgspec.Raw
-    output: msgspec.Raw | None
+    output: msgspec.Raw
     processed_by: str
     duration_s: float | None
     status: ResultStatus

@@ -16,15 +16,15 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from jobstream.events import JSON_COLUMNS
+from jobstream.events import JSON_COLUMNS, JSON_NULL
 from jobstream.projections._migrate import quote_ident
 from jobstream.projections._rules import COLUMNS, ReadModel
 
 
 def _copy_value(value: Any) -> Any:
-    """A value as COPY takes it: jsonb as its text."""
+    """A value as COPY takes it: jsonb as its text (`JSON_NULL`: NULL)."""
     if isinstance(value, msgspec.Raw):
-        return bytes(value).decode()
+        return None if value == JSON_NULL else bytes(value).decode()
     return value
 
 

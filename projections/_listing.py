@@ -99,7 +99,7 @@ class TaskLister:
             loaded = Loaded(model)
             end = first_index + sum(spec.count for spec in specs)
             loaded.take_tasks(
-                await conn.fetch(self._queries["load_batch_tasks"], job_id, first_index, end)
+                await conn.fetchval(self._queries["load_batch_tasks"], job_id, first_index, end)
             )
             model.list_batch(job_id, first_index, specs, seq)
             await write(conn, self._queries, loaded)

@@ -14,7 +14,6 @@ import asyncpg
 import msgspec
 
 from jobstream.events import (
-    JSON_COLUMNS,
     AttemptRow,
     JobRow,
     ResultRow,
@@ -23,25 +22,11 @@ from jobstream.events import (
     WorkerRow,
     encode,
 )
-from jobstream.projections._rules import COLUMNS, Keys, ReadModel
+from jobstream.projections._rules import Keys, ReadModel
 
-R = TypeVar("R", bound=msgspec.Struct)
 K = TypeVar("K")
 
-_JSON_IN: dict[str, tuple[str, ...]] = {
-    table: tuple(c for c in columns if c in JSON_COLUMNS) for table, columns in COLUMNS.items()
-}
 _CRAWL_MAPS = ("status_counts", "cache_counts", "response_ms")
-
-
-def row_of(record: asyncpg.Record, kind: type[R], table: str) -> R:
-    """A loaded row as the rules hold it: jsonb values as `msgspec.Raw` (asyncpg gives text)."""
-    values = dict(record)
-    for column in _JSON_IN[table]:
-        value = values[column]
-        if value is not None:
-            values[column] = msgspec.Raw(value.encode())
-    return kind(**values)
 
 
 class Loaded:
@@ -57,58 +42,50 @@ class Loaded:
         self.crawl: dict[tuple[str, int, str], dict[str, Any]] = {}
         self.batches = len(model.batches)
 
-    def take_jobs(self, records: Iterable[asyncpg.Record]) -> None:
-        for record in records:
-            job = row_of(record, JobRow, "jobs")
-            self.model.jobs[job.job_id] = self.jobs[job.job_id] = job
-
-    def take_tasks(self, records: Iterable[asyncpg.Record]) -> None:
-        for record in records:
-            task = row_of(record, TaskRow, "tasks")
+    def take_tasks(self, rows: str) -> None:
+        """Task rows, as a JSON array."""
+        for task in _TASKS.decode(rows):
             self.model.tasks[task.task_id] = self.tasks[task.task_id] = task
 
-    def take_attempts(self, records: Iterable[asyncpg.Record]) -> None:
-        for record in records:
-            attempt = AttemptRow(**record)
-            self.model.attempts.setdefault(attempt.task_id, {})[attempt.attempt] = attempt
-            self.attempts[attempt.task_id, attempt.attempt] = attempt
 
-    def take_workers(self, records: Iterable[asyncpg.Record]) -> None:
-        for record in records:
-            worker = WorkerRow(**record)
-            self.model.workers[worker.worker_id] = self.workers[worker.worker_id] = worker
-
-    def take_results(self, records: Iterable[asyncpg.Record]) -> None:
-        for record in records:
-            result = row_of(record, ResultRow, "results")
-            self.model.results[result.task_id] = self.results[result.task_id] = result
-
-    def take_crawl(self, records: Iterable[asyncpg.Record]) -> None:
-        for record in records:
-            row = dict(record)
-            for column in _CRAWL_MAPS:
-                row[column] = msgspec.json.decode(row[column])
-            key = (row["job_id"], row["pass"], row["domain"])
-            self.model.crawl.rows[key] = row
-            self.crawl[key] = row | {column: dict(row[column]) for column in _CRAWL_MAPS}
+_JOBS = msgspec.json.Decoder(list[JobRow], strict=False)
+_TASKS = msgspec.json.Decoder(list[TaskRow], strict=False)
+_ATTEMPTS = msgspec.json.Decoder(list[AttemptRow], strict=False)
+_RESULTS = msgspec.json.Decoder(list[ResultRow], strict=False)
+_WORKERS = msgspec.json.Decoder(list[WorkerRow], strict=False)
+_CRAWL = msgspec.json.Decoder(list[dict[str, Any]])
 
 
 async def load(
     conn: asyncpg.Connection, queries: Mapping[str, str], keys: Keys, model: ReadModel
 ) -> Loaded:
-    """The rows of `keys` put into `model`."""
+    """The rows of `keys` put into `model`: one query, each table's rows as a JSON array
+    decoded straight into its row type (`strict=False`: a float column's non-finite value
+    comes as a string)."""
     loaded = Loaded(model)
-    if keys.jobs:
-        loaded.take_jobs(await conn.fetch(queries["load_jobs"], list(keys.jobs)))
-    if keys.tasks:
-        task_ids = list(keys.tasks)
-        loaded.take_tasks(await conn.fetch(queries["load_tasks"], task_ids))
-        loaded.take_attempts(await conn.fetch(queries["load_task_attempts"], task_ids))
-        loaded.take_results(await conn.fetch(queries["load_results"], task_ids))
-    if keys.workers:
-        loaded.take_workers(await conn.fetch(queries["load_workers"], list(keys.workers)))
-    if keys.crawl_jobs:
-        loaded.take_crawl(await conn.fetch(queries["load_crawl_stats"], list(keys.crawl_jobs)))
+    if not (keys.jobs or keys.tasks or keys.workers or keys.crawl_jobs):
+        return loaded
+    arrays = await conn.fetchrow(
+        queries["load_rows"],
+        list(keys.jobs),
+        list(keys.tasks),
+        list(keys.workers),
+        list(keys.crawl_jobs),
+    )
+    for job in _JOBS.decode(arrays[0]):
+        model.jobs[job.job_id] = loaded.jobs[job.job_id] = job
+    loaded.take_tasks(arrays[1])
+    for attempt in _ATTEMPTS.decode(arrays[2]):
+        model.attempts.setdefault(attempt.task_id, {})[attempt.attempt] = attempt
+        loaded.attempts[attempt.task_id, attempt.attempt] = attempt
+    for result in _RESULTS.decode(arrays[3]):
+        model.results[result.task_id] = loaded.results[result.task_id] = result
+    for worker in _WORKERS.decode(arrays[4]):
+        model.workers[worker.worker_id] = loaded.workers[worker.worker_id] = worker
+    for row in _CRAWL.decode(arrays[5]):
+        key = (row["job_id"], row["pass"], row["domain"])
+        model.crawl.rows[key] = row
+        loaded.crawl[key] = row | {column: dict(row[column]) for column in _CRAWL_MAPS}
     return loaded
 
 
@@ -125,28 +102,27 @@ def _attempt_items(model: ReadModel) -> Iterator[tuple[tuple[str, int], AttemptR
 
 
 async def write(conn: asyncpg.Connection, queries: Mapping[str, str], loaded: Loaded) -> None:
-    """Write what the rules changed in `loaded.model` since it was loaded."""
+    """Write what the rules changed in `loaded.model` since it was loaded, in one statement."""
     model = loaded.model
-
-    async def merge(query: str, rows: list[Any]) -> None:
-        if rows:
-            await conn.execute(queries[query], encode(rows).decode())
-
-    ranges = [r.as_json() for per_job in model.ranges.values() for r in per_job]
-    await merge("insert_task_ranges", ranges)
-    await merge("merge_jobs", _changed(model.jobs.items(), loaded.jobs))
-    await merge("merge_tasks", _changed(model.tasks.items(), loaded.tasks))
-    await merge("merge_task_attempts", _changed(_attempt_items(model), loaded.attempts))
-    await merge("merge_workers", _changed(model.workers.items(), loaded.workers))
     gone_workers = [key for key in loaded.workers if key not in model.workers]
-    if gone_workers:
-        await conn.execute(queries["delete_workers"], gone_workers)
     gone_results = [key for key in loaded.results if key not in model.results]
-    if gone_results:
-        await conn.execute(queries["delete_results"], gone_results)
-    await merge("merge_results", _changed(model.results.items(), loaded.results))
-    await merge("merge_crawl_stats", _changed(model.crawl.rows.items(), loaded.crawl))
-    await merge("insert_job_batches", model.batches[loaded.batches :])
+    await conn.execute(
+        queries["write_rows"],
+        _json([part.as_json() for part in model.unmade_ranges()]),
+        _json(_changed(model.jobs.items(), loaded.jobs)),
+        _json(_changed(model.tasks.items(), loaded.tasks)),
+        _json(_changed(_attempt_items(model), loaded.attempts)),
+        _json(_changed(model.workers.items(), loaded.workers)),
+        gone_workers,
+        gone_results,
+        _json(_changed(model.results.items(), loaded.results)),
+        _json(_changed(model.crawl.rows.items(), loaded.crawl)),
+        _json(model.batches[loaded.batches :]),
+    )
+
+
+def _json(rows: list[Any]) -> str:
+    return encode(rows).decode()
 
 
 def parked_rows(model: ReadModel) -> list[tuple[int, str, str, bytes]]:

@@ -20,8 +20,10 @@ ranges in SQL (`generate_series`), the replay expands them when it writes.
 jsonb values are kept as their JSON text (`msgspec.Raw`), never decoded.
 """
 
+import dataclasses
 import math
-from collections.abc import Iterable, Iterator
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,8 +31,8 @@ from typing import Any
 import msgspec
 
 from jobstream.events import (
-    EMPTY_JSON,
     JOB_EVENTS,
+    JSON_NULL,
     TABLE_ROWS,
     TERMINAL_JOB_STATUSES,
     TERMINAL_TASK_STATES,
@@ -129,9 +131,9 @@ def finite(value: float | None) -> float | None:
     return value if value is None or math.isfinite(value) else None
 
 
-def json_value(value: Any) -> msgspec.Raw | None:
-    """A jsonb value as its JSON text (None: SQL NULL)."""
-    return None if value is None else msgspec.Raw(encode(value))
+def json_value(value: Any) -> msgspec.Raw:
+    """A jsonb value as its JSON text (None: SQL NULL, `JSON_NULL`)."""
+    return JSON_NULL if value is None else msgspec.Raw(encode(value))
 
 
 def _later(a: datetime | None, b: datetime | None) -> datetime | None:
@@ -206,13 +208,13 @@ def result_of(seq: int, event: TaskSucceeded | TaskDeadLettered) -> Result:
     )
 
 
-def result_row(result: Result, output: msgspec.Raw | None) -> ResultRow:
+def result_row(result: Result, output: msgspec.Raw) -> ResultRow:
     """`result` as a `results` row; `output`: its output as JSON (encoded once per event)."""
     return ResultRow(
         task_id=result.task_id,
         job_id=result.job_id,
         kind=result.kind,
-        inputs=json_value(result.inputs) or EMPTY_JSON,
+        inputs=json_value(result.inputs),
         output=output,
         processed_by=result.worker_id,
         duration_s=result.duration_s,
@@ -238,8 +240,21 @@ class TaskRange:
     args: msgspec.Raw
     seq: int
 
-    def holds(self, index: int) -> bool:
-        return self.first_index <= index < self.first_index + self.count
+    @property
+    def end(self) -> int:
+        return self.first_index + self.count
+
+    def without(self, indexes: Sequence[int]) -> list["TaskRange"]:
+        """This range less the task indexes `indexes` (sorted): the parts between them."""
+        parts: list[TaskRange] = []
+        start = self.first_index
+        for index in indexes[bisect_left(indexes, start) : bisect_left(indexes, self.end)]:
+            if index > start:
+                parts.append(dataclasses.replace(self, first_index=start, count=index - start))
+            start = index + 1
+        if start < self.end:
+            parts.append(dataclasses.replace(self, first_index=start, count=self.end - start))
+        return parts
 
     def row(self, index: int) -> TaskRow:
         return TaskRow(
@@ -268,7 +283,7 @@ def task_ranges(
 ) -> list[TaskRange]:
     """The ranges of `specs`, task indexes from `first_index` on."""
     return [
-        TaskRange(job_id, first, spec.count, spec.kind, json_value(spec.args) or EMPTY_JSON, seq)
+        TaskRange(job_id, first, spec.count, spec.kind, json_value(spec.args), seq)
         for spec, first in spec_ranges(first_index, specs)
         if spec.count > 0
     ]
@@ -305,7 +320,7 @@ def job_submitted(
         timeout_s=finite(event.timeout_s),
         idempotency_key=event.idempotency_key,
         submitted_by=event.submitted_by,
-        labels=json_value(event.labels) or EMPTY_JSON,
+        labels=json_value(event.labels),
         submitted_at=at,
         submitted_seq=seq,
         updated_seq=seq,
@@ -430,7 +445,7 @@ def task_succeeded(
     seq: int,
     event: TaskSucceeded,
     result: Result,
-    output: msgspec.Raw | None,
+    output: msgspec.Raw,
     started_at: datetime,
 ) -> TaskRow:
     """started_at: when the attempt started, as its task.started said, else counted back."""
@@ -670,7 +685,9 @@ class ReadModel:
         self.results: dict[str, ResultRow] = {}
         self.rejected: dict[int, RejectedRow] = {}
         self.batches: list[BatchRow] = []
-        self.ranges: dict[str, list[TaskRange]] = {}  # by job: task rows not made yet
+        # By job, in index order: task rows not made yet (`task` makes one when needed).
+        self.ranges: dict[str, list[TaskRange]] = {}
+        self._range_starts: dict[str, list[int]] = {}
         self.crawl = CrawlStatsFold()
         self.last_seq = 0
 
@@ -726,8 +743,8 @@ class ReadModel:
         match event:
             case JobSubmitted():
                 job, ranges = job_submitted(job, seq, at, event)
-                if ranges:
-                    self.ranges.setdefault(event.job_id, []).extend(ranges)
+                for task_range in ranges:
+                    self._add_range(task_range)
             case JobTasksAdded():
                 job, batch = job_tasks_added(job, seq, event, listed=self.list_batches)
                 if batch is not None:
@@ -750,7 +767,13 @@ class ReadModel:
                 task = self.tasks.get(task_id)
                 if task is not None:
                     self.tasks[task_id] = task_listed(task, task_range, index)
-            self.ranges.setdefault(job_id, []).append(task_range)
+            self._add_range(task_range)
+
+    def _add_range(self, task_range: TaskRange) -> None:
+        """Ranges come in index order: a job's tasks, then its batches, each where the last
+        ended."""
+        self.ranges.setdefault(task_range.job_id, []).append(task_range)
+        self._range_starts.setdefault(task_range.job_id, []).append(task_range.first_index)
 
     def _job_running(self, seq: int, job_id: str, started_at: datetime) -> None:
         job = self.jobs.get(job_id)
@@ -770,11 +793,11 @@ class ReadModel:
         index = task_index_of(job_id, task_id)
         if index is None:
             return None
-        for task_range in ranges:
-            if task_range.holds(index):
-                task = self.tasks[task_id] = task_range.row(index)
-                return task
-        return None
+        task_range = ranges[bisect_right(self._range_starts[job_id], index) - 1]
+        if not task_range.first_index <= index < task_range.end:
+            return None
+        task = self.tasks[task_id] = task_range.row(index)
+        return task
 
     def open_task(self, seq: int, event: OneTaskEvent, kind: str = "") -> TaskRow | None:
         """The event's task row unless it ended (a terminal state is never left). A task
@@ -874,14 +897,14 @@ class ReadModel:
         attempts = self.attempts.get(event.task_id, {})
         for number, attempt in attempts.items():
             attempts[number] = attempt_abandoned(attempt, result.error, at)
-        self._add_result(seq, event, result, None)
+        self._add_result(seq, event, result, JSON_NULL)
 
     def _add_result(
         self,
         seq: int,
         event: TaskSucceeded | TaskDeadLettered,
         result: Result,
-        output: msgspec.Raw | None,
+        output: msgspec.Raw,
     ) -> None:
         """The first finishing event of a task makes its result; a page of a crawl counts."""
         if event.task_id in self.results:
@@ -918,15 +941,26 @@ class ReadModel:
 
     # --- output ----------------------------------------------------------------------------
 
+    def unmade_ranges(self) -> list[TaskRange]:
+        """The ranges less the rows held (made from them, or by task events before the
+        listing of a batch): the task rows still to make, each once."""
+        held: dict[str, list[int]] = {}
+        for task in self.tasks.values():
+            if task.job_id in self.ranges:
+                held.setdefault(task.job_id, []).append(task.task_index)
+        parts: list[TaskRange] = []
+        for job_id, ranges in self.ranges.items():
+            indexes = sorted(held.get(job_id, ()))
+            for task_range in ranges:
+                parts += task_range.without(indexes) if indexes else [task_range]
+        return parts
+
     def expanded_tasks(self) -> Iterator[TaskRow]:
         """Every task row, those of the ranges included (the replay's COPY)."""
         yield from self.tasks.values()
-        for ranges in self.ranges.values():
-            for task_range in ranges:
-                end = task_range.first_index + task_range.count
-                for index in range(task_range.first_index, end):
-                    if task_id_for(task_range.job_id, index) not in self.tasks:
-                        yield task_range.row(index)
+        for task_range in self.unmade_ranges():
+            for index in range(task_range.first_index, task_range.end):
+                yield task_range.row(index)
 
 
 class Keys:

@@ -11,6 +11,7 @@ import pytest
 
 from jobstream.events import (
     EMPTY_JSON,
+    JSON_NULL,
     MAX_TASKS_PER_JOB,
     BatchRow,
     ChunkFailure,
@@ -258,7 +259,7 @@ def test_the_results_row_and_the_ndjson_line_are_one_result(args: dict[str, Any]
         row.task_id,
         row.job_id,
         row.kind,
-        msgspec.json.decode(bytes(row.output or b"null")),
+        msgspec.json.decode(bytes(row.output)),
         row.processed_by,
         row.duration_s,
         row.status,
@@ -294,7 +295,7 @@ def test_a_dead_letter_result_carries_its_last_error_else_its_reason() -> None:
         None,
         "",
     )
-    assert result_row(result, None).inputs == EMPTY_JSON
+    assert result_row(result, JSON_NULL).inputs == EMPTY_JSON
 
 
 def test_a_chunk_makes_a_line_per_success_from_the_same_rule() -> None:
