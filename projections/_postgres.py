@@ -113,7 +113,7 @@ class PostgresProjector:
             f"SET LOCAL search_path TO {quote_ident(schema)}; SET LOCAL synchronous_commit TO off"
         )
         self._queries = load_queries()
-        self.lister = TaskLister(bus, pool, schema=schema)
+        self.lister = TaskLister(bus, pool, schema=schema, name=name)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Project until `stop` is set, and write the task rows of streamed jobs beside it;

@@ -99,7 +99,7 @@ async def replay_postgres(
     """Rebuild the read models of `schema` from the log into a fresh schema; swap it in.
 
     `bulk` folds the log in memory and loads the tables with COPY (`_fold.py`); should the
-    database refuse a row (a value out of its range), the projector's statements rebuild it
+    database refuse a row (a value out of its range), the live projector's way rebuilds it
     instead, parking the refused events as the live projector does.
     """
     first, last = await _log_bounds(bus, from_seq)

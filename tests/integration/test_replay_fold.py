@@ -1,5 +1,6 @@
-"""The bulk replay (events folded in memory, tables loaded with COPY) gives the very rows the
-projector's statements give, on a log written to reach the corners of every rule."""
+"""The bulk replay (the whole log applied in memory, tables loaded with COPY) gives the very
+rows the live projector gives (batch by batch, each loading the rows it needs and writing
+back what changed), on a log written to reach the corners of every rule."""
 
 import asyncio
 import typing

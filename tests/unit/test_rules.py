@@ -436,3 +436,21 @@ def test_a_batch_needs_only_the_rows_its_events_name(size: int) -> None:
     log = tricky_log()
     whole = model_of(log)
     assert _sorted_tables(_in_batches(log, size)) == _sorted_tables(whole)
+
+
+def test_the_ranges_leave_out_the_rows_written_whole() -> None:
+    model = model_of([job(count=10), succeeded(0, 1), succeeded(5, 2), succeeded(9, 3)])
+    parts = [(r.first_index, r.count) for r in model.unmade_ranges()]
+    assert parts == [(1, 4), (6, 3)]
+    task_range = model.ranges["J"][0]
+    assert [(r.first_index, r.count) for r in task_range.without([])] == [(0, 10)]
+    assert [(r.first_index, r.count) for r in task_range.without([3, 4, 20])] == [(0, 3), (5, 5)]
+    assert task_range.without(list(range(10))) == []
+
+
+def test_a_task_of_a_job_of_many_specs_is_found_by_its_index() -> None:
+    specs = [TaskSpec(kind="sum", args={"i": i}) for i in range(5000)]
+    model = model_of([JobSubmitted(at=at(0), job_id="J", tasks=specs), succeeded(4321, 1)])
+    assert model.tasks["J-4321"].args == raw({"i": 4321})
+    assert model.task("J", "J-5000") is None
+    assert model.task("J", "J-x") is None
