@@ -771,3 +771,52 @@ async def _task_rows(pool: asyncpg.Pool, job_id: str) -> list[tuple[object, ...]
             job_id,
         )
     return [tuple(row) for row in rows]
+
+
+async def test_the_lister_and_the_projector_together_give_the_replays_tables(
+    bus: Bus, database_url: str
+) -> None:
+    """A streamed job whose batches are listed while the projector applies the events of
+    their tasks (both read rows and write them whole, taking turns): the replay's tables."""
+    job, batches, per_batch = "race", 30, 200
+    events: list[Event] = [JobSubmitted(at=at(0), job_id=job, sealed=False, tasks=[])]
+    for batch in range(batches):
+        first = batch * per_batch
+        specs = [TaskSpec(kind="sum", args={"i": first + i}) for i in range(per_batch)]
+        events.append(
+            JobTasksAdded(at=at(1), job_id=job, batch=batch, first_index=first, tasks=specs)
+        )
+        for index in range(first, first + per_batch, 7):
+            events.append(
+                TaskSucceeded(
+                    at=at(2),
+                    job_id=job,
+                    task_id=f"{job}-{index}",
+                    kind="sum",
+                    args={"i": index},
+                    worker_id="w1",
+                    attempt=1,
+                    result=index,
+                    duration_s=0.01,
+                )
+            )
+    events.append(JobSealed(at=at(3), job_id=job, batches=batches, task_count=batches * per_batch))
+    for event in events:  # in order: a batch is taken where the last one ended
+        await bus.publish_event(event)
+    last = await bus.stream_last_seq()
+    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=4)
+    try:
+        async with running(PostgresProjector(bus, pool, batch_max=5).run):
+            while not await caught_up(pool, last):
+                await asyncio.sleep(0.05)
+        bulk = await replay_postgres(bus, pool, swap=False, bulk=True)
+        async with pool.acquire() as conn:
+            for table in TABLES:
+                live = await table_rows(conn, "jobstream", table)
+                assert await table_rows(conn, bulk.schema, table) == live, table
+            kinds = await conn.fetchval(
+                "SELECT count(*) FROM jobstream.tasks WHERE kind = 'sum' AND args <> '{}'"
+            )
+            assert kinds == batches * per_batch
+    finally:
+        await pool.close()
