@@ -1,10 +1,12 @@
 """The part of the read models a batch touches: loaded into a `ReadModel`, written back.
 
-`load` reads the rows the batch's events name (`Keys`), one query per table, and remembers
-them as loaded; `write` writes what the rules changed: each table's new or changed rows in
-one statement (whole rows as one JSON array, `merge_*` in sql/projector.sql), the rows that
-went, the new batches and task ranges, and the parked events. Nothing here decides what a
-row holds: that is `_rules.py`.
+`load` reads the rows the batch's events name (`Keys`) in one query (`load_rows` in
+sql/projector.sql: each table's rows as a JSON array, decoded straight into the row types)
+and remembers them as loaded; `write` writes what the rules changed in one statement
+(`write_rows`): the new or changed rows whole, the rows that went, the new batches, and the
+task ranges less the rows written whole. Nothing here decides what a row holds: that is
+`_rules.py`. The caller holds the projection's checkpoint lock, so no other writer changes
+these rows in between.
 """
 
 from collections.abc import Iterable, Iterator, Mapping
@@ -28,6 +30,14 @@ K = TypeVar("K")
 
 _CRAWL_MAPS = ("status_counts", "cache_counts", "response_ms")
 
+# strict=False: a float column's non-finite value comes as a string ("NaN").
+_JOBS = msgspec.json.Decoder(list[JobRow], strict=False)
+_TASKS = msgspec.json.Decoder(list[TaskRow], strict=False)
+_ATTEMPTS = msgspec.json.Decoder(list[AttemptRow], strict=False)
+_RESULTS = msgspec.json.Decoder(list[ResultRow], strict=False)
+_WORKERS = msgspec.json.Decoder(list[WorkerRow], strict=False)
+_CRAWL = msgspec.json.Decoder(list[dict[str, Any]])
+
 
 class Loaded:
     """A `ReadModel` holding the rows of a batch's keys, and those rows as they were."""
@@ -46,14 +56,6 @@ class Loaded:
         """Task rows, as a JSON array."""
         for task in _TASKS.decode(rows):
             self.model.tasks[task.task_id] = self.tasks[task.task_id] = task
-
-
-_JOBS = msgspec.json.Decoder(list[JobRow], strict=False)
-_TASKS = msgspec.json.Decoder(list[TaskRow], strict=False)
-_ATTEMPTS = msgspec.json.Decoder(list[AttemptRow], strict=False)
-_RESULTS = msgspec.json.Decoder(list[ResultRow], strict=False)
-_WORKERS = msgspec.json.Decoder(list[WorkerRow], strict=False)
-_CRAWL = msgspec.json.Decoder(list[dict[str, Any]])
 
 
 async def load(

@@ -1,21 +1,24 @@
 """The rule set of the read models: what each event does to the rows of the tables, written once.
 
-`ReadModel` holds rows (plain dicts in `COLUMNS` order, tuples for `results`) and changes them
-event by event, in log order (a `task.chunk_finished` as the per-task events it stands for).
-It does no I/O: its callers give it the rows an event may touch and write back what changed.
+Each rule is a pure function of an event and the current row (or none) that returns the new
+row, or rows to insert (`job_submitted` → a job and its `TaskRange`s); rows are the frozen
+Structs of the read-model contract (`events/_read_model.py`). `ReadModel` holds rows and
+applies events to them in log order (a `task.chunk_finished` as the per-task events it
+stands for), routing each to its rules. It does no I/O: its callers give it the rows the
+events may touch (`Keys`) and write back what changed:
 
-- the live Postgres projector (`_postgres.py`) loads the rows a batch's events name, applies
-  the batch here and writes the rows that changed (one statement per table), in the batch's
-  transaction, with its checkpoint;
+- the live Postgres projector (`_postgres.py`, `_rows.py`) loads the rows a batch's events
+  name, applies the batch here and writes what changed, in the batch's transaction, with its
+  checkpoint; its lister (`_listing.py`) lists a streamed job's batch with `list_batch`;
 - the replay (`_fold.py`) starts from no rows, applies the whole log here and COPYs the
   final rows into a fresh schema;
-- the NDJSON projector (`_ndjson.py`) writes `result_of` of each finished task: the same
-  result the `results` table holds.
+- the NDJSON projector (`_ndjson.py`) writes `result_of` of each finished task: the result
+  the `results` table holds (`result_row`).
 
 So the three outputs cannot drift apart. A job's tasks are not expanded row by row: a
 `job.submitted` (or a listed `job.tasks_added` batch) leaves a `TaskRange` per TaskSpec, and a
 task's row is made from its range when an event touches it. The live projector writes the
-ranges in SQL (`generate_series`), the replay expands them when it writes.
+rest of the ranges in SQL (`generate_series`), the replay expands them when it writes.
 
 jsonb values are kept as their JSON text (`msgspec.Raw`), never decoded.
 """
