@@ -5,7 +5,7 @@ import json
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -17,8 +17,10 @@ from jobstream.cli._settings import (
 )
 from jobstream.events import (
     MAX_LENGTH,
+    JobStatus,
     JobstreamError,
     NameKind,
+    TaskState,
     quote,
 )
 
@@ -29,10 +31,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-JobStatus = Literal[
-    "submitting", "queued", "running", "completed", "failed", "cancelled", "rejected"
-]
-TaskState = Literal["queued", "running", "succeeded", "failed", "dead_lettered", "cancelled"]
 LimitOption = Annotated[int, typer.Option(min=1, max=500, help="Rows to show, at most 500.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="NDJSON: one object per line.")]
 # Errors are cut to this in a table (the JSON has them whole).

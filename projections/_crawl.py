@@ -1,9 +1,9 @@
 """Crawl statistics: what one `http.warm` page adds to its job's `crawl_stats` row.
 
 The rule is written once, here: `page_facts` reads a finished page (a task.succeeded's result,
-or a task.dead_lettered's args and error) into flat figures; the projector passes them to
-`sql/crawl.sql`, which keeps those of the events that made a results row and adds them up
-per job, pass and domain, and the replay fold adds them up with `CrawlStatsFold`. Sums are of
+or a task.dead_lettered's args and error) into flat figures, and `CrawlStatsFold` adds those
+of the events that made a results row up per job, pass and domain (for the live projector
+and the replay alike: `_rules.ReadModel`). Sums are of
 integers (times in microseconds), so the order of the additions never shows.
 
 A page's response time goes into a log-scale histogram (buckets growing by `BUCKET_GROWTH`,
@@ -12,11 +12,11 @@ reads percentiles without reading the pages.
 """
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from jobstream.events import Event, TaskDeadLettered, TaskRequeued, TaskSucceeded, encode
+from jobstream.events import TaskDeadLettered, TaskRequeued, TaskSucceeded, encode
 
 CRAWL_KIND = "http.warm"
 SLOW_PAGE_MS = 3000.0
@@ -48,12 +48,6 @@ SUMMED = (
     "timed_pages",
     "total_us",
 )
-
-
-def is_crawl_page(event: Event) -> bool:
-    return isinstance(event, TaskSucceeded | TaskDeadLettered | TaskRequeued) and (
-        event.kind == CRAWL_KIND
-    )
 
 
 def domain_of(url: object) -> str:
@@ -113,8 +107,8 @@ def _field(mapping: object, key: str) -> object:
 
 
 def page_facts(seq: int, event: TaskSucceeded | TaskDeadLettered) -> _Row:
-    """What a finished page adds to its crawl_stats row (one flat object: the JSON input of
-    `crawl_pages_counted`), with the keys of the event and its results row."""
+    """What a finished page adds to its crawl_stats row (one flat object), with the keys of
+    the event and its results row."""
     facts: _Row = dict.fromkeys(SUMMED, 0) | {
         "seq": seq,
         "job_id": event.job_id,
@@ -188,8 +182,8 @@ def _add_warming(facts: _Row, result: object) -> None:
 
 
 def failure_undone(seq: int, event: TaskRequeued) -> _Row:
-    """The keys of the failed page a requeue takes back (the JSON input of
-    `crawl_failures_undone`): its results row goes, and with it its count."""
+    """The keys of the failed page a requeue takes back: its results row goes, and with it
+    its count."""
     return {
         "seq": seq,
         "job_id": event.job_id,
@@ -204,7 +198,7 @@ def is_server_error(error: str | None) -> bool:
 
 
 class CrawlStatsFold:
-    """The crawl_stats rows in memory: the replay fold's twin of `sql/crawl.sql`."""
+    """The crawl_stats rows in memory, changed page by page."""
 
     def __init__(self) -> None:
         self.rows: dict[tuple[str, int, str], _Row] = {}
@@ -260,45 +254,3 @@ class CrawlStatsFold:
             row | {column: encode(row[column]).decode() for column in maps}
             for row in self.rows.values()
         ]
-
-
-def _compact(facts: _Row) -> _Row:
-    """`facts` without its zero counts and empty keys: the SQL reads a missing key as NULL,
-    which its sums skip, and the JSON to parse is a third of the size."""
-    return {
-        key: value
-        for key, value in facts.items()
-        if value is not None and not (value == 0 and key in SUMMED)
-    }
-
-
-class CrawlRound:
-    """The crawl pages of one round of the projector: their statements run before
-    (`crawl_failures_undone`) and after (`crawl_pages_counted`) the round's own."""
-
-    def __init__(self, counted: set[tuple[str, int]]) -> None:
-        self.pages: list[_Row] = []
-        self.requeued: list[_Row] = []
-        # (task, seq) of the pages of the batch's earlier rounds: a chunk naming a task twice
-        # makes one results row, with the chunk's seq, and only its first naming counts (as
-        # in the replay fold, where the second finds the results row there).
-        self.counted = counted
-
-    def add(self, seq: int, event: Event) -> None:
-        if not is_crawl_page(event):
-            return
-        if isinstance(event, TaskRequeued):
-            self.requeued.append(failure_undone(seq, event))
-        elif isinstance(event, TaskSucceeded | TaskDeadLettered):
-            if (event.task_id, seq) in self.counted:
-                return
-            self.counted.add((event.task_id, seq))
-            self.pages.append(_compact(page_facts(seq, event)))
-
-    def before(self) -> Iterator[tuple[str, list[_Row]]]:
-        if self.requeued:
-            yield "crawl_failures_undone", self.requeued
-
-    def after(self) -> Iterator[tuple[str, list[_Row]]]:
-        if self.pages:
-            yield "crawl_pages_counted", self.pages

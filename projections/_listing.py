@@ -3,10 +3,11 @@
 The projector takes a `job.tasks_added` batch by recording it in `job_batches` (one small
 row, in the batch's transaction); the lister writes the batch's task rows afterwards,
 reading the batch back from the log by its sequence, and marks it listed in the same
-transaction. So the events after a job of a million tasks (its first results among them)
-are projected at once while its task rows follow, and each batch is listed once whatever
-crashes. A task event that comes first makes its task's row; the listing then fills in the
-row's kind and args (`list_task_batch` in sql/projector.sql).
+transaction, which takes its turn with the projector's batches (the checkpoint row's lock).
+So the events after a job of a million tasks (its first results among them) are projected
+at once while its task rows follow, and each batch is listed once whatever crashes. A task
+event that comes first makes its task's row; the listing then fills in the row's kind and
+args (`_rules.ReadModel.list_batch`).
 """
 
 import asyncio
@@ -15,11 +16,19 @@ import logging
 
 import asyncpg
 
-from jobstream.events import Bus, JobTasksAdded, backoff_s, encode, sleep_unless_stopped
+from jobstream.events import (
+    POSTGRES_PROJECTION,
+    Bus,
+    JobTasksAdded,
+    TaskSpec,
+    backoff_s,
+    sleep_unless_stopped,
+)
 from jobstream.projections._database import RETRY_CAP_S, RETRY_ERRORS, connection
 from jobstream.projections._migrate import DEFAULT_SCHEMA, quote_ident
 from jobstream.projections._queries import load_queries
-from jobstream.projections._task_rows import spec_rows
+from jobstream.projections._rows import Loaded, write
+from jobstream.projections._rules import ReadModel
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +47,18 @@ async def unlisted_batches(pool: asyncpg.Pool, *, schema: str = DEFAULT_SCHEMA) 
 class TaskLister:
     """Writes the task rows of the batches the projector took, until stopped."""
 
-    def __init__(self, bus: Bus, pool: asyncpg.Pool, *, schema: str = DEFAULT_SCHEMA) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        pool: asyncpg.Pool,
+        *,
+        schema: str = DEFAULT_SCHEMA,
+        name: str = POSTGRES_PROJECTION,
+    ) -> None:
         self.bus = bus
         self.pool = pool
         self.schema = schema
+        self.name = name
         # Set by the projector when it took a batch: list it now rather than at the next poll.
         self.wake = asyncio.Event()
         self._search_path = (
@@ -79,19 +96,33 @@ class TaskLister:
 
     async def _list(self, job_id: str, first_index: int, seq: int) -> None:
         event = await self.bus.event_at(seq)
-        specs: list[dict[str, object]] = []
+        specs: list[TaskSpec] = []
         if isinstance(event, JobTasksAdded) and (event.job_id, event.first_index) == (
             job_id,
             first_index,
         ):
-            specs = spec_rows(first_index, event.tasks)
+            specs = event.tasks
         else:  # the log no longer holds it (a retention limit): the batch stays without rows
             log.error("job %s: the batch at seq %d is gone from the log; no task rows", job_id, seq)
         async with connection(self.pool) as conn, conn.transaction():
             await conn.execute(self._search_path)
-            await conn.execute(
-                self._queries["list_task_batch"], job_id, first_index, seq, encode(specs).decode()
+            # Take turns with the projector's batches (the checkpoint row's lock): each reads
+            # the rows it changes and writes them whole, so neither may read a row the other
+            # is changing.
+            await conn.fetchval(self._queries["lock_checkpoint"], self.name)
+            count = await conn.fetchval(self._queries["take_batch"], job_id, first_index, seq)
+            if count is None:  # listed already
+                return
+            # The rows task events made before the listing: the rules give them their index,
+            # kind and args (`ReadModel.list_batch`); the others are written as ranges.
+            model = ReadModel(list_batches=False)
+            loaded = Loaded(model)
+            end = first_index + sum(spec.count for spec in specs)
+            loaded.take_tasks(
+                await conn.fetchval(self._queries["load_batch_tasks"], job_id, first_index, end)
             )
+            model.list_batch(job_id, first_index, specs, seq)
+            await write(conn, self._queries, loaded)
 
 
 async def _first_of(stop: asyncio.Event, wake: asyncio.Event, *, timeout_s: float) -> None:

@@ -3,10 +3,12 @@
 from importlib import resources
 from typing import TYPE_CHECKING
 
+from jobstream.events import READ_MODEL_SCHEMA
+
 if TYPE_CHECKING:
     import asyncpg
 
-DEFAULT_SCHEMA = "jobstream"
+DEFAULT_SCHEMA = READ_MODEL_SCHEMA
 
 
 def _migrations() -> list[tuple[int, str, str]]:

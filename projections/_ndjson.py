@@ -16,7 +16,7 @@ import fcntl
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -37,6 +37,7 @@ from jobstream.events import (
     event_batches,
     sleep_unless_stopped,
 )
+from jobstream.projections._rules import Result, result_of, utc
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +79,9 @@ class _Tail(msgspec.Struct):
 _tail_decoder = msgspec.json.Decoder(_Tail)
 
 
-def _utc(at: datetime) -> datetime:
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-
-
 def partition_path(results_dir: Path, at: datetime) -> Path:
     """The file of the UTC day of `at`."""
-    return results_dir / f"{FILE_PREFIX}{_utc(at).date().isoformat()}{FILE_SUFFIX}"
+    return results_dir / f"{FILE_PREFIX}{utc(at).date().isoformat()}{FILE_SUFFIX}"
 
 
 def result_lines(item: SourceItem) -> list[ResultLine]:
@@ -95,29 +92,28 @@ def result_lines(item: SourceItem) -> list[ResultLine]:
         return [] if line is None else [line]
     succeeded = [e for e in chunk_task_events(item.event) if isinstance(e, TaskSucceeded)]
     if len(succeeded) == 1:
-        return [_succeeded_line(item.seq, succeeded[0])]
+        return [_line(result_of(item.seq, succeeded[0]))]
     return [
-        _succeeded_line(item.seq, event, part=part, parts=len(succeeded))
+        _line(result_of(item.seq, event), part=part, parts=len(succeeded))
         for part, event in enumerate(succeeded, start=1)
     ]
 
 
-def _succeeded_line(
-    seq: int, event: TaskSucceeded, *, part: int | None = None, parts: int | None = None
-) -> ResultLine:
+def _line(result: Result, *, part: int | None = None, parts: int | None = None) -> ResultLine:
+    """The line of a result: the rule of `_rules.result_of`, as the `results` table has it."""
     return ResultLine(
-        seq=seq,
-        at=_utc(event.at),
-        job_id=event.job_id,
-        task_id=event.task_id,
-        kind=event.kind,
-        status="succeeded",
-        inputs=event.args,
-        output=event.result,
-        worker_id=event.worker_id,
-        attempts=event.attempt,
-        duration_s=event.duration_s,
-        error=None,
+        seq=result.seq,
+        at=result.at,
+        job_id=result.job_id,
+        task_id=result.task_id,
+        kind=result.kind,
+        status=result.status,
+        inputs=result.inputs,
+        output=result.output,
+        worker_id=result.worker_id,
+        attempts=result.attempts,
+        duration_s=result.duration_s,
+        error=result.error,
         part=part,
         parts=parts,
     )
@@ -126,26 +122,9 @@ def _succeeded_line(
 def result_line(item: SourceItem) -> ResultLine | None:
     """The line of a `task.succeeded` or `task.dead_lettered` event; None for other items
     (a `task.chunk_finished` makes several: `result_lines`)."""
-    match item.event:
-        case TaskSucceeded() as event:
-            return _succeeded_line(item.seq, event)
-        case TaskDeadLettered() as event:
-            return ResultLine(
-                seq=item.seq,
-                at=_utc(event.at),
-                job_id=event.job_id,
-                task_id=event.task_id,
-                kind=event.kind,
-                status="dead_lettered",
-                inputs=event.args,
-                output=None,
-                worker_id=event.worker_id,
-                attempts=event.attempts,
-                duration_s=None,
-                error=event.last_error or event.reason,
-            )
-        case _:
-            return None
+    if isinstance(item.event, TaskSucceeded | TaskDeadLettered):
+        return _line(result_of(item.seq, item.event))
+    return None
 
 
 # --- recovery ------------------------------------------------------------------------------
@@ -283,7 +262,7 @@ def _runs(
     group: list[ResultLine] = []
     day: date | None = None
     for line in lines:
-        line_day = _utc(line.at).date()
+        line_day = utc(line.at).date()
         if line_day != day and group:
             yield partition_path(results_dir, group[0].at), group
             group = []

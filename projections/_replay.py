@@ -32,7 +32,7 @@ from jobstream.events import (
     with_retry,
 )
 from jobstream.projections._database import DATA_ERRORS
-from jobstream.projections._fold import ReadModelFold, write_fold
+from jobstream.projections._fold import write_fold
 from jobstream.projections._migrate import DEFAULT_SCHEMA, migrate, quote_ident
 from jobstream.projections._ndjson import (
     FILE_PREFIX,
@@ -43,6 +43,7 @@ from jobstream.projections._ndjson import (
     result_lines,
 )
 from jobstream.projections._postgres import DEFAULT_NAME, PostgresProjector
+from jobstream.projections._rules import ReadModel
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ async def replay_postgres(
     """Rebuild the read models of `schema` from the log into a fresh schema; swap it in.
 
     `bulk` folds the log in memory and loads the tables with COPY (`_fold.py`); should the
-    database refuse a row (a value out of its range), the projector's statements rebuild it
+    database refuse a row (a value out of its range), the live projector's way rebuilds it
     instead, parking the refused events as the live projector does.
     """
     first, last = await _log_bounds(bus, from_seq)
@@ -142,7 +143,7 @@ async def _build_bulk(
     """Fold `first`..`last` in memory and COPY the tables into `build`; False if the
     database refused a row (`build` is then left empty for the projector's way)."""
     started = time.perf_counter()
-    fold = ReadModelFold()
+    fold = ReadModel(list_batches=True)
     if last >= first:
         stop = asyncio.Event()
         batches = event_batches(bus, start_seq=first, stop=stop, batch_max=REPLAY_BATCH_MAX)

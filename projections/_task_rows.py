@@ -1,8 +1,7 @@
 """A job's tasks as the read model's task rows: TaskSpecs, each with the index of its first
-task, expanded to one row per task in SQL."""
+task (`_rules.TaskRange`)."""
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
 
 from jobstream.events import MAX_TASKS_PER_JOB, TaskSpec
 
@@ -26,12 +25,3 @@ def spec_ranges(first_index: int, specs: Iterable[TaskSpec]) -> Iterator[tuple[T
     for spec in specs:
         yield spec, index
         index += spec.count
-
-
-def spec_rows(first_index: int, specs: Sequence[TaskSpec]) -> list[dict[str, Any]]:
-    """The JSON input of the task rows of `specs`: one object per spec, expanded to one row
-    per task in SQL (`generate_series`), so a big job costs no Python work per task."""
-    return [
-        {"kind": spec.kind, "args": spec.args, "count": spec.count, "first_index": first}
-        for spec, first in spec_ranges(first_index, specs)
-    ]

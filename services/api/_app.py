@@ -21,7 +21,15 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from jobstream.events import NO_SECURITY, JobstreamError, NatsSecurity, load_queries
+from jobstream.events import (
+    NO_SECURITY,
+    READ_MODEL_SCHEMA,
+    JobStatus,
+    JobstreamError,
+    NatsSecurity,
+    TaskState,
+    load_queries,
+)
 from jobstream.services.api._crawl import crawl_router
 from jobstream.services.api._cursors import (
     JobCursor,
@@ -63,12 +71,10 @@ from jobstream.services.api._reads import (
     Health,
     Job,
     JobPage,
-    JobStatus,
     Result,
     ResultPage,
     TaskDetail,
     TaskPage,
-    TaskState,
     WorkerDetail,
     WorkerList,
     _load_job,
@@ -88,7 +94,7 @@ from jobstream.services.api._safety import (
 )
 from jobstream.services.api._stats import StatsCache, stats_router
 
-DEFAULT_SCHEMA = "jobstream"
+DEFAULT_SCHEMA = READ_MODEL_SCHEMA
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SQL = load_queries("jobstream.services.api", "queries.sql")
 _OPS_SQL = load_queries("jobstream.services.api", "ops.sql")

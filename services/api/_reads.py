@@ -12,7 +12,11 @@ import asyncpg
 import msgspec
 from pydantic import BaseModel, ConfigDict, JsonValue
 
-from jobstream.events import load_queries
+from jobstream.events import (
+    TASK_STATES,
+    TERMINAL_JOB_STATUSES,
+    load_queries,
+)
 from jobstream.services.api._cursors import (
     JobCursor,
     TaskCursor,
@@ -26,22 +30,6 @@ from jobstream.services.api._liveness import (
     overlay_status,
     overlay_task,
 )
-
-# submitting: a streamed job whose tasks are still being added (it runs once sealed).
-JobStatus = Literal[
-    "submitting", "queued", "running", "completed", "failed", "cancelled", "rejected"
-]
-TaskState = Literal["queued", "running", "succeeded", "failed", "dead_lettered", "cancelled"]
-_TASK_STATES: tuple[TaskState, ...] = (
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "dead_lettered",
-    "cancelled",
-)
-_TERMINAL_TASK_STATES = frozenset({"succeeded", "dead_lettered", "cancelled"})
-_TERMINAL_JOB_STATUSES = frozenset({"completed", "failed", "cancelled", "rejected"})
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -220,7 +208,7 @@ async def _task_counts(
 def _counts(by_state: Mapping[str, int], total_tasks: int) -> TaskCounts:
     """Counts from the tasks table; tasks the job announced but the projector has not written
     yet count as queued, so a fresh job never shows 0 of 0."""
-    per_state = {state: by_state.get(state, 0) for state in _TASK_STATES}
+    per_state = {state: by_state.get(state, 0) for state in TASK_STATES}
     counted = sum(by_state.values())
     unprojected = max(total_tasks - counted, 0)
     per_state["queued"] += unprojected
@@ -229,7 +217,7 @@ def _counts(by_state: Mapping[str, int], total_tasks: int) -> TaskCounts:
 
 def _progress(counts: TaskCounts, status: str) -> float:
     if counts.total == 0:
-        return 1.0 if status in _TERMINAL_JOB_STATUSES else 0.0
+        return 1.0 if status in TERMINAL_JOB_STATUSES else 0.0
     terminal = counts.succeeded + counts.dead_lettered + counts.cancelled
     return terminal / counts.total
 

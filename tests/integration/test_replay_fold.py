@@ -1,8 +1,8 @@
-"""The bulk replay (events folded in memory, tables loaded with COPY) gives the very rows the
-projector's statements give, on a log written to reach the corners of every rule."""
+"""The bulk replay (the whole log applied in memory, tables loaded with COPY) gives the very
+rows the live projector gives (batch by batch, each loading the rows it needs and writing
+back what changed), on a log written to reach the corners of every rule."""
 
 import asyncio
-import inspect
 import typing
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -38,7 +38,6 @@ from jobstream.events import (
     chunk_id_for,
 )
 from jobstream.projections import PostgresProjector, caught_up, replay_postgres
-from jobstream.projections._fold import COLUMNS, _result_row
 from tests.integration.test_projections import read_log
 from tests.integration.test_replay import TABLES, table_rows
 from tests.integration.test_worker_dispatcher import running
@@ -209,7 +208,7 @@ def tricky_log() -> list[Event]:
             duration_s=0.3,
             results=[
                 ChunkResult(task_id="job-c-0", kind="sum", args={"a": 5}, result=5, duration_s=0.1),
-                # No args: the results row takes the task's.
+                # No args: the result's inputs are the event's ({}), the task keeps its own.
                 ChunkResult(task_id="job-c-1", kind="sum", result={"n": [5]}, duration_s=0.2),
             ],
         ),
@@ -676,10 +675,6 @@ def test_the_tricky_log_has_every_event_type() -> None:
     assert {type(event) for event in tricky_log()} == set(typing.get_args(Event))
 
 
-def test_result_rows_are_built_in_the_column_order_of_the_table() -> None:
-    assert tuple(inspect.signature(_result_row).parameters) == tuple(COLUMNS["results"])
-
-
 async def test_task_events_ahead_of_their_rows_give_the_replays_tables(
     bus: Bus, database_url: str
 ) -> None:
@@ -695,7 +690,8 @@ async def test_task_events_ahead_of_their_rows_give_the_replays_tables(
         TaskStarted(
             at=at(1), job_id=job, task_id="big-0", worker_id="w1", attempt=1, lease_deadline=at(9)
         ),
-        # Empty args: the result's inputs are the task's, known only once the batch is listed.
+        # Empty args: the result's inputs are the event's, before and after the listing (a
+        # result is made from its event alone, as the NDJSON line is).
         TaskSucceeded(
             at=at(2),
             job_id=job,
@@ -759,7 +755,7 @@ async def test_task_events_ahead_of_their_rows_give_the_replays_tables(
             inputs = await conn.fetchval(
                 "SELECT inputs::text FROM jobstream.results WHERE task_id = 'big-0'"
             )
-            assert inputs == '{"a": 0, "b": 1}'
+            assert inputs == "{}"
             for table in TABLES:
                 live = await table_rows(conn, "jobstream", table)
                 assert await table_rows(conn, bulk.schema, table) == live, table
@@ -775,3 +771,52 @@ async def _task_rows(pool: asyncpg.Pool, job_id: str) -> list[tuple[object, ...]
             job_id,
         )
     return [tuple(row) for row in rows]
+
+
+async def test_the_lister_and_the_projector_together_give_the_replays_tables(
+    bus: Bus, database_url: str
+) -> None:
+    """A streamed job whose batches are listed while the projector applies the events of
+    their tasks (both read rows and write them whole, taking turns): the replay's tables."""
+    job, batches, per_batch = "race", 30, 200
+    events: list[Event] = [JobSubmitted(at=at(0), job_id=job, sealed=False, tasks=[])]
+    for batch in range(batches):
+        first = batch * per_batch
+        specs = [TaskSpec(kind="sum", args={"i": first + i}) for i in range(per_batch)]
+        events.append(
+            JobTasksAdded(at=at(1), job_id=job, batch=batch, first_index=first, tasks=specs)
+        )
+        for index in range(first, first + per_batch, 7):
+            events.append(
+                TaskSucceeded(
+                    at=at(2),
+                    job_id=job,
+                    task_id=f"{job}-{index}",
+                    kind="sum",
+                    args={"i": index},
+                    worker_id="w1",
+                    attempt=1,
+                    result=index,
+                    duration_s=0.01,
+                )
+            )
+    events.append(JobSealed(at=at(3), job_id=job, batches=batches, task_count=batches * per_batch))
+    for event in events:  # in order: a batch is taken where the last one ended
+        await bus.publish_event(event)
+    last = await bus.stream_last_seq()
+    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=4)
+    try:
+        async with running(PostgresProjector(bus, pool, batch_max=5).run):
+            while not await caught_up(pool, last):
+                await asyncio.sleep(0.05)
+        bulk = await replay_postgres(bus, pool, swap=False, bulk=True)
+        async with pool.acquire() as conn:
+            for table in TABLES:
+                live = await table_rows(conn, "jobstream", table)
+                assert await table_rows(conn, bulk.schema, table) == live, table
+            kinds = await conn.fetchval(
+                "SELECT count(*) FROM jobstream.tasks WHERE kind = 'sum' AND args <> '{}'"
+            )
+            assert kinds == batches * per_batch
+    finally:
+        await pool.close()

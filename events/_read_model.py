@@ -1,0 +1,162 @@
+"""The read models' contract: what the projections write and the API and CLI read.
+
+The schema's default name, the projection's name, the states a job, task, attempt or worker
+can be in, and one Struct per table whose fields are the table's columns, in order. The
+projections (`projections/_rules.py` holds the rules that fill the rows) and the readers
+(`services/api`, `cli/_browse.py`) import these rather than spell them out; the tables
+themselves are made by the migrations in `projections/sql/migrations/`.
+"""
+
+from datetime import datetime
+from typing import Literal, get_args
+
+import msgspec
+
+READ_MODEL_SCHEMA = "jobstream"
+# The Postgres projection's name: its row in projection_checkpoints.
+POSTGRES_PROJECTION = "postgres"
+
+# submitting: a streamed job whose tasks are still being added (it runs once sealed).
+JobStatus = Literal[
+    "submitting", "queued", "running", "completed", "failed", "cancelled", "rejected"
+]
+TaskState = Literal["queued", "running", "succeeded", "failed", "dead_lettered", "cancelled"]
+AttemptOutcome = Literal["running", "succeeded", "failed"]
+WorkerState = Literal["active", "stopped", "lost"]
+ResultStatus = Literal["succeeded", "dead_lettered"]
+
+JOB_STATUSES: tuple[JobStatus, ...] = get_args(JobStatus)
+TASK_STATES: tuple[TaskState, ...] = get_args(TaskState)
+# A job or task in one of these never leaves it (a requeued dead letter is a new round).
+TERMINAL_JOB_STATUSES: frozenset[JobStatus] = frozenset(
+    {"completed", "failed", "cancelled", "rejected"}
+)
+TERMINAL_TASK_STATES: frozenset[TaskState] = frozenset({"succeeded", "dead_lettered", "cancelled"})
+
+EMPTY_JSON = msgspec.Raw(b"{}")
+# A jsonb column's SQL NULL. The read models never hold a JSON `null` apart from SQL NULL (a
+# task's result of None is NULL), so `null` stands for it: rows read back as JSON (where the
+# two look alike) keep their meaning, and JSON written as `null` is stored as NULL.
+JSON_NULL = msgspec.Raw(b"null")
+
+
+# --- the rows -------------------------------------------------------------------------------
+# One Struct per table, its fields the table's columns in order. Rows are frozen: a rule
+# returns a new row (`msgspec.structs.replace`). jsonb columns hold their JSON text
+# (`msgspec.Raw`, NULL as `JSON_NULL`); crawl_stats rows are the crawl rule's own
+# (projections/_crawl.py).
+
+
+class JobRow(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    name: str = ""
+    queue: str = ""
+    priority: int = 0
+    status: JobStatus = "queued"
+    total_tasks: int = 0
+    max_attempts: int = 0
+    timeout_s: float | None = None
+    idempotency_key: str | None = None
+    submitted_by: str = ""
+    labels: msgspec.Raw = EMPTY_JSON
+    submitted_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+    error: str | None = None
+    submitted_seq: int
+    updated_seq: int
+
+
+class TaskRow(msgspec.Struct, frozen=True, kw_only=True):
+    task_id: str
+    job_id: str
+    task_index: int
+    kind: str = ""
+    args: msgspec.Raw = EMPTY_JSON
+    state: TaskState = "queued"
+    attempts: int = 0
+    worker_id: str | None = None
+    result: msgspec.Raw = JSON_NULL
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+    updated_seq: int
+    progress: float | None = None
+    progress_message: str | None = None
+
+
+class AttemptRow(msgspec.Struct, frozen=True, kw_only=True):
+    task_id: str
+    attempt: int
+    job_id: str
+    worker_id: str
+    outcome: AttemptOutcome
+    error: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+
+
+class WorkerRow(msgspec.Struct, frozen=True, kw_only=True):
+    worker_id: str
+    host: str = ""
+    pid: int = 0
+    queues: list[str] = msgspec.field(default_factory=list)
+    concurrency: int = 0
+    version: str = ""
+    state: WorkerState = "active"
+    started_at: datetime | None = None
+    last_seen_at: datetime | None = None
+    stopped_at: datetime | None = None
+    tasks_succeeded: int = 0
+    tasks_failed: int = 0
+    updated_seq: int
+
+
+class ResultRow(msgspec.Struct, frozen=True, kw_only=True):
+    task_id: str
+    job_id: str
+    kind: str
+    inputs: msgspec.Raw
+    output: msgspec.Raw
+    processed_by: str
+    duration_s: float | None
+    status: ResultStatus
+    error: str | None
+    attempts: int
+    finished_at: datetime
+    seq: int
+
+
+class RejectedRow(msgspec.Struct, frozen=True, kw_only=True):
+    seq: int
+    subject: str
+    error: str
+    payload: bytes
+
+
+class BatchRow(msgspec.Struct, frozen=True, kw_only=True):
+    job_id: str
+    first_index: int
+    task_count: int
+    seq: int
+    listed: bool
+
+
+TableRow = JobRow | TaskRow | AttemptRow | WorkerRow | ResultRow | RejectedRow | BatchRow
+
+TABLE_ROWS: dict[str, type[msgspec.Struct]] = {
+    "jobs": JobRow,
+    "tasks": TaskRow,
+    "task_attempts": AttemptRow,
+    "workers": WorkerRow,
+    "results": ResultRow,
+    "rejected_events": RejectedRow,
+    "job_batches": BatchRow,
+}
+
+JSON_COLUMNS = frozenset(
+    {"labels", "args", "result", "inputs", "output", "status_counts", "cache_counts", "response_ms"}
+)

@@ -1,0 +1,140 @@
+"""The part of the read models a batch touches: loaded into a `ReadModel`, written back.
+
+`load` reads the rows the batch's events name (`Keys`) in one query (`load_rows` in
+sql/projector.sql: each table's rows as a JSON array, decoded straight into the row types)
+and remembers them as loaded; `write` writes what the rules changed in one statement
+(`write_rows`): the new or changed rows whole, the rows that went, the new batches, and the
+task ranges less the rows written whole. Nothing here decides what a row holds: that is
+`_rules.py`. The caller holds the projection's checkpoint lock, so no other writer changes
+these rows in between.
+"""
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, TypeVar
+
+import asyncpg
+import msgspec
+
+from jobstream.events import (
+    AttemptRow,
+    JobRow,
+    ResultRow,
+    SourceItem,
+    TaskRow,
+    WorkerRow,
+    encode,
+)
+from jobstream.projections._rules import Keys, ReadModel
+
+K = TypeVar("K")
+
+_CRAWL_MAPS = ("status_counts", "cache_counts", "response_ms")
+
+# strict=False: a float column's non-finite value comes as a string ("NaN").
+_JOBS = msgspec.json.Decoder(list[JobRow], strict=False)
+_TASKS = msgspec.json.Decoder(list[TaskRow], strict=False)
+_ATTEMPTS = msgspec.json.Decoder(list[AttemptRow], strict=False)
+_RESULTS = msgspec.json.Decoder(list[ResultRow], strict=False)
+_WORKERS = msgspec.json.Decoder(list[WorkerRow], strict=False)
+_CRAWL = msgspec.json.Decoder(list[dict[str, Any]])
+
+
+class Loaded:
+    """A `ReadModel` holding the rows of a batch's keys, and those rows as they were."""
+
+    def __init__(self, model: ReadModel) -> None:
+        self.model = model
+        self.jobs: dict[str, JobRow] = {}
+        self.tasks: dict[str, TaskRow] = {}
+        self.attempts: dict[tuple[str, int], AttemptRow] = {}
+        self.workers: dict[str, WorkerRow] = {}
+        self.results: dict[str, ResultRow] = {}
+        self.crawl: dict[tuple[str, int, str], dict[str, Any]] = {}
+        self.batches = len(model.batches)
+
+    def take_tasks(self, rows: str) -> None:
+        """Task rows, as a JSON array."""
+        for task in _TASKS.decode(rows):
+            self.model.tasks[task.task_id] = self.tasks[task.task_id] = task
+
+
+async def load(
+    conn: asyncpg.Connection, queries: Mapping[str, str], keys: Keys, model: ReadModel
+) -> Loaded:
+    """The rows of `keys` put into `model`: one query, each table's rows as a JSON array
+    decoded straight into its row type (`strict=False`: a float column's non-finite value
+    comes as a string)."""
+    loaded = Loaded(model)
+    if not (keys.jobs or keys.tasks or keys.workers or keys.crawl_jobs):
+        return loaded
+    arrays = await conn.fetchrow(
+        queries["load_rows"],
+        list(keys.jobs),
+        list(keys.tasks),
+        list(keys.workers),
+        list(keys.crawl_jobs),
+    )
+    for job in _JOBS.decode(arrays[0]):
+        model.jobs[job.job_id] = loaded.jobs[job.job_id] = job
+    loaded.take_tasks(arrays[1])
+    for attempt in _ATTEMPTS.decode(arrays[2]):
+        model.attempts.setdefault(attempt.task_id, {})[attempt.attempt] = attempt
+        loaded.attempts[attempt.task_id, attempt.attempt] = attempt
+    for result in _RESULTS.decode(arrays[3]):
+        model.results[result.task_id] = loaded.results[result.task_id] = result
+    for worker in _WORKERS.decode(arrays[4]):
+        model.workers[worker.worker_id] = loaded.workers[worker.worker_id] = worker
+    for row in _CRAWL.decode(arrays[5]):
+        key = (row["job_id"], row["pass"], row["domain"])
+        model.crawl.rows[key] = row
+        loaded.crawl[key] = row | {column: dict(row[column]) for column in _CRAWL_MAPS}
+    return loaded
+
+
+def _changed(rows: Iterable[tuple[K, Any]], before: Mapping[K, Any]) -> list[Any]:
+    """The rows that are new or not as they were loaded (crawl_stats rows are mutable dicts,
+    compared with their copies)."""
+    return [row for key, row in rows if before.get(key) != row]
+
+
+def _attempt_items(model: ReadModel) -> Iterator[tuple[tuple[str, int], AttemptRow]]:
+    for task_id, attempts in model.attempts.items():
+        for number, row in attempts.items():
+            yield (task_id, number), row
+
+
+async def write(conn: asyncpg.Connection, queries: Mapping[str, str], loaded: Loaded) -> None:
+    """Write what the rules changed in `loaded.model` since it was loaded, in one statement."""
+    model = loaded.model
+    gone_workers = [key for key in loaded.workers if key not in model.workers]
+    gone_results = [key for key in loaded.results if key not in model.results]
+    await conn.execute(
+        queries["write_rows"],
+        _json([part.as_json() for part in model.unmade_ranges()]),
+        _json(_changed(model.jobs.items(), loaded.jobs)),
+        _json(_changed(model.tasks.items(), loaded.tasks)),
+        _json(_changed(_attempt_items(model), loaded.attempts)),
+        _json(_changed(model.workers.items(), loaded.workers)),
+        gone_workers,
+        gone_results,
+        _json(_changed(model.results.items(), loaded.results)),
+        _json(_changed(model.crawl.rows.items(), loaded.crawl)),
+        _json(model.batches[loaded.batches :]),
+    )
+
+
+def _json(rows: list[Any]) -> str:
+    return encode(rows).decode()
+
+
+def parked_rows(model: ReadModel) -> list[tuple[int, str, str, bytes]]:
+    """The events the rules parked: the arguments of `reject_event`."""
+    return [(row.seq, row.subject, row.error, row.payload) for row in model.rejected.values()]
+
+
+def keys_of(items: Iterable[SourceItem]) -> Keys:
+    keys = Keys()
+    for item in items:
+        if item.event is not None:
+            keys.add(item.event)
+    return keys

@@ -1,0 +1,998 @@
+"""The rule set of the read models: what each event does to the rows of the tables, written once.
+
+Each rule is a pure function of an event and the current row (or none) that returns the new
+row, or rows to insert (`job_submitted` → a job and its `TaskRange`s); rows are the frozen
+Structs of the read-model contract (`events/_read_model.py`). `ReadModel` holds rows and
+applies events to them in log order (a `task.chunk_finished` as the per-task events it
+stands for), routing each to its rules. It does no I/O: its callers give it the rows the
+events may touch (`Keys`) and write back what changed:
+
+- the live Postgres projector (`_postgres.py`, `_rows.py`) loads the rows a batch's events
+  name, applies the batch here and writes what changed, in the batch's transaction, with its
+  checkpoint; its lister (`_listing.py`) lists a streamed job's batch with `list_batch`;
+- the replay (`_fold.py`) starts from no rows, applies the whole log here and COPYs the
+  final rows into a fresh schema;
+- the NDJSON projector (`_ndjson.py`) writes `result_of` of each finished task: the result
+  the `results` table holds (`result_row`).
+
+So the three outputs cannot drift apart. A job's tasks are not expanded row by row: a
+`job.submitted` (or a listed `job.tasks_added` batch) leaves a `TaskRange` per TaskSpec, and a
+task's row is made from its range when an event touches it. The live projector writes the
+rest of the ranges in SQL (`generate_series`), the replay expands them when it writes.
+
+jsonb values are kept as their JSON text (`msgspec.Raw`), never decoded.
+"""
+
+import dataclasses
+import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from jobstream.events import (
+    JOB_EVENTS,
+    JSON_NULL,
+    TABLE_ROWS,
+    TERMINAL_JOB_STATUSES,
+    TERMINAL_TASK_STATES,
+    AttemptOutcome,
+    AttemptRow,
+    BatchRow,
+    Event,
+    JobCancelled,
+    JobCompleted,
+    JobEvent,
+    JobFailed,
+    JobRejected,
+    JobRow,
+    JobSealed,
+    JobStatus,
+    JobSubmitted,
+    JobTasksAdded,
+    OneTaskEvent,
+    RejectedRow,
+    ResultRow,
+    ResultStatus,
+    SourceItem,
+    TaskCancelled,
+    TaskChunkFinished,
+    TaskDeadLettered,
+    TaskFailed,
+    TaskProgress,
+    TaskRequeued,
+    TaskRow,
+    TaskSpec,
+    TaskStarted,
+    TaskSucceeded,
+    WorkerForgotten,
+    WorkerLost,
+    WorkerRow,
+    WorkerStarted,
+    WorkerStopped,
+    chunk_task_events,
+    encode,
+    task_id_for,
+    task_index_of,
+)
+from jobstream.projections._crawl import (
+    CRAWL_KIND,
+    SUMMED,
+    CrawlStatsFold,
+    failure_undone,
+    page_facts,
+)
+from jobstream.projections._task_rows import over_the_task_limit, spec_ranges
+
+
+class RejectedEvent(ValueError):
+    """An event that decodes but cannot be projected: it is parked in `rejected_events`."""
+
+
+# The tables' columns, in order.
+COLUMNS: dict[str, tuple[str, ...]] = {
+    **{table: row.__struct_fields__ for table, row in TABLE_ROWS.items()},
+    "crawl_stats": (
+        "job_id",
+        "pass",
+        "domain",
+        *SUMMED,
+        "min_ms",
+        "max_ms",
+        "status_counts",
+        "cache_counts",
+        "response_ms",
+        "updated_seq",
+    ),
+}
+
+replace = msgspec.structs.replace
+
+
+# --- values ---------------------------------------------------------------------------------
+
+
+def utc(at: datetime) -> datetime:
+    """`at` in UTC (a naive time taken as UTC)."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def counted_back(at: datetime, duration_s: float) -> datetime:
+    """`at` less `duration_s` (a negative or NaN duration as 0; `at` itself on overflow):
+    when an attempt began, from its finish event."""
+    try:
+        return at - timedelta(seconds=max(0.0, duration_s))
+    except OverflowError:
+        return at
+
+
+def finite(value: float | None) -> float | None:
+    """A number that is not finite is stored as NULL."""
+    return value if value is None or math.isfinite(value) else None
+
+
+def json_value(value: Any) -> msgspec.Raw:
+    """A jsonb value as its JSON text (None: SQL NULL, `JSON_NULL`)."""
+    return JSON_NULL if value is None else msgspec.Raw(encode(value))
+
+
+def _later(a: datetime | None, b: datetime | None) -> datetime | None:
+    """Postgres `greatest`: NULLs ignored."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return b if b > a else a
+
+
+def _seconds(since: datetime, until: datetime) -> float:
+    return (until - since) / timedelta(seconds=1)
+
+
+# --- the result of a finished task ------------------------------------------------------------
+
+
+class Result(msgspec.Struct, frozen=True, kw_only=True):
+    """A finished task as the `results` table and the NDJSON files both show it.
+
+    `inputs` are the args the finishing event reports, and only those: a result is made
+    from its event alone, so the NDJSON projector (which keeps no task rows) and the
+    `results` table agree, and a result never changes once made. Every worker of ours
+    reports the task's args; an event that reports none shows `{}` (the task's row keeps
+    its args)."""
+
+    seq: int
+    at: datetime
+    job_id: str
+    task_id: str
+    kind: str
+    status: ResultStatus
+    inputs: dict[str, Any]
+    output: Any
+    worker_id: str
+    attempts: int
+    duration_s: float | None
+    error: str | None
+
+
+def result_of(seq: int, event: TaskSucceeded | TaskDeadLettered) -> Result:
+    """The result of the task `event` finishes."""
+    if isinstance(event, TaskSucceeded):
+        return Result(
+            seq=seq,
+            at=utc(event.at),
+            job_id=event.job_id,
+            task_id=event.task_id,
+            kind=event.kind,
+            status="succeeded",
+            inputs=event.args,
+            output=event.result,
+            worker_id=event.worker_id,
+            attempts=event.attempt,
+            duration_s=finite(event.duration_s),
+            error=None,
+        )
+    return Result(
+        seq=seq,
+        at=utc(event.at),
+        job_id=event.job_id,
+        task_id=event.task_id,
+        kind=event.kind,
+        status="dead_lettered",
+        inputs=event.args,
+        output=None,
+        worker_id=event.worker_id,
+        attempts=event.attempts,
+        duration_s=None,
+        error=event.last_error or event.reason,
+    )
+
+
+def result_row(result: Result, output: msgspec.Raw) -> ResultRow:
+    """`result` as a `results` row; `output`: its output as JSON (encoded once per event)."""
+    return ResultRow(
+        task_id=result.task_id,
+        job_id=result.job_id,
+        kind=result.kind,
+        inputs=json_value(result.inputs),
+        output=output,
+        processed_by=result.worker_id,
+        duration_s=result.duration_s,
+        status=result.status,
+        error=result.error,
+        attempts=result.attempts,
+        finished_at=result.at,
+        seq=result.seq,
+    )
+
+
+# --- task ranges ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRange:
+    """`count` queued task rows of one TaskSpec, indexes from `first_index` on."""
+
+    job_id: str
+    first_index: int
+    count: int
+    kind: str
+    args: msgspec.Raw
+    seq: int
+
+    @property
+    def end(self) -> int:
+        return self.first_index + self.count
+
+    def without(self, indexes: Sequence[int]) -> list["TaskRange"]:
+        """This range less the task indexes `indexes` (sorted): the parts between them."""
+        parts: list[TaskRange] = []
+        start = self.first_index
+        for index in indexes[bisect_left(indexes, start) : bisect_left(indexes, self.end)]:
+            if index > start:
+                parts.append(dataclasses.replace(self, first_index=start, count=index - start))
+            start = index + 1
+        if start < self.end:
+            parts.append(dataclasses.replace(self, first_index=start, count=self.end - start))
+        return parts
+
+    def row(self, index: int) -> TaskRow:
+        return TaskRow(
+            task_id=task_id_for(self.job_id, index),
+            job_id=self.job_id,
+            task_index=index,
+            kind=self.kind,
+            args=self.args,
+            updated_seq=self.seq,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON input of `insert_task_ranges` (sql/projector.sql)."""
+        return {
+            "job_id": self.job_id,
+            "first_index": self.first_index,
+            "count": self.count,
+            "kind": self.kind,
+            "args": self.args,
+            "seq": self.seq,
+        }
+
+
+def task_ranges(
+    job_id: str, first_index: int, specs: Iterable[TaskSpec], seq: int
+) -> list[TaskRange]:
+    """The ranges of `specs`, task indexes from `first_index` on."""
+    return [
+        TaskRange(job_id, first, spec.count, spec.kind, json_value(spec.args), seq)
+        for spec, first in spec_ranges(first_index, specs)
+        if spec.count > 0
+    ]
+
+
+def check_task_limit(job_id: str, first_index: int, specs: list[TaskSpec]) -> None:
+    """`RejectedEvent` if the task indexes of `specs` reach over the limit of tasks per job."""
+    error = over_the_task_limit(job_id, first_index, specs)
+    if error is not None:
+        raise RejectedEvent(error)
+
+
+# --- job rules --------------------------------------------------------------------------------
+
+
+def job_submitted(
+    job: JobRow | None, seq: int, at: datetime, event: JobSubmitted
+) -> tuple[JobRow, list[TaskRange]]:
+    """The job and the ranges of its task rows. A second job.submitted for a known job id
+    changes nothing, its tasks included. A streamed job is `submitting` until its
+    job.sealed. (A new job has no task rows yet: a task event makes one only for a known
+    job.)"""
+    check_task_limit(event.job_id, 0, event.tasks)
+    if job is not None:
+        return job, []
+    row = JobRow(
+        job_id=event.job_id,
+        name=event.name,
+        queue=event.queue,
+        priority=event.priority,
+        status="queued" if event.sealed else "submitting",
+        total_tasks=event.task_count,
+        max_attempts=event.max_attempts,
+        timeout_s=finite(event.timeout_s),
+        idempotency_key=event.idempotency_key,
+        submitted_by=event.submitted_by,
+        labels=json_value(event.labels),
+        submitted_at=at,
+        submitted_seq=seq,
+        updated_seq=seq,
+    )
+    return row, task_ranges(event.job_id, 0, event.tasks, seq)
+
+
+def job_tasks_added(
+    job: JobRow | None, seq: int, event: JobTasksAdded, *, listed: bool
+) -> tuple[JobRow | None, BatchRow | None]:
+    """A job still submitting takes the batch that goes on where its tasks end (as the
+    dispatcher does): its count grows and the batch is recorded (`listed`: its task rows
+    come with it). Any other (a repeat, a gap, an overlap, an empty batch, one of an unknown,
+    sealed or ended job) changes nothing."""
+    check_task_limit(event.job_id, event.first_index, event.tasks)
+    if job is None or job.status != "submitting":
+        return job, None
+    if job.total_tasks != event.first_index or event.task_count == 0:
+        return job, None
+    batch = BatchRow(
+        job_id=event.job_id,
+        first_index=event.first_index,
+        task_count=event.task_count,
+        seq=seq,
+        listed=listed,
+    )
+    return replace(job, total_tasks=job.total_tasks + event.task_count, updated_seq=seq), batch
+
+
+def job_sealed(job: JobRow, seq: int) -> JobRow:
+    """A streamed job is whole: it is queued, and runs. Only a job still submitting (a
+    rejected or cancelled one stays so)."""
+    if job.status != "submitting":
+        return job
+    return replace(job, status="queued", updated_seq=seq)
+
+
+def job_finished(
+    job: JobRow, seq: int, at: datetime, status: JobStatus, duration_s: float | None
+) -> JobRow:
+    """An ended job stays as it ended. No duration: the time since submission."""
+    if job.status in TERMINAL_JOB_STATUSES:
+        return job
+    duration = finite(duration_s)
+    return replace(
+        job,
+        status=status,
+        finished_at=at,
+        duration_s=duration if duration is not None else _seconds(job.submitted_at, at),
+        updated_seq=seq,
+    )
+
+
+def job_rejected(job: JobRow | None, seq: int, at: datetime, event: JobRejected) -> JobRow:
+    """A job the dispatcher set aside ends as rejected; its row is made if its submission
+    could not be read (then it has no tasks)."""
+    if job is None:
+        job = JobRow(job_id=event.job_id, submitted_at=at, submitted_seq=seq, updated_seq=seq)
+    if job.status in TERMINAL_JOB_STATUSES:
+        return job
+    return replace(
+        job,
+        status="rejected",
+        finished_at=at,
+        duration_s=_seconds(job.submitted_at, at),
+        error=event.reason,
+        updated_seq=seq,
+    )
+
+
+def job_running(job: JobRow, seq: int, started_at: datetime) -> JobRow:
+    """A task at work: a queued job runs, from its earliest attempt's start."""
+    return replace(
+        job,
+        status="running" if job.status == "queued" else job.status,
+        started_at=started_at
+        if job.started_at is None or started_at < job.started_at
+        else job.started_at,
+        updated_seq=max(job.updated_seq, seq),
+    )
+
+
+def job_reopened(job: JobRow, seq: int) -> JobRow:
+    """A task requeued: a failed or completed job runs again."""
+    if job.status in ("failed", "completed"):
+        job = replace(job, status="running", finished_at=None, duration_s=None)
+    return replace(job, updated_seq=max(job.updated_seq, seq))
+
+
+# --- task rules -------------------------------------------------------------------------------
+# Each takes the row of a task that has not ended (a terminal state is never left: see
+# `ReadModel.open_task`) and returns its new row.
+
+
+def task_started(task: TaskRow, seq: int, at: datetime, event: TaskStarted) -> TaskRow:
+    return replace(
+        task,
+        state="running",
+        attempts=event.attempt,
+        worker_id=event.worker_id,
+        started_at=at,
+        updated_seq=seq,
+    )
+
+
+def task_progress(task: TaskRow, seq: int, event: TaskProgress) -> TaskRow:
+    """A report of a task in flight: it is running (a task.started may never come: a worker
+    sends one only for tasks slower than its tick); a report without a fraction keeps the
+    last one."""
+    return replace(
+        task,
+        state="running",
+        worker_id=event.worker_id,
+        progress=task.progress if event.fraction is None else finite(event.fraction),
+        progress_message=event.message,
+        updated_seq=seq,
+    )
+
+
+def task_succeeded(
+    task: TaskRow,
+    seq: int,
+    event: TaskSucceeded,
+    result: Result,
+    output: msgspec.Raw,
+    started_at: datetime,
+) -> TaskRow:
+    """started_at: when the attempt started, as its task.started said, else counted back."""
+    same_attempt_started = task.attempts == event.attempt and task.started_at is not None
+    return replace(
+        task,
+        state="succeeded",
+        attempts=event.attempt,
+        worker_id=event.worker_id,
+        result=output,
+        error=None,
+        started_at=task.started_at if same_attempt_started else started_at,
+        finished_at=result.at,
+        duration_s=result.duration_s,
+        updated_seq=seq,
+    )
+
+
+def task_failed(task: TaskRow, seq: int, event: TaskFailed) -> TaskRow:
+    """Not terminal: a retry or a dead letter follows. Progress belongs to the attempt."""
+    return replace(
+        task,
+        state="failed",
+        attempts=event.attempt,
+        worker_id=event.worker_id,
+        error=event.error,
+        progress=None,
+        progress_message=None,
+        updated_seq=seq,
+    )
+
+
+def task_dead_lettered(
+    task: TaskRow, seq: int, at: datetime, event: TaskDeadLettered, error: str | None
+) -> TaskRow:
+    """No worker in the event: the one the task had."""
+    return replace(
+        task,
+        state="dead_lettered",
+        attempts=event.attempts,
+        worker_id=event.worker_id or task.worker_id,
+        error=error,
+        finished_at=at,
+        updated_seq=seq,
+    )
+
+
+def task_requeued(task: TaskRow, seq: int) -> TaskRow:
+    """A dead-lettered task given another round (`jobstream dlq retry`) is queued again and
+    no longer finished; any other stays."""
+    if task.state != "dead_lettered":
+        return task
+    return replace(task, state="queued", finished_at=None, duration_s=None, updated_seq=seq)
+
+
+def task_cancelled(task: TaskRow, seq: int, at: datetime) -> TaskRow:
+    return replace(task, state="cancelled", finished_at=at, updated_seq=seq)
+
+
+def task_listed(task: TaskRow, task_range: TaskRange, index: int) -> TaskRow:
+    """A row a task event made before its batch was listed keeps its state and gets its
+    index, kind and args."""
+    return replace(
+        task,
+        task_index=index,
+        kind=task_range.kind,
+        args=task_range.args,
+        updated_seq=max(task.updated_seq, task_range.seq),
+    )
+
+
+# --- attempt rules ----------------------------------------------------------------------------
+
+
+def attempt_started(event: TaskStarted, at: datetime) -> AttemptRow:
+    return AttemptRow(
+        task_id=event.task_id,
+        attempt=event.attempt,
+        job_id=event.job_id,
+        worker_id=event.worker_id,
+        outcome="running",
+        started_at=at,
+    )
+
+
+def attempt_abandoned(attempt: AttemptRow, error: str | None, at: datetime) -> AttemptRow:
+    """An attempt still running when a later one starts (its lease expired) or the task is
+    dead-lettered: it failed."""
+    if attempt.outcome != "running":
+        return attempt
+    return replace(attempt, outcome="failed", error=error, finished_at=at)
+
+
+def attempt_finished(
+    attempt: AttemptRow | None,
+    event: TaskSucceeded | TaskFailed,
+    outcome: AttemptOutcome,
+    error: str | None,
+    started_at: datetime,
+    at: datetime,
+    duration_s: float | None,
+) -> AttemptRow:
+    """An attempt's outcome; its start, as its task.started said, else counted back."""
+    if attempt is None:
+        return AttemptRow(
+            task_id=event.task_id,
+            attempt=event.attempt,
+            job_id=event.job_id,
+            worker_id=event.worker_id,
+            outcome=outcome,
+            error=error,
+            started_at=started_at,
+            finished_at=at,
+            duration_s=duration_s,
+        )
+    return replace(
+        attempt,
+        worker_id=event.worker_id,
+        outcome=outcome,
+        error=error,
+        started_at=started_at if attempt.started_at is None else attempt.started_at,
+        finished_at=at,
+        duration_s=duration_s,
+    )
+
+
+# --- worker rules -----------------------------------------------------------------------------
+
+
+def worker_started(
+    worker: WorkerRow | None, seq: int, at: datetime, event: WorkerStarted
+) -> WorkerRow:
+    """A restarted worker keeps its counters."""
+    if worker is None:
+        worker = WorkerRow(worker_id=event.worker_id, last_seen_at=at, updated_seq=seq)
+    return replace(
+        worker,
+        host=event.host,
+        pid=event.pid,
+        queues=list(event.queues),
+        concurrency=event.concurrency,
+        version=event.version,
+        state="active",
+        started_at=at,
+        last_seen_at=_later(worker.last_seen_at, at),
+        stopped_at=None,
+        updated_seq=seq,
+    )
+
+
+def worker_stopped(worker: WorkerRow, seq: int, at: datetime) -> WorkerRow:
+    return replace(
+        worker,
+        state="stopped",
+        stopped_at=at,
+        last_seen_at=_later(worker.last_seen_at, at),
+        updated_seq=seq,
+    )
+
+
+def worker_lost(worker: WorkerRow, seq: int, event: WorkerLost) -> WorkerRow:
+    """Only an active worker is lost; no last_seen: the one it had."""
+    if worker.state != "active":
+        return worker
+    last_seen = worker.last_seen_at if event.last_seen is None else utc(event.last_seen)
+    return replace(worker, state="lost", last_seen_at=last_seen, updated_seq=seq)
+
+
+def worker_forgotten(worker: WorkerRow) -> bool:
+    """Whether the worker leaves the read model: a stopped or lost one does (an active one
+    stays: it came back)."""
+    return worker.state != "active"
+
+
+def worker_seen(
+    worker: WorkerRow | None,
+    seq: int,
+    at: datetime,
+    worker_id: str,
+    *,
+    succeeded: int = 0,
+    failed: int = 0,
+) -> WorkerRow:
+    """A task event of the worker's: a worker known only from its task events gets a row,
+    shown active; a lost one seen working again is active again."""
+    if worker is None:
+        return WorkerRow(
+            worker_id=worker_id,
+            tasks_succeeded=succeeded,
+            tasks_failed=failed,
+            last_seen_at=at,
+            updated_seq=seq,
+        )
+    return replace(
+        worker,
+        state="active" if worker.state == "lost" else worker.state,
+        tasks_succeeded=worker.tasks_succeeded + succeeded,
+        tasks_failed=worker.tasks_failed + failed,
+        last_seen_at=_later(worker.last_seen_at, at),
+        updated_seq=max(worker.updated_seq, seq),
+    )
+
+
+def _job_ended(
+    job: JobRow, seq: int, at: datetime, event: JobSealed | JobCancelled | JobCompleted | JobFailed
+) -> JobRow:
+    match event:
+        case JobSealed():
+            return job_sealed(job, seq)
+        case JobCancelled():
+            return job_finished(job, seq, at, "cancelled", None)
+        case JobCompleted():
+            return job_finished(job, seq, at, "completed", event.duration_s)
+        case JobFailed():
+            return job_finished(job, seq, at, "failed", event.duration_s)
+
+
+# --- the read model ---------------------------------------------------------------------------
+
+
+class ReadModel:
+    """Rows of the read-model tables, and the rules applied to them event by event.
+
+    Rows not held are taken not to exist: a caller applying events to a part of the tables
+    must first put in every row the events name (`Keys` says which).
+
+    `list_batches`: a taken `job.tasks_added` batch gets its task rows at once (the replay);
+    else it is only recorded, unlisted, for the projector's lister (`list_batch`).
+    """
+
+    def __init__(self, *, list_batches: bool) -> None:
+        self.list_batches = list_batches
+        self.jobs: dict[str, JobRow] = {}
+        self.tasks: dict[str, TaskRow] = {}
+        self.attempts: dict[str, dict[int, AttemptRow]] = {}
+        self.workers: dict[str, WorkerRow] = {}
+        self.results: dict[str, ResultRow] = {}
+        self.rejected: dict[int, RejectedRow] = {}
+        self.batches: list[BatchRow] = []
+        # By job, in index order: task rows not made yet (`task` makes one when needed).
+        self.ranges: dict[str, list[TaskRange]] = {}
+        self._range_starts: dict[str, list[int]] = {}
+        self.crawl = CrawlStatsFold()
+        self.last_seq = 0
+
+    def apply_item(self, item: SourceItem) -> None:
+        """Apply a log item; park it (`rejected`) if it is not an event or cannot be
+        projected."""
+        self.last_seq = max(self.last_seq, item.seq)
+        if item.event is None:
+            self._reject(item, str(item.error))
+            return
+        try:
+            self.apply(item.seq, item.event)
+        except RejectedEvent as exc:
+            self._reject(item, str(exc))
+
+    def _reject(self, item: SourceItem, error: str) -> None:
+        row = RejectedRow(seq=item.seq, subject=item.subject, error=error, payload=item.data)
+        self.rejected.setdefault(item.seq, row)
+
+    def apply(self, seq: int, event: Event) -> None:
+        """Apply `event`; `RejectedEvent` (nothing changed) if it cannot be projected."""
+        at = utc(event.at)
+        if isinstance(event, JOB_EVENTS):
+            self._job_event(seq, at, event)
+            return
+        match event:
+            case WorkerStarted():
+                self.workers[event.worker_id] = worker_started(
+                    self.workers.get(event.worker_id), seq, at, event
+                )
+            case WorkerStopped():
+                worker = self.workers.get(event.worker_id)
+                if worker is not None:
+                    self.workers[event.worker_id] = worker_stopped(worker, seq, at)
+            case WorkerLost():
+                worker = self.workers.get(event.worker_id)
+                if worker is not None:
+                    self.workers[event.worker_id] = worker_lost(worker, seq, event)
+            case WorkerForgotten():
+                worker = self.workers.get(event.worker_id)
+                if worker is not None and worker_forgotten(worker):
+                    del self.workers[event.worker_id]
+            case TaskChunkFinished():
+                for task_event in chunk_task_events(event):
+                    self._task_event(seq, at, task_event)
+            case _:
+                self._task_event(seq, at, event)
+
+    # --- jobs ------------------------------------------------------------------------------
+
+    def _job_event(self, seq: int, at: datetime, event: JobEvent) -> None:
+        job = self.jobs.get(event.job_id)
+        match event:
+            case JobSubmitted():
+                job, ranges = job_submitted(job, seq, at, event)
+                for task_range in ranges:
+                    self._add_range(task_range)
+            case JobTasksAdded():
+                job, batch = job_tasks_added(job, seq, event, listed=self.list_batches)
+                if batch is not None:
+                    self.batches.append(batch)
+                    if self.list_batches:
+                        self.list_batch(event.job_id, event.first_index, event.tasks, seq)
+            case JobRejected():
+                job = job_rejected(job, seq, at, event)
+            case _ if job is not None:
+                job = _job_ended(job, seq, at, event)
+        if job is not None:
+            self.jobs[event.job_id] = job
+
+    def list_batch(self, job_id: str, first_index: int, specs: list[TaskSpec], seq: int) -> None:
+        """The task rows of a taken batch: its ranges, and the rows task events made first
+        (the batch's rows are written apart from the log's order: `TaskLister`) listed."""
+        for task_range in task_ranges(job_id, first_index, specs, seq):
+            for index in range(task_range.first_index, task_range.first_index + task_range.count):
+                task_id = task_id_for(job_id, index)
+                task = self.tasks.get(task_id)
+                if task is not None:
+                    self.tasks[task_id] = task_listed(task, task_range, index)
+            self._add_range(task_range)
+
+    def _add_range(self, task_range: TaskRange) -> None:
+        """Ranges come in index order: a job's tasks, then its batches, each where the last
+        ended."""
+        self.ranges.setdefault(task_range.job_id, []).append(task_range)
+        self._range_starts.setdefault(task_range.job_id, []).append(task_range.first_index)
+
+    def _job_running(self, seq: int, job_id: str, started_at: datetime) -> None:
+        job = self.jobs.get(job_id)
+        if job is not None:
+            self.jobs[job_id] = job_running(job, seq, started_at)
+
+    # --- tasks -----------------------------------------------------------------------------
+
+    def task(self, job_id: str, task_id: str) -> TaskRow | None:
+        """The task's row, made from its job's ranges if it is one of them."""
+        task = self.tasks.get(task_id)
+        if task is not None:
+            return task
+        ranges = self.ranges.get(job_id)
+        if not ranges:
+            return None
+        index = task_index_of(job_id, task_id)
+        if index is None:
+            return None
+        task_range = ranges[bisect_right(self._range_starts[job_id], index) - 1]
+        if not task_range.first_index <= index < task_range.end:
+            return None
+        task = self.tasks[task_id] = task_range.row(index)
+        return task
+
+    def open_task(self, seq: int, event: OneTaskEvent, kind: str = "") -> TaskRow | None:
+        """The event's task row unless it ended (a terminal state is never left). A task
+        event makes its task's row if it is not there yet (a streamed job's rows may come
+        later), provided its job is known and its id is one of the job's."""
+        task = self.task(event.job_id, event.task_id)
+        if task is None:
+            index = task_index_of(event.job_id, event.task_id)
+            if index is None or event.job_id not in self.jobs:
+                return None
+            task = TaskRow(
+                task_id=event.task_id,
+                job_id=event.job_id,
+                task_index=index,
+                kind=kind,
+                updated_seq=seq,
+            )
+        return None if task.state in TERMINAL_TASK_STATES else task
+
+    def _task_event(self, seq: int, at: datetime, event: OneTaskEvent) -> None:
+        match event:
+            case TaskStarted():
+                self._task_started(seq, at, event)
+            case TaskProgress():
+                task = self.open_task(seq, event)
+                if task is not None:
+                    self.tasks[event.task_id] = task_progress(task, seq, event)
+                self._job_running(seq, event.job_id, at)
+                self._worker_seen(seq, at, event.worker_id)
+            case TaskSucceeded():
+                self._task_succeeded(seq, at, event)
+            case TaskFailed():
+                self._task_failed(seq, at, event)
+            case TaskDeadLettered():
+                self._task_dead_lettered(seq, at, event)
+            case TaskRequeued():
+                self._task_requeued(seq, event)
+            case TaskCancelled():
+                task = self.open_task(seq, event)
+                if task is not None:
+                    self.tasks[event.task_id] = task_cancelled(task, seq, at)
+
+    def _task_started(self, seq: int, at: datetime, event: TaskStarted) -> None:
+        task = self.open_task(seq, event)
+        if task is not None:
+            self.tasks[event.task_id] = task_started(task, seq, at, event)
+        attempts = self.attempts.setdefault(event.task_id, {})
+        for number, attempt in attempts.items():
+            if number < event.attempt:
+                attempts[number] = attempt_abandoned(attempt, "lease expired", at)
+        if event.attempt not in attempts:
+            attempts[event.attempt] = attempt_started(event, at)
+        self._job_running(seq, event.job_id, at)
+        self._worker_seen(seq, at, event.worker_id)
+
+    def _task_succeeded(self, seq: int, at: datetime, event: TaskSucceeded) -> None:
+        started_at = counted_back(at, event.duration_s)
+        result = result_of(seq, event)
+        output = json_value(event.result)
+        task = self.open_task(seq, event, event.kind)
+        if task is not None:
+            self.tasks[event.task_id] = task_succeeded(task, seq, event, result, output, started_at)
+        self._finish_attempt(event, "succeeded", None, started_at, at, result.duration_s)
+        self._add_result(seq, event, result, output)
+        self._job_running(seq, event.job_id, started_at)
+        self._worker_seen(seq, at, event.worker_id, succeeded=1)
+
+    def _task_failed(self, seq: int, at: datetime, event: TaskFailed) -> None:
+        started_at = counted_back(at, event.duration_s)
+        task = self.open_task(seq, event)
+        if task is not None:
+            self.tasks[event.task_id] = task_failed(task, seq, event)
+        duration = finite(event.duration_s)
+        self._finish_attempt(event, "failed", event.error, started_at, at, duration)
+        self._job_running(seq, event.job_id, started_at)
+        self._worker_seen(seq, at, event.worker_id, failed=1)
+
+    def _finish_attempt(
+        self,
+        event: TaskSucceeded | TaskFailed,
+        outcome: AttemptOutcome,
+        error: str | None,
+        started_at: datetime,
+        at: datetime,
+        duration_s: float | None,
+    ) -> None:
+        attempts = self.attempts.setdefault(event.task_id, {})
+        attempts[event.attempt] = attempt_finished(
+            attempts.get(event.attempt), event, outcome, error, started_at, at, duration_s
+        )
+
+    def _task_dead_lettered(self, seq: int, at: datetime, event: TaskDeadLettered) -> None:
+        result = result_of(seq, event)
+        task = self.open_task(seq, event, event.kind)
+        if task is not None:
+            self.tasks[event.task_id] = task_dead_lettered(task, seq, at, event, result.error)
+        attempts = self.attempts.get(event.task_id, {})
+        for number, attempt in attempts.items():
+            attempts[number] = attempt_abandoned(attempt, result.error, at)
+        self._add_result(seq, event, result, JSON_NULL)
+
+    def _add_result(
+        self,
+        seq: int,
+        event: TaskSucceeded | TaskDeadLettered,
+        result: Result,
+        output: msgspec.Raw,
+    ) -> None:
+        """The first finishing event of a task makes its result; a page of a crawl counts."""
+        if event.task_id in self.results:
+            return
+        self.results[event.task_id] = result_row(result, output)
+        if event.kind == CRAWL_KIND:
+            self.crawl.count(page_facts(seq, event))
+
+    def _task_requeued(self, seq: int, event: TaskRequeued) -> None:
+        """Requeued: the task's result goes (and with it a failed page's count), its job runs
+        again."""
+        task = self.tasks.get(event.task_id)
+        if task is not None and task.state == "dead_lettered":
+            self.tasks[event.task_id] = task_requeued(task, seq)
+            result = self.results.pop(event.task_id, None)
+            if (
+                result is not None
+                and result.status == "dead_lettered"
+                and (event.kind == CRAWL_KIND == result.kind)
+            ):
+                self.crawl.undo_failure(failure_undone(seq, event), result.error)
+        job = self.jobs.get(event.job_id)
+        if job is not None:
+            self.jobs[event.job_id] = job_reopened(job, seq)
+
+    # --- workers ---------------------------------------------------------------------------
+
+    def _worker_seen(
+        self, seq: int, at: datetime, worker_id: str, *, succeeded: int = 0, failed: int = 0
+    ) -> None:
+        self.workers[worker_id] = worker_seen(
+            self.workers.get(worker_id), seq, at, worker_id, succeeded=succeeded, failed=failed
+        )
+
+    # --- output ----------------------------------------------------------------------------
+
+    def unmade_ranges(self) -> list[TaskRange]:
+        """The ranges less the rows held (made from them, or by task events before the
+        listing of a batch): the task rows still to make, each once."""
+        held: dict[str, list[int]] = {}
+        for task in self.tasks.values():
+            if task.job_id in self.ranges:
+                held.setdefault(task.job_id, []).append(task.task_index)
+        parts: list[TaskRange] = []
+        for job_id, ranges in self.ranges.items():
+            indexes = sorted(held.get(job_id, ()))
+            for task_range in ranges:
+                parts += task_range.without(indexes) if indexes else [task_range]
+        return parts
+
+    def expanded_tasks(self) -> Iterator[TaskRow]:
+        """Every task row, those of the ranges included (the replay's COPY)."""
+        yield from self.tasks.values()
+        for task_range in self.unmade_ranges():
+            for index in range(task_range.first_index, task_range.end):
+                yield task_range.row(index)
+
+
+class Keys:
+    """The rows a run of events may touch, by table key: what to load before applying them."""
+
+    def __init__(self) -> None:
+        self.jobs: set[str] = set()
+        self.tasks: set[str] = set()
+        self.workers: set[str] = set()
+        self.crawl_jobs: set[str] = set()
+
+    def add(self, event: Event) -> None:
+        if isinstance(event, WorkerStarted | WorkerStopped | WorkerLost | WorkerForgotten):
+            self.workers.add(event.worker_id)
+            return
+        self.jobs.add(event.job_id)
+        if isinstance(event, JOB_EVENTS):
+            return
+        if isinstance(event, TaskChunkFinished):
+            self.workers.add(event.worker_id)
+            self.tasks.update(item.task_id for item in event.results)
+            self.tasks.update(item.task_id for item in event.failed)
+            if any(item.kind == CRAWL_KIND for item in event.results):
+                self.crawl_jobs.add(event.job_id)
+            return
+        self.tasks.add(event.task_id)
+        if isinstance(event, TaskStarted | TaskProgress | TaskSucceeded | TaskFailed):
+            self.workers.add(event.worker_id)
+        if isinstance(event, TaskSucceeded | TaskDeadLettered | TaskRequeued) and (
+            event.kind == CRAWL_KIND
+        ):
+            self.crawl_jobs.add(event.job_id)

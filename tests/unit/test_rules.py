@@ -1,0 +1,456 @@
+"""The read models' rule set (projections/_rules.py), without a database: what each event does
+to the rows, and that a batch needs only the rows its events name (what the live projector
+loads) to give the whole log's result."""
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import pytest
+
+from jobstream.events import (
+    EMPTY_JSON,
+    JSON_NULL,
+    MAX_TASKS_PER_JOB,
+    BatchRow,
+    ChunkFailure,
+    ChunkResult,
+    Event,
+    JobCompleted,
+    JobFailed,
+    JobSubmitted,
+    JobTasksAdded,
+    SourceItem,
+    TaskChunkFinished,
+    TaskDeadLettered,
+    TaskRequeued,
+    TaskSpec,
+    TaskStarted,
+    TaskSucceeded,
+    WorkerForgotten,
+    WorkerLost,
+    WorkerStarted,
+    WorkerStopped,
+    chunk_id_for,
+    encode,
+    subject_for,
+)
+from jobstream.projections._fold import table_rows
+from jobstream.projections._ndjson import result_line, result_lines
+from jobstream.projections._rows import keys_of
+from jobstream.projections._rules import (
+    ReadModel,
+    RejectedEvent,
+    result_of,
+    result_row,
+)
+from tests.integration.test_replay_fold import tricky_log
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def items(events: Iterable[Event], first_seq: int = 1) -> list[SourceItem]:
+    return [
+        SourceItem(seq, subject_for(event), encode(event), event, None)
+        for seq, event in enumerate(events, start=first_seq)
+    ]
+
+
+def model_of(events: Sequence[Event]) -> ReadModel:
+    model = ReadModel(list_batches=True)
+    for item in items(events):
+        model.apply_item(item)
+    return model
+
+
+def job(job_id: str = "J", count: int = 3, **fields: Any) -> JobSubmitted:
+    return JobSubmitted(
+        at=at(0),
+        job_id=job_id,
+        tasks=[TaskSpec(kind="sum", args={"a": 1}, count=count)],
+        **fields,
+    )
+
+
+def succeeded(index: int, when: float, **fields: Any) -> TaskSucceeded:
+    values: dict[str, Any] = {
+        "at": at(when),
+        "job_id": "J",
+        "task_id": f"J-{index}",
+        "kind": "sum",
+        "args": {"a": 1},
+        "worker_id": "w1",
+        "attempt": 1,
+        "result": {"sum": index},
+        "duration_s": 0.5,
+    }
+    return TaskSucceeded(**(values | fields))
+
+
+def raw(value: Any) -> msgspec.Raw:
+    return msgspec.Raw(encode(value))
+
+
+# --- jobs and their task rows ------------------------------------------------------------
+
+
+def test_a_job_leaves_ranges_not_rows_and_a_task_event_makes_its_row_from_them() -> None:
+    model = model_of([job(count=1_000_000), succeeded(999_999, 5)])
+    assert model.jobs["J"].status == "running"
+    assert model.jobs["J"].total_tasks == 1_000_000
+    assert list(model.tasks) == ["J-999999"]  # the one row an event touched
+    task = model.tasks["J-999999"]
+    assert (task.task_index, task.kind, task.args, task.state) == (
+        999_999,
+        "sum",
+        raw({"a": 1}),
+        "succeeded",
+    )
+    (task_range,) = model.ranges["J"]
+    assert (task_range.first_index, task_range.count, task_range.seq) == (0, 1_000_000, 1)
+
+
+def test_the_replay_expands_the_ranges_around_the_rows_events_made() -> None:
+    model = model_of([job(count=3), succeeded(1, 5)])
+    rows = {row.task_id: row for row in model.expanded_tasks()}
+    assert [(task_id, row.state) for task_id, row in sorted(rows.items())] == [
+        ("J-0", "queued"),
+        ("J-1", "succeeded"),
+        ("J-2", "queued"),
+    ]
+
+
+def test_a_second_submission_of_a_job_changes_nothing() -> None:
+    model = model_of([job(count=1), job(count=5, name="again")])
+    assert (model.jobs["J"].total_tasks, model.jobs["J"].name) == (1, "")
+    assert [r.count for r in model.ranges["J"]] == [1]
+
+
+def test_a_job_over_the_task_limit_is_rejected_and_changes_nothing() -> None:
+    model = ReadModel(list_batches=True)
+    huge = JobSubmitted(
+        job_id="H",
+        tasks=[TaskSpec(kind="noop", count=MAX_TASKS_PER_JOB), TaskSpec(kind="noop")],
+    )
+    with pytest.raises(RejectedEvent):
+        model.apply(1, huge)
+    assert not model.jobs and not model.ranges
+    (item,) = items([huge])
+    model.apply_item(item)
+    assert list(model.rejected) == [1]
+
+
+def test_an_ended_job_stays_as_it_ended() -> None:
+    model = model_of(
+        [
+            job(),
+            JobFailed(at=at(10), job_id="J", succeeded=0, dead_lettered=1, duration_s=10),
+            JobCompleted(at=at(11), job_id="J", succeeded=3, duration_s=11),
+        ]
+    )
+    assert (model.jobs["J"].status, model.jobs["J"].duration_s) == ("failed", 10)
+
+
+def test_task_events_of_an_unknown_job_make_no_rows() -> None:
+    model = model_of([succeeded(0, 1)])
+    assert not model.tasks and not model.jobs
+    assert model.results  # the result is the event's own
+    assert model.workers["w1"].tasks_succeeded == 1
+
+
+# --- tasks, attempts, results ------------------------------------------------------------
+
+
+def test_a_late_second_success_changes_only_its_attempt() -> None:
+    model = model_of(
+        [job(), succeeded(0, 5), succeeded(0, 6, attempt=2, worker_id="w2", result="late")]
+    )
+    task = model.tasks["J-0"]
+    assert (task.attempts, task.worker_id, task.result) == (1, "w1", raw({"sum": 0}))
+    assert model.results["J-0"].output == raw({"sum": 0})
+    assert sorted(model.attempts["J-0"]) == [1, 2]
+    assert model.workers["w2"].tasks_succeeded == 1
+
+
+def test_a_new_attempt_ends_the_one_still_running_as_lease_expired() -> None:
+    lease = at(60)
+    model = model_of(
+        [
+            job(),
+            TaskStarted(
+                at=at(1), job_id="J", task_id="J-0", worker_id="w1", attempt=1, lease_deadline=lease
+            ),
+            TaskStarted(
+                at=at(2), job_id="J", task_id="J-0", worker_id="w2", attempt=2, lease_deadline=lease
+            ),
+        ]
+    )
+    first, second = model.attempts["J-0"][1], model.attempts["J-0"][2]
+    assert (first.outcome, first.error, first.finished_at) == (
+        "failed",
+        "lease expired",
+        at(2),
+    )
+    assert second.outcome == "running"
+    assert model.jobs["J"].started_at == at(1)
+
+
+def test_a_finish_without_a_start_counts_back_its_duration() -> None:
+    model = model_of([job(), succeeded(0, 10, duration_s=4.0)])
+    assert model.tasks["J-0"].started_at == at(6)
+    assert model.jobs["J"].started_at == at(6)
+
+
+def test_a_requeued_dead_letter_loses_its_result_and_reopens_its_job() -> None:
+    model = model_of(
+        [
+            job(count=1),
+            TaskDeadLettered(
+                at=at(1), job_id="J", task_id="J-0", kind="sum", reason="x", attempts=3
+            ),
+            JobFailed(at=at(2), job_id="J", succeeded=0, dead_lettered=1, duration_s=2),
+            TaskRequeued(at=at(3), job_id="J", task_id="J-0", kind="sum"),
+        ]
+    )
+    assert model.tasks["J-0"].state == "queued"
+    assert "J-0" not in model.results
+    assert (model.jobs["J"].status, model.jobs["J"].finished_at) == ("running", None)
+
+
+def test_a_chunk_is_its_tasks_own_events_at_its_seq() -> None:
+    chunk = TaskChunkFinished(
+        at=at(3),
+        job_id="J",
+        task_id=chunk_id_for("J", 0),
+        worker_id="w4",
+        attempt=1,
+        duration_s=0.3,
+        results=[ChunkResult(task_id="J-0", kind="sum", args={"a": 1}, result=1, duration_s=0.1)],
+        failed=[ChunkFailure(task_id="J-1", kind="sum", error="boom", duration_s=0.2)],
+    )
+    model = model_of([job(), chunk])
+    assert (model.tasks["J-0"].state, model.tasks["J-1"].state) == ("succeeded", "failed")
+    assert chunk_id_for("J", 0) not in model.tasks
+    assert model.results["J-0"].seq == 2  # the chunk's seq
+    worker = model.workers["w4"]
+    assert (worker.tasks_succeeded, worker.tasks_failed) == (1, 1)
+
+
+# --- the result of a finished task: one rule for the results table and the NDJSON files ---
+
+
+@pytest.mark.parametrize("args", [{"a": 7}, {}])
+def test_the_results_row_and_the_ndjson_line_are_one_result(args: dict[str, Any]) -> None:
+    """The task stored args {"a": 1}; the event reports `args`: both outputs show the
+    event's, even when it reports none."""
+    event = succeeded(0, 5, args=args)
+    model = model_of([job(), event])
+    row = model.results["J-0"]
+    line = result_line(items([job(), event])[1])
+    assert line is not None
+    assert msgspec.json.decode(bytes(row.inputs)) == line.inputs == args
+    assert model.tasks["J-0"].args == raw({"a": 1})  # the task keeps its own
+    assert (
+        row.task_id,
+        row.job_id,
+        row.kind,
+        msgspec.json.decode(bytes(row.output)),
+        row.processed_by,
+        row.duration_s,
+        row.status,
+        row.error,
+        row.attempts,
+        row.finished_at,
+        row.seq,
+    ) == (
+        line.task_id,
+        line.job_id,
+        line.kind,
+        line.output,
+        line.worker_id,
+        line.duration_s,
+        line.status,
+        line.error,
+        line.attempts,
+        line.at,
+        line.seq,
+    )
+
+
+def test_a_dead_letter_result_carries_its_last_error_else_its_reason() -> None:
+    dead = TaskDeadLettered(
+        at=at(1), job_id="J", task_id="J-0", kind="sum", reason="exhausted", attempts=3
+    )
+    assert result_of(9, dead).error == "exhausted"
+    with_error = msgspec.structs.replace(dead, last_error="ValueError")
+    result = result_of(9, with_error)
+    assert (result.error, result.output, result.duration_s, result.worker_id) == (
+        "ValueError",
+        None,
+        None,
+        "",
+    )
+    assert result_row(result, JSON_NULL).inputs == EMPTY_JSON
+
+
+def test_a_chunk_makes_a_line_per_success_from_the_same_rule() -> None:
+    chunk = TaskChunkFinished(
+        at=at(3),
+        job_id="J",
+        task_id=chunk_id_for("J", 0),
+        worker_id="w4",
+        attempt=1,
+        duration_s=0.3,
+        results=[
+            ChunkResult(task_id=f"J-{i}", kind="sum", result=i, duration_s=float("nan"))
+            for i in range(2)
+        ],
+    )
+    (item,) = items([chunk], first_seq=4)
+    lines = result_lines(item)
+    assert [(line.task_id, line.part, line.parts, line.duration_s) for line in lines] == [
+        ("J-0", 1, 2, None),
+        ("J-1", 2, 2, None),
+    ]
+
+
+# --- workers ------------------------------------------------------------------------------
+
+
+def test_workers_lost_seen_again_and_forgotten() -> None:
+    started = WorkerStarted(
+        at=at(0), worker_id="w1", host="h", pid=1, queues=["q"], concurrency=2, version="1"
+    )
+    model = model_of(
+        [
+            started,
+            WorkerLost(at=at(1), worker_id="w1", last_seen=at(0.5)),
+            job(),
+            succeeded(0, 2),
+            WorkerForgotten(at=at(3), worker_id="w1"),  # active again: stays
+            WorkerStopped(at=at(4), worker_id="w1"),
+            WorkerLost(at=at(5), worker_id="w1"),  # only an active worker is lost
+        ]
+    )
+    worker = model.workers["w1"]
+    assert (worker.state, worker.tasks_succeeded, worker.stopped_at) == (
+        "stopped",
+        1,
+        at(4),
+    )
+    model.apply(99, WorkerForgotten(at=at(6), worker_id="w1"))
+    assert "w1" not in model.workers
+
+
+# --- streamed jobs ------------------------------------------------------------------------
+
+
+def test_a_listed_batch_fills_in_the_rows_task_events_made_first() -> None:
+    specs = [TaskSpec(kind="sum", args={"i": 1}, count=2)]
+    live = ReadModel(list_batches=False)
+    events: list[Event] = [
+        JobSubmitted(at=at(0), job_id="S", sealed=False, tasks=[]),
+        JobTasksAdded(at=at(1), job_id="S", batch=0, first_index=0, tasks=specs),
+        TaskStarted(
+            at=at(2), job_id="S", task_id="S-1", worker_id="w", attempt=1, lease_deadline=at(9)
+        ),
+    ]
+    for item in items(events):
+        live.apply_item(item)
+    assert live.batches == [BatchRow(job_id="S", first_index=0, task_count=2, seq=2, listed=False)]
+    assert (live.tasks["S-1"].kind, live.tasks["S-1"].args) == ("", EMPTY_JSON)
+    live.list_batch("S", 0, specs, 2)  # the lister, later
+    task = live.tasks["S-1"]
+    assert (task.kind, task.args, task.state, task.updated_seq) == (
+        "sum",
+        raw({"i": 1}),
+        "running",
+        3,
+    )
+    replayed = model_of(events)
+    assert _sorted_tables(replayed)["tasks"] == _sorted_tables(live)["tasks"]
+
+
+# --- only the rows a batch names ------------------------------------------------------------
+
+
+def _in_batches(log: Sequence[Event], size: int) -> ReadModel:
+    """The live projector's way, in memory: for each batch, a model holding only the rows the
+    batch's events name (`keys_of`), applied, and what it holds written back."""
+    store = ReadModel(list_batches=True)
+    batches: list[list[SourceItem]] = []
+    all_items = items(log)
+    for start in range(0, len(all_items), size):
+        batches.append(all_items[start : start + size])
+    for batch in batches:
+        keys = keys_of(batch)
+        part = ReadModel(list_batches=True)
+        part.jobs = {k: store.jobs[k] for k in keys.jobs if k in store.jobs}
+        tasks = {row.task_id: row for row in store.expanded_tasks()}
+        part.tasks = {k: tasks[k] for k in keys.tasks if k in tasks}
+        part.attempts = {k: dict(store.attempts[k]) for k in keys.tasks if k in store.attempts}
+        part.results = {k: store.results[k] for k in keys.tasks if k in store.results}
+        part.workers = {k: store.workers[k] for k in keys.workers if k in store.workers}
+        part.crawl.rows = {
+            k: dict(row)
+            | {m: dict(row[m]) for m in ("status_counts", "cache_counts", "response_ms")}
+            for k, row in store.crawl.rows.items()
+            if k[0] in keys.crawl_jobs
+        }
+        for item in batch:
+            part.apply_item(item)
+        store.tasks = tasks | part.tasks
+        store.ranges = {}
+        for ranges in part.ranges.values():
+            for task_range in ranges:
+                for index in range(
+                    task_range.first_index, task_range.first_index + task_range.count
+                ):
+                    row = task_range.row(index)
+                    store.tasks.setdefault(row.task_id, row)
+        for k in keys.workers:
+            store.workers.pop(k, None)
+        for k in keys.tasks:
+            store.results.pop(k, None)
+        store.jobs |= part.jobs
+        store.attempts |= part.attempts
+        store.results |= part.results
+        store.workers |= part.workers
+        store.crawl.rows |= part.crawl.rows
+        store.rejected |= part.rejected
+        store.batches += part.batches
+    return store
+
+
+def _sorted_tables(model: ReadModel) -> dict[str, list[tuple[Any, ...]]]:
+    return {table: sorted(rows, key=repr) for table, rows in table_rows(model).items()}
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 1000])
+def test_a_batch_needs_only_the_rows_its_events_name(size: int) -> None:
+    log = tricky_log()
+    whole = model_of(log)
+    assert _sorted_tables(_in_batches(log, size)) == _sorted_tables(whole)
+
+
+def test_the_ranges_leave_out_the_rows_written_whole() -> None:
+    model = model_of([job(count=10), succeeded(0, 1), succeeded(5, 2), succeeded(9, 3)])
+    parts = [(r.first_index, r.count) for r in model.unmade_ranges()]
+    assert parts == [(1, 4), (6, 3)]
+    task_range = model.ranges["J"][0]
+    assert [(r.first_index, r.count) for r in task_range.without([])] == [(0, 10)]
+    assert [(r.first_index, r.count) for r in task_range.without([3, 4, 20])] == [(0, 3), (5, 5)]
+    assert task_range.without(list(range(10))) == []
+
+
+def test_a_task_of_a_job_of_many_specs_is_found_by_its_index() -> None:
+    specs = [TaskSpec(kind="sum", args={"i": i}) for i in range(5000)]
+    model = model_of([JobSubmitted(at=at(0), job_id="J", tasks=specs), succeeded(4321, 1)])
+    assert model.tasks["J-4321"].args == raw({"i": 4321})
+    assert model.task("J", "J-5000") is None
+    assert model.task("J", "J-x") is None
