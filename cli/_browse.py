@@ -61,7 +61,7 @@ def jobs(
     read_models: ReadModels = READ_MODELS,
 ) -> None:
     """List jobs, newest first, with their progress."""
-    from jobstream.cli._schedules import parse_labels
+    from jobstream.cli._labels import parse_labels
     from jobstream.services.api import JobPage, jobs_page
 
     try:

@@ -103,7 +103,7 @@ def submit(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Submit a job of one task or millions; print its id."""
-    from jobstream.cli._schedules import parse_labels
+    from jobstream.cli._labels import parse_labels
     from jobstream.cli._submit import SubmitPlan, no_worker_warning, plan_submission, submit_planned
     from jobstream.services.worker import HandlerRegistry
 

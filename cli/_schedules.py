@@ -10,6 +10,7 @@ import msgspec
 import nats.js.errors
 from nats.js.api import RawStreamMsg, StreamInfo
 
+from jobstream.cli._labels import parse_labels
 from jobstream.cli._runtime import UsageError
 from jobstream.cli._submit import plan_submission
 from jobstream.events import (
@@ -108,16 +109,6 @@ def plan_schedule(
         labels=parse_labels(job.labels),
         created_at=utc_now(),
     )
-
-
-def parse_labels(pairs: list[str]) -> dict[str, str]:
-    labels: dict[str, str] = {}
-    for pair in pairs:
-        key, equals, value = pair.partition("=")
-        if not equals or not key:
-            raise UsageError(f"--label {pair!r}: expected KEY=VALUE")
-        labels[key] = value
-    return labels
 
 
 def describe_timing(schedule: Schedule) -> str:
