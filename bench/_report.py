@@ -204,22 +204,43 @@ def _latency_rows(table: Table, summary: dict[str, Any]) -> None:
         table.add_row(f"latency {span.replace('_', ' ')} p50/p95/p99 (ms)", values, "", "")
 
 
+API_LABELS = {
+    "jobs": "/jobs",
+    "jobs_later_page": "/jobs, a later page",
+    "job": "/jobs/{big}",
+    "tasks": "/jobs/{big}/tasks",
+    "tasks_deep_page": "/jobs/{big}/tasks, a page in the middle",
+    "tasks_dead_lettered": "/jobs/{big}/tasks?state=dead_lettered",
+    "task": "/tasks/{id}",
+    "stats": "/stats, computed",
+    "stats_cached": "/stats, cached",
+    "dead_letters": "/dead-letters",
+    "workers": "/workers",
+    "metrics": "/metrics",
+    "crawl": "/jobs/{big}/crawl",
+}
+# An endpoint this slow (p50, ms) gets a row in the CPU table: which process limits it.
+API_CPU_ROW_MS = 20.0
+
+
 def _api_rows(table: Table, summary: dict[str, Any]) -> None:
     api = summary["api_ms"]
     if api is not None:
-        tasks = summary["settings"]["api_tasks"]
+        table.add_row(
+            f"API, read models with one job of {summary['settings']['api_tasks']:,} tasks"
+        )
         for endpoint, values in api.items():
             per_run = ", ".join(
                 _fmt(run["api_ms"][endpoint]["p50"]) for run in summary["runs"] if run["api_ms"]
             )
             table.add_row(
-                f"API {endpoint}, big job of {tasks:,} tasks, p50/p99 (ms)",
+                f"  {API_LABELS.get(endpoint, endpoint)} p50/p99 (ms)",
                 " / ".join(_fmt(values[p]) for p in API_PERCENTILES),
                 "",
                 per_run,
             )
     for page, count in (summary["dashboard_requests"] or {}).items():
-        table.add_row(f"dashboard {page} page: API requests on load", _fmt(count), "", "")
+        table.add_row(f"dashboard {page} page: API requests on load", f"{count:.0f}", "", "")
 
 
 def _cpu_text(cpu: dict[str, Any]) -> str:
@@ -244,6 +265,9 @@ def _cpu_table(summary: dict[str, Any]) -> Table | None:
     }
     for design, result in detail.get("baselines", {}).items():
         sections[f"baseline {design}"] = result["cpu"]
+    for endpoint, timing in detail.get("api", {}).get("endpoints", {}).items():
+        if timing["p50_ms"] >= API_CPU_ROW_MS:
+            sections[f"API {API_LABELS.get(endpoint, endpoint)}"] = timing["cpu"]
     rows = [(name, cpu) for name, cpu in sections.items() if cpu is not None]
     if not rows:
         return None
