@@ -42,6 +42,7 @@ MeterFor = Callable[[dict[str, int]], CpuMeter]
 
 @dataclass(frozen=True, kw_only=True)
 class EndpointTiming:
+    # The first timed request's path (an endpoint asked with several goes through them).
     path: str
     requests: int
     p50_ms: float
@@ -122,24 +123,24 @@ async def _later_cursor(client: httpx.AsyncClient) -> str:
 
 
 async def _time_endpoint(
-    client: httpx.AsyncClient, paths: list[str], plan: LoadPlan, meter: CpuMeter, offset: int
+    client: httpx.AsyncClient, paths: list[str], plan: LoadPlan, meter: CpuMeter
 ) -> EndpointTiming:
-    """Warm-up requests, then the timed ones; `offset`: where in `paths` to go on from."""
+    """Warm-up requests, then the timed ones, going through `paths` in turn."""
     for n in range(plan.warmup):
-        await _get(client, paths[(offset + n) % len(paths)])
-    offset += plan.warmup
+        await _get(client, paths[n % len(paths)])
     took: list[float] = []
     size = 0
     meter.start()
-    spent = 0.0
-    while len(took) < plan.requests and (len(took) < plan.min_requests or spent < plan.budget_s):
+    while len(took) < plan.requests and (
+        len(took) < plan.min_requests or sum(took) < plan.budget_s
+    ):
+        path = paths[(plan.warmup + len(took)) % len(paths)]
         started = time.perf_counter()
-        size = await _get(client, paths[(offset + len(took)) % len(paths)])
+        size = await _get(client, path)
         took.append(time.perf_counter() - started)
-        spent += took[-1]
     cpu = meter.stop()
     return EndpointTiming(
-        path=paths[offset % len(paths)],
+        path=paths[plan.warmup % len(paths)],
         requests=len(took),
         p50_ms=round(1000 * percentile(took, 0.50), 2),
         p99_ms=round(1000 * percentile(took, 0.99), 2),
@@ -206,10 +207,12 @@ async def measure_api(
         async with httpx.AsyncClient(base_url=base_url, timeout=REQUEST_TIMEOUT_S) as client:
             await _wait_healthy(client, api)
             paths = _paths(seeded, await _later_cursor(client))
-            endpoints = {}
-            for n, (name, endpoint_paths) in enumerate(paths.items()):
-                meter = meter_for({"api": api.pid})
-                endpoints[name] = await _time_endpoint(client, endpoint_paths, plan, meter, n)
+            endpoints = {
+                name: await _time_endpoint(
+                    client, endpoint_paths, plan, meter_for({"api": api.pid})
+                )
+                for name, endpoint_paths in paths.items()
+            }
         page_views = await count_page_requests(
             base_url,
             {"overview": "/", "job": f"/#/job/{seeded.big_job_id}"},

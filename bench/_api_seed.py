@@ -4,15 +4,16 @@ the events (the same tables, states, counts and sequences), by COPY — not thro
 would take the projector minutes for a million tasks and is not what the section measures.
 
 The big job is the newest (it runs on top of the list, as a big job does while small ones wait
-behind it): `finished_share` of its tasks ended (1 in `DEAD_EVERY` of them dead-lettered after
-`MAX_ATTEMPTS` attempts, the others succeeded once), `RUNNING_TASKS` are running and the rest
-queued. Its tasks ended over the hour before the seed, so `/stats`' default window holds them.
+behind it): `BIG_JOB_FINISHED_SHARE` of its tasks ended (1 in `DEAD_EVERY` of them
+dead-lettered after `MAX_ATTEMPTS` attempts, the others succeeded once), `RUNNING_TASKS` are
+running and the rest queued. Its tasks ended over the hour before the seed, so `/stats`'
+default window holds them.
 """
 
 import asyncio
 import json
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -96,6 +97,22 @@ _JOB_COLUMNS = (
     "finished_at",
     "duration_s",
     "submitted_seq",
+    "updated_seq",
+)
+_BATCH_COLUMNS = ("job_id", "first_index", "task_count", "seq", "listed")
+_WORKER_COLUMNS = (
+    "worker_id",
+    "host",
+    "pid",
+    "queues",
+    "concurrency",
+    "version",
+    "state",
+    "started_at",
+    "last_seen_at",
+    "stopped_at",
+    "tasks_succeeded",
+    "tasks_failed",
     "updated_seq",
 )
 
@@ -517,7 +534,7 @@ def _small_jobs(count: int, *, newest_at: datetime) -> _SmallJobs:
 
 
 def _big_job_row(job: _BigJob) -> Row:
-    row = _job_row(
+    return _job_row(
         job.job_id,
         "bench-api-big",
         BIG_QUEUE,
@@ -528,7 +545,6 @@ def _big_job_row(job: _BigJob) -> Row:
         seq=job.seq(job.finished + job.running - 1),
         started=job.submitted_at + timedelta(seconds=0.5),
     )
-    return row
 
 
 def _worker_rows(small: _SmallJobs, big: _BigJob, at: datetime) -> list[Row]:
@@ -569,8 +585,16 @@ async def _copy(
         await conn.copy_records_to_table(table, records=rows, columns=columns, schema_name=schema)
 
 
+BigRows = Callable[[_BigJob, int, int], Iterator[Row]]
+
+
 async def _copy_big(
-    pool: asyncpg.Pool, schema: str, job: _BigJob, table: str, columns: Sequence[str], make: Any
+    pool: asyncpg.Pool,
+    schema: str,
+    job: _BigJob,
+    table: str,
+    columns: Sequence[str],
+    make: BigRows,
 ) -> None:
     """One table's rows of the big job, COPY by COPY (rows made as they are sent)."""
     async with pool.acquire() as conn:
@@ -580,77 +604,62 @@ async def _copy_big(
             )
 
 
+async def _copy_all(
+    pool: asyncpg.Pool, schema: str, small: _SmallJobs, big: _BigJob, now: datetime
+) -> None:
+    """The big job's tables side by side (a connection each), then the small ones."""
+    await asyncio.gather(
+        _copy(pool, schema, "jobs", _JOB_COLUMNS, iter([*small.jobs, _big_job_row(big)])),
+        _copy_big(pool, schema, big, "tasks", _TASK_COLUMNS, _big_task_rows),
+        _copy_big(pool, schema, big, "results", _RESULT_COLUMNS, _big_result_rows),
+        _copy_big(pool, schema, big, "task_attempts", _ATTEMPT_COLUMNS, _big_attempt_rows),
+    )
+    batches = [
+        (big.job_id, first, min(BATCH_TASKS, big.tasks - first), big.first_seq + 1 + n, True)
+        for n, first in enumerate(range(0, big.tasks, BATCH_TASKS))
+    ]
+    small_tables = (
+        ("tasks", _TASK_COLUMNS, small.tasks),
+        ("results", _RESULT_COLUMNS, small.results),
+        ("task_attempts", _ATTEMPT_COLUMNS, small.attempts),
+        ("job_batches", _BATCH_COLUMNS, batches),
+        ("workers", _WORKER_COLUMNS, _worker_rows(small, big, now)),
+    )
+    await asyncio.gather(
+        *(_copy(pool, schema, table, cols, iter(rows)) for table, cols, rows in small_tables)
+    )
+
+
 async def seed(
     database_url: str, schema: str, *, small_jobs: int, big_job_tasks: int
 ) -> SeedResult:
     """A fresh `schema` (dropped first if there), migrated, then the rows; VACUUM ANALYZE after,
     as autovacuum would have left the tables of a system that has been running a while."""
+    now = datetime.now(UTC)
+    big_submitted = now - timedelta(seconds=BIG_JOB_AGE_S)
+    small = _small_jobs(small_jobs, newest_at=big_submitted - timedelta(seconds=1))
+    big = _BigJob(
+        job_id=new_id(),
+        tasks=big_job_tasks,
+        submitted_at=big_submitted,
+        first_seq=small.last_seq + 1,
+    )
     pool: asyncpg.Pool = await asyncpg.create_pool(database_url, min_size=4, max_size=4)
     try:
         await pool.execute(f"DROP SCHEMA IF EXISTS {quote_ident(schema)} CASCADE")
         async with pool.acquire() as conn:
             await migrate(conn, schema)
-        now = datetime.now(UTC)
-        big_submitted = now - timedelta(seconds=BIG_JOB_AGE_S)
-        small = _small_jobs(small_jobs, newest_at=big_submitted - timedelta(seconds=1))
-        big = _BigJob(
-            job_id=new_id(),
-            tasks=big_job_tasks,
-            submitted_at=big_submitted,
-            first_seq=small.last_seq + 1,
-        )
-        batches = [
-            (big.job_id, first, min(BATCH_TASKS, big.tasks - first), big.first_seq + 1 + n, True)
-            for n, first in enumerate(range(0, big.tasks, BATCH_TASKS))
-        ]
         started = time.monotonic()
-        await asyncio.gather(
-            _copy(pool, schema, "jobs", _JOB_COLUMNS, iter([*small.jobs, _big_job_row(big)])),
-            _copy_big(pool, schema, big, "tasks", _TASK_COLUMNS, _big_task_rows),
-            _copy_big(pool, schema, big, "results", _RESULT_COLUMNS, _big_result_rows),
-            _copy_big(pool, schema, big, "task_attempts", _ATTEMPT_COLUMNS, _big_attempt_rows),
-        )
-        small_tables = (
-            ("tasks", _TASK_COLUMNS, small.tasks),
-            ("results", _RESULT_COLUMNS, small.results),
-            ("task_attempts", _ATTEMPT_COLUMNS, small.attempts),
-            (
-                "job_batches",
-                ("job_id", "first_index", "task_count", "seq", "listed"),
-                batches,
-            ),
-            (
-                "workers",
-                (
-                    "worker_id",
-                    "host",
-                    "pid",
-                    "queues",
-                    "concurrency",
-                    "version",
-                    "state",
-                    "started_at",
-                    "last_seen_at",
-                    "stopped_at",
-                    "tasks_succeeded",
-                    "tasks_failed",
-                    "updated_seq",
-                ),
-                _worker_rows(small, big, now),
-            ),
-        )
-        await asyncio.gather(
-            *(_copy(pool, schema, table, cols, iter(rows)) for table, cols, rows in small_tables)
-        )
+        await _copy_all(pool, schema, small, big, now)
         copy_s = time.monotonic() - started
         started = time.monotonic()
         for table in ("jobs", "tasks", "results", "task_attempts", "workers", "job_batches"):
             await pool.execute(f"VACUUM ANALYZE {quote_ident(schema)}.{quote_ident(table)}")
         vacuum_s = time.monotonic() - started
-        big_dead = sum(1 for index in range(big.finished) if big.dead(index))
-        big_attempts = (big.finished - big_dead) + MAX_ATTEMPTS * big_dead + big.running
     finally:
         await pool.close()
+    big_dead = sum(1 for index in range(big.finished) if big.dead(index))
+    big_attempts = (big.finished - big_dead) + MAX_ATTEMPTS * big_dead + big.running
     return SeedResult(
         jobs=small_jobs + 1,
         tasks=len(small.tasks) + big.tasks,
