@@ -17,6 +17,7 @@ SECTIONS = (
     "replay",
     "ceiling",
     "baselines",
+    "api",
 )
 # The sections that need the jobstream processes (dispatcher, projector, workers).
 PRODUCT_SECTIONS = frozenset(
@@ -46,6 +47,24 @@ CRAWL_DOMAINS = 4
 CRAWL_RATE_PER_S = 10.0
 CRAWL_DURATION_S = 10.0
 QUICK_CRAWL_DURATION_S = 3.0
+# The API under load: read models of this many small jobs and one job of this many tasks,
+# each endpoint asked up to API_REQUESTS times (fewer past API_BUDGET_S of requests, never
+# fewer than API_MIN_REQUESTS) after API_WARMUP requests; a page view counted for
+# PAGE_WINDOW_S.
+API_SMALL_JOBS = 10_000
+QUICK_API_SMALL_JOBS = 1_000
+API_TASKS = 1_000_000
+QUICK_API_TASKS = 20_000
+API_REQUESTS = 50
+QUICK_API_REQUESTS = 5
+API_MIN_REQUESTS = 5
+QUICK_API_MIN_REQUESTS = 3
+API_BUDGET_S = 15.0
+QUICK_API_BUDGET_S = 1.0
+API_WARMUP = 3
+QUICK_API_WARMUP = 1
+PAGE_WINDOW_S = 3.0
+QUICK_PAGE_WINDOW_S = 1.5
 BENCH_QUEUE = "bench"
 
 
@@ -68,6 +87,13 @@ class BenchOptions:
     crawl_domains: int = CRAWL_DOMAINS
     crawl_rate_per_s: float = CRAWL_RATE_PER_S
     crawl_duration_s: float = CRAWL_DURATION_S
+    api_small_jobs: int = API_SMALL_JOBS
+    api_tasks: int = API_TASKS
+    api_requests: int = API_REQUESTS
+    api_min_requests: int = API_MIN_REQUESTS
+    api_budget_s: float = API_BUDGET_S
+    api_warmup: int = API_WARMUP
+    page_window_s: float = PAGE_WINDOW_S
     nats_url: str | None = None
     database_url: str | None = None
     nats_sync_always: bool = False
@@ -114,6 +140,7 @@ def build_options(
     nats_url: str | None,
     database_url: str | None,
     nats_sync_always: bool,
+    api_tasks: int | None = None,
 ) -> BenchOptions:
     """The options of one invocation: `--quick` scales the defaults down, flags win."""
     if (nats_url is None) != (database_url is None):
@@ -141,7 +168,16 @@ def build_options(
             lease_s=QUICK_LEASE_S,
             latency_duration_s=QUICK_LATENCY_DURATION_S,
             crawl_duration_s=QUICK_CRAWL_DURATION_S,
+            api_small_jobs=QUICK_API_SMALL_JOBS,
+            api_tasks=QUICK_API_TASKS,
+            api_requests=QUICK_API_REQUESTS,
+            api_min_requests=QUICK_API_MIN_REQUESTS,
+            api_budget_s=QUICK_API_BUDGET_S,
+            api_warmup=QUICK_API_WARMUP,
+            page_window_s=QUICK_PAGE_WINDOW_S,
         )
+    if api_tasks is not None:
+        options = replace(options, api_tasks=api_tasks)
     if tasks is not None:
         options = replace(options, tasks=tasks)
     options = replace(options, ceiling_messages=max(options.ceiling_messages, options.tasks))

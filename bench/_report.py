@@ -39,6 +39,7 @@ SCALAR_KEYS = (
 )
 SPANS = ("submit_to_started", "submit_to_done")
 PERCENTILES = ("p50", "p95", "p99")
+API_PERCENTILES = ("p50", "p99")
 RATIOS = {
     "vs_baseline_http": "baseline_http_tasks_per_s",
     "vs_baseline_skip_locked": "baseline_skip_locked_tasks_per_s",
@@ -68,6 +69,24 @@ def _latency_median(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float
     }
 
 
+def _api_median(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | None]] | None:
+    """Per endpoint, the median over the runs of its p50 and of its p99."""
+    measured = [run["api_ms"] for run in runs if run["api_ms"] is not None]
+    if not measured:
+        return None
+    return {
+        endpoint: {p: _median([api[endpoint][p] for api in measured]) for p in API_PERCENTILES}
+        for endpoint in measured[0]
+    }
+
+
+def _requests_median(runs: Sequence[dict[str, Any]]) -> dict[str, float | None] | None:
+    measured = [run["dashboard_requests"] for run in runs if run["dashboard_requests"]]
+    if not measured:
+        return None
+    return {page: _median([counts[page] for counts in measured]) for page in measured[0]}
+
+
 def _ratio(numerator: float | None, denominator: float | None) -> float | None:
     return round(numerator / denominator, 2) if numerator and denominator else None
 
@@ -90,6 +109,8 @@ def summarize(
     """Medians of every headline figure over the runs, then ratios of the medians."""
     figures: dict[str, Any] = {key: _median([run[key] for run in runs]) for key in SCALAR_KEYS}
     figures["latency_ms"] = _latency_median(runs)
+    figures["api_ms"] = _api_median(runs)
+    figures["dashboard_requests"] = _requests_median(runs)
     return {
         **figures,
         "ratios": _ratios(figures),
@@ -106,6 +127,9 @@ def summarize(
             "latency_rate_per_s": options.latency_rate_per_s,
             "latency_duration_s": options.latency_duration_s,
             "recovery_task_s": options.recovery_task_s,
+            "api_small_jobs": options.api_small_jobs,
+            "api_tasks": options.api_tasks,
+            "api_requests": options.api_requests,
             "sections": sorted(options.sections),
             "quick": options.quick,
             "runs": options.runs,
@@ -180,6 +204,45 @@ def _latency_rows(table: Table, summary: dict[str, Any]) -> None:
         table.add_row(f"latency {span.replace('_', ' ')} p50/p95/p99 (ms)", values, "", "")
 
 
+API_LABELS = {
+    "jobs": "/jobs",
+    "jobs_later_page": "/jobs, a later page",
+    "job": "/jobs/{big}",
+    "tasks": "/jobs/{big}/tasks",
+    "tasks_deep_page": "/jobs/{big}/tasks, a page in the middle",
+    "tasks_dead_lettered": "/jobs/{big}/tasks?state=dead_lettered",
+    "task": "/tasks/{id}",
+    "stats": "/stats, computed",
+    "stats_cached": "/stats, cached",
+    "dead_letters": "/dead-letters",
+    "workers": "/workers",
+    "metrics": "/metrics",
+    "crawl": "/jobs/{big}/crawl",
+}
+# An endpoint this slow (p50, ms) gets a row in the CPU table: which process limits it.
+API_CPU_ROW_MS = 20.0
+
+
+def _api_rows(table: Table, summary: dict[str, Any]) -> None:
+    api = summary["api_ms"]
+    if api is not None:
+        table.add_row(
+            f"API, read models with one job of {summary['settings']['api_tasks']:,} tasks"
+        )
+        for endpoint, values in api.items():
+            per_run = ", ".join(
+                _fmt(run["api_ms"][endpoint]["p50"]) for run in summary["runs"] if run["api_ms"]
+            )
+            table.add_row(
+                f"  {API_LABELS.get(endpoint, endpoint)} p50/p99 (ms)",
+                " / ".join(_fmt(values[p]) for p in API_PERCENTILES),
+                "",
+                per_run,
+            )
+    for page, count in (summary["dashboard_requests"] or {}).items():
+        table.add_row(f"dashboard {page} page: API requests on load", f"{count:.0f}", "", "")
+
+
 def _cpu_text(cpu: dict[str, Any]) -> str:
     ordered = sorted(cpu["per_process"].items(), key=lambda item: -item[1])
     parts = [f"{name} {percent:.0f}" for name, percent in ordered if percent >= 1]
@@ -202,6 +265,9 @@ def _cpu_table(summary: dict[str, Any]) -> Table | None:
     }
     for design, result in detail.get("baselines", {}).items():
         sections[f"baseline {design}"] = result["cpu"]
+    for endpoint, timing in detail.get("api", {}).get("endpoints", {}).items():
+        if timing["p50_ms"] >= API_CPU_ROW_MS:
+            sections[f"API {API_LABELS.get(endpoint, endpoint)}"] = timing["cpu"]
     rows = [(name, cpu) for name, cpu in sections.items() if cpu is not None]
     if not rows:
         return None
@@ -232,6 +298,7 @@ def render(summary: dict[str, Any], console: Console) -> None:
     table.add_column("runs", justify="right")
     _throughput_rows(table, summary)
     _latency_rows(table, summary)
+    _api_rows(table, summary)
     console.print(table)
     cpu_table = _cpu_table(summary)
     if cpu_table is not None:

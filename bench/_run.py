@@ -13,6 +13,7 @@ from typing import Any
 
 import asyncpg
 
+from jobstream.bench._api_load import LoadPlan, measure_api
 from jobstream.bench._baselines import (
     BATCH,
     BaselineSetup,
@@ -34,7 +35,7 @@ from jobstream.bench._recovery import measure_recovery
 from jobstream.bench._replay import measure_replay
 from jobstream.bench._stack import ProductProcesses, Servers, bench_servers, product_processes
 from jobstream.bench._throughput import ThroughputResult, measure_throughput
-from jobstream.events import Bus, ensure_streams
+from jobstream.events import Bus, ensure_buckets, ensure_streams
 
 Progress = Callable[[str], None]
 RunFigures = dict[str, Any]
@@ -68,6 +69,8 @@ def empty_figures() -> RunFigures:
         "replay_events_per_s": None,
         "ceiling_publish_per_s": None,
         "ceiling_consume_per_s": None,
+        "api_ms": None,
+        "dashboard_requests": None,
     }
 
 
@@ -120,6 +123,41 @@ async def _replay(servers: Servers, options: BenchOptions, run: RunFigures) -> N
         await bus.close()
     run["replay_events_per_s"] = result.events_per_s
     run["detail"]["replay"] = asdict(result)
+
+
+async def _api(servers: Servers, options: BenchOptions, run: RunFigures, run_dir: Path) -> None:
+    """The API over seeded read models (its own schema), after everything else has stopped."""
+    bus = await Bus.connect([servers.nats_url], name="jobstream-bench-api")
+    try:
+        # The dashboard's live stream reads the log; the API watches the liveness bucket.
+        await ensure_streams(bus.js)
+        await ensure_buckets(bus.js)
+    finally:
+        await bus.close()
+    result = await measure_api(
+        database_url=servers.database_url,
+        nats_url=servers.nats_url,
+        meter_for=lambda extra: _server_meter(servers, extra),
+        plan=LoadPlan(
+            small_jobs=options.api_small_jobs,
+            big_job_tasks=options.api_tasks,
+            requests=options.api_requests,
+            min_requests=options.api_min_requests,
+            budget_s=options.api_budget_s,
+            warmup=options.api_warmup,
+            page_window_s=options.page_window_s,
+        ),
+        run_dir=run_dir,
+    )
+    run["api_ms"] = {
+        name: {"p50": timing.p50_ms, "p99": timing.p99_ms}
+        for name, timing in result.endpoints.items()
+    }
+    if result.page_views is not None:
+        run["dashboard_requests"] = {
+            name: view.api_requests for name, view in result.page_views.items()
+        }
+    run["detail"]["api"] = asdict(result)
 
 
 def _server_meter(servers: Servers, extra: dict[str, int] | None = None) -> CpuMeter:
@@ -379,5 +417,12 @@ async def run_once(
             progress(f"replay: rebuild the read models from a log of >= {options.replay_events}")
             with timed(run, "replay"):
                 await _replay(servers, options, run)
+        if options.wants("api"):
+            progress(
+                f"api: read models of {options.api_small_jobs} jobs and one of"
+                f" {options.api_tasks} tasks, each endpoint timed"
+            )
+            with timed(run, "api"):
+                await _api(servers, options, run, run_dir)
     run["wall_s"] = round(time.monotonic() - started, 1)
     return run, environment

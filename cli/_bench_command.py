@@ -50,12 +50,21 @@ def bench(
         str | None,
         typer.Option(
             help="Comma-separated sections: throughput, chunked, latency, priority, "
-            "one_big_job, recovery, replay, ceiling, baselines."
+            "one_big_job, crawl, recovery, replay, ceiling, baselines, api."
         ),
     ] = None,
     lease_s: Annotated[
         float | None,
         typer.Option(min=0.5, help="Workers' lease in seconds (default 5; 2 with --quick)."),
+    ] = None,
+    api_tasks: Annotated[
+        int | None,
+        typer.Option(
+            min=1_000,
+            max=10_000_000,
+            help="Tasks of the big job in the api section's read models (default 1,000,000;"
+            " 20,000 with --quick).",
+        ),
     ] = None,
     nats_sync_always: Annotated[
         bool, typer.Option("--nats-sync-always", help="Embedded nats-server fsyncs every write.")
@@ -89,6 +98,7 @@ def bench(
             nats_url=nats_url,
             database_url=database_url,
             nats_sync_always=nats_sync_always,
+            api_tasks=api_tasks,
         )
     except JobstreamError as exc:
         usage_error(str(exc))

@@ -4,6 +4,7 @@ the harness keeps working and reports every key. The figures themselves are not 
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,23 @@ THROUGHPUT_KEYS = (
     "crawl_pages_per_s",
     "crawl_target_pages_per_s",
 )
+
+API_ENDPOINTS = {
+    "jobs",
+    "jobs_later_page",
+    "job",
+    "tasks",
+    "tasks_deep_page",
+    "tasks_dead_lettered",
+    "task",
+    "stats",
+    "stats_cached",
+    "dead_letters",
+    "workers",
+    "metrics",
+    "crawl",
+}
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 def _run_bench(cwd: Path) -> dict[str, Any]:
@@ -97,4 +115,32 @@ def test_quick_bench_reports_every_figure(tmp_path: Path) -> None:
     crawl = detail["crawl"]
     assert crawl["pages"] > 0
     assert max(crawl["domain_max_in_flight"]) <= 2
+    _assert_api(summary)
     assert not list(tmp_path.iterdir()), "the bench leaves nothing in the working directory"
+
+
+def _assert_api(summary: dict[str, Any]) -> None:
+    """The api section: every endpoint timed, on read models of the size asked for; a page
+    view's requests counted when a browser is installed."""
+    settings = summary["settings"]
+    assert set(summary["api_ms"]) == API_ENDPOINTS
+    for endpoint, values in summary["api_ms"].items():
+        assert 0 < values["p50"] <= values["p99"], (endpoint, values)
+    api = summary["runs"][0]["detail"]["api"]
+    seeded = api["seed"]
+    assert seeded["big_job_tasks"] == settings["api_tasks"]
+    assert seeded["jobs"] == settings["api_small_jobs"] + 1
+    assert seeded["tasks"] > seeded["results"] > seeded["dead_letters"] > 0
+    for endpoint, timing in api["endpoints"].items():
+        assert 3 <= timing["requests"] <= settings["api_requests"], endpoint
+        assert timing["response_bytes"] > 0, endpoint
+    if CHROMIUM is None:
+        assert summary["dashboard_requests"] is None
+        return
+    assert set(summary["dashboard_requests"]) == {"overview", "job"}
+    views = api["page_views"]
+    assert "/jobs?limit=10" in views["overview"]["api_paths"]
+    assert f"/jobs/{seeded['big_job_id']}" in views["job"]["api_paths"]
+    for view in views.values():
+        assert view["api_requests"] == len(view["api_paths"]) > 0
+        assert view["static_requests"] > 0
