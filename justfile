@@ -13,9 +13,11 @@ install:
     test -x .venv/bin/python || python3 -m venv .venv
     .venv/bin/pip install -q -e '.[dev]'
 
-# [test] The whole suite: unit, integration and fault tests against real servers.
+# [test] The whole suite: unit, integration and fault tests against real servers (the tests
+# marked `isolated` after the rest, in a pytest process of their own).
 test *ARGS:
     pytest {{ARGS}}
+    pytest -m isolated
 
 # [test] Unit tests only (no servers).
 test-unit *ARGS:

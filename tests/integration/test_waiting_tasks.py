@@ -15,6 +15,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from jobstream.bench._sites import Site, rate_per_s, serving
 from jobstream.events import (
     LEVELS_HIGH_FIRST,
@@ -40,6 +42,21 @@ PAGES = 2_000
 RATE_PER_S = 50.0
 NOOP_TASKS = 100
 NOOP_WITHIN_S = 10.0
+
+
+async def _queue_state(bus: Bus, last_page_seq: int, fetched: int) -> str:
+    """What the queue's consumers hold, for a failure's report."""
+    lines = [f"last page seq {last_page_seq}, pages fetched {fetched}"]
+    for info in await bus.js.consumers_info(TASKS_STREAM):
+        delivered = info.delivered.stream_seq if info.delivered else None
+        lines.append(
+            f"{info.name}: delivered {delivered}, ack-pending"
+            f" {info.num_ack_pending}, pending {info.num_pending}, waiting {info.num_waiting},"
+            f" redelivered {info.num_redelivered}"
+        )
+    stream = await bus.js.stream_info(TASKS_STREAM)
+    lines.append(f"stream: {stream.state.messages} messages, last seq {stream.state.last_seq}")
+    return "\n".join(lines)
 
 
 async def limit_ack_pending(bus: Bus, queue: str, *, lease_s: float) -> None:
@@ -108,6 +125,10 @@ class AckPending:
         self._task.cancel()
 
 
+# In a pytest process of its own: run after the rest of the suite in one process, it timed out
+# waiting for the pages to be handed out in 2 of 4 full CI runs (2026-12-02), and never alone
+# (6 of 6). The cause is not found yet; the failure prints the consumers' state.
+@pytest.mark.isolated
 async def test_a_slow_domains_waiting_pages_leave_the_queue_to_other_jobs(
     bus: Bus, nats_server: NatsServer, tmp_path: Path
 ) -> None:
@@ -128,7 +149,11 @@ async def test_a_slow_domains_waiting_pages_leave_the_queue_to_other_jobs(
                 handed_out: int = info.delivered.stream_seq
                 return handed_out >= last_page_seq
 
-            await wait_for(every_page_handed_out, timeout_s=120, what="every page handed out")
+            try:
+                await wait_for(every_page_handed_out, timeout_s=120, what="every page handed out")
+            except AssertionError:
+                print(await _queue_state(bus, last_page_seq, len(site.requests)))
+                raise
             await asyncio.sleep(1.0)  # the last ones deferred
             waiting = PAGES - len(site.requests)
             noop_job, noop_tasks = await queue_noop_job(bus)
