@@ -36,7 +36,7 @@ from jobstream.services.api._cursors import (
     ResultCursor,
     TaskCursor,
     decode_cursor,
-    encode_cursor,
+    keyset_page,
 )
 from jobstream.services.api._dead_letters import dead_letters_router
 from jobstream.services.api._errors import (
@@ -415,11 +415,9 @@ async def list_results(
             after.task_id if after else None,
             limit + 1,
         )
-    page = rows[:limit]
-    next_cursor = None
-    if len(rows) > limit:
-        last = page[-1]
-        next_cursor = encode_cursor(ResultCursor(last["finished_at"], last["task_id"]))
+    page, next_cursor = keyset_page(
+        rows, limit, lambda last: ResultCursor(last["finished_at"], last["task_id"])
+    )
     return ResultPage(results=[Result(**dict(row)) for row in page], next_cursor=next_cursor)
 
 

@@ -3,6 +3,7 @@ row of a page."""
 
 import base64
 import binascii
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Annotated, TypeVar
 
@@ -41,9 +42,10 @@ C = TypeVar("C", JobCursor, TaskCursor, ResultCursor, DeadLetterCursor, EventCur
 _encoder = msgspec.json.Encoder()
 
 
-def encode_cursor(
-    cursor: JobCursor | TaskCursor | ResultCursor | DeadLetterCursor | EventCursor,
-) -> str:
+Cursor = JobCursor | TaskCursor | ResultCursor | DeadLetterCursor | EventCursor
+
+
+def encode_cursor(cursor: Cursor) -> str:
     return base64.urlsafe_b64encode(_encoder.encode(cursor)).rstrip(b"=").decode("ascii")
 
 
@@ -60,3 +62,16 @@ def decode_cursor(cursor: str | None, kind: type[C]) -> C | None:
 
         message = "not a cursor of this listing; pass back the next_cursor it returned"
         raise bad_query("cursor", cursor, message) from exc
+
+
+R = TypeVar("R")
+
+
+def keyset_page(
+    rows: Sequence[R], limit: int, cursor_of: Callable[[R], Cursor]
+) -> tuple[Sequence[R], str | None]:
+    """A page of `limit` rows from a query that fetched `limit + 1`, and the cursor of its last
+    row when there is more."""
+    page = rows[:limit]
+    more = len(rows) > limit
+    return page, encode_cursor(cursor_of(page[-1])) if more else None

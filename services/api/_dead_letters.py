@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from jobstream.events import load_queries
-from jobstream.services.api._cursors import DeadLetterCursor, decode_cursor, encode_cursor
+from jobstream.services.api._cursors import DeadLetterCursor, decode_cursor, keyset_page
 from jobstream.services.api._params import READS, OptionalJobIdQuery, OptionalQueueQuery
 
 DEFAULT_PAGE_SIZE = 50
@@ -73,11 +73,9 @@ async def list_dead_letters(
             after.task_id if after else None,
             limit + 1,
         )
-    page = rows[:limit]
-    next_cursor = None
-    if len(rows) > limit:
-        last = page[-1]
-        next_cursor = encode_cursor(DeadLetterCursor(last["finished_at"], last["task_id"]))
+    page, next_cursor = keyset_page(
+        rows, limit, lambda last: DeadLetterCursor(last["finished_at"], last["task_id"])
+    )
     return DeadLetterPage(
         dead_letters=[
             DeadLetter(**dict(row), retry_command=retry_command(row["task_id"])) for row in page

@@ -20,7 +20,7 @@ from jobstream.events import (
 from jobstream.services.api._cursors import (
     JobCursor,
     TaskCursor,
-    encode_cursor,
+    keyset_page,
 )
 from jobstream.services.api._liveness import (
     WAITING_STATES,
@@ -324,12 +324,10 @@ async def jobs_page(
         until,
         None if name is None else f"%{_like_escaped(name)}%",
     )
-    page = rows[:limit]
+    page, next_cursor = keyset_page(
+        rows, limit, lambda last: JobCursor(last["submitted_at"], last["job_id"])
+    )
     counts = await _task_counts(conn, [row["job_id"] for row in page], live)
-    next_cursor = None
-    if len(rows) > limit:
-        last = page[-1]
-        next_cursor = encode_cursor(JobCursor(last["submitted_at"], last["job_id"]))
     return JobPage(jobs=[_job(row, counts[row["job_id"]]) for row in page], next_cursor=next_cursor)
 
 
@@ -358,11 +356,9 @@ async def tasks_page(
     )
     if not rows and not await conn.fetchval(_SQL["job_exists"], job_id):
         return None
-    page = rows[:limit]
-    next_cursor = None
-    if len(rows) > limit:
-        last = page[-1]
-        next_cursor = encode_cursor(TaskCursor(last["task_index"], last["task_id"]))
+    page, next_cursor = keyset_page(
+        rows, limit, lambda last: TaskCursor(last["task_index"], last["task_id"])
+    )
     return TaskPage(tasks=[_task(row, live) for row in page], next_cursor=next_cursor)
 
 
