@@ -15,6 +15,7 @@ SECTIONS = (
     "crawl",
     "recovery",
     "replay",
+    "partitions",
     "ceiling",
     "baselines",
     "api",
@@ -34,6 +35,8 @@ DEFAULT_BASELINE_CONCURRENCY = 8
 CEILING_MESSAGES = 50_000
 QUICK_CEILING_MESSAGES = 10_000
 REPLAY_EVENTS = 100_000
+# The processes of the parallel replay (one per partition of the layout it builds).
+REPLAY_PROCESSES = 2
 QUICK_REPLAY_EVENTS = 5_000
 DEFAULT_LEASE_S = 5.0
 QUICK_LEASE_S = 2.0

@@ -29,7 +29,7 @@ from jobstream.events import (
     subject_for,
     task_id_for,
 )
-from jobstream.projections import quote_ident, replay_postgres
+from jobstream.projections import Connections, quote_ident, replay_postgres
 
 TASKS_PER_JOB = 1_000
 PUBLISH_WINDOW = 1_000
@@ -38,6 +38,7 @@ FILL_DEADLINE_S = 300.0
 
 @dataclass(frozen=True, kw_only=True)
 class ReplayResult:
+    processes: int
     events: int
     synthetic_events: int
     seconds: float
@@ -72,7 +73,7 @@ def _synthetic_job() -> list[Event]:
     return events
 
 
-async def _fill_log(bus: Bus, missing: int) -> int:
+async def fill_log(bus: Bus, missing: int) -> int:
     """Publish whole synthetic jobs, pipelined, until `missing` events are added."""
     window: deque[asyncio.Future[PubAck]] = deque()
     added = 0
@@ -89,21 +90,37 @@ async def _fill_log(bus: Bus, missing: int) -> int:
 
 
 async def measure_replay(
-    bus: Bus, database_url: str, meter: CpuMeter, *, min_events: int
+    bus: Bus,
+    database_url: str,
+    meter: CpuMeter,
+    *,
+    min_events: int,
+    partitions: int = 1,
+    connections: Connections | None = None,
 ) -> ReplayResult:
+    """`partitions` > 1: the replay into that many partitions, folded in as many processes
+    (their CPU shows as the machine's "others": they are not known beforehand)."""
     missing = min_events - await bus.stream_last_seq()
-    synthetic = await _fill_log(bus, missing) if missing > 0 else 0
+    synthetic = await fill_log(bus, missing) if missing > 0 else 0
     pool: asyncpg.Pool = await asyncpg.create_pool(database_url, min_size=2, max_size=4)
     try:
         meter.start()
         started = time.monotonic()
-        report = await replay_postgres(bus, pool, schema="jobstream_bench_replay", swap=False)
+        report = await replay_postgres(
+            bus,
+            pool,
+            schema="jobstream_bench_replay",
+            swap=False,
+            partitions=partitions,
+            connections=connections,
+        )
         seconds = time.monotonic() - started
         cpu = meter.stop()
         await pool.execute(f"DROP SCHEMA IF EXISTS {quote_ident(report.schema)} CASCADE")
     finally:
         await pool.close()
     return ReplayResult(
+        processes=partitions,
         events=report.events,
         synthetic_events=synthetic,
         seconds=round(seconds, 3),

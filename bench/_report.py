@@ -8,7 +8,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from jobstream.bench._options import CHUNK_SIZE, BenchOptions
+from jobstream.bench._options import CHUNK_SIZE, REPLAY_PROCESSES, BenchOptions
 
 NOTES: dict[str, str] = {}
 SCALAR_KEYS = (
@@ -23,6 +23,7 @@ SCALAR_KEYS = (
     "recovery_restart_s",
     "lease_s",
     "replay_events_per_s",
+    "replay_parallel_events_per_s",
     "ceiling_publish_per_s",
     "ceiling_consume_per_s",
     "priority_start_ms",
@@ -80,6 +81,27 @@ def _api_median(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, float | N
     }
 
 
+PARTITION_FIGURES = (
+    "events_per_s",
+    "projectors_us_per_event",
+    "postgres_us_per_event",
+    "nats_us_per_event",
+)
+
+
+def _partitions_median(
+    runs: Sequence[dict[str, Any]],
+) -> dict[str, dict[str, float | None]] | None:
+    """Per partition count, the median over the runs of each figure."""
+    measured = [run["partitions"] for run in runs if run.get("partitions")]
+    if not measured:
+        return None
+    return {
+        count: {key: _median([each[count][key] for each in measured]) for key in PARTITION_FIGURES}
+        for count in measured[0]
+    }
+
+
 def _requests_median(runs: Sequence[dict[str, Any]]) -> dict[str, float | None] | None:
     measured = [run["dashboard_requests"] for run in runs if run["dashboard_requests"]]
     if not measured:
@@ -111,6 +133,7 @@ def summarize(
     figures["latency_ms"] = _latency_median(runs)
     figures["api_ms"] = _api_median(runs)
     figures["dashboard_requests"] = _requests_median(runs)
+    figures["partitions"] = _partitions_median(runs)
     return {
         **figures,
         "ratios": _ratios(figures),
@@ -173,7 +196,12 @@ def _throughput_rows(table: Table, summary: dict[str, Any]) -> None:
         ),
         ("ceiling: JetStream publish (msgs/s)", "ceiling_publish_per_s", "of_ceiling_publish"),
         ("ceiling: JetStream pull+ack (msgs/s)", "ceiling_consume_per_s", "of_ceiling_consume"),
-        ("replay (events/s)", "replay_events_per_s", None),
+        ("replay, 1 process (events/s)", "replay_events_per_s", None),
+        (
+            f"replay, {REPLAY_PROCESSES} processes (events/s)",
+            "replay_parallel_events_per_s",
+            None,
+        ),
         ("recovery: restart after kill (s)", "recovery_restart_s", None),
         ("recovery: finished after kill (s)", "recovery_s", None),
         ("worker RSS growth over throughput (%)", "worker_rss_growth_percent", None),
@@ -243,6 +271,24 @@ def _api_rows(table: Table, summary: dict[str, Any]) -> None:
         table.add_row(f"dashboard {page} page: API requests on load", f"{count:.0f}", "", "")
 
 
+def _partition_rows(table: Table, summary: dict[str, Any]) -> None:
+    partitions = summary["partitions"]
+    if partitions is None:
+        return
+    one = partitions.get("1", {})
+    for count, figures in partitions.items():
+        cost = " / ".join(
+            _fmt(figures[key])
+            for key in ("projectors_us_per_event", "postgres_us_per_event", "nats_us_per_event")
+        )
+        table.add_row(
+            f"projection, {count} partition(s): events/s; CPU µs/event projectors/PG/NATS",
+            f"{_fmt(figures['events_per_s'])}; {cost}",
+            _fmt(_ratio(figures["events_per_s"], one.get("events_per_s")), "x"),
+            "",
+        )
+
+
 def _cpu_text(cpu: dict[str, Any]) -> str:
     ordered = sorted(cpu["per_process"].items(), key=lambda item: -item[1])
     parts = [f"{name} {percent:.0f}" for name, percent in ordered if percent >= 1]
@@ -262,6 +308,7 @@ def _cpu_table(summary: dict[str, Any]) -> Table | None:
         "one big job, small jobs": detail.get("one_big_job", {}).get("small_jobs", {}).get("cpu"),
         "crawl": detail.get("crawl", {}).get("cpu"),
         "replay": detail.get("replay", {}).get("cpu"),
+        "replay, parallel": detail.get("replay_parallel", {}).get("cpu"),
     }
     for design, result in detail.get("baselines", {}).items():
         sections[f"baseline {design}"] = result["cpu"]
@@ -298,6 +345,7 @@ def render(summary: dict[str, Any], console: Console) -> None:
     table.add_column("runs", justify="right")
     _throughput_rows(table, summary)
     _latency_rows(table, summary)
+    _partition_rows(table, summary)
     _api_rows(table, summary)
     console.print(table)
     cpu_table = _cpu_table(summary)

@@ -28,7 +28,8 @@ from jobstream.bench._crawl import measure_crawl
 from jobstream.bench._environment import describe
 from jobstream.bench._latency import measure_latency
 from jobstream.bench._one_big_job import measure_one_big_job
-from jobstream.bench._options import CHUNK_SIZE, BenchOptions
+from jobstream.bench._options import CHUNK_SIZE, REPLAY_PROCESSES, BenchOptions
+from jobstream.bench._partitions import measure_partitions
 from jobstream.bench._priority import measure_priority
 from jobstream.bench._ready import wait_until_ready
 from jobstream.bench._recovery import measure_recovery
@@ -36,6 +37,7 @@ from jobstream.bench._replay import measure_replay
 from jobstream.bench._stack import ProductProcesses, Servers, bench_servers, product_processes
 from jobstream.bench._throughput import ThroughputResult, measure_throughput
 from jobstream.events import Bus, ensure_buckets, ensure_streams
+from jobstream.projections import Connections
 
 Progress = Callable[[str], None]
 RunFigures = dict[str, Any]
@@ -67,6 +69,8 @@ def empty_figures() -> RunFigures:
         "recovery_restart_s": None,
         "lease_s": None,
         "replay_events_per_s": None,
+        "replay_parallel_events_per_s": None,
+        "partitions": None,
         "ceiling_publish_per_s": None,
         "ceiling_consume_per_s": None,
         "api_ms": None,
@@ -119,10 +123,46 @@ async def _replay(servers: Servers, options: BenchOptions, run: RunFigures) -> N
             _server_meter(servers),
             min_events=options.replay_events,
         )
+        parallel = await measure_replay(
+            bus,
+            servers.database_url,
+            _server_meter(servers),
+            min_events=options.replay_events,
+            partitions=REPLAY_PROCESSES,
+            connections=Connections([servers.nats_url], servers.database_url),
+        )
     finally:
         await bus.close()
     run["replay_events_per_s"] = result.events_per_s
+    run["replay_parallel_events_per_s"] = parallel.events_per_s
     run["detail"]["replay"] = asdict(result)
+    run["detail"]["replay_parallel"] = asdict(parallel)
+
+
+async def _partitions(servers: Servers, options: BenchOptions, run: RunFigures) -> None:
+    """After jobstream's processes have stopped, on the replay section's log."""
+    bus = await Bus.connect([servers.nats_url], name="jobstream-bench-partitions")
+    try:
+        await ensure_streams(bus.js)
+        results = await measure_partitions(
+            bus,
+            servers.database_url,
+            servers.nats_url,
+            lambda extra: _server_meter(servers, dict(extra)),
+            min_events=options.replay_events,
+        )
+    finally:
+        await bus.close()
+    run["partitions"] = {
+        str(result.partitions): {
+            "events_per_s": result.events_per_s,
+            "projectors_us_per_event": result.projectors_us_per_event,
+            "postgres_us_per_event": result.postgres_us_per_event,
+            "nats_us_per_event": result.nats_us_per_event,
+        }
+        for result in results
+    }
+    run["detail"]["partitions"] = [asdict(result) for result in results]
 
 
 async def _api(servers: Servers, options: BenchOptions, run: RunFigures, run_dir: Path) -> None:
@@ -417,6 +457,13 @@ async def run_once(
             progress(f"replay: rebuild the read models from a log of >= {options.replay_events}")
             with timed(run, "replay"):
                 await _replay(servers, options, run)
+        if options.wants("partitions"):
+            progress(
+                f"partitions: project a log of >= {options.replay_events} events by 1, 2 and 4"
+                " projector processes"
+            )
+            with timed(run, "partitions"):
+                await _partitions(servers, options, run)
         if options.wants("api"):
             progress(
                 f"api: read models of {options.api_small_jobs} jobs and one of"

@@ -4,7 +4,7 @@
 
 -- name: active_workers
 -- $1 worker ids
-SELECT count(*) FROM workers WHERE worker_id = ANY($1::text[]) AND state = 'active';
+SELECT count(*) FROM worker_summary WHERE worker_id = ANY($1::text[]) AND state = 'active';
 
 
 -- name: succeeded_by_job

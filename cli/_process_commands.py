@@ -44,6 +44,7 @@ from jobstream.cli._settings import (
 )
 from jobstream.events import (
     DEFAULT_LEASE_S,
+    MAX_PARTITIONS,
     NO_SECURITY,
     NameKind,
     NatsSecurity,
@@ -237,15 +238,46 @@ def projector(
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     schema: SchemaOption = DEFAULT_SCHEMA,
     only: Annotated[str | None, typer.Option(help="Run one projector: postgres or ndjson.")] = None,
+    partitions: Annotated[
+        int,
+        typer.Option(
+            envvar="JOBSTREAM_PROJECTOR_PARTITIONS",
+            show_envvar=True,
+            min=1,
+            max=MAX_PARTITIONS,
+            help="Run the PostgreSQL projection as this many processes, which share the jobs.",
+        ),
+    ] = 1,
+    partition: Annotated[
+        int,
+        typer.Option(
+            envvar="JOBSTREAM_PROJECTOR_PARTITION",
+            show_envvar=True,
+            min=0,
+            max=MAX_PARTITIONS - 1,
+            help="Which of the --partitions this process is (0 also runs the NDJSON files).",
+        ),
+    ] = 0,
     database_pool_size: DatabasePoolSizeOption = 2,
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Run the projectors: PostgreSQL read models and daily NDJSON result files."""
     from jobstream.events import ensure_streams
-    from jobstream.projections import NdjsonProjector, PostgresProjector, migrate
+    from jobstream.projections import NdjsonProjector, Partition, PostgresProjector, migrate
 
     if only not in (None, "postgres", "ndjson"):
         raise typer.BadParameter("--only takes postgres or ndjson")
+    if partition >= partitions:
+        raise typer.BadParameter(
+            f"--partition {partition} of --partitions {partitions}: use 0 to {partitions - 1}",
+            param_hint="--partition",
+        )
+    if only == "ndjson" and partition != 0:
+        raise typer.BadParameter(
+            "the NDJSON files are written by one process: run it with --partition 0",
+            param_hint="--partition",
+        )
+    part = Partition(partition, partitions)
     setup_logging()
     endpoints = resolve_endpoints(nats_url, database_url, data_dir, need_database=only != "ndjson")
 
@@ -263,8 +295,8 @@ def projector(
                 )
                 async with pool.acquire() as conn:
                     await migrate(conn, schema)
-                runners.append(PostgresProjector(bus, pool, schema=schema).run)
-            if only in (None, "ndjson"):
+                runners.append(PostgresProjector(bus, pool, schema=schema, partition=part).run)
+            if only == "ndjson" or (only is None and part.index == 0):
                 runners.append(NdjsonProjector(bus, endpoints.results_dir).run)
             await run_until_stopped(stop, *runners)
 
@@ -329,6 +361,15 @@ def up(
     database_url: DatabaseUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     workers: Annotated[int, typer.Option(min=1, max=64, help="Worker processes.")] = 1,
+    projectors: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=MAX_PARTITIONS,
+            help="PostgreSQL projector processes, one per partition of the jobs (read models"
+            " built by another count need `jobstream replay --partitions N` first).",
+        ),
+    ] = 1,
     concurrency: ConcurrencyOption = DEFAULT_CONCURRENCY,
     lease_s: LeaseOption = DEFAULT_LEASE_S,
     api_host: Annotated[
@@ -353,6 +394,7 @@ def up(
         api_host=api_host,
         api_port=api_port,
         workers=workers,
+        projectors=projectors,
         concurrency=concurrency,
         lease_s=lease_s,
         nats_security=nats_security,

@@ -12,7 +12,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from jobstream.events import EVENTS_STREAM, Bus, JobstreamError, job_subject, quote
-from jobstream.projections import ReplayReport, replay_ndjson, replay_postgres, replay_stdout
+from jobstream.projections import (
+    Connections,
+    ReplayReport,
+    replay_ndjson,
+    replay_postgres,
+    replay_stdout,
+)
 
 TARGETS = ("postgres", "ndjson", "stdout")
 OnProgress = Callable[[int, int], None]
@@ -62,6 +68,8 @@ async def replay(
     schema: str,
     results_dir: Path,
     show_progress: bool,
+    partitions: int = 1,
+    connections: Connections | None = None,
 ) -> ReplayReport:
     if target == "stdout":
         if job_id is not None and await bus.first_on_subject(job_subject(job_id)) is None:
@@ -73,6 +81,12 @@ async def replay(
         if target == "postgres":
             assert pool is not None
             return await replay_postgres(
-                bus, pool, schema=schema, from_seq=from_seq, on_progress=on_progress
+                bus,
+                pool,
+                schema=schema,
+                from_seq=from_seq,
+                partitions=partitions,
+                connections=connections,
+                on_progress=on_progress,
             )
         return await replay_ndjson(bus, results_dir, from_seq=from_seq, on_progress=on_progress)

@@ -24,6 +24,7 @@ from jobstream.cli._settings import (
     resolve_endpoints,
 )
 from jobstream.events import (
+    MAX_PARTITIONS,
     NO_SECURITY,
     NameKind,
     NatsSecurity,
@@ -48,14 +49,26 @@ def replay(
     database_url: DatabaseUrlOption = None,
     data_dir: DataDirOption = DEFAULT_DATA_DIR,
     schema: SchemaOption = DEFAULT_SCHEMA,
+    partitions: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=MAX_PARTITIONS,
+            help="postgres: build the read models for this many projector partitions, folding"
+            " the log in as many processes (then run the projectors with --partitions N).",
+        ),
+    ] = 1,
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Rebuild the read models or the NDJSON files from the log, or print the log as NDJSON."""
     from jobstream.cli._replay import TARGETS, seq_since
     from jobstream.cli._replay import replay as run_replay
+    from jobstream.projections import Connections
 
     if target not in TARGETS:
         raise typer.BadParameter(f"--target takes one of {', '.join(TARGETS)}")
+    if partitions > 1 and target != "postgres":
+        raise typer.BadParameter("--partitions goes with --target postgres only")
     endpoints = resolve_endpoints(
         nats_url, database_url, data_dir, need_database=target == "postgres"
     )
@@ -84,6 +97,8 @@ def replay(
                 schema=schema,
                 results_dir=endpoints.results_dir,
                 show_progress=sys.stderr.isatty(),
+                partitions=partitions,
+                connections=Connections(endpoints.nats_urls, endpoints.database_url, nats_security),
             )
         return (
             f"replayed {report.events} events (seq {report.first_seq}..{report.last_seq}) "

@@ -46,6 +46,7 @@ class StackOptions:
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     workers: int = 1
+    projectors: int = 1
     concurrency: int = 8
     lease_s: float = 30.0
     queue: str = "default"
@@ -169,8 +170,23 @@ class LocalStack:
             _Child(
                 "dispatcher", [*jobstream, "dispatcher", *base, "--lease-s", str(options.lease_s)]
             ),
-            _Child("projector", [*jobstream, "projector", *base]),
         ]
+        count = options.projectors
+        for index in range(count):
+            self._children.append(
+                _Child(
+                    "projector" if count == 1 else f"projector-{index}",
+                    [
+                        *jobstream,
+                        "projector",
+                        *base,
+                        "--partitions",
+                        str(count),
+                        "--partition",
+                        str(index),
+                    ],
+                )
+            )
         for index in range(options.workers):
             self._children.append(
                 _Child(

@@ -13,8 +13,11 @@ from typing import Literal, get_args
 import msgspec
 
 READ_MODEL_SCHEMA = "jobstream"
-# The Postgres projection's name: its row in projection_checkpoints.
+# The Postgres projection's name: its row in projection_checkpoints (one row per partition
+# when it runs in several: `partition_checkpoint`).
 POSTGRES_PROJECTION = "postgres"
+# The most partitions a projection may be split into.
+MAX_PARTITIONS = 64
 
 # submitting: a streamed job whose tasks are still being added (it runs once sealed).
 JobStatus = Literal[
@@ -113,6 +116,10 @@ class WorkerRow(msgspec.Struct, frozen=True, kw_only=True):
     tasks_succeeded: int = 0
     tasks_failed: int = 0
     updated_seq: int
+    # The projection partition that keeps this row: every partition keeps a row per worker,
+    # from the worker's own events (which every partition reads) and the task events of its
+    # jobs; readers see them merged (the `worker_summary` view).
+    partition: int = 0
 
 
 class ResultRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -160,3 +167,37 @@ TABLE_ROWS: dict[str, type[msgspec.Struct]] = {
 JSON_COLUMNS = frozenset(
     {"labels", "args", "result", "inputs", "output", "status_counts", "cache_counts", "response_ms"}
 )
+
+
+# --- partitions -------------------------------------------------------------------------------
+
+
+def partition_checkpoint(projection: str, index: int, count: int) -> str:
+    """The checkpoint row of partition `index` of `count`: the projection's own name when it
+    runs in one."""
+    return projection if count == 1 else f"{projection}/{index}-of-{count}"
+
+
+def layout_of(name: str) -> tuple[str, int, int]:
+    """(projection, index, count) of a checkpoint row's name."""
+    projection, slash, part = name.partition("/")
+    index, of, count = part.partition("-of-")
+    if slash and of and index.isdigit() and count.isdigit():
+        return projection, int(index), int(count)
+    return name, 0, 1
+
+
+def combined_checkpoints(rows: dict[str, int]) -> dict[str, int]:
+    """Each projection's checkpoint from its checkpoint rows: a partitioned projection's is
+    its slowest partition's (0 while one has not started). Of two layouts (a replay into
+    another partition count is swapped in whole, so only by hand), the one that reached
+    further counts."""
+    by_layout: dict[tuple[str, int], dict[int, int]] = {}
+    for name, last_seq in rows.items():
+        projection, index, count = layout_of(name)
+        by_layout.setdefault((projection, count), {})[index] = last_seq
+    combined: dict[str, int] = {}
+    for (projection, count), seqs in by_layout.items():
+        slowest = min(seqs.get(index, 0) for index in range(count))
+        combined[projection] = max(combined.get(projection, 0), slowest)
+    return combined

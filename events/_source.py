@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import NamedTuple
 
 import nats.errors
@@ -48,13 +48,16 @@ READ_MAX_BYTES = 4 * 1024 * 1024
 
 
 class SourceItem(NamedTuple):
-    """One message of the log: decoded to `event`, or carrying the `error` that prevented it."""
+    """One message of the log: decoded to `event`, or carrying the `error` that prevented it;
+    or `skipped`: a message the reader does not want (`event_batches(wants=...)`), neither
+    kept nor decoded, there only to say how far the log was read."""
 
     seq: int
     subject: str
     data: bytes
     event: Event | None
     error: DecodeError | None
+    skipped: bool = False
 
 
 class ConsumerLost(Exception):
@@ -78,6 +81,7 @@ class _Reader:
         *,
         stream: str,
         filter_subject: str | Sequence[str],
+        wants: Callable[[str], bool] | None,
         next_seq: int,
         batch_max: int,
         fetch_timeout_s: float,
@@ -87,6 +91,7 @@ class _Reader:
         self.js = js
         self.stream = stream
         self.filter_subject = filter_subject
+        self.wants = wants
         self.next_seq = next_seq
         self.batch_max = batch_max
         self.fetch_timeout_s = fetch_timeout_s
@@ -182,7 +187,10 @@ class _Reader:
             if stream_seq < self.next_seq:
                 continue
             self.next_seq = stream_seq + 1
-            items.append(decode_item(stream_seq, delivery.subject, delivery.data))
+            if self.wants is None or self.wants(delivery.subject):
+                items.append(decode_item(stream_seq, delivery.subject, delivery.data))
+            else:
+                items.append(SourceItem(stream_seq, delivery.subject, b"", None, None, True))
         return items
 
 
@@ -192,6 +200,7 @@ async def event_batches(
     start_seq: int,
     stop: asyncio.Event,
     filter_subject: str | Sequence[str] = EVENT_SUBJECTS,
+    wants: Callable[[str], bool] | None = None,
     batch_max: int = DEFAULT_BATCH_MAX,
     prefetch: int = DEFAULT_PREFETCH,
     fetch_timeout_s: float = FETCH_TIMEOUT_S,
@@ -200,7 +209,8 @@ async def event_batches(
 ) -> AsyncGenerator[list[SourceItem], None]:
     """Yield non-empty batches of the log from stream sequence `start_seq` on, until `stop`.
 
-    `filter_subject` may be several subjects (their messages in log order).
+    `filter_subject` may be several subjects (their messages in log order). `wants`, if
+    given, picks the messages to decode by their subject; the others come as `skipped` items.
     Batches hold up to `batch_max` items, as many as the server has ready: large under load,
     small when idle. Up to `prefetch` batches are read ahead while the caller works on one.
     Transient failures are retried forever with backoff; reading resumes at the sequence
@@ -212,6 +222,7 @@ async def event_batches(
         bus.js,
         stream=stream,
         filter_subject=filter_subject,
+        wants=wants,
         next_seq=max(1, start_seq),
         batch_max=batch_max,
         fetch_timeout_s=fetch_timeout_s,

@@ -17,8 +17,10 @@ if TYPE_CHECKING:
         repair_partitions,
         result_line,
     )
+    from jobstream.projections._partitions import Partition, partition_of
     from jobstream.projections._postgres import (
         DEFAULT_NAME,
+        LayoutMismatch,
         PostgresProjector,
         caught_up,
         checkpoint,
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
         replay_stdout,
         swap_schemas,
     )
+    from jobstream.projections._replay_partitions import Connections
 
 # Each public name and the module that defines it.
 _HOMES: dict[str, str] = {
@@ -45,12 +48,16 @@ _HOMES: dict[str, str] = {
     "partition_path": "jobstream.projections._ndjson",
     "repair_partitions": "jobstream.projections._ndjson",
     "result_line": "jobstream.projections._ndjson",
+    "Partition": "jobstream.projections._partitions",
+    "partition_of": "jobstream.projections._partitions",
+    "LayoutMismatch": "jobstream.projections._postgres",
     "DEFAULT_NAME": "jobstream.projections._postgres",
     "PostgresProjector": "jobstream.projections._postgres",
     "caught_up": "jobstream.projections._postgres",
     "checkpoint": "jobstream.projections._postgres",
     "load_queries": "jobstream.projections._queries",
     "ReplayReport": "jobstream.projections._replay",
+    "Connections": "jobstream.projections._replay_partitions",
     "replay_ndjson": "jobstream.projections._replay",
     "replay_postgres": "jobstream.projections._replay",
     "replay_stdout": "jobstream.projections._replay",
@@ -66,9 +73,12 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "Connections",
     "DEFAULT_NAME",
     "DEFAULT_SCHEMA",
+    "LayoutMismatch",
     "NdjsonProjector",
+    "Partition",
     "PostgresProjector",
     "ReplayReport",
     "ResultLine",
@@ -78,6 +88,7 @@ __all__ = [
     "last_written_seq",
     "load_queries",
     "migrate",
+    "partition_of",
     "partition_path",
     "quote_ident",
     "repair_partitions",

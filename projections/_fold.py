@@ -62,14 +62,14 @@ def table_rows(model: ReadModel) -> dict[str, list[tuple[Any, ...]]]:
 async def write_fold(pool: asyncpg.Pool, schema: str, model: ReadModel) -> None:
     """Load the fold's rows into the empty tables of `schema`: indexes dropped, one COPY per
     table on its own connection, indexes built again (a sort each, not row by row)."""
-    tables = table_rows(model)
     async with pool.acquire() as conn:
-        rebuild = await _drop_indexes(conn, schema)
+        rebuild = await drop_indexes(conn, schema)
+    await copy_fold(pool, schema, model)
+    await rebuild_indexes(pool, rebuild)
 
-    async def run(statements: list[str]) -> None:
-        async with pool.acquire() as conn:
-            for statement in statements:
-                await conn.execute(statement)
+
+async def copy_fold(pool: asyncpg.Pool, schema: str, model: ReadModel) -> None:
+    """COPY the fold's rows into the tables of `schema`, a connection per table."""
 
     async def copy(table: str, rows: list[tuple[Any, ...]]) -> None:
         async with pool.acquire() as conn:
@@ -77,11 +77,22 @@ async def write_fold(pool: asyncpg.Pool, schema: str, model: ReadModel) -> None:
                 table, schema_name=schema, columns=list(COLUMNS[table]), records=rows
             )
 
+    tables = table_rows(model)
     await asyncio.gather(*(copy(table, rows) for table, rows in tables.items() if rows))
+
+
+async def rebuild_indexes(pool: asyncpg.Pool, rebuild: dict[str, list[str]]) -> None:
+    """Run `drop_indexes`'s statements, a connection per table."""
+
+    async def run(statements: list[str]) -> None:
+        async with pool.acquire() as conn:
+            for statement in statements:
+                await conn.execute(statement)
+
     await asyncio.gather(*(run(statements) for statements in rebuild.values()))
 
 
-async def _drop_indexes(conn: asyncpg.Connection, schema: str) -> dict[str, list[str]]:
+async def drop_indexes(conn: asyncpg.Connection, schema: str) -> dict[str, list[str]]:
     """Drop the primary keys and indexes of `schema`'s tables; return, per table, the
     statements that make them again."""
     rebuild: dict[str, list[str]] = {}

@@ -26,6 +26,7 @@ from jobstream.events import (
 )
 from jobstream.projections._database import RETRY_CAP_S, RETRY_ERRORS, connection
 from jobstream.projections._migrate import DEFAULT_SCHEMA, quote_ident
+from jobstream.projections._partitions import ONE_PARTITION, Partition
 from jobstream.projections._queries import load_queries
 from jobstream.projections._rows import Loaded, write
 from jobstream.projections._rules import ReadModel
@@ -45,7 +46,8 @@ async def unlisted_batches(pool: asyncpg.Pool, *, schema: str = DEFAULT_SCHEMA) 
 
 
 class TaskLister:
-    """Writes the task rows of the batches the projector took, until stopped."""
+    """Writes the task rows of the batches the projector took (of its partition's jobs),
+    until stopped."""
 
     def __init__(
         self,
@@ -54,11 +56,14 @@ class TaskLister:
         *,
         schema: str = DEFAULT_SCHEMA,
         name: str = POSTGRES_PROJECTION,
+        partition: Partition = ONE_PARTITION,
     ) -> None:
         self.bus = bus
         self.pool = pool
         self.schema = schema
-        self.name = name
+        self.partition = partition
+        # The checkpoint row whose lock the lister shares with its partition's projector.
+        self.name = partition.checkpoint_name(name)
         # Set by the projector when it took a batch: list it now rather than at the next poll.
         self.wake = asyncio.Event()
         self._search_path = (
@@ -87,7 +92,12 @@ class TaskLister:
         while True:
             async with connection(self.pool) as conn, conn.transaction():
                 await conn.execute(self._search_path)
-                pending = await conn.fetch(self._queries["unlisted_batches"], UNLISTED_PAGE)
+                pending = await conn.fetch(
+                    self._queries["unlisted_batches"],
+                    UNLISTED_PAGE,
+                    self.partition.count,
+                    self.partition.index,
+                )
             if not pending:
                 return listed
             for batch in pending:
@@ -115,7 +125,7 @@ class TaskLister:
                 return
             # The rows task events made before the listing: the rules give them their index,
             # kind and args (`ReadModel.list_batch`); the others are written as ranges.
-            model = ReadModel(list_batches=False)
+            model = ReadModel(list_batches=False, partition=self.partition.index)
             loaded = Loaded(model)
             end = first_index + sum(spec.count for spec in specs)
             loaded.take_tasks(

@@ -13,6 +13,10 @@ result is the replay's, whatever the batch boundaries.
 Robust: a payload that is not an event is parked in `rejected_events`; an event the database
 refuses (a NUL character, a number out of range) is found by bisecting the batch under
 savepoints and parked there too, so no input stalls the projector.
+
+Partitioned: N projectors, each given its `Partition`, share the log by job
+(`_partitions.py`); each has its own checkpoint row, and a schema serves one layout (a
+projector of another partition count refuses to start: `LayoutMismatch`).
 """
 
 import asyncio
@@ -28,15 +32,19 @@ from jobstream.events import (
     DEFAULT_BATCH_MAX,
     POSTGRES_PROJECTION,
     Bus,
+    JobstreamError,
     JobTasksAdded,
     SourceItem,
     backoff_s,
+    combined_checkpoints,
     event_batches,
+    layout_of,
     sleep_unless_stopped,
 )
 from jobstream.projections._database import DATA_ERRORS, RETRY_CAP_S, RETRY_ERRORS, connection
 from jobstream.projections._listing import TaskLister, unlisted_batches
 from jobstream.projections._migrate import DEFAULT_SCHEMA, quote_ident
+from jobstream.projections._partitions import ONE_PARTITION, Partition
 from jobstream.projections._queries import load_queries
 from jobstream.projections._rows import keys_of, load, parked_rows, write
 from jobstream.projections._rules import ReadModel
@@ -46,6 +54,10 @@ log = logging.getLogger(__name__)
 DEFAULT_NAME = POSTGRES_PROJECTION
 
 T = TypeVar("T")
+
+
+class LayoutMismatch(JobstreamError):
+    """The schema's read models were built by another number of partitions."""
 
 
 class _Rewound(Exception):
@@ -71,21 +83,39 @@ class _Parked(NamedTuple):
 async def checkpoint(
     pool: asyncpg.Pool, *, schema: str = DEFAULT_SCHEMA, name: str = DEFAULT_NAME
 ) -> int:
-    """The last stream sequence projection `name` applied to `schema` (0: none yet)."""
+    """The last stream sequence projection `name` applied to `schema` (0: none yet); of a
+    partitioned projection, its slowest partition's. (A partition's own: its checkpoint
+    row's name, `Partition.checkpoint_name`.)"""
     async with connection(pool) as conn, conn.transaction():
         await conn.execute(f"SET LOCAL search_path TO {quote_ident(schema)}")
-        last = await conn.fetchval(load_queries()["read_checkpoint"], name)
-    return int(last) if last is not None else 0
+        rows = await conn.fetch(load_queries()["read_checkpoints"], name)
+    return combined_checkpoints({row["projection"]: row["last_seq"] for row in rows}).get(name, 0)
 
 
 async def caught_up(
     pool: asyncpg.Pool, seq: int, *, schema: str = DEFAULT_SCHEMA, name: str = DEFAULT_NAME
 ) -> bool:
-    """Whether projection `name` applied the log up to `seq` into `schema`, the task rows of
-    streamed jobs included."""
+    """Whether projection `name` (every partition of it) applied the log up to `seq` into
+    `schema`, the task rows of streamed jobs included."""
     if await checkpoint(pool, schema=schema, name=name) < seq:
         return False
     return await unlisted_batches(pool, schema=schema) == 0
+
+
+async def check_layout(conn: asyncpg.Connection, projection: str, partition: Partition) -> None:
+    """`LayoutMismatch` if the schema on `conn`'s search path holds checkpoints of
+    `projection` in another partition count than `partition`'s."""
+    rows = await conn.fetch(load_queries()["read_checkpoints"], projection)
+    counts = {layout_of(row["projection"])[2] for row in rows if row["last_seq"] > 0}
+    others = sorted(counts - {partition.count})
+    if others:
+        built_by = f"{others[0]} projector partition" + ("s" if others[0] > 1 else "")
+        raise LayoutMismatch(
+            f"the read models were built by {built_by}, and this is"
+            f" {partition}: replay into the new layout and swap it in first"
+            f" (jobstream replay --target postgres --partitions {partition.count}), or run"
+            f" the projectors with --partitions {others[0]}"
+        )
 
 
 class PostgresProjector:
@@ -98,12 +128,16 @@ class PostgresProjector:
         *,
         schema: str = DEFAULT_SCHEMA,
         name: str = DEFAULT_NAME,
+        partition: Partition = ONE_PARTITION,
         batch_max: int = DEFAULT_BATCH_MAX,
     ) -> None:
         self.bus = bus
         self.pool = pool
         self.schema = schema
-        self.name = name
+        self.projection = name
+        self.partition = partition
+        # The checkpoint row: the projection's name, or its partition's.
+        self.name = partition.checkpoint_name(name)
         self.batch_max = batch_max
         self.last_seq = 0
         # synchronous_commit off: a commit does not wait for its WAL flush. A database crash
@@ -113,17 +147,20 @@ class PostgresProjector:
             f"SET LOCAL search_path TO {quote_ident(schema)}; SET LOCAL synchronous_commit TO off"
         )
         self._queries = load_queries()
-        self.lister = TaskLister(bus, pool, schema=schema, name=name)
+        self.lister = TaskLister(bus, pool, schema=schema, name=name, partition=partition)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Project until `stop` is set, and write the task rows of streamed jobs beside it;
         database outages are waited out, batch by batch."""
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self.lister.run(stop))
-            group.create_task(self._project(stop))
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.lister.run(stop))
+                group.create_task(self._project(stop))
+        except* LayoutMismatch as mismatch:
+            raise mismatch.exceptions[0] from None
 
     async def _project(self, stop: asyncio.Event) -> None:
-        read = functools.partial(checkpoint, self.pool, schema=self.schema, name=self.name)
+        read = self._start_checkpoint
         while not stop.is_set():
             start = await self._retrying(read, stop)
             if start is None:
@@ -141,9 +178,23 @@ class PostgresProjector:
                 )
         log.info("projection %s stopped after seq %d", self.name, self.last_seq)
 
+    async def _start_checkpoint(self) -> int:
+        """This partition's checkpoint, once the schema's layout is checked to be its own."""
+        async with connection(self.pool) as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL search_path TO {quote_ident(self.schema)}")
+            await check_layout(conn, self.projection, self.partition)
+            last = await conn.fetchval(self._queries["read_checkpoint"], self.name)
+        return int(last) if last is not None else 0
+
     async def _follow(self, start: int, stop: asyncio.Event) -> None:
         self.last_seq = start
-        batches = event_batches(self.bus, start_seq=start + 1, stop=stop, batch_max=self.batch_max)
+        batches = event_batches(
+            self.bus,
+            start_seq=start + 1,
+            stop=stop,
+            wants=self.partition.wants if self.partition.count > 1 else None,
+            batch_max=self.batch_max,
+        )
         async with aclosing(batches):
             async for batch in batches:
                 apply = functools.partial(self._apply_batch, batch, after=self.last_seq)
@@ -158,7 +209,10 @@ class PostgresProjector:
         `list_tasks` is False: they are left to `lister`, as while the projector runs.
         """
         if not items:
-            return await checkpoint(self.pool, schema=self.schema, name=self.name)
+            async with connection(self.pool) as conn, conn.transaction():
+                await conn.execute(f"SET LOCAL search_path TO {quote_ident(self.schema)}")
+                last = await conn.fetchval(self._queries["read_checkpoint"], self.name)
+            return int(last) if last is not None else 0
         last_seq = await self._apply_batch(items, after=None)
         if list_tasks:
             await self.lister.list_pending()
@@ -211,7 +265,7 @@ class PostgresProjector:
     async def _apply(self, conn: asyncpg.Connection, items: Sequence[SourceItem]) -> list[_Parked]:
         """Load the rows `items` name, apply them, write what changed; return what the rules
         parked (written too)."""
-        model = ReadModel(list_batches=False)
+        model = ReadModel(list_batches=False, partition=self.partition.index)
         loaded = await load(conn, self._queries, keys_of(items), model)
         for item in items:
             model.apply_item(item)

@@ -4,6 +4,10 @@ PostgreSQL is rebuilt into a fresh schema while the live one keeps serving, then
 by renaming both in one transaction. The live projector needs no pause: each of its batches
 locks and checks its checkpoint row, so after the swap it skips what the rebuild already
 applied, or reads again from where the rebuild stopped.
+
+A rebuild into N partitions (`partitions`) folds in N processes (`_replay_partitions.py`)
+and leaves the layout of N projector processes: a checkpoint per partition. Projectors of
+the old layout refuse the swapped-in schema (`LayoutMismatch`); start N new ones.
 """
 
 import asyncio
@@ -32,7 +36,7 @@ from jobstream.events import (
     with_retry,
 )
 from jobstream.projections._database import DATA_ERRORS
-from jobstream.projections._fold import write_fold
+from jobstream.projections._fold import drop_indexes, rebuild_indexes, write_fold
 from jobstream.projections._migrate import DEFAULT_SCHEMA, migrate, quote_ident
 from jobstream.projections._ndjson import (
     FILE_PREFIX,
@@ -42,7 +46,9 @@ from jobstream.projections._ndjson import (
     exclusive_results_dir,
     result_lines,
 )
+from jobstream.projections._partitions import Partition
 from jobstream.projections._postgres import DEFAULT_NAME, PostgresProjector
+from jobstream.projections._replay_partitions import Connections, fold_partitions
 from jobstream.projections._rules import ReadModel
 
 log = logging.getLogger(__name__)
@@ -94,6 +100,8 @@ async def replay_postgres(
     keep_old: bool = False,
     bulk: bool = True,
     batch_max: int = REPLAY_BATCH_MAX,
+    partitions: int = 1,
+    connections: Connections | None = None,
     on_progress: Progress = _no_progress,
 ) -> ReplayReport:
     """Rebuild the read models of `schema` from the log into a fresh schema; swap it in.
@@ -101,15 +109,26 @@ async def replay_postgres(
     `bulk` folds the log in memory and loads the tables with COPY (`_fold.py`); should the
     database refuse a row (a value out of its range), the live projector's way rebuilds it
     instead, parking the refused events as the live projector does.
+
+    `partitions`: the layout to build, for that many projector processes; the bulk way then
+    folds in as many processes, which reach NATS and PostgreSQL by `connections`.
     """
+    layout = [Partition(index, partitions) for index in range(partitions)]
+    if partitions > 1 and bulk and connections is None:
+        raise ValueError("a bulk replay into several partitions needs the connections")
     first, last = await _log_bounds(bus, from_seq)
     build = f"{schema}_replay_{new_id()[-8:].lower()}"
     started = time.perf_counter()
     built = False
-    if bulk:
+    if bulk and partitions == 1:
         built = await _build_bulk(bus, pool, build, first, last, on_progress)
+    elif bulk:
+        assert connections is not None
+        built = await _build_bulk_partitions(
+            connections, pool, build, first, last, partitions, on_progress
+        )
     if not built:
-        await _build_with_projector(bus, pool, build, first, last, batch_max, on_progress)
+        await _build_with_projector(bus, pool, build, first, last, layout, batch_max, on_progress)
     seconds = time.perf_counter() - started
     on_progress(last - first + 1, last - first + 1)
     replaced = await swap_schemas(pool, schema, build, keep_old=keep_old) if swap else None
@@ -124,16 +143,22 @@ async def replay_postgres(
     )
 
 
-async def _create_build_schema(pool: asyncpg.Pool, build: str, checkpoint_seq: int) -> None:
+async def _create_build_schema(
+    pool: asyncpg.Pool, build: str, checkpoint_seq: int, partitions: int = 1
+) -> None:
+    """An empty schema of the read models, with a checkpoint per partition at
+    `checkpoint_seq`."""
     async with pool.acquire() as conn:
         await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(build)} CASCADE")
         await migrate(conn, build)
         if checkpoint_seq > 0:
-            await conn.execute(
+            await conn.executemany(
                 f"INSERT INTO {quote_ident(build)}.projection_checkpoints (projection, last_seq)"
                 " VALUES ($1, $2)",
-                DEFAULT_NAME,
-                checkpoint_seq,
+                [
+                    (Partition(index, partitions).checkpoint_name(DEFAULT_NAME), checkpoint_seq)
+                    for index in range(partitions)
+                ],
             )
 
 
@@ -173,30 +198,68 @@ async def _build_bulk(
     return True
 
 
+async def _build_bulk_partitions(
+    connections: Connections,
+    pool: asyncpg.Pool,
+    build: str,
+    first: int,
+    last: int,
+    partitions: int,
+    on_progress: Progress,
+) -> bool:
+    """`_build_bulk` in a process per partition (`fold_partitions`)."""
+    started = time.perf_counter()
+    await _create_build_schema(pool, build, last if last >= first else first - 1, partitions)
+    if last < first:
+        return True
+    async with pool.acquire() as conn:
+        rebuild = await drop_indexes(conn, build)
+    if not await fold_partitions(connections, build, first, last, partitions, on_progress):
+        log.warning("bulk replay: the database refused a row; rebuilding event by event")
+        return False
+    copied = time.perf_counter()
+    await rebuild_indexes(pool, rebuild)
+    log.info(
+        "bulk replay of seq %d..%d in %d processes: folded and copied in %.2fs, indexed in %.2fs",
+        first,
+        last,
+        partitions,
+        copied - started,
+        time.perf_counter() - copied,
+    )
+    return True
+
+
 async def _build_with_projector(
     bus: Bus,
     pool: asyncpg.Pool,
     build: str,
     first: int,
     last: int,
+    layout: list[Partition],
     batch_max: int,
     on_progress: Progress,
 ) -> None:
-    await _create_build_schema(pool, build, first - 1)
-    projector = PostgresProjector(bus, pool, schema=build, batch_max=batch_max)
+    await _create_build_schema(pool, build, first - 1, len(layout))
+    projectors = [
+        PostgresProjector(bus, pool, schema=build, partition=partition, batch_max=batch_max)
+        for partition in layout
+    ]
     stop = asyncio.Event()
-    running = asyncio.create_task(projector.run(stop))
+    running = [asyncio.create_task(projector.run(stop)) for projector in projectors]
     try:
-        while projector.last_seq < last:
-            if running.done():
-                running.result()
-                raise JobstreamError("the replay projector stopped before the log's end")
-            on_progress(max(0, projector.last_seq - first + 1), last - first + 1)
+        while (reached := min(projector.last_seq for projector in projectors)) < last:
+            for task in running:
+                if task.done():
+                    task.result()
+                    raise JobstreamError("the replay projector stopped before the log's end")
+            on_progress(max(0, reached - first + 1), last - first + 1)
             await asyncio.sleep(PROGRESS_INTERVAL_S)
     finally:
         stop.set()
-        await running
-    await projector.lister.list_pending()
+        await asyncio.gather(*running)
+    for projector in projectors:
+        await projector.lister.list_pending()
 
 
 async def swap_schemas(

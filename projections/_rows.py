@@ -73,6 +73,7 @@ async def load(
         list(keys.tasks),
         list(keys.workers),
         list(keys.crawl_jobs),
+        model.partition,
     )
     for job in _JOBS.decode(arrays[0]):
         model.jobs[job.job_id] = loaded.jobs[job.job_id] = job
@@ -120,6 +121,7 @@ async def write(conn: asyncpg.Connection, queries: Mapping[str, str], loaded: Lo
         _json(_changed(model.results.items(), loaded.results)),
         _json(_changed(model.crawl.rows.items(), loaded.crawl)),
         _json(model.batches[loaded.batches :]),
+        model.partition,
     )
 
 

@@ -85,6 +85,11 @@ from jobstream.projections._crawl import (
     failure_undone,
     page_facts,
 )
+from jobstream.projections._partitions import (
+    is_worker_subject,
+    job_of_subject,
+    worker_subject_of,
+)
 from jobstream.projections._task_rows import over_the_task_limit, spec_ranges
 
 
@@ -579,11 +584,13 @@ def attempt_finished(
 
 
 def worker_started(
-    worker: WorkerRow | None, seq: int, at: datetime, event: WorkerStarted
+    worker: WorkerRow | None, seq: int, at: datetime, event: WorkerStarted, partition: int
 ) -> WorkerRow:
     """A restarted worker keeps its counters."""
     if worker is None:
-        worker = WorkerRow(worker_id=event.worker_id, last_seen_at=at, updated_seq=seq)
+        worker = WorkerRow(
+            worker_id=event.worker_id, last_seen_at=at, updated_seq=seq, partition=partition
+        )
     return replace(
         worker,
         host=event.host,
@@ -628,6 +635,7 @@ def worker_seen(
     seq: int,
     at: datetime,
     worker_id: str,
+    partition: int,
     *,
     succeeded: int = 0,
     failed: int = 0,
@@ -641,6 +649,7 @@ def worker_seen(
             tasks_failed=failed,
             last_seen_at=at,
             updated_seq=seq,
+            partition=partition,
         )
     return replace(
         worker,
@@ -666,6 +675,18 @@ def _job_ended(
             return job_finished(job, seq, at, "failed", event.duration_s)
 
 
+def check_subject(subject: str, event: Event) -> None:
+    """`RejectedEvent` unless `event` came on the subject of its job or worker (what
+    `subject_for` gives): a partition picks its events by subject, so an event on another
+    job's subject would change rows another partition keeps."""
+    name = type(event).__struct_config__.tag
+    if isinstance(event, WorkerStarted | WorkerStopped | WorkerLost | WorkerForgotten):
+        if subject != worker_subject_of(event.worker_id):
+            raise RejectedEvent(f"a {name} of worker {event.worker_id!r} on {subject!r}")
+    elif job_of_subject(subject) != event.job_id:
+        raise RejectedEvent(f"a {name} of job {event.job_id!r} on {subject!r}")
+
+
 # --- the read model ---------------------------------------------------------------------------
 
 
@@ -677,10 +698,14 @@ class ReadModel:
 
     `list_batches`: a taken `job.tasks_added` batch gets its task rows at once (the replay);
     else it is only recorded, unlisted, for the projector's lister (`list_batch`).
+
+    `partition`: the index of the projection partition these rows are of (`_partitions.py`):
+    the events given are that partition's, and the rows it alone keeps (a worker's) say so.
     """
 
-    def __init__(self, *, list_batches: bool) -> None:
+    def __init__(self, *, list_batches: bool, partition: int = 0) -> None:
         self.list_batches = list_batches
+        self.partition = partition
         self.jobs: dict[str, JobRow] = {}
         self.tasks: dict[str, TaskRow] = {}
         self.attempts: dict[str, dict[int, AttemptRow]] = {}
@@ -695,18 +720,26 @@ class ReadModel:
         self.last_seq = 0
 
     def apply_item(self, item: SourceItem) -> None:
-        """Apply a log item; park it (`rejected`) if it is not an event or cannot be
-        projected."""
+        """Apply a log item; park it (`rejected`) if it is not an event, is not on its own
+        subject, or cannot be projected. A skipped item (another partition's) only moves
+        `last_seq`."""
         self.last_seq = max(self.last_seq, item.seq)
+        if item.skipped:
+            return
         if item.event is None:
             self._reject(item, str(item.error))
             return
         try:
+            check_subject(item.subject, item.event)
             self.apply(item.seq, item.event)
         except RejectedEvent as exc:
             self._reject(item, str(exc))
 
     def _reject(self, item: SourceItem, error: str) -> None:
+        """Park `item`; a worker subject's message once, by partition 0 (every partition
+        reads them)."""
+        if self.partition != 0 and is_worker_subject(item.subject):
+            return
         row = RejectedRow(seq=item.seq, subject=item.subject, error=error, payload=item.data)
         self.rejected.setdefault(item.seq, row)
 
@@ -719,7 +752,7 @@ class ReadModel:
         match event:
             case WorkerStarted():
                 self.workers[event.worker_id] = worker_started(
-                    self.workers.get(event.worker_id), seq, at, event
+                    self.workers.get(event.worker_id), seq, at, event, self.partition
                 )
             case WorkerStopped():
                 worker = self.workers.get(event.worker_id)
@@ -939,7 +972,13 @@ class ReadModel:
         self, seq: int, at: datetime, worker_id: str, *, succeeded: int = 0, failed: int = 0
     ) -> None:
         self.workers[worker_id] = worker_seen(
-            self.workers.get(worker_id), seq, at, worker_id, succeeded=succeeded, failed=failed
+            self.workers.get(worker_id),
+            seq,
+            at,
+            worker_id,
+            self.partition,
+            succeeded=succeeded,
+            failed=failed,
         )
 
     # --- output ----------------------------------------------------------------------------

@@ -26,6 +26,12 @@ UPDATE projection_checkpoints SET last_seq = $2, updated_at = now() WHERE projec
 SELECT last_seq FROM projection_checkpoints WHERE projection = $1;
 
 
+-- name: read_checkpoints
+-- $1 projection: its checkpoint rows, one per partition (`postgres`, `postgres/0-of-2`, ...).
+SELECT projection, last_seq FROM projection_checkpoints
+WHERE projection = $1 OR starts_with(projection, $1 || '/');
+
+
 -- name: reject_event
 -- $1 seq, $2 subject, $3 error, $4 payload
 INSERT INTO rejected_events (seq, subject, error, payload)
@@ -35,7 +41,8 @@ ON CONFLICT (seq) DO NOTHING;
 
 -- name: load_rows
 -- The rows a batch's events name, each table's as one JSON array: $1 job ids, $2 task ids
--- (tasks, task_attempts, results), $3 worker ids, $4 job ids of crawl pages (crawl_stats).
+-- (tasks, task_attempts, results), $3 worker ids, $4 job ids of crawl pages (crawl_stats),
+-- $5 the partition (a worker's row is one per partition).
 -- One primary-key lookup per key: OFFSET 0 keeps each LATERAL a subquery, which the planner
 -- would otherwise join as a whole-table scan (it guesses many attempts per task).
 SELECT
@@ -48,7 +55,9 @@ SELECT
     (SELECT coalesce(json_agg(r), '[]') FROM unnest($2::text[]) AS k (id)
      CROSS JOIN LATERAL (SELECT * FROM results WHERE task_id = k.id OFFSET 0) AS r),
     (SELECT coalesce(json_agg(r), '[]') FROM unnest($3::text[]) AS k (id)
-     CROSS JOIN LATERAL (SELECT * FROM workers WHERE worker_id = k.id OFFSET 0) AS r),
+     CROSS JOIN LATERAL (
+         SELECT * FROM workers WHERE worker_id = k.id AND partition = $5 OFFSET 0
+     ) AS r),
     (SELECT coalesce(json_agg(r), '[]') FROM unnest($4::text[]) AS k (id)
      CROSS JOIN LATERAL (SELECT * FROM crawl_stats WHERE job_id = k.id OFFSET 0) AS r);
 
@@ -65,7 +74,8 @@ WHERE job_id = $1 AND task_index >= $2 AND task_index < $3;
 -- projections/_rules.py, one row per task: a job of millions of tasks costs one object;
 -- a task's id is "<job_id>-<task_index>", as events.task_id_for makes it), then whole rows
 -- by column name to insert or update: $2 jobs, $3 tasks, $4 task_attempts, $5 workers,
--- $8 results, $9 crawl_stats; $6 workers and $7 results that went; $10 new job_batches.
+-- $8 results, $9 crawl_stats; $6 workers (of partition $11) and $7 results that went;
+-- $10 new job_batches.
 -- No two parts touch one row (the ranges leave out the rows written whole).
 WITH ranges AS (
     INSERT INTO tasks (task_id, job_id, task_index, kind, args, state, updated_seq)
@@ -114,7 +124,7 @@ merge_task_attempts AS (
 merge_workers AS (
     INSERT INTO workers
     SELECT * FROM json_populate_recordset(NULL::workers, $5::json)
-    ON CONFLICT (worker_id) DO UPDATE
+    ON CONFLICT (worker_id, partition) DO UPDATE
     SET
         host = excluded.host, pid = excluded.pid, queues = excluded.queues,
         concurrency = excluded.concurrency, version = excluded.version, state = excluded.state,
@@ -148,7 +158,7 @@ merge_crawl_stats AS (
         response_ms = excluded.response_ms, updated_seq = excluded.updated_seq
 ),
 workers_gone AS (
-    DELETE FROM workers WHERE worker_id = ANY($6::text[])
+    DELETE FROM workers WHERE worker_id = ANY($6::text[]) AND partition = $11::integer
 ),
 results_gone AS (
     DELETE FROM results WHERE task_id = ANY($7::text[])
@@ -162,8 +172,11 @@ SELECT 1;
 
 
 -- name: unlisted_batches
--- $1 rows to fetch: the batches whose task rows are still to be written, in log order.
-SELECT job_id, first_index, seq FROM job_batches WHERE NOT listed ORDER BY seq LIMIT $1;
+-- $1 rows to fetch, $2 partitions, $3 partition: the batches of the partition's jobs whose task
+-- rows are still to be written, in log order.
+SELECT job_id, first_index, seq FROM job_batches
+WHERE NOT listed AND ($2::integer = 1 OR jobstream_partition(job_id, $2::integer) = $3::integer)
+ORDER BY seq LIMIT $1;
 
 
 -- name: count_unlisted_batches

@@ -30,6 +30,7 @@ from jobstream.events import (
     DispatcherProgress,
     NatsSecurity,
     SourceItem,
+    combined_checkpoints,
     decode_event,
     decode_progress,
     event_batches,
@@ -238,7 +239,8 @@ async def _progress(request: Request, bus: Bus | None) -> tuple[int | None, dict
     read_models = request.app.state.read_models
     async with read_models.connection() as conn:
         rows = await conn.fetch(request.app.state.sql["list_checkpoints"])
-    applied |= {row["projection"]: row["last_seq"] for row in rows}
+    # A partitioned projection is as far as its slowest partition.
+    applied |= combined_checkpoints({row["projection"]: row["last_seq"] for row in rows})
     return last_seq, applied
 
 

@@ -61,7 +61,7 @@ LIMIT $5::integer;
 -- name: get_worker
 SELECT worker_id, host, pid, queues, concurrency, version, state, started_at, last_seen_at,
        stopped_at, tasks_succeeded, tasks_failed
-FROM workers
+FROM worker_summary
 WHERE worker_id = $1::text;
 
 -- name: worker_finished_since

@@ -89,7 +89,7 @@ ORDER BY attempt;
 -- Active workers first, then the most recently started.
 SELECT worker_id, host, pid, queues, concurrency, version, state, started_at, last_seen_at,
        stopped_at, tasks_succeeded, tasks_failed
-FROM workers
+FROM worker_summary
 ORDER BY (state = 'active') DESC, started_at DESC NULLS LAST, worker_id;
 
 -- name: list_results

@@ -40,6 +40,7 @@ from jobstream.events import (
     TaskChunkFinished,
     TaskDeadLettered,
     TaskSucceeded,
+    combined_checkpoints,
     decode_event,
     is_transient,
     job_subject,
@@ -199,9 +200,17 @@ class Processes:
             str(lease_s),
         )
 
-    def projector(self, nats_url: str, *, database_url: str, data_dir: Path) -> Child:
+    def projector(
+        self,
+        nats_url: str,
+        *,
+        database_url: str,
+        data_dir: Path,
+        partition: int = 0,
+        partitions: int = 1,
+    ) -> Child:
         return self.start(
-            "projector",
+            "projector" if partitions == 1 else f"projector-{partition}-of-{partitions}",
             "projector",
             "--nats-url",
             nats_url,
@@ -209,6 +218,10 @@ class Processes:
             database_url,
             "--data-dir",
             str(data_dir),
+            "--partitions",
+            str(partitions),
+            "--partition",
+            str(partition),
         )
 
     def watch(self, name: str, path: Path) -> None:
@@ -480,16 +493,19 @@ def seconds_since(moment: float, event: Event) -> float:
 
 
 async def projected_up_to(database_url: str, seq: int, *, schema: str = "jobstream") -> bool:
+    """Whether the Postgres projection (every partition of it) applied the log up to `seq`."""
     conn = await asyncpg.connect(database_url)
     try:
-        done = await conn.fetchval(
-            f"SELECT last_seq FROM {schema}.projection_checkpoints WHERE projection = 'postgres'"
+        rows = await conn.fetch(
+            f"SELECT projection, last_seq FROM {schema}.projection_checkpoints"
+            " WHERE projection = 'postgres' OR projection LIKE 'postgres/%'"
         )
     except asyncpg.UndefinedTableError:
         return False
     finally:
         await conn.close()
-    return done is not None and done >= seq
+    checkpoints = {row["projection"]: row["last_seq"] for row in rows}
+    return combined_checkpoints(checkpoints).get("postgres", 0) >= seq
 
 
 async def wait_until_projected(bus: Bus, database_url: str, *, timeout_s: float) -> int:

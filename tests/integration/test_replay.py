@@ -38,7 +38,7 @@ TABLES = {
     "jobs": "job_id",
     "tasks": "task_id",
     "task_attempts": "task_id, attempt",
-    "workers": "worker_id",
+    "workers": "worker_id, partition",
     "results": "task_id",
     "rejected_events": "seq",
     "job_batches": "job_id, first_index",

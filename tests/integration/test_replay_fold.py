@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
+import pytest
 
 from jobstream.events import (
     MAX_TASKS_PER_JOB,
@@ -36,8 +37,18 @@ from jobstream.events import (
     WorkerStarted,
     WorkerStopped,
     chunk_id_for,
+    combined_checkpoints,
+    encode,
 )
-from jobstream.projections import PostgresProjector, caught_up, replay_postgres
+from jobstream.projections import (
+    Connections,
+    LayoutMismatch,
+    Partition,
+    PostgresProjector,
+    caught_up,
+    partition_of,
+    replay_postgres,
+)
 from tests.integration.test_projections import read_log
 from tests.integration.test_replay import TABLES, table_rows
 from tests.integration.test_worker_dispatcher import running
@@ -667,6 +678,104 @@ async def test_bulk_replay_equals_the_projector_on_every_rule(bus: Bus, database
                 ("job-c-3", 1, "failed"),
                 ("job-c-3", 2, "succeeded"),
             ]
+    finally:
+        await pool.close()
+
+
+# Tables whose rows are the same whatever the partition count; a worker's rows are one per
+# partition, and readers see them merged (`worker_summary`).
+LAYOUT_FREE_TABLES = [
+    table for table in TABLES if table not in ("workers", "projection_checkpoints")
+]
+
+
+async def merged_tables(conn: asyncpg.Connection, schema: str) -> dict[str, Any]:
+    """The read models as readers see them, whatever the partition count: the tables of
+    `LAYOUT_FREE_TABLES`, the merged workers, and how far the projection reached."""
+    tables: dict[str, Any] = {
+        table: await table_rows(conn, schema, table) for table in LAYOUT_FREE_TABLES
+    }
+    workers = await conn.fetch(f'SELECT * FROM "{schema}".worker_summary ORDER BY worker_id')
+    tables["worker_summary"] = [dict(row) for row in workers]
+    checkpoints = await conn.fetch(
+        f'SELECT projection, last_seq FROM "{schema}".projection_checkpoints'
+    )
+    tables["checkpoint"] = combined_checkpoints({row[0]: row[1] for row in checkpoints})
+    return tables
+
+
+async def test_two_partitions_give_the_tables_of_one(
+    bus: Bus, nats_url: str, database_url: str
+) -> None:
+    """Two projectors, one per partition, give the tables of a replay into two partitions
+    (in two processes, or by two projectors), and, merged, those of one projector."""
+    for event in tricky_log():
+        await bus.publish_event(event)
+    await bus.js.publish("evt.job.bad", b'{"type": "job.submitted"}')
+    await bus.js.publish("evt.task.x.y", b"\xff")
+    await bus.js.publish("evt.worker.w9", b"not json")
+    await bus.js.publish("evt.nothing", b"{}")
+    # An event on another job's subject: parked, whichever partition reads it.
+    await bus.js.publish("evt.task.job-b.job-b-0", encode(tricky_log()[3]))
+    last = await bus.stream_last_seq()
+    assert {
+        partition_of(event.job_id, 2) for event in tricky_log() if hasattr(event, "job_id")
+    } == {0, 1}
+    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=8)
+    try:
+        projectors = [
+            PostgresProjector(bus, pool, partition=Partition(index, 2), batch_max=3)
+            for index in range(2)
+        ]
+        async with running(projectors[0].run), running(projectors[1].run):
+            while not await caught_up(pool, last):
+                await asyncio.sleep(0.05)
+        connections = Connections([nats_url], database_url)
+        in_processes = await replay_postgres(
+            bus, pool, swap=False, partitions=2, connections=connections
+        )
+        by_projectors = await replay_postgres(bus, pool, swap=False, partitions=2, bulk=False)
+        one = await replay_postgres(bus, pool, swap=False)
+        async with pool.acquire() as conn:
+            for table in TABLES:
+                live = await table_rows(conn, "jobstream", table)
+                assert live, table
+                assert await table_rows(conn, in_processes.schema, table) == live, table
+                assert await table_rows(conn, by_projectors.schema, table) == live, table
+            merged = await merged_tables(conn, "jobstream")
+            assert merged["checkpoint"] == {"postgres": last}
+            assert await merged_tables(conn, one.schema) == merged
+            rejected = await conn.fetch(
+                "SELECT subject FROM jobstream.rejected_events ORDER BY seq"
+            )
+            assert [row[0] for row in rejected][-5:] == [
+                "evt.job.bad",
+                "evt.task.x.y",
+                "evt.worker.w9",
+                "evt.nothing",
+                "evt.task.job-b.job-b-0",
+            ]
+            partitions = await conn.fetch(
+                "SELECT DISTINCT partition FROM jobstream.workers ORDER BY partition"
+            )
+            assert [row[0] for row in partitions] == [0, 1]
+    finally:
+        await pool.close()
+
+
+async def test_a_projector_of_another_layout_refuses_the_schema(
+    bus: Bus, database_url: str
+) -> None:
+    for event in tricky_log()[:3]:
+        await bus.publish_event(event)
+    last = await bus.stream_last_seq()
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    try:
+        async with running(PostgresProjector(bus, pool).run):
+            while not await caught_up(pool, last):
+                await asyncio.sleep(0.05)
+        with pytest.raises(LayoutMismatch, match="built by 1 projector partition"):
+            await PostgresProjector(bus, pool, partition=Partition(1, 2)).run(asyncio.Event())
     finally:
         await pool.close()
 

@@ -1,0 +1,95 @@
+"""Which partition of the projection applies which message (projections/_partitions.py),
+and how partitions' checkpoints combine (events/_read_model.py)."""
+
+from collections import Counter
+from datetime import UTC, datetime
+
+import pytest
+
+from jobstream.events import (
+    SourceItem,
+    TaskStarted,
+    WorkerStarted,
+    combined_checkpoints,
+    decode_item,
+    encode,
+    layout_of,
+    partition_checkpoint,
+)
+from jobstream.projections import Partition, partition_of
+from jobstream.projections._rules import ReadModel
+
+AT = datetime(2026, 12, 2, tzinfo=UTC)
+
+
+def _started(worker_id: str) -> WorkerStarted:
+    return WorkerStarted(
+        at=AT, worker_id=worker_id, host="h", pid=1, queues=["q"], concurrency=1, version="1"
+    )
+
+
+def test_jobs_spread_over_the_partitions() -> None:
+    counts = Counter(partition_of(f"job-{n}", 4) for n in range(4000))
+    assert set(counts) == {0, 1, 2, 3}
+    assert all(800 < count < 1200 for count in counts.values()), counts
+    assert {partition_of(f"job-{n}", 1) for n in range(100)} == {0}
+
+
+def test_a_job_and_its_tasks_go_to_one_partition_and_worker_events_to_all() -> None:
+    layout = [Partition(index, 3) for index in range(3)]
+    job = "0b9f2a"
+    owner = partition_of(job, 3)
+    for subject in (f"evt.job.{job}", f"evt.task.{job}.{job}-17"):
+        assert [p.wants(subject) for p in layout] == [i == owner for i in range(3)]
+    assert [p.wants("evt.worker.w1") for p in layout] == [True, True, True]
+    assert [p.parks("evt.worker.w1") for p in layout] == [True, False, False]
+    # No job's subject: partition 0's.
+    for subject in ("evt.nothing", "evt.task.only-a-job"):
+        assert [p.wants(subject) for p in layout] == [True, False, False]
+    assert all(Partition().wants(s) for s in ("evt.job.x", "evt.worker.w", "evt.other"))
+
+
+@pytest.mark.parametrize(("index", "count"), [(0, 0), (1, 1), (-1, 2), (2, 2), (0, 65)])
+def test_a_partition_outside_its_count_is_refused(index: int, count: int) -> None:
+    with pytest.raises(ValueError, match="partition"):
+        Partition(index, count)
+
+
+def test_checkpoint_names_and_their_combination() -> None:
+    assert partition_checkpoint("postgres", 0, 1) == "postgres"
+    assert partition_checkpoint("postgres", 1, 2) == "postgres/1-of-2"
+    assert layout_of("postgres/1-of-2") == ("postgres", 1, 2)
+    assert layout_of("postgres") == ("postgres", 0, 1)
+    assert layout_of("odd/name") == ("odd/name", 0, 1)
+    # The slowest partition; a partition with no row yet is at 0.
+    assert combined_checkpoints({"postgres/0-of-2": 9, "postgres/1-of-2": 7}) == {"postgres": 7}
+    assert combined_checkpoints({"postgres/0-of-3": 9, "postgres/1-of-3": 7}) == {"postgres": 0}
+    assert combined_checkpoints({"postgres": 5, "other": 3}) == {"postgres": 5, "other": 3}
+
+
+def _item(seq: int, subject: str, event: object) -> SourceItem:
+    return decode_item(seq, subject, encode(event))
+
+
+def test_an_event_on_a_subject_not_its_own_is_parked() -> None:
+    started = TaskStarted(
+        at=AT, job_id="a", task_id="a-0", worker_id="w", attempt=1, lease_deadline=AT
+    )
+    model = ReadModel(list_batches=True)
+    model.apply_item(_item(1, "evt.task.b.b-0", started))
+    model.apply_item(_item(2, "evt.worker.other", _started("w")))
+    model.apply_item(_item(3, "evt.worker.w", _started("w")))
+    assert sorted(model.rejected) == [1, 2]
+    assert "of job 'a' on 'evt.task.b.b-0'" in model.rejected[1].error
+    assert list(model.workers) == ["w"]
+
+
+def test_worker_rows_carry_their_partition_and_only_partition_0_parks_worker_subjects() -> None:
+    for index in (0, 1):
+        model = ReadModel(list_batches=True, partition=index)
+        model.apply_item(_item(1, "evt.worker.w", _started("w")))
+        model.apply_item(decode_item(2, "evt.worker.x", b"not json"))
+        model.apply_item(SourceItem(3, "evt.job.j", b"", None, None, skipped=True))
+        assert model.workers["w"].partition == index
+        assert sorted(model.rejected) == ([2] if index == 0 else [])
+        assert model.last_seq == 3
