@@ -29,6 +29,7 @@ from jobstream.events._security import NO_SECURITY, NatsSecurity, is_auth_refusa
 from jobstream.events._subjects import (
     EVENTS_STREAM,
     Header,
+    stored_subject,
     subject_for,
     task_due_subject,
     task_queue_subject,
@@ -241,13 +242,15 @@ class Bus:
         return await with_retry(publish, what=f"publish {subject}")
 
     async def last_on_subject(self, subject: str) -> LogPosition | None:
-        """The last message on `subject`: its sequence and its event (None if a foreign
-        client wrote something that is not one); None if the subject is empty."""
-        return await self._direct_get(subject, last=True)
+        """The last message published on `subject` (as the log stores it: `stored_subject`):
+        its sequence and its event (None if a foreign client wrote something that is not
+        one); None if the subject is empty. The sequence is the one the server compares a
+        publish's `Nats-Expected-Last-Subject-Sequence` with."""
+        return await self._direct_get(stored_subject(subject), last=True)
 
     async def first_on_subject(self, subject: str) -> LogPosition | None:
         """The first message on `subject` (a job's `job.submitted`), as `last_on_subject`."""
-        return await self._direct_get(subject, last=False)
+        return await self._direct_get(stored_subject(subject), last=False)
 
     async def event_at(self, seq: int) -> Event | None:
         """The event at sequence `seq` of the log; None if it is gone (limits, purge) or is

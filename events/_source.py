@@ -41,6 +41,8 @@ API_TIMEOUT_S = 5.0
 CLOSE_TIMEOUT_S = 1.0
 HALT_WAIT_S = 0.5
 CONSUMER_PREFIX = "reader-"
+# While a filtered reader is idle, how often it asks how far the log it has read reaches.
+WATERMARK_INTERVAL_S = 0.5
 # Messages asked for ahead of the caller, in batches of `batch_max`, and the bytes one
 # request may bring: a log of big events (a streamed job's batches) stays a few MB ahead.
 READ_AHEAD_BATCHES = 2
@@ -82,6 +84,7 @@ class _Reader:
         stream: str,
         filter_subject: str | Sequence[str],
         wants: Callable[[str], bool] | None,
+        watermarks: bool,
         next_seq: int,
         batch_max: int,
         fetch_timeout_s: float,
@@ -92,6 +95,7 @@ class _Reader:
         self.stream = stream
         self.filter_subject = filter_subject
         self.wants = wants
+        self.watermarks = watermarks
         self.next_seq = next_seq
         self.batch_max = batch_max
         self.fetch_timeout_s = fetch_timeout_s
@@ -101,6 +105,7 @@ class _Reader:
         self.consumer_seq = 0
         self.last_fetch = 0.0
         self.last_message = 0.0
+        self.last_watermark = 0.0
 
     async def open(self) -> None:
         name = f"{CONSUMER_PREFIX}{new_id()}"
@@ -155,7 +160,8 @@ class _Reader:
         deliveries = await self.feed.take(self.batch_max, self.fetch_timeout_s)
         if not deliveries:
             await self._check_idle()
-            return []
+            mark = await self._watermark() if self.watermarks else None
+            return [] if mark is None else [SourceItem(mark, "", b"", None, None, True)]
         self.last_message = self.last_fetch = time.monotonic()
         return self._items(deliveries)
 
@@ -170,6 +176,26 @@ class _Reader:
             await self.js.consumer_info(self.stream, self.name, timeout=API_TIMEOUT_S)
         except nats.js.errors.NotFoundError as exc:
             raise ConsumerLost("the consumer is gone") from exc
+
+    async def _watermark(self) -> int | None:
+        """The log's last sequence, if every message up to it that the filter takes was
+        read: the filter took none of the messages after the last one read. None if not, or
+        if asked less than `WATERMARK_INTERVAL_S` ago."""
+        now = time.monotonic()
+        if now - self.last_watermark < WATERMARK_INTERVAL_S:
+            return None
+        self.last_watermark = now
+        # The log's end first: a message the filter takes written after it is pending below.
+        stream = await asyncio.wait_for(self.js.stream_info(self.stream), API_TIMEOUT_S)
+        last_seq = stream.state.last_seq
+        if last_seq < self.next_seq:
+            return None
+        info = await self.js.consumer_info(self.stream, self.name, timeout=API_TIMEOUT_S)
+        delivered = info.delivered.stream_seq if info.delivered else 0
+        if info.num_pending or (delivered or 0) >= self.next_seq:
+            return None  # more to come, or delivered and not read yet
+        self.next_seq = last_seq + 1
+        return last_seq
 
     def _items(self, deliveries: list[Delivery]) -> list[SourceItem]:
         items: list[SourceItem] = []
@@ -201,6 +227,7 @@ async def event_batches(
     stop: asyncio.Event,
     filter_subject: str | Sequence[str] = EVENT_SUBJECTS,
     wants: Callable[[str], bool] | None = None,
+    watermarks: bool = False,
     batch_max: int = DEFAULT_BATCH_MAX,
     prefetch: int = DEFAULT_PREFETCH,
     fetch_timeout_s: float = FETCH_TIMEOUT_S,
@@ -211,6 +238,9 @@ async def event_batches(
 
     `filter_subject` may be several subjects (their messages in log order). `wants`, if
     given, picks the messages to decode by their subject; the others come as `skipped` items.
+    `watermarks`: when a filtered reader has read all its filter takes, a `skipped` item (of
+    no subject) says how far the log reaches, so its caller's position can move past the
+    messages the filter leaves out.
     Batches hold up to `batch_max` items, as many as the server has ready: large under load,
     small when idle. Up to `prefetch` batches are read ahead while the caller works on one.
     Transient failures are retried forever with backoff; reading resumes at the sequence
@@ -223,6 +253,7 @@ async def event_batches(
         stream=stream,
         filter_subject=filter_subject,
         wants=wants,
+        watermarks=watermarks,
         next_seq=max(1, start_seq),
         batch_max=batch_max,
         fetch_timeout_s=fetch_timeout_s,

@@ -11,6 +11,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    SubjectTransform,
 )
 
 from jobstream.events._names import LEVELS_HIGH_FIRST, PriorityLevel
@@ -22,6 +23,8 @@ from jobstream.events._subjects import (
     IDEMPOTENCY_BUCKET,
     LIVENESS_BUCKET,
     TASK_QUEUE_SUBJECTS,
+    TASK_SUBJECT_TRANSFORM_DESTINATION,
+    TASK_SUBJECT_TRANSFORM_SOURCE,
     TASKS_STREAM,
     due_consumer_name,
     due_filter_subject,
@@ -44,6 +47,9 @@ def events_stream_config(
     return StreamConfig(
         name=EVENTS_STREAM,
         subjects=[EVENT_SUBJECTS],
+        subject_transform=SubjectTransform(
+            src=TASK_SUBJECT_TRANSFORM_SOURCE, dest=TASK_SUBJECT_TRANSFORM_DESTINATION
+        ),
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         num_replicas=replicas,

@@ -33,6 +33,28 @@ EVENT_SUBJECTS = "evt.>"
 JOB_EVENT_SUBJECTS = "evt.job.>"
 TASK_EVENT_SUBJECTS = "evt.task.>"
 WORKER_EVENT_SUBJECTS = "evt.worker.>"
+
+# The events stream stores a task event with one more token, its job's bucket:
+# `evt.task.<job>.<task>.<bucket>` (published as `evt.task.<job>.<task>`; subscribers of core
+# NATS see that). A bucket is FNV-1a of the job id modulo `JOB_BUCKETS` (`job_bucket`), as
+# nats-server's `partition()` computes it, so a projection partition reads its jobs' task
+# events through a filtered consumer (`projections/_partitions.py`).
+JOB_BUCKETS = 64
+TASK_SUBJECT_TRANSFORM_SOURCE = "evt.task.*.*"
+TASK_SUBJECT_TRANSFORM_DESTINATION = (
+    "evt.task.{{wildcard(1)}}.{{wildcard(2)}}.{{partition(" + str(JOB_BUCKETS) + ",1)}}"
+)
+
+
+def job_bucket(job_id: str) -> int:
+    """The bucket of a job's stored task events: 32-bit FNV-1a of its id, modulo
+    `JOB_BUCKETS`."""
+    digest = 0x811C9DC5
+    for byte in job_id.encode():
+        digest = ((digest ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return digest % JOB_BUCKETS
+
+
 TASK_QUEUE_SUBJECTS = "task.>"
 
 
@@ -68,9 +90,20 @@ def task_event_subject(job_id: str, task_id: str) -> str:
     return f"evt.task.{check_name(job_id, NameKind.JOB_ID)}.{check_name(task_id, NameKind.TASK_ID)}"
 
 
+def stored_subject(subject: str) -> str:
+    """The subject the events stream stores a message of `subject` under: a task event's
+    with its job's bucket (`TASK_SUBJECT_TRANSFORM_DESTINATION`), any other (a pattern
+    too) as it is."""
+    tokens = subject.split(".")
+    if len(tokens) == 4 and tokens[:2] == ["evt", "task"] and not {"*", ">"} & {*tokens[2:]}:
+        return f"{subject}.{job_bucket(tokens[2])}"
+    return subject
+
+
 def job_task_events_subject(job_id: str) -> str:
-    """All task events of one job."""
-    return f"evt.task.{check_name(job_id, NameKind.JOB_ID)}.*"
+    """All task events of one job, as stored (with their bucket, or without it: stored
+    before the stream had its subject transform)."""
+    return f"evt.task.{check_name(job_id, NameKind.JOB_ID)}.>"
 
 
 def worker_subject(worker_id: str) -> str:

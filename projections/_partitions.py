@@ -8,23 +8,38 @@ column), from those events and the task events of its jobs, and readers see them
 `worker_summary` view). What no partition owns by job (a message on no job's subject) is
 parked by partition 0.
 
-Each partition reads the whole log and picks its messages by subject alone, decoding only
-those (`wants`): the stream's subjects stay the ones integrators and the dispatcher use, and
-every partition's checkpoint reaches the log's end, so "caught up" needs no knowledge of
-which partition holds what. What that costs (each partition still receives every message)
-is measured by `jobstream bench --only partitions`.
+How a partition gets its messages: the events stream stores each task event with its
+job's bucket as a last token (`evt.task.<job>.<task>.<bucket>`, a subject transform of the
+stream: `events.JOB_BUCKETS`), and partition i of N owns the buckets b with b mod N = i. Its
+consumer filters on those buckets (`filter_subjects`), so nats-server sends it its task
+events only, the bulk of the log, and none of the others': a partition's cost per event does
+not grow with N. Job events (a few per job) and worker events come to every partition; of
+job events, and of task events stored before the stream had its transform, each decodes only
+its own (`wants`). Partition 0 also takes the messages on `evt.<x>` and `evt.task.<x>`
+subjects, to park them. (A transform of the published subjects, or a partition token in
+them, would change what integrators and the dispatcher subscribe to; a stream's transform
+changes only what is stored.)
 
-The hash is md5's first 4 bytes, big-endian, modulo N: `jobstream_partition` in
-sql/migrations/009_partitions.sql computes the same in SQL (the lister's filter).
+A partition's checkpoint moves past the others' events when its reader has nothing left to
+read (`event_batches(watermarks=True)`), so "caught up" is every partition's checkpoint at
+the log's end.
+
+The hash is nats-server's `partition()`: 32-bit FNV-1a of the job id modulo 64 buckets,
+then modulo N; `jobstream_partition` in sql/migrations/009_partitions.sql computes the same
+in SQL (the lister's filter).
 """
 
-import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
 from jobstream.events import (
+    EVENT_SUBJECTS,
+    JOB_BUCKETS,
     JOB_SUBJECT_PREFIX,
     MAX_PARTITIONS,
     POSTGRES_PROJECTION,
+    job_bucket,
     partition_checkpoint,
 )
 
@@ -34,10 +49,7 @@ _WORKER_SUBJECT_PREFIX = "evt.worker."
 
 def partition_of(job_id: str, count: int) -> int:
     """The partition of `count` that owns job `job_id`."""
-    if count == 1:
-        return 0
-    digest = hashlib.md5(job_id.encode(), usedforsecurity=False).digest()
-    return int.from_bytes(digest[:4], "big") % count
+    return 0 if count == 1 else job_bucket(job_id) % count
 
 
 def job_of_subject(subject: str) -> str | None:
@@ -60,6 +72,12 @@ def worker_subject_of(worker_id: str) -> str:
     return _WORKER_SUBJECT_PREFIX + worker_id
 
 
+class ReadingOptions(TypedDict):
+    filter_subject: str | list[str]
+    wants: Callable[[str], bool] | None
+    watermarks: bool
+
+
 @dataclass(frozen=True, slots=True)
 class Partition:
     """Partition `index` of `count`."""
@@ -68,7 +86,7 @@ class Partition:
     count: int = 1
 
     def __post_init__(self) -> None:
-        if not 1 <= self.count <= MAX_PARTITIONS:
+        if not 1 <= self.count <= min(MAX_PARTITIONS, JOB_BUCKETS):
             raise ValueError(f"partitions: {self.count} is not in 1..{MAX_PARTITIONS}")
         if not 0 <= self.index < self.count:
             raise ValueError(f"partition {self.index} of {self.count}: not in 0..{self.count - 1}")
@@ -91,6 +109,27 @@ class Partition:
         if job_id is None:
             return self.index == 0 or is_worker_subject(subject)
         return self.owns_job(job_id)
+
+    def filter_subjects(self) -> list[str]:
+        """What this partition's consumer reads (see the module's docstring)."""
+        if self.count == 1:
+            return [EVENT_SUBJECTS]
+        buckets = range(self.index, JOB_BUCKETS, self.count)
+        subjects = [f"{_TASK_SUBJECT_PREFIX}*.*.{bucket}" for bucket in buckets]
+        subjects += [f"{_TASK_SUBJECT_PREFIX}*.*", f"{JOB_SUBJECT_PREFIX}*"]
+        subjects.append(f"{_WORKER_SUBJECT_PREFIX}*")
+        if self.index == 0:
+            subjects += ["evt.*", f"{_TASK_SUBJECT_PREFIX}*"]
+        return subjects
+
+    def reading(self) -> ReadingOptions:
+        """The arguments of `events.event_batches` that read this partition's part of the
+        log."""
+        if self.count == 1:
+            return ReadingOptions(filter_subject=EVENT_SUBJECTS, wants=None, watermarks=False)
+        return ReadingOptions(
+            filter_subject=self.filter_subjects(), wants=self.wants, watermarks=True
+        )
 
     def parks(self, subject: str) -> bool:
         """Whether this partition parks a message on `subject` that cannot be projected: a

@@ -192,7 +192,7 @@ class PostgresProjector:
             self.bus,
             start_seq=start + 1,
             stop=stop,
-            wants=self.partition.wants if self.partition.count > 1 else None,
+            **self.partition.reading(),
             batch_max=self.batch_max,
         )
         async with aclosing(batches):

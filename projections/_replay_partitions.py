@@ -124,7 +124,7 @@ async def _fold_partition(
         fold = ReadModel(list_batches=True, partition=partition.index)
         stop = asyncio.Event()
         batches = event_batches(
-            bus, start_seq=first, stop=stop, wants=partition.wants, batch_max=REPLAY_BATCH_MAX
+            bus, start_seq=first, stop=stop, batch_max=REPLAY_BATCH_MAX, **partition.reading()
         )
         async with contextlib.aclosing(batches):
             async for batch in batches:

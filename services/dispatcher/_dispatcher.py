@@ -69,6 +69,7 @@ from jobstream.events import (
     level_of,
     quote,
     sleep_unless_stopped,
+    stored_subject,
     subject_for,
     task_event_subject,
     task_id_for,
@@ -826,7 +827,9 @@ def _unusable(event: Event, subject: str) -> str | None:
     or a subject other than its ids' (its fences would be on the wrong subject)."""
     try:
         own_subject = subject_for(event)
-        if own_subject != subject:
+        # As stored (a task event's with its job's bucket), or as published before the
+        # events stream had its subject transform.
+        if subject not in (stored_subject(own_subject), own_subject):
             return f"on {quote(subject)}, but its ids belong on {quote(own_subject)}"
         queue = getattr(event, "queue", None)
         if queue is not None:

@@ -45,6 +45,7 @@ from jobstream.events import (
     chunk_task_events,
     encode,
     event_batches,
+    job_bucket,
     task_id_for,
 )
 from jobstream.projections import (
@@ -398,7 +399,7 @@ async def test_bad_input_is_parked_and_the_projection_goes_on(bus: Bus, pool: as
     parked = {row["seq"]: row for row in tables["rejected_events"]}
     assert sorted(parked) == [garbage, unknown, nul, too_big]
     assert parked[garbage]["payload"] == b"not json"
-    assert parked[garbage]["subject"] == "evt.task.X.Y"
+    assert parked[garbage]["subject"] == f"evt.task.X.Y.{job_bucket('X')}"  # stored with its bucket
     assert "not a jobstream event" in parked[garbage]["error"]
     assert [job["job_id"] for job in tables["jobs"]] == ["J2"]
     [task] = tables["tasks"]
@@ -694,9 +695,9 @@ async def test_source_filters_subjects_and_outlives_its_consumer(bus: Bus) -> No
         await publish(bus, [JobCancelled(job_id="F"), started("F", 0, 2, 2), started("F", 0, 3, 3)])
         await asyncio.wait_for(read(3), TIMEOUT_S)
     assert seen == [
-        (2, "evt.task.F.F-0"),
-        (4, "evt.task.F.F-0"),
-        (5, "evt.task.F.F-0"),
+        (2, f"evt.task.F.F-0.{job_bucket('F')}"),
+        (4, f"evt.task.F.F-0.{job_bucket('F')}"),
+        (5, f"evt.task.F.F-0.{job_bucket('F')}"),
     ]
     assert await bus.js.consumers_info(EVENTS_STREAM) == []
 

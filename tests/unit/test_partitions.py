@@ -93,3 +93,18 @@ def test_worker_rows_carry_their_partition_and_only_partition_0_parks_worker_sub
         assert model.workers["w"].partition == index
         assert sorted(model.rejected) == ([2] if index == 0 else [])
         assert model.last_seq == 3
+
+
+def test_a_partitions_consumer_takes_its_buckets_job_and_worker_events() -> None:
+    assert Partition().filter_subjects() == ["evt.>"]
+    second = Partition(1, 4).filter_subjects()
+    buckets = [s for s in second if s.count(".") == 4]
+    assert buckets == [f"evt.task.*.*.{b}" for b in range(1, 64, 4)]
+    assert set(second) - set(buckets) == {"evt.task.*.*", "evt.job.*", "evt.worker.*"}
+    assert {"evt.*", "evt.task.*"} <= set(Partition(0, 4).filter_subjects())
+    # A stored task event (with its bucket) goes to the partition of its job.
+    job = "0b9f2a"
+    stored = f"evt.task.{job}.{job}-3.{partition_of(job, 64)}"
+    assert [Partition(i, 4).wants(stored) for i in range(4)] == [
+        i == partition_of(job, 4) for i in range(4)
+    ]

@@ -6,11 +6,20 @@ ALTER TABLE workers ADD COLUMN IF NOT EXISTS partition integer NOT NULL DEFAULT 
 ALTER TABLE workers DROP CONSTRAINT IF EXISTS workers_pkey;
 ALTER TABLE workers ADD CONSTRAINT workers_pkey PRIMARY KEY (worker_id, partition);
 
--- The partition of `partitions` that owns a job: md5's first 4 bytes, big-endian, modulo
+-- The partition of `partitions` that owns a job: 32-bit FNV-1a of its id modulo 64 buckets
+-- (nats-server's `partition()`, which stores each task event with its bucket), then modulo
 -- the count, as projections/_partitions.py's `partition_of` computes it.
 CREATE OR REPLACE FUNCTION jobstream_partition(job_id text, partitions integer) RETURNS integer
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT (('x' || left(md5(job_id), 8))::bit(32)::bigint % partitions)::integer
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+    bytes bytea := convert_to(job_id, 'UTF8');
+    digest bigint := 2166136261;
+BEGIN
+    FOR i IN 0 .. length(bytes) - 1 LOOP
+        digest := ((digest # get_byte(bytes, i)) * 16777619) % 4294967296;
+    END LOOP;
+    RETURN (digest % 64 % partitions)::integer;
+END
 $$;
 
 -- A worker as readers see it: its partitions' rows merged. Counters are summed and the last
