@@ -99,6 +99,7 @@ if TYPE_CHECKING:
     from jobstream.events._progress import PROGRESS_KEY, DispatcherProgress, decode_progress
     from jobstream.events._pull import Delivery, PullFeed
     from jobstream.events._read_model import (
+        BUCKET_GROWTH,
         EMPTY_JSON,
         JOB_STATUSES,
         JSON_COLUMNS,
@@ -106,6 +107,7 @@ if TYPE_CHECKING:
         POSTGRES_PROJECTION,
         READ_MODEL_SCHEMA,
         TABLE_ROWS,
+        TASK_COUNT_COLUMNS,
         TASK_STATES,
         TERMINAL_JOB_STATUSES,
         TERMINAL_TASK_STATES,
@@ -114,6 +116,7 @@ if TYPE_CHECKING:
         BatchRow,
         JobRow,
         JobStatus,
+        MinuteStatsRow,
         RejectedRow,
         ResultRow,
         ResultStatus,
@@ -122,6 +125,8 @@ if TYPE_CHECKING:
         TaskState,
         WorkerRow,
         WorkerState,
+        bucket_middle_s,
+        duration_bucket,
     )
     from jobstream.events._schedules import (
         SCHEDULE_LABEL,
@@ -226,6 +231,11 @@ _HOMES: dict[str, str] = {
     "TABLE_ROWS": "jobstream.events._read_model",
     "JSON_COLUMNS": "jobstream.events._read_model",
     "JSON_NULL": "jobstream.events._read_model",
+    "TASK_COUNT_COLUMNS": "jobstream.events._read_model",
+    "BUCKET_GROWTH": "jobstream.events._read_model",
+    "MinuteStatsRow": "jobstream.events._read_model",
+    "duration_bucket": "jobstream.events._read_model",
+    "bucket_middle_s": "jobstream.events._read_model",
     "Bus": "jobstream.events._bus",
     "backoff_s": "jobstream.events._bus",
     "is_transient": "jobstream.events._bus",
@@ -418,6 +428,11 @@ __all__ = [
     "TableRow",
     "TABLE_ROWS",
     "JSON_COLUMNS",
+    "TASK_COUNT_COLUMNS",
+    "BUCKET_GROWTH",
+    "MinuteStatsRow",
+    "duration_bucket",
+    "bucket_middle_s",
     "JSON_NULL",
     "lazy_attribute",
     "MAX_REASON_LENGTH",
