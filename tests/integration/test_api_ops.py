@@ -78,6 +78,7 @@ async def insert_finished(
         attempts,
         finished_at or datetime.now(UTC),
     )
+    await db.execute("SELECT recount_read_model()")  # the sums the projector would keep
 
 
 async def expect_422(client: httpx.AsyncClient, url: str, where: str, **params: str | int) -> str:
