@@ -121,6 +121,8 @@ replace = msgspec.structs.replace
 
 def utc(at: datetime) -> datetime:
     """`at` in UTC (a naive time taken as UTC)."""
+    if at.tzinfo is UTC:
+        return at
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
 
 

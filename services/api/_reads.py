@@ -53,6 +53,11 @@ class Health(_Model):
 
 
 class TaskCounts(_Model):
+    """A job's tasks by state: the counts the projector keeps on the job's row (a read counts
+    nothing). Tasks the job announced whose rows are not written yet (a streamed job's batch
+    still being listed) count as queued; tasks in flight that the read model still has as
+    queued or failed count as running."""
+
     total: int = 0
     queued: int = 0
     running: int = 0
