@@ -171,10 +171,17 @@ MIN_BUCKET_MS = 0.001
 MAX_BUCKET_MS = 1e12
 
 
+_LOG_GROWTH = math.log(BUCKET_GROWTH)
+
+
 def duration_bucket(duration_s: float) -> int:
     """The histogram bucket of a duration (as `recount_read_model` in migration 008 has it)."""
-    ms = min(MAX_BUCKET_MS, max(MIN_BUCKET_MS, duration_s * 1000))
-    return math.floor(math.log(ms) / math.log(BUCKET_GROWTH))
+    ms = duration_s * 1000
+    if ms < MIN_BUCKET_MS:
+        ms = MIN_BUCKET_MS
+    elif ms > MAX_BUCKET_MS:
+        ms = MAX_BUCKET_MS
+    return math.floor(math.log(ms) / _LOG_GROWTH)
 
 
 def bucket_middle_s(bucket: int) -> float:
