@@ -60,14 +60,18 @@ class StatsBucket(_Model):
 
 
 class Durations(_Model):
-    # Percentiles of the durations of the tasks that succeeded in the window (null: none),
-    # read from per-minute histograms: within 5% of the exact figure.
+    """Percentiles of the durations of the tasks that succeeded in the window (null: none),
+    read from the per-minute duration histograms: `percentile_cont` with each duration taken
+    as its log-scale bucket's middle, within 5% of the exact figure."""
+
     p50_s: float | None
     p90_s: float | None
     p99_s: float | None
 
 
 class QueueKindStats(_Model):
+    """One queue and kind over the window; its percentiles as in `Durations` (within 5%)."""
+
     queue: str
     kind: str
     succeeded: int = Field(ge=0)
