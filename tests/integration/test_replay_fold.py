@@ -740,8 +740,12 @@ async def test_task_events_ahead_of_their_rows_give_the_replays_tables(
                 "SELECT inputs::text FROM jobstream.results WHERE task_id = 'big-0'"
             )
             assert inputs == "{}"
+            # The kept counts are the rows there are: the batch's other rows come with it.
+            assert await _counts(conn, job) == (0, 0, 1, 0, 1, 1)
 
         assert await projector.lister.list_pending() == 1
+        async with pool.acquire() as conn:
+            assert await _counts(conn, job) == (1, 0, 1, 0, 1, 1)
         assert await caught_up(pool, last)
         assert await _task_rows(pool, job) == [
             ("big-0", 0, "sum", '{"a": 0, "b": 1}', "succeeded"),
@@ -761,6 +765,15 @@ async def test_task_events_ahead_of_their_rows_give_the_replays_tables(
                 assert await table_rows(conn, bulk.schema, table) == live, table
     finally:
         await pool.close()
+
+
+async def _counts(conn: asyncpg.Connection, job_id: str) -> tuple[object, ...]:
+    row = await conn.fetchrow(
+        "SELECT tasks_queued, tasks_running, tasks_succeeded, tasks_failed, tasks_dead_lettered,"
+        " tasks_cancelled FROM jobstream.jobs WHERE job_id = $1",
+        job_id,
+    )
+    return tuple(row)
 
 
 async def _task_rows(pool: asyncpg.Pool, job_id: str) -> list[tuple[object, ...]]:
