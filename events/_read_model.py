@@ -7,6 +7,7 @@ projections (`projections/_rules.py` holds the rules that fill the rows) and the
 themselves are made by the migrations in `projections/sql/migrations/`.
 """
 
+import math
 from datetime import datetime
 from typing import Literal, get_args
 
@@ -51,6 +52,12 @@ JSON_NULL = msgspec.Raw(b"null")
 
 
 class JobRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A job. `tasks_<state>`: how many of its task rows are in each state, kept by the
+    projector as it makes and changes them, so they are what `SELECT state, count(*) FROM
+    tasks WHERE job_id = ... GROUP BY state` gives. A streamed job's tasks whose batch is
+    taken (in `total_tasks`) but not listed yet have no rows: they are in no count, and the
+    readers show them as queued (`total_tasks` less the counted)."""
+
     job_id: str
     name: str = ""
     queue: str = ""
@@ -69,6 +76,16 @@ class JobRow(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
     submitted_seq: int
     updated_seq: int
+    tasks_queued: int = 0
+    tasks_running: int = 0
+    tasks_succeeded: int = 0
+    tasks_failed: int = 0
+    tasks_dead_lettered: int = 0
+    tasks_cancelled: int = 0
+
+
+# The `jobs` column counting the job's task rows in each state.
+TASK_COUNT_COLUMNS: dict[TaskState, str] = {state: f"tasks_{state}" for state in TASK_STATES}
 
 
 class TaskRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -152,7 +169,52 @@ class BatchRow(msgspec.Struct, frozen=True, kw_only=True):
     listed: bool
 
 
-TableRow = JobRow | TaskRow | AttemptRow | WorkerRow | ResultRow | RejectedRow | BatchRow
+# The duration histogram of `stats_per_minute`: log-scale buckets growing by
+# `BUCKET_GROWTH` (the crawl statistics' response times use the same), bucket i holding the
+# durations of [g^i, g^(i+1)) ms, so its middle g^(i+0.5) is within 4.9% of each of them.
+# Durations are taken within [MIN_BUCKET_MS, MAX_BUCKET_MS] (0 counts as 1 us).
+BUCKET_GROWTH = 1.1
+MIN_BUCKET_MS = 0.001
+MAX_BUCKET_MS = 1e12
+
+
+_LOG_GROWTH = math.log(BUCKET_GROWTH)
+
+
+def duration_bucket(duration_s: float) -> int:
+    """The histogram bucket of a duration (as `recount_read_model` in migration 008 has it)."""
+    ms = duration_s * 1000
+    if ms < MIN_BUCKET_MS:
+        ms = MIN_BUCKET_MS
+    elif ms > MAX_BUCKET_MS:
+        ms = MAX_BUCKET_MS
+    return math.floor(math.log(ms) / _LOG_GROWTH)
+
+
+def bucket_middle_s(bucket: int) -> float:
+    """The geometric middle of a histogram bucket, in seconds."""
+    return float(BUCKET_GROWTH ** (bucket + 0.5)) / 1000
+
+
+class MinuteStatsRow(msgspec.Struct, frozen=True, kw_only=True):
+    """The `results` rows of one minute (of `finished_at`), queue (the job's; '' if the job
+    was not known when its task finished) and kind, summed: those succeeded, those
+    dead-lettered, and the succeeded ones' durations as a histogram {"<bucket>": tasks} (see
+    `duration_bucket`; a NULL duration is in no bucket). `partition`: the projection's
+    partition that writes the row (one writer per row); readers sum over partitions."""
+
+    minute: datetime
+    queue: str
+    kind: str
+    partition: int
+    succeeded: int = 0
+    failed: int = 0
+    durations: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+TableRow = (
+    JobRow | TaskRow | AttemptRow | WorkerRow | ResultRow | RejectedRow | BatchRow | MinuteStatsRow
+)
 
 TABLE_ROWS: dict[str, type[msgspec.Struct]] = {
     "jobs": JobRow,
@@ -162,10 +224,21 @@ TABLE_ROWS: dict[str, type[msgspec.Struct]] = {
     "results": ResultRow,
     "rejected_events": RejectedRow,
     "job_batches": BatchRow,
+    "stats_per_minute": MinuteStatsRow,
 }
 
 JSON_COLUMNS = frozenset(
-    {"labels", "args", "result", "inputs", "output", "status_counts", "cache_counts", "response_ms"}
+    {
+        "labels",
+        "args",
+        "result",
+        "inputs",
+        "output",
+        "status_counts",
+        "cache_counts",
+        "response_ms",
+        "durations",
+    }
 )
 
 

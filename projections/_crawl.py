@@ -16,11 +16,10 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from jobstream.events import TaskDeadLettered, TaskRequeued, TaskSucceeded, encode
+from jobstream.events import BUCKET_GROWTH, TaskDeadLettered, TaskRequeued, TaskSucceeded, encode
 
 CRAWL_KIND = "http.warm"
 SLOW_PAGE_MS = 3000.0
-BUCKET_GROWTH = 1.1  # a bucket's middle is within sqrt(1.1) - 1 = 4.9% of its times
 CACHE_STATUSES = frozenset(
     {"HIT", "MISS", "EXPIRED", "STALE", "BYPASS", "DYNAMIC", "REVALIDATED", "UPDATING", "unknown"}
 )

@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from jobstream.events import JSON_COLUMNS, JSON_NULL
+from jobstream.events import JSON_COLUMNS, JSON_NULL, encode
 from jobstream.projections._migrate import quote_ident
 from jobstream.projections._rules import COLUMNS, ReadModel
 
@@ -25,6 +25,8 @@ def _copy_value(value: Any) -> Any:
     """A value as COPY takes it: jsonb as its text (`JSON_NULL`: NULL)."""
     if isinstance(value, msgspec.Raw):
         return None if value == JSON_NULL else bytes(value).decode()
+    if isinstance(value, dict):
+        return encode(value).decode()
     return value
 
 
@@ -56,6 +58,7 @@ def table_rows(model: ReadModel) -> dict[str, list[tuple[Any, ...]]]:
         "rejected_events": _in_columns("rejected_events", model.rejected.values()),
         "job_batches": _in_columns("job_batches", model.batches),
         "crawl_stats": [crawl(row) for row in model.crawl.table_rows()],
+        "stats_per_minute": _in_columns("stats_per_minute", model.minute_stats.values()),
     }
 
 

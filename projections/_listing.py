@@ -7,7 +7,7 @@ transaction, which takes its turn with the projector's batches (the checkpoint r
 So the events after a job of a million tasks (its first results among them) are projected
 at once while its task rows follow, and each batch is listed once whatever crashes. A task
 event that comes first makes its task's row; the listing then fills in the row's kind and
-args (`_rules.ReadModel.list_batch`).
+args (`_rules.ReadModel.list_batch`), and counts the rows it makes in the job's row.
 """
 
 import asyncio
@@ -28,8 +28,8 @@ from jobstream.projections._database import RETRY_CAP_S, RETRY_ERRORS, connectio
 from jobstream.projections._migrate import DEFAULT_SCHEMA, quote_ident
 from jobstream.projections._partitions import ONE_PARTITION, Partition
 from jobstream.projections._queries import load_queries
-from jobstream.projections._rows import Loaded, write
-from jobstream.projections._rules import ReadModel
+from jobstream.projections._rows import load, write
+from jobstream.projections._rules import Keys, ReadModel
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +124,12 @@ class TaskLister:
             if count is None:  # listed already
                 return
             # The rows task events made before the listing: the rules give them their index,
-            # kind and args (`ReadModel.list_batch`); the others are written as ranges.
+            # kind and args (`ReadModel.list_batch`); the others are written as ranges and
+            # counted in the job's row.
             model = ReadModel(list_batches=False, partition=self.partition.index)
-            loaded = Loaded(model)
+            keys = Keys()
+            keys.jobs.add(job_id)
+            loaded = await load(conn, self._queries, keys, model)
             end = first_index + sum(spec.count for spec in specs)
             loaded.take_tasks(
                 await conn.fetchval(self._queries["load_batch_tasks"], job_id, first_index, end)

@@ -18,13 +18,14 @@ import msgspec
 from jobstream.events import (
     AttemptRow,
     JobRow,
+    MinuteStatsRow,
     ResultRow,
     SourceItem,
     TaskRow,
     WorkerRow,
     encode,
 )
-from jobstream.projections._rules import Keys, ReadModel
+from jobstream.projections._rules import Keys, ReadModel, utc
 
 K = TypeVar("K")
 
@@ -37,6 +38,9 @@ _ATTEMPTS = msgspec.json.Decoder(list[AttemptRow], strict=False)
 _RESULTS = msgspec.json.Decoder(list[ResultRow], strict=False)
 _WORKERS = msgspec.json.Decoder(list[WorkerRow], strict=False)
 _CRAWL = msgspec.json.Decoder(list[dict[str, Any]])
+_MINUTE_STATS = msgspec.json.Decoder(list[MinuteStatsRow])
+
+MinuteKey = tuple[Any, str, str]
 
 
 class Loaded:
@@ -50,6 +54,7 @@ class Loaded:
         self.workers: dict[str, WorkerRow] = {}
         self.results: dict[str, ResultRow] = {}
         self.crawl: dict[tuple[str, int, str], dict[str, Any]] = {}
+        self.minute_stats: dict[MinuteKey, MinuteStatsRow] = {}
         self.batches = len(model.batches)
 
     def take_tasks(self, rows: str) -> None:
@@ -73,6 +78,8 @@ async def load(
         list(keys.tasks),
         list(keys.workers),
         list(keys.crawl_jobs),
+        list(keys.minutes),
+        list(keys.requeued),
         model.partition,
     )
     for job in _JOBS.decode(arrays[0]):
@@ -89,6 +96,9 @@ async def load(
         key = (row["job_id"], row["pass"], row["domain"])
         model.crawl.rows[key] = row
         loaded.crawl[key] = row | {column: dict(row[column]) for column in _CRAWL_MAPS}
+    for stats in _MINUTE_STATS.decode(arrays[6]):
+        minute_key = (utc(stats.minute), stats.queue, stats.kind)
+        model.minute_stats[minute_key] = loaded.minute_stats[minute_key] = stats
     return loaded
 
 
@@ -121,6 +131,7 @@ async def write(conn: asyncpg.Connection, queries: Mapping[str, str], loaded: Lo
         _json(_changed(model.results.items(), loaded.results)),
         _json(_changed(model.crawl.rows.items(), loaded.crawl)),
         _json(model.batches[loaded.batches :]),
+        _json(_changed(model.minute_stats.items(), loaded.minute_stats)),
         model.partition,
     )
 

@@ -24,6 +24,7 @@ jsonb values are kept as their JSON text (`msgspec.Raw`), never decoded.
 """
 
 import dataclasses
+import functools
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,6 +38,7 @@ from jobstream.events import (
     JOB_EVENTS,
     JSON_NULL,
     TABLE_ROWS,
+    TASK_COUNT_COLUMNS,
     TERMINAL_JOB_STATUSES,
     TERMINAL_TASK_STATES,
     AttemptOutcome,
@@ -53,6 +55,7 @@ from jobstream.events import (
     JobStatus,
     JobSubmitted,
     JobTasksAdded,
+    MinuteStatsRow,
     OneTaskEvent,
     RejectedRow,
     ResultRow,
@@ -67,6 +70,7 @@ from jobstream.events import (
     TaskRow,
     TaskSpec,
     TaskStarted,
+    TaskState,
     TaskSucceeded,
     WorkerForgotten,
     WorkerLost,
@@ -74,6 +78,7 @@ from jobstream.events import (
     WorkerStarted,
     WorkerStopped,
     chunk_task_events,
+    duration_bucket,
     encode,
     task_id_for,
     task_index_of,
@@ -122,7 +127,22 @@ replace = msgspec.structs.replace
 
 def utc(at: datetime) -> datetime:
     """`at` in UTC (a naive time taken as UTC)."""
+    if at.tzinfo is UTC:
+        return at
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def minute_of(at: datetime) -> datetime:
+    """The UTC minute holding `at` (the `minute` of its `stats_per_minute` row)."""
+    at = utc(at)
+    return _minute(at.year, at.month, at.day, at.hour, at.minute)
+
+
+@functools.lru_cache(maxsize=4096)
+def _minute(year: int, month: int, day: int, hour: int, minute: int) -> datetime:
+    # A cache: the events of a batch fall in a few minutes, and datetime.replace costs
+    # more than the rest of a result's count.
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def counted_back(at: datetime, duration_s: float) -> datetime:
@@ -332,6 +352,7 @@ def job_submitted(
         submitted_at=at,
         submitted_seq=seq,
         updated_seq=seq,
+        tasks_queued=event.task_count,
     )
     return row, task_ranges(event.job_id, 0, event.tasks, seq)
 
@@ -409,6 +430,17 @@ def job_running(job: JobRow, seq: int, started_at: datetime) -> JobRow:
         else job.started_at,
         updated_seq=max(job.updated_seq, seq),
     )
+
+
+def tasks_moved(job: JobRow, before: TaskState | None, after: TaskState, count: int = 1) -> JobRow:
+    """`count` of the job's task rows went from state `before` (None: rows just made) to
+    `after`: its counts by state follow."""
+    if before == after or count == 0:
+        return job
+    counts = {TASK_COUNT_COLUMNS[after]: getattr(job, TASK_COUNT_COLUMNS[after]) + count}
+    if before is not None:
+        counts[TASK_COUNT_COLUMNS[before]] = getattr(job, TASK_COUNT_COLUMNS[before]) - count
+    return replace(job, **counts)
 
 
 def job_reopened(job: JobRow, seq: int) -> JobRow:
@@ -580,6 +612,27 @@ def attempt_finished(
     )
 
 
+# --- per-minute statistics -------------------------------------------------------------------
+
+
+def minute_counted(row: MinuteStatsRow, result: ResultRow, sign: int) -> MinuteStatsRow:
+    """A results row made (`sign` 1) or taken back by a requeue (-1), in its minute's row: a
+    dead letter as failed, a success as succeeded with its duration in the histogram (a
+    bucket emptied leaves it)."""
+    if result.status == "dead_lettered":
+        return replace(row, failed=row.failed + sign)
+    durations = row.durations
+    if result.duration_s is not None:
+        bucket = str(duration_bucket(result.duration_s))
+        durations = dict(durations)
+        count = durations.get(bucket, 0) + sign
+        if count:
+            durations[bucket] = count
+        else:
+            del durations[bucket]
+    return replace(row, succeeded=row.succeeded + sign, durations=durations)
+
+
 # --- worker rules -----------------------------------------------------------------------------
 
 
@@ -700,7 +753,12 @@ class ReadModel:
     else it is only recorded, unlisted, for the projector's lister (`list_batch`).
 
     `partition`: the index of the projection partition these rows are of (`_partitions.py`):
-    the events given are that partition's, and the rows it alone keeps (a worker's) say so.
+    the events given are that partition's, and the rows it alone keeps say so: a worker's
+    (every partition keeps one) and those of tables that sum many jobs (`stats_per_minute`).
+
+    A job's counts by state (`JobRow.tasks_*`) count its task rows: a row is counted when it
+    is made (the ranges of a job.submitted at once, those of a batch when it is listed, a row
+    a task event makes on its own) and moves between counts with its state.
     """
 
     def __init__(self, *, list_batches: bool, partition: int = 0) -> None:
@@ -717,6 +775,8 @@ class ReadModel:
         self.ranges: dict[str, list[TaskRange]] = {}
         self._range_starts: dict[str, list[int]] = {}
         self.crawl = CrawlStatsFold()
+        # By (minute, queue, kind): this partition's rows of stats_per_minute.
+        self.minute_stats: dict[tuple[datetime, str, str], MinuteStatsRow] = {}
         self.last_seq = 0
 
     def apply_item(self, item: SourceItem) -> None:
@@ -783,10 +843,12 @@ class ReadModel:
                     self._add_range(task_range)
             case JobTasksAdded():
                 job, batch = job_tasks_added(job, seq, event, listed=self.list_batches)
-                if batch is not None:
+                if job is not None and batch is not None:
                     self.batches.append(batch)
                     if self.list_batches:
+                        self.jobs[event.job_id] = job
                         self.list_batch(event.job_id, event.first_index, event.tasks, seq)
+                        job = self.jobs[event.job_id]
             case JobRejected():
                 job = job_rejected(job, seq, at, event)
             case _ if job is not None:
@@ -796,14 +858,21 @@ class ReadModel:
 
     def list_batch(self, job_id: str, first_index: int, specs: list[TaskSpec], seq: int) -> None:
         """The task rows of a taken batch: its ranges, and the rows task events made first
-        (the batch's rows are written apart from the log's order: `TaskLister`) listed."""
+        (the batch's rows are written apart from the log's order: `TaskLister`) listed. The
+        rows the ranges make count as queued in the job's row (if held)."""
+        made = 0
         for task_range in task_ranges(job_id, first_index, specs, seq):
+            made += task_range.count
             for index in range(task_range.first_index, task_range.first_index + task_range.count):
                 task_id = task_id_for(job_id, index)
                 task = self.tasks.get(task_id)
                 if task is not None:
                     self.tasks[task_id] = task_listed(task, task_range, index)
+                    made -= 1
             self._add_range(task_range)
+        job = self.jobs.get(job_id)
+        if job is not None:
+            self.jobs[job_id] = tasks_moved(job, None, "queued", made)
 
     def _add_range(self, task_range: TaskRange) -> None:
         """Ranges come in index order: a job's tasks, then its batches, each where the last
@@ -853,6 +922,16 @@ class ReadModel:
             )
         return None if task.state in TERMINAL_TASK_STATES else task
 
+    def _set_task(self, task: TaskRow) -> None:
+        """Put a task's new row, and count it in its job's row: a row not held before is a
+        row made now."""
+        before = self.tasks.get(task.task_id)
+        self.tasks[task.task_id] = task
+        job = self.jobs.get(task.job_id)
+        if job is not None:
+            state = None if before is None else before.state
+            self.jobs[task.job_id] = tasks_moved(job, state, task.state)
+
     def _task_event(self, seq: int, at: datetime, event: OneTaskEvent) -> None:
         match event:
             case TaskStarted():
@@ -860,7 +939,7 @@ class ReadModel:
             case TaskProgress():
                 task = self.open_task(seq, event)
                 if task is not None:
-                    self.tasks[event.task_id] = task_progress(task, seq, event)
+                    self._set_task(task_progress(task, seq, event))
                 self._job_running(seq, event.job_id, at)
                 self._worker_seen(seq, at, event.worker_id)
             case TaskSucceeded():
@@ -874,12 +953,12 @@ class ReadModel:
             case TaskCancelled():
                 task = self.open_task(seq, event)
                 if task is not None:
-                    self.tasks[event.task_id] = task_cancelled(task, seq, at)
+                    self._set_task(task_cancelled(task, seq, at))
 
     def _task_started(self, seq: int, at: datetime, event: TaskStarted) -> None:
         task = self.open_task(seq, event)
         if task is not None:
-            self.tasks[event.task_id] = task_started(task, seq, at, event)
+            self._set_task(task_started(task, seq, at, event))
         attempts = self.attempts.setdefault(event.task_id, {})
         for number, attempt in attempts.items():
             if number < event.attempt:
@@ -895,7 +974,7 @@ class ReadModel:
         output = json_value(event.result)
         task = self.open_task(seq, event, event.kind)
         if task is not None:
-            self.tasks[event.task_id] = task_succeeded(task, seq, event, result, output, started_at)
+            self._set_task(task_succeeded(task, seq, event, result, output, started_at))
         self._finish_attempt(event, "succeeded", None, started_at, at, result.duration_s)
         self._add_result(seq, event, result, output)
         self._job_running(seq, event.job_id, started_at)
@@ -905,7 +984,7 @@ class ReadModel:
         started_at = counted_back(at, event.duration_s)
         task = self.open_task(seq, event)
         if task is not None:
-            self.tasks[event.task_id] = task_failed(task, seq, event)
+            self._set_task(task_failed(task, seq, event))
         duration = finite(event.duration_s)
         self._finish_attempt(event, "failed", event.error, started_at, at, duration)
         self._job_running(seq, event.job_id, started_at)
@@ -929,7 +1008,7 @@ class ReadModel:
         result = result_of(seq, event)
         task = self.open_task(seq, event, event.kind)
         if task is not None:
-            self.tasks[event.task_id] = task_dead_lettered(task, seq, at, event, result.error)
+            self._set_task(task_dead_lettered(task, seq, at, event, result.error))
         attempts = self.attempts.get(event.task_id, {})
         for number, attempt in attempts.items():
             attempts[number] = attempt_abandoned(attempt, result.error, at)
@@ -945,17 +1024,29 @@ class ReadModel:
         """The first finishing event of a task makes its result; a page of a crawl counts."""
         if event.task_id in self.results:
             return
-        self.results[event.task_id] = result_row(result, output)
+        row = self.results[event.task_id] = result_row(result, output)
+        self._count_result(row, 1)
         if event.kind == CRAWL_KIND:
             self.crawl.count(page_facts(seq, event))
+
+    def _count_result(self, result: ResultRow, sign: int) -> None:
+        """A results row made (1) or gone (-1), in its minute's stats_per_minute row."""
+        job = self.jobs.get(result.job_id)
+        key = (minute_of(result.finished_at), "" if job is None else job.queue, result.kind)
+        row = self.minute_stats.get(key)
+        if row is None:
+            row = MinuteStatsRow(minute=key[0], queue=key[1], kind=key[2], partition=self.partition)
+        self.minute_stats[key] = minute_counted(row, result, sign)
 
     def _task_requeued(self, seq: int, event: TaskRequeued) -> None:
         """Requeued: the task's result goes (and with it a failed page's count), its job runs
         again."""
         task = self.tasks.get(event.task_id)
         if task is not None and task.state == "dead_lettered":
-            self.tasks[event.task_id] = task_requeued(task, seq)
+            self._set_task(task_requeued(task, seq))
             result = self.results.pop(event.task_id, None)
+            if result is not None:
+                self._count_result(result, -1)
             if (
                 result is not None
                 and result.status == "dead_lettered"
@@ -1013,6 +1104,10 @@ class Keys:
         self.tasks: set[str] = set()
         self.workers: set[str] = set()
         self.crawl_jobs: set[str] = set()
+        # stats_per_minute: the minutes tasks finish in, and the tasks whose results row a
+        # requeue may take back (its minute is the row's, read where the row is).
+        self.minutes: set[datetime] = set()
+        self.requeued: set[str] = set()
 
     def add(self, event: Event) -> None:
         if isinstance(event, WorkerStarted | WorkerStopped | WorkerLost | WorkerForgotten):
@@ -1025,10 +1120,16 @@ class Keys:
             self.workers.add(event.worker_id)
             self.tasks.update(item.task_id for item in event.results)
             self.tasks.update(item.task_id for item in event.failed)
+            if event.results:
+                self.minutes.add(minute_of(event.at))
             if any(item.kind == CRAWL_KIND for item in event.results):
                 self.crawl_jobs.add(event.job_id)
             return
         self.tasks.add(event.task_id)
+        if isinstance(event, TaskSucceeded | TaskDeadLettered):
+            self.minutes.add(minute_of(event.at))
+        if isinstance(event, TaskRequeued):
+            self.requeued.add(event.task_id)
         if isinstance(event, TaskStarted | TaskProgress | TaskSucceeded | TaskFailed):
             self.workers.add(event.worker_id)
         if isinstance(event, TaskSucceeded | TaskDeadLettered | TaskRequeued) and (

@@ -42,7 +42,9 @@ ON CONFLICT (seq) DO NOTHING;
 -- name: load_rows
 -- The rows a batch's events name, each table's as one JSON array: $1 job ids, $2 task ids
 -- (tasks, task_attempts, results), $3 worker ids, $4 job ids of crawl pages (crawl_stats),
--- $5 the partition (a worker's row is one per partition).
+-- and partition $7's stats_per_minute rows of the minutes $5 and of the minutes of the
+-- results rows of the requeued tasks $6 (every queue and kind of those minutes: a few rows).
+-- $7 is also the partition of the workers' rows (one per partition).
 -- One primary-key lookup per key: OFFSET 0 keeps each LATERAL a subquery, which the planner
 -- would otherwise join as a whole-table scan (it guesses many attempts per task).
 SELECT
@@ -56,10 +58,18 @@ SELECT
      CROSS JOIN LATERAL (SELECT * FROM results WHERE task_id = k.id OFFSET 0) AS r),
     (SELECT coalesce(json_agg(r), '[]') FROM unnest($3::text[]) AS k (id)
      CROSS JOIN LATERAL (
-         SELECT * FROM workers WHERE worker_id = k.id AND partition = $5 OFFSET 0
+         SELECT * FROM workers WHERE worker_id = k.id AND partition = $7::integer OFFSET 0
      ) AS r),
     (SELECT coalesce(json_agg(r), '[]') FROM unnest($4::text[]) AS k (id)
-     CROSS JOIN LATERAL (SELECT * FROM crawl_stats WHERE job_id = k.id OFFSET 0) AS r);
+     CROSS JOIN LATERAL (SELECT * FROM crawl_stats WHERE job_id = k.id OFFSET 0) AS r),
+    (SELECT coalesce(json_agg(s), '[]') FROM stats_per_minute AS s
+     WHERE s.partition = $7::integer
+       AND s.minute IN (
+           SELECT unnest($5::timestamptz[])
+           UNION
+           SELECT date_bin('1 minute', r.finished_at, timestamptz 'epoch') FROM results AS r
+           WHERE r.task_id = ANY($6::text[])
+       ));
 
 
 -- name: load_batch_tasks
@@ -74,7 +84,8 @@ WHERE job_id = $1 AND task_index >= $2 AND task_index < $3;
 -- projections/_rules.py, one row per task: a job of millions of tasks costs one object;
 -- a task's id is "<job_id>-<task_index>", as events.task_id_for makes it), then whole rows
 -- by column name to insert or update: $2 jobs, $3 tasks, $4 task_attempts, $5 workers,
--- $8 results, $9 crawl_stats; $6 workers (of partition $11) and $7 results that went;
+-- $8 results, $9 crawl_stats, $11 stats_per_minute; $6 workers (of partition $12) and $7
+-- results that went;
 -- $10 new job_batches.
 -- No two parts touch one row (the ranges leave out the rows written whole).
 WITH ranges AS (
@@ -98,7 +109,11 @@ merge_jobs AS (
         labels = excluded.labels, submitted_at = excluded.submitted_at,
         started_at = excluded.started_at, finished_at = excluded.finished_at,
         duration_s = excluded.duration_s, error = excluded.error,
-        submitted_seq = excluded.submitted_seq, updated_seq = excluded.updated_seq
+        submitted_seq = excluded.submitted_seq, updated_seq = excluded.updated_seq,
+        tasks_queued = excluded.tasks_queued, tasks_running = excluded.tasks_running,
+        tasks_succeeded = excluded.tasks_succeeded, tasks_failed = excluded.tasks_failed,
+        tasks_dead_lettered = excluded.tasks_dead_lettered,
+        tasks_cancelled = excluded.tasks_cancelled
 ),
 merge_tasks AS (
     INSERT INTO tasks
@@ -158,7 +173,7 @@ merge_crawl_stats AS (
         response_ms = excluded.response_ms, updated_seq = excluded.updated_seq
 ),
 workers_gone AS (
-    DELETE FROM workers WHERE worker_id = ANY($6::text[]) AND partition = $11::integer
+    DELETE FROM workers WHERE worker_id = ANY($6::text[]) AND partition = $12::integer
 ),
 results_gone AS (
     DELETE FROM results WHERE task_id = ANY($7::text[])
@@ -167,6 +182,12 @@ batches AS (
     INSERT INTO job_batches
     SELECT * FROM json_populate_recordset(NULL::job_batches, $10::json)
     ON CONFLICT (job_id, first_index) DO NOTHING
+),
+merge_stats_per_minute AS (
+    INSERT INTO stats_per_minute
+    SELECT * FROM json_populate_recordset(NULL::stats_per_minute, $11::json)
+    ON CONFLICT (minute, queue, kind, partition) DO UPDATE
+    SET succeeded = excluded.succeeded, failed = excluded.failed, durations = excluded.durations
 )
 SELECT 1;
 

@@ -327,7 +327,8 @@ async def list_jobs(
 
 @router.get("/jobs/{job_id}", responses=_ONE_JOB)
 async def get_job(job_id: JobIdPath, read_models: ReadModels, live: Live) -> Job:
-    """One job with its task counts and progress."""
+    """One job with its task counts and progress (counts the projector keeps on the job's
+    row: the read costs the same for a job of one task or of millions)."""
     async with read_models.connection() as conn:
         job = await _load_job(conn, job_id, live)
     if job is None:

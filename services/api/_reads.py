@@ -13,6 +13,7 @@ import msgspec
 from pydantic import BaseModel, ConfigDict, JsonValue
 
 from jobstream.events import (
+    TASK_COUNT_COLUMNS,
     TASK_STATES,
     TERMINAL_JOB_STATUSES,
     load_queries,
@@ -35,6 +36,7 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
 _SQL = load_queries("jobstream.services.api", "queries.sql")
+_COUNT_FIELDS = frozenset(TASK_COUNT_COLUMNS.values())
 _OPS_SQL = load_queries("jobstream.services.api", "ops.sql")
 log = logging.getLogger("jobstream.api")
 
@@ -51,6 +53,11 @@ class Health(_Model):
 
 
 class TaskCounts(_Model):
+    """A job's tasks by state: the counts the projector keeps on the job's row (a read counts
+    nothing). Tasks the job announced whose rows are not written yet (a streamed job's batch
+    still being listed) count as queued; tasks in flight that the read model still has as
+    queued or failed count as running."""
+
     total: int = 0
     queued: int = 0
     running: int = 0
@@ -189,25 +196,27 @@ async def init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def _task_counts(
-    conn: asyncpg.Connection, job_ids: Sequence[str], live: LiveWork
+    conn: asyncpg.Connection, rows: Sequence[asyncpg.Record], live: LiveWork
 ) -> dict[str, dict[str, int]]:
-    """Task counts by state for many jobs, in one query, with their tasks in flight (`live`)
-    that the read model still has as queued or failed counted as running."""
-    counts: dict[str, dict[str, int]] = {job_id: {} for job_id in job_ids}
-    waiting: dict[str, dict[str, int]] = {job_id: {} for job_id in job_ids}
-    if job_ids:
-        for row in await conn.fetch(_SQL["task_counts"], list(job_ids)):
-            counts[row["job_id"]][row["state"]] = row["n"]
-        live_ids = live.live_task_ids(job_ids)
-        if live_ids:
-            for row in await conn.fetch(_SQL["waiting_task_counts"], live_ids, WAITING_STATES):
-                waiting[row["job_id"]][row["state"]] = row["n"]
-    return {job_id: overlay_counts(counts[job_id], waiting[job_id]) for job_id in job_ids}
+    """Task counts by state of the jobs of `rows` (the counts the projector keeps on each job's
+    row: nothing is counted here), with their tasks in flight (`live`) that the read model
+    still has as queued or failed counted as running (a lookup of those tasks alone)."""
+    counts: dict[str, dict[str, int]] = {
+        row["job_id"]: {state: row[column] for state, column in TASK_COUNT_COLUMNS.items()}
+        for row in rows
+    }
+    waiting: dict[str, dict[str, int]] = {job_id: {} for job_id in counts}
+    live_ids = live.live_task_ids(list(counts))
+    if live_ids:
+        for row in await conn.fetch(_SQL["waiting_task_counts"], live_ids, WAITING_STATES):
+            waiting[row["job_id"]][row["state"]] = row["n"]
+    return {job_id: overlay_counts(counts[job_id], waiting[job_id]) for job_id in counts}
 
 
 def _counts(by_state: Mapping[str, int], total_tasks: int) -> TaskCounts:
-    """Counts from the tasks table; tasks the job announced but the projector has not written
-    yet count as queued, so a fresh job never shows 0 of 0."""
+    """Counts of the job's task rows; tasks the job announced but the projector has not
+    written yet (a streamed job's batch not listed yet) count as queued, so a fresh job
+    never shows 0 of 0."""
     per_state = {state: by_state.get(state, 0) for state in TASK_STATES}
     counted = sum(by_state.values())
     unprojected = max(total_tasks - counted, 0)
@@ -223,7 +232,7 @@ def _progress(counts: TaskCounts, status: str) -> float:
 
 
 def _job(row: asyncpg.Record, by_state: Mapping[str, int]) -> Job:
-    fields = dict(row)
+    fields = {key: value for key, value in row.items() if key not in _COUNT_FIELDS}
     if isinstance(fields["labels"], str):  # a caller's connection without our jsonb codec
         fields["labels"] = msgspec.json.decode(fields["labels"])
     counts = _counts(by_state, row["total_tasks"])
@@ -249,7 +258,7 @@ async def _load_job(conn: asyncpg.Connection, job_id: str, live: LiveWork) -> Jo
     row = await conn.fetchrow(_SQL["get_job"], job_id)
     if row is None:
         return None
-    counts = await _task_counts(conn, [job_id], live)
+    counts = await _task_counts(conn, [row], live)
     return _job(row, counts[job_id])
 
 
@@ -327,7 +336,7 @@ async def jobs_page(
     page, next_cursor = keyset_page(
         rows, limit, lambda last: JobCursor(last["submitted_at"], last["job_id"])
     )
-    counts = await _task_counts(conn, [row["job_id"] for row in page], live)
+    counts = await _task_counts(conn, page, live)
     return JobPage(jobs=[_job(row, counts[row["job_id"]]) for row in page], next_cursor=next_cursor)
 
 

@@ -4,6 +4,8 @@
 -- plan_cache_mode = force_custom_plan, so the planner folds the unused branches away and
 -- picks the matching index for each call instead of one generic plan for all.
 -- Keyset cursors compare row values, which the (…, submitted_at DESC, job_id DESC) indexes serve.
+-- A job's task counts by state are columns of its row (jobs.tasks_*, kept by the projector):
+-- no read counts tasks or results.
 
 -- name: list_jobs
 -- $1 status, $2 queue (NULL: any), $3/$4 the last (submitted_at, job_id) seen (NULL: first page),
@@ -13,7 +15,8 @@
 -- escaped by the caller; NULL: any). Newest first.
 SELECT job_id, name, queue, status, priority, total_tasks, max_attempts, timeout_s,
        idempotency_key, submitted_by, labels, submitted_at, started_at, finished_at, duration_s,
-       error
+       error, tasks_queued, tasks_running, tasks_succeeded, tasks_failed, tasks_dead_lettered,
+       tasks_cancelled
 FROM jobs
 WHERE ($1::text IS NULL
        OR ($1::text = 'running'
@@ -32,19 +35,13 @@ LIMIT $5::integer;
 -- name: get_job
 SELECT job_id, name, queue, status, priority, total_tasks, max_attempts, timeout_s,
        idempotency_key, submitted_by, labels, submitted_at, started_at, finished_at, duration_s,
-       error
+       error, tasks_queued, tasks_running, tasks_succeeded, tasks_failed, tasks_dead_lettered,
+       tasks_cancelled
 FROM jobs
 WHERE job_id = $1::text;
 
 -- name: job_exists
 SELECT EXISTS (SELECT 1 FROM jobs WHERE job_id = $1::text);
-
--- name: task_counts
--- Task counts by state for a page of jobs, in one round trip.
-SELECT job_id, state, count(*) AS n
-FROM tasks
-WHERE job_id = ANY($1::text[])
-GROUP BY job_id, state;
 
 -- name: waiting_task_counts
 -- $1 tasks in flight, $2 the states a task in flight may still have in the read model:

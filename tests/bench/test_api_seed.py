@@ -44,6 +44,27 @@ CHECKS = {
     "running tasks held by a worker not active": """
         SELECT count(*) FROM tasks t JOIN workers w ON w.worker_id = t.worker_id
         WHERE t.state = 'running' AND w.state <> 'active'""",
+    "jobs whose kept task counts differ from their task rows by state": """
+        SELECT count(*) FROM jobs j
+        WHERE (j.tasks_queued, j.tasks_running, j.tasks_succeeded, j.tasks_failed,
+               j.tasks_dead_lettered, j.tasks_cancelled)
+              <> (SELECT count(*) FILTER (WHERE state = 'queued'),
+                         count(*) FILTER (WHERE state = 'running'),
+                         count(*) FILTER (WHERE state = 'succeeded'),
+                         count(*) FILTER (WHERE state = 'failed'),
+                         count(*) FILTER (WHERE state = 'dead_lettered'),
+                         count(*) FILTER (WHERE state = 'cancelled')
+                  FROM tasks t WHERE t.job_id = j.job_id)""",
+    "minutes whose kept sums differ from their results rows": """
+        SELECT count(*) FROM (
+            SELECT date_bin('1 minute', r.finished_at, timestamptz 'epoch') AS minute,
+                   j.queue, r.kind,
+                   count(*) FILTER (WHERE r.status = 'succeeded') AS succeeded,
+                   count(*) FILTER (WHERE r.status = 'dead_lettered') AS failed
+            FROM results r JOIN jobs j USING (job_id) GROUP BY 1, 2, 3
+        ) AS r FULL JOIN stats_per_minute s USING (minute, queue, kind)
+        WHERE s.minute IS NULL OR r.minute IS NULL
+           OR (r.succeeded, r.failed) <> (s.succeeded, s.failed)""",
     "jobs whose updated_seq is before their tasks'": """
         SELECT count(*) FROM jobs j
         WHERE j.updated_seq < (SELECT max(t.updated_seq) FROM tasks t WHERE t.job_id = j.job_id)""",

@@ -78,6 +78,7 @@ async def insert_finished(
         attempts,
         finished_at or datetime.now(UTC),
     )
+    await db.execute("SELECT recount_read_model()")  # the sums the projector would keep
 
 
 async def expect_422(client: httpx.AsyncClient, url: str, where: str, **params: str | int) -> str:
@@ -132,15 +133,16 @@ async def test_stats_from_projected_events(bus: Bus, database_url: str, nats_url
     assert sum(b["succeeded"] for b in body["buckets"]) == 2
     assert sum(b["failed"] for b in body["buckets"]) == 1
     assert body["buckets"][-1]["succeeded"] + body["buckets"][-2]["succeeded"] == 2
-    assert body["durations"]["p50_s"] == pytest.approx(0.3)
+    # From histograms: within 5% (the bucket middles' error) of percentile_cont's figures.
+    assert body["durations"]["p50_s"] == pytest.approx(0.3, rel=0.05)
     assert body["by_queue_kind"] == [
         {
             "queue": "ops",
             "kind": "sum",
             "succeeded": 2,
             "failed": 1,
-            "p50_s": pytest.approx(0.3),
-            "p99_s": pytest.approx(0.398),
+            "p50_s": pytest.approx(0.3, rel=0.05),
+            "p99_s": pytest.approx(0.398, rel=0.05),
         }
     ]
     assert body["projector_lag"] == {"events": 0, "seconds": 0.0}
@@ -165,9 +167,9 @@ async def test_stats_buckets_filters_and_percentiles(
     assert starts[0] == datetime.fromisoformat(body["since"])
     assert starts[-1] + timedelta(seconds=300) == datetime.fromisoformat(body["until"])
     assert body["durations"] == {
-        "p50_s": pytest.approx(50.5),
-        "p90_s": pytest.approx(90.1),
-        "p99_s": pytest.approx(99.01),
+        "p50_s": pytest.approx(50.5, rel=0.05),
+        "p90_s": pytest.approx(90.1, rel=0.05),
+        "p99_s": pytest.approx(99.01, rel=0.05),
     }
     rows = {(r["queue"], r["kind"]): r for r in body["by_queue_kind"]}
     assert rows.keys() == {("qa", "sum"), ("qb", "http.warm")}
@@ -212,6 +214,7 @@ async def test_stats_answers_are_kept_a_moment(
         ({"window_s": "hour"}, "query parameter 'window_s'"),
         ({"bucket_s": 5}, "query parameter 'bucket_s'"),
         ({"bucket_s": 3601}, "query parameter 'bucket_s'"),
+        ({"bucket_s": 90}, "query parameter 'bucket_s'"),
         ({"queue": "no spaces"}, "query parameter 'queue'"),
         ({"queue": "q" * 65}, "query parameter 'queue'"),
         ({"kind": "a\x00b"}, "query parameter 'kind'"),

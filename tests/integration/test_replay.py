@@ -44,6 +44,7 @@ TABLES = {
     "job_batches": "job_id, first_index",
     "projection_checkpoints": "projection",
     "crawl_stats": "job_id, pass, domain",
+    "stats_per_minute": "minute, queue, kind, partition",
 }
 
 

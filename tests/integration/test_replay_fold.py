@@ -3,7 +3,9 @@ rows the live projector gives (batch by batch, each loading the rows it needs an
 back what changed), on a log written to reach the corners of every rule."""
 
 import asyncio
+import json
 import typing
+from collections import Counter
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -686,8 +688,20 @@ async def test_bulk_replay_equals_the_projector_on_every_rule(bus: Bus, database
 # Tables whose rows are the same whatever the partition count; a worker's rows are one per
 # partition, and readers see them merged (`worker_summary`).
 LAYOUT_FREE_TABLES = [
-    table for table in TABLES if table not in ("workers", "projection_checkpoints")
+    t for t in TABLES if t not in ("workers", "projection_checkpoints", "stats_per_minute")
 ]
+
+
+def _minutes_summed(rows: list[asyncpg.Record]) -> dict[tuple[Any, ...], Any]:
+    """stats_per_minute summed over its partitions, as /stats reads it."""
+    summed: dict[tuple[Any, ...], Any] = {}
+    for row in rows:
+        key = (row["minute"], row["queue"], row["kind"])
+        total = summed.setdefault(key, {"succeeded": 0, "failed": 0, "durations": Counter()})
+        total["succeeded"] += row["succeeded"]
+        total["failed"] += row["failed"]
+        total["durations"].update(json.loads(row["durations"]))
+    return summed
 
 
 async def merged_tables(conn: asyncpg.Connection, schema: str) -> dict[str, Any]:
@@ -698,6 +712,8 @@ async def merged_tables(conn: asyncpg.Connection, schema: str) -> dict[str, Any]
     }
     workers = await conn.fetch(f'SELECT * FROM "{schema}".worker_summary ORDER BY worker_id')
     tables["worker_summary"] = [dict(row) for row in workers]
+    minutes = await conn.fetch(f'SELECT * FROM "{schema}".stats_per_minute')
+    tables["stats_per_minute"] = _minutes_summed(minutes)
     checkpoints = await conn.fetch(
         f'SELECT projection, last_seq FROM "{schema}".projection_checkpoints'
     )
@@ -851,8 +867,12 @@ async def test_task_events_ahead_of_their_rows_give_the_replays_tables(
                 "SELECT inputs::text FROM jobstream.results WHERE task_id = 'big-0'"
             )
             assert inputs == "{}"
+            # The kept counts are the rows there are: the batch's other rows come with it.
+            assert await _counts(conn, job) == (0, 0, 1, 0, 1, 1)
 
         assert await projector.lister.list_pending() == 1
+        async with pool.acquire() as conn:
+            assert await _counts(conn, job) == (1, 0, 1, 0, 1, 1)
         assert await caught_up(pool, last)
         assert await _task_rows(pool, job) == [
             ("big-0", 0, "sum", '{"a": 0, "b": 1}', "succeeded"),
@@ -872,6 +892,15 @@ async def test_task_events_ahead_of_their_rows_give_the_replays_tables(
                 assert await table_rows(conn, bulk.schema, table) == live, table
     finally:
         await pool.close()
+
+
+async def _counts(conn: asyncpg.Connection, job_id: str) -> tuple[object, ...]:
+    row = await conn.fetchrow(
+        "SELECT tasks_queued, tasks_running, tasks_succeeded, tasks_failed, tasks_dead_lettered,"
+        " tasks_cancelled FROM jobstream.jobs WHERE job_id = $1",
+        job_id,
+    )
+    return tuple(row)
 
 
 async def _task_rows(pool: asyncpg.Pool, job_id: str) -> list[tuple[object, ...]]:

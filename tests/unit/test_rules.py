@@ -13,6 +13,8 @@ from jobstream.events import (
     EMPTY_JSON,
     JSON_NULL,
     MAX_TASKS_PER_JOB,
+    TASK_COUNT_COLUMNS,
+    TASK_STATES,
     BatchRow,
     ChunkFailure,
     ChunkResult,
@@ -22,8 +24,10 @@ from jobstream.events import (
     JobSubmitted,
     JobTasksAdded,
     SourceItem,
+    TaskCancelled,
     TaskChunkFinished,
     TaskDeadLettered,
+    TaskFailed,
     TaskRequeued,
     TaskSpec,
     TaskStarted,
@@ -32,7 +36,9 @@ from jobstream.events import (
     WorkerLost,
     WorkerStarted,
     WorkerStopped,
+    bucket_middle_s,
     chunk_id_for,
+    duration_bucket,
     encode,
     subject_for,
 )
@@ -42,6 +48,7 @@ from jobstream.projections._rows import keys_of
 from jobstream.projections._rules import (
     ReadModel,
     RejectedEvent,
+    minute_of,
     result_of,
     result_row,
 )
@@ -402,6 +409,10 @@ def _in_batches(log: Sequence[Event], size: int) -> ReadModel:
             for k, row in store.crawl.rows.items()
             if k[0] in keys.crawl_jobs
         }
+        minutes = keys.minutes | {
+            minute_of(store.results[k].finished_at) for k in keys.requeued if k in store.results
+        }
+        part.minute_stats = {k: row for k, row in store.minute_stats.items() if k[0] in minutes}
         for item in batch:
             part.apply_item(item)
         store.tasks = tasks | part.tasks
@@ -422,6 +433,7 @@ def _in_batches(log: Sequence[Event], size: int) -> ReadModel:
         store.results |= part.results
         store.workers |= part.workers
         store.crawl.rows |= part.crawl.rows
+        store.minute_stats |= part.minute_stats
         store.rejected |= part.rejected
         store.batches += part.batches
     return store
@@ -454,3 +466,179 @@ def test_a_task_of_a_job_of_many_specs_is_found_by_its_index() -> None:
     assert model.tasks["J-4321"].args == raw({"i": 4321})
     assert model.task("J", "J-5000") is None
     assert model.task("J", "J-x") is None
+
+
+# --- counts kept: a job's tasks by state, the results per minute -------------------------------
+
+
+def _counts(model: ReadModel, job_id: str) -> dict[str, int]:
+    row = model.jobs[job_id]
+    return {state: getattr(row, column) for state, column in TASK_COUNT_COLUMNS.items()}
+
+
+def _grouped(model: ReadModel) -> dict[str, dict[str, int]]:
+    """SELECT job_id, state, count(*) FROM tasks GROUP BY 1, 2, for every job."""
+    counts: dict[str, dict[str, int]] = {
+        job_id: dict.fromkeys(TASK_STATES, 0) for job_id in model.jobs
+    }
+    for task in model.expanded_tasks():
+        counts[task.job_id][task.state] += 1
+    return counts
+
+
+def _kept(model: ReadModel) -> dict[str, dict[str, int]]:
+    return {job_id: _counts(model, job_id) for job_id in model.jobs}
+
+
+def _summed_results(
+    model: ReadModel,
+) -> dict[tuple[datetime, str, str], tuple[int, int, dict[str, int]]]:
+    """What migration 008's recount makes of the results rows: their sums per minute, queue and
+    kind (the queue the job has)."""
+    sums: dict[tuple[datetime, str, str], tuple[int, int, dict[str, int]]] = {}
+    for result in model.results.values():
+        job_row = model.jobs.get(result.job_id)
+        key = (minute_of(result.finished_at), "" if job_row is None else job_row.queue, result.kind)
+        ok, failed, durations = sums.get(key, (0, 0, {}))
+        if result.status == "dead_lettered":
+            failed += 1
+        else:
+            ok += 1
+            if result.duration_s is not None:
+                bucket = str(duration_bucket(result.duration_s))
+                durations = durations | {bucket: durations.get(bucket, 0) + 1}
+        sums[key] = (ok, failed, durations)
+    return sums
+
+
+def _rollup(model: ReadModel) -> dict[tuple[datetime, str, str], tuple[int, int, dict[str, int]]]:
+    return {
+        key: (row.succeeded, row.failed, row.durations)
+        for key, row in model.minute_stats.items()
+        if row.succeeded or row.failed
+    }
+
+
+def started(index: int, when: float, attempt: int = 1) -> TaskStarted:
+    return TaskStarted(
+        at=at(when),
+        job_id="J",
+        task_id=f"J-{index}",
+        worker_id="w1",
+        attempt=attempt,
+        lease_deadline=at(when + 30),
+    )
+
+
+def dead(index: int, when: float) -> TaskDeadLettered:
+    return TaskDeadLettered(
+        at=at(when), job_id="J", task_id=f"J-{index}", kind="sum", reason="out", attempts=2
+    )
+
+
+def test_a_jobs_counts_follow_its_tasks_through_every_state() -> None:
+    chunk = TaskChunkFinished(
+        at=at(9),
+        job_id="J",
+        task_id=chunk_id_for("J", 6),
+        worker_id="w1",
+        attempt=1,
+        duration_s=0.3,
+        results=[ChunkResult(task_id="J-6", kind="sum", duration_s=0.1)],
+        failed=[
+            ChunkFailure(task_id="J-7", kind="sum", error="no"),
+            ChunkFailure(task_id="J-8", kind="sum", error="no"),
+        ],
+    )
+    log: list[Event] = [
+        job(count=10),
+        started(0, 1),
+        succeeded(0, 2),
+        started(1, 1),
+        TaskFailed(at=at(2), job_id="J", task_id="J-1", worker_id="w1", attempt=1, error="x"),
+        started(2, 1),
+        dead(2, 3),
+        dead(3, 3),
+        TaskRequeued(at=at(4), job_id="J", task_id="J-3", kind="sum"),
+        TaskCancelled(at=at(5), job_id="J", task_id="J-4"),
+        started(5, 5),
+        chunk,
+        succeeded(0, 10, attempt=2),  # a late second success: a terminal state is never left
+        TaskCancelled(at=at(11), job_id="J", task_id="J-0"),
+        TaskCancelled(at=at(11), job_id="J", task_id="J-99"),  # not one of its tasks: no row
+    ]
+    model = model_of(log)
+    assert _counts(model, "J") == {
+        "queued": 2,  # J-3 (requeued) and J-9
+        "running": 1,  # J-5
+        "succeeded": 2,  # J-0, J-6
+        "failed": 3,  # J-1, J-7, J-8
+        "dead_lettered": 1,  # J-2
+        "cancelled": 2,  # J-4, J-99
+    }
+    assert sum(_counts(model, "J").values()) == model.jobs["J"].total_tasks + 1  # J-99's row
+    assert _kept(model) == _grouped(model)
+
+
+def test_a_streamed_jobs_tasks_count_once_their_rows_are_made() -> None:
+    """Live, a batch's rows come when the lister lists it: until then its tasks are in
+    total_tasks and in no count (readers show them queued), but a row a task event made
+    first counts at once, and once only."""
+    header = JobSubmitted(at=at(0), job_id="J", sealed=False, tasks=[])
+    batch = JobTasksAdded(
+        at=at(0.1), job_id="J", batch=0, first_index=0, tasks=[TaskSpec(kind="sum", count=4)]
+    )
+    log: list[Event] = [header, batch, succeeded(1, 2), started(2, 2), started(7, 3)]
+    live = ReadModel(list_batches=False)
+    for item in items(log):
+        live.apply_item(item)
+    assert live.jobs["J"].total_tasks == 4
+    assert _counts(live, "J") == dict.fromkeys(TASK_STATES, 0) | {"succeeded": 1, "running": 2}
+    live.list_batch("J", 0, batch.tasks, 2)
+    assert _counts(live, "J") == dict.fromkeys(TASK_STATES, 0) | {
+        "queued": 2,
+        "succeeded": 1,
+        "running": 2,  # J-2, and J-7 beyond the job's tasks (its event made its row)
+    }
+    assert _kept(live) == _grouped(live)
+    assert _kept(model_of(log)) == _kept(live)  # the replay lists at once: the same counts
+
+
+def test_the_results_of_each_minute_are_summed_by_queue_and_kind() -> None:
+    log: list[Event] = [
+        job(count=6, queue="q1"),
+        succeeded(0, 1, duration_s=0.5),
+        succeeded(1, 2, duration_s=0.5),
+        succeeded(2, 61, duration_s=2.0, kind="other"),
+        succeeded(3, 62, duration_s=1e9),
+        dead(4, 63),
+        dead(5, 64),
+        TaskRequeued(at=at(70), job_id="J", task_id="J-5", kind="sum"),
+        succeeded(5, 125, duration_s=0.0),
+    ]
+    model = model_of(log)
+    half = str(duration_bucket(0.5))
+    assert _rollup(model) == {
+        (T0, "q1", "sum"): (2, 0, {half: 2}),
+        (T0 + timedelta(minutes=1), "q1", "other"): (1, 0, {str(duration_bucket(2.0)): 1}),
+        # the requeue took J-5's dead letter back
+        (T0 + timedelta(minutes=1), "q1", "sum"): (1, 1, {str(duration_bucket(1e9)): 1}),
+        (T0 + timedelta(minutes=2), "q1", "sum"): (1, 0, {str(duration_bucket(0.0)): 1}),
+    }
+    assert _rollup(model) == _summed_results(model)
+    assert {row.partition for row in model.minute_stats.values()} == {0}
+    assert bucket_middle_s(duration_bucket(0.5)) == pytest.approx(0.5, rel=0.049)
+    assert duration_bucket(0.0) == duration_bucket(-1.0) == duration_bucket(1e-9)
+
+
+def test_the_rows_of_the_minutes_carry_the_partition() -> None:
+    model = ReadModel(list_batches=True, partition=3)
+    for item in items([job(), succeeded(0, 1)]):
+        model.apply_item(item)
+    assert [row.partition for row in model.minute_stats.values()] == [3]
+
+
+def test_the_tricky_log_keeps_its_counts_and_sums_exact() -> None:
+    model = model_of(tricky_log())
+    assert _kept(model) == _grouped(model)
+    assert _rollup(model) == _summed_results(model)
