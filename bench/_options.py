@@ -77,6 +77,7 @@ class BenchOptions:
     tasks_per_job: int = DEFAULT_TASKS_PER_JOB
     workers: int = DEFAULT_WORKERS
     concurrency: int = DEFAULT_CONCURRENCY
+    projectors: int = 1
     baseline_concurrency: int = DEFAULT_BASELINE_CONCURRENCY
     ceiling_messages: int = CEILING_MESSAGES
     replay_events: int = REPLAY_EVENTS
@@ -144,6 +145,7 @@ def build_options(
     database_url: str | None,
     nats_sync_always: bool,
     api_tasks: int | None = None,
+    projectors: int = 1,
 ) -> BenchOptions:
     """The options of one invocation: `--quick` scales the defaults down, flags win."""
     if (nats_url is None) != (database_url is None):
@@ -153,6 +155,7 @@ def build_options(
     options = BenchOptions(
         workers=workers,
         concurrency=concurrency,
+        projectors=projectors,
         baseline_concurrency=baseline_concurrency,
         runs=runs,
         sections=parse_sections(only),

@@ -143,6 +143,7 @@ def summarize(
             "jobs": options.jobs,
             "workers": options.workers,
             "concurrency": options.concurrency,
+            "projectors": options.projectors,
             "baseline_concurrency": options.baseline_concurrency,
             "ceiling_messages": options.ceiling_messages,
             "replay_events": options.replay_events,

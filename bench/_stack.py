@@ -141,14 +141,15 @@ class ProductProcesses:
     """The jobstream processes of one run; workers are `worker-1` … with known worker ids."""
 
     dispatcher: Child
-    projector: Child
+    # One per partition; the first is named `projector`.
+    projectors: list[Child]
     workers: list[Child]
     worker_ids: list[str]
     lease_s: float
 
     @property
     def children(self) -> list[Child]:
-        return [self.dispatcher, self.projector, *self.workers]
+        return [self.dispatcher, *self.projectors, *self.workers]
 
     def pids(self) -> dict[str, int]:
         return {child.name: child.pid for child in self.children if child.process is not None}
@@ -204,11 +205,24 @@ def _product_processes(
         dispatcher=Child(
             "dispatcher", [*JOBSTREAM, "dispatcher", *base, *lease], logs / "dispatcher.log"
         ),
-        projector=Child(
-            "projector",
-            [*JOBSTREAM, "projector", *base, "--schema", servers.schema],
-            logs / "projector.log",
-        ),
+        projectors=[
+            Child(
+                "projector" if index == 0 else f"projector-{index}",
+                [
+                    *JOBSTREAM,
+                    "projector",
+                    *base,
+                    "--schema",
+                    servers.schema,
+                    "--partitions",
+                    str(options.projectors),
+                    "--partition",
+                    str(index),
+                ],
+                logs / f"projector-{index}.log",
+            )
+            for index in range(options.projectors)
+        ],
         workers=workers,
         worker_ids=worker_ids,
         lease_s=options.lease_s,
@@ -227,7 +241,7 @@ async def product_processes(
         yield processes
     finally:
         await stop_children(processes.workers)
-        await stop_children([processes.dispatcher, processes.projector])
+        await stop_children([processes.dispatcher, *processes.projectors])
 
 
 async def stop_children(children: list[Child]) -> None:

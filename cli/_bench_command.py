@@ -40,6 +40,14 @@ def bench(
     concurrency: Annotated[
         int, typer.Option(min=1, max=1000, help="Tasks at once per jobstream worker process.")
     ] = 64,
+    projectors: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=16,
+            help="PostgreSQL projector processes of the jobstream sections (partitions).",
+        ),
+    ] = 1,
     baseline_concurrency: Annotated[
         int, typer.Option(min=1, max=100, help="Loops per baseline worker process.")
     ] = 8,
@@ -50,7 +58,7 @@ def bench(
         str | None,
         typer.Option(
             help="Comma-separated sections: throughput, chunked, latency, priority, "
-            "one_big_job, crawl, recovery, replay, ceiling, baselines, api."
+            "one_big_job, crawl, recovery, replay, partitions, ceiling, baselines, api."
         ),
     ] = None,
     lease_s: Annotated[
@@ -91,6 +99,7 @@ def bench(
             tasks=tasks,
             workers=workers,
             concurrency=concurrency,
+            projectors=projectors,
             baseline_concurrency=baseline_concurrency,
             runs=runs,
             only=only,
