@@ -732,12 +732,15 @@ def check_subject(subject: str, event: Event) -> None:
     """`RejectedEvent` unless `event` came on the subject of its job or worker (what
     `subject_for` gives): a partition picks its events by subject, so an event on another
     job's subject would change rows another partition keeps."""
-    name = type(event).__struct_config__.tag
     if isinstance(event, WorkerStarted | WorkerStopped | WorkerLost | WorkerForgotten):
         if subject != worker_subject_of(event.worker_id):
-            raise RejectedEvent(f"a {name} of worker {event.worker_id!r} on {subject!r}")
+            raise RejectedEvent(f"a {_tag(event)} of worker {event.worker_id!r} on {subject!r}")
     elif job_of_subject(subject) != event.job_id:
-        raise RejectedEvent(f"a {name} of job {event.job_id!r} on {subject!r}")
+        raise RejectedEvent(f"a {_tag(event)} of job {event.job_id!r} on {subject!r}")
+
+
+def _tag(event: Event) -> str:
+    return str(type(event).__struct_config__.tag)
 
 
 # --- the read model ---------------------------------------------------------------------------
