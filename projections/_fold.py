@@ -9,16 +9,21 @@ Memory grows with the read model (about 1 KB per task), not with the log.
 """
 
 import asyncio
+import contextlib
 import operator
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import asyncpg
 import msgspec
 
-from jobstream.events import JSON_COLUMNS, JSON_NULL, encode
+from jobstream.events import JSON_COLUMNS, JSON_NULL, Bus, encode, event_batches
 from jobstream.projections._migrate import quote_ident
+from jobstream.projections._partitions import ONE_PARTITION, Partition
 from jobstream.projections._rules import COLUMNS, ReadModel
+
+# Events per batch read: a replay reads long, and big batches cost the server less.
+REPLAY_BATCH_MAX = 5000
 
 
 def _copy_value(value: Any) -> Any:
@@ -60,6 +65,37 @@ def table_rows(model: ReadModel) -> dict[str, list[tuple[Any, ...]]]:
         "crawl_stats": [crawl(row) for row in model.crawl.table_rows()],
         "stats_per_minute": _in_columns("stats_per_minute", model.minute_stats.values()),
     }
+
+
+async def fold_log(
+    bus: Bus,
+    model: ReadModel,
+    first: int,
+    last: int,
+    *,
+    partition: Partition = ONE_PARTITION,
+    on_reached: Callable[[int], None] = lambda seq: None,
+) -> None:
+    """Apply the log's `first`..`last` (`partition`'s part of it) to `model`, batch by batch;
+    `on_reached(seq)` after each batch, with how far it reached."""
+    if last < first:
+        return
+    batches = event_batches(
+        bus,
+        start_seq=first,
+        stop=asyncio.Event(),
+        batch_max=REPLAY_BATCH_MAX,
+        **partition.reading(),
+    )
+    async with contextlib.aclosing(batches):
+        async for batch in batches:
+            for item in batch:
+                if item.seq > last:
+                    break
+                model.apply_item(item)
+            on_reached(min(batch[-1].seq, last))
+            if batch[-1].seq >= last:
+                return
 
 
 async def write_fold(pool: asyncpg.Pool, schema: str, model: ReadModel) -> None:

@@ -36,7 +36,13 @@ from jobstream.events import (
     with_retry,
 )
 from jobstream.projections._database import DATA_ERRORS
-from jobstream.projections._fold import drop_indexes, rebuild_indexes, write_fold
+from jobstream.projections._fold import (
+    REPLAY_BATCH_MAX,
+    drop_indexes,
+    fold_log,
+    rebuild_indexes,
+    write_fold,
+)
 from jobstream.projections._migrate import DEFAULT_SCHEMA, migrate, quote_ident
 from jobstream.projections._ndjson import (
     FILE_PREFIX,
@@ -53,7 +59,6 @@ from jobstream.projections._rules import ReadModel
 
 log = logging.getLogger(__name__)
 
-REPLAY_BATCH_MAX = 5000
 # A row the database (or asyncpg's encoder) will not take: the bulk replay steps aside.
 _BULK_REFUSED_ERRORS: tuple[type[Exception], ...] = (*DATA_ERRORS, OverflowError, ValueError)
 PROGRESS_INTERVAL_S = 0.2
@@ -169,18 +174,11 @@ async def _build_bulk(
     database refused a row (`build` is then left empty for the projector's way)."""
     started = time.perf_counter()
     fold = ReadModel(list_batches=True)
-    if last >= first:
-        stop = asyncio.Event()
-        batches = event_batches(bus, start_seq=first, stop=stop, batch_max=REPLAY_BATCH_MAX)
-        async with contextlib.aclosing(batches):
-            async for batch in batches:
-                for item in batch:
-                    if item.seq > last:
-                        break
-                    fold.apply_item(item)
-                on_progress(min(batch[-1].seq, last) - first + 1, last - first + 1)
-                if batch[-1].seq >= last:
-                    break
+
+    def on_reached(seq: int) -> None:
+        on_progress(seq - first + 1, last - first + 1)
+
+    await fold_log(bus, fold, first, last, on_reached=on_reached)
     folded = time.perf_counter()
     await _create_build_schema(pool, build, max(first - 1, min(last, fold.last_seq)))
     try:

@@ -9,7 +9,6 @@ partition, or is a worker's row of one partition.
 """
 
 import asyncio
-import contextlib
 import logging
 import multiprocessing
 import sys
@@ -20,15 +19,14 @@ from multiprocessing.sharedctypes import SynchronizedArray
 
 import asyncpg
 
-from jobstream.events import NO_SECURITY, Bus, JobstreamError, NatsSecurity, event_batches
+from jobstream.events import NO_SECURITY, Bus, JobstreamError, NatsSecurity
 from jobstream.projections._database import DATA_ERRORS
-from jobstream.projections._fold import copy_fold
+from jobstream.projections._fold import copy_fold, fold_log
 from jobstream.projections._partitions import Partition
 from jobstream.projections._rules import ReadModel
 
 log = logging.getLogger(__name__)
 
-REPLAY_BATCH_MAX = 5000
 POLL_S = 0.2
 # A child's exit code when the database refused one of its rows: the replay then takes the
 # projector's way, which parks the refused events.
@@ -122,19 +120,11 @@ async def _fold_partition(
     )
     try:
         fold = ReadModel(list_batches=True, partition=partition.index)
-        stop = asyncio.Event()
-        batches = event_batches(
-            bus, start_seq=first, stop=stop, batch_max=REPLAY_BATCH_MAX, **partition.reading()
-        )
-        async with contextlib.aclosing(batches):
-            async for batch in batches:
-                for item in batch:
-                    if item.seq > last:
-                        break
-                    fold.apply_item(item)
-                reached[partition.index] = min(batch[-1].seq, last)
-                if batch[-1].seq >= last:
-                    break
+
+        def on_reached(seq: int) -> None:
+            reached[partition.index] = seq
+
+        await fold_log(bus, fold, first, last, partition=partition, on_reached=on_reached)
     finally:
         await bus.close()
     folded = time.perf_counter()
