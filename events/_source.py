@@ -106,6 +106,7 @@ class _Reader:
         self.last_fetch = 0.0
         self.last_message = 0.0
         self.last_watermark = 0.0
+        self.watermark_candidate: int | None = None
 
     async def open(self) -> None:
         name = f"{CONSUMER_PREFIX}{new_id()}"
@@ -178,24 +179,29 @@ class _Reader:
             raise ConsumerLost("the consumer is gone") from exc
 
     async def _watermark(self) -> int | None:
-        """The log's last sequence, if every message up to it that the filter takes was
-        read: the filter took none of the messages after the last one read. None if not, or
-        if asked less than `WATERMARK_INTERVAL_S` ago."""
+        """A sequence of the log up to which every message the filter takes was read: the
+        log's end as the stream's leader gave it at the last check, if the consumer has
+        nothing pending now, had nothing then, and all it delivered was read. (One check
+        late: a consumer on a replica that lags its stream's leader counts pending messages
+        only up to what the replica has; a check later it has them.) None if not yet, or if
+        asked less than `WATERMARK_INTERVAL_S` ago."""
         now = time.monotonic()
         if now - self.last_watermark < WATERMARK_INTERVAL_S:
             return None
         self.last_watermark = now
         # The log's end first: a message the filter takes written after it is pending below.
         stream = await asyncio.wait_for(self.js.stream_info(self.stream), API_TIMEOUT_S)
-        last_seq = stream.state.last_seq
-        if last_seq < self.next_seq:
-            return None
         info = await self.js.consumer_info(self.stream, self.name, timeout=API_TIMEOUT_S)
-        delivered = info.delivered.stream_seq if info.delivered else 0
-        if info.num_pending or (delivered or 0) >= self.next_seq:
-            return None  # more to come, or delivered and not read yet
-        self.next_seq = last_seq + 1
-        return last_seq
+        delivered = (info.delivered.stream_seq if info.delivered else 0) or 0
+        quiet = not info.num_pending and delivered < self.next_seq
+        candidate, self.watermark_candidate = self.watermark_candidate, None
+        if not quiet:
+            return None
+        self.watermark_candidate = stream.state.last_seq
+        if candidate is None or candidate < self.next_seq:
+            return None
+        self.next_seq = candidate + 1
+        return candidate
 
     def _items(self, deliveries: list[Delivery]) -> list[SourceItem]:
         items: list[SourceItem] = []
