@@ -10,8 +10,8 @@ running and the rest queued. Its tasks ended over the hour before the seed, so `
 default window holds them.
 
 The counts the projector keeps (each job's tasks by state, the finished tasks per minute,
-queue and kind: migration 008) are then made from the copied rows by the migration's own
-`recount_read_model()`, as the projector would have kept them.
+queue and kind: migration 008; the jobs by status: 010) are then made from the copied rows by
+the migrations' own `recount_read_model()`, as the projector would have kept them.
 """
 
 import asyncio
@@ -664,7 +664,7 @@ async def seed(
         recount_s = time.monotonic() - started
         started = time.monotonic()
         tables = ("jobs", "tasks", "results", "task_attempts", "workers", "job_batches")
-        for table in (*tables, "stats_per_minute"):
+        for table in (*tables, "stats_per_minute", "job_status_counts"):
             await pool.execute(f"VACUUM ANALYZE {quote_ident(schema)}.{quote_ident(table)}")
         vacuum_s = time.monotonic() - started
     finally:

@@ -212,8 +212,28 @@ class MinuteStatsRow(msgspec.Struct, frozen=True, kw_only=True):
     durations: dict[str, int] = msgspec.field(default_factory=dict)
 
 
+class JobStatusCountRow(msgspec.Struct, frozen=True, kw_only=True):
+    """How many jobs are in `status`, as far as partition `partition` counted them: the
+    partition adds a job as its row is made in or moves into `status` and takes it off as it
+    moves out, so a partition's count may be negative (a job counted by another means, e.g.
+    the backfill of migration 010, into partition 0). Readers sum over partitions: that sum
+    is what `SELECT count(*) FROM jobs WHERE status = ...` gives."""
+
+    status: JobStatus
+    partition: int
+    jobs: int = 0
+
+
 TableRow = (
-    JobRow | TaskRow | AttemptRow | WorkerRow | ResultRow | RejectedRow | BatchRow | MinuteStatsRow
+    JobRow
+    | TaskRow
+    | AttemptRow
+    | WorkerRow
+    | ResultRow
+    | RejectedRow
+    | BatchRow
+    | MinuteStatsRow
+    | JobStatusCountRow
 )
 
 TABLE_ROWS: dict[str, type[msgspec.Struct]] = {
@@ -225,6 +245,7 @@ TABLE_ROWS: dict[str, type[msgspec.Struct]] = {
     "rejected_events": RejectedRow,
     "job_batches": BatchRow,
     "stats_per_minute": MinuteStatsRow,
+    "job_status_counts": JobStatusCountRow,
 }
 
 JSON_COLUMNS = frozenset(

@@ -64,6 +64,7 @@ def table_rows(model: ReadModel) -> dict[str, list[tuple[Any, ...]]]:
         "job_batches": _in_columns("job_batches", model.batches),
         "crawl_stats": [crawl(row) for row in model.crawl.table_rows()],
         "stats_per_minute": _in_columns("stats_per_minute", model.minute_stats.values()),
+        "job_status_counts": _in_columns("job_status_counts", model.status_counts.values()),
     }
 
 

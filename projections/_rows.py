@@ -18,6 +18,8 @@ import msgspec
 from jobstream.events import (
     AttemptRow,
     JobRow,
+    JobStatus,
+    JobStatusCountRow,
     MinuteStatsRow,
     ResultRow,
     SourceItem,
@@ -39,6 +41,7 @@ _RESULTS = msgspec.json.Decoder(list[ResultRow], strict=False)
 _WORKERS = msgspec.json.Decoder(list[WorkerRow], strict=False)
 _CRAWL = msgspec.json.Decoder(list[dict[str, Any]])
 _MINUTE_STATS = msgspec.json.Decoder(list[MinuteStatsRow])
+_STATUS_COUNTS = msgspec.json.Decoder(list[JobStatusCountRow])
 
 MinuteKey = tuple[Any, str, str]
 
@@ -55,6 +58,7 @@ class Loaded:
         self.results: dict[str, ResultRow] = {}
         self.crawl: dict[tuple[str, int, str], dict[str, Any]] = {}
         self.minute_stats: dict[MinuteKey, MinuteStatsRow] = {}
+        self.status_counts: dict[JobStatus, JobStatusCountRow] = {}
         self.batches = len(model.batches)
 
     def take_tasks(self, rows: str) -> None:
@@ -99,6 +103,8 @@ async def load(
     for stats in _MINUTE_STATS.decode(arrays[6]):
         minute_key = (utc(stats.minute), stats.queue, stats.kind)
         model.minute_stats[minute_key] = loaded.minute_stats[minute_key] = stats
+    for count in _STATUS_COUNTS.decode(arrays[7]):
+        model.status_counts[count.status] = loaded.status_counts[count.status] = count
     return loaded
 
 
@@ -133,6 +139,7 @@ async def write(conn: asyncpg.Connection, queries: Mapping[str, str], loaded: Lo
         _json(model.batches[loaded.batches :]),
         _json(_changed(model.minute_stats.items(), loaded.minute_stats)),
         model.partition,
+        _json(_changed(model.status_counts.items(), loaded.status_counts)),
     )
 
 

@@ -53,6 +53,7 @@ from jobstream.events import (
     JobRow,
     JobSealed,
     JobStatus,
+    JobStatusCountRow,
     JobSubmitted,
     JobTasksAdded,
     MinuteStatsRow,
@@ -633,6 +634,14 @@ def minute_counted(row: MinuteStatsRow, result: ResultRow, sign: int) -> MinuteS
     return replace(row, succeeded=row.succeeded + sign, durations=durations)
 
 
+# --- jobs by status ---------------------------------------------------------------------------
+
+
+def status_counted(row: JobStatusCountRow, sign: int) -> JobStatusCountRow:
+    """A job into (`sign` 1) or out of (-1) the row's status."""
+    return replace(row, jobs=row.jobs + sign)
+
+
 # --- worker rules -----------------------------------------------------------------------------
 
 
@@ -757,11 +766,14 @@ class ReadModel:
 
     `partition`: the index of the projection partition these rows are of (`_partitions.py`):
     the events given are that partition's, and the rows it alone keeps say so: a worker's
-    (every partition keeps one) and those of tables that sum many jobs (`stats_per_minute`).
+    (every partition keeps one) and those of tables that sum many jobs (`stats_per_minute`,
+    `job_status_counts`).
 
     A job's counts by state (`JobRow.tasks_*`) count its task rows: a row is counted when it
     is made (the ranges of a job.submitted at once, those of a batch when it is listed, a row
-    a task event makes on its own) and moves between counts with its state.
+    a task event makes on its own) and moves between counts with its state. Likewise the jobs
+    by status (`status_counts`): a job is counted when its row is made and moves with its
+    status (`_put_job`, which every change of a job row goes through).
     """
 
     def __init__(self, *, list_batches: bool, partition: int = 0) -> None:
@@ -780,6 +792,8 @@ class ReadModel:
         self.crawl = CrawlStatsFold()
         # By (minute, queue, kind): this partition's rows of stats_per_minute.
         self.minute_stats: dict[tuple[datetime, str, str], MinuteStatsRow] = {}
+        # By status: this partition's rows of job_status_counts.
+        self.status_counts: dict[JobStatus, JobStatusCountRow] = {}
         self.last_seq = 0
 
     def apply_item(self, item: SourceItem) -> None:
@@ -849,7 +863,7 @@ class ReadModel:
                 if job is not None and batch is not None:
                     self.batches.append(batch)
                     if self.list_batches:
-                        self.jobs[event.job_id] = job
+                        self._put_job(job)
                         self.list_batch(event.job_id, event.first_index, event.tasks, seq)
                         job = self.jobs[event.job_id]
             case JobRejected():
@@ -857,7 +871,24 @@ class ReadModel:
             case _ if job is not None:
                 job = _job_ended(job, seq, at, event)
         if job is not None:
-            self.jobs[event.job_id] = job
+            self._put_job(job)
+
+    def _put_job(self, job: JobRow) -> None:
+        """Put a job's new row, and count it by status: a row not held before is a job made
+        now, one whose status changed moves between counts."""
+        before = self.jobs.get(job.job_id)
+        self.jobs[job.job_id] = job
+        if before is not None and before.status == job.status:
+            return
+        if before is not None:
+            self._count_status(before.status, -1)
+        self._count_status(job.status, 1)
+
+    def _count_status(self, status: JobStatus, sign: int) -> None:
+        row = self.status_counts.get(status)
+        if row is None:
+            row = JobStatusCountRow(status=status, partition=self.partition)
+        self.status_counts[status] = status_counted(row, sign)
 
     def list_batch(self, job_id: str, first_index: int, specs: list[TaskSpec], seq: int) -> None:
         """The task rows of a taken batch: its ranges, and the rows task events made first
@@ -875,7 +906,7 @@ class ReadModel:
             self._add_range(task_range)
         job = self.jobs.get(job_id)
         if job is not None:
-            self.jobs[job_id] = tasks_moved(job, None, "queued", made)
+            self._put_job(tasks_moved(job, None, "queued", made))
 
     def _add_range(self, task_range: TaskRange) -> None:
         """Ranges come in index order: a job's tasks, then its batches, each where the last
@@ -886,7 +917,7 @@ class ReadModel:
     def _job_running(self, seq: int, job_id: str, started_at: datetime) -> None:
         job = self.jobs.get(job_id)
         if job is not None:
-            self.jobs[job_id] = job_running(job, seq, started_at)
+            self._put_job(job_running(job, seq, started_at))
 
     # --- tasks -----------------------------------------------------------------------------
 
@@ -933,7 +964,7 @@ class ReadModel:
         job = self.jobs.get(task.job_id)
         if job is not None:
             state = None if before is None else before.state
-            self.jobs[task.job_id] = tasks_moved(job, state, task.state)
+            self._put_job(tasks_moved(job, state, task.state))
 
     def _task_event(self, seq: int, at: datetime, event: OneTaskEvent) -> None:
         match event:
@@ -1058,7 +1089,7 @@ class ReadModel:
                 self.crawl.undo_failure(failure_undone(seq, event), result.error)
         job = self.jobs.get(event.job_id)
         if job is not None:
-            self.jobs[event.job_id] = job_reopened(job, seq)
+            self._put_job(job_reopened(job, seq))
 
     # --- workers ---------------------------------------------------------------------------
 

@@ -44,7 +44,8 @@ ON CONFLICT (seq) DO NOTHING;
 -- (tasks, task_attempts, results), $3 worker ids, $4 job ids of crawl pages (crawl_stats),
 -- and partition $7's stats_per_minute rows of the minutes $5 and of the minutes of the
 -- results rows of the requeued tasks $6 (every queue and kind of those minutes: a few rows).
--- $7 is also the partition of the workers' rows (one per partition).
+-- $7 is also the partition of the workers' rows (one per partition) and of the
+-- job_status_counts rows, all of which (one per status) come with any job id.
 -- One primary-key lookup per key: OFFSET 0 keeps each LATERAL a subquery, which the planner
 -- would otherwise join as a whole-table scan (it guesses many attempts per task).
 SELECT
@@ -69,7 +70,9 @@ SELECT
            UNION
            SELECT date_bin('1 minute', r.finished_at, timestamptz 'epoch') FROM results AS r
            WHERE r.task_id = ANY($6::text[])
-       ));
+       )),
+    (SELECT coalesce(json_agg(c), '[]') FROM job_status_counts AS c
+     WHERE c.partition = $7::integer AND cardinality($1::text[]) > 0);
 
 
 -- name: load_batch_tasks
@@ -84,8 +87,8 @@ WHERE job_id = $1 AND task_index >= $2 AND task_index < $3;
 -- projections/_rules.py, one row per task: a job of millions of tasks costs one object;
 -- a task's id is "<job_id>-<task_index>", as events.task_id_for makes it), then whole rows
 -- by column name to insert or update: $2 jobs, $3 tasks, $4 task_attempts, $5 workers,
--- $8 results, $9 crawl_stats, $11 stats_per_minute; $6 workers (of partition $12) and $7
--- results that went;
+-- $8 results, $9 crawl_stats, $11 stats_per_minute, $13 job_status_counts; $6 workers (of
+-- partition $12) and $7 results that went;
 -- $10 new job_batches.
 -- No two parts touch one row (the ranges leave out the rows written whole).
 WITH ranges AS (
@@ -188,6 +191,11 @@ merge_stats_per_minute AS (
     SELECT * FROM json_populate_recordset(NULL::stats_per_minute, $11::json)
     ON CONFLICT (minute, queue, kind, partition) DO UPDATE
     SET succeeded = excluded.succeeded, failed = excluded.failed, durations = excluded.durations
+),
+merge_job_status_counts AS (
+    INSERT INTO job_status_counts
+    SELECT * FROM json_populate_recordset(NULL::job_status_counts, $13::json)
+    ON CONFLICT (status, partition) DO UPDATE SET jobs = excluded.jobs
 )
 SELECT 1;
 

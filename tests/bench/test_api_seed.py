@@ -65,6 +65,11 @@ CHECKS = {
         ) AS r FULL JOIN stats_per_minute s USING (minute, queue, kind)
         WHERE s.minute IS NULL OR r.minute IS NULL
            OR (r.succeeded, r.failed) <> (s.succeeded, s.failed)""",
+    "statuses whose kept job count differs from the jobs rows": """
+        SELECT count(*) FROM (SELECT status, count(*) AS jobs FROM jobs GROUP BY status) AS j
+        FULL JOIN (SELECT status, sum(jobs) AS jobs FROM job_status_counts GROUP BY status) AS k
+            USING (status)
+        WHERE j.jobs IS DISTINCT FROM k.jobs""",
     "jobs whose updated_seq is before their tasks'": """
         SELECT count(*) FROM jobs j
         WHERE j.updated_seq < (SELECT max(t.updated_seq) FROM tasks t WHERE t.job_id = j.job_id)""",

@@ -1,10 +1,13 @@
-"""The counts the projector keeps (migration 008) against the scans they replace (issue 14): after
-a run with retries, dead letters, a requeue, a cancel, a chunked and a streamed job, each job's
-counts are the GROUP BY over its task rows, `/stats` reads from `stats_per_minute` what the scan
-of `results` gave (percentiles within the histogram's 5%), and the migration's recount of the
-rows (run on read models written before it) gives the very rows the projector kept."""
+"""The counts the projector keeps (migrations 008 and 010) against the scans they replace (issue
+14): after a run with retries, dead letters, a requeue, a cancel, a chunked and a streamed job,
+each job's counts are the GROUP BY over its task rows, `/stats` reads from `stats_per_minute`
+what the scan of `results` gave (percentiles within the histogram's 5%), the jobs by status
+(`job_status_counts`, which `/metrics` shows) are the GROUP BY over the jobs, and the
+migrations' recount of the rows (run on read models written before them) gives the very rows
+the projector kept."""
 
 import asyncio
+import re
 from datetime import datetime
 from typing import Any
 
@@ -17,9 +20,11 @@ from jobstream.cli._stream import stream_job
 from jobstream.events import (
     TASK_COUNT_COLUMNS,
     Bus,
+    JobRejected,
     JobSubmitted,
     TaskDeadLettered,
     TaskSpec,
+    job_subject,
     new_id,
 )
 from jobstream.projections import PostgresProjector, caught_up, migrate
@@ -56,6 +61,12 @@ OLD_BY_QUEUE_KIND = """
     WHERE r.finished_at >= $1::timestamptz AND r.finished_at < $2::timestamptz
     GROUP BY 1, 2
     ORDER BY count(*) DESC, 1, 2"""
+# What /metrics counted before migration 010.
+JOBS_BY_STATUS = "SELECT status, count(*) AS n FROM jobs GROUP BY status"
+KEPT_BY_STATUS = "SELECT status, sum(jobs) AS n FROM job_status_counts GROUP BY status"
+# The rows of the statuses jobs are in (the projector keeps a row a status's last job left).
+STATUS_ROWS = "SELECT * FROM job_status_counts WHERE jobs <> 0 ORDER BY status, partition"
+GAUGE = re.compile(r'^jobstream_jobs\{status="([a-z_]+)"\} (\S+)$', re.MULTILINE)
 GROUPED = """
     SELECT j.job_id, t.state, count(t.task_id) AS n
     FROM jobs AS j LEFT JOIN tasks AS t USING (job_id)
@@ -230,5 +241,65 @@ async def test_kept_counts_are_what_the_scans_gave(bus: Bus, database_url: str) 
             assert await _kept(conn) == kept
             migrated = await conn.fetch("SELECT * FROM stats_per_minute ORDER BY 1, 2, 3, 4")
             assert [dict(row) for row in migrated] == [dict(row) for row in stats_rows]
+    finally:
+        await pool.close()
+
+
+async def _rejected(bus: Bus, job_id: str) -> None:
+    while True:
+        last = await bus.last_on_subject(job_subject(job_id))
+        if last is not None and isinstance(last[1], JobRejected):
+            return
+        await asyncio.sleep(0.05)
+
+
+async def _by_status(conn: asyncpg.Connection, sql: str) -> dict[str, int]:
+    return {row["status"]: row["n"] for row in await conn.fetch(sql) if row["n"]}
+
+
+async def test_kept_jobs_by_status_are_what_the_count_gave(bus: Bus, database_url: str) -> None:
+    pool = await asyncpg.create_pool(
+        database_url, min_size=2, max_size=4, server_settings={"search_path": "jobstream"}
+    )
+    try:
+        await _workload(bus, pool)
+        # A job no worker serves, and a submission the dispatcher cannot read: its job's row
+        # is made by its job.rejected.
+        waiting = JobSubmitted(job_id=new_id(), queue="nobody", tasks=[_sleep(0.01, 2)])
+        unreadable = new_id()
+        async with running(Dispatcher(bus, lease_s=0.5).run, PostgresProjector(bus, pool).run):
+            await bus.publish_event(waiting)
+            await bus.js.publish(job_subject(unreadable), b'{"type": "job.submitted"}')
+            await _rejected(bus, unreadable)
+            await _caught_up(bus, pool)
+
+        async with pool.acquire() as conn:
+            grouped = await _by_status(conn, JOBS_BY_STATUS)
+            assert grouped == {
+                "failed": 2,  # mixed (its requeued task dead again), chunked
+                "completed": 1,  # streamed
+                "cancelled": 1,
+                "queued": 1,  # waiting
+                "rejected": 1,  # unreadable
+            }
+            assert await _by_status(conn, KEPT_BY_STATUS) == grouped
+            kept_rows = [dict(row) for row in await conn.fetch(STATUS_ROWS)]
+            assert {row["partition"] for row in kept_rows} == {0}
+
+        async with _serve(create_app(database_url=database_url)) as client:
+            response = await client.get("/metrics")
+        assert response.status_code == 200, response.text
+        gauges = {status: float(value) for status, value in GAUGE.findall(response.text)}
+        assert gauges == {status: float(jobs) for status, jobs in grouped.items()}
+
+        async with pool.acquire() as conn:
+            await conn.execute("SELECT recount_read_model()")  # migration 010's backfill
+            assert [dict(row) for row in await conn.fetch(STATUS_ROWS)] == kept_rows
+
+            # Read models written before migration 010: it counts their jobs when it runs.
+            await conn.execute("DROP TABLE job_status_counts")
+            await conn.execute("DELETE FROM schema_migrations WHERE version = 10")
+            assert await migrate(conn, "jobstream") == ["010_job_status_counts.sql"]
+            assert [dict(row) for row in await conn.fetch(STATUS_ROWS)] == kept_rows
     finally:
         await pool.close()

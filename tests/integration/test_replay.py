@@ -45,6 +45,7 @@ TABLES = {
     "projection_checkpoints": "projection",
     "crawl_stats": "job_id, pass, domain",
     "stats_per_minute": "minute, queue, kind, partition",
+    "job_status_counts": "status, partition",
 }
 
 

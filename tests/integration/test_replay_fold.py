@@ -686,9 +686,12 @@ async def test_bulk_replay_equals_the_projector_on_every_rule(bus: Bus, database
 
 
 # Tables whose rows are the same whatever the partition count; a worker's rows are one per
-# partition, and readers see them merged (`worker_summary`).
+# partition, and readers see them merged (`worker_summary`); the sums of many jobs
+# (stats_per_minute, job_status_counts) are one row per partition, and readers sum them.
 LAYOUT_FREE_TABLES = [
-    t for t in TABLES if t not in ("workers", "projection_checkpoints", "stats_per_minute")
+    t
+    for t in TABLES
+    if t not in ("workers", "projection_checkpoints", "stats_per_minute", "job_status_counts")
 ]
 
 
@@ -704,9 +707,18 @@ def _minutes_summed(rows: list[asyncpg.Record]) -> dict[tuple[Any, ...], Any]:
     return summed
 
 
+def _statuses_summed(rows: list[asyncpg.Record]) -> dict[str, int]:
+    """job_status_counts summed over its partitions, as /metrics reads it (no status at 0)."""
+    summed: Counter[str] = Counter()
+    for row in rows:
+        summed[row["status"]] += row["jobs"]
+    return {status: jobs for status, jobs in summed.items() if jobs}
+
+
 async def merged_tables(conn: asyncpg.Connection, schema: str) -> dict[str, Any]:
     """The read models as readers see them, whatever the partition count: the tables of
-    `LAYOUT_FREE_TABLES`, the merged workers, and how far the projection reached."""
+    `LAYOUT_FREE_TABLES`, the merged workers, the sums summed over partitions (the jobs by
+    status are the jobs rows grouped by status), and how far the projection reached."""
     tables: dict[str, Any] = {
         table: await table_rows(conn, schema, table) for table in LAYOUT_FREE_TABLES
     }
@@ -714,6 +726,10 @@ async def merged_tables(conn: asyncpg.Connection, schema: str) -> dict[str, Any]
     tables["worker_summary"] = [dict(row) for row in workers]
     minutes = await conn.fetch(f'SELECT * FROM "{schema}".stats_per_minute')
     tables["stats_per_minute"] = _minutes_summed(minutes)
+    statuses = await conn.fetch(f'SELECT * FROM "{schema}".job_status_counts')
+    tables["job_status_counts"] = _statuses_summed(statuses)
+    grouped = await conn.fetch(f'SELECT status, count(*) FROM "{schema}".jobs GROUP BY status')
+    assert tables["job_status_counts"] == {row[0]: row[1] for row in grouped}
     checkpoints = await conn.fetch(
         f'SELECT projection, last_seq FROM "{schema}".projection_checkpoints'
     )
@@ -775,6 +791,10 @@ async def test_two_partitions_give_the_tables_of_one(
             ]
             partitions = await conn.fetch(
                 "SELECT DISTINCT partition FROM jobstream.workers ORDER BY partition"
+            )
+            assert [row[0] for row in partitions] == [0, 1]
+            partitions = await conn.fetch(
+                "SELECT DISTINCT partition FROM jobstream.job_status_counts ORDER BY partition"
             )
             assert [row[0] for row in partitions] == [0, 1]
     finally:

@@ -19,8 +19,11 @@ from jobstream.events import (
     ChunkFailure,
     ChunkResult,
     Event,
+    JobCancelled,
     JobCompleted,
     JobFailed,
+    JobRejected,
+    JobSealed,
     JobSubmitted,
     JobTasksAdded,
     SourceItem,
@@ -42,6 +45,7 @@ from jobstream.events import (
     encode,
     subject_for,
 )
+from jobstream.projections import Partition
 from jobstream.projections._fold import table_rows
 from jobstream.projections._ndjson import result_line, result_lines
 from jobstream.projections._rows import keys_of
@@ -413,6 +417,7 @@ def _in_batches(log: Sequence[Event], size: int) -> ReadModel:
             minute_of(store.results[k].finished_at) for k in keys.requeued if k in store.results
         }
         part.minute_stats = {k: row for k, row in store.minute_stats.items() if k[0] in minutes}
+        part.status_counts = dict(store.status_counts) if keys.jobs else {}
         for item in batch:
             part.apply_item(item)
         store.tasks = tasks | part.tasks
@@ -434,6 +439,7 @@ def _in_batches(log: Sequence[Event], size: int) -> ReadModel:
         store.workers |= part.workers
         store.crawl.rows |= part.crawl.rows
         store.minute_stats |= part.minute_stats
+        store.status_counts |= part.status_counts
         store.rejected |= part.rejected
         store.batches += part.batches
     return store
@@ -642,3 +648,110 @@ def test_the_tricky_log_keeps_its_counts_and_sums_exact() -> None:
     model = model_of(tricky_log())
     assert _kept(model) == _grouped(model)
     assert _rollup(model) == _summed_results(model)
+
+
+# --- counts kept: the jobs by status ----------------------------------------------------------
+
+
+def _by_status(*partitions: ReadModel) -> dict[str, int]:
+    """The kept jobs by status summed over the partitions, the statuses no job is in left out
+    (what the API's count_jobs_by_status reads)."""
+    sums: dict[str, int] = {}
+    for model in partitions:
+        for row in model.status_counts.values():
+            sums[row.status] = sums.get(row.status, 0) + row.jobs
+    return {status: jobs for status, jobs in sums.items() if jobs}
+
+
+def _jobs_grouped(*partitions: ReadModel) -> dict[str, int]:
+    """SELECT status, count(*) FROM jobs GROUP BY status, over the partitions' jobs."""
+    counts: dict[str, int] = {}
+    for model in partitions:
+        for row in model.jobs.values():
+            counts[row.status] = counts.get(row.status, 0) + 1
+    return counts
+
+
+def status_log() -> list[Event]:
+    """Jobs that end in every status, one reopened, one submitted twice."""
+
+    def task(job_id: str, index: int = 0) -> dict[str, Any]:
+        return {"at": at(1), "job_id": job_id, "task_id": f"{job_id}-{index}"}
+
+    return [
+        job("Q"),  # queued
+        job("Q"),  # a repeat: counted once
+        JobSubmitted(at=at(0), job_id="S", sealed=False, tasks=[]),  # submitting
+        JobSubmitted(at=at(0), job_id="T", sealed=False, tasks=[]),
+        JobSealed(at=at(1), job_id="T", batches=0, task_count=0),  # submitting, then queued
+        JobRejected(at=at(1), job_id="X", reason="unreadable", rejected_seq=1),  # made by it
+        job("R", count=2),
+        TaskStarted(**task("R"), worker_id="w1", attempt=1, lease_deadline=at(30)),  # running
+        job("C", count=1),
+        TaskSucceeded(**task("C"), kind="sum", worker_id="w1", attempt=1, duration_s=0.1),
+        JobCompleted(at=at(2), job_id="C", succeeded=1, duration_s=2),  # completed
+        job("F", count=1),
+        TaskDeadLettered(**task("F"), kind="sum", reason="out", attempts=1),
+        JobFailed(at=at(2), job_id="F", succeeded=0, dead_lettered=1, duration_s=2),  # failed
+        job("K", count=1),
+        JobCancelled(at=at(2), job_id="K"),  # cancelled
+        JobCompleted(
+            at=at(3), job_id="K", succeeded=0, duration_s=3
+        ),  # an ended job stays as it ended
+        job("Z", count=1),
+        TaskDeadLettered(**task("Z"), kind="sum", reason="out", attempts=1),
+        JobCompleted(at=at(2), job_id="Z", succeeded=0, dead_lettered=1, duration_s=2),
+        TaskRequeued(**task("Z"), kind="sum"),  # completed, then running again
+    ]
+
+
+def test_the_jobs_by_status_follow_each_job_made_and_moved() -> None:
+    model = model_of(status_log())
+    assert _by_status(model) == {
+        "queued": 2,  # Q, T
+        "submitting": 1,  # S
+        "rejected": 1,  # X
+        "running": 2,  # R, Z (reopened)
+        "completed": 1,  # C
+        "failed": 1,  # F
+        "cancelled": 1,  # K
+    }
+    assert _by_status(model) == _jobs_grouped(model)
+    assert {row.partition for row in model.status_counts.values()} == {0}
+
+
+def test_the_jobs_by_status_step_by_step() -> None:
+    log = status_log()
+    model = ReadModel(list_batches=True)
+    for item in items(log):
+        model.apply_item(item)
+        assert _by_status(model) == _jobs_grouped(model), item.event
+
+
+def test_the_jobs_by_status_are_kept_per_partition_and_summed() -> None:
+    log = status_log()
+    partitions = [ReadModel(list_batches=True, partition=index) for index in range(2)]
+    for item in items(log):
+        for model in partitions:
+            if Partition(model.partition, 2).wants(item.subject):
+                model.apply_item(item)
+    assert all(model.jobs for model in partitions)  # both hold jobs
+    for model in partitions:
+        assert {row.partition for row in model.status_counts.values()} == {model.partition}
+        assert _by_status(model) == _jobs_grouped(model)
+    assert _by_status(*partitions) == _by_status(model_of(log))
+
+
+def test_a_partition_moving_jobs_another_counted_may_go_below_zero() -> None:
+    """Migration 010 counts the jobs already there into partition 0; partition 1 moves on the
+    jobs it owns from there: its own counts go below 0, the sum stays right."""
+    before = model_of([job("A"), job("B")])
+    backfill = ReadModel(list_batches=True, partition=0)
+    backfill.status_counts = dict(before.status_counts)
+    partition = ReadModel(list_batches=True, partition=1)
+    partition.jobs = dict(before.jobs)
+    for item in items([JobCancelled(at=at(1), job_id="A")], first_seq=3):
+        partition.apply_item(item)
+    assert _by_status(partition) == {"queued": -1, "cancelled": 1}
+    assert _by_status(backfill, partition) == {"queued": 1, "cancelled": 1}
+    assert _by_status(backfill, partition) == _jobs_grouped(partition)

@@ -479,7 +479,7 @@ let current = null; // { name, refresh(), onEvent(type, event), aggregate() }
 let dirty = false;
 let lastRefresh = 0;
 
-// Counts of jobs by status: the API's Prometheus gauges (one GROUP BY over the jobs).
+// Counts of jobs by status: the API's Prometheus gauges (kept by the projector, no count).
 async function jobCounts() {
   const response = await request("metrics");
   const text = await response.text();
