@@ -246,11 +246,25 @@ class Bus:
         its sequence and its event (None if a foreign client wrote something that is not
         one); None if the subject is empty. The sequence is the one the server compares a
         publish's `Nats-Expected-Last-Subject-Sequence` with."""
-        return await self._direct_get(stored_subject(subject), last=True)
+        return await self._on_subject(subject, last=True)
 
     async def first_on_subject(self, subject: str) -> LogPosition | None:
         """The first message on `subject` (a job's `job.submitted`), as `last_on_subject`."""
-        return await self._direct_get(stored_subject(subject), last=False)
+        return await self._on_subject(subject, last=False)
+
+    async def _on_subject(self, subject: str, *, last: bool) -> LogPosition | None:
+        """A task event subject is stored with its job's bucket, or as published by a
+        stream made before the bucket (`ensure_streams`): both are looked up, and the later
+        (or earlier) message of the two is the subject's."""
+        stored = stored_subject(subject)
+        found = [await self._direct_get(stored, last=last)]
+        if stored != subject:
+            found.append(await self._direct_get(subject, last=last))
+        positions = [position for position in found if position is not None]
+        if not positions:
+            return None
+        pick = max if last else min
+        return pick(positions, key=lambda position: position[0])
 
     async def event_at(self, seq: int) -> Event | None:
         """The event at sequence `seq` of the log; None if it is gone (limits, purge) or is

@@ -19,7 +19,7 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.errors import ConnectionClosedError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, StreamInfo
 
 from jobstream.events._bus import Bus, backoff_s, is_transient
 from jobstream.events._catalogue import Event
@@ -193,7 +193,7 @@ class _Reader:
         stream = await asyncio.wait_for(self.js.stream_info(self.stream), API_TIMEOUT_S)
         info = await self.js.consumer_info(self.stream, self.name, timeout=API_TIMEOUT_S)
         delivered = (info.delivered.stream_seq if info.delivered else 0) or 0
-        quiet = not info.num_pending and delivered < self.next_seq
+        quiet = not info.num_pending and delivered < self.next_seq and _same_server(stream, info)
         candidate, self.watermark_candidate = self.watermark_candidate, None
         if not quiet:
             return None
@@ -224,6 +224,16 @@ class _Reader:
             else:
                 items.append(SourceItem(stream_seq, delivery.subject, b"", None, None, True))
         return items
+
+
+def _same_server(stream: StreamInfo, consumer: ConsumerInfo) -> bool:
+    """Whether the consumer is on the server that leads its stream (always, unclustered): a
+    consumer elsewhere counts pending messages against a replica that may lag the leader's
+    end, so no watermark is taken from it (its reader's position then moves with the
+    messages it is given: its own, and every job's events)."""
+    if stream.cluster is None or stream.cluster.name is None:
+        return True  # one server: no cluster name, and the consumer says no placement
+    return consumer.cluster is not None and consumer.cluster.leader == stream.cluster.leader
 
 
 async def event_batches(

@@ -134,7 +134,11 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -
     """Create both streams, or bring existing ones up to date with these definitions.
 
     What an operator sets on a running stream stays: its replica count (unless `replicas` is
-    given) and its retention limits (age, bytes, messages).
+    given) and its retention limits (age, bytes, messages). So does the events stream's
+    subject transform, or its lack: a stream made before task events were stored with their
+    job's bucket keeps storing them without it (adding the transform to a running stream
+    would put a task's later events on another subject than its earlier ones, which its
+    fences compare with; docs/deployment.md says how to add it).
     """
     for make_config in (events_stream_config, tasks_stream_config):
         config = make_config(replicas=replicas or 1)
@@ -147,6 +151,7 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int | None = None) -
                 max_age=current.max_age,
                 max_bytes=current.max_bytes,
                 max_msgs=current.max_msgs,
+                subject_transform=current.subject_transform,
             )
             await js.update_stream(config)
 

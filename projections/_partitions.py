@@ -63,6 +63,18 @@ def job_of_subject(subject: str) -> str | None:
     return None
 
 
+def is_task_subject_of(subject: str, job_id: str, task_id: str) -> bool:
+    """Whether `subject` is the task's, as published or as stored (with its job's bucket)."""
+    own = f"{_TASK_SUBJECT_PREFIX}{job_id}.{task_id}"
+    return subject == own or subject == f"{own}.{job_bucket(job_id)}"
+
+
+def _in_wrong_bucket(subject: str, job_id: str) -> bool:
+    """A stored task subject whose bucket is not its job's (a foreign client's)."""
+    tokens = subject.split(".")
+    return len(tokens) != 5 or tokens[4] != str(job_bucket(job_id))
+
+
 def is_worker_subject(subject: str) -> bool:
     return subject.startswith(_WORKER_SUBJECT_PREFIX)
 
@@ -108,6 +120,8 @@ class Partition:
         job_id = job_of_subject(subject)
         if job_id is None:
             return self.index == 0 or is_worker_subject(subject)
+        if subject.count(".") >= 4 and _in_wrong_bucket(subject, job_id):
+            return True  # delivered here by its bucket token; parked by `check_subject`
         return self.owns_job(job_id)
 
     def filter_subjects(self) -> list[str]:

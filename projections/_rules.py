@@ -92,6 +92,7 @@ from jobstream.projections._crawl import (
     page_facts,
 )
 from jobstream.projections._partitions import (
+    is_task_subject_of,
     is_worker_subject,
     job_of_subject,
     worker_subject_of,
@@ -744,8 +745,11 @@ def check_subject(subject: str, event: Event) -> None:
     if isinstance(event, WorkerStarted | WorkerStopped | WorkerLost | WorkerForgotten):
         if subject != worker_subject_of(event.worker_id):
             raise RejectedEvent(f"a {_tag(event)} of worker {event.worker_id!r} on {subject!r}")
-    elif job_of_subject(subject) != event.job_id:
-        raise RejectedEvent(f"a {_tag(event)} of job {event.job_id!r} on {subject!r}")
+    elif isinstance(event, JOB_EVENTS):
+        if job_of_subject(subject) != event.job_id:
+            raise RejectedEvent(f"a {_tag(event)} of job {event.job_id!r} on {subject!r}")
+    elif not is_task_subject_of(subject, event.job_id, event.task_id):
+        raise RejectedEvent(f"a {_tag(event)} of task {event.task_id!r} on {subject!r}")
 
 
 def _tag(event: Event) -> str:

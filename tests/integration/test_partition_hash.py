@@ -9,6 +9,8 @@ from jobstream.events import (
     JOB_BUCKETS,
     Bus,
     TaskProgress,
+    ensure_streams,
+    events_stream_config,
     job_bucket,
     job_task_events_subject,
 )
@@ -47,3 +49,27 @@ async def test_sql_and_python_agree_on_every_jobs_partition(database_url: str) -
             assert [row[0] for row in rows] == [partition_of(job, count) for job in JOB_IDS]
     finally:
         await conn.close()
+
+
+async def test_a_stream_made_before_buckets_keeps_its_subjects_and_its_fences(
+    nats_url: str,
+) -> None:
+    """An events stream made without the transform keeps storing task events as published:
+    `ensure_streams` does not add it (a task's fences compare with its earlier events'
+    subject), and the subject lookups find them there."""
+    bus = await Bus.connect([nats_url], name="legacy")
+    try:
+        await bus.js.add_stream(events_stream_config().evolve(subject_transform=None))
+        await ensure_streams(bus.js)
+        info = await bus.js.stream_info(EVENTS_STREAM)
+        assert info.config.subject_transform is None
+        event = TaskProgress(job_id="J", task_id="J-0", worker_id="w", attempt=1)
+        seq = await bus.publish_event(event)
+        assert (await bus.js.get_msg(EVENTS_STREAM, seq=seq)).subject == "evt.task.J.J-0"
+        last = await bus.last_on_subject("evt.task.J.J-0")
+        assert last is not None and last[0] == seq
+        # Fenced on that sequence, as a worker fences its ending.
+        again = TaskProgress(job_id="J", task_id="J-0", worker_id="w", attempt=2)
+        assert await bus.publish_event(again, expected_last_subject_seq=seq) == seq + 1
+    finally:
+        await bus.close()

@@ -46,6 +46,7 @@ from jobstream.events import (
     encode,
     event_batches,
     job_bucket,
+    subject_for,
     task_id_for,
 )
 from jobstream.projections import (
@@ -611,7 +612,7 @@ async def test_a_chunk_counts_as_its_tasks_own_events_at_its_seq(
     for item in await read_log(bus, last):
         if isinstance(item.event, TaskChunkFinished):
             expanded += [
-                SourceItem(item.seq, item.subject, encode(event), event, None)
+                SourceItem(item.seq, subject_for(event), encode(event), event, None)
                 for event in chunk_task_events(item.event)
             ]
         else:

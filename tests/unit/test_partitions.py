@@ -13,6 +13,7 @@ from jobstream.events import (
     combined_checkpoints,
     decode_item,
     encode,
+    job_bucket,
     layout_of,
     partition_checkpoint,
 )
@@ -79,8 +80,14 @@ def test_an_event_on_a_subject_not_its_own_is_parked() -> None:
     model.apply_item(_item(1, "evt.task.b.b-0", started))
     model.apply_item(_item(2, "evt.worker.other", _started("w")))
     model.apply_item(_item(3, "evt.worker.w", _started("w")))
-    assert sorted(model.rejected) == [1, 2]
-    assert "of job 'a' on 'evt.task.b.b-0'" in model.rejected[1].error
+    assert "of task 'a-0' on 'evt.task.b.b-0'" in model.rejected[1].error
+    # Stored with another bucket than its job's (a foreign client wrote it so): parked by
+    # whichever partition it reaches.
+    wrong = f"evt.task.a.a-0.{(job_bucket('a') + 1) % 64}"
+    assert all(Partition(index, 4).wants(wrong) for index in range(4))
+    model.apply_item(_item(4, wrong, started))
+    model.apply_item(_item(5, f"evt.task.a.a-0.{job_bucket('a')}", started))
+    assert sorted(model.rejected) == [1, 2, 4]
     assert list(model.workers) == ["w"]
 
 
