@@ -256,10 +256,8 @@ class Bus:
         """A task event subject is stored with its job's bucket, or as published by a
         stream made before the bucket (`ensure_streams`): both are looked up, and the later
         (or earlier) message of the two is the subject's."""
-        stored = stored_subject(subject)
-        found = [await self._direct_get(stored, last=last)]
-        if stored != subject:
-            found.append(await self._direct_get(subject, last=last))
+        subjects = {stored_subject(subject), subject}
+        found = await asyncio.gather(*(self._direct_get(each, last=last) for each in subjects))
         positions = [position for position in found if position is not None]
         if not positions:
             return None

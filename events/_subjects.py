@@ -1,5 +1,6 @@
 """Stream names, subjects and headers: the one place that spells them."""
 
+import functools
 from enum import StrEnum
 
 from jobstream.events._catalogue import (
@@ -46,9 +47,10 @@ TASK_SUBJECT_TRANSFORM_DESTINATION = (
 )
 
 
+@functools.lru_cache(maxsize=65_536)
 def job_bucket(job_id: str) -> int:
     """The bucket of a job's stored task events: 32-bit FNV-1a of its id, modulo
-    `JOB_BUCKETS`."""
+    `JOB_BUCKETS`. Cached: the projector asks it of every task event, and a job has many."""
     digest = 0x811C9DC5
     for byte in job_id.encode():
         digest = ((digest ^ byte) * 0x01000193) & 0xFFFFFFFF

@@ -41,6 +41,7 @@ from jobstream.events import (
     POSTGRES_PROJECTION,
     job_bucket,
     partition_checkpoint,
+    stored_subject,
 )
 
 _TASK_SUBJECT_PREFIX = "evt.task."
@@ -52,7 +53,7 @@ def partition_of(job_id: str, count: int) -> int:
     return 0 if count == 1 else job_bucket(job_id) % count
 
 
-def job_of_subject(subject: str) -> str | None:
+def job_of_event_subject(subject: str) -> str | None:
     """The job a job or task event subject names (`evt.job.<job>`, `evt.task.<job>.<task>`);
     None for any other subject."""
     if subject.startswith(JOB_SUBJECT_PREFIX):
@@ -66,7 +67,7 @@ def job_of_subject(subject: str) -> str | None:
 def is_task_subject_of(subject: str, job_id: str, task_id: str) -> bool:
     """Whether `subject` is the task's, as published or as stored (with its job's bucket)."""
     own = f"{_TASK_SUBJECT_PREFIX}{job_id}.{task_id}"
-    return subject == own or subject == f"{own}.{job_bucket(job_id)}"
+    return subject in (own, stored_subject(own))
 
 
 def _in_wrong_bucket(subject: str, job_id: str) -> bool:
@@ -77,6 +78,12 @@ def _in_wrong_bucket(subject: str, job_id: str) -> bool:
 
 def is_worker_subject(subject: str) -> bool:
     return subject.startswith(_WORKER_SUBJECT_PREFIX)
+
+
+def parks(partition: int, subject: str) -> bool:
+    """Whether partition `partition` parks a message on `subject` that cannot be projected: a
+    worker subject's is parked once, by partition 0 (every partition reads them)."""
+    return partition == 0 or not is_worker_subject(subject)
 
 
 def worker_subject_of(worker_id: str) -> str:
@@ -117,7 +124,7 @@ class Partition:
         worker event, and (partition 0) what no job owns."""
         if self.count == 1:
             return True
-        job_id = job_of_subject(subject)
+        job_id = job_of_event_subject(subject)
         if job_id is None:
             return self.index == 0 or is_worker_subject(subject)
         if subject.count(".") >= 4 and _in_wrong_bucket(subject, job_id):
@@ -146,9 +153,7 @@ class Partition:
         )
 
     def parks(self, subject: str) -> bool:
-        """Whether this partition parks a message on `subject` that cannot be projected: a
-        worker subject's is parked once, by partition 0."""
-        return self.index == 0 or not is_worker_subject(subject)
+        return parks(self.index, subject)
 
 
 ONE_PARTITION = Partition()

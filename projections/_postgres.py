@@ -160,7 +160,7 @@ class PostgresProjector:
             raise mismatch.exceptions[0] from None
 
     async def _project(self, stop: asyncio.Event) -> None:
-        read = self._start_checkpoint
+        read = functools.partial(self._own_checkpoint, check_layout_first=True)
         while not stop.is_set():
             start = await self._retrying(read, stop)
             if start is None:
@@ -178,11 +178,13 @@ class PostgresProjector:
                 )
         log.info("projection %s stopped after seq %d", self.name, self.last_seq)
 
-    async def _start_checkpoint(self) -> int:
-        """This partition's checkpoint, once the schema's layout is checked to be its own."""
+    async def _own_checkpoint(self, *, check_layout_first: bool = False) -> int:
+        """This partition's checkpoint (0: none yet); `check_layout_first`: once the schema's
+        layout is checked to be its own."""
         async with connection(self.pool) as conn, conn.transaction():
             await conn.execute(f"SET LOCAL search_path TO {quote_ident(self.schema)}")
-            await check_layout(conn, self.projection, self.partition)
+            if check_layout_first:
+                await check_layout(conn, self.projection, self.partition)
             last = await conn.fetchval(self._queries["read_checkpoint"], self.name)
         return int(last) if last is not None else 0
 
@@ -209,10 +211,7 @@ class PostgresProjector:
         `list_tasks` is False: they are left to `lister`, as while the projector runs.
         """
         if not items:
-            async with connection(self.pool) as conn, conn.transaction():
-                await conn.execute(f"SET LOCAL search_path TO {quote_ident(self.schema)}")
-                last = await conn.fetchval(self._queries["read_checkpoint"], self.name)
-            return int(last) if last is not None else 0
+            return await self._own_checkpoint()
         last_seq = await self._apply_batch(items, after=None)
         if list_tasks:
             await self.lister.list_pending()

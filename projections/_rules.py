@@ -93,8 +93,8 @@ from jobstream.projections._crawl import (
 )
 from jobstream.projections._partitions import (
     is_task_subject_of,
-    is_worker_subject,
-    job_of_subject,
+    job_of_event_subject,
+    parks,
     worker_subject_of,
 )
 from jobstream.projections._task_rows import over_the_task_limit, spec_ranges
@@ -746,7 +746,7 @@ def check_subject(subject: str, event: Event) -> None:
         if subject != worker_subject_of(event.worker_id):
             raise RejectedEvent(f"a {_tag(event)} of worker {event.worker_id!r} on {subject!r}")
     elif isinstance(event, JOB_EVENTS):
-        if job_of_subject(subject) != event.job_id:
+        if job_of_event_subject(subject) != event.job_id:
             raise RejectedEvent(f"a {_tag(event)} of job {event.job_id!r} on {subject!r}")
     elif not is_task_subject_of(subject, event.job_id, event.task_id):
         raise RejectedEvent(f"a {_tag(event)} of task {event.task_id!r} on {subject!r}")
@@ -817,9 +817,8 @@ class ReadModel:
             self._reject(item, str(exc))
 
     def _reject(self, item: SourceItem, error: str) -> None:
-        """Park `item`; a worker subject's message once, by partition 0 (every partition
-        reads them)."""
-        if self.partition != 0 and is_worker_subject(item.subject):
+        """Park `item`, if this partition parks what comes on its subject (`parks`)."""
+        if not parks(self.partition, item.subject):
             return
         row = RejectedRow(seq=item.seq, subject=item.subject, error=error, payload=item.data)
         self.rejected.setdefault(item.seq, row)
