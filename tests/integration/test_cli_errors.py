@@ -258,3 +258,32 @@ async def test_submit_publishes_job_and_prints_json(
     assert isinstance(submitted, JobSubmitted)
     assert submitted.task_count == 2
     assert submitted.tasks[0].args == {"a": 1, "b": 2}
+
+
+PARTITION_ARGUMENTS = [
+    (["projector", "--partitions", "2", "--partition", "3"], "use 0 to 1"),
+    (["projector", "--partitions", "0"], "--partitions"),
+    (["projector", "--partitions", "65"], "--partitions"),
+    (["projector", "--partitions", "two"], "--partitions"),
+    (["projector", "--partition", "-1"], "--partition"),
+    (["projector", "--only", "ndjson", "--partitions", "2", "--partition", "1"], "one process"),
+    (["replay", "--target", "ndjson", "--partitions", "2"], "--target postgres only"),
+    (["replay", "--target", "postgres", "--partitions", "65"], "--partitions"),
+    (["up", "--projectors", "0"], "--projectors"),
+]
+
+
+@pytest.mark.parametrize(("args", "fragment"), PARTITION_ARGUMENTS)
+def test_partition_flags_are_checked_before_any_connection(
+    tmp_path: Path, args: list[str], fragment: str
+) -> None:
+    """A wrong partition count or index: exit 2 with the flag named, before connecting (an
+    unreachable server would give 3)."""
+    servers = {
+        "JOBSTREAM_NATS_URL": UNREACHABLE_NATS,
+        "JOBSTREAM_DATABASE_URL": UNREACHABLE_POSTGRES,
+    }
+    result = jobstream(*args, cwd=tmp_path, env=servers)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert fragment in " ".join(result.stderr.replace("│", " ").split()), result.stderr
