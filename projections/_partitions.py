@@ -41,7 +41,6 @@ from jobstream.events import (
     POSTGRES_PROJECTION,
     job_bucket,
     partition_checkpoint,
-    stored_subject,
 )
 
 _TASK_SUBJECT_PREFIX = "evt.task."
@@ -67,7 +66,9 @@ def job_of_event_subject(subject: str) -> str | None:
 def is_task_subject_of(subject: str, job_id: str, task_id: str) -> bool:
     """Whether `subject` is the task's, as published or as stored (with its job's bucket)."""
     own = f"{_TASK_SUBJECT_PREFIX}{job_id}.{task_id}"
-    return subject in (own, stored_subject(own))
+    # `events.stored_subject(own)`, without its parse of the subject: this runs for every
+    # task event, and the parse costs 0.7 µs against 0.16.
+    return subject == own or subject == f"{own}.{job_bucket(job_id)}"
 
 
 def _in_wrong_bucket(subject: str, job_id: str) -> bool:
