@@ -95,7 +95,8 @@ def _child(
     partition: Partition,
     reached: "SynchronizedArray[int]",
 ) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # Warnings only: the parent draws a progress bar on the same terminal, and logs the end.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
         refused = asyncio.run(_fold_partition(connections, build, first, last, partition, reached))
     except KeyboardInterrupt:
