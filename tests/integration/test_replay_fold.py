@@ -732,7 +732,14 @@ async def test_bulk_replay_equals_the_projector_on_every_rule(bus: Bus, database
 LAYOUT_FREE_TABLES = [
     t
     for t in TABLES
-    if t not in ("workers", "projection_checkpoints", "stats_per_minute", "job_status_counts")
+    if t
+    not in (
+        "workers",
+        "projection_checkpoints",
+        "projection_layouts",
+        "stats_per_minute",
+        "job_status_counts",
+    )
 ]
 
 
