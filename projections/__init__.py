@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from jobstream.events import lazy_attribute
 
 if TYPE_CHECKING:
+    from jobstream.projections._layout import LayoutMismatch
     from jobstream.projections._listing import TaskLister, unlisted_batches
     from jobstream.projections._migrate import DEFAULT_SCHEMA, migrate, quote_ident
     from jobstream.projections._ndjson import (
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
     from jobstream.projections._partitions import Partition, partition_of
     from jobstream.projections._postgres import (
         DEFAULT_NAME,
-        LayoutMismatch,
         PostgresProjector,
         caught_up,
         checkpoint,
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 _HOMES: dict[str, str] = {
     "TaskLister": "jobstream.projections._listing",
     "unlisted_batches": "jobstream.projections._listing",
+    "LayoutMismatch": "jobstream.projections._layout",
     "DEFAULT_SCHEMA": "jobstream.projections._migrate",
     "migrate": "jobstream.projections._migrate",
     "quote_ident": "jobstream.projections._migrate",
@@ -50,7 +51,6 @@ _HOMES: dict[str, str] = {
     "result_line": "jobstream.projections._ndjson",
     "Partition": "jobstream.projections._partitions",
     "partition_of": "jobstream.projections._partitions",
-    "LayoutMismatch": "jobstream.projections._postgres",
     "DEFAULT_NAME": "jobstream.projections._postgres",
     "PostgresProjector": "jobstream.projections._postgres",
     "caught_up": "jobstream.projections._postgres",

@@ -25,6 +25,7 @@ from jobstream.events import (
     sleep_unless_stopped,
 )
 from jobstream.projections._database import RETRY_CAP_S, RETRY_ERRORS, connection
+from jobstream.projections._layout import lock_checkpoint
 from jobstream.projections._migrate import DEFAULT_SCHEMA, quote_ident
 from jobstream.projections._partitions import ONE_PARTITION, Partition
 from jobstream.projections._queries import load_queries
@@ -62,8 +63,9 @@ class TaskLister:
         self.pool = pool
         self.schema = schema
         self.partition = partition
-        # The checkpoint row whose lock the lister shares with its partition's projector.
-        self.name = partition.checkpoint_name(name)
+        # Its partition's checkpoint row of this projection is the lock the lister shares
+        # with the partition's projector.
+        self.projection = name
         # Set by the projector when it took a batch: list it now rather than at the next poll.
         self.wake = asyncio.Event()
         self._search_path = (
@@ -118,8 +120,9 @@ class TaskLister:
             await conn.execute(self._search_path)
             # Take turns with the projector's batches (the checkpoint row's lock): each reads
             # the rows it changes and writes them whole, so neither may read a row the other
-            # is changing.
-            await conn.fetchval(self._queries["lock_checkpoint"], self.name)
+            # is changing. The layout is checked as by a batch (`LayoutMismatch`): a lister
+            # of another partition count would write rows of another partition's jobs.
+            await lock_checkpoint(conn, self._queries, self.projection, self.partition)
             count = await conn.fetchval(self._queries["take_batch"], job_id, first_index, seq)
             if count is None:  # listed already
                 return

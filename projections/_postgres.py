@@ -15,8 +15,10 @@ refuses (a NUL character, a number out of range) is found by bisecting the batch
 savepoints and parked there too, so no input stalls the projector.
 
 Partitioned: N projectors, each given its `Partition`, share the log by job
-(`_partitions.py`); each has its own checkpoint row, and a schema serves one layout (a
-projector of another partition count refuses to start: `LayoutMismatch`).
+(`_partitions.py`); each has its own checkpoint row, and a schema serves one layout
+(`_layout.py`): a projector of another partition count refuses to start, and every batch
+checks it in the statement that locks the checkpoint, so of two layouts started together
+on an empty schema the second to commit is refused (`LayoutMismatch`) and writes nothing.
 """
 
 import asyncio
@@ -32,16 +34,15 @@ from jobstream.events import (
     DEFAULT_BATCH_MAX,
     POSTGRES_PROJECTION,
     Bus,
-    JobstreamError,
     JobTasksAdded,
     SourceItem,
     backoff_s,
     combined_checkpoints,
     event_batches,
-    layout_of,
     sleep_unless_stopped,
 )
 from jobstream.projections._database import DATA_ERRORS, RETRY_CAP_S, RETRY_ERRORS, connection
+from jobstream.projections._layout import LayoutMismatch, check_layout, lock_checkpoint
 from jobstream.projections._listing import TaskLister, unlisted_batches
 from jobstream.projections._migrate import DEFAULT_SCHEMA, quote_ident
 from jobstream.projections._partitions import ONE_PARTITION, Partition
@@ -56,10 +57,6 @@ DEFAULT_NAME = POSTGRES_PROJECTION
 T = TypeVar("T")
 
 
-class LayoutMismatch(JobstreamError):
-    """The schema's read models were built by another number of partitions."""
-
-
 class _Rewound(Exception):
     """The checkpoint is below the last one this projector committed."""
 
@@ -70,7 +67,7 @@ class _Rewound(Exception):
 
 
 # Errors after which a connection is in a clean state (its transaction rolled back).
-_CLEAN_ERRORS: tuple[type[Exception], ...] = (*DATA_ERRORS, _Rewound)
+_CLEAN_ERRORS: tuple[type[Exception], ...] = (*DATA_ERRORS, _Rewound, LayoutMismatch)
 
 
 class _Parked(NamedTuple):
@@ -100,22 +97,6 @@ async def caught_up(
     if await checkpoint(pool, schema=schema, name=name) < seq:
         return False
     return await unlisted_batches(pool, schema=schema) == 0
-
-
-async def check_layout(conn: asyncpg.Connection, projection: str, partition: Partition) -> None:
-    """`LayoutMismatch` if the schema on `conn`'s search path holds checkpoints of
-    `projection` in another partition count than `partition`'s."""
-    rows = await conn.fetch(load_queries()["read_checkpoints"], projection)
-    counts = {layout_of(row["projection"])[2] for row in rows if row["last_seq"] > 0}
-    others = sorted(counts - {partition.count})
-    if others:
-        built_by = f"{others[0]} projector partition" + ("s" if others[0] > 1 else "")
-        raise LayoutMismatch(
-            f"the read models were built by {built_by}, and this is"
-            f" {partition}: replay into the new layout and swap it in first"
-            f" (jobstream replay --target postgres --partitions {partition.count}), or run"
-            f" the projectors with --partitions {others[0]}"
-        )
 
 
 class PostgresProjector:
@@ -247,7 +228,8 @@ class PostgresProjector:
     ) -> tuple[int, list[_Parked]]:
         async with conn.transaction():
             await conn.execute(self._search_path)
-            last_seq: int = await conn.fetchval(self._queries["lock_checkpoint"], self.name)
+            # Refused (`LayoutMismatch`, not retried) unless the schema's layout is ours.
+            last_seq = await lock_checkpoint(conn, self._queries, self.projection, self.partition)
             if after is not None and last_seq < after:
                 raise _Rewound(expected=after, found=last_seq)
             fresh = [item for item in items if item.seq > last_seq]

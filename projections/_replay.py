@@ -6,8 +6,9 @@ locks and checks its checkpoint row, so after the swap it skips what the rebuild
 applied, or reads again from where the rebuild stopped.
 
 A rebuild into N partitions (`partitions`) folds in N processes (`_replay_partitions.py`)
-and leaves the layout of N projector processes: a checkpoint per partition. Projectors of
-the old layout refuse the swapped-in schema (`LayoutMismatch`); start N new ones.
+and leaves the layout of N projector processes: its row in `projection_layouts` and a
+checkpoint per partition. Projectors of the old layout refuse the swapped-in schema at
+their next batch (`LayoutMismatch`); start N new ones.
 """
 
 import asyncio
@@ -151,11 +152,18 @@ async def replay_postgres(
 async def _create_build_schema(
     pool: asyncpg.Pool, build: str, checkpoint_seq: int, partitions: int = 1
 ) -> None:
-    """An empty schema of the read models, with a checkpoint per partition at
-    `checkpoint_seq`."""
+    """An empty schema of the read models, of the layout of `partitions` (whatever the log
+    holds: once swapped in, a projector of another count is refused at its next batch),
+    with a checkpoint per partition at `checkpoint_seq`."""
     async with pool.acquire() as conn:
         await conn.execute(f"DROP SCHEMA IF EXISTS {quote_ident(build)} CASCADE")
         await migrate(conn, build)
+        await conn.execute(
+            f"INSERT INTO {quote_ident(build)}.projection_layouts (projection, partitions)"
+            " VALUES ($1, $2)",
+            DEFAULT_NAME,
+            partitions,
+        )
         if checkpoint_seq > 0:
             await conn.executemany(
                 f"INSERT INTO {quote_ident(build)}.projection_checkpoints (projection, last_seq)"

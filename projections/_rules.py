@@ -687,12 +687,6 @@ def worker_lost(worker: WorkerRow, seq: int, event: WorkerLost) -> WorkerRow:
     return replace(worker, state="lost", last_seen_at=last_seen, updated_seq=seq)
 
 
-def worker_forgotten(worker: WorkerRow) -> bool:
-    """Whether the worker leaves the read model: a stopped or lost one does (an active one
-    stays: it came back)."""
-    return worker.state != "active"
-
-
 def worker_seen(
     worker: WorkerRow | None,
     seq: int,
@@ -843,9 +837,16 @@ class ReadModel:
                 if worker is not None:
                     self.workers[event.worker_id] = worker_lost(worker, seq, event)
             case WorkerForgotten():
-                worker = self.workers.get(event.worker_id)
-                if worker is not None and worker_forgotten(worker):
-                    del self.workers[event.worker_id]
+                # Unconditional, in every layout. The row's state cannot decide: each
+                # partition keeps its own row of the worker, and a late task event of one
+                # partition's job may have made that row active again after worker.lost, so
+                # keeping active rows would keep the worker in one layout and drop it in
+                # another. Nor does it need to: the event is published only for a worker
+                # that is gone (`jobstream workers prune`, cli/_prune.py, picks stopped and
+                # lost workers and fences the event on the worker's own subject, so a
+                # worker.started since wins). A task event of the worker's after it makes a
+                # row afresh, alike in every layout.
+                self.workers.pop(event.worker_id, None)
             case TaskChunkFinished():
                 for task_event in chunk_task_events(event):
                     self._task_event(seq, at, task_event)

@@ -8,12 +8,37 @@
 
 
 -- name: lock_checkpoint
--- $1 projection. Creates the checkpoint row if missing, locks it until commit (projectors
--- sharing a name take turns) and returns the last applied sequence.
-INSERT INTO projection_checkpoints AS c (projection, last_seq)
-VALUES ($1, 0)
-ON CONFLICT (projection) DO UPDATE SET projection = c.projection
-RETURNING c.last_seq;
+-- $1 checkpoint row, $2 projection, $3 its partition count. Creates the checkpoint row if
+-- missing and locks it until commit (projectors sharing a row take turns); claims the
+-- projection's layout if no layout has it yet (projection_layouts, migration 011), without
+-- locking the layout row (the partitions' batches do not queue on it). Returns the last
+-- applied sequence and the layout's partition count, NULL if another transaction claimed
+-- the layout while this statement ran (its row is not in this statement's snapshot:
+-- read_layout reads it). One statement: the check costs a batch no round trip.
+WITH claimed AS (
+    INSERT INTO projection_layouts (projection, partitions)
+    VALUES ($2, $3)
+    ON CONFLICT (projection) DO NOTHING
+    RETURNING partitions
+),
+locked AS (
+    INSERT INTO projection_checkpoints AS c (projection, last_seq)
+    VALUES ($1, 0)
+    ON CONFLICT (projection) DO UPDATE SET projection = c.projection
+    RETURNING c.last_seq
+)
+SELECT
+    locked.last_seq,
+    coalesce(
+        (SELECT partitions FROM claimed),
+        (SELECT partitions FROM projection_layouts WHERE projection = $2)
+    ) AS partitions
+FROM locked;
+
+
+-- name: read_layout
+-- $1 projection: the partition count of its layout (no row: not claimed yet).
+SELECT partitions FROM projection_layouts WHERE projection = $1;
 
 
 -- name: save_checkpoint

@@ -43,6 +43,7 @@ TABLES = {
     "rejected_events": "seq",
     "job_batches": "job_id, first_index",
     "projection_checkpoints": "projection",
+    "projection_layouts": "projection",
     "crawl_stats": "job_id, pass, domain",
     "stats_per_minute": "minute, queue, kind, partition",
     "job_status_counts": "status, partition",

@@ -37,6 +37,7 @@ from jobstream.events import (
     TaskSucceeded,
     WorkerForgotten,
     WorkerLost,
+    WorkerRow,
     WorkerStarted,
     WorkerStopped,
     bucket_middle_s,
@@ -342,8 +343,7 @@ def test_workers_lost_seen_again_and_forgotten() -> None:
             started,
             WorkerLost(at=at(1), worker_id="w1", last_seen=at(0.5)),
             job(),
-            succeeded(0, 2),
-            WorkerForgotten(at=at(3), worker_id="w1"),  # active again: stays
+            succeeded(0, 2),  # seen working again: active
             WorkerStopped(at=at(4), worker_id="w1"),
             WorkerLost(at=at(5), worker_id="w1"),  # only an active worker is lost
         ]
@@ -356,6 +356,29 @@ def test_workers_lost_seen_again_and_forgotten() -> None:
     )
     model.apply(99, WorkerForgotten(at=at(6), worker_id="w1"))
     assert "w1" not in model.workers
+
+
+def test_a_forgotten_worker_goes_from_every_partition_whatever_its_row_says() -> None:
+    """A late task event of one partition's job makes that partition's row of a lost worker
+    active again, and another partition's row stays lost: worker.forgotten drops both, so
+    the partitions' rows merged are the rows of one partition (none), and a task event after
+    it makes a row afresh, alike in every layout."""
+    started = WorkerStarted(
+        at=at(0), worker_id="w1", host="h", pid=1, queues=["q"], concurrency=2, version="1"
+    )
+    lost = WorkerLost(at=at(1), worker_id="w1")
+    forgotten = WorkerForgotten(at=at(3), worker_id="w1")
+    with_the_job = model_of([started, lost, job(), succeeded(0, 2)])
+    assert with_the_job.workers["w1"].state == "active"
+    without_it = model_of([started, lost])
+    assert without_it.workers["w1"].state == "lost"
+    for model in (with_the_job, without_it):
+        model.apply(10, forgotten)
+        assert "w1" not in model.workers
+    with_the_job.apply(11, succeeded(1, 4))
+    assert with_the_job.workers["w1"] == WorkerRow(
+        worker_id="w1", tasks_succeeded=1, last_seen_at=at(4), updated_seq=11
+    )
 
 
 # --- streamed jobs ------------------------------------------------------------------------
