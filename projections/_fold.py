@@ -11,43 +11,19 @@ Memory grows with the read model (about 1 KB per task), not with the log.
 import asyncio
 import contextlib
 import operator
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
-import msgspec
 
-from jobstream.events import JSON_COLUMNS, JSON_NULL, Bus, encode, event_batches
+from jobstream.events import Bus, event_batches
 from jobstream.projections._migrate import quote_ident
 from jobstream.projections._partitions import ONE_PARTITION, Partition
+from jobstream.projections._rows import in_columns
 from jobstream.projections._rules import COLUMNS, ReadModel
 
 # Events per batch read: a replay reads long, and big batches cost the server less.
 REPLAY_BATCH_MAX = 5000
-
-
-def _copy_value(value: Any) -> Any:
-    """A value as COPY takes it: jsonb as its text (`JSON_NULL`: NULL)."""
-    if isinstance(value, msgspec.Raw):
-        return None if value == JSON_NULL else bytes(value).decode()
-    if isinstance(value, dict):
-        return encode(value).decode()
-    return value
-
-
-def _in_columns(table: str, rows: Iterable[msgspec.Struct]) -> list[tuple[Any, ...]]:
-    """`rows` as tuples in `COLUMNS` order, jsonb values as text."""
-    json_at = [i for i, column in enumerate(COLUMNS[table]) if column in JSON_COLUMNS]
-    astuple = msgspec.structs.astuple
-    if not json_at:
-        return [astuple(row) for row in rows]
-    out: list[tuple[Any, ...]] = []
-    for row in rows:
-        values = list(astuple(row))
-        for i in json_at:
-            values[i] = _copy_value(values[i])
-        out.append(tuple(values))
-    return out
 
 
 def table_rows(model: ReadModel) -> dict[str, list[tuple[Any, ...]]]:
@@ -55,16 +31,16 @@ def table_rows(model: ReadModel) -> dict[str, list[tuple[Any, ...]]]:
     attempts = (a for per_task in model.attempts.values() for a in per_task.values())
     crawl = operator.itemgetter(*COLUMNS["crawl_stats"])
     return {
-        "jobs": _in_columns("jobs", model.jobs.values()),
-        "tasks": _in_columns("tasks", model.expanded_tasks()),
-        "task_attempts": _in_columns("task_attempts", attempts),
-        "workers": _in_columns("workers", model.workers.values()),
-        "results": _in_columns("results", model.results.values()),
-        "rejected_events": _in_columns("rejected_events", model.rejected.values()),
-        "job_batches": _in_columns("job_batches", model.batches),
+        "jobs": in_columns("jobs", model.jobs.values()),
+        "tasks": in_columns("tasks", model.expanded_tasks()),
+        "task_attempts": in_columns("task_attempts", attempts),
+        "workers": in_columns("workers", model.workers.values()),
+        "results": in_columns("results", model.results.values()),
+        "rejected_events": in_columns("rejected_events", model.rejected.values()),
+        "job_batches": in_columns("job_batches", model.batches),
         "crawl_stats": [crawl(row) for row in model.crawl.table_rows()],
-        "stats_per_minute": _in_columns("stats_per_minute", model.minute_stats.values()),
-        "job_status_counts": _in_columns("job_status_counts", model.status_counts.values()),
+        "stats_per_minute": in_columns("stats_per_minute", model.minute_stats.values()),
+        "job_status_counts": in_columns("job_status_counts", model.status_counts.values()),
     }
 
 

@@ -138,7 +138,7 @@ class TaskLister:
                 await conn.fetchval(self._queries["load_batch_tasks"], job_id, first_index, end)
             )
             model.list_batch(job_id, first_index, specs, seq)
-            await write(conn, self._queries, loaded)
+            await write(conn, self._queries, loaded, schema=self.schema)
 
 
 async def _first_of(stop: asyncio.Event, wake: asyncio.Event, *, timeout_s: float) -> None:

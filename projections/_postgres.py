@@ -250,7 +250,7 @@ class PostgresProjector:
         loaded = await load(conn, self._queries, keys_of(items), model)
         for item in items:
             model.apply_item(item)
-        await write(conn, self._queries, loaded)
+        await write(conn, self._queries, loaded, schema=self.schema)
         rejected = [_Parked(*row) for row in parked_rows(model)]
         if rejected:
             await conn.executemany(self._queries["reject_event"], rejected)

@@ -7,15 +7,23 @@ and remembers them as loaded; `write` writes what the rules changed in one state
 task ranges less the rows written whole. Nothing here decides what a row holds: that is
 `_rules.py`. The caller holds the projection's checkpoint lock, so no other writer changes
 these rows in between.
+
+Big batches (a chunked job's results: hundreds of tasks per event) write their many task,
+attempt and result rows by binary COPY instead (`COPY_MIN_ROWS`): PostgreSQL then parses no
+JSON and checks no conflict. A row is COPYed straight into its table only if the load looked
+it up and did not find it, so it cannot be there; the task rows that changed go through a
+temporary table and one UPDATE.
 """
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
 
 from jobstream.events import (
+    JSON_COLUMNS,
+    JSON_NULL,
     AttemptRow,
     JobRow,
     JobStatus,
@@ -27,7 +35,7 @@ from jobstream.events import (
     WorkerRow,
     encode,
 )
-from jobstream.projections._rules import Keys, ReadModel, utc
+from jobstream.projections._rules import COLUMNS, Keys, ReadModel, utc
 
 K = TypeVar("K")
 
@@ -45,12 +53,27 @@ _STATUS_COUNTS = msgspec.json.Decoder(list[JobStatusCountRow])
 
 MinuteKey = tuple[Any, str, str]
 
+# From this many rows of one kind a batch writes them by binary COPY, below it in the JSON of
+# `write_rows` (a COPY costs a round trip; per row, PostgreSQL spends about half the time:
+# 3.8 against 8.3 µs per results row, 8.0 against 12.9 per task row updated, measured with
+# 10,000-row writes into the embedded server).
+COPY_MIN_ROWS = 64
+
+# The temporary table the changed task rows are COPYed into, then merged from
+# (`update_staged_tasks`); emptied by each commit.
+_STAGED_TASKS = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS staged_tasks (LIKE tasks) ON COMMIT DELETE ROWS"
+)
+
 
 class Loaded:
     """A `ReadModel` holding the rows of a batch's keys, and those rows as they were."""
 
-    def __init__(self, model: ReadModel) -> None:
+    def __init__(self, model: ReadModel, keys: Keys | None = None) -> None:
         self.model = model
+        # The task ids whose rows (task, attempts, result) were looked up: a row of one of
+        # them that was not found is not in the table.
+        self.looked_up: set[str] = set(keys.tasks) if keys is not None else set()
         self.jobs: dict[str, JobRow] = {}
         self.tasks: dict[str, TaskRow] = {}
         self.attempts: dict[tuple[str, int], AttemptRow] = {}
@@ -73,7 +96,7 @@ async def load(
     """The rows of `keys` put into `model`: one query, each table's rows as a JSON array
     decoded straight into its row type (`strict=False`: a float column's non-finite value
     comes as a string)."""
-    loaded = Loaded(model)
+    loaded = Loaded(model, keys)
     if not (keys.jobs or keys.tasks or keys.workers or keys.crawl_jobs):
         return loaded
     arrays = await conn.fetchrow(
@@ -120,27 +143,101 @@ def _attempt_items(model: ReadModel) -> Iterator[tuple[tuple[str, int], AttemptR
             yield (task_id, number), row
 
 
-async def write(conn: asyncpg.Connection, queries: Mapping[str, str], loaded: Loaded) -> None:
-    """Write what the rules changed in `loaded.model` since it was loaded, in one statement."""
+async def write(
+    conn: asyncpg.Connection, queries: Mapping[str, str], loaded: Loaded, *, schema: str
+) -> None:
+    """Write what the rules changed in `loaded.model` since it was loaded into `schema`: in
+    one statement, the many new or changed rows of a big batch by COPY before it."""
     model = loaded.model
     gone_workers = [key for key in loaded.workers if key not in model.workers]
     gone_results = [key for key in loaded.results if key not in model.results]
+    tasks = _changed(model.tasks.items(), loaded.tasks)
+    attempts = _changed(_attempt_items(model), loaded.attempts)
+    results = _changed(model.results.items(), loaded.results)
+    new_tasks, tasks = _split_new(tasks, lambda row: row.task_id, loaded.tasks, loaded)
+    new_attempts, attempts = _split_new(
+        attempts, lambda row: (row.task_id, row.attempt), loaded.attempts, loaded
+    )
+    new_results, results = _split_new(results, lambda row: row.task_id, loaded.results, loaded)
+    tasks += await _copy(conn, schema, "tasks", new_tasks)
+    attempts += await _copy(conn, schema, "task_attempts", new_attempts)
+    results += await _copy(conn, schema, "results", new_results)
+    if len(tasks) >= COPY_MIN_ROWS:
+        await conn.execute(_STAGED_TASKS)
+        await conn.copy_records_to_table(
+            "staged_tasks", columns=COLUMNS["tasks"], records=in_columns("tasks", tasks)
+        )
+        await conn.execute(queries["update_staged_tasks"])
+        tasks = []
     await conn.execute(
         queries["write_rows"],
         _json([part.as_json() for part in model.unmade_ranges()]),
         _json(_changed(model.jobs.items(), loaded.jobs)),
-        _json(_changed(model.tasks.items(), loaded.tasks)),
-        _json(_changed(_attempt_items(model), loaded.attempts)),
+        _json(tasks),
+        _json(attempts),
         _json(_changed(model.workers.items(), loaded.workers)),
         gone_workers,
         gone_results,
-        _json(_changed(model.results.items(), loaded.results)),
+        _json(results),
         _json(_changed(model.crawl.rows.items(), loaded.crawl)),
         _json(model.batches[loaded.batches :]),
         _json(_changed(model.minute_stats.items(), loaded.minute_stats)),
         model.partition,
         _json(_changed(model.status_counts.items(), loaded.status_counts)),
     )
+
+
+R = TypeVar("R", TaskRow, AttemptRow, ResultRow)
+
+
+def _split_new(
+    rows: list[R],
+    key: Callable[[R], Hashable],
+    before: Mapping[Any, R],
+    loaded: Loaded,
+) -> tuple[list[R], list[R]]:
+    """(the rows the load looked up and did not find: new to the table; the others)."""
+    new: list[R] = []
+    others: list[R] = []
+    for row in rows:
+        known_absent = row.task_id in loaded.looked_up and key(row) not in before
+        (new if known_absent else others).append(row)
+    return new, others
+
+
+async def _copy(conn: asyncpg.Connection, schema: str, table: str, rows: list[R]) -> list[R]:
+    """COPY `rows` (new to `table`) if there are enough of them; return those left to the
+    JSON of `write_rows`."""
+    if len(rows) < COPY_MIN_ROWS:
+        return rows
+    await conn.copy_records_to_table(
+        table, schema_name=schema, columns=COLUMNS[table], records=in_columns(table, rows)
+    )
+    return []
+
+
+def copy_value(value: Any) -> Any:
+    """A value as COPY takes it: jsonb as its text (`JSON_NULL`: NULL)."""
+    if isinstance(value, msgspec.Raw):
+        return None if value == JSON_NULL else bytes(value).decode()
+    if isinstance(value, dict):
+        return encode(value).decode()
+    return value
+
+
+def in_columns(table: str, rows: Iterable[msgspec.Struct]) -> list[tuple[Any, ...]]:
+    """`rows` as tuples in `COLUMNS` order, jsonb values as text."""
+    json_at = [i for i, column in enumerate(COLUMNS[table]) if column in JSON_COLUMNS]
+    astuple = msgspec.structs.astuple
+    if not json_at:
+        return [astuple(row) for row in rows]
+    out: list[tuple[Any, ...]] = []
+    for row in rows:
+        values = list(astuple(row))
+        for i in json_at:
+            values[i] = copy_value(values[i])
+        out.append(tuple(values))
+    return out
 
 
 def _json(rows: list[Any]) -> str:

@@ -225,6 +225,20 @@ merge_job_status_counts AS (
 SELECT 1;
 
 
+-- name: update_staged_tasks
+-- The task rows of a big batch that changed, COPYed into the temporary table staged_tasks
+-- (projections/_rows.py), written whole.
+UPDATE tasks AS t
+SET
+    job_id = s.job_id, task_index = s.task_index, kind = s.kind, args = s.args,
+    state = s.state, attempts = s.attempts, worker_id = s.worker_id, result = s.result,
+    error = s.error, started_at = s.started_at, finished_at = s.finished_at,
+    duration_s = s.duration_s, updated_seq = s.updated_seq, progress = s.progress,
+    progress_message = s.progress_message
+FROM staged_tasks AS s
+WHERE t.task_id = s.task_id;
+
+
 -- name: unlisted_batches
 -- $1 rows to fetch, $2 partitions, $3 partition: the batches of the partition's jobs whose task
 -- rows are still to be written, in log order.

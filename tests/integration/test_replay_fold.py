@@ -48,6 +48,7 @@ from jobstream.projections import (
     LayoutMismatch,
     Partition,
     PostgresProjector,
+    _rows,
     caught_up,
     partition_of,
     replay_postgres,
@@ -741,6 +742,108 @@ LAYOUT_FREE_TABLES = [
         "job_status_counts",
     )
 ]
+
+
+def big_chunked_job() -> list[Event]:
+    """A chunked job of 300 tasks in two chunks, with failures, a retry and a requeue: rows
+    enough for the projector's COPY path (`_rows.COPY_MIN_ROWS`)."""
+    job = "job-big"
+    results = [
+        ChunkResult(task_id=f"{job}-{i}", kind="sum", args={"i": i}, result=i, duration_s=0.001)
+        for i in range(300)
+        if i % 50 != 7
+    ]
+    failed = [
+        ChunkFailure(task_id=f"{job}-{i}", kind="sum", error="boom", duration_s=0.002)
+        for i in range(300)
+        if i % 50 == 7
+    ]
+    return [
+        JobSubmitted(
+            at=at(50), job_id=job, chunk_size=150, tasks=[TaskSpec(kind="sum", count=300)]
+        ),
+        *(
+            TaskChunkFinished(
+                at=at(51 + part),
+                job_id=job,
+                task_id=chunk_id_for(job, first),
+                worker_id=f"w-big-{part}",
+                attempt=1,
+                duration_s=0.2,
+                results=[r for r in results if first <= int(r.task_id.rsplit("-", 1)[1]) < end],
+                failed=[f for f in failed if first <= int(f.task_id.rsplit("-", 1)[1]) < end],
+            )
+            for part, (first, end) in enumerate(((0, 150), (150, 300)))
+        ),
+        TaskStarted(
+            at=at(53),
+            job_id=job,
+            task_id=f"{job}-7",
+            worker_id="w1",
+            attempt=2,
+            lease_deadline=at(60),
+        ),
+        TaskSucceeded(
+            at=at(54),
+            job_id=job,
+            task_id=f"{job}-7",
+            kind="sum",
+            worker_id="w1",
+            attempt=2,
+            result=7,
+            duration_s=0.5,
+        ),
+        TaskDeadLettered(
+            at=at(55),
+            job_id=job,
+            task_id=f"{job}-57",
+            kind="sum",
+            reason="permanent error",
+            attempts=1,
+        ),
+        TaskRequeued(at=at(56), job_id=job, task_id=f"{job}-57", kind="sum"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("copy_min_rows", "batch_max"),
+    [(1, 3), (1, 1000), (_rows.COPY_MIN_ROWS, 2), (_rows.COPY_MIN_ROWS, 1000)],
+)
+async def test_rows_written_by_copy_give_the_replays_tables(
+    bus: Bus,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    copy_min_rows: int,
+    batch_max: int,
+) -> None:
+    """The big batches' COPY path (every row it may take, with a threshold of 1) writes what
+    the JSON path writes: the live tables equal the replay's, in batches that hold a job's
+    submission and its tasks' events together (new rows) and apart (changed rows)."""
+    monkeypatch.setattr(_rows, "COPY_MIN_ROWS", copy_min_rows)
+    for event in [*tricky_log(), *big_chunked_job()]:
+        await bus.publish_event(event)
+    last = await bus.stream_last_seq()
+    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=4)
+    try:
+        async with running(PostgresProjector(bus, pool, batch_max=batch_max).run):
+            while not await caught_up(pool, last):
+                await asyncio.sleep(0.05)
+        bulk = await replay_postgres(bus, pool, swap=False, bulk=True)
+        async with pool.acquire() as conn:
+            for table in TABLES:
+                live = await table_rows(conn, "jobstream", table)
+                assert await table_rows(conn, bulk.schema, table) == live, table
+            states = await conn.fetch(
+                "SELECT state, count(*) FROM jobstream.tasks WHERE job_id = 'job-big'"
+                " GROUP BY state ORDER BY state"
+            )
+            assert [tuple(row) for row in states] == [
+                ("failed", 4),
+                ("queued", 1),
+                ("succeeded", 295),
+            ]
+    finally:
+        await pool.close()
 
 
 def _minutes_summed(rows: list[asyncpg.Record]) -> dict[tuple[Any, ...], Any]:
