@@ -8,11 +8,12 @@ SELECT count(*) FROM worker_summary WHERE worker_id = ANY($1::text[]) AND state 
 
 
 -- name: succeeded_by_job
--- $1 job ids: succeeded tasks per job
-SELECT job_id, count(*) AS n
-FROM tasks
-WHERE job_id = ANY($1::text[]) AND state = 'succeeded'
-GROUP BY job_id;
+-- $1 job ids: succeeded tasks per job, as the jobs' rows count them (kept by the projector in
+-- the transaction that changes the task rows: a key lookup per job, where counting the task
+-- rows made the bench's own polls a share of PostgreSQL's work)
+SELECT job_id, tasks_succeeded AS n
+FROM jobs
+WHERE job_id = ANY($1::text[]);
 
 
 -- name: finish_span

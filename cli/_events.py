@@ -23,6 +23,7 @@ from jobstream.events import (
     NatsSecurity,
     job_subject,
     job_task_events_subject,
+    stored_patterns,
 )
 
 events_app = typer.Typer(
@@ -75,10 +76,14 @@ def tail(
     endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
     print_item = printer(as_json)
 
+    # A task event is stored with its job's bucket after its subject (README, "Partitioned
+    # projection"): a pattern of task subjects is given the bucket token too.
+    filters = list(dict.fromkeys(p for pattern in subjects for p in stored_patterns(pattern)))
+
     async def main() -> None:
         async with bus_session(endpoints.nats_urls, name=NAME, security=nats_security) as bus:
             start = max(1, await bus.stream_last_seq() + 1 - last)
-            await print_from(bus, subjects, start, wanted, print_item, until_seq=None)
+            await print_from(bus, filters, start, wanted, print_item, until_seq=None)
 
     with contextlib.suppress(KeyboardInterrupt):
         run(main())

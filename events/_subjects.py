@@ -102,6 +102,16 @@ def stored_subject(subject: str) -> str:
     return subject
 
 
+def stored_patterns(pattern: str) -> list[str]:
+    """The filters that match in the events stream what `pattern` matches as published: a
+    task event's pattern (`evt.task.<job>.<task>`, either may be a `*`) also with any bucket
+    after it, for the task events stored with their job's bucket; others as they are."""
+    tokens = pattern.split(".")
+    if len(tokens) == 4 and tokens[:2] == ["evt", "task"] and ">" not in tokens[2:]:
+        return [pattern, f"{pattern}.*"]
+    return [pattern]
+
+
 def job_task_events_subject(job_id: str) -> str:
     """All task events of one job, as stored (with their bucket, or without it: stored
     before the stream had its subject transform)."""

@@ -129,6 +129,33 @@ async def test_tail_follows_new_events_until_interrupted(bus: Bus, nats_url: str
     assert "Traceback" not in stderr
 
 
+async def test_tail_takes_a_task_subject_as_published(bus: Bus, nats_url: str) -> None:
+    """Task events are stored with their job's bucket after the subject they were published
+    on; a pattern of the published subject still finds them."""
+    mine, _ = await _publish_two_jobs(bus)
+    for pattern, expected in (
+        (f"evt.task.{mine}.{mine}-0", [f"{mine}-0"] * 2),
+        (f"evt.task.{mine}.*", [f"{mine}-0", f"{mine}-0", f"{mine}-1"]),
+        (f"evt.task.*.{mine}-1", [f"{mine}-1"]),
+    ):
+        tail = _start(
+            "events", "tail", "--last", "20", "--json", "--subject", pattern,
+            "--nats-url", nats_url,
+        )  # fmt: skip
+        try:
+            assert tail.stdout is not None
+            stdout = tail.stdout
+            lines = [
+                json.loads(await asyncio.wait_for(asyncio.to_thread(stdout.readline), TIMEOUT_S))
+                for _ in expected
+            ]
+            assert [line["task_id"] for line in lines] == expected, pattern
+        finally:
+            tail.send_signal(signal.SIGINT)
+            more, stderr = await asyncio.to_thread(tail.communicate, timeout=TIMEOUT_S)
+        assert not more and "Traceback" not in stderr, (pattern, more, stderr)
+
+
 async def test_bad_input_gets_a_clear_error(bus: Bus, nats_url: str) -> None:
     await ensure_streams(bus.js)
     unknown = await asyncio.to_thread(
