@@ -54,10 +54,14 @@ _STATUS_COUNTS = msgspec.json.Decoder(list[JobStatusCountRow])
 MinuteKey = tuple[Any, str, str]
 
 # From this many rows of one kind a batch writes them by binary COPY, below it in the JSON of
-# `write_rows` (a COPY costs a round trip; per row, PostgreSQL spends about half the time:
-# 3.8 against 8.3 µs per results row, 8.0 against 12.9 per task row updated, measured with
-# 10,000-row writes into the embedded server).
-COPY_MIN_ROWS = 64
+# `write_rows`. COPY saves PostgreSQL more per row the bigger the batch, and costs the
+# projector more Python per row (the records encoded by asyncpg, not msgspec) plus round
+# trips. Measured by applying batches straight to the embedded server, per task (a task row
+# updated, an attempt and a result inserted; PostgreSQL / Python µs, COPY against JSON):
+# 5,000 rows a batch 29 / 26 against 49 / 18 (20 % more tasks/s); 1,000 rows 40-44 / 29-31
+# against 45-48 / 23 (even); 256 rows of single-task events 44-52 / 38-47 against 51-54 /
+# 29-34 (fewer tasks/s). So only a chunked job's batches take it.
+COPY_MIN_ROWS = 2000
 
 # The temporary table the changed task rows are COPYed into, then merged from
 # (`update_staged_tasks`); emptied by each commit.

@@ -745,8 +745,8 @@ LAYOUT_FREE_TABLES = [
 
 
 def big_chunked_job() -> list[Event]:
-    """A chunked job of 300 tasks in two chunks, with failures, a retry and a requeue: rows
-    enough for the projector's COPY path (`_rows.COPY_MIN_ROWS`)."""
+    """A chunked job of 300 tasks in two chunks, with failures, a retry and a requeue: many
+    rows of each kind in a batch, for the projector's COPY path (`_rows.COPY_MIN_ROWS`)."""
     job = "job-big"
     results = [
         ChunkResult(task_id=f"{job}-{i}", kind="sum", args={"i": i}, result=i, duration_s=0.001)
@@ -807,7 +807,7 @@ def big_chunked_job() -> list[Event]:
 
 @pytest.mark.parametrize(
     ("copy_min_rows", "batch_max"),
-    [(1, 3), (1, 1000), (_rows.COPY_MIN_ROWS, 2), (_rows.COPY_MIN_ROWS, 1000)],
+    [(1, 3), (1, 1000), (100, 2), (100, 1000)],
 )
 async def test_rows_written_by_copy_give_the_replays_tables(
     bus: Bus,
@@ -816,8 +816,8 @@ async def test_rows_written_by_copy_give_the_replays_tables(
     copy_min_rows: int,
     batch_max: int,
 ) -> None:
-    """The big batches' COPY path (every row it may take, with a threshold of 1) writes what
-    the JSON path writes: the live tables equal the replay's, in batches that hold a job's
+    """The big batches' COPY path (every row it may take, with a threshold of 1; or the
+    big job's rows only, with 100) writes what the JSON path writes: the live tables equal the replay's, in batches that hold a job's
     submission and its tasks' events together (new rows) and apart (changed rows)."""
     monkeypatch.setattr(_rows, "COPY_MIN_ROWS", copy_min_rows)
     for event in [*tricky_log(), *big_chunked_job()]:
