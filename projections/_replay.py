@@ -53,7 +53,7 @@ from jobstream.projections._ndjson import (
     exclusive_results_dir,
     result_lines,
 )
-from jobstream.projections._partitions import Partition
+from jobstream.projections._partitions import Partition, job_of_event_subject
 from jobstream.projections._postgres import DEFAULT_NAME, PostgresProjector
 from jobstream.projections._replay_partitions import Connections, fold_partitions
 from jobstream.projections._rules import ReadModel
@@ -445,7 +445,7 @@ async def replay_stdout(
                 for item in batch:
                     if item.seq > last:
                         break
-                    if job_id is None or _job_of(item.subject) == job_id:
+                    if job_id is None or job_of_event_subject(item.subject) == job_id:
                         out.write(item.data.rstrip(b"\n") + b"\n")
                         written += 1
                 if batch[-1].seq >= last:
@@ -458,8 +458,3 @@ async def replay_stdout(
         events=written,
         seconds=time.perf_counter() - started,
     )
-
-
-def _job_of(subject: str) -> str | None:
-    parts = subject.split(".")
-    return parts[2] if len(parts) >= 3 and parts[1] in ("job", "task") else None

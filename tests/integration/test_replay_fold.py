@@ -817,8 +817,9 @@ async def test_rows_written_by_copy_give_the_replays_tables(
     batch_max: int,
 ) -> None:
     """The big batches' COPY path (every row it may take, with a threshold of 1; or the
-    big job's rows only, with 100) writes what the JSON path writes: the live tables equal the replay's, in batches that hold a job's
-    submission and its tasks' events together (new rows) and apart (changed rows)."""
+    big job's rows only, with 100) writes what the JSON path writes: the live tables equal
+    the replay's, in batches that hold a job's submission and its tasks' events together
+    (new rows) and apart (changed rows)."""
     monkeypatch.setattr(_rows, "COPY_MIN_ROWS", copy_min_rows)
     for event in [*tricky_log(), *big_chunked_job()]:
         await bus.publish_event(event)
