@@ -744,6 +744,23 @@ LAYOUT_FREE_TABLES = [
 ]
 
 
+async def project_until(bus: Bus, pool: asyncpg.Pool, last: int, *, batch_max: int) -> None:
+    """Run a live projector, in batches of up to `batch_max` events, until it applied the log
+    up to `last`."""
+    async with running(PostgresProjector(bus, pool, batch_max=batch_max).run):
+        while not await caught_up(pool, last):
+            await asyncio.sleep(0.05)
+
+
+async def assert_replay_equals_live(bus: Bus, pool: asyncpg.Pool) -> None:
+    """A bulk replay of the log gives every table as the live projector left it."""
+    bulk = await replay_postgres(bus, pool, swap=False, bulk=True)
+    async with pool.acquire() as conn:
+        for table in TABLES:
+            live = await table_rows(conn, "jobstream", table)
+            assert await table_rows(conn, bulk.schema, table) == live, table
+
+
 def big_chunked_job() -> list[Event]:
     """A chunked job of 300 tasks in two chunks, with failures, a retry and a requeue: many
     rows of each kind in a batch, for the projector's COPY path (`_rows.COPY_MIN_ROWS`)."""
@@ -826,14 +843,9 @@ async def test_rows_written_by_copy_give_the_replays_tables(
     last = await bus.stream_last_seq()
     pool = await asyncpg.create_pool(database_url, min_size=2, max_size=4)
     try:
-        async with running(PostgresProjector(bus, pool, batch_max=batch_max).run):
-            while not await caught_up(pool, last):
-                await asyncio.sleep(0.05)
-        bulk = await replay_postgres(bus, pool, swap=False, bulk=True)
+        await project_until(bus, pool, last, batch_max=batch_max)
+        await assert_replay_equals_live(bus, pool)
         async with pool.acquire() as conn:
-            for table in TABLES:
-                live = await table_rows(conn, "jobstream", table)
-                assert await table_rows(conn, bulk.schema, table) == live, table
             states = await conn.fetch(
                 "SELECT state, count(*) FROM jobstream.tasks WHERE job_id = 'job-big'"
                 " GROUP BY state ORDER BY state"
@@ -1120,14 +1132,9 @@ async def test_the_lister_and_the_projector_together_give_the_replays_tables(
     last = await bus.stream_last_seq()
     pool = await asyncpg.create_pool(database_url, min_size=2, max_size=4)
     try:
-        async with running(PostgresProjector(bus, pool, batch_max=5).run):
-            while not await caught_up(pool, last):
-                await asyncio.sleep(0.05)
-        bulk = await replay_postgres(bus, pool, swap=False, bulk=True)
+        await project_until(bus, pool, last, batch_max=5)
+        await assert_replay_equals_live(bus, pool)
         async with pool.acquire() as conn:
-            for table in TABLES:
-                live = await table_rows(conn, "jobstream", table)
-                assert await table_rows(conn, bulk.schema, table) == live, table
             kinds = await conn.fetchval(
                 "SELECT count(*) FROM jobstream.tasks WHERE kind = 'sum' AND args <> '{}'"
             )
