@@ -78,7 +78,7 @@ def tail(
 
     # A task event is stored with its job's bucket after its subject (README, "Partitioned
     # projection"): a pattern of task subjects is given the bucket token too.
-    filters = list(dict.fromkeys(p for pattern in subjects for p in stored_patterns(pattern)))
+    filters = stored_patterns(subjects)
 
     async def main() -> None:
         async with bus_session(endpoints.nats_urls, name=NAME, security=nats_security) as bus:

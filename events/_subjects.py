@@ -1,6 +1,7 @@
 """Stream names, subjects and headers: the one place that spells them."""
 
 import functools
+from collections.abc import Sequence
 from enum import StrEnum
 
 from jobstream.events._catalogue import (
@@ -102,14 +103,37 @@ def stored_subject(subject: str) -> str:
     return subject
 
 
-def stored_patterns(pattern: str) -> list[str]:
-    """The filters that match in the events stream what `pattern` matches as published: a
-    task event's pattern (`evt.task.<job>.<task>`, either may be a `*`) also with any bucket
-    after it, for the task events stored with their job's bucket; others as they are."""
-    tokens = pattern.split(".")
-    if len(tokens) == 4 and tokens[:2] == ["evt", "task"] and ">" not in tokens[2:]:
-        return [pattern, f"{pattern}.*"]
-    return [pattern]
+def stored_patterns(patterns: Sequence[str]) -> list[str]:
+    """Filters that match in the events stream what `patterns` match as published: a task
+    event's pattern (`evt.task.<job>.<task>`, either may be a `*`) also with any bucket after
+    it, for the task events stored with their job's bucket. A filter another one covers is
+    left out: nats-server refuses a consumer whose filters overlap."""
+    expanded: list[str] = []
+    for pattern in patterns:
+        tokens = pattern.split(".")
+        expanded.append(pattern)
+        if len(tokens) == 4 and tokens[:2] == ["evt", "task"] and ">" not in tokens[2:]:
+            expanded.append(f"{pattern}.*")
+    kept: list[str] = []
+    for index, pattern in enumerate(expanded):
+        others = expanded[:index] + expanded[index + 1 :]
+        if pattern in kept or any(_covers(other, pattern) and other != pattern for other in others):
+            continue
+        kept.append(pattern)
+    return kept
+
+
+def _covers(wider: str, narrower: str) -> bool:
+    """Whether every subject NATS pattern `narrower` matches, `wider` matches too."""
+    wide, narrow = wider.split("."), narrower.split(".")
+    for position, token in enumerate(wide):
+        if token == ">":
+            return len(narrow) > position
+        if position >= len(narrow) or narrow[position] == ">":
+            return False
+        if token != "*" and token != narrow[position]:
+            return False
+    return len(narrow) == len(wide)
 
 
 def job_task_events_subject(job_id: str) -> str:

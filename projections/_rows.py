@@ -16,7 +16,7 @@ temporary table and one UPDATE.
 """
 
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import asyncpg
 import msgspec
@@ -34,6 +34,7 @@ from jobstream.events import (
     TaskRow,
     WorkerRow,
     encode,
+    task_index_of,
 )
 from jobstream.projections._rules import COLUMNS, Keys, ReadModel, utc
 
@@ -64,9 +65,10 @@ MinuteKey = tuple[Any, str, str]
 COPY_MIN_ROWS = 2000
 
 # The temporary table the changed task rows are COPYed into, then merged from
-# (`update_staged_tasks`); emptied by each commit.
+# (`update_staged_tasks`); made anew for each use, dropped by the commit.
 _STAGED_TASKS = (
-    "CREATE TEMPORARY TABLE IF NOT EXISTS staged_tasks (LIKE tasks) ON COMMIT DELETE ROWS"
+    "DROP TABLE IF EXISTS pg_temp.staged_tasks;"
+    " CREATE TEMPORARY TABLE staged_tasks (LIKE tasks) ON COMMIT DROP"
 )
 
 
@@ -155,34 +157,41 @@ async def write(
     model = loaded.model
     gone_workers = [key for key in loaded.workers if key not in model.workers]
     gone_results = [key for key in loaded.results if key not in model.results]
-    tasks = _changed(model.tasks.items(), loaded.tasks)
-    attempts = _changed(_attempt_items(model), loaded.attempts)
-    results = _changed(model.results.items(), loaded.results)
-    new_tasks, tasks = _split_new(tasks, lambda row: row.task_id, loaded.tasks, loaded)
-    new_attempts, attempts = _split_new(
-        attempts, lambda row: (row.task_id, row.attempt), loaded.attempts, loaded
+    tasks = _Sorted(_changed(model.tasks.items(), loaded.tasks), _task_key, loaded.tasks, loaded)
+    attempts = _Sorted(
+        _changed(_attempt_items(model), loaded.attempts), _attempt_key, loaded.attempts, loaded
     )
-    new_results, results = _split_new(results, lambda row: row.task_id, loaded.results, loaded)
-    tasks += await _copy(conn, schema, "tasks", new_tasks)
-    attempts += await _copy(conn, schema, "task_attempts", new_attempts)
-    results += await _copy(conn, schema, "results", new_results)
-    if len(tasks) >= COPY_MIN_ROWS:
+    results = _Sorted(
+        _changed(model.results.items(), loaded.results), _task_key, loaded.results, loaded
+    )
+    for table, rows in (("tasks", tasks), ("task_attempts", attempts), ("results", results)):
+        if len(rows.new) >= COPY_MIN_ROWS:
+            await conn.copy_records_to_table(
+                table,
+                schema_name=schema,
+                columns=COLUMNS[table],
+                records=in_columns(table, rows.new),
+            )
+            rows.new = []
+    if len(tasks.existing) >= COPY_MIN_ROWS:
+        # A table of this transaction, made as the schema's `tasks` is now, and only for the
+        # rows of this call (`_apply_isolating` may call again after a released savepoint).
         await conn.execute(_STAGED_TASKS)
         await conn.copy_records_to_table(
-            "staged_tasks", columns=COLUMNS["tasks"], records=in_columns("tasks", tasks)
+            "staged_tasks", columns=COLUMNS["tasks"], records=in_columns("tasks", tasks.existing)
         )
         await conn.execute(queries["update_staged_tasks"])
-        tasks = []
+        tasks.existing = []
     await conn.execute(
         queries["write_rows"],
         _json([part.as_json() for part in model.unmade_ranges()]),
         _json(_changed(model.jobs.items(), loaded.jobs)),
-        _json(tasks),
-        _json(attempts),
+        _json(tasks.rest()),
+        _json(attempts.rest()),
         _json(_changed(model.workers.items(), loaded.workers)),
         gone_workers,
         gone_results,
-        _json(results),
+        _json(results.rest()),
         _json(_changed(model.crawl.rows.items(), loaded.crawl)),
         _json(model.batches[loaded.batches :]),
         _json(_changed(model.minute_stats.items(), loaded.minute_stats)),
@@ -194,30 +203,43 @@ async def write(
 R = TypeVar("R", TaskRow, AttemptRow, ResultRow)
 
 
-def _split_new(
-    rows: list[R],
-    key: Callable[[R], Hashable],
-    before: Mapping[Any, R],
-    loaded: Loaded,
-) -> tuple[list[R], list[R]]:
-    """(the rows the load looked up and did not find: new to the table; the others)."""
-    new: list[R] = []
-    others: list[R] = []
-    for row in rows:
-        known_absent = row.task_id in loaded.looked_up and key(row) not in before
-        (new if known_absent else others).append(row)
-    return new, others
+def _task_key(row: TaskRow | ResultRow) -> Hashable:
+    return row.task_id
 
 
-async def _copy(conn: asyncpg.Connection, schema: str, table: str, rows: list[R]) -> list[R]:
-    """COPY `rows` (new to `table`) if there are enough of them; return those left to the
-    JSON of `write_rows`."""
-    if len(rows) < COPY_MIN_ROWS:
-        return rows
-    await conn.copy_records_to_table(
-        table, schema_name=schema, columns=COLUMNS[table], records=in_columns(table, rows)
-    )
-    return []
+def _attempt_key(row: AttemptRow) -> Hashable:
+    return (row.task_id, row.attempt)
+
+
+class _Sorted(Generic[R]):
+    """A table's changed rows by what is known of them: `new` (looked up by the load and not
+    found, and of a task of its own job: no other partition writes it), `existing` (loaded),
+    and `others` (the upsert of `write_rows` decides)."""
+
+    def __init__(
+        self,
+        rows: list[R],
+        key: Callable[[R], Hashable],
+        before: Mapping[Any, R],
+        loaded: Loaded,
+    ) -> None:
+        self.new: list[R] = []
+        self.existing: list[R] = []
+        self.others: list[R] = []
+        for row in rows:
+            if key(row) in before:
+                self.existing.append(row)
+            elif (
+                row.task_id in loaded.looked_up
+                and task_index_of(row.job_id, row.task_id) is not None
+            ):
+                self.new.append(row)
+            else:
+                self.others.append(row)
+
+    def rest(self) -> list[R]:
+        """The rows not written by COPY."""
+        return self.new + self.existing + self.others
 
 
 def copy_value(value: Any) -> Any:

@@ -19,6 +19,7 @@ from jobstream.events import (
     expand_chunks,
     expand_tasks,
     job_subject,
+    stored_patterns,
     subject_for,
     task_event_subject,
     task_queue_subject,
@@ -76,6 +77,22 @@ def test_subjects() -> None:
             job_subject(bad)
     with pytest.raises(ValueError, match="job id is empty"):
         job_subject("")
+
+
+def test_stored_patterns_add_the_bucket_and_never_overlap() -> None:
+    assert stored_patterns(["evt.task.J.J-0"]) == ["evt.task.J.J-0", "evt.task.J.J-0.*"]
+    assert stored_patterns(["evt.task.*.*"]) == ["evt.task.*.*", "evt.task.*.*.*"]
+    assert stored_patterns(["evt.job.J", "evt.task.J.>"]) == ["evt.job.J", "evt.task.J.>"]
+    assert stored_patterns(["evt.>", "evt.task.J.J-0"]) == ["evt.>"]
+    # A bucketed subject given by hand is covered by the expansion of its task's pattern.
+    assert stored_patterns(["evt.task.J.J-0", "evt.task.J.J-0.5"]) == [
+        "evt.task.J.J-0",
+        "evt.task.J.J-0.*",
+    ]
+    assert stored_patterns(["evt.task.J.*", "evt.task.J.J-0", "evt.task.J.*"]) == [
+        "evt.task.J.*",
+        "evt.task.J.*.*",
+    ]
 
 
 def test_schema_covers_every_event() -> None:
