@@ -744,6 +744,30 @@ def check_subject(subject: str, event: Event) -> None:
             raise RejectedEvent(f"a {_tag(event)} of job {event.job_id!r} on {subject!r}")
     elif not is_task_subject_of(subject, event.job_id, event.task_id):
         raise RejectedEvent(f"a {_tag(event)} of task {event.task_id!r} on {subject!r}")
+    else:
+        named = [event.task_id]
+        if isinstance(event, TaskChunkFinished):
+            named += [item.task_id for item in event.results]
+            named += [item.task_id for item in event.failed]
+        for task_id in named:
+            if not is_task_of(event.job_id, task_id):
+                raise RejectedEvent(
+                    f"a {_tag(event)} of job {event.job_id!r} names {task_id!r}, not one of"
+                    " its tasks"
+                )
+
+
+def is_task_of(job_id: str, task_id: str) -> bool:
+    """Whether `task_id` is a task's or a chunk's id of job `job_id`, as `task_id_for` and
+    `chunk_id_for` make them: an event of one job naming another's task would change rows
+    that job's partition keeps."""
+    if task_index_of(job_id, task_id) is not None:
+        return True
+    chunk_prefix = f"{job_id}-c"
+    return (
+        task_id.startswith(chunk_prefix)
+        and task_index_of(job_id, f"{job_id}-{task_id[len(chunk_prefix) :]}") is not None
+    )
 
 
 def _tag(event: Event) -> str:

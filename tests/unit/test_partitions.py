@@ -7,9 +7,14 @@ from datetime import UTC, datetime
 import pytest
 
 from jobstream.events import (
+    ChunkResult,
+    JobSubmitted,
     SourceItem,
+    TaskChunkFinished,
     TaskStarted,
+    TaskSucceeded,
     WorkerStarted,
+    chunk_id_for,
     combined_checkpoints,
     decode_item,
     encode,
@@ -89,6 +94,54 @@ def test_an_event_on_a_subject_not_its_own_is_parked() -> None:
     model.apply_item(_item(5, f"evt.task.a.a-0.{job_bucket('a')}", started))
     assert sorted(model.rejected) == [1, 2, 4]
     assert list(model.workers) == ["w"]
+
+
+def test_an_event_naming_another_jobs_task_is_parked() -> None:
+    """On its own job's subject, but naming a task of another job (whose partition keeps that
+    task's rows): parked, and no row of either job changes."""
+    model = ReadModel(list_batches=True)
+    model.apply_item(_item(1, "evt.job.a", JobSubmitted(at=AT, job_id="a", tasks=[])))
+    foreign: list[TaskSucceeded | TaskChunkFinished] = [
+        succeeded("a", "b-5"),
+        succeeded("a", "a-x"),
+        succeeded("a", "a-05"),
+        succeeded("a", "a-cx"),
+        TaskChunkFinished(
+            at=AT,
+            job_id="a",
+            task_id=chunk_id_for("a", 0),
+            worker_id="w",
+            attempt=1,
+            duration_s=0.1,
+            results=[ChunkResult(task_id="b-0", kind="sum", duration_s=0.1)],
+        ),
+    ]
+    for seq, event in enumerate(foreign, start=2):
+        model.apply_item(_item(seq, f"evt.task.a.{event.task_id}", event))
+    assert sorted(model.rejected) == [2, 3, 4, 5, 6]
+    assert "names 'b-5', not one of its tasks" in model.rejected[2].error
+    assert not model.results and not model.attempts
+    # Its own tasks and chunks pass.
+    chunk_started = TaskStarted(
+        at=AT, job_id="a", task_id="a-c100", worker_id="w", attempt=1, lease_deadline=AT
+    )
+    model.apply_item(_item(7, "evt.task.a.a-5", succeeded("a", "a-5")))
+    model.apply_item(_item(8, "evt.task.a.a-c100", chunk_started))
+    assert sorted(model.rejected) == [2, 3, 4, 5, 6]
+    assert set(model.results) == {"a-5"}
+
+
+def succeeded(job_id: str, task_id: str) -> TaskSucceeded:
+    return TaskSucceeded(
+        at=AT,
+        job_id=job_id,
+        task_id=task_id,
+        kind="sum",
+        worker_id="w",
+        attempt=1,
+        result=1,
+        duration_s=0.1,
+    )
 
 
 def test_worker_rows_carry_their_partition_and_only_partition_0_parks_worker_subjects() -> None:
