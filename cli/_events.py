@@ -23,6 +23,7 @@ from jobstream.events import (
     NatsSecurity,
     job_subject,
     job_task_events_subject,
+    overlapping,
     stored_patterns,
 )
 
@@ -70,15 +71,19 @@ def tail(
     for pattern in subjects:
         if not pattern.startswith("evt.") or " " in pattern:
             raise typer.BadParameter(f"--subject {pattern!r}: an events subject starts with evt.")
+    # A task event is stored with its job's bucket after its subject (README, "Partitioned
+    # projection"): a pattern of task subjects is given the bucket token too.
+    filters = stored_patterns(subjects)
+    if (pair := overlapping(filters)) is not None:
+        raise typer.BadParameter(
+            f"--subject {pair[0]!r} and {pair[1]!r} overlap (a subject matches both): give"
+            " patterns that do not, or one that takes both"
+        )
     from jobstream.cli._event_log import print_from, printer, type_filter
 
     wanted = type_filter(event_type)
     endpoints = resolve_endpoints(nats_url, None, data_dir, need_database=False)
     print_item = printer(as_json)
-
-    # A task event is stored with its job's bucket after its subject (README, "Partitioned
-    # projection"): a pattern of task subjects is given the bucket token too.
-    filters = stored_patterns(subjects)
 
     async def main() -> None:
         async with bus_session(endpoints.nats_urls, name=NAME, security=nats_security) as bus:

@@ -123,6 +123,29 @@ def stored_patterns(patterns: Sequence[str]) -> list[str]:
     return kept
 
 
+def overlapping(patterns: Sequence[str]) -> tuple[str, str] | None:
+    """Two of `patterns` that some subject matches both of, if any (nats-server refuses a
+    consumer whose filters overlap)."""
+    for index, first in enumerate(patterns):
+        for second in patterns[index + 1 :]:
+            if _overlap(first.split("."), second.split(".")):
+                return first, second
+    return None
+
+
+def _overlap(one: list[str], other: list[str]) -> bool:
+    for position, token in enumerate(one):
+        if token == ">":
+            return len(other) > position
+        if position >= len(other):
+            return False
+        if other[position] == ">":
+            return True
+        if token != "*" and other[position] != "*" and token != other[position]:
+            return False
+    return len(one) == len(other)
+
+
 def _covers(wider: str, narrower: str) -> bool:
     """Whether every subject NATS pattern `narrower` matches, `wider` matches too."""
     wide, narrow = wider.split("."), narrower.split(".")

@@ -167,6 +167,7 @@ async def test_bad_input_gets_a_clear_error(bus: Bus, nats_url: str) -> None:
         ["events", "show", "bad.id"],
         ["events", "show", "x" * 10_000],
         ["events", "tail", "--subject", "task.>"],
+        ["events", "tail", "--subject", "evt.task.*.x", "--subject", "evt.task.y.*"],
         ["events", "tail", "--last", "-1"],
     ):
         result = await asyncio.to_thread(_jobstream, *args, "--nats-url", nats_url)

@@ -19,6 +19,7 @@ from jobstream.events import (
     expand_chunks,
     expand_tasks,
     job_subject,
+    overlapping,
     stored_patterns,
     subject_for,
     task_event_subject,
@@ -93,6 +94,14 @@ def test_stored_patterns_add_the_bucket_and_never_overlap() -> None:
         "evt.task.J.*",
         "evt.task.J.*.*",
     ]
+
+
+def test_overlapping_patterns_are_found() -> None:
+    assert overlapping(["evt.task.*.x", "evt.task.y.*"]) == ("evt.task.*.x", "evt.task.y.*")
+    assert overlapping(["evt.job.>", "evt.job.J"]) == ("evt.job.>", "evt.job.J")
+    assert overlapping(["evt.task.J.*", "evt.task.J.*.*", "evt.job.J"]) is None
+    assert overlapping(["evt.task.J.>", "evt.job.>"]) is None
+    assert overlapping(["evt.a.>", "evt.a"]) is None  # ">" takes at least one more token
 
 
 def test_schema_covers_every_event() -> None:
