@@ -378,7 +378,16 @@ _TASK_INDEX = re.compile(r"0|[1-9][0-9]{0,8}")
 def task_index_of(job_id: str, task_id: str) -> int | None:
     """The index of task `task_id` in job `job_id`, if `task_id` is one `task_id_for` makes
     (below MAX_TASKS_PER_JOB); None if not."""
-    prefix = f"{job_id}-"
+    return _index_after(f"{job_id}-", task_id)
+
+
+def chunk_index_of(job_id: str, chunk_id: str) -> int | None:
+    """The index of the first task of chunk `chunk_id` of job `job_id`, if `chunk_id` is one
+    `chunk_id_for` makes; None if not."""
+    return _index_after(f"{job_id}-c", chunk_id)
+
+
+def _index_after(prefix: str, task_id: str) -> int | None:
     if not task_id.startswith(prefix):
         return None
     digits = task_id[len(prefix) :]

@@ -115,9 +115,8 @@ def stored_patterns(patterns: Sequence[str]) -> list[str]:
         if len(tokens) == 4 and tokens[:2] == ["evt", "task"] and ">" not in tokens[2:]:
             expanded.append(f"{pattern}.*")
     kept: list[str] = []
-    for index, pattern in enumerate(expanded):
-        others = expanded[:index] + expanded[index + 1 :]
-        if pattern in kept or any(_covers(other, pattern) and other != pattern for other in others):
+    for pattern in expanded:
+        if pattern in kept or any(o != pattern and _covers(o, pattern) for o in expanded):
             continue
         kept.append(pattern)
     return kept

@@ -11,12 +11,12 @@ Memory grows with the read model (about 1 KB per task), not with the log.
 import asyncio
 import contextlib
 import operator
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
 
-from jobstream.events import Bus, event_batches
+from jobstream.events import Bus, SourceItem, event_batches
 from jobstream.projections._migrate import quote_ident
 from jobstream.projections._partitions import ONE_PARTITION, Partition
 from jobstream.projections._rows import in_columns
@@ -55,22 +55,25 @@ async def fold_log(
 ) -> None:
     """Apply the log's `first`..`last` (`partition`'s part of it) to `model`, batch by batch;
     `on_reached(seq)` after each batch, with how far it reached."""
+    async for items, reached in log_between(bus, first, last, **partition.reading()):
+        for item in items:
+            model.apply_item(item)
+        on_reached(reached)
+
+
+async def log_between(
+    bus: Bus, first: int, last: int, **reading: Any
+) -> AsyncIterator[tuple[list[SourceItem], int]]:
+    """The log's items `first`..`last` in batches (`event_batches` with `reading`), each with
+    how far it reached; none if `last` < `first`."""
     if last < first:
         return
     batches = event_batches(
-        bus,
-        start_seq=first,
-        stop=asyncio.Event(),
-        batch_max=REPLAY_BATCH_MAX,
-        **partition.reading(),
+        bus, start_seq=first, stop=asyncio.Event(), batch_max=REPLAY_BATCH_MAX, **reading
     )
     async with contextlib.aclosing(batches):
         async for batch in batches:
-            for item in batch:
-                if item.seq > last:
-                    break
-                model.apply_item(item)
-            on_reached(min(batch[-1].seq, last))
+            yield [item for item in batch if item.seq <= last], min(batch[-1].seq, last)
             if batch[-1].seq >= last:
                 return
 

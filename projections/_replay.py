@@ -41,6 +41,7 @@ from jobstream.projections._fold import (
     REPLAY_BATCH_MAX,
     drop_indexes,
     fold_log,
+    log_between,
     rebuild_indexes,
     write_fold,
 )
@@ -431,26 +432,12 @@ async def replay_stdout(
     first, last = await _log_bounds(bus, from_seq)
     started = time.perf_counter()
     written = 0
-    if last >= first:
-        stop = asyncio.Event()
-        batches = event_batches(
-            bus,
-            start_seq=first,
-            stop=stop,
-            filter_subject=EVENT_SUBJECTS,
-            batch_max=REPLAY_BATCH_MAX,
-        )
-        async with contextlib.aclosing(batches):
-            async for batch in batches:
-                for item in batch:
-                    if item.seq > last:
-                        break
-                    if job_id is None or job_of_event_subject(item.subject) == job_id:
-                        out.write(item.data.rstrip(b"\n") + b"\n")
-                        written += 1
-                if batch[-1].seq >= last:
-                    break
-        out.flush()
+    async for items, _ in log_between(bus, first, last, filter_subject=EVENT_SUBJECTS):
+        for item in items:
+            if job_id is None or job_of_event_subject(item.subject) == job_id:
+                out.write(item.data.rstrip(b"\n") + b"\n")
+                written += 1
+    out.flush()
     return ReplayReport(
         target="stdout",
         first_seq=first,

@@ -34,7 +34,6 @@ from jobstream.events import (
     TaskRow,
     WorkerRow,
     encode,
-    task_index_of,
 )
 from jobstream.projections._rules import COLUMNS, Keys, ReadModel, utc
 
@@ -213,8 +212,9 @@ def _attempt_key(row: AttemptRow) -> Hashable:
 
 class _Sorted(Generic[R]):
     """A table's changed rows by what is known of them: `new` (looked up by the load and not
-    found, and of a task of its own job: no other partition writes it), `existing` (loaded),
-    and `others` (the upsert of `write_rows` decides)."""
+    found; of a task of its own job, as the rules park any event naming another job's task,
+    so no other partition writes it), `existing` (loaded), and `others` (the upsert of
+    `write_rows` decides)."""
 
     def __init__(
         self,
@@ -229,10 +229,7 @@ class _Sorted(Generic[R]):
         for row in rows:
             if key(row) in before:
                 self.existing.append(row)
-            elif (
-                row.task_id in loaded.looked_up
-                and task_index_of(row.job_id, row.task_id) is not None
-            ):
+            elif row.task_id in loaded.looked_up:
                 self.new.append(row)
             else:
                 self.others.append(row)

@@ -78,6 +78,7 @@ from jobstream.events import (
     WorkerRow,
     WorkerStarted,
     WorkerStopped,
+    chunk_index_of,
     chunk_task_events,
     duration_bucket,
     encode,
@@ -761,13 +762,7 @@ def is_task_of(job_id: str, task_id: str) -> bool:
     """Whether `task_id` is a task's or a chunk's id of job `job_id`, as `task_id_for` and
     `chunk_id_for` make them: an event of one job naming another's task would change rows
     that job's partition keeps."""
-    if task_index_of(job_id, task_id) is not None:
-        return True
-    chunk_prefix = f"{job_id}-c"
-    return (
-        task_id.startswith(chunk_prefix)
-        and task_index_of(job_id, f"{job_id}-{task_id[len(chunk_prefix) :]}") is not None
-    )
+    return task_index_of(job_id, task_id) is not None or chunk_index_of(job_id, task_id) is not None
 
 
 def _tag(event: Event) -> str:
