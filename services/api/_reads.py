@@ -354,8 +354,7 @@ async def tasks_page(
     after: TaskCursor | None = None,
 ) -> TaskPage | None:
     """A page of a job's tasks in task order; None if the job is not there."""
-    rows = await conn.fetch(
-        _SQL["list_tasks"],
+    arguments = (
         job_id,
         state,
         after.task_index if after else None,
@@ -363,8 +362,13 @@ async def tasks_page(
         limit + 1,
         live.tasks_of(job_id),
     )
-    if not rows and not await conn.fetchval(_SQL["job_exists"], job_id):
-        return None
+    rows = await conn.fetch(_SQL["list_tasks"], *arguments)
+    if not rows:
+        if not await conn.fetchval(_SQL["job_exists"], job_id):
+            return None
+        # The job may have been projected, with its tasks, between the two statements: list
+        # again, now that it is known to exist, rather than show it without its tasks.
+        rows = await conn.fetch(_SQL["list_tasks"], *arguments)
     page, next_cursor = keyset_page(
         rows, limit, lambda last: TaskCursor(last["task_index"], last["task_id"])
     )

@@ -15,7 +15,7 @@ import pytest
 from fastapi import FastAPI
 
 from jobstream.events import QueryFileError, load_queries, parse_queries
-from jobstream.services.api import create_app, job_summary
+from jobstream.services.api import LiveWork, create_app, job_summary, tasks_page
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 JsonObject = dict[str, Any]
@@ -366,6 +366,41 @@ async def test_tasks_of_missing_job_is_404_but_empty_filter_is_not(
     assert missing.status_code == 404
     assert missing.json() == {"detail": "job ghost not found", "errors": []}
     assert empty == {"tasks": [], "next_cursor": None}
+
+
+async def test_a_job_projected_between_the_two_reads_is_listed_with_its_tasks(
+    database_url: str, db: asyncpg.Connection
+) -> None:
+    # The listing finds no task row, then asks whether the job exists. The projector commits
+    # the job and its tasks in one transaction, and here it commits between those two reads.
+    reader = await asyncpg.connect(database_url, server_settings={"search_path": "jobstream"})
+    await reader.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+    )
+
+    class ProjectedAfterTheFirstRead:
+        def __init__(self) -> None:
+            self.reads = 0
+
+        async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+            rows: list[asyncpg.Record] = await reader.fetch(query, *args)
+            self.reads += 1
+            if self.reads == 1:
+                async with db.transaction():
+                    await insert_job(db, "late", total_tasks=2)
+                    await insert_tasks(db, "late", ["queued", "queued"])
+            return rows
+
+        async def fetchval(self, query: str, *args: Any) -> Any:
+            return await reader.fetchval(query, *args)
+
+    try:
+        page = await tasks_page(ProjectedAfterTheFirstRead(), "late", LiveWork())
+    finally:
+        await reader.close()
+
+    assert page is not None
+    assert [task.task_id for task in page.tasks] == ["late.0000", "late.0001"]
 
 
 # --- /workers and /results ---------------------------------------------------------------
