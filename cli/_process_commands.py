@@ -258,7 +258,7 @@ def projector(
             help="Which of the --partitions this process is (0 also runs the NDJSON files).",
         ),
     ] = 0,
-    database_pool_size: DatabasePoolSizeOption = 2,
+    database_pool_size: DatabasePoolSizeOption = 3,
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Run the projectors: PostgreSQL read models and daily NDJSON result files."""

@@ -496,15 +496,6 @@ def chunk_id_for(job_id: str, first_index: int) -> str:
     return f"{job_id}-c{first_index}"
 
 
-def is_chunk_id(job_id: str, task_id: str) -> bool:
-    return task_id.removeprefix(f"{job_id}-").startswith("c")
-
-
-def chunk_first_index(job_id: str, chunk_id: str) -> int:
-    """The index of a chunk's first task: `chunk_id_for`'s inverse."""
-    return int(chunk_id.removeprefix(f"{job_id}-c"))
-
-
 def expand_chunks(job: JobSubmitted) -> list[TaskMessage]:
     """The job's own tasks in messages of up to `chunk_size` consecutive tasks each."""
     expander = _expander(job, chunked=True)

@@ -15,6 +15,7 @@ carries its own layout row.
 """
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import asyncpg
 
@@ -46,15 +47,24 @@ async def check_layout(conn: asyncpg.Connection, projection: str, partition: Par
         raise LayoutMismatch(built_by=int(stored), partition=partition)
 
 
+class Locked(NamedTuple):
+    """A checkpoint row as its lock found it."""
+
+    last_seq: int
+    # The transactions that have taken the row, this one included: a writer that finds one
+    # more than its own last batch saw knows that nobody else wrote in between.
+    writes: int
+
+
 async def lock_checkpoint(
     conn: asyncpg.Connection,
     queries: Mapping[str, str],
     projection: str,
     partition: Partition,
-) -> int:
+) -> Locked:
     """In the transaction on `conn`: lock `partition`'s checkpoint row of `projection` and
-    return its last sequence, once the layout is claimed for, or found to be, `partition`'s
-    count; else `LayoutMismatch`, before anything is written."""
+    return it, once the layout is claimed for, or found to be, `partition`'s count; else
+    `LayoutMismatch`, before anything is written."""
     row = await conn.fetchrow(
         queries["lock_checkpoint"],
         partition.checkpoint_name(projection),
@@ -67,4 +77,4 @@ async def lock_checkpoint(
     if stored != partition.count:
         # None: the claim that stopped ours was removed by hand since.
         raise LayoutMismatch(built_by=int(stored or 0), partition=partition)
-    return int(row["last_seq"])
+    return Locked(int(row["last_seq"]), int(row["writes"]))

@@ -22,9 +22,10 @@ on an empty schema the second to commit is refused (`LayoutMismatch`) and writes
 """
 
 import asyncio
+import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from typing import NamedTuple, TypeVar
 
@@ -42,13 +43,23 @@ from jobstream.events import (
     sleep_unless_stopped,
 )
 from jobstream.projections._database import DATA_ERRORS, RETRY_CAP_S, RETRY_ERRORS, connection
-from jobstream.projections._layout import LayoutMismatch, check_layout, lock_checkpoint
+from jobstream.projections._layout import LayoutMismatch, Locked, check_layout, lock_checkpoint
 from jobstream.projections._listing import TaskLister, unlisted_batches
 from jobstream.projections._migrate import DEFAULT_SCHEMA, quote_ident
 from jobstream.projections._partitions import ONE_PARTITION, Partition
 from jobstream.projections._queries import load_queries
-from jobstream.projections._rows import keys_of, load, parked_rows, write
-from jobstream.projections._rules import ReadModel
+from jobstream.projections._rows import (
+    Carried,
+    Loaded,
+    keys_of,
+    load,
+    names_rows,
+    parked_rows,
+    take_carried,
+    unknown_keys,
+    write,
+)
+from jobstream.projections._rules import Keys, ReadModel
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +86,66 @@ class _Parked(NamedTuple):
     subject: str
     error: str
     payload: bytes
+
+
+class _Batch:
+    """A batch on its way: its items and the checkpoint it follows (`after`); once applied,
+    its rows (`loaded`), and what the next batch may start from (`carried`, None if it may
+    not). Applied ahead (`_apply_ahead`), it also holds the rows it started from (`basis`)."""
+
+    def __init__(self, items: Sequence[SourceItem], after: int | None) -> None:
+        self.items = items
+        self.after = after
+        self.keys = keys_of(items)
+        self.loaded: Loaded | None = None
+        self.basis: Carried | None = None
+        self.carried: Carried | None = None
+
+    def applied(self, loaded: Loaded, keys: Keys) -> None:
+        self.loaded = loaded
+        self.carried = Carried(loaded, keys) if Carried.carries(loaded, keys) else None
+
+
+class _Written(NamedTuple):
+    """What this projector's last batch wrote whole, and the checkpoint row's count of writes
+    its transaction saw (`Locked.writes`)."""
+
+    carried: Carried | None
+    writes: int
+
+
+async def _next_unless_failed(
+    batches: AsyncIterator[list[SourceItem]], writing: "asyncio.Task[int | None] | None"
+) -> list[SourceItem] | None:
+    """The next batch (None: no more); `writing`'s error, or None if it stopped, as soon as
+    it ends so, rather than at the next batch."""
+    if writing is None:
+        return await anext(batches, None)
+    following = asyncio.ensure_future(anext(batches, None))
+    await asyncio.wait((following, writing), return_when=asyncio.FIRST_COMPLETED)
+    if writing.done() and (writing.cancelled() or writing.exception() or writing.result() is None):
+        following.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await following
+        writing.result()  # its error
+        return None
+    return await following
+
+
+def _ahead_holds(
+    batch: _Batch, before: _Written | None, locked: Locked, fresh: list[SourceItem]
+) -> bool:
+    """Whether `batch`, applied ahead, starts from the rows as they are: the batch before it
+    was written whole as carried (`before`), and no other transaction took the checkpoint row
+    since (another projector of the partition, the task lister) to change them."""
+    return (
+        batch.loaded is not None
+        and before is not None
+        and batch.basis is before.carried
+        and locked.writes == before.writes + 1
+        and locked.last_seq == batch.after
+        and len(fresh) == len(batch.items)
+    )
 
 
 async def checkpoint(
@@ -127,8 +198,12 @@ class PostgresProjector:
         self._search_path = (
             f"SET LOCAL search_path TO {quote_ident(schema)}; SET LOCAL synchronous_commit TO off"
         )
+        self._read_path = f"SET LOCAL search_path TO {quote_ident(schema)}"
         self._queries = load_queries()
         self.lister = TaskLister(bus, pool, schema=schema, name=name, partition=partition)
+        self._written: _Written | None = None
+        # The batches written as applied ahead, while the batch before them was written.
+        self.written_ahead = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Project until `stop` is set, and write the task rows of streamed jobs beside it;
@@ -170,7 +245,10 @@ class PostgresProjector:
         return int(last) if last is not None else 0
 
     async def _follow(self, start: int, stop: asyncio.Event) -> None:
+        """Apply the log from `start` on, each batch while the one before is written: the
+        Python work of one overlaps the database's of the other."""
         self.last_seq = start
+        self._written = None
         batches = event_batches(
             self.bus,
             start_seq=start + 1,
@@ -178,11 +256,54 @@ class PostgresProjector:
             **self.partition.reading(),
             batch_max=self.batch_max,
         )
-        async with aclosing(batches):
-            async for batch in batches:
-                apply = functools.partial(self._apply_batch, batch, after=self.last_seq)
-                if await self._retrying(apply, stop) is None:
-                    return
+        previous: _Batch | None = None
+        writing: asyncio.Task[int | None] | None = None
+        try:
+            async with aclosing(batches):
+                while (items := await _next_unless_failed(batches, writing)) is not None:
+                    batch = _Batch(items, after=previous.items[-1].seq if previous else start)
+                    await self._apply_ahead(batch, previous.carried if previous else None)
+                    if writing is not None:
+                        if await writing is None:
+                            return
+                        written = self._written.carried if self._written else None
+                        if batch.basis is not written:  # `previous` was written otherwise
+                            await self._apply_ahead(batch, written)
+                    write_batch = functools.partial(self._apply_batch, batch)
+                    writing = asyncio.create_task(self._retrying(write_batch, stop))
+                    previous = batch
+            if writing is not None:
+                await writing
+        finally:
+            if writing is not None and not writing.done():
+                writing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writing
+
+    async def _apply_ahead(self, batch: _Batch, basis: Carried | None) -> None:
+        """Apply `batch` to the rows the batch before it leaves (`basis`, which may still be
+        being written) and the others read from the database. Its write takes these rows as
+        they are only if that batch was written just so and nobody else wrote since
+        (`_ahead_holds`); else it loads and applies again."""
+        batch.loaded = batch.basis = batch.carried = None
+        if basis is None or batch.keys.requeued:
+            return
+        model = ReadModel(list_batches=False, partition=self.partition.index)
+        rest = unknown_keys(batch.keys, basis)
+        if names_rows(rest):
+            try:
+                async with connection(self.pool) as conn, conn.transaction(readonly=True):
+                    await conn.execute(self._read_path)
+                    loaded = await load(conn, self._queries, rest, model)
+            except (*RETRY_ERRORS, asyncpg.PostgresError):
+                return  # the write loads for itself, and meets what failed here if it lasts
+        else:
+            loaded = Loaded(model, rest)
+        take_carried(loaded, batch.keys, basis)
+        for item in batch.items:
+            model.apply_item(item)
+        batch.applied(loaded, batch.keys)
+        batch.basis = basis
 
     async def apply_batch(self, items: Sequence[SourceItem], *, list_tasks: bool = True) -> int:
         """Apply `items` (in log order) in one transaction; return the checkpoint after it.
@@ -193,68 +314,89 @@ class PostgresProjector:
         """
         if not items:
             return await self._own_checkpoint()
-        last_seq = await self._apply_batch(items, after=None)
+        last_seq = await self._apply_batch(_Batch(items, after=None))
         if list_tasks:
             await self.lister.list_pending()
         return last_seq
 
-    async def _apply_batch(self, items: Sequence[SourceItem], *, after: int | None) -> int:
-        """`apply_batch`, first checking that the checkpoint is not below `after`."""
+    async def _apply_batch(self, batch: _Batch) -> int:
+        """`apply_batch`, first checking that the checkpoint is not below `batch.after`."""
         async with connection(self.pool, clean=_CLEAN_ERRORS) as conn:
             try:
-                last_seq, parked = await self._transaction(conn, items, after, isolate=False)
+                last_seq, parked, written = await self._transaction(conn, batch, isolate=False)
             except DATA_ERRORS as exc:
                 log.warning(
                     "seq %d..%d: %s; looking for the event at fault",
-                    items[0].seq,
-                    items[-1].seq,
+                    batch.items[0].seq,
+                    batch.items[-1].seq,
                     exc,
                 )
-                last_seq, parked = await self._transaction(conn, items, after, isolate=True)
+                last_seq, parked, written = await self._transaction(conn, batch, isolate=True)
+        self._written = written
         for rejected in parked:
             log.warning("parked seq %d on %s: %s", rejected.seq, rejected.subject, rejected.error)
         self.last_seq = last_seq
-        if any(isinstance(item.event, JobTasksAdded) for item in items):
+        if any(isinstance(item.event, JobTasksAdded) for item in batch.items):
             self.lister.wake.set()
         return last_seq
 
     async def _transaction(
-        self,
-        conn: asyncpg.Connection,
-        items: Sequence[SourceItem],
-        after: int | None,
-        *,
-        isolate: bool,
-    ) -> tuple[int, list[_Parked]]:
+        self, conn: asyncpg.Connection, batch: _Batch, *, isolate: bool
+    ) -> tuple[int, list[_Parked], _Written | None]:
+        """Apply `batch` in one transaction: the checkpoint after it, the events parked, and
+        what the batch wrote whole (None: the next batch cannot start from it)."""
+        before, self._written = self._written, None  # known again once this one commits
         async with conn.transaction():
             await conn.execute(self._search_path)
             # Refused (`LayoutMismatch`, not retried) unless the schema's layout is ours.
-            last_seq = await lock_checkpoint(conn, self._queries, self.projection, self.partition)
-            if after is not None and last_seq < after:
-                raise _Rewound(expected=after, found=last_seq)
-            fresh = [item for item in items if item.seq > last_seq]
+            locked = await lock_checkpoint(conn, self._queries, self.projection, self.partition)
+            last_seq = locked.last_seq
+            if batch.after is not None and last_seq < batch.after:
+                raise _Rewound(expected=batch.after, found=last_seq)
+            fresh = [item for item in batch.items if item.seq > last_seq]
             if not fresh:
-                return last_seq, []
+                return last_seq, [], None
             parked: list[_Parked] = []
+            written: _Written | None = None
             if isolate:
                 await self._apply_isolating(conn, fresh, parked)
             else:
-                parked += await self._apply(conn, fresh)
+                if _ahead_holds(batch, before, locked, fresh):
+                    self.written_ahead += 1
+                else:
+                    await self._load_and_apply(conn, batch, fresh)
+                assert batch.loaded is not None
+                parked += await self._write(conn, batch.loaded)
+                written = _Written(batch.carried, locked.writes)
             await conn.execute(self._queries["save_checkpoint"], self.name, fresh[-1].seq)
-            return fresh[-1].seq, parked
+        return fresh[-1].seq, parked, written
+
+    async def _load_and_apply(
+        self, conn: asyncpg.Connection, batch: _Batch, items: Sequence[SourceItem]
+    ) -> None:
+        """Load the rows `items` name and apply them (into `batch`)."""
+        model = ReadModel(list_batches=False, partition=self.partition.index)
+        keys = keys_of(items)
+        loaded = await load(conn, self._queries, keys, model)
+        for item in items:
+            model.apply_item(item)
+        batch.applied(loaded, keys)
+
+    async def _write(self, conn: asyncpg.Connection, loaded: Loaded) -> list[_Parked]:
+        """Write what changed in `loaded`; return what the rules parked (written too)."""
+        await write(conn, self._queries, loaded, schema=self.schema)
+        rejected = [_Parked(*row) for row in parked_rows(loaded.model)]
+        if rejected:
+            await conn.executemany(self._queries["reject_event"], rejected)
+        return rejected
 
     async def _apply(self, conn: asyncpg.Connection, items: Sequence[SourceItem]) -> list[_Parked]:
         """Load the rows `items` name, apply them, write what changed; return what the rules
         parked (written too)."""
-        model = ReadModel(list_batches=False, partition=self.partition.index)
-        loaded = await load(conn, self._queries, keys_of(items), model)
-        for item in items:
-            model.apply_item(item)
-        await write(conn, self._queries, loaded, schema=self.schema)
-        rejected = [_Parked(*row) for row in parked_rows(model)]
-        if rejected:
-            await conn.executemany(self._queries["reject_event"], rejected)
-        return rejected
+        batch = _Batch(items, after=None)
+        await self._load_and_apply(conn, batch, items)
+        assert batch.loaded is not None
+        return await self._write(conn, batch.loaded)
 
     async def _apply_isolating(
         self,

@@ -102,7 +102,7 @@ async def load(
     decoded straight into its row type (`strict=False`: a float column's non-finite value
     comes as a string)."""
     loaded = Loaded(model, keys)
-    if not (keys.jobs or keys.tasks or keys.workers or keys.crawl_jobs):
+    if not names_rows(keys):
         return loaded
     arrays = await conn.fetchrow(
         queries["load_rows"],
@@ -127,13 +127,99 @@ async def load(
     for row in _CRAWL.decode(arrays[5]):
         key = (row["job_id"], row["pass"], row["domain"])
         model.crawl.rows[key] = row
-        loaded.crawl[key] = row | {column: dict(row[column]) for column in _CRAWL_MAPS}
+        loaded.crawl[key] = _crawl_copy(row)
     for stats in _MINUTE_STATS.decode(arrays[6]):
         minute_key = (utc(stats.minute), stats.queue, stats.kind)
         model.minute_stats[minute_key] = loaded.minute_stats[minute_key] = stats
     for count in _STATUS_COUNTS.decode(arrays[7]):
         model.status_counts[count.status] = loaded.status_counts[count.status] = count
     return loaded
+
+
+class Carried:
+    """The rows a batch's keys name, as its model left them (present or not): what the
+    database holds of those keys once the batch is written whole, so the next batch can start
+    from them, its own load reading only the rest, while this one's transaction runs.
+
+    Only a batch whose every change is a whole row carries (`carries`): task ranges are
+    made into rows by SQL, a taken batch is listed by the lister, and a requeue's minute rows
+    follow a results row the load reads on the server."""
+
+    def __init__(self, loaded: Loaded, keys: Keys) -> None:
+        self.model = loaded.model
+        self.keys = keys
+        self.tasks = loaded.looked_up
+
+    @staticmethod
+    def carries(loaded: Loaded, keys: Keys) -> bool:
+        model = loaded.model
+        return not model.ranges and len(model.batches) == loaded.batches and not keys.requeued
+
+
+def unknown_keys(keys: Keys, carried: Carried) -> Keys:
+    """The keys of `keys` whose rows `carried` does not know: to load from the database,
+    which the carrying batch's write does not change. `keys` names no requeued task."""
+    known = carried.keys
+    rest = Keys()
+    rest.jobs = keys.jobs - known.jobs
+    rest.tasks = keys.tasks - carried.tasks
+    rest.workers = keys.workers - known.workers
+    rest.crawl_jobs = keys.crawl_jobs - known.crawl_jobs
+    rest.minutes = keys.minutes - known.minutes
+    return rest
+
+
+def take_carried(loaded: Loaded, keys: Keys, carried: Carried) -> None:
+    """Put into `loaded` (holding the rows of `unknown_keys`) the rows of `keys` that
+    `carried` knows, as they will be once its batch is written."""
+    model = loaded.model
+    before = carried.model
+    known = carried.keys
+    loaded.looked_up = set(keys.tasks)
+    for job_id in keys.jobs & known.jobs:
+        if (job := before.jobs.get(job_id)) is not None:
+            model.jobs[job_id] = loaded.jobs[job_id] = job
+    _take_carried_tasks(loaded, keys.tasks & carried.tasks, before)
+    for worker_id in keys.workers & known.workers:
+        if (worker := before.workers.get(worker_id)) is not None:
+            model.workers[worker_id] = loaded.workers[worker_id] = worker
+    crawl_jobs = keys.crawl_jobs & known.crawl_jobs
+    for key, row in before.crawl.rows.items():
+        if key[0] in crawl_jobs:
+            model.crawl.rows[key] = _crawl_copy(row)
+            loaded.crawl[key] = _crawl_copy(row)
+    minutes = keys.minutes & known.minutes
+    for minute_key, stats in before.minute_stats.items():
+        if minute_key[0] in minutes:
+            model.minute_stats[minute_key] = loaded.minute_stats[minute_key] = stats
+    if keys.jobs and known.jobs:
+        # Every row of the partition's (the load reads them with any job's): as carried,
+        # over those the load may have read while the carrying batch was being written.
+        model.status_counts = dict(before.status_counts)
+        loaded.status_counts = dict(before.status_counts)
+
+
+def _take_carried_tasks(loaded: Loaded, task_ids: Iterable[str], before: ReadModel) -> None:
+    """The rows of `task_ids` (task, attempts, result) from `before` into `loaded`."""
+    model = loaded.model
+    for task_id in task_ids:
+        if (task := before.tasks.get(task_id)) is not None:
+            model.tasks[task_id] = loaded.tasks[task_id] = task
+        if attempts := before.attempts.get(task_id):
+            model.attempts[task_id] = dict(attempts)
+            for number, attempt in attempts.items():
+                loaded.attempts[task_id, number] = attempt
+        if (result := before.results.get(task_id)) is not None:
+            model.results[task_id] = loaded.results[task_id] = result
+
+
+def names_rows(keys: Keys) -> bool:
+    """Whether `keys` names any row to load."""
+    return bool(keys.jobs or keys.tasks or keys.workers or keys.crawl_jobs or keys.minutes)
+
+
+def _crawl_copy(row: dict[str, Any]) -> dict[str, Any]:
+    return row | {column: dict(row[column]) for column in _CRAWL_MAPS}
 
 
 def _changed(rows: Iterable[tuple[K, Any]], before: Mapping[K, Any]) -> list[Any]:

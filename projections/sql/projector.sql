@@ -14,7 +14,8 @@
 -- locking the layout row (the partitions' batches do not queue on it). Returns the last
 -- applied sequence and the layout's partition count, NULL if another transaction claimed
 -- the layout while this statement ran (its row is not in this statement's snapshot:
--- read_layout reads it). One statement: the check costs a batch no round trip.
+-- read_layout reads it). One statement: the check costs a batch no round trip. Counts the
+-- transactions that took the row (`writes`, migration 012) and returns the count.
 WITH claimed AS (
     INSERT INTO projection_layouts (projection, partitions)
     VALUES ($2, $3)
@@ -24,11 +25,12 @@ WITH claimed AS (
 locked AS (
     INSERT INTO projection_checkpoints AS c (projection, last_seq)
     VALUES ($1, 0)
-    ON CONFLICT (projection) DO UPDATE SET projection = c.projection
-    RETURNING c.last_seq
+    ON CONFLICT (projection) DO UPDATE SET writes = c.writes + 1
+    RETURNING c.last_seq, c.writes
 )
 SELECT
     locked.last_seq,
+    locked.writes,
     coalesce(
         (SELECT partitions FROM claimed),
         (SELECT partitions FROM projection_layouts WHERE projection = $2)

@@ -24,9 +24,8 @@ from jobstream.events import (
     DecodeError,
     Liveness,
     RunningTask,
-    chunk_first_index,
+    chunk_index_of,
     decode_liveness,
-    is_chunk_id,
     task_id_for,
 )
 
@@ -62,11 +61,8 @@ class LiveWork:
 
 def _task_ids(running: RunningTask) -> list[str]:
     """The tasks a message in flight carries: itself, or a chunk's consecutive tasks."""
-    if not is_chunk_id(running.job_id, running.task_id):
-        return [running.task_id]
-    try:
-        first = chunk_first_index(running.job_id, running.task_id)
-    except ValueError:  # not one of our chunk ids: a foreign record's
+    first = chunk_index_of(running.job_id, running.task_id)
+    if first is None:  # a task, or not one of our chunk ids (a foreign record's)
         return [running.task_id]
     return [task_id_for(running.job_id, first + index) for index in range(running.tasks)]
 

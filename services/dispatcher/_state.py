@@ -22,7 +22,7 @@ from jobstream.events import (
     TaskChunkFinished,
     TaskDeadLettered,
     TaskSucceeded,
-    is_chunk_id,
+    chunk_index_of,
     level_of,
 )
 
@@ -159,7 +159,7 @@ class DispatcherState(msgspec.Struct, kw_only=True):
             case TaskDeadLettered():
                 job.dead_lettered += 1
             case TaskCancelled():
-                if is_chunk_id(event.job_id, event.task_id):
+                if chunk_index_of(event.job_id, event.task_id) is not None:
                     return None
                 job.cancelled += 1
         return job if job.done else None

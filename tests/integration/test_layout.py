@@ -122,7 +122,7 @@ async def test_a_claim_in_flight_refuses_the_other_layout_once_committed(
             await conn.execute("SET search_path TO jobstream")
         claim = first.transaction()
         await claim.start()
-        assert await lock_checkpoint(first, queries, "postgres", Partition(0, 1)) == 0
+        assert (await lock_checkpoint(first, queries, "postgres", Partition(0, 1))).last_seq == 0
 
         async def other_layout() -> None:
             async with second.transaction():
