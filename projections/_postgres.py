@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import aclosing
 from typing import NamedTuple, TypeVar
 
@@ -37,12 +37,18 @@ from jobstream.events import (
     Bus,
     JobTasksAdded,
     SourceItem,
+    TaskChunkFinished,
     backoff_s,
     combined_checkpoints,
     event_batches,
     sleep_unless_stopped,
 )
-from jobstream.projections._database import DATA_ERRORS, RETRY_CAP_S, RETRY_ERRORS, connection
+from jobstream.projections._database import (
+    DATA_ERRORS,
+    RETRY_CAP_S,
+    RETRY_ERRORS,
+    connection,
+)
 from jobstream.projections._layout import LayoutMismatch, Locked, check_layout, lock_checkpoint
 from jobstream.projections._listing import TaskLister, unlisted_batches
 from jobstream.projections._migrate import DEFAULT_SCHEMA, quote_ident
@@ -64,6 +70,11 @@ from jobstream.projections._rules import Keys, ReadModel
 log = logging.getLogger(__name__)
 
 DEFAULT_NAME = POSTGRES_PROJECTION
+
+# The most tasks a batch applies, about: the log's batches are cut into runs this size, so
+# that while one is written the next is applied. In a run this big the rows go by COPY
+# (`_rows.COPY_MIN_ROWS`), and a row costs about what it costs in one five times bigger.
+BATCH_TASKS = 4000
 
 T = TypeVar("T")
 
@@ -112,6 +123,26 @@ class _Written(NamedTuple):
 
     carried: Carried | None
     writes: int
+
+
+def _by_tasks(items: list[SourceItem], most: int) -> Iterator[list[SourceItem]]:
+    """`items` in runs of about `most` tasks (a chunk's event counts each of its tasks): a
+    chunked job's events bring hundreds of tasks each, and one batch of 1,000 of them would
+    leave nothing to apply while it is written."""
+    run: list[SourceItem] = []
+    tasks = 0
+    for item in items:
+        run.append(item)
+        event = item.event
+        if isinstance(event, TaskChunkFinished):
+            tasks += len(event.results) + len(event.failed)
+        else:
+            tasks += 1
+        if tasks >= most:
+            yield run
+            run, tasks = [], 0
+    if run:
+        yield run
 
 
 async def _next_unless_failed(
@@ -232,7 +263,12 @@ class PostgresProjector:
                     exc.expected,
                     exc.found,
                 )
-        log.info("projection %s stopped after seq %d", self.name, self.last_seq)
+        log.info(
+            "projection %s stopped after seq %d (%d batches written as applied ahead)",
+            self.name,
+            self.last_seq,
+            self.written_ahead,
+        )
 
     async def _own_checkpoint(self, *, check_layout_first: bool = False) -> int:
         """This partition's checkpoint (0: none yet); `check_layout_first`: once the schema's
@@ -260,18 +296,19 @@ class PostgresProjector:
         writing: asyncio.Task[int | None] | None = None
         try:
             async with aclosing(batches):
-                while (items := await _next_unless_failed(batches, writing)) is not None:
-                    batch = _Batch(items, after=previous.items[-1].seq if previous else start)
-                    await self._apply_ahead(batch, previous.carried if previous else None)
-                    if writing is not None:
-                        if await writing is None:
-                            return
-                        written = self._written.carried if self._written else None
-                        if batch.basis is not written:  # `previous` was written otherwise
-                            await self._apply_ahead(batch, written)
-                    write_batch = functools.partial(self._apply_batch, batch)
-                    writing = asyncio.create_task(self._retrying(write_batch, stop))
-                    previous = batch
+                while (read := await _next_unless_failed(batches, writing)) is not None:
+                    for items in _by_tasks(read, BATCH_TASKS):
+                        batch = _Batch(items, after=previous.items[-1].seq if previous else start)
+                        await self._apply_ahead(batch, previous.carried if previous else None)
+                        if writing is not None:
+                            if await writing is None:
+                                return
+                            written = self._written.carried if self._written else None
+                            if batch.basis is not written:  # `previous` was written otherwise
+                                await self._apply_ahead(batch, written)
+                        write_batch = functools.partial(self._apply_batch, batch)
+                        writing = asyncio.create_task(self._retrying(write_batch, stop))
+                        previous = batch
             if writing is not None:
                 await writing
         finally:

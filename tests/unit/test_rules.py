@@ -49,6 +49,7 @@ from jobstream.events import (
 from jobstream.projections import Partition
 from jobstream.projections._fold import table_rows
 from jobstream.projections._ndjson import result_line, result_lines
+from jobstream.projections._postgres import _by_tasks
 from jobstream.projections._rows import keys_of
 from jobstream.projections._rules import (
     ReadModel,
@@ -778,3 +779,31 @@ def test_a_partition_moving_jobs_another_counted_may_go_below_zero() -> None:
     assert _by_status(partition) == {"queued": -1, "cancelled": 1}
     assert _by_status(backfill, partition) == {"queued": 1, "cancelled": 1}
     assert _by_status(backfill, partition) == _jobs_grouped(partition)
+
+
+def test_a_read_batch_is_cut_into_runs_of_about_so_many_tasks() -> None:
+    job = "j"
+    chunks = [
+        TaskChunkFinished(
+            job_id=job,
+            task_id=chunk_id_for(job, first),
+            worker_id="w",
+            attempt=1,
+            duration_s=0.1,
+            results=[
+                ChunkResult(task_id=f"{job}-{i}", kind="noop", duration_s=0.0)
+                for i in range(first, first + 3)
+            ],
+            failed=[ChunkFailure(task_id=f"{job}-{first + 3}", kind="noop", error="x")],
+        )
+        for first in (0, 4, 8)
+    ]
+    singles: list[Event] = [JobSubmitted(job_id=job, tasks=[TaskSpec(kind="noop", count=12)])]
+    log = items([*singles, *chunks, *singles])
+
+    runs = list(_by_tasks(log, 5))
+
+    # 1 + 4 tasks, then 4 + 4 (a run ends once it holds `most`), then 1.
+    assert [[item.seq for item in run] for run in runs] == [[1, 2], [3, 4], [5]]
+    assert list(_by_tasks(log, 10**6)) == [log]
+    assert list(_by_tasks([], 5)) == []
