@@ -14,6 +14,7 @@ written by that layout may still be there. To change the count, replay into the 
 carries its own layout row.
 """
 
+import secrets
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -51,9 +52,11 @@ class Locked(NamedTuple):
     """A checkpoint row as its lock found it."""
 
     last_seq: int
-    # The transactions that have taken the row, this one included: a writer that finds one
-    # more than its own last batch saw knows that nobody else wrote in between.
-    writes: int
+    # This transaction's token, and that of the transaction that took the row before (None:
+    # the row is new, or was last taken before migration 012): a writer that finds its own
+    # last transaction's token there knows that nobody else wrote in between.
+    writer: int
+    prior_writer: int | None
 
 
 async def lock_checkpoint(
@@ -65,11 +68,13 @@ async def lock_checkpoint(
     """In the transaction on `conn`: lock `partition`'s checkpoint row of `projection` and
     return it, once the layout is claimed for, or found to be, `partition`'s count; else
     `LayoutMismatch`, before anything is written."""
+    writer = secrets.randbits(63)
     row = await conn.fetchrow(
         queries["lock_checkpoint"],
         partition.checkpoint_name(projection),
         projection,
         partition.count,
+        writer,
     )
     stored = row["partitions"]
     if stored is None:  # claimed by a transaction that committed while the statement ran
@@ -77,4 +82,4 @@ async def lock_checkpoint(
     if stored != partition.count:
         # None: the claim that stopped ours was removed by hand since.
         raise LayoutMismatch(built_by=int(stored or 0), partition=partition)
-    return Locked(int(row["last_seq"]), int(row["writes"]))
+    return Locked(int(row["last_seq"]), writer, row["prior_writer"])

@@ -22,12 +22,11 @@ on an empty schema the second to commit is refused (`LayoutMismatch`) and writes
 """
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import aclosing
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import asyncpg
 
@@ -118,11 +117,11 @@ class _Batch:
 
 
 class _Written(NamedTuple):
-    """What this projector's last batch wrote whole, and the checkpoint row's count of writes
-    its transaction saw (`Locked.writes`)."""
+    """What this projector's last batch wrote whole, and its transaction's token on the
+    checkpoint row (`Locked.writer`)."""
 
     carried: Carried | None
-    writes: int
+    writer: int
 
 
 def _by_tasks(items: list[SourceItem], most: int) -> Iterator[list[SourceItem]]:
@@ -153,14 +152,25 @@ async def _next_unless_failed(
     if writing is None:
         return await anext(batches, None)
     following = asyncio.ensure_future(anext(batches, None))
-    await asyncio.wait((following, writing), return_when=asyncio.FIRST_COMPLETED)
+    try:
+        await asyncio.wait((following, writing), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # cancelled: the reader must not be left running
+        await _cancelled(following)
+        raise
     if writing.done() and (writing.cancelled() or writing.exception() or writing.result() is None):
-        following.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await following
+        await _cancelled(following)
         writing.result()  # its error
         return None
     return await following
+
+
+async def _cancelled(task: "asyncio.Future[Any]") -> None:
+    """Cancel `task` and wait for it to end, whatever it ends with (its own error is
+    dropped: the caller has a better one to raise)."""
+    task.cancel()
+    await asyncio.wait((task,))
+    if not task.cancelled():
+        task.exception()
 
 
 def _ahead_holds(
@@ -168,12 +178,13 @@ def _ahead_holds(
 ) -> bool:
     """Whether `batch`, applied ahead, starts from the rows as they are: the batch before it
     was written whole as carried (`before`), and no other transaction took the checkpoint row
-    since (another projector of the partition, the task lister) to change them."""
+    since (another projector of the partition, the task lister; or this is another schema,
+    swapped in by a replay) to change them."""
     return (
         batch.loaded is not None
         and before is not None
         and batch.basis is before.carried
-        and locked.writes == before.writes + 1
+        and locked.prior_writer == before.writer
         and locked.last_seq == batch.after
         and len(fresh) == len(batch.items)
     )
@@ -313,9 +324,7 @@ class PostgresProjector:
                 await writing
         finally:
             if writing is not None and not writing.done():
-                writing.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writing
+                await _cancelled(writing)
 
     async def _apply_ahead(self, batch: _Batch, basis: Carried | None) -> None:
         """Apply `batch` to the rows the batch before it leaves (`basis`, which may still be
@@ -404,7 +413,7 @@ class PostgresProjector:
                     await self._load_and_apply(conn, batch, fresh)
                 assert batch.loaded is not None
                 parked += await self._write(conn, batch.loaded)
-                written = _Written(batch.carried, locked.writes)
+                written = _Written(batch.carried, locked.writer)
             await conn.execute(self._queries["save_checkpoint"], self.name, fresh[-1].seq)
         return fresh[-1].seq, parked, written
 

@@ -14,8 +14,9 @@
 -- locking the layout row (the partitions' batches do not queue on it). Returns the last
 -- applied sequence and the layout's partition count, NULL if another transaction claimed
 -- the layout while this statement ran (its row is not in this statement's snapshot:
--- read_layout reads it). One statement: the check costs a batch no round trip. Counts the
--- transactions that took the row (`writes`, migration 012) and returns the count.
+-- read_layout reads it). One statement: the check costs a batch no round trip. $4 is the
+-- taker's token (`writer`, migration 012); the token of the transaction that took the row
+-- before is returned (`prior_writer`).
 WITH claimed AS (
     INSERT INTO projection_layouts (projection, partitions)
     VALUES ($2, $3)
@@ -23,14 +24,14 @@ WITH claimed AS (
     RETURNING partitions
 ),
 locked AS (
-    INSERT INTO projection_checkpoints AS c (projection, last_seq)
-    VALUES ($1, 0)
-    ON CONFLICT (projection) DO UPDATE SET writes = c.writes + 1
-    RETURNING c.last_seq, c.writes
+    INSERT INTO projection_checkpoints AS c (projection, last_seq, writer)
+    VALUES ($1, 0, $4)
+    ON CONFLICT (projection) DO UPDATE SET writer = $4, prior_writer = c.writer
+    RETURNING c.last_seq, c.prior_writer
 )
 SELECT
     locked.last_seq,
-    locked.writes,
+    locked.prior_writer,
     coalesce(
         (SELECT partitions FROM claimed),
         (SELECT partitions FROM projection_layouts WHERE projection = $2)

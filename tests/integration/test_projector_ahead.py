@@ -16,13 +16,14 @@ from jobstream.events import (
     TaskStarted,
     TaskSucceeded,
 )
-from jobstream.projections import PostgresProjector, caught_up
+from jobstream.projections import PostgresProjector, caught_up, replay_postgres
 from jobstream.projections._postgres import _Batch
 from tests.integration.test_projections import read_log
 from tests.integration.test_replay_fold import (
     assert_replay_equals_live,
     at,
     big_chunked_job,
+    crawl_corners,
     tricky_log,
 )
 from tests.integration.test_worker_dispatcher import running
@@ -32,7 +33,7 @@ from tests.integration.test_worker_dispatcher import running
 async def test_batches_applied_ahead_give_the_replays_tables(
     bus: Bus, database_url: str, batch_max: int
 ) -> None:
-    for event in [*tricky_log(), *big_chunked_job()]:
+    for event in [*tricky_log(), *crawl_corners(), *big_chunked_job()]:
         await bus.publish_event(event)
     last = await bus.stream_last_seq()
     pool = await asyncpg.create_pool(database_url, min_size=2, max_size=4)
@@ -126,5 +127,68 @@ async def test_a_listing_between_two_batches_makes_the_second_apply_again(
             "SELECT tasks_queued, tasks_succeeded FROM jobstream.jobs WHERE job_id = $1", job
         )
         assert tuple(counts) == (2, 1)
+    finally:
+        await pool.close()
+
+
+async def test_a_projector_cancelled_while_a_batch_is_written_stops_cleanly(
+    bus: Bus, database_url: str
+) -> None:
+    """Cancelled with a write in flight and the reader waiting for the next batch: both are
+    cancelled, and the cancel is what comes out (not an error of the reader left running)."""
+    await bus.publish_event(JobSubmitted(at=at(0), job_id="j", tasks=[TaskSpec(kind="noop")]))
+    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=4)
+    try:
+        projector = PostgresProjector(bus, pool)
+        writing = asyncio.Event()
+
+        async def slow_write(batch: _Batch) -> int:
+            writing.set()
+            await asyncio.sleep(60)
+            raise AssertionError("not cancelled")
+
+        projector._apply_batch = slow_write  # type: ignore[method-assign]
+        running_projector = asyncio.create_task(projector.run(asyncio.Event()))
+        await asyncio.wait_for(writing.wait(), 10)
+        await asyncio.sleep(0.3)  # the reader waits for a next batch
+        running_projector.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(running_projector, 10)
+    finally:
+        await pool.close()
+
+
+async def test_a_batch_applied_ahead_is_applied_again_in_a_schema_swapped_in_since(
+    bus: Bus, database_url: str
+) -> None:
+    """A replay swapped in between two batches: its checkpoint may be where the first left
+    off, but the rows the second started from are the old schema's, so it is applied again."""
+    lease = at(9)
+    await bus.publish_event(JobSubmitted(at=at(0), job_id="j", tasks=[TaskSpec(kind="noop")]))
+    await bus.publish_event(
+        TaskStarted(
+            at=at(1), job_id="j", task_id="j-0", worker_id="w", attempt=1, lease_deadline=lease
+        )
+    )
+    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=4)
+    try:
+        projector = PostgresProjector(bus, pool)
+        items = await read_log(bus, 2)
+        await projector._apply_batch(_Batch(items[:1], after=0))
+        started = _Batch(items[1:], after=1)
+        await projector._apply_batch(started)
+        assert started.carried is not None
+        await replay_postgres(bus, pool)
+        await bus.publish_event(
+            TaskStarted(
+                at=at(2), job_id="j", task_id="j-0", worker_id="w", attempt=2, lease_deadline=lease
+            )
+        )
+        again = _Batch(await read_log(bus, 3, start_seq=3), after=2)
+        await projector._apply_ahead(again, started.carried)
+        assert again.loaded is not None
+        await projector._apply_batch(again)
+        assert projector.written_ahead == 0
+        await assert_replay_equals_live(bus, pool)
     finally:
         await pool.close()

@@ -33,7 +33,10 @@ from jobstream.services.worker import HandlerRegistry, TaskContext, Worker, Work
 from tests.integration.test_worker_dispatcher import read_log, running, wait_for_job_end
 
 # Columns a replay may legitimately change: when a row was written, not what it says.
-VOLATILE = {"projection_checkpoints": {"updated_at", "writes"}, "rejected_events": {"seen_at"}}
+VOLATILE = {
+    "projection_checkpoints": {"updated_at", "writer", "prior_writer"},
+    "rejected_events": {"seen_at"},
+}
 TABLES = {
     "jobs": "job_id",
     "tasks": "task_id",
