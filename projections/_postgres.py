@@ -240,7 +240,7 @@ class PostgresProjector:
         self._search_path = (
             f"SET LOCAL search_path TO {quote_ident(schema)}; SET LOCAL synchronous_commit TO off"
         )
-        self._read_path = f"SET LOCAL search_path TO {quote_ident(schema)}"
+        self._read_path = f"SET search_path TO {quote_ident(schema)}"
         self._queries = load_queries()
         self.lister = TaskLister(bus, pool, schema=schema, name=name, partition=partition)
         self._written: _Written | None = None
@@ -338,7 +338,9 @@ class PostgresProjector:
         rest = unknown_keys(batch.keys, basis)
         if names_rows(rest):
             try:
-                async with connection(self.pool) as conn, conn.transaction(readonly=True):
+                async with connection(self.pool) as conn:
+                    # One statement, no transaction: two round trips, not four. The pool
+                    # resets the session's search path when the connection goes back.
                     await conn.execute(self._read_path)
                     loaded = await load(conn, self._queries, rest, model)
             except (*RETRY_ERRORS, asyncpg.PostgresError):
