@@ -42,12 +42,7 @@ from jobstream.events import (
     event_batches,
     sleep_unless_stopped,
 )
-from jobstream.projections._database import (
-    DATA_ERRORS,
-    RETRY_CAP_S,
-    RETRY_ERRORS,
-    connection,
-)
+from jobstream.projections._database import DATA_ERRORS, RETRY_CAP_S, RETRY_ERRORS, connection
 from jobstream.projections._layout import LayoutMismatch, Locked, check_layout, lock_checkpoint
 from jobstream.projections._listing import TaskLister, unlisted_batches
 from jobstream.projections._migrate import DEFAULT_SCHEMA, quote_ident
@@ -334,7 +329,7 @@ class PostgresProjector:
         batch.loaded = batch.basis = batch.carried = None
         if basis is None or batch.keys.requeued:
             return
-        model = ReadModel(list_batches=False, partition=self.partition.index)
+        model = self._model()
         rest = unknown_keys(batch.keys, basis)
         if names_rows(rest):
             try:
@@ -412,23 +407,27 @@ class PostgresProjector:
                 if _ahead_holds(batch, before, locked, fresh):
                     self.written_ahead += 1
                 else:
-                    await self._load_and_apply(conn, batch, fresh)
+                    # `fresh` is the batch's end: the whole batch unless another writer
+                    # applied its first items.
+                    keys = batch.keys if len(fresh) == len(batch.items) else keys_of(fresh)
+                    batch.applied(await self._load_and_apply(conn, fresh, keys), keys)
                 assert batch.loaded is not None
                 parked += await self._write(conn, batch.loaded)
                 written = _Written(batch.carried, locked.writer)
             await conn.execute(self._queries["save_checkpoint"], self.name, fresh[-1].seq)
         return fresh[-1].seq, parked, written
 
+    def _model(self) -> ReadModel:
+        return ReadModel(list_batches=False, partition=self.partition.index)
+
     async def _load_and_apply(
-        self, conn: asyncpg.Connection, batch: _Batch, items: Sequence[SourceItem]
-    ) -> None:
-        """Load the rows `items` name and apply them (into `batch`)."""
-        model = ReadModel(list_batches=False, partition=self.partition.index)
-        keys = keys_of(items)
-        loaded = await load(conn, self._queries, keys, model)
+        self, conn: asyncpg.Connection, items: Sequence[SourceItem], keys: Keys
+    ) -> Loaded:
+        """Load the rows of `keys` (those `items` name) and apply `items` to them."""
+        loaded = await load(conn, self._queries, keys, self._model())
         for item in items:
-            model.apply_item(item)
-        batch.applied(loaded, keys)
+            loaded.model.apply_item(item)
+        return loaded
 
     async def _write(self, conn: asyncpg.Connection, loaded: Loaded) -> list[_Parked]:
         """Write what changed in `loaded`; return what the rules parked (written too)."""
@@ -441,10 +440,7 @@ class PostgresProjector:
     async def _apply(self, conn: asyncpg.Connection, items: Sequence[SourceItem]) -> list[_Parked]:
         """Load the rows `items` name, apply them, write what changed; return what the rules
         parked (written too)."""
-        batch = _Batch(items, after=None)
-        await self._load_and_apply(conn, batch, items)
-        assert batch.loaded is not None
-        return await self._write(conn, batch.loaded)
+        return await self._write(conn, await self._load_and_apply(conn, items, keys_of(items)))
 
     async def _apply_isolating(
         self,

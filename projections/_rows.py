@@ -89,10 +89,41 @@ class Loaded:
         self.status_counts: dict[JobStatus, JobStatusCountRow] = {}
         self.batches = len(model.batches)
 
+    # Each `take_*` puts a row as it is in the table into the model, and keeps it (or, of a
+    # crawl_stats row, which the rules change in place, a copy) as loaded.
+
     def take_tasks(self, rows: str) -> None:
         """Task rows, as a JSON array."""
         for task in _TASKS.decode(rows):
-            self.model.tasks[task.task_id] = self.tasks[task.task_id] = task
+            self.take_task(task)
+
+    def take_job(self, job: JobRow) -> None:
+        self.model.jobs[job.job_id] = self.jobs[job.job_id] = job
+
+    def take_task(self, task: TaskRow) -> None:
+        self.model.tasks[task.task_id] = self.tasks[task.task_id] = task
+
+    def take_attempt(self, attempt: AttemptRow) -> None:
+        self.model.attempts.setdefault(attempt.task_id, {})[attempt.attempt] = attempt
+        self.attempts[attempt.task_id, attempt.attempt] = attempt
+
+    def take_result(self, result: ResultRow) -> None:
+        self.model.results[result.task_id] = self.results[result.task_id] = result
+
+    def take_worker(self, worker: WorkerRow) -> None:
+        self.model.workers[worker.worker_id] = self.workers[worker.worker_id] = worker
+
+    def take_crawl(self, row: dict[str, Any]) -> None:
+        key = (row["job_id"], row["pass"], row["domain"])
+        self.model.crawl.rows[key] = row
+        self.crawl[key] = _crawl_copy(row)
+
+    def take_minute_stats(self, stats: MinuteStatsRow) -> None:
+        key = (utc(stats.minute), stats.queue, stats.kind)
+        self.model.minute_stats[key] = self.minute_stats[key] = stats
+
+    def take_status_count(self, count: JobStatusCountRow) -> None:
+        self.model.status_counts[count.status] = self.status_counts[count.status] = count
 
 
 async def load(
@@ -115,24 +146,20 @@ async def load(
         model.partition,
     )
     for job in _JOBS.decode(arrays[0]):
-        model.jobs[job.job_id] = loaded.jobs[job.job_id] = job
+        loaded.take_job(job)
     loaded.take_tasks(arrays[1])
     for attempt in _ATTEMPTS.decode(arrays[2]):
-        model.attempts.setdefault(attempt.task_id, {})[attempt.attempt] = attempt
-        loaded.attempts[attempt.task_id, attempt.attempt] = attempt
+        loaded.take_attempt(attempt)
     for result in _RESULTS.decode(arrays[3]):
-        model.results[result.task_id] = loaded.results[result.task_id] = result
+        loaded.take_result(result)
     for worker in _WORKERS.decode(arrays[4]):
-        model.workers[worker.worker_id] = loaded.workers[worker.worker_id] = worker
+        loaded.take_worker(worker)
     for row in _CRAWL.decode(arrays[5]):
-        key = (row["job_id"], row["pass"], row["domain"])
-        model.crawl.rows[key] = row
-        loaded.crawl[key] = _crawl_copy(row)
+        loaded.take_crawl(row)
     for stats in _MINUTE_STATS.decode(arrays[6]):
-        minute_key = (utc(stats.minute), stats.queue, stats.kind)
-        model.minute_stats[minute_key] = loaded.minute_stats[minute_key] = stats
+        loaded.take_minute_stats(stats)
     for count in _STATUS_COUNTS.decode(arrays[7]):
-        model.status_counts[count.status] = loaded.status_counts[count.status] = count
+        loaded.take_status_count(count)
     return loaded
 
 
@@ -172,45 +199,42 @@ def unknown_keys(keys: Keys, carried: Carried) -> Keys:
 def take_carried(loaded: Loaded, keys: Keys, carried: Carried) -> None:
     """Put into `loaded` (holding the rows of `unknown_keys`) the rows of `keys` that
     `carried` knows, as they will be once its batch is written."""
-    model = loaded.model
     before = carried.model
     known = carried.keys
     loaded.looked_up = set(keys.tasks)
     for job_id in keys.jobs & known.jobs:
         if (job := before.jobs.get(job_id)) is not None:
-            model.jobs[job_id] = loaded.jobs[job_id] = job
+            loaded.take_job(job)
     _take_carried_tasks(loaded, keys.tasks & carried.tasks, before)
     for worker_id in keys.workers & known.workers:
         if (worker := before.workers.get(worker_id)) is not None:
-            model.workers[worker_id] = loaded.workers[worker_id] = worker
+            loaded.take_worker(worker)
     crawl_jobs = keys.crawl_jobs & known.crawl_jobs
     for key, row in before.crawl.rows.items():
         if key[0] in crawl_jobs:
-            model.crawl.rows[key] = _crawl_copy(row)
-            loaded.crawl[key] = _crawl_copy(row)
+            loaded.take_crawl(_crawl_copy(row))
     minutes = keys.minutes & known.minutes
     for minute_key, stats in before.minute_stats.items():
         if minute_key[0] in minutes:
-            model.minute_stats[minute_key] = loaded.minute_stats[minute_key] = stats
+            loaded.take_minute_stats(stats)
     if keys.jobs and known.jobs:
         # Every row of the partition's (the load reads them with any job's): as carried,
         # over those the load may have read while the carrying batch was being written.
-        model.status_counts = dict(before.status_counts)
-        loaded.status_counts = dict(before.status_counts)
+        loaded.model.status_counts.clear()
+        loaded.status_counts.clear()
+        for count in before.status_counts.values():
+            loaded.take_status_count(count)
 
 
 def _take_carried_tasks(loaded: Loaded, task_ids: Iterable[str], before: ReadModel) -> None:
     """The rows of `task_ids` (task, attempts, result) from `before` into `loaded`."""
-    model = loaded.model
     for task_id in task_ids:
         if (task := before.tasks.get(task_id)) is not None:
-            model.tasks[task_id] = loaded.tasks[task_id] = task
-        if attempts := before.attempts.get(task_id):
-            model.attempts[task_id] = dict(attempts)
-            for number, attempt in attempts.items():
-                loaded.attempts[task_id, number] = attempt
+            loaded.take_task(task)
+        for attempt in before.attempts.get(task_id, {}).values():
+            loaded.take_attempt(attempt)
         if (result := before.results.get(task_id)) is not None:
-            model.results[task_id] = loaded.results[task_id] = result
+            loaded.take_result(result)
 
 
 def names_rows(keys: Keys) -> bool:

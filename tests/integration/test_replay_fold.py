@@ -865,7 +865,9 @@ def _submitted(job: str, tasks: int) -> JobSubmitted:
     )
 
 
-def _chunk(job: str, first: int, end: int, *, failed: frozenset[int] = frozenset()) -> Event:
+def chunk_finished(
+    job: str, first: int, end: int, *, failed: frozenset[int] = frozenset()
+) -> Event:
     return TaskChunkFinished(
         at=at(61),
         job_id=job,
@@ -908,9 +910,9 @@ async def test_a_batch_of_few_new_and_many_changed_task_rows_writes_both(
         _submitted("job-a", 300),
         _submitted("f1", 1),
         _submitted("f2", 1),
-        _chunk("job-a", 0, 150),
+        chunk_finished("job-a", 0, 150),
         _submitted("job-b", 50),
-        _chunk("job-b", 0, 50),
+        chunk_finished("job-b", 0, 50),
     ]
     for event in events:
         await bus.publish_event(event)
@@ -940,7 +942,7 @@ async def test_a_batch_bisected_around_a_refused_event_writes_each_row_once(
         _submitted("f1", 1),
         _submitted("f2", 1),
         _submitted("f3", 1),
-        _chunk("job-a", 0, 150, failed=frozenset({7})),
+        chunk_finished("job-a", 0, 150, failed=frozenset({7})),
         TaskStarted(
             at=at(62),
             job_id="job-a",
@@ -959,7 +961,7 @@ async def test_a_batch_bisected_around_a_refused_event_writes_each_row_once(
             result=7,
             duration_s=0.5,
         ),
-        _chunk("job-a", 150, 300),
+        chunk_finished("job-a", 150, 300),
         TaskFailed(
             at=at(64),
             job_id="job-z",

@@ -58,7 +58,7 @@ from jobstream.projections._rules import (
     result_of,
     result_row,
 )
-from tests.integration.test_replay_fold import tricky_log
+from tests.integration.test_replay_fold import chunk_finished, tricky_log
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -783,20 +783,9 @@ def test_a_partition_moving_jobs_another_counted_may_go_below_zero() -> None:
 
 def test_a_read_batch_is_cut_into_runs_of_about_so_many_tasks() -> None:
     job = "j"
+    # 4 tasks each: 3 results and a failure.
     chunks = [
-        TaskChunkFinished(
-            job_id=job,
-            task_id=chunk_id_for(job, first),
-            worker_id="w",
-            attempt=1,
-            duration_s=0.1,
-            results=[
-                ChunkResult(task_id=f"{job}-{i}", kind="noop", duration_s=0.0)
-                for i in range(first, first + 3)
-            ],
-            failed=[ChunkFailure(task_id=f"{job}-{first + 3}", kind="noop", error="x")],
-        )
-        for first in (0, 4, 8)
+        chunk_finished(job, first, first + 4, failed=frozenset({first + 3})) for first in (0, 4, 8)
     ]
     singles: list[Event] = [JobSubmitted(job_id=job, tasks=[TaskSpec(kind="noop", count=12)])]
     log = items([*singles, *chunks, *singles])
