@@ -10,8 +10,9 @@ Memory grows with the read model (about 1 KB per task), not with the log.
 
 import asyncio
 import contextlib
+import gc
 import operator
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import asyncpg
@@ -42,6 +43,24 @@ def table_rows(model: ReadModel) -> dict[str, list[tuple[Any, ...]]]:
         "stats_per_minute": in_columns("stats_per_minute", model.minute_stats.values()),
         "job_status_counts": in_columns("job_status_counts", model.status_counts.values()),
     }
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off for the block (on again after, if it was on).
+
+    A fold's model is a few dicts of rows that only grow, and each full collection walks all
+    of them: ten passes per 100,000 events, a fifth of the fold's CPU. Neither the fold nor
+    the read and the COPY make reference cycles (the objects the collector tracks are as many
+    after a fold with it off as with it on), so nothing waits for it meanwhile.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 async def fold_log(

@@ -39,6 +39,7 @@ from jobstream.events import (
 from jobstream.projections._database import DATA_ERRORS
 from jobstream.projections._fold import (
     REPLAY_BATCH_MAX,
+    collector_paused,
     drop_indexes,
     fold_log,
     log_between,
@@ -187,14 +188,17 @@ async def _build_bulk(
     def on_reached(seq: int) -> None:
         on_progress(seq - first + 1, last - first + 1)
 
-    await fold_log(bus, fold, first, last, on_reached=on_reached)
-    folded = time.perf_counter()
-    await _create_build_schema(pool, build, max(first - 1, min(last, fold.last_seq)))
-    try:
-        await write_fold(pool, build, fold)
-    except _BULK_REFUSED_ERRORS as exc:
-        log.warning("bulk replay: the database refused a row (%s); rebuilding event by event", exc)
-        return False
+    with collector_paused():
+        await fold_log(bus, fold, first, last, on_reached=on_reached)
+        folded = time.perf_counter()
+        await _create_build_schema(pool, build, max(first - 1, min(last, fold.last_seq)))
+        try:
+            await write_fold(pool, build, fold)
+        except _BULK_REFUSED_ERRORS as exc:
+            log.warning(
+                "bulk replay: the database refused a row (%s); rebuilding event by event", exc
+            )
+            return False
     log.info(
         "bulk replay of seq %d..%d: read and folded in %.2fs, written in %.2fs",
         first,

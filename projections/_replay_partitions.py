@@ -21,7 +21,7 @@ import asyncpg
 
 from jobstream.events import NO_SECURITY, Bus, JobstreamError, NatsSecurity
 from jobstream.projections._database import DATA_ERRORS
-from jobstream.projections._fold import copy_fold, fold_log
+from jobstream.projections._fold import collector_paused, copy_fold, fold_log
 from jobstream.projections._partitions import Partition
 from jobstream.projections._rules import ReadModel
 
@@ -98,7 +98,10 @@ def _child(
     # Warnings only: the parent draws a progress bar on the same terminal, and logs the end.
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
-        refused = asyncio.run(_fold_partition(connections, build, first, last, partition, reached))
+        with collector_paused():
+            refused = asyncio.run(
+                _fold_partition(connections, build, first, last, partition, reached)
+            )
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(REFUSED_EXIT if refused else 0)
