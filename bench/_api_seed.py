@@ -61,20 +61,6 @@ _TASK_COLUMNS = (
     "duration_s",
     "updated_seq",
 )
-_RESULT_COLUMNS = (
-    "task_id",
-    "job_id",
-    "kind",
-    "inputs",
-    "output",
-    "processed_by",
-    "duration_s",
-    "status",
-    "error",
-    "attempts",
-    "finished_at",
-    "seq",
-)
 _ATTEMPT_COLUMNS = (
     "task_id",
     "attempt",
@@ -141,6 +127,9 @@ class SeedResult:
     vacuum_s: float
 
 
+_STATE = _TASK_COLUMNS.index("state")
+
+
 def _task_row(
     task_id: str,
     job_id: str,
@@ -160,26 +149,6 @@ def _task_row(
     return (
         *(task_id, job_id, index, "noop", args, state, attempts, worker, None, error),
         *(started, finished, duration_s, seq),
-    )
-
-
-def _result_row(
-    task_id: str,
-    job_id: str,
-    *,
-    status: str,
-    worker: str,
-    attempts: int,
-    finished: datetime,
-    seq: int,
-    args: str = "{}",
-    duration_s: float | None = None,
-    error: str | None = None,
-) -> Row:
-    """A `results` row (_RESULT_COLUMNS)."""
-    return (
-        *(task_id, job_id, "noop", args, None, worker, duration_s, status, error, attempts),
-        *(finished, seq),
     )
 
 
@@ -286,24 +255,6 @@ def _big_task_rows(job: _BigJob, start: int, stop: int) -> Iterator[Row]:
             )
 
 
-def _big_result_rows(job: _BigJob, start: int, stop: int) -> Iterator[Row]:
-    for index in range(start, min(stop, job.finished)):
-        task_id = task_id_for(job.job_id, index)
-        dead = job.dead(index)
-        yield _result_row(
-            task_id,
-            job.job_id,
-            status="dead_lettered" if dead else "succeeded",
-            worker=job.worker(index),
-            attempts=MAX_ATTEMPTS if dead else 1,
-            finished=job.finished_at(index),
-            seq=job.seq(index),
-            args=f'{{"i":{index}}}',
-            duration_s=None if dead else TASK_DURATION_S,
-            error=ERROR if dead else None,
-        )
-
-
 def _big_attempt_rows(job: _BigJob, start: int, stop: int) -> Iterator[Row]:
     running_started = job.submitted_at + timedelta(seconds=BIG_JOB_AGE_S - 1.0)
     for index in range(start, min(stop, job.finished + job.running)):
@@ -356,7 +307,6 @@ class _SmallJobs:
 
     jobs: list[Row]
     tasks: list[Row]
-    results: list[Row]
     attempts: list[Row]
     dead_letters: int
     last_seq: int
@@ -367,11 +317,10 @@ class _SmallJobs:
 
 def _small_job_rows(
     job_id: str, submitted: datetime, seq: int, *, queued: bool, failed: bool, worker: str
-) -> tuple[list[Row], list[Row], list[Row], int]:
-    """One small job's task, result and attempt rows, and its last sequence: each task ended
+) -> tuple[list[Row], list[Row], int]:
+    """One small job's task and attempt rows, and its last sequence: each task ended
     0.1 s after the previous one (the last dead-lettered if `failed`), or all queued."""
     tasks: list[Row] = []
-    results: list[Row] = []
     attempts: list[Row] = []
     for index in range(SMALL_JOB_TASKS):
         task_id = task_id_for(job_id, index)
@@ -394,18 +343,6 @@ def _small_job_rows(
                     finished=at,
                 )
             )
-            results.append(
-                _result_row(
-                    task_id,
-                    job_id,
-                    status="dead_lettered",
-                    worker=worker,
-                    attempts=MAX_ATTEMPTS,
-                    finished=at,
-                    seq=seq,
-                    error=ERROR,
-                )
-            )
             attempts += _failed_attempts(task_id, job_id, worker, at)
             continue
         started = at - TASK_DURATION
@@ -423,18 +360,6 @@ def _small_job_rows(
                 duration_s=TASK_DURATION_S,
             )
         )
-        results.append(
-            _result_row(
-                task_id,
-                job_id,
-                status="succeeded",
-                worker=worker,
-                attempts=1,
-                finished=at,
-                seq=seq,
-                duration_s=TASK_DURATION_S,
-            )
-        )
         attempts.append(
             _attempt_row(
                 task_id,
@@ -447,7 +372,7 @@ def _small_job_rows(
                 duration_s=TASK_DURATION_S,
             )
         )
-    return tasks, results, attempts, seq
+    return tasks, attempts, seq
 
 
 def _job_row(
@@ -479,7 +404,6 @@ def _small_jobs(count: int, *, newest_at: datetime) -> _SmallJobs:
     small = _SmallJobs(
         jobs=[],
         tasks=[],
-        results=[],
         attempts=[],
         dead_letters=0,
         last_seq=0,
@@ -495,11 +419,10 @@ def _small_jobs(count: int, *, newest_at: datetime) -> _SmallJobs:
         queued = k >= count - QUEUED_SMALL_JOBS
         failed = not queued and k % FAILED_SMALL_JOB_EVERY == FAILED_SMALL_JOB_EVERY // 2
         worker = WORKERS[2 + k % 2]
-        tasks, results, attempts, seq = _small_job_rows(
+        tasks, attempts, seq = _small_job_rows(
             job_id, submitted, seq, queued=queued, failed=failed, worker=worker
         )
         small.tasks.extend(tasks)
-        small.results.extend(results)
         small.attempts.extend(attempts)
         name = f"small-{k}"
         if queued:
@@ -518,7 +441,7 @@ def _small_jobs(count: int, *, newest_at: datetime) -> _SmallJobs:
             continue
         seq += 1  # job.completed or job.failed
         small.dead_letters += failed
-        small.succeeded[worker] += len(results) - failed
+        small.succeeded[worker] += SMALL_JOB_TASKS - failed
         small.failed[worker] += MAX_ATTEMPTS * failed
         small.jobs.append(
             _job_row(
@@ -616,7 +539,6 @@ async def _copy_all(
     await asyncio.gather(
         _copy(pool, schema, "jobs", _JOB_COLUMNS, iter([*small.jobs, _big_job_row(big)])),
         _copy_big(pool, schema, big, "tasks", _TASK_COLUMNS, _big_task_rows),
-        _copy_big(pool, schema, big, "results", _RESULT_COLUMNS, _big_result_rows),
         _copy_big(pool, schema, big, "task_attempts", _ATTEMPT_COLUMNS, _big_attempt_rows),
     )
     batches = [
@@ -625,7 +547,6 @@ async def _copy_all(
     ]
     small_tables = (
         ("tasks", _TASK_COLUMNS, small.tasks),
-        ("results", _RESULT_COLUMNS, small.results),
         ("task_attempts", _ATTEMPT_COLUMNS, small.attempts),
         ("job_batches", _BATCH_COLUMNS, batches),
         ("workers", _WORKER_COLUMNS, _worker_rows(small, big, now)),
@@ -663,7 +584,7 @@ async def seed(
             await conn.execute("SELECT recount_read_model()")
         recount_s = time.monotonic() - started
         started = time.monotonic()
-        tables = ("jobs", "tasks", "results", "task_attempts", "workers", "job_batches")
+        tables = ("jobs", "tasks", "task_attempts", "workers", "job_batches")
         for table in (*tables, "stats_per_minute", "job_status_counts"):
             await pool.execute(f"VACUUM ANALYZE {quote_ident(schema)}.{quote_ident(table)}")
         vacuum_s = time.monotonic() - started
@@ -674,7 +595,8 @@ async def seed(
     return SeedResult(
         jobs=small_jobs + 1,
         tasks=len(small.tasks) + big.tasks,
-        results=len(small.results) + big.finished,
+        results=sum(row[_STATE] in ("succeeded", "dead_lettered") for row in small.tasks)
+        + big.finished,
         attempts=len(small.attempts) + big_attempts,
         dead_letters=small.dead_letters + big_dead,
         big_job_id=big.job_id,

@@ -36,7 +36,6 @@ def table_rows(model: ReadModel) -> dict[str, list[tuple[Any, ...]]]:
         "tasks": in_columns("tasks", model.expanded_tasks()),
         "task_attempts": in_columns("task_attempts", attempts),
         "workers": in_columns("workers", model.workers.values()),
-        "results": in_columns("results", model.results.values()),
         "rejected_events": in_columns("rejected_events", model.rejected.values()),
         "job_batches": in_columns("job_batches", model.batches),
         "crawl_stats": [crawl(row) for row in model.crawl.table_rows()],

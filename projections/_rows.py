@@ -8,8 +8,8 @@ task ranges less the rows written whole. Nothing here decides what a row holds: 
 `_rules.py`. The caller holds the projection's checkpoint lock, so no other writer changes
 these rows in between.
 
-Big batches (a chunked job's results: hundreds of tasks per event) write their many task,
-attempt and result rows by binary COPY instead (`COPY_MIN_ROWS`): PostgreSQL then parses no
+Big batches (a chunked job's results: hundreds of tasks per event) write their many task
+and attempt rows by binary COPY instead (`COPY_MIN_ROWS`): PostgreSQL then parses no
 JSON and checks no conflict. A row is COPYed straight into its table only if the load looked
 it up and did not find it, so it cannot be there; the task rows that changed go through a
 temporary table and one UPDATE.
@@ -29,7 +29,6 @@ from jobstream.events import (
     JobStatus,
     JobStatusCountRow,
     MinuteStatsRow,
-    ResultRow,
     SourceItem,
     TaskRow,
     WorkerRow,
@@ -45,7 +44,6 @@ _CRAWL_MAPS = ("status_counts", "cache_counts", "response_ms")
 _JOBS = msgspec.json.Decoder(list[JobRow], strict=False)
 _TASKS = msgspec.json.Decoder(list[TaskRow], strict=False)
 _ATTEMPTS = msgspec.json.Decoder(list[AttemptRow], strict=False)
-_RESULTS = msgspec.json.Decoder(list[ResultRow], strict=False)
 _WORKERS = msgspec.json.Decoder(list[WorkerRow], strict=False)
 _CRAWL = msgspec.json.Decoder(list[dict[str, Any]])
 _MINUTE_STATS = msgspec.json.Decoder(list[MinuteStatsRow])
@@ -76,14 +74,13 @@ class Loaded:
 
     def __init__(self, model: ReadModel, keys: Keys | None = None) -> None:
         self.model = model
-        # The task ids whose rows (task, attempts, result) were looked up: a row of one of
+        # The task ids whose rows (task, attempts) were looked up: a row of one of
         # them that was not found is not in the table.
         self.looked_up: set[str] = set(keys.tasks) if keys is not None else set()
         self.jobs: dict[str, JobRow] = {}
         self.tasks: dict[str, TaskRow] = {}
         self.attempts: dict[tuple[str, int], AttemptRow] = {}
         self.workers: dict[str, WorkerRow] = {}
-        self.results: dict[str, ResultRow] = {}
         self.crawl: dict[tuple[str, int, str], dict[str, Any]] = {}
         self.minute_stats: dict[MinuteKey, MinuteStatsRow] = {}
         self.status_counts: dict[JobStatus, JobStatusCountRow] = {}
@@ -106,9 +103,6 @@ class Loaded:
     def take_attempt(self, attempt: AttemptRow) -> None:
         self.model.attempts.setdefault(attempt.task_id, {})[attempt.attempt] = attempt
         self.attempts[attempt.task_id, attempt.attempt] = attempt
-
-    def take_result(self, result: ResultRow) -> None:
-        self.model.results[result.task_id] = self.results[result.task_id] = result
 
     def take_worker(self, worker: WorkerRow) -> None:
         self.model.workers[worker.worker_id] = self.workers[worker.worker_id] = worker
@@ -150,15 +144,13 @@ async def load(
     loaded.take_tasks(arrays[1])
     for attempt in _ATTEMPTS.decode(arrays[2]):
         loaded.take_attempt(attempt)
-    for result in _RESULTS.decode(arrays[3]):
-        loaded.take_result(result)
-    for worker in _WORKERS.decode(arrays[4]):
+    for worker in _WORKERS.decode(arrays[3]):
         loaded.take_worker(worker)
-    for row in _CRAWL.decode(arrays[5]):
+    for row in _CRAWL.decode(arrays[4]):
         loaded.take_crawl(row)
-    for stats in _MINUTE_STATS.decode(arrays[6]):
+    for stats in _MINUTE_STATS.decode(arrays[5]):
         loaded.take_minute_stats(stats)
-    for count in _STATUS_COUNTS.decode(arrays[7]):
+    for count in _STATUS_COUNTS.decode(arrays[6]):
         loaded.take_status_count(count)
     return loaded
 
@@ -170,7 +162,7 @@ class Carried:
 
     Only a batch whose every change is a whole row carries (`carries`): task ranges are
     made into rows by SQL, a taken batch is listed by the lister, and a requeue's minute rows
-    follow a results row the load reads on the server."""
+    follow a task's row as it is on the server."""
 
     def __init__(self, loaded: Loaded, keys: Keys) -> None:
         self.model = loaded.model
@@ -227,14 +219,12 @@ def take_carried(loaded: Loaded, keys: Keys, carried: Carried) -> None:
 
 
 def _take_carried_tasks(loaded: Loaded, task_ids: Iterable[str], before: ReadModel) -> None:
-    """The rows of `task_ids` (task, attempts, result) from `before` into `loaded`."""
+    """The rows of `task_ids` (task, attempts) from `before` into `loaded`."""
     for task_id in task_ids:
         if (task := before.tasks.get(task_id)) is not None:
             loaded.take_task(task)
         for attempt in before.attempts.get(task_id, {}).values():
             loaded.take_attempt(attempt)
-        if (result := before.results.get(task_id)) is not None:
-            loaded.take_result(result)
 
 
 def names_rows(keys: Keys) -> bool:
@@ -265,15 +255,11 @@ async def write(
     one statement, the many new or changed rows of a big batch by COPY before it."""
     model = loaded.model
     gone_workers = [key for key in loaded.workers if key not in model.workers]
-    gone_results = [key for key in loaded.results if key not in model.results]
     tasks = _Sorted(_changed(model.tasks.items(), loaded.tasks), _task_key, loaded.tasks, loaded)
     attempts = _Sorted(
         _changed(_attempt_items(model), loaded.attempts), _attempt_key, loaded.attempts, loaded
     )
-    results = _Sorted(
-        _changed(model.results.items(), loaded.results), _task_key, loaded.results, loaded
-    )
-    for table, rows in (("tasks", tasks), ("task_attempts", attempts), ("results", results)):
+    for table, rows in (("tasks", tasks), ("task_attempts", attempts)):
         if len(rows.new) >= COPY_MIN_ROWS:
             await conn.copy_records_to_table(
                 table,
@@ -299,8 +285,6 @@ async def write(
         _json(attempts.rest()),
         _json(_changed(model.workers.items(), loaded.workers)),
         gone_workers,
-        gone_results,
-        _json(results.rest()),
         _json(_changed(model.crawl.rows.items(), loaded.crawl)),
         _json(model.batches[loaded.batches :]),
         _json(_changed(model.minute_stats.items(), loaded.minute_stats)),
@@ -309,10 +293,10 @@ async def write(
     )
 
 
-R = TypeVar("R", TaskRow, AttemptRow, ResultRow)
+R = TypeVar("R", TaskRow, AttemptRow)
 
 
-def _task_key(row: TaskRow | ResultRow) -> Hashable:
+def _task_key(row: TaskRow) -> Hashable:
     return row.task_id
 
 

@@ -12,8 +12,9 @@ events may touch (`Keys`) and write back what changed:
   checkpoint; its lister (`_listing.py`) lists a streamed job's batch with `list_batch`;
 - the replay (`_fold.py`) starts from no rows, applies the whole log here and COPYs the
   final rows into a fresh schema;
-- the NDJSON projector (`_ndjson.py`) writes `result_of` of each finished task: the result
-  the `results` table holds (`result_row`).
+- the NDJSON projector (`_ndjson.py`) writes `result_of` of each first finishing event. The
+  `results` of the read models are no table of their own but the view of the finished task
+  rows (migration 013; `result_row` is a row of it).
 
 So the three outputs cannot drift apart. A job's tasks are not expanded row by row: a
 `job.submitted` (or a listed `job.tasks_added` batch) leaves a `TaskRange` per TaskSpec, and a
@@ -35,6 +36,7 @@ from typing import Any
 import msgspec
 
 from jobstream.events import (
+    EMPTY_JSON,
     JOB_EVENTS,
     JSON_NULL,
     TABLE_ROWS,
@@ -184,13 +186,10 @@ def _seconds(since: datetime, until: datetime) -> float:
 
 
 class Result(msgspec.Struct, frozen=True, kw_only=True):
-    """A finished task as the `results` table and the NDJSON files both show it.
-
-    `inputs` are the args the finishing event reports, and only those: a result is made
-    from its event alone, so the NDJSON projector (which keeps no task rows) and the
-    `results` table agree, and a result never changes once made. Every worker of ours
-    reports the task's args; an event that reports none shows `{}` (the task's row keeps
-    its args)."""
+    """A finished task as the NDJSON files show it, made from its finishing event alone (the
+    NDJSON projector keeps no task rows): `inputs` are the args the event reports. The
+    `results` view shows the same for every task the read models hold (every worker of ours
+    reports its task's args), from the task's row (`result_row`)."""
 
     seq: int
     at: datetime
@@ -239,22 +238,31 @@ def result_of(seq: int, event: TaskSucceeded | TaskDeadLettered) -> Result:
     )
 
 
-def result_row(result: Result, output: msgspec.Raw) -> ResultRow:
-    """`result` as a `results` row; `output`: its output as JSON (encoded once per event)."""
+def result_row(task: TaskRow) -> ResultRow:
+    """A finished task's row of the `results` view (migration 013 selects the same)."""
+    if task.state not in RESULT_STATES:
+        raise ValueError(f"task {task.task_id} is {task.state}: it has no result")
+    if task.finished_at is None:
+        raise ValueError(f"task {task.task_id} is {task.state} with no finished_at")
+    status: ResultStatus = "succeeded" if task.state == "succeeded" else "dead_lettered"
     return ResultRow(
-        task_id=result.task_id,
-        job_id=result.job_id,
-        kind=result.kind,
-        inputs=json_value(result.inputs),
-        output=output,
-        processed_by=result.worker_id,
-        duration_s=result.duration_s,
-        status=result.status,
-        error=result.error,
-        attempts=result.attempts,
-        finished_at=result.at,
-        seq=result.seq,
+        task_id=task.task_id,
+        job_id=task.job_id,
+        kind=task.kind,
+        inputs=task.args,
+        output=task.result,
+        processed_by=task.worker_id or "",
+        duration_s=task.duration_s,
+        status=status,
+        error=task.error,
+        attempts=task.attempts,
+        finished_at=task.finished_at,
+        seq=task.updated_seq,
     )
+
+
+# The states of the task rows the `results` view shows.
+RESULT_STATES = frozenset({"succeeded", "dead_lettered"})
 
 
 # --- task ranges ------------------------------------------------------------------------------
@@ -491,10 +499,12 @@ def task_succeeded(
     output: msgspec.Raw,
     started_at: datetime,
 ) -> TaskRow:
-    """started_at: when the attempt started, as its task.started said, else counted back."""
+    """started_at: when the attempt started, as its task.started said, else counted back. The
+    kind is the one the event reports, as a result shows what ran (`task_listed` keeps it)."""
     same_attempt_started = task.attempts == event.attempt and task.started_at is not None
     return replace(
         task,
+        kind=event.kind,
         state="succeeded",
         attempts=event.attempt,
         worker_id=event.worker_id,
@@ -524,9 +534,11 @@ def task_failed(task: TaskRow, seq: int, event: TaskFailed) -> TaskRow:
 def task_dead_lettered(
     task: TaskRow, seq: int, at: datetime, event: TaskDeadLettered, error: str | None
 ) -> TaskRow:
-    """No worker in the event: the one the task had."""
+    """No worker in the event: the one the task had. The kind is the event's, as in
+    `task_succeeded`."""
     return replace(
         task,
+        kind=event.kind,
         state="dead_lettered",
         attempts=event.attempts,
         worker_id=event.worker_id or task.worker_id,
@@ -550,11 +562,13 @@ def task_cancelled(task: TaskRow, seq: int, at: datetime) -> TaskRow:
 
 def task_listed(task: TaskRow, task_range: TaskRange, index: int) -> TaskRow:
     """A row a task event made before its batch was listed keeps its state and gets its
-    index, kind and args."""
+    index, kind and args; a finished row keeps the kind its finishing event reported (its
+    result's, counted in its minute's stats as that)."""
+    finished = task.state in RESULT_STATES
     return replace(
         task,
         task_index=index,
-        kind=task_range.kind,
+        kind=task.kind if finished else task_range.kind,
         args=task_range.args,
         updated_seq=max(task.updated_seq, task_range.seq),
     )
@@ -800,7 +814,6 @@ class ReadModel:
         self.tasks: dict[str, TaskRow] = {}
         self.attempts: dict[str, dict[int, AttemptRow]] = {}
         self.workers: dict[str, WorkerRow] = {}
-        self.results: dict[str, ResultRow] = {}
         self.rejected: dict[int, RejectedRow] = {}
         self.batches: list[BatchRow] = []
         # By job, in index order: task rows not made yet (`task` makes one when needed).
@@ -961,10 +974,13 @@ class ReadModel:
         task = self.tasks[task_id] = task_range.row(index)
         return task
 
-    def open_task(self, seq: int, event: OneTaskEvent, kind: str = "") -> TaskRow | None:
+    def open_task(
+        self, seq: int, event: OneTaskEvent, kind: str = "", args: msgspec.Raw = EMPTY_JSON
+    ) -> TaskRow | None:
         """The event's task row unless it ended (a terminal state is never left). A task
         event makes its task's row if it is not there yet (a streamed job's rows may come
-        later), provided its job is known and its id is one of the job's."""
+        later), provided its job is known and its id is one of the job's; a finishing event
+        gives it the `kind` and `args` it reports (the listing gives the batch's)."""
         task = self.task(event.job_id, event.task_id)
         if task is None:
             index = task_index_of(event.job_id, event.task_id)
@@ -975,6 +991,7 @@ class ReadModel:
                 job_id=event.job_id,
                 task_index=index,
                 kind=kind,
+                args=args,
                 updated_seq=seq,
             )
         return None if task.state in TERMINAL_TASK_STATES else task
@@ -1028,12 +1045,13 @@ class ReadModel:
     def _task_succeeded(self, seq: int, at: datetime, event: TaskSucceeded) -> None:
         started_at = counted_back(at, event.duration_s)
         result = result_of(seq, event)
-        output = json_value(event.result)
-        task = self.open_task(seq, event, event.kind)
+        task = self.open_task(seq, event, event.kind, json_value(event.args))
         if task is not None:
-            self._set_task(task_succeeded(task, seq, event, result, output, started_at))
+            output = json_value(event.result)
+            finished = task_succeeded(task, seq, event, result, output, started_at)
+            self._set_task(finished)
+            self._result_made(seq, event, finished)
         self._finish_attempt(event, "succeeded", None, started_at, at, result.duration_s)
-        self._add_result(seq, event, result, output)
         self._job_running(seq, event.job_id, started_at)
         self._worker_seen(seq, at, event.worker_id, succeeded=1)
 
@@ -1063,26 +1081,22 @@ class ReadModel:
 
     def _task_dead_lettered(self, seq: int, at: datetime, event: TaskDeadLettered) -> None:
         result = result_of(seq, event)
-        task = self.open_task(seq, event, event.kind)
+        task = self.open_task(seq, event, event.kind, json_value(event.args))
         if task is not None:
-            self._set_task(task_dead_lettered(task, seq, at, event, result.error))
+            finished = task_dead_lettered(task, seq, at, event, result.error)
+            self._set_task(finished)
+            self._result_made(seq, event, finished)
         attempts = self.attempts.get(event.task_id, {})
         for number, attempt in attempts.items():
             attempts[number] = attempt_abandoned(attempt, result.error, at)
-        self._add_result(seq, event, result, JSON_NULL)
 
-    def _add_result(
-        self,
-        seq: int,
-        event: TaskSucceeded | TaskDeadLettered,
-        result: Result,
-        output: msgspec.Raw,
+    def _result_made(
+        self, seq: int, event: TaskSucceeded | TaskDeadLettered, task: TaskRow
     ) -> None:
-        """The first finishing event of a task makes its result; a page of a crawl counts."""
-        if event.task_id in self.results:
-            return
-        row = self.results[event.task_id] = result_row(result, output)
-        self._count_result(row, 1)
+        """A task that finished now has a result (a row of the `results` view), counted in
+        its minute's stats; a page of a crawl counts. A finishing event of a task that ended
+        already (or that the read models do not hold) makes none."""
+        self._count_result(result_row(task), 1)
         if event.kind == CRAWL_KIND:
             self.crawl.count(page_facts(seq, event))
 
@@ -1101,15 +1115,9 @@ class ReadModel:
         task = self.tasks.get(event.task_id)
         if task is not None and task.state == "dead_lettered":
             self._set_task(task_requeued(task, seq))
-            result = self.results.pop(event.task_id, None)
-            if result is not None:
-                self._count_result(result, -1)
-            if (
-                result is not None
-                and result.status == "dead_lettered"
-                and (event.kind == CRAWL_KIND == result.kind)
-            ):
-                self.crawl.undo_failure(failure_undone(seq, event), result.error)
+            self._count_result(result_row(task), -1)
+            if event.kind == CRAWL_KIND == task.kind:
+                self.crawl.undo_failure(failure_undone(seq, event), task.error)
         job = self.jobs.get(event.job_id)
         if job is not None:
             self._put_job(job_reopened(job, seq))
@@ -1144,6 +1152,14 @@ class ReadModel:
             for task_range in ranges:
                 parts += task_range.without(indexes) if indexes else [task_range]
         return parts
+
+    def result_rows(self) -> dict[str, ResultRow]:
+        """The rows of the `results` view, by task id: those of the finished task rows."""
+        return {
+            task.task_id: result_row(task)
+            for task in self.tasks.values()
+            if task.state in RESULT_STATES
+        }
 
     def expanded_tasks(self) -> Iterator[TaskRow]:
         """Every task row, those of the ranges included (the replay's COPY)."""

@@ -69,9 +69,9 @@ ON CONFLICT (seq) DO NOTHING;
 
 -- name: load_rows
 -- The rows a batch's events name, each table's as one JSON array: $1 job ids, $2 task ids
--- (tasks, task_attempts, results), $3 worker ids, $4 job ids of crawl pages (crawl_stats),
+-- (tasks, task_attempts), $3 worker ids, $4 job ids of crawl pages (crawl_stats),
 -- and partition $7's stats_per_minute rows of the minutes $5 and of the minutes of the
--- results rows of the requeued tasks $6 (every queue and kind of those minutes: a few rows).
+-- results of the requeued tasks $6 (every queue and kind of those minutes: a few rows).
 -- $7 is also the partition of the workers' rows (one per partition) and of the
 -- job_status_counts rows, all of which (one per status) come with any job id.
 -- One primary-key lookup per key: OFFSET 0 keeps each LATERAL a subquery, which the planner
@@ -83,8 +83,6 @@ SELECT
      CROSS JOIN LATERAL (SELECT * FROM tasks WHERE task_id = k.id OFFSET 0) AS r),
     (SELECT coalesce(json_agg(r), '[]') FROM unnest($2::text[]) AS k (id)
      CROSS JOIN LATERAL (SELECT * FROM task_attempts WHERE task_id = k.id OFFSET 0) AS r),
-    (SELECT coalesce(json_agg(r), '[]') FROM unnest($2::text[]) AS k (id)
-     CROSS JOIN LATERAL (SELECT * FROM results WHERE task_id = k.id OFFSET 0) AS r),
     (SELECT coalesce(json_agg(r), '[]') FROM unnest($3::text[]) AS k (id)
      CROSS JOIN LATERAL (
          SELECT * FROM workers WHERE worker_id = k.id AND partition = $7::integer OFFSET 0
@@ -115,9 +113,8 @@ WHERE job_id = $1 AND task_index >= $2 AND task_index < $3;
 -- projections/_rules.py, one row per task: a job of millions of tasks costs one object;
 -- a task's id is "<job_id>-<task_index>", as events.task_id_for makes it), then whole rows
 -- by column name to insert or update: $2 jobs, $3 tasks, $4 task_attempts, $5 workers,
--- $8 results, $9 crawl_stats, $11 stats_per_minute, $13 job_status_counts; $6 workers (of
--- partition $12) and $7 results that went;
--- $10 new job_batches.
+-- $7 crawl_stats, $9 stats_per_minute, $11 job_status_counts; $6 workers (of partition $10)
+-- that went; $8 new job_batches. (The results are a view of the finished task rows.)
 -- No two parts touch one row (the ranges leave out the rows written whole).
 WITH ranges AS (
     INSERT INTO tasks (task_id, job_id, task_index, kind, args, state, updated_seq)
@@ -178,19 +175,9 @@ merge_workers AS (
         stopped_at = excluded.stopped_at, tasks_succeeded = excluded.tasks_succeeded,
         tasks_failed = excluded.tasks_failed, updated_seq = excluded.updated_seq
 ),
-merge_results AS (
-    INSERT INTO results
-    SELECT * FROM json_populate_recordset(NULL::results, $8::json)
-    ON CONFLICT (task_id) DO UPDATE
-    SET
-        job_id = excluded.job_id, kind = excluded.kind, inputs = excluded.inputs,
-        output = excluded.output, processed_by = excluded.processed_by,
-        duration_s = excluded.duration_s, status = excluded.status, error = excluded.error,
-        attempts = excluded.attempts, finished_at = excluded.finished_at, seq = excluded.seq
-),
 merge_crawl_stats AS (
     INSERT INTO crawl_stats
-    SELECT * FROM json_populate_recordset(NULL::crawl_stats, $9::json)
+    SELECT * FROM json_populate_recordset(NULL::crawl_stats, $7::json)
     ON CONFLICT (job_id, pass, domain) DO UPDATE
     SET
         pages_done = excluded.pages_done, pages_failed = excluded.pages_failed,
@@ -204,25 +191,22 @@ merge_crawl_stats AS (
         response_ms = excluded.response_ms, updated_seq = excluded.updated_seq
 ),
 workers_gone AS (
-    DELETE FROM workers WHERE worker_id = ANY($6::text[]) AND partition = $12::integer
-),
-results_gone AS (
-    DELETE FROM results WHERE task_id = ANY($7::text[])
+    DELETE FROM workers WHERE worker_id = ANY($6::text[]) AND partition = $10::integer
 ),
 batches AS (
     INSERT INTO job_batches
-    SELECT * FROM json_populate_recordset(NULL::job_batches, $10::json)
+    SELECT * FROM json_populate_recordset(NULL::job_batches, $8::json)
     ON CONFLICT (job_id, first_index) DO NOTHING
 ),
 merge_stats_per_minute AS (
     INSERT INTO stats_per_minute
-    SELECT * FROM json_populate_recordset(NULL::stats_per_minute, $11::json)
+    SELECT * FROM json_populate_recordset(NULL::stats_per_minute, $9::json)
     ON CONFLICT (minute, queue, kind, partition) DO UPDATE
     SET succeeded = excluded.succeeded, failed = excluded.failed, durations = excluded.durations
 ),
 merge_job_status_counts AS (
     INSERT INTO job_status_counts
-    SELECT * FROM json_populate_recordset(NULL::job_status_counts, $13::json)
+    SELECT * FROM json_populate_recordset(NULL::job_status_counts, $11::json)
     ON CONFLICT (status, partition) DO UPDATE SET jobs = excluded.jobs
 )
 SELECT 1;

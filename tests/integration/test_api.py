@@ -73,9 +73,12 @@ async def insert_job(
 
 
 async def insert_tasks(db: asyncpg.Connection, job_id: str, states: list[str]) -> None:
+    """Task rows in `states`; a finished one (a row of the results view) finished now."""
     await db.executemany(
-        "INSERT INTO tasks (task_id, job_id, task_index, kind, args, state, updated_seq)"
-        " VALUES ($1, $2, $3, 'sum', $4, $5, 1)",
+        "INSERT INTO tasks (task_id, job_id, task_index, kind, args, state, updated_seq,"
+        " finished_at)"
+        " VALUES ($1, $2, $3, 'sum', $4, $5, 1,"
+        " CASE WHEN $5 IN ('succeeded', 'dead_lettered', 'cancelled') THEN now() END)",
         [
             (f"{job_id}.{index:04d}", job_id, index, {"a": index, "b": 1}, state)
             for index, state in enumerate(states)
@@ -87,10 +90,11 @@ async def insert_tasks(db: asyncpg.Connection, job_id: str, states: list[str]) -
 async def insert_result(
     db: asyncpg.Connection, task_id: str, job_id: str, finished_at: datetime
 ) -> None:
+    """A succeeded task: a row of the results view."""
     await db.execute(
-        "INSERT INTO results (task_id, job_id, kind, inputs, output, processed_by, duration_s,"
-        " status, attempts, finished_at, seq) VALUES ($1, $2, 'sum', $3, $4, 'w1', 0.5,"
-        " 'succeeded', 1, $5, 7)",
+        "INSERT INTO tasks (task_id, job_id, task_index, kind, args, result, worker_id,"
+        " duration_s, state, attempts, finished_at, updated_seq) VALUES ($1, $2, 0, 'sum', $3,"
+        " $4, 'w1', 0.5, 'succeeded', 1, $5, 7)",
         task_id,
         job_id,
         {"a": 1, "b": 2},

@@ -65,9 +65,9 @@ async def insert_finished(
     attempts: int = 1,
 ) -> None:
     await db.execute(
-        "INSERT INTO results (task_id, job_id, kind, inputs, output, processed_by, duration_s,"
-        " status, error, attempts, finished_at, seq)"
-        " VALUES ($1, $2, $3, '{}', NULL, $4, $5, $6, $7, $8, $9, 1)",
+        "INSERT INTO tasks (task_id, job_id, task_index, kind, args, result, worker_id,"
+        " duration_s, state, error, attempts, finished_at, updated_seq)"
+        " VALUES ($1, $2, 0, $3, '{}', NULL, $4, $5, $6, $7, $8, $9, 1)",
         task_id,
         job_id,
         kind,

@@ -120,7 +120,7 @@ def test_an_event_naming_another_jobs_task_is_parked() -> None:
         model.apply_item(_item(seq, f"evt.task.a.{event.task_id}", event))
     assert sorted(model.rejected) == [2, 3, 4, 5, 6]
     assert "names 'b-5', not one of its tasks" in model.rejected[2].error
-    assert not model.results and not model.attempts
+    assert not model.result_rows() and not model.attempts
     # Its own tasks and chunks pass.
     chunk_started = TaskStarted(
         at=AT, job_id="a", task_id="a-c100", worker_id="w", attempt=1, lease_deadline=AT
@@ -128,7 +128,7 @@ def test_an_event_naming_another_jobs_task_is_parked() -> None:
     model.apply_item(_item(7, "evt.task.a.a-5", succeeded("a", "a-5")))
     model.apply_item(_item(8, "evt.task.a.a-c100", chunk_started))
     assert sorted(model.rejected) == [2, 3, 4, 5, 6]
-    assert set(model.results) == {"a-5"}
+    assert set(model.result_rows()) == {"a-5"}
 
 
 def succeeded(job_id: str, task_id: str) -> TaskSucceeded:

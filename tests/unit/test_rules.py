@@ -11,7 +11,6 @@ import pytest
 
 from jobstream.events import (
     EMPTY_JSON,
-    JSON_NULL,
     MAX_TASKS_PER_JOB,
     TASK_COUNT_COLUMNS,
     TASK_STATES,
@@ -56,7 +55,6 @@ from jobstream.projections._rules import (
     RejectedEvent,
     minute_of,
     result_of,
-    result_row,
 )
 from tests.integration.test_replay_fold import chunk_finished, tricky_log
 
@@ -172,7 +170,7 @@ def test_an_ended_job_stays_as_it_ended() -> None:
 def test_task_events_of_an_unknown_job_make_no_rows() -> None:
     model = model_of([succeeded(0, 1)])
     assert not model.tasks and not model.jobs
-    assert model.results  # the result is the event's own
+    assert not model.result_rows()  # the results are the finished task rows
     assert model.workers["w1"].tasks_succeeded == 1
 
 
@@ -185,7 +183,7 @@ def test_a_late_second_success_changes_only_its_attempt() -> None:
     )
     task = model.tasks["J-0"]
     assert (task.attempts, task.worker_id, task.result) == (1, "w1", raw({"sum": 0}))
-    assert model.results["J-0"].output == raw({"sum": 0})
+    assert model.result_rows()["J-0"].output == raw({"sum": 0})
     assert sorted(model.attempts["J-0"]) == [1, 2]
     assert model.workers["w2"].tasks_succeeded == 1
 
@@ -231,7 +229,7 @@ def test_a_requeued_dead_letter_loses_its_result_and_reopens_its_job() -> None:
         ]
     )
     assert model.tasks["J-0"].state == "queued"
-    assert "J-0" not in model.results
+    assert "J-0" not in model.result_rows()
     assert (model.jobs["J"].status, model.jobs["J"].finished_at) == ("running", None)
 
 
@@ -249,25 +247,23 @@ def test_a_chunk_is_its_tasks_own_events_at_its_seq() -> None:
     model = model_of([job(), chunk])
     assert (model.tasks["J-0"].state, model.tasks["J-1"].state) == ("succeeded", "failed")
     assert chunk_id_for("J", 0) not in model.tasks
-    assert model.results["J-0"].seq == 2  # the chunk's seq
+    assert model.result_rows()["J-0"].seq == 2  # the chunk's seq
     worker = model.workers["w4"]
     assert (worker.tasks_succeeded, worker.tasks_failed) == (1, 1)
 
 
-# --- the result of a finished task: one rule for the results table and the NDJSON files ---
+# --- the result of a finished task: the results view and the NDJSON files agree ---------
 
 
-@pytest.mark.parametrize("args", [{"a": 7}, {}])
-def test_the_results_row_and_the_ndjson_line_are_one_result(args: dict[str, Any]) -> None:
-    """The task stored args {"a": 1}; the event reports `args`: both outputs show the
-    event's, even when it reports none."""
-    event = succeeded(0, 5, args=args)
+def test_the_results_row_and_the_ndjson_line_are_one_result() -> None:
+    """The event reports the task's args, as every worker does: the row of the results view
+    (the finished task's) and the NDJSON line (the event's) are alike."""
+    event = succeeded(0, 5, args={"a": 1})
     model = model_of([job(), event])
-    row = model.results["J-0"]
+    row = model.result_rows()["J-0"]
     line = result_line(items([job(), event])[1])
     assert line is not None
-    assert msgspec.json.decode(bytes(row.inputs)) == line.inputs == args
-    assert model.tasks["J-0"].args == raw({"a": 1})  # the task keeps its own
+    assert msgspec.json.decode(bytes(row.inputs)) == line.inputs == {"a": 1}
     assert (
         row.task_id,
         row.job_id,
@@ -295,6 +291,17 @@ def test_the_results_row_and_the_ndjson_line_are_one_result(args: dict[str, Any]
     )
 
 
+@pytest.mark.parametrize("args", [{"a": 7}, {}])
+def test_a_result_shows_its_tasks_args_the_ndjson_line_the_events(args: dict[str, Any]) -> None:
+    """The task stored args {"a": 1}; the event reports others: the task keeps its own, and
+    its result shows them; the NDJSON line (made from the event alone) shows the event's."""
+    event = succeeded(0, 5, args=args)
+    model = model_of([job(), event])
+    line = result_line(items([job(), event])[1])
+    assert line is not None and line.inputs == args
+    assert model.tasks["J-0"].args == model.result_rows()["J-0"].inputs == raw({"a": 1})
+
+
 def test_a_dead_letter_result_carries_its_last_error_else_its_reason() -> None:
     dead = TaskDeadLettered(
         at=at(1), job_id="J", task_id="J-0", kind="sum", reason="exhausted", attempts=3
@@ -308,7 +315,7 @@ def test_a_dead_letter_result_carries_its_last_error_else_its_reason() -> None:
         None,
         "",
     )
-    assert result_row(result, JSON_NULL).inputs == EMPTY_JSON
+    assert result.inputs == {}
 
 
 def test_a_chunk_makes_a_line_per_success_from_the_same_rule() -> None:
@@ -429,7 +436,6 @@ def _in_batches(log: Sequence[Event], size: int) -> ReadModel:
         tasks = {row.task_id: row for row in store.expanded_tasks()}
         part.tasks = {k: tasks[k] for k in keys.tasks if k in tasks}
         part.attempts = {k: dict(store.attempts[k]) for k in keys.tasks if k in store.attempts}
-        part.results = {k: store.results[k] for k in keys.tasks if k in store.results}
         part.workers = {k: store.workers[k] for k in keys.workers if k in store.workers}
         part.crawl.rows = {
             k: dict(row)
@@ -437,8 +443,9 @@ def _in_batches(log: Sequence[Event], size: int) -> ReadModel:
             for k, row in store.crawl.rows.items()
             if k[0] in keys.crawl_jobs
         }
+        results = store.result_rows()
         minutes = keys.minutes | {
-            minute_of(store.results[k].finished_at) for k in keys.requeued if k in store.results
+            minute_of(results[k].finished_at) for k in keys.requeued if k in results
         }
         part.minute_stats = {k: row for k, row in store.minute_stats.items() if k[0] in minutes}
         part.status_counts = dict(store.status_counts) if keys.jobs else {}
@@ -455,11 +462,8 @@ def _in_batches(log: Sequence[Event], size: int) -> ReadModel:
                     store.tasks.setdefault(row.task_id, row)
         for k in keys.workers:
             store.workers.pop(k, None)
-        for k in keys.tasks:
-            store.results.pop(k, None)
         store.jobs |= part.jobs
         store.attempts |= part.attempts
-        store.results |= part.results
         store.workers |= part.workers
         store.crawl.rows |= part.crawl.rows
         store.minute_stats |= part.minute_stats
@@ -526,7 +530,7 @@ def _summed_results(
     """What migration 008's recount makes of the results rows: their sums per minute, queue and
     kind (the queue the job has)."""
     sums: dict[tuple[datetime, str, str], tuple[int, int, dict[str, int]]] = {}
-    for result in model.results.values():
+    for result in model.result_rows().values():
         job_row = model.jobs.get(result.job_id)
         key = (minute_of(result.finished_at), "" if job_row is None else job_row.queue, result.kind)
         ok, failed, durations = sums.get(key, (0, 0, {}))
