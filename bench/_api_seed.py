@@ -164,7 +164,7 @@ def _attempt_row(
     duration_s: float | None = None,
     error: str | None = None,
 ) -> Row:
-    """A `task_attempts` row (_ATTEMPT_COLUMNS)."""
+    """An `attempt_rows` row (_ATTEMPT_COLUMNS)."""
     return (task_id, attempt, job_id, worker, outcome, error, started, finished, duration_s)
 
 
@@ -266,18 +266,7 @@ def _big_attempt_rows(job: _BigJob, start: int, stop: int) -> Iterator[Row]:
             )
         elif job.dead(index):
             yield from _failed_attempts(task_id, job.job_id, worker, job.finished_at(index))
-        else:
-            at = job.finished_at(index)
-            yield _attempt_row(
-                task_id,
-                1,
-                job.job_id,
-                worker,
-                outcome="succeeded",
-                started=at - TASK_DURATION,
-                finished=at,
-                duration_s=TASK_DURATION_S,
-            )
+        # A task that succeeded at once has no attempt row: its task row tells the attempt.
 
 
 def _failed_attempts(task_id: str, job_id: str, worker: str, last_at: datetime) -> list[Row]:
@@ -355,18 +344,6 @@ def _small_job_rows(
                 seq=seq,
                 attempts=1,
                 worker=worker,
-                started=started,
-                finished=at,
-                duration_s=TASK_DURATION_S,
-            )
-        )
-        attempts.append(
-            _attempt_row(
-                task_id,
-                1,
-                job_id,
-                worker,
-                outcome="succeeded",
                 started=started,
                 finished=at,
                 duration_s=TASK_DURATION_S,
@@ -539,7 +516,7 @@ async def _copy_all(
     await asyncio.gather(
         _copy(pool, schema, "jobs", _JOB_COLUMNS, iter([*small.jobs, _big_job_row(big)])),
         _copy_big(pool, schema, big, "tasks", _TASK_COLUMNS, _big_task_rows),
-        _copy_big(pool, schema, big, "task_attempts", _ATTEMPT_COLUMNS, _big_attempt_rows),
+        _copy_big(pool, schema, big, "attempt_rows", _ATTEMPT_COLUMNS, _big_attempt_rows),
     )
     batches = [
         (big.job_id, first, min(BATCH_TASKS, big.tasks - first), big.first_seq + 1 + n, True)
@@ -547,7 +524,7 @@ async def _copy_all(
     ]
     small_tables = (
         ("tasks", _TASK_COLUMNS, small.tasks),
-        ("task_attempts", _ATTEMPT_COLUMNS, small.attempts),
+        ("attempt_rows", _ATTEMPT_COLUMNS, small.attempts),
         ("job_batches", _BATCH_COLUMNS, batches),
         ("workers", _WORKER_COLUMNS, _worker_rows(small, big, now)),
     )
@@ -584,7 +561,7 @@ async def seed(
             await conn.execute("SELECT recount_read_model()")
         recount_s = time.monotonic() - started
         started = time.monotonic()
-        tables = ("jobs", "tasks", "task_attempts", "workers", "job_batches")
+        tables = ("jobs", "tasks", "attempt_rows", "workers", "job_batches")
         for table in (*tables, "stats_per_minute", "job_status_counts"):
             await pool.execute(f"VACUUM ANALYZE {quote_ident(schema)}.{quote_ident(table)}")
         vacuum_s = time.monotonic() - started
@@ -597,7 +574,7 @@ async def seed(
         tasks=len(small.tasks) + big.tasks,
         results=sum(row[_STATE] in ("succeeded", "dead_lettered") for row in small.tasks)
         + big.finished,
-        attempts=len(small.attempts) + big_attempts,
+        attempts=len(small.attempts) + sum(small.succeeded.values()) + big_attempts,
         dead_letters=small.dead_letters + big_dead,
         big_job_id=big.job_id,
         big_job_tasks=big.tasks,

@@ -236,10 +236,13 @@ TableRow = (
     | JobStatusCountRow
 )
 
+# The relations of the read models and their rows. `results` and `task_attempts` are views
+# (of `tasks`, and of `attempt_rows` with `tasks`): the projectors write the tables.
 TABLE_ROWS: dict[str, type[msgspec.Struct]] = {
     "jobs": JobRow,
     "tasks": TaskRow,
     "task_attempts": AttemptRow,
+    "attempt_rows": AttemptRow,
     "workers": WorkerRow,
     "results": ResultRow,
     "rejected_events": RejectedRow,

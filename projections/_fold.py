@@ -34,7 +34,7 @@ def table_rows(model: ReadModel) -> dict[str, list[tuple[Any, ...]]]:
     return {
         "jobs": in_columns("jobs", model.jobs.values()),
         "tasks": in_columns("tasks", model.expanded_tasks()),
-        "task_attempts": in_columns("task_attempts", attempts),
+        "attempt_rows": in_columns("attempt_rows", attempts),
         "workers": in_columns("workers", model.workers.values()),
         "rejected_events": in_columns("rejected_events", model.rejected.values()),
         "job_batches": in_columns("job_batches", model.batches),

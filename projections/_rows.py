@@ -259,7 +259,7 @@ async def write(
     attempts = _Sorted(
         _changed(_attempt_items(model), loaded.attempts), _attempt_key, loaded.attempts, loaded
     )
-    for table, rows in (("tasks", tasks), ("task_attempts", attempts)):
+    for table, rows in (("tasks", tasks), ("attempt_rows", attempts)):
         if len(rows.new) >= COPY_MIN_ROWS:
             await conn.copy_records_to_table(
                 table,

@@ -588,6 +588,21 @@ def attempt_started(event: TaskStarted, at: datetime) -> AttemptRow:
     )
 
 
+def attempt_of_task(task: TaskRow) -> AttemptRow:
+    """The last attempt of a succeeded task, as its row tells it: the row of the
+    `task_attempts` view (migration 014) for an attempt that has none of its own."""
+    return AttemptRow(
+        task_id=task.task_id,
+        attempt=task.attempts,
+        job_id=task.job_id,
+        worker_id=task.worker_id or "",
+        outcome="succeeded",
+        started_at=task.started_at,
+        finished_at=task.finished_at,
+        duration_s=task.duration_s,
+    )
+
+
 def attempt_abandoned(attempt: AttemptRow, error: str | None, at: datetime) -> AttemptRow:
     """An attempt still running when a later one starts (its lease expired) or the task is
     dead-lettered: it failed."""
@@ -1037,7 +1052,7 @@ class ReadModel:
         for number, attempt in attempts.items():
             if number < event.attempt:
                 attempts[number] = attempt_abandoned(attempt, "lease expired", at)
-        if event.attempt not in attempts:
+        if self.attempt(event.task_id, event.attempt) is None:
             attempts[event.attempt] = attempt_started(event, at)
         self._job_running(seq, event.job_id, at)
         self._worker_seen(seq, at, event.worker_id)
@@ -1051,7 +1066,10 @@ class ReadModel:
             finished = task_succeeded(task, seq, event, result, output, started_at)
             self._set_task(finished)
             self._result_made(seq, event, finished)
-        self._finish_attempt(event, "succeeded", None, started_at, at, result.duration_s)
+        if task is None or event.attempt in self.attempts.get(event.task_id, {}):
+            self._finish_attempt(event, "succeeded", None, started_at, at, result.duration_s)
+        # Else the attempt has no row of its own, and the task's row, succeeded by it, tells
+        # it (`attempt`).
         self._job_running(seq, event.job_id, started_at)
         self._worker_seen(seq, at, event.worker_id, succeeded=1)
 
@@ -1074,10 +1092,31 @@ class ReadModel:
         at: datetime,
         duration_s: float | None,
     ) -> None:
-        attempts = self.attempts.setdefault(event.task_id, {})
-        attempts[event.attempt] = attempt_finished(
-            attempts.get(event.attempt), event, outcome, error, started_at, at, duration_s
+        attempt = self.attempt(event.task_id, event.attempt)
+        self.attempts.setdefault(event.task_id, {})[event.attempt] = attempt_finished(
+            attempt, event, outcome, error, started_at, at, duration_s
         )
+
+    def attempt(self, task_id: str, number: int) -> AttemptRow | None:
+        """An attempt: its row, else, of the last attempt of a succeeded task, the one its task
+        row tells (`attempt_of_task`: an attempt that succeeded its task at once has no row
+        of its own, as most have none). A later event of that attempt gives it a row."""
+        attempt = self.attempts.get(task_id, {}).get(number)
+        if attempt is not None:
+            return attempt
+        task = self.tasks.get(task_id)
+        if task is not None and task.state == "succeeded" and task.attempts == number:
+            return attempt_of_task(task)
+        return None
+
+    def attempt_view(self) -> dict[str, dict[int, AttemptRow]]:
+        """The rows of the `task_attempts` view, by task and attempt: those of
+        `attempt_rows`, and the last attempt of each succeeded task that has none."""
+        rows = {task_id: dict(attempts) for task_id, attempts in self.attempts.items()}
+        for task in self.tasks.values():
+            if task.state == "succeeded" and task.attempts not in rows.get(task.task_id, {}):
+                rows.setdefault(task.task_id, {})[task.attempts] = attempt_of_task(task)
+        return {task_id: attempts for task_id, attempts in rows.items() if attempts}
 
     def _task_dead_lettered(self, seq: int, at: datetime, event: TaskDeadLettered) -> None:
         result = result_of(seq, event)

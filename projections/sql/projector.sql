@@ -69,7 +69,7 @@ ON CONFLICT (seq) DO NOTHING;
 
 -- name: load_rows
 -- The rows a batch's events name, each table's as one JSON array: $1 job ids, $2 task ids
--- (tasks, task_attempts), $3 worker ids, $4 job ids of crawl pages (crawl_stats),
+-- (tasks, attempt_rows), $3 worker ids, $4 job ids of crawl pages (crawl_stats),
 -- and partition $7's stats_per_minute rows of the minutes $5 and of the minutes of the
 -- results of the requeued tasks $6 (every queue and kind of those minutes: a few rows).
 -- $7 is also the partition of the workers' rows (one per partition) and of the
@@ -82,7 +82,7 @@ SELECT
     (SELECT coalesce(json_agg(r), '[]') FROM unnest($2::text[]) AS k (id)
      CROSS JOIN LATERAL (SELECT * FROM tasks WHERE task_id = k.id OFFSET 0) AS r),
     (SELECT coalesce(json_agg(r), '[]') FROM unnest($2::text[]) AS k (id)
-     CROSS JOIN LATERAL (SELECT * FROM task_attempts WHERE task_id = k.id OFFSET 0) AS r),
+     CROSS JOIN LATERAL (SELECT * FROM attempt_rows WHERE task_id = k.id OFFSET 0) AS r),
     (SELECT coalesce(json_agg(r), '[]') FROM unnest($3::text[]) AS k (id)
      CROSS JOIN LATERAL (
          SELECT * FROM workers WHERE worker_id = k.id AND partition = $7::integer OFFSET 0
@@ -112,7 +112,7 @@ WHERE job_id = $1 AND task_index >= $2 AND task_index < $3;
 -- What a batch changed, in one statement: $1 task ranges (the queued rows of TaskRanges in
 -- projections/_rules.py, one row per task: a job of millions of tasks costs one object;
 -- a task's id is "<job_id>-<task_index>", as events.task_id_for makes it), then whole rows
--- by column name to insert or update: $2 jobs, $3 tasks, $4 task_attempts, $5 workers,
+-- by column name to insert or update: $2 jobs, $3 tasks, $4 attempt_rows, $5 workers,
 -- $7 crawl_stats, $9 stats_per_minute, $11 job_status_counts; $6 workers (of partition $10)
 -- that went; $8 new job_batches. (The results are a view of the finished task rows.)
 -- No two parts touch one row (the ranges leave out the rows written whole).
@@ -155,9 +155,9 @@ merge_tasks AS (
         duration_s = excluded.duration_s, updated_seq = excluded.updated_seq,
         progress = excluded.progress, progress_message = excluded.progress_message
 ),
-merge_task_attempts AS (
-    INSERT INTO task_attempts
-    SELECT * FROM json_populate_recordset(NULL::task_attempts, $4::json)
+merge_attempt_rows AS (
+    INSERT INTO attempt_rows
+    SELECT * FROM json_populate_recordset(NULL::attempt_rows, $4::json)
     ON CONFLICT (task_id, attempt) DO UPDATE
     SET
         job_id = excluded.job_id, worker_id = excluded.worker_id, outcome = excluded.outcome,

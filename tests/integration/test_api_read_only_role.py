@@ -109,7 +109,7 @@ async def test_the_api_reads_everything_with_the_read_only_role(
         "INSERT INTO jobstream.workers (worker_id) VALUES ('w')",
         "UPDATE jobstream.jobs SET status = 'failed'",
         "DELETE FROM jobstream.tasks",
-        "TRUNCATE jobstream.task_attempts",
+        "TRUNCATE jobstream.attempt_rows",
         "UPDATE jobstream.projection_checkpoints SET last_seq = 0",
         "CREATE TABLE jobstream.intruder (x int)",
         "DROP TABLE jobstream.jobs",

@@ -41,6 +41,7 @@ TABLES = {
     "jobs": "job_id",
     "tasks": "task_id",
     "task_attempts": "task_id, attempt",
+    "attempt_rows": "task_id, attempt",
     "workers": "worker_id, partition",
     "results": "task_id",
     "rejected_events": "seq",

@@ -14,6 +14,7 @@ from jobstream.events import (
     MAX_TASKS_PER_JOB,
     TASK_COUNT_COLUMNS,
     TASK_STATES,
+    AttemptRow,
     BatchRow,
     ChunkFailure,
     ChunkResult,
@@ -184,7 +185,7 @@ def test_a_late_second_success_changes_only_its_attempt() -> None:
     task = model.tasks["J-0"]
     assert (task.attempts, task.worker_id, task.result) == (1, "w1", raw({"sum": 0}))
     assert model.result_rows()["J-0"].output == raw({"sum": 0})
-    assert sorted(model.attempts["J-0"]) == [1, 2]
+    assert sorted(model.attempt_view()["J-0"]) == [1, 2]
     assert model.workers["w2"].tasks_succeeded == 1
 
 
@@ -201,7 +202,7 @@ def test_a_new_attempt_ends_the_one_still_running_as_lease_expired() -> None:
             ),
         ]
     )
-    first, second = model.attempts["J-0"][1], model.attempts["J-0"][2]
+    first, second = model.attempt_view()["J-0"][1], model.attempt_view()["J-0"][2]
     assert (first.outcome, first.error, first.finished_at) == (
         "failed",
         "lease expired",
@@ -215,6 +216,66 @@ def test_a_finish_without_a_start_counts_back_its_duration() -> None:
     model = model_of([job(), succeeded(0, 10, duration_s=4.0)])
     assert model.tasks["J-0"].started_at == at(6)
     assert model.jobs["J"].started_at == at(6)
+
+
+def test_an_attempt_that_succeeds_its_task_at_once_is_told_by_the_task_row() -> None:
+    """No row of its own (`attempt_rows`): the `task_attempts` view shows it from the task's
+    row, as the attempt row it used to be."""
+    model = model_of([job(), succeeded(0, 10, duration_s=4.0, worker_id="w3")])
+    assert not model.attempts.get("J-0")
+    assert model.attempt_view()["J-0"] == {
+        1: AttemptRow(
+            task_id="J-0",
+            attempt=1,
+            job_id="J",
+            worker_id="w3",
+            outcome="succeeded",
+            started_at=at(6),
+            finished_at=at(10),
+            duration_s=4.0,
+        )
+    }
+
+
+def test_an_attempt_with_a_row_of_its_own_keeps_it() -> None:
+    """Announced by its task.started, or failed before: the row is written, and the view
+    shows it, not the task row's."""
+    lease = at(9)
+    started = TaskStarted(
+        at=at(1), job_id="J", task_id="J-0", worker_id="w1", attempt=1, lease_deadline=lease
+    )
+    failed = TaskFailed(
+        at=at(1), job_id="J", task_id="J-1", worker_id="w1", attempt=1, error="boom"
+    )
+    model = model_of([job(), started, succeeded(0, 2), failed, succeeded(1, 3, attempt=2)])
+    assert model.attempts["J-0"][1].outcome == "succeeded"
+    assert model.attempts["J-0"][1].started_at == at(1)
+    assert [a.outcome for a in model.attempts["J-1"].values()] == ["failed"]
+    assert [a.outcome for a in model.attempt_view()["J-1"].values()] == ["failed", "succeeded"]
+
+
+def test_a_late_event_of_an_attempt_told_by_its_task_row_gives_it_a_row() -> None:
+    """A late failure of the attempt that succeeded: its row is the task row's attempt, failed
+    (its start kept); a late task.started of it makes no second, running, attempt."""
+    lease = at(9)
+    late_start = TaskStarted(
+        at=at(3), job_id="J", task_id="J-0", worker_id="w1", attempt=1, lease_deadline=lease
+    )
+    late_failure = TaskFailed(
+        at=at(4), job_id="J", task_id="J-0", worker_id="w2", attempt=1, error="late"
+    )
+    started_only = model_of([job(), succeeded(0, 2, duration_s=1.0), late_start])
+    assert not started_only.attempts.get("J-0")
+    failed = model_of([job(), succeeded(0, 2, duration_s=1.0), late_start, late_failure])
+    row = failed.attempts["J-0"][1]
+    assert (row.outcome, row.error, row.worker_id, row.started_at) == (
+        "failed",
+        "late",
+        "w2",
+        at(1),
+    )
+    assert failed.tasks["J-0"].state == "succeeded"
+    assert failed.attempt_view()["J-0"] == {1: row}
 
 
 def test_a_requeued_dead_letter_loses_its_result_and_reopens_its_job() -> None:
