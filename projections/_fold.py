@@ -13,6 +13,7 @@ import contextlib
 import gc
 import operator
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -118,21 +119,32 @@ async def copy_fold(pool: asyncpg.Pool, schema: str, model: ReadModel) -> None:
     await asyncio.gather(*(copy(table, rows) for table, rows in tables.items() if rows))
 
 
-async def rebuild_indexes(pool: asyncpg.Pool, rebuild: dict[str, list[str]]) -> None:
-    """Run `drop_indexes`'s statements, a connection per table."""
+@dataclass(frozen=True)
+class IndexRebuild:
+    """The statements that make a schema's dropped primary keys and indexes again."""
 
-    async def run(statements: list[str]) -> None:
+    keys: list[str]
+    indexes: list[str]
+
+
+async def rebuild_indexes(pool: asyncpg.Pool, rebuild: IndexRebuild) -> None:
+    """Run `drop_indexes`'s statements, each on a connection of its own: the primary keys
+    first (adding one locks its table whole), then every other index at once (building one
+    only shares its table's lock, so a table's indexes are built side by side: `tasks` has
+    seven)."""
+
+    async def run(statement: str) -> None:
         async with pool.acquire() as conn:
-            for statement in statements:
-                await conn.execute(statement)
+            await conn.execute(statement)
 
-    await asyncio.gather(*(run(statements) for statements in rebuild.values()))
+    await asyncio.gather(*(run(statement) for statement in rebuild.keys))
+    await asyncio.gather(*(run(statement) for statement in rebuild.indexes))
 
 
-async def drop_indexes(conn: asyncpg.Connection, schema: str) -> dict[str, list[str]]:
-    """Drop the primary keys and indexes of `schema`'s tables; return, per table, the
-    statements that make them again."""
-    rebuild: dict[str, list[str]] = {}
+async def drop_indexes(conn: asyncpg.Connection, schema: str) -> IndexRebuild:
+    """Drop the primary keys and indexes of `schema`'s tables; return the statements that
+    make them again."""
+    rebuild = IndexRebuild(keys=[], indexes=[])
     drops: list[str] = []
     keys = await conn.fetch(
         """
@@ -160,13 +172,12 @@ async def drop_indexes(conn: asyncpg.Connection, schema: str) -> dict[str, list[
     for key in keys:
         table = f"{quote_ident(schema)}.{quote_ident(key['table_name'])}"
         drops.append(f"ALTER TABLE {table} DROP CONSTRAINT {quote_ident(key['conname'])}")
-        rebuild.setdefault(key["table_name"], []).insert(
-            0,
-            f"ALTER TABLE {table} ADD CONSTRAINT {quote_ident(key['conname'])} {key['definition']}",
+        rebuild.keys.append(
+            f"ALTER TABLE {table} ADD CONSTRAINT {quote_ident(key['conname'])} {key['definition']}"
         )
     for index in indexes:
         drops.append(f"DROP INDEX {quote_ident(schema)}.{quote_ident(index['indexname'])}")
-        rebuild.setdefault(index["table_name"], []).append(index["indexdef"])
+        rebuild.indexes.append(index["indexdef"])
     async with conn.transaction():
         for statement in drops:
             await conn.execute(statement)

@@ -100,7 +100,7 @@ def result_lines(item: SourceItem) -> list[ResultLine]:
 
 
 def _line(result: Result, *, part: int | None = None, parts: int | None = None) -> ResultLine:
-    """The line of a result: the rule of `_rules.result_of`, as the `results` table has it."""
+    """The line of a result: the rule of `_rules.result_of` (the `results` view shows alike)."""
     return ResultLine(
         seq=result.seq,
         at=result.at,

@@ -977,12 +977,17 @@ async def test_ndjson_exactly_one_line_per_task_through_sigkills(
             sys.executable, "-c", NDJSON_CHILD, nats_url, str(results), "10", cwd=REPO
         )
         try:
+            # Polled every millisecond: a child on a fast disk writes the whole log (300
+            # fsynced batches) in a tenth of a second, so a slower poll would miss it.
+            async def progressed(before: int = before) -> None:
+                while last_written_seq(results) <= before:
+                    await asyncio.sleep(0.001)
 
-            async def progressed(before: int = before) -> bool:
-                return last_written_seq(results) > before
-
-            await wait_until(progressed, "the child to write")
-            await asyncio.sleep(rng.uniform(0.0, 0.05))
+            try:
+                await asyncio.wait_for(progressed(), TIMEOUT_S)
+            except TimeoutError:
+                pytest.fail("timed out waiting for the child to write")
+            await asyncio.sleep(rng.uniform(0.0, 0.02))
         finally:
             child.kill()  # SIGKILL: no cleanup, possibly in the middle of a line
             await child.wait()
