@@ -27,6 +27,7 @@ jsonb values are kept as their JSON text (`msgspec.Raw`), never decoded.
 import dataclasses
 import functools
 import math
+import typing
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -238,6 +239,10 @@ def result_of(seq: int, event: TaskSucceeded | TaskDeadLettered) -> Result:
     )
 
 
+# The states of the task rows the `results` view shows.
+RESULT_STATES: frozenset[str] = frozenset(typing.get_args(ResultStatus))
+
+
 def result_row(task: TaskRow) -> ResultRow:
     """A finished task's row of the `results` view (migration 013 selects the same)."""
     if task.state not in RESULT_STATES:
@@ -259,10 +264,6 @@ def result_row(task: TaskRow) -> ResultRow:
         finished_at=task.finished_at,
         seq=task.updated_seq,
     )
-
-
-# The states of the task rows the `results` view shows.
-RESULT_STATES = frozenset({"succeeded", "dead_lettered"})
 
 
 # --- task ranges ------------------------------------------------------------------------------
@@ -989,9 +990,7 @@ class ReadModel:
         task = self.tasks[task_id] = task_range.row(index)
         return task
 
-    def open_task(
-        self, seq: int, event: OneTaskEvent, kind: str = "", args: msgspec.Raw = EMPTY_JSON
-    ) -> TaskRow | None:
+    def open_task(self, seq: int, event: OneTaskEvent) -> TaskRow | None:
         """The event's task row unless it ended (a terminal state is never left). A task
         event makes its task's row if it is not there yet (a streamed job's rows may come
         later), provided its job is known and its id is one of the job's; a finishing event
@@ -1001,6 +1000,9 @@ class ReadModel:
             index = task_index_of(event.job_id, event.task_id)
             if index is None or event.job_id not in self.jobs:
                 return None
+            kind, args = "", EMPTY_JSON
+            if isinstance(event, TaskSucceeded | TaskDeadLettered):
+                kind, args = event.kind, json_value(event.args)
             task = TaskRow(
                 task_id=event.task_id,
                 job_id=event.job_id,
@@ -1060,7 +1062,7 @@ class ReadModel:
     def _task_succeeded(self, seq: int, at: datetime, event: TaskSucceeded) -> None:
         started_at = counted_back(at, event.duration_s)
         result = result_of(seq, event)
-        task = self.open_task(seq, event, event.kind, json_value(event.args))
+        task = self.open_task(seq, event)
         if task is not None:
             output = json_value(event.result)
             finished = task_succeeded(task, seq, event, result, output, started_at)
@@ -1120,7 +1122,7 @@ class ReadModel:
 
     def _task_dead_lettered(self, seq: int, at: datetime, event: TaskDeadLettered) -> None:
         result = result_of(seq, event)
-        task = self.open_task(seq, event, event.kind, json_value(event.args))
+        task = self.open_task(seq, event)
         if task is not None:
             finished = task_dead_lettered(task, seq, at, event, result.error)
             self._set_task(finished)
