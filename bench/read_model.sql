@@ -54,9 +54,11 @@ SELECT task_id FROM tasks WHERE job_id = $1 AND state = 'running' AND worker_id 
 
 -- name: ended_tasks
 -- $1 task ids: those in a terminal state, with who ended them and when
-SELECT task_id, state, worker_id, finished_at, duration_s
-FROM tasks
-WHERE task_id = ANY($1::text[]) AND state IN ('succeeded', 'dead_lettered', 'cancelled');
+SELECT t.task_id, t.state, t.worker_id, t.finished_at, t.duration_s
+FROM unnest($1::text[]) AS k (id)
+JOIN tasks AS t
+  ON t.job_id = jobstream_task_job(k.id) AND t.task_index = jobstream_task_index(k.id)
+WHERE t.state IN ('succeeded', 'dead_lettered', 'cancelled');
 
 
 -- name: job_status

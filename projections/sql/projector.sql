@@ -80,7 +80,11 @@ SELECT
     (SELECT coalesce(json_agg(r), '[]') FROM unnest($1::text[]) AS k (id)
      CROSS JOIN LATERAL (SELECT * FROM jobs WHERE job_id = k.id OFFSET 0) AS r),
     (SELECT coalesce(json_agg(r), '[]') FROM unnest($2::text[]) AS k (id)
-     CROSS JOIN LATERAL (SELECT * FROM tasks WHERE task_id = k.id OFFSET 0) AS r),
+     CROSS JOIN LATERAL (
+         SELECT * FROM tasks
+         WHERE job_id = jobstream_task_job(k.id) AND task_index = jobstream_task_index(k.id)
+         OFFSET 0
+     ) AS r),
     (SELECT coalesce(json_agg(r), '[]') FROM unnest($2::text[]) AS k (id)
      CROSS JOIN LATERAL (SELECT * FROM attempt_rows WHERE task_id = k.id OFFSET 0) AS r),
     (SELECT coalesce(json_agg(r), '[]') FROM unnest($3::text[]) AS k (id)
@@ -94,8 +98,11 @@ SELECT
        AND s.minute IN (
            SELECT unnest($5::timestamptz[])
            UNION
-           SELECT date_bin('1 minute', r.finished_at, timestamptz 'epoch') FROM results AS r
-           WHERE r.task_id = ANY($6::text[])
+           SELECT date_bin('1 minute', r.finished_at, timestamptz 'epoch')
+           FROM unnest($6::text[]) AS k (id)
+           JOIN results AS r
+             ON r.job_id = jobstream_task_job(k.id)
+            AND r.task_index = jobstream_task_index(k.id)
        )),
     (SELECT coalesce(json_agg(c), '[]') FROM job_status_counts AS c
      WHERE c.partition = $7::integer AND cardinality($1::text[]) > 0);
@@ -123,7 +130,7 @@ WITH ranges AS (
         job_id text, first_index integer, count integer, kind text, args jsonb, seq bigint
     )
     CROSS JOIN generate_series(r.first_index, r.first_index + r.count - 1) AS i
-    ON CONFLICT (task_id) DO NOTHING
+    ON CONFLICT (job_id, task_index) DO NOTHING
 ),
 merge_jobs AS (
     INSERT INTO jobs
@@ -146,7 +153,7 @@ merge_jobs AS (
 merge_tasks AS (
     INSERT INTO tasks
     SELECT * FROM json_populate_recordset(NULL::tasks, $3::json)
-    ON CONFLICT (task_id) DO UPDATE
+    ON CONFLICT (job_id, task_index) DO UPDATE
     SET
         job_id = excluded.job_id, task_index = excluded.task_index, kind = excluded.kind,
         args = excluded.args, state = excluded.state, attempts = excluded.attempts,
@@ -223,7 +230,7 @@ SET
     duration_s = s.duration_s, updated_seq = s.updated_seq, progress = s.progress,
     progress_message = s.progress_message
 FROM staged_tasks AS s
-WHERE t.task_id = s.task_id;
+WHERE t.job_id = s.job_id AND t.task_index = s.task_index;
 
 
 -- name: unlisted_batches

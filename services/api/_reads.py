@@ -280,7 +280,7 @@ async def running_tasks(
     live = live or LiveWork()
     await init_connection(conn)  # the caller's connection may decode jsonb as text
     rows = await conn.fetch(
-        _SQL["list_tasks"], job_id, "running", None, None, limit, live.tasks_of(job_id)
+        _SQL["list_tasks"], job_id, "running", None, limit, live.tasks_of(job_id)
     )
     return [_task(row, live).model_dump(mode="json") for row in rows]
 
@@ -358,7 +358,6 @@ async def tasks_page(
         job_id,
         state,
         after.task_index if after else None,
-        after.task_id if after else None,
         limit + 1,
         live.tasks_of(job_id),
     )

@@ -46,14 +46,16 @@ SELECT EXISTS (SELECT 1 FROM jobs WHERE job_id = $1::text);
 -- name: waiting_task_counts
 -- $1 tasks in flight, $2 the states a task in flight may still have in the read model:
 -- how many of them each job has in each such state.
-SELECT job_id, state, count(*) AS n
-FROM tasks
-WHERE task_id = ANY($1::text[]) AND state = ANY($2::text[])
-GROUP BY job_id, state;
+SELECT t.job_id, t.state, count(*) AS n
+FROM unnest($1::text[]) AS k (id)
+JOIN tasks AS t
+  ON t.job_id = jobstream_task_job(k.id) AND t.task_index = jobstream_task_index(k.id)
+WHERE t.state = ANY($2::text[])
+GROUP BY t.job_id, t.state;
 
 -- name: list_tasks
--- $1 job, $2 state (NULL: any), $3/$4 the last (task_index, task_id) seen, $5 rows to fetch,
--- $6 the tasks in flight (one of them that is queued or failed here shows as running: the
+-- $1 job, $2 state (NULL: any), $3 the last task_index seen (a job's key), $4 rows to fetch,
+-- $5 the tasks in flight (one of them that is queued or failed here shows as running: the
 -- filter says so too).
 SELECT task_id, job_id, task_index, kind, args, state, attempts, worker_id, result, error,
        started_at, finished_at, duration_s, progress, progress_message
@@ -62,24 +64,25 @@ WHERE job_id = $1::text
   AND ($2::text IS NULL
        OR ($2::text = 'running'
            AND (state = 'running'
-                OR (state IN ('queued', 'failed') AND task_id = ANY($6::text[]))))
-       OR ($2::text IN ('queued', 'failed') AND state = $2::text AND task_id <> ALL($6::text[]))
+                OR (state IN ('queued', 'failed') AND task_id = ANY($5::text[]))))
+       OR ($2::text IN ('queued', 'failed') AND state = $2::text AND task_id <> ALL($5::text[]))
        OR ($2::text NOT IN ('running', 'queued', 'failed') AND state = $2::text))
-  AND ($3::integer IS NULL OR (task_index, task_id) > ($3::integer, $4::text))
-ORDER BY task_index, task_id
-LIMIT $5::integer;
+  AND ($3::integer IS NULL OR task_index > $3::integer)
+ORDER BY task_index
+LIMIT $4::integer;
 
 -- name: get_task
 SELECT task_id, job_id, task_index, kind, args, state, attempts, worker_id, result, error,
        started_at, finished_at, duration_s, progress, progress_message
 FROM tasks
-WHERE task_id = $1::text;
+WHERE job_id = jobstream_task_job($1::text) AND task_index = jobstream_task_index($1::text);
 
 -- name: list_attempts
 -- A task's attempts, oldest first.
 SELECT attempt, worker_id, outcome, error, started_at, finished_at, duration_s
 FROM task_attempts
 WHERE task_id = $1::text
+  AND job_id = jobstream_task_job($1::text) AND task_index = jobstream_task_index($1::text)
 ORDER BY attempt;
 
 -- name: list_workers

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from jobstream.events import QueryFileError, load_queries, parse_queries
+from jobstream.events import QueryFileError, load_queries, parse_queries, task_id_for
 from jobstream.services.api import LiveWork, create_app, job_summary, tasks_page
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -80,7 +80,7 @@ async def insert_tasks(db: asyncpg.Connection, job_id: str, states: list[str]) -
         " VALUES ($1, $2, $3, 'sum', $4, $5, 1,"
         " CASE WHEN $5 IN ('succeeded', 'dead_lettered', 'cancelled') THEN now() END)",
         [
-            (f"{job_id}.{index:04d}", job_id, index, {"a": index, "b": 1}, state)
+            (task_id_for(job_id, index), job_id, index, {"a": index, "b": 1}, state)
             for index, state in enumerate(states)
         ],
     )
@@ -88,18 +88,19 @@ async def insert_tasks(db: asyncpg.Connection, job_id: str, states: list[str]) -
 
 
 async def insert_result(
-    db: asyncpg.Connection, task_id: str, job_id: str, finished_at: datetime
+    db: asyncpg.Connection, job_id: str, index: int, finished_at: datetime
 ) -> None:
     """A succeeded task: a row of the results view."""
     await db.execute(
         "INSERT INTO tasks (task_id, job_id, task_index, kind, args, result, worker_id,"
-        " duration_s, state, attempts, finished_at, updated_seq) VALUES ($1, $2, 0, 'sum', $3,"
+        " duration_s, state, attempts, finished_at, updated_seq) VALUES ($1, $2, $6, 'sum', $3,"
         " $4, 'w1', 0.5, 'succeeded', 1, $5, 7)",
-        task_id,
+        task_id_for(job_id, index),
         job_id,
         {"a": 1, "b": 2},
         3,
         finished_at,
+        index,
     )
 
 
@@ -352,8 +353,8 @@ async def test_tasks_in_order_with_pagination_and_filter(
     failed = await collect_pages(client, "/jobs/j/tasks", "tasks", "task_id", state="failed")
     first = await get_ok(client, "/jobs/j/tasks", limit=1)
 
-    assert every == [f"j.{index:04d}" for index in range(12)]
-    assert failed == ["j.0001", "j.0004", "j.0007", "j.0010"]
+    assert every == [f"j-{index}" for index in range(12)]
+    assert failed == ["j-1", "j-4", "j-7", "j-10"]
     assert first["tasks"][0]["args"] == {"a": 0, "b": 1}
     assert first["tasks"][0]["state"] == "succeeded"
 
@@ -404,7 +405,7 @@ async def test_a_job_projected_between_the_two_reads_is_listed_with_its_tasks(
         await reader.close()
 
     assert page is not None
-    assert [task.task_id for task in page.tasks] == ["late.0000", "late.0001"]
+    assert [task.task_id for task in page.tasks] == ["late-0", "late-1"]
 
 
 # --- /workers and /results ---------------------------------------------------------------
@@ -436,9 +437,9 @@ async def test_results_by_day_and_job_with_pagination(
 ) -> None:
     day = datetime(2024, 5, 1, tzinfo=UTC)
     for n in range(7):
-        await insert_result(db, f"r{n}", "j1", day + timedelta(hours=3 * n + 1))
-    await insert_result(db, "late", "j2", day + timedelta(days=1, minutes=1))
-    await insert_result(db, "early", "j2", day - timedelta(microseconds=1))
+        await insert_result(db, "j1", n, day + timedelta(hours=3 * n + 1))
+    await insert_result(db, "j2", 0, day + timedelta(days=1, minutes=1))  # late
+    await insert_result(db, "j2", 1, day - timedelta(microseconds=1))  # early
 
     on_day = await collect_pages(
         client, "/results", "results", "task_id", day="2024-05-01", limit=3
@@ -446,8 +447,8 @@ async def test_results_by_day_and_job_with_pagination(
     of_j2 = await collect_pages(client, "/results", "results", "task_id", job_id="j2")
     one = await get_ok(client, "/results", day="2024-05-01", limit=1)
 
-    assert on_day == [f"r{n}" for n in range(7)]
-    assert of_j2 == ["early", "late"]
+    assert on_day == [f"j1-{n}" for n in range(7)]
+    assert of_j2 == ["j2-1", "j2-0"]
     row = one["results"][0]
     assert row["inputs"] == {"a": 1, "b": 2}
     assert row["output"] == 3

@@ -21,6 +21,7 @@ from jobstream.events import (
     WorkerStarted,
     ensure_worker_consumer,
     new_id,
+    task_index_of,
     task_queue_subject,
     worker_consumer_name,
 )
@@ -67,7 +68,7 @@ async def insert_finished(
     await db.execute(
         "INSERT INTO tasks (task_id, job_id, task_index, kind, args, result, worker_id,"
         " duration_s, state, error, attempts, finished_at, updated_seq)"
-        " VALUES ($1, $2, 0, $3, '{}', NULL, $4, $5, $6, $7, $8, $9, 1)",
+        " VALUES ($1, $2, $10, $3, '{}', NULL, $4, $5, $6, $7, $8, $9, 1)",
         task_id,
         job_id,
         kind,
@@ -77,6 +78,7 @@ async def insert_finished(
         error,
         attempts,
         finished_at or datetime.now(UTC),
+        task_index_of(job_id, task_id),
     )
     await db.execute("SELECT recount_read_model()")  # the sums the projector would keep
 
