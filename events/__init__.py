@@ -54,6 +54,7 @@ if TYPE_CHECKING:
         expand_tasks,
         task_id_for,
         task_index_of,
+        task_key_of,
         utc_now,
     )
     from jobstream.events._codec import (
@@ -299,6 +300,7 @@ _HOMES: dict[str, str] = {
     "expand_tasks": "jobstream.events._catalogue",
     "task_id_for": "jobstream.events._catalogue",
     "task_index_of": "jobstream.events._catalogue",
+    "task_key_of": "jobstream.events._catalogue",
     "utc_now": "jobstream.events._catalogue",
     "DecodeError": "jobstream.events._codec",
     "decode_event": "jobstream.events._codec",
@@ -572,6 +574,7 @@ __all__ = [
     "task_event_subject",
     "task_id_for",
     "task_index_of",
+    "task_key_of",
     "task_queue_subject",
     "task_schedule_subject",
     "task_due_subject",

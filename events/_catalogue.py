@@ -381,6 +381,16 @@ def task_index_of(job_id: str, task_id: str) -> int | None:
     return _index_after(f"{job_id}-", task_id)
 
 
+def task_key_of(task_id: str) -> tuple[str, int] | None:
+    """The job and the index a task id is made of by `task_id_for` (the read models' key of
+    its row); None if it is not one."""
+    job_id, dash, _ = task_id.rpartition("-")
+    if not dash:
+        return None
+    index = task_index_of(job_id, task_id)
+    return None if index is None else (job_id, index)
+
+
 def chunk_index_of(job_id: str, chunk_id: str) -> int | None:
     """The index of the first task of chunk `chunk_id` of job `job_id`, if `chunk_id` is one
     `chunk_id_for` makes; None if not."""

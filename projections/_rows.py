@@ -33,6 +33,7 @@ from jobstream.events import (
     TaskRow,
     WorkerRow,
     encode,
+    task_key_of,
 )
 from jobstream.projections._rules import COLUMNS, Keys, ReadModel, utc
 
@@ -129,6 +130,8 @@ async def load(
     loaded = Loaded(model, keys)
     if not names_rows(keys):
         return loaded
+    # A task's row is found by its key; an id that is no key has no row.
+    task_keys = [key for key in map(task_key_of, keys.tasks) if key is not None]
     arrays = await conn.fetchrow(
         queries["load_rows"],
         list(keys.jobs),
@@ -138,6 +141,8 @@ async def load(
         list(keys.minutes),
         list(keys.requeued),
         model.partition,
+        [job_id for job_id, _ in task_keys],
+        [index for _, index in task_keys],
     )
     for job in _JOBS.decode(arrays[0]):
         loaded.take_job(job)

@@ -69,7 +69,7 @@ ON CONFLICT (seq) DO NOTHING;
 
 -- name: load_rows
 -- The rows a batch's events name, each table's as one JSON array: $1 job ids, $2 task ids
--- (tasks, attempt_rows), $3 worker ids, $4 job ids of crawl pages (crawl_stats),
+-- (attempt_rows; tasks by their keys, the jobs $8 and indexes $9), $3 worker ids, $4 job ids of crawl pages (crawl_stats),
 -- and partition $7's stats_per_minute rows of the minutes $5 and of the minutes of the
 -- results of the requeued tasks $6 (every queue and kind of those minutes: a few rows).
 -- $7 is also the partition of the workers' rows (one per partition) and of the
@@ -79,11 +79,9 @@ ON CONFLICT (seq) DO NOTHING;
 SELECT
     (SELECT coalesce(json_agg(r), '[]') FROM unnest($1::text[]) AS k (id)
      CROSS JOIN LATERAL (SELECT * FROM jobs WHERE job_id = k.id OFFSET 0) AS r),
-    (SELECT coalesce(json_agg(r), '[]') FROM unnest($2::text[]) AS k (id)
+    (SELECT coalesce(json_agg(r), '[]') FROM unnest($8::text[], $9::integer[]) AS k (job, i)
      CROSS JOIN LATERAL (
-         SELECT * FROM tasks
-         WHERE job_id = jobstream_task_job(k.id) AND task_index = jobstream_task_index(k.id)
-         OFFSET 0
+         SELECT * FROM tasks WHERE job_id = k.job AND task_index = k.i OFFSET 0
      ) AS r),
     (SELECT coalesce(json_agg(r), '[]') FROM unnest($2::text[]) AS k (id)
      CROSS JOIN LATERAL (SELECT * FROM attempt_rows WHERE task_id = k.id OFFSET 0) AS r),
