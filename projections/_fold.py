@@ -131,7 +131,7 @@ async def rebuild_indexes(pool: asyncpg.Pool, rebuild: IndexRebuild) -> None:
     """Run `drop_indexes`'s statements, each on a connection of its own: the primary keys
     first (adding one locks its table whole), then every other index at once (building one
     only shares its table's lock, so a table's indexes are built side by side: `tasks` has
-    seven)."""
+    five besides its key)."""
 
     async def run(statement: str) -> None:
         async with pool.acquire() as conn:

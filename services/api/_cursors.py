@@ -21,6 +21,8 @@ class JobCursor(msgspec.Struct, frozen=True, array_like=True, tag="j"):
 
 class TaskCursor(msgspec.Struct, frozen=True, array_like=True, tag="t"):
     task_index: _PgInteger
+    # A job's tasks are ordered by their index alone since it is their key (migration 015);
+    # the id stays in the cursor so that cursors handed out before still read.
     task_id: str
 
 
