@@ -69,10 +69,10 @@ ON CONFLICT (seq) DO NOTHING;
 
 -- name: load_rows
 -- The rows a batch's events name, each table's as one JSON array: $1 job ids, $2 task ids
--- (attempt_rows; tasks by their keys, the jobs $8 and indexes $9), $3 worker ids, $4 job ids of crawl pages (crawl_stats),
--- and partition $7's stats_per_minute rows of the minutes $5 and of the minutes of the
--- results of the requeued tasks $6 (every queue and kind of those minutes: a few rows).
--- $7 is also the partition of the workers' rows (one per partition) and of the
+-- (attempt_rows; tasks by their keys, the jobs $8 and indexes $9), $3 worker ids, $4 job ids of
+-- crawl pages (crawl_stats), and partition $7's stats_per_minute rows of the minutes $5 and of the
+-- minutes of the results of the requeued tasks $6 (every queue and kind of those minutes: a few
+-- rows). $7 is also the partition of the workers' rows (one per partition) and of the
 -- job_status_counts rows, all of which (one per status) come with any job id.
 -- One primary-key lookup per key: OFFSET 0 keeps each LATERAL a subquery, which the planner
 -- would otherwise join as a whole-table scan (it guesses many attempts per task).
