@@ -262,7 +262,7 @@ def projector(
     nats_security: NatsSecurity = NO_SECURITY,
 ) -> None:
     """Run the projectors: PostgreSQL read models and daily NDJSON result files."""
-    from jobstream.events import ensure_streams
+    from jobstream.events import SharedSource, ensure_streams
     from jobstream.projections import NdjsonProjector, Partition, PostgresProjector, migrate
 
     if only not in (None, "postgres", "ndjson"):
@@ -288,6 +288,8 @@ def projector(
                 bus_session(endpoints.nats_urls, name="jobstream-projector", security=nats_security)
             )
             await ensure_streams(bus.js)
+            # Both projectors of one partition read the whole log: read once, for both.
+            source = SharedSource(bus).batches if only is None and part.count == 1 else None
             runners = []
             if only in (None, "postgres"):
                 pool = await sessions.enter_async_context(
@@ -295,9 +297,12 @@ def projector(
                 )
                 async with pool.acquire() as conn:
                     await migrate(conn, schema)
-                runners.append(PostgresProjector(bus, pool, schema=schema, partition=part).run)
+                projector = PostgresProjector(
+                    bus, pool, schema=schema, partition=part, source=source
+                )
+                runners.append(projector.run)
             if only == "ndjson" or (only is None and part.index == 0):
-                runners.append(NdjsonProjector(bus, endpoints.results_dir).run)
+                runners.append(NdjsonProjector(bus, endpoints.results_dir, source=source).run)
             await run_until_stopped(stop, *runners)
 
     run(main())

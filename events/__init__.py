@@ -147,6 +147,7 @@ if TYPE_CHECKING:
     )
     from jobstream.events._schema import event_json_schema
     from jobstream.events._security import NO_SECURITY, NatsSecurity, NatsSecurityError
+    from jobstream.events._shared_source import BatchSource, SharedSource
     from jobstream.events._source import (
         DEFAULT_BATCH_MAX,
         SourceItem,
@@ -353,6 +354,8 @@ _HOMES: dict[str, str] = {
     "NO_SECURITY": "jobstream.events._security",
     "NatsSecurity": "jobstream.events._security",
     "NatsSecurityError": "jobstream.events._security",
+    "BatchSource": "jobstream.events._shared_source",
+    "SharedSource": "jobstream.events._shared_source",
     "DEFAULT_BATCH_MAX": "jobstream.events._source",
     "SourceItem": "jobstream.events._source",
     "decode_item": "jobstream.events._source",
@@ -519,6 +522,8 @@ __all__ = [
     "NO_SECURITY",
     "QueryFileError",
     "SourceItem",
+    "BatchSource",
+    "SharedSource",
     "TaskCancelled",
     "CHUNK_KIND",
     "ChunkFailure",

@@ -25,6 +25,7 @@ import msgspec
 from jobstream.events import (
     DEFAULT_BATCH_MAX,
     TASK_EVENT_SUBJECTS,
+    BatchSource,
     Bus,
     JobstreamError,
     SourceItem,
@@ -284,12 +285,23 @@ def exclusive_results_dir(results_dir: Path) -> Iterator[None]:
 
 
 class NdjsonProjector:
-    """Writes the results of `evt.task.>` to `results_dir`, resuming after its last line."""
+    """Writes the results of `evt.task.>` to `results_dir`, resuming after its last line.
 
-    def __init__(self, bus: Bus, results_dir: Path, *, batch_max: int = DEFAULT_BATCH_MAX) -> None:
+    `source`: where the log is read (`events.SharedSource.batches`, a read shared with the
+    process's Postgres projector); by default, a reader of the task events of its own."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        results_dir: Path,
+        *,
+        batch_max: int = DEFAULT_BATCH_MAX,
+        source: BatchSource | None = None,
+    ) -> None:
         self.bus = bus
         self.results_dir = results_dir
         self.batch_max = batch_max
+        self.source = source
         self.last_seq = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -310,13 +322,16 @@ class NdjsonProjector:
         self.last_seq = start
         log.info("ndjson results in %s: resuming after seq %d", self.results_dir, start)
         writer = PartitionWriter(self.results_dir)
-        batches = event_batches(
-            self.bus,
-            start_seq=start + 1,
-            stop=stop,
-            filter_subject=TASK_EVENT_SUBJECTS,
-            batch_max=self.batch_max,
-        )
+        if self.source is not None:
+            batches = self.source(start_seq=start + 1, stop=stop)
+        else:
+            batches = event_batches(
+                self.bus,
+                start_seq=start + 1,
+                stop=stop,
+                filter_subject=TASK_EVENT_SUBJECTS,
+                batch_max=self.batch_max,
+            )
         try:
             async with contextlib.aclosing(batches):
                 async for batch in batches:

@@ -33,6 +33,7 @@ import asyncpg
 from jobstream.events import (
     DEFAULT_BATCH_MAX,
     POSTGRES_PROJECTION,
+    BatchSource,
     Bus,
     JobTasksAdded,
     SourceItem,
@@ -219,7 +220,12 @@ class PostgresProjector:
         name: str = DEFAULT_NAME,
         partition: Partition = ONE_PARTITION,
         batch_max: int = DEFAULT_BATCH_MAX,
+        source: BatchSource | None = None,
     ) -> None:
+        """`source`: where the log is read (`events.SharedSource.batches`, a read shared with
+        the process's NDJSON projector); by default, a reader of its own."""
+        if source is not None and partition.count > 1:
+            raise ValueError("a partition reads its own part of the log, not a shared read")
         self.bus = bus
         self.pool = pool
         self.schema = schema
@@ -228,6 +234,7 @@ class PostgresProjector:
         # The checkpoint row: the projection's name, or its partition's.
         self.name = partition.checkpoint_name(name)
         self.batch_max = batch_max
+        self.source = source
         self.last_seq = 0
         # synchronous_commit off: a commit does not wait for its WAL flush. A database crash
         # may then lose the last batches, checkpoint included, and they are applied again
@@ -291,13 +298,16 @@ class PostgresProjector:
         Python work of one overlaps the database's of the other."""
         self.last_seq = start
         self._written = None
-        batches = event_batches(
-            self.bus,
-            start_seq=start + 1,
-            stop=stop,
-            **self.partition.reading(),
-            batch_max=self.batch_max,
-        )
+        if self.source is not None:
+            batches = self.source(start_seq=start + 1, stop=stop)
+        else:
+            batches = event_batches(
+                self.bus,
+                start_seq=start + 1,
+                stop=stop,
+                **self.partition.reading(),
+                batch_max=self.batch_max,
+            )
         previous: _Batch | None = None
         writing: asyncio.Task[int | None] | None = None
         try:

@@ -1,0 +1,155 @@
+"""A read of the log shared by several followers (`events.SharedSource`): each gets every
+event from its own start exactly once and in order, the log is read once while they keep
+up, and one that stalls or starts behind reads on its own until it catches up."""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator
+
+from jobstream.events import (
+    EVENTS_STREAM,
+    Bus,
+    SharedSource,
+    SourceItem,
+    WorkerStarted,
+)
+from tests.integration.test_replay_fold import at
+
+WAIT_S = 20.0
+
+
+async def publish(bus: Bus, count: int, first: int = 0) -> None:
+    for index in range(first, first + count):
+        await bus.publish_event(
+            WorkerStarted(
+                at=at(index),
+                worker_id=f"w{index}",
+                host="h",
+                pid=1,
+                queues=["default"],
+                concurrency=1,
+                version="t",
+            )
+        )
+
+
+async def readers(bus: Bus) -> int:
+    info = await bus.js.stream_info(EVENTS_STREAM)
+    return info.state.consumer_count
+
+
+async def take_until(
+    batches: AsyncGenerator[list[SourceItem], None], seqs: list[int], last: int
+) -> None:
+    """Append the sequences `batches` gives to `seqs` until `last` is among them."""
+    while not seqs or seqs[-1] < last:
+        batch = await asyncio.wait_for(anext(batches), WAIT_S)
+        seqs += [item.seq for item in batch]
+        assert all(item.event is not None for item in batch)
+
+
+async def wait_for_readers(bus: Bus, count: int) -> None:
+    for _ in range(int(WAIT_S / 0.05)):
+        if await readers(bus) == count:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{await readers(bus)} readers of the log, expected {count}")
+
+
+async def test_followers_that_keep_up_read_the_log_once(bus: Bus) -> None:
+    await publish(bus, 40)
+    stop = asyncio.Event()
+    source = SharedSource(bus, batch_max=7)
+    firsts: list[int] = []
+    seconds: list[int] = []
+    async with (
+        contextlib.aclosing(source.batches(start_seq=1, stop=stop)) as first,
+        contextlib.aclosing(source.batches(start_seq=1, stop=stop)) as second,
+    ):
+        await asyncio.gather(take_until(first, firsts, 40), take_until(second, seconds, 40))
+        assert await readers(bus) == 1
+        await publish(bus, 25, first=40)
+        await asyncio.gather(take_until(first, firsts, 65), take_until(second, seconds, 65))
+        assert await readers(bus) == 1
+    assert firsts == seconds == list(range(1, 66))
+    assert (source.joins, source.stalls) == (2, 0)
+    await wait_for_readers(bus, 0)
+
+
+async def test_a_stalled_follower_holds_the_others_up_only_until_it_is_left_behind(
+    bus: Bus,
+) -> None:
+    await publish(bus, 10)
+    stop = asyncio.Event()
+    source = SharedSource(bus, batch_max=5, depth=1, stall_s=0.3)
+    quick: list[int] = []
+    stalled: list[int] = []
+    async with (
+        contextlib.aclosing(source.batches(start_seq=1, stop=stop)) as first,
+        contextlib.aclosing(source.batches(start_seq=1, stop=stop)) as second,
+    ):
+        await asyncio.gather(take_until(first, quick, 10), take_until(second, stalled, 10))
+        # The second takes nothing while 200 more events come: the first gets them all.
+        await publish(bus, 200, first=10)
+        await take_until(first, quick, 210)
+        assert source.stalls == 1
+        # The second catches up on its own reader, and joins the shared read again.
+        await take_until(second, stalled, 210)
+        await publish(bus, 30, first=210)
+        await asyncio.gather(take_until(first, quick, 240), take_until(second, stalled, 240))
+        # Its next batch comes from the shared read again.
+        await publish(bus, 5, first=240)
+        await asyncio.gather(take_until(first, quick, 245), take_until(second, stalled, 245))
+        assert source.joins == 3
+        await wait_for_readers(bus, 1)
+    assert quick == stalled == list(range(1, 246))
+
+
+async def test_a_follower_that_starts_behind_reads_up_to_the_others_on_its_own(
+    bus: Bus,
+) -> None:
+    await publish(bus, 30)
+    stop = asyncio.Event()
+    source = SharedSource(bus, batch_max=4)
+    ahead: list[int] = []
+    behind: list[int] = []
+    async with contextlib.aclosing(source.batches(start_seq=11, stop=stop)) as first:
+        await take_until(first, ahead, 30)
+        async with contextlib.aclosing(source.batches(start_seq=3, stop=stop)) as second:
+            await take_until(second, behind, 30)
+            await publish(bus, 12, first=30)
+            await asyncio.gather(take_until(first, ahead, 42), take_until(second, behind, 42))
+            assert source.joins == 2
+            await wait_for_readers(bus, 1)
+    assert ahead == list(range(11, 43))
+    assert behind == list(range(3, 43))
+
+
+async def test_a_follower_that_starts_ahead_gets_nothing_before_its_start(bus: Bus) -> None:
+    await publish(bus, 30)
+    stop = asyncio.Event()
+    source = SharedSource(bus, batch_max=4)
+    early: list[int] = []
+    late: list[int] = []
+    async with (
+        contextlib.aclosing(source.batches(start_seq=1, stop=stop)) as first,
+        contextlib.aclosing(source.batches(start_seq=17, stop=stop)) as second,
+    ):
+        await asyncio.gather(take_until(first, early, 30), take_until(second, late, 30))
+    assert early == list(range(1, 31))
+    assert late == list(range(17, 31))
+    assert source.joins == 2
+
+
+async def test_stop_ends_every_follower_and_the_shared_read(bus: Bus) -> None:
+    await publish(bus, 5)
+    stop = asyncio.Event()
+    source = SharedSource(bus)
+    seqs: list[int] = []
+    async with contextlib.aclosing(source.batches(start_seq=1, stop=stop)) as batches:
+        await take_until(batches, seqs, 5)
+        waiting = asyncio.ensure_future(anext(batches, None))
+        await asyncio.sleep(0.2)
+        stop.set()
+        assert await asyncio.wait_for(waiting, WAIT_S) is None
+    await wait_for_readers(bus, 0)
