@@ -134,16 +134,16 @@ class SharedSource:
                             if follower is not None:
                                 break
                     continue
-                batch = await follower.take(stop)
-                if batch is None:  # left behind (or stopped): it reads on its own
+                shared = await follower.take(stop)
+                if shared is None:  # left behind (or stopped): it reads on its own
                     await self._leave(follower)
                     follower = None
                     continue
-                if batch[0].seq <= position:
-                    batch = [item for item in batch if item.seq > position]
-                if batch:
-                    position = batch[-1].seq
-                    yield batch
+                if shared[0].seq <= position:
+                    shared = [item for item in shared if item.seq > position]
+                if shared:
+                    position = shared[-1].seq
+                    yield shared
         finally:
             if follower is not None:
                 await self._leave(follower)
