@@ -20,8 +20,11 @@ from nats.aio.subscription import Subscription
 from nats.js.api import PubAck
 
 NO_RESPONDERS_STATUS = "503"
-# Acks outstanding before a publish waits for the oldest.
+# Acks outstanding before a publish waits, and how few it waits for: waiting for a
+# thousand acks at once, not for the oldest one each time, keeps a long run of publishes (a
+# big job's tasks) from paying a wait per publish.
 MAX_OUTSTANDING = 4000
+RESUME_OUTSTANDING = 3000
 REAPER_TICK_S = 0.5
 
 
@@ -35,6 +38,8 @@ class PipelinedPublisher:
         self._futures: dict[str, asyncio.Future[PubAck]] = {}
         self._deadlines: collections.deque[tuple[float, str]] = collections.deque()
         self._reaper: asyncio.Task[None] | None = None
+        self._room = asyncio.Event()  # clear while a publish waits for acks
+        self._room.set()
 
     async def publish(
         self, subject: str, payload: bytes, headers: dict[str, str]
@@ -44,12 +49,8 @@ class PipelinedPublisher:
             self._prefix = self.nc.new_inbox()
             self._sub = await self.nc.subscribe(f"{self._prefix}.*", cb=self._on_reply)
         while len(self._futures) >= MAX_OUTSTANDING:
-            _, oldest = self._deadlines[0]
-            waiting = self._futures.get(oldest)
-            if waiting is None:
-                self._deadlines.popleft()
-                continue
-            await asyncio.wait({waiting})
+            self._room.clear()
+            await self._room.wait()
         loop = asyncio.get_running_loop()
         token = str(next(self._tokens))
         future: asyncio.Future[PubAck] = loop.create_future()
@@ -62,7 +63,7 @@ class PipelinedPublisher:
                 subject, payload, reply=f"{self._prefix}.{token}", headers=headers
             )
         except BaseException:
-            self._futures.pop(token, None)
+            self._settled(token)
             raise
         return future
 
@@ -73,8 +74,15 @@ class PipelinedPublisher:
         if sub is not None and not self.nc.is_closed:
             await sub.unsubscribe()
 
+    def _settled(self, token: str) -> "asyncio.Future[PubAck] | None":
+        """Stop waiting for the ack of `token`; its future, unless already settled."""
+        future = self._futures.pop(token, None)
+        if len(self._futures) <= RESUME_OUTSTANDING:
+            self._room.set()
+        return future
+
     async def _on_reply(self, msg: Msg) -> None:
-        future = self._futures.pop(msg.subject.rsplit(".", 1)[-1], None)
+        future = self._settled(msg.subject.rsplit(".", 1)[-1])
         if future is None or future.done():
             return
         if msg.headers and msg.headers.get("Status") == NO_RESPONDERS_STATUS:
@@ -110,5 +118,5 @@ class PipelinedPublisher:
                 await asyncio.sleep(min(deadline - now, REAPER_TICK_S))
                 continue
             deadlines.popleft()
-            del self._futures[token]
+            self._settled(token)
             future.set_exception(nats.errors.TimeoutError())

@@ -173,3 +173,31 @@ async def test_an_unanswered_publish_times_out(bus: Bus) -> None:
             await future
     finally:
         await publisher.close()
+
+
+async def test_a_publish_past_the_bound_waits_until_enough_acks_come(
+    bus: Bus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At `MAX_OUTSTANDING` acks unanswered a publish waits until no more than
+    `RESUME_OUTSTANDING` are: here, until the silent subject's acks time out."""
+    monkeypatch.setattr("jobstream.events._acks.MAX_OUTSTANDING", 4)
+    monkeypatch.setattr("jobstream.events._acks.RESUME_OUTSTANDING", 1)
+    publisher = PipelinedPublisher(bus.nc, timeout_s=0.5)
+
+    async def never_reply(msg: object) -> None:
+        return None
+
+    await bus.nc.subscribe("silent.subject", cb=never_reply)
+    await bus.js.add_stream(StreamConfig(name=STREAM, subjects=["pt.>"]))
+    try:
+        silent = [await publisher.publish("silent.subject", b"x", {}) for _ in range(4)]
+        started = time.monotonic()
+        stored = await publisher.publish("pt.after", b"y", {})
+        assert time.monotonic() - started >= 0.3  # it waited for the timeouts
+        assert (await stored).seq == 1
+        for future in silent:
+            with pytest.raises(nats.errors.TimeoutError):
+                await future
+        assert (await (await publisher.publish("pt.after", b"z", {}))).seq == 2
+    finally:
+        await publisher.close()
