@@ -223,12 +223,14 @@ class SharedSource:
         `stall_s` is left behind, to read on its own."""
         deadline = time.monotonic() + self.stall_s
         for follower in list(self._followers):
-            while len(follower.batches) > self.depth and not stop.is_set():
+            while len(follower.batches) > self.depth and not (follower.left or stop.is_set()):
                 follower.taken.clear()
                 remaining = deadline - time.monotonic()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(_first_of(follower.taken, stop), max(0.0, remaining))
-                if len(follower.batches) > self.depth and time.monotonic() >= deadline:
+                if follower.left or len(follower.batches) <= self.depth:
+                    break
+                if time.monotonic() >= deadline:
                     log.info("a reader of the log stalled: it reads on its own until it catches up")
                     self._followers.remove(follower)
                     follower.leave()

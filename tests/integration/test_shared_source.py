@@ -5,6 +5,9 @@ up, and one that stalls or starts behind reads on its own until it catches up.""
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator
+from pathlib import Path
+
+import asyncpg
 
 from jobstream.events import (
     EVENTS_STREAM,
@@ -13,7 +16,21 @@ from jobstream.events import (
     SourceItem,
     WorkerStarted,
 )
-from tests.integration.test_replay_fold import at
+from jobstream.projections import (
+    NdjsonProjector,
+    PostgresProjector,
+    caught_up,
+    checkpoint,
+    last_written_seq,
+    replay_ndjson,
+)
+from tests.integration.test_replay_fold import (
+    assert_replay_equals_live,
+    at,
+    big_chunked_job,
+    tricky_log,
+)
+from tests.integration.test_worker_dispatcher import running
 
 WAIT_S = 20.0
 
@@ -153,3 +170,48 @@ async def test_stop_ends_every_follower_and_the_shared_read(bus: Bus) -> None:
         stop.set()
         assert await asyncio.wait_for(waiting, WAIT_S) is None
     await wait_for_readers(bus, 0)
+
+
+async def test_the_ndjson_files_go_on_while_the_postgres_projector_is_held_up(
+    bus: Bus, database_url: str, tmp_path: Path
+) -> None:
+    """The two projectors of a process on one shared read: while another transaction holds
+    the checkpoint rows (as a database outage would stall its batches), the NDJSON projector
+    writes every line; the Postgres projector then catches up on its own read, and both come
+    out as their replays."""
+    results_dir = tmp_path / "results"
+    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=6)
+    source = SharedSource(bus, batch_max=5, depth=1, stall_s=0.5)
+    projectors = (
+        PostgresProjector(bus, pool, source=source.batches).run,
+        NdjsonProjector(bus, results_dir, source=source.batches).run,
+    )
+    try:
+        for event in tricky_log():
+            await bus.publish_event(event)
+        first = await bus.stream_last_seq()
+        async with running(*projectors):
+            while not await caught_up(pool, first) or last_written_seq(results_dir) < first - 5:
+                await asyncio.sleep(0.05)
+            async with pool.acquire() as holder, holder.transaction():
+                await holder.execute("SELECT * FROM jobstream.projection_checkpoints FOR UPDATE")
+                for event in big_chunked_job():
+                    await bus.publish_event(event)
+                lined = await bus.stream_last_seq() - 1  # its dead letter; then a requeue
+                await publish(bus, 40)  # batches enough to fill what the stalled one holds
+                last = await bus.stream_last_seq()
+                for _ in range(int(WAIT_S / 0.05)):
+                    if source.stalls and last_written_seq(results_dir) >= lined:
+                        break
+                    await asyncio.sleep(0.05)
+                assert source.stalls == 1
+                assert last_written_seq(results_dir) == lined
+                assert await checkpoint(pool) <= first
+            while not await caught_up(pool, last):
+                await asyncio.sleep(0.05)
+        await assert_replay_equals_live(bus, pool)
+        live_files = {path.name: path.read_bytes() for path in results_dir.iterdir()}
+        await replay_ndjson(bus, results_dir)
+        assert {path.name: path.read_bytes() for path in results_dir.iterdir()} == live_files
+    finally:
+        await pool.close()
