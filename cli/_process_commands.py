@@ -26,6 +26,7 @@ from jobstream.cli._runtime import (
     run_until_stopped,
     setup_logging,
     stop_on_signals,
+    tune_collector,
 )
 from jobstream.cli._settings import (
     DEFAULT_CONCURRENCY,
@@ -194,6 +195,7 @@ def worker(
             await ensure_buckets(bus.js)
             await Worker(bus, options=options, handlers=registry).run(stop)
 
+    tune_collector()
     run(main())
 
 
@@ -228,6 +230,7 @@ def dispatcher(
         ) as bus:
             await Dispatcher(bus, lease_s=lease_s, submit_timeout_s=submit_timeout_s).run(stop)
 
+    tune_collector()
     run(main())
 
 
@@ -305,6 +308,7 @@ def projector(
                 runners.append(NdjsonProjector(bus, endpoints.results_dir, source=source).run)
             await run_until_stopped(stop, *runners)
 
+    tune_collector()
     run(main())
 
 
