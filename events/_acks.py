@@ -10,8 +10,8 @@ one costs no timer of its own: a single reaper task watches them all.
 import asyncio
 import collections
 import itertools
-import json
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NatsClient
@@ -26,6 +26,27 @@ NO_RESPONDERS_STATUS = "503"
 MAX_OUTSTANDING = 4000
 RESUME_OUTSTANDING = 3000
 REAPER_TICK_S = 0.5
+
+
+class _ApiError(msgspec.Struct):
+    code: int | None = None
+    err_code: int | None = None
+    description: str | None = None
+
+
+class _Reply(msgspec.Struct):
+    """A publish's reply: an ack (`stream`, `seq`) or an `error`; other fields are ignored.
+    Decoded by msgspec: nats-py's `json.loads` and `PubAck.from_response`, which looks up the
+    dataclass's fields on each call, cost the dispatcher ~4 % of its CPU."""
+
+    stream: str | None = None
+    seq: int | None = None
+    domain: str | None = None
+    duplicate: bool | None = None
+    error: _ApiError | None = None
+
+
+_reply_decoder = msgspec.json.Decoder(_Reply)
 
 
 class PipelinedPublisher:
@@ -89,20 +110,29 @@ class PipelinedPublisher:
             future.set_exception(nats.js.errors.NoStreamResponseError())
             return
         try:
-            reply = json.loads(msg.data)
-            error = reply.get("error")
-            if error is None:
-                future.set_result(PubAck.from_response(reply))
-                return
+            reply = _reply_decoder.decode(msg.data)
+        except msgspec.DecodeError as exc:
+            future.set_exception(nats.errors.Error(f"unreadable publish ack: {exc}"))
+            return
+        if reply.error is not None:
             future.set_exception(
                 nats.js.errors.APIError(
-                    code=error.get("code"),
-                    err_code=error.get("err_code"),
-                    description=error.get("description"),
+                    code=reply.error.code,
+                    err_code=reply.error.err_code,
+                    description=reply.error.description,
                 )
             )
-        except (ValueError, TypeError, AttributeError, KeyError) as exc:
-            future.set_exception(nats.errors.Error(f"unreadable publish ack: {exc}"))
+        elif reply.stream is None or reply.seq is None:
+            future.set_exception(nats.errors.Error("unreadable publish ack: no stream or seq"))
+        else:
+            future.set_result(
+                PubAck(
+                    stream=reply.stream,
+                    seq=reply.seq,
+                    domain=reply.domain,
+                    duplicate=reply.duplicate,
+                )
+            )
 
     async def _reap(self) -> None:
         loop = asyncio.get_running_loop()
