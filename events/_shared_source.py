@@ -3,12 +3,13 @@
 The Postgres and NDJSON projectors of an unpartitioned projection both read every task event.
 Each on its own reader, nats-server delivers every event twice and the process parses and
 decodes it twice. A `SharedSource` reads the log once and hands each batch to every
-follower that keeps up; each keeps its own position and gets exactly the batches
-`event_batches` would give it from there.
+follower that keeps up; each keeps its own position and gets exactly the messages
+`event_batches` would give it from there, in batches of up to `batch_max` (what it was
+handed while busy with the one before, as its own reader would have read ahead).
 
 A follower reads on its own while it is behind the shared read: when it starts behind it, or
-after it stalled (held more than `depth` batches for `stall_s`, as the Postgres projector does
-through a database outage), so that one stalled follower never holds up the others. It
+after it stalled (held more than two batches' worth for `stall_s`, as the Postgres projector
+does through a database outage), so that one stalled follower never holds up the others. It
 joins the shared read again as soon as its own read reaches it. The shared read runs while
 anyone follows it, at the pace of the slowest.
 """
@@ -27,8 +28,9 @@ from jobstream.events._subjects import EVENT_SUBJECTS
 
 log = logging.getLogger(__name__)
 
-# Batches a follower may hold before the shared read waits for it, and how long it waits.
-SHARED_DEPTH = 4
+# Messages a follower may hold, in batches of `batch_max`, before the shared read waits for
+# it; and how long it waits.
+SHARED_DEPTH_BATCHES = 2
 SHARED_STALL_S = 3.0
 
 
@@ -45,27 +47,35 @@ class _Follower:
 
     def __init__(self) -> None:
         self.batches: collections.deque[list[SourceItem]] = collections.deque()
+        self.held = 0  # messages in `batches`
         self.left = False  # no more batches come after those held
         self.changed = asyncio.Event()  # a batch came, or it was left
         self.taken = asyncio.Event()  # a batch was taken
 
     def give(self, batch: list[SourceItem]) -> None:
         self.batches.append(batch)
+        self.held += len(batch)
         self.changed.set()
 
     def leave(self) -> None:
         self.left = True
         self.changed.set()
 
-    async def take(self, stop: asyncio.Event) -> list[SourceItem] | None:
-        """The next batch; None once left and every batch is taken, or when `stop` is set."""
+    async def take(self, stop: asyncio.Event, most: int) -> list[SourceItem] | None:
+        """The batches held, as one of up to `most` messages (or the first, if bigger), as
+        its own reader would have read them while the follower was busy; None once left and
+        every batch is taken, or when `stop` is set."""
         while not self.batches:
             if self.left or stop.is_set():
                 return None
             self.changed.clear()
             await _first_of(self.changed, stop)
+        batch = self.batches.popleft()
+        while self.batches and len(batch) + len(self.batches[0]) <= most:
+            batch = batch + self.batches.popleft()
+        self.held -= len(batch)
         self.taken.set()
-        return self.batches.popleft()
+        return batch
 
 
 async def _first_of(*events: asyncio.Event) -> None:
@@ -86,13 +96,13 @@ class SharedSource:
         *,
         filter_subject: str = EVENT_SUBJECTS,
         batch_max: int = DEFAULT_BATCH_MAX,
-        depth: int = SHARED_DEPTH,
+        depth_batches: int = SHARED_DEPTH_BATCHES,
         stall_s: float = SHARED_STALL_S,
     ) -> None:
         self.bus = bus
         self.filter_subject = filter_subject
         self.batch_max = batch_max
-        self.depth = depth
+        self.depth = depth_batches * batch_max  # messages
         self.stall_s = stall_s
         self._followers: list[_Follower] = []
         self._reading: asyncio.Task[None] | None = None
@@ -134,7 +144,7 @@ class SharedSource:
                             if follower is not None:
                                 break
                     continue
-                shared = await follower.take(stop)
+                shared = await follower.take(stop, self.batch_max)
                 if shared is None:  # left behind (or stopped): it reads on its own
                     await self._leave(follower)
                     follower = None
@@ -219,16 +229,16 @@ class SharedSource:
                 self._followers.clear()
 
     async def _room(self, stop: asyncio.Event) -> None:
-        """Wait until no follower holds more than `depth` batches; one that still does after
+        """Wait until no follower holds more than `depth` messages; one that still does after
         `stall_s` is left behind, to read on its own."""
         deadline = time.monotonic() + self.stall_s
         for follower in list(self._followers):
-            while len(follower.batches) > self.depth and not (follower.left or stop.is_set()):
+            while follower.held > self.depth and not (follower.left or stop.is_set()):
                 follower.taken.clear()
                 remaining = deadline - time.monotonic()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(_first_of(follower.taken, stop), max(0.0, remaining))
-                if follower.left or len(follower.batches) <= self.depth:
+                if follower.left or follower.held <= self.depth:
                     break
                 if time.monotonic() >= deadline:
                     log.info("a reader of the log stalled: it reads on its own until it catches up")

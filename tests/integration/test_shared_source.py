@@ -93,12 +93,32 @@ async def test_followers_that_keep_up_read_the_log_once(bus: Bus) -> None:
     await wait_for_readers(bus, 0)
 
 
+async def test_what_a_busy_follower_was_handed_comes_in_batches_of_up_to_batch_max(
+    bus: Bus,
+) -> None:
+    stop = asyncio.Event()
+    source = SharedSource(bus, batch_max=10, stall_s=10)
+    async with contextlib.aclosing(source.batches(start_seq=1, stop=stop)) as batches:
+        await publish(bus, 1)
+        seqs = [item.seq for item in await asyncio.wait_for(anext(batches), WAIT_S)]
+        await publish(bus, 25, first=1)  # one by one: the shared read gets them in small batches
+        await asyncio.sleep(0.5)
+        sizes = []
+        while seqs[-1] < 26:
+            batch = await asyncio.wait_for(anext(batches), WAIT_S)
+            sizes.append(len(batch))
+            seqs += [item.seq for item in batch]
+    assert seqs == list(range(1, 27))
+    assert max(sizes) <= 10
+    assert sizes[0] == 10, sizes  # of several batches, read while it was not taking
+
+
 async def test_a_stalled_follower_holds_the_others_up_only_until_it_is_left_behind(
     bus: Bus,
 ) -> None:
     await publish(bus, 10)
     stop = asyncio.Event()
-    source = SharedSource(bus, batch_max=5, depth=1, stall_s=0.3)
+    source = SharedSource(bus, batch_max=5, depth_batches=1, stall_s=0.3)
     quick: list[int] = []
     stalled: list[int] = []
     async with (
@@ -181,7 +201,7 @@ async def test_the_ndjson_files_go_on_while_the_postgres_projector_is_held_up(
     out as their replays."""
     results_dir = tmp_path / "results"
     pool = await asyncpg.create_pool(database_url, min_size=2, max_size=6)
-    source = SharedSource(bus, batch_max=5, depth=1, stall_s=0.5)
+    source = SharedSource(bus, batch_max=5, depth_batches=1, stall_s=0.5)
     projectors = (
         PostgresProjector(bus, pool, source=source.batches).run,
         NdjsonProjector(bus, results_dir, source=source.batches).run,
