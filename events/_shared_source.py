@@ -146,8 +146,8 @@ class SharedSource:
                     continue
                 shared = await follower.take(stop, self.batch_max)
                 if shared is None:  # left behind (or stopped): it reads on its own
-                    await self._leave(follower)
-                    follower = None
+                    left, follower = follower, None
+                    await self._leave(left)
                     continue
                 if shared[0].seq <= position:
                     shared = [item for item in shared if item.seq > position]
@@ -196,8 +196,9 @@ class SharedSource:
             return
         self._reading = None
         self._stop_reading.set()
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.wait((reading,))  # its consumer deleted before the next starts
+        # Its consumer deleted before the next one starts. If this wait is cancelled, the
+        # read still ends by itself: it was told to stop.
+        await asyncio.wait((reading,))
 
     async def _read(self, start_seq: int, stop: asyncio.Event) -> None:
         batches = event_batches(
@@ -219,8 +220,9 @@ class SharedSource:
                     self._next_seq = batch[-1].seq + 1
                     await self._room(stop)
         except Exception:
-            log.exception("the shared read of the log failed; its followers read on their own")
-            self._failed = True
+            if self._reading is asyncio.current_task():
+                log.exception("the shared read of the log failed; its followers read on their own")
+                self._failed = True
         finally:
             if self._reading is asyncio.current_task():
                 self._reading = None
@@ -246,3 +248,6 @@ class SharedSource:
                     follower.leave()
                     self.stalls += 1
                     break
+        if not self._followers and self._reading is asyncio.current_task():
+            self._reading = None  # nobody left to read for: this read ends
+            stop.set()

@@ -47,6 +47,7 @@ FILE_SUFFIX = ".ndjson"
 LOCK_FILE = ".ndjson-projector.lock"
 READ_CHUNK = 64 * 1024
 RETRY_CAP_S = 5.0
+TASK_SUBJECT_PREFIX = TASK_EVENT_SUBJECTS.removesuffix(">")
 
 
 class ResultLine(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -342,7 +343,8 @@ class NdjsonProjector:
     async def _write_batch(self, writer: PartitionWriter, items: Sequence[SourceItem]) -> None:
         lines: list[ResultLine] = []
         for item in items:
-            if item.error is not None:
+            # (A shared read brings every event; the others' are the Postgres projector's.)
+            if item.error is not None and item.subject.startswith(TASK_SUBJECT_PREFIX):
                 log.warning("skipped seq %d on %s: %s", item.seq, item.subject, item.error)
             lines += result_lines(item)
         if lines:

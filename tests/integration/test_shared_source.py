@@ -33,6 +33,8 @@ from tests.integration.test_replay_fold import (
 from tests.integration.test_worker_dispatcher import running
 
 WAIT_S = 20.0
+# A stall timeout no test step reaches, where a stall is not what is tested.
+NEVER_S = 60.0
 
 
 async def publish(bus: Bus, count: int, first: int = 0) -> None:
@@ -76,7 +78,7 @@ async def wait_for_readers(bus: Bus, count: int) -> None:
 async def test_followers_that_keep_up_read_the_log_once(bus: Bus) -> None:
     await publish(bus, 40)
     stop = asyncio.Event()
-    source = SharedSource(bus, batch_max=7)
+    source = SharedSource(bus, batch_max=7, stall_s=NEVER_S)
     firsts: list[int] = []
     seconds: list[int] = []
     async with (
@@ -118,7 +120,7 @@ async def test_a_stalled_follower_holds_the_others_up_only_until_it_is_left_behi
 ) -> None:
     await publish(bus, 10)
     stop = asyncio.Event()
-    source = SharedSource(bus, batch_max=5, depth_batches=1, stall_s=0.3)
+    source = SharedSource(bus, batch_max=5, depth_batches=1, stall_s=1.0)
     quick: list[int] = []
     stalled: list[int] = []
     async with (
@@ -127,9 +129,10 @@ async def test_a_stalled_follower_holds_the_others_up_only_until_it_is_left_behi
     ):
         await asyncio.gather(take_until(first, quick, 10), take_until(second, stalled, 10))
         # The second takes nothing while 200 more events come: the first gets them all.
+        taking = asyncio.ensure_future(take_until(first, quick, 210))
         await publish(bus, 200, first=10)
-        await take_until(first, quick, 210)
-        assert source.stalls == 1
+        await asyncio.wait_for(taking, WAIT_S)
+        assert source.stalls >= 1
         # The second catches up on its own reader, and joins the shared read again.
         await take_until(second, stalled, 210)
         await publish(bus, 30, first=210)
@@ -137,9 +140,27 @@ async def test_a_stalled_follower_holds_the_others_up_only_until_it_is_left_behi
         # Its next batch comes from the shared read again.
         await publish(bus, 5, first=240)
         await asyncio.gather(take_until(first, quick, 245), take_until(second, stalled, 245))
-        assert source.joins == 3
+        # Each follower left behind joined again (on a slow machine the first may be too).
+        assert source.joins == 2 + source.stalls
         await wait_for_readers(bus, 1)
     assert quick == stalled == list(range(1, 246))
+
+
+async def test_the_shared_read_stops_when_its_last_follower_is_left_behind(bus: Bus) -> None:
+    stop = asyncio.Event()
+    source = SharedSource(bus, batch_max=5, depth_batches=1, stall_s=0.3)
+    seqs: list[int] = []
+    async with contextlib.aclosing(source.batches(start_seq=1, stop=stop)) as batches:
+        await publish(bus, 1)
+        await take_until(batches, seqs, 1)
+        await publish(bus, 50, first=1)
+        for _ in range(int(WAIT_S / 0.05)):
+            if source.stalls:
+                break
+            await asyncio.sleep(0.05)
+        await wait_for_readers(bus, 0)  # nobody to read for: no consumer reads on
+        await take_until(batches, seqs, 51)
+    assert seqs == list(range(1, 52))
 
 
 async def test_a_follower_that_starts_behind_reads_up_to_the_others_on_its_own(
@@ -147,7 +168,7 @@ async def test_a_follower_that_starts_behind_reads_up_to_the_others_on_its_own(
 ) -> None:
     await publish(bus, 30)
     stop = asyncio.Event()
-    source = SharedSource(bus, batch_max=4)
+    source = SharedSource(bus, batch_max=4, stall_s=NEVER_S)
     ahead: list[int] = []
     behind: list[int] = []
     async with contextlib.aclosing(source.batches(start_seq=11, stop=stop)) as first:
@@ -165,7 +186,7 @@ async def test_a_follower_that_starts_behind_reads_up_to_the_others_on_its_own(
 async def test_a_follower_that_starts_ahead_gets_nothing_before_its_start(bus: Bus) -> None:
     await publish(bus, 30)
     stop = asyncio.Event()
-    source = SharedSource(bus, batch_max=4)
+    source = SharedSource(bus, batch_max=4, stall_s=NEVER_S)
     early: list[int] = []
     late: list[int] = []
     async with (
@@ -201,7 +222,7 @@ async def test_the_ndjson_files_go_on_while_the_postgres_projector_is_held_up(
     out as their replays."""
     results_dir = tmp_path / "results"
     pool = await asyncpg.create_pool(database_url, min_size=2, max_size=6)
-    source = SharedSource(bus, batch_max=5, depth_batches=1, stall_s=0.5)
+    source = SharedSource(bus, batch_max=5, depth_batches=1, stall_s=1.0)
     projectors = (
         PostgresProjector(bus, pool, source=source.batches).run,
         NdjsonProjector(bus, results_dir, source=source.batches).run,
@@ -224,7 +245,7 @@ async def test_the_ndjson_files_go_on_while_the_postgres_projector_is_held_up(
                     if source.stalls and last_written_seq(results_dir) >= lined:
                         break
                     await asyncio.sleep(0.05)
-                assert source.stalls == 1
+                assert source.stalls >= 1
                 assert last_written_seq(results_dir) == lined
                 assert await checkpoint(pool) <= first
             while not await caught_up(pool, last):
