@@ -115,6 +115,11 @@ class SharedSource:
         self.joins = 0
         self.stalls = 0
 
+    @property
+    def read_up_to(self) -> int:
+        """The sequence up to which the shared read has handed out the log."""
+        return self._next_seq - 1
+
     def batches(
         self, *, start_seq: int, stop: asyncio.Event
     ) -> AsyncGenerator[list[SourceItem], None]:

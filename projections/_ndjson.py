@@ -13,6 +13,7 @@ a crash at any point no line is lost and none is doubled.
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -302,7 +303,9 @@ class NdjsonProjector:
         self.bus = bus
         self.results_dir = results_dir
         self.batch_max = batch_max
-        self.source = source
+        self.source: BatchSource = source or functools.partial(
+            event_batches, bus, filter_subject=TASK_EVENT_SUBJECTS, batch_max=batch_max
+        )
         self.last_seq = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -323,16 +326,7 @@ class NdjsonProjector:
         self.last_seq = start
         log.info("ndjson results in %s: resuming after seq %d", self.results_dir, start)
         writer = PartitionWriter(self.results_dir)
-        if self.source is not None:
-            batches = self.source(start_seq=start + 1, stop=stop)
-        else:
-            batches = event_batches(
-                self.bus,
-                start_seq=start + 1,
-                stop=stop,
-                filter_subject=TASK_EVENT_SUBJECTS,
-                batch_max=self.batch_max,
-            )
+        batches = self.source(start_seq=start + 1, stop=stop)
         try:
             async with contextlib.aclosing(batches):
                 async for batch in batches:

@@ -234,7 +234,9 @@ class PostgresProjector:
         # The checkpoint row: the projection's name, or its partition's.
         self.name = partition.checkpoint_name(name)
         self.batch_max = batch_max
-        self.source = source
+        self.source: BatchSource = source or functools.partial(
+            event_batches, bus, **partition.reading(), batch_max=batch_max
+        )
         self.last_seq = 0
         # synchronous_commit off: a commit does not wait for its WAL flush. A database crash
         # may then lose the last batches, checkpoint included, and they are applied again
@@ -298,16 +300,7 @@ class PostgresProjector:
         Python work of one overlaps the database's of the other."""
         self.last_seq = start
         self._written = None
-        if self.source is not None:
-            batches = self.source(start_seq=start + 1, stop=stop)
-        else:
-            batches = event_batches(
-                self.bus,
-                start_seq=start + 1,
-                stop=stop,
-                **self.partition.reading(),
-                batch_max=self.batch_max,
-            )
+        batches = self.source(start_seq=start + 1, stop=stop)
         previous: _Batch | None = None
         writing: asyncio.Task[int | None] | None = None
         try:
