@@ -276,7 +276,13 @@ def test_an_untrusted_server_certificate_is_refused(
 def test_a_missing_client_certificate_is_refused(
     secure_server: NatsServer, certs: CertFiles
 ) -> None:
-    assert_refused_fast(
+    """The server's alert usually reaches the client, but not always. The client sends
+    CONNECT as soon as its side of the handshake is done. If the server closes with that
+    still unread, TCP sends a reset, and a reset can drop the alert before the client reads
+    it. Then the server looks like one that went away. On a loaded machine that happened in
+    one CI run (2026-12-03), so either message is accepted; both must be one clean line,
+    fast."""
+    result = assert_refused_fast(
         [
             "dispatcher",
             "--nats-url",
@@ -284,10 +290,13 @@ def test_a_missing_client_certificate_is_refused(
             "--nats-tls-ca",
             str(certs.ca),
         ],
-        f"TLS failed for NATS at tls://{USER}@127.0.0.1:{secure_server.port}",
-        "refused the TLS handshake",
+        f"NATS at tls://{USER}@127.0.0.1:{secure_server.port}",
         secrets=(PASSWORD,),
     )
+    message = result.stderr.strip()
+    assert (
+        "TLS failed for NATS" in message and "refused the TLS handshake" in message
+    ) or "cannot reach NATS" in message, message
 
 
 @pytest.mark.parametrize(
