@@ -139,7 +139,7 @@ class SharedSource:
                 if follower is None:
                     # Its own read, joining the shared one as soon as a batch reaches it:
                     # from then on it is handed every batch that one reads.
-                    own = self._own_batches(position, stop)
+                    own = self._log_from(position + 1, stop)
                     async with contextlib.aclosing(own):
                         async for batch in own:
                             position = batch[-1].seq
@@ -170,12 +170,13 @@ class SharedSource:
             return False
         return self._reading is None or position + 1 >= self._next_seq
 
-    def _own_batches(
-        self, position: int, stop: asyncio.Event
+    def _log_from(
+        self, start_seq: int, stop: asyncio.Event
     ) -> AsyncGenerator[list[SourceItem], None]:
+        """A reader of the log (a follower's own, or the shared one) from `start_seq` on."""
         return event_batches(
             self.bus,
-            start_seq=position + 1,
+            start_seq=start_seq,
             stop=stop,
             filter_subject=self.filter_subject,
             batch_max=self.batch_max,
@@ -206,13 +207,7 @@ class SharedSource:
         await asyncio.wait((reading,))
 
     async def _read(self, start_seq: int, stop: asyncio.Event) -> None:
-        batches = event_batches(
-            self.bus,
-            start_seq=start_seq,
-            stop=stop,
-            filter_subject=self.filter_subject,
-            batch_max=self.batch_max,
-        )
+        batches = self._log_from(start_seq, stop)
         try:
             async with contextlib.aclosing(batches):
                 async for batch in batches:

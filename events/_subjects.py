@@ -73,6 +73,7 @@ class Header(StrEnum):
 
 
 JOB_SUBJECT_PREFIX = "evt.job."
+TASK_SUBJECT_PREFIX = "evt.task."
 
 
 def job_subject(job_id: str) -> str:

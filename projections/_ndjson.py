@@ -26,6 +26,7 @@ import msgspec
 from jobstream.events import (
     DEFAULT_BATCH_MAX,
     TASK_EVENT_SUBJECTS,
+    TASK_SUBJECT_PREFIX,
     BatchSource,
     Bus,
     JobstreamError,
@@ -48,7 +49,6 @@ FILE_SUFFIX = ".ndjson"
 LOCK_FILE = ".ndjson-projector.lock"
 READ_CHUNK = 64 * 1024
 RETRY_CAP_S = 5.0
-TASK_SUBJECT_PREFIX = TASK_EVENT_SUBJECTS.removesuffix(">")
 
 
 class ResultLine(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -302,7 +302,6 @@ class NdjsonProjector:
     ) -> None:
         self.bus = bus
         self.results_dir = results_dir
-        self.batch_max = batch_max
         self.source: BatchSource = source or functools.partial(
             event_batches, bus, filter_subject=TASK_EVENT_SUBJECTS, batch_max=batch_max
         )

@@ -233,7 +233,6 @@ class PostgresProjector:
         self.partition = partition
         # The checkpoint row: the projection's name, or its partition's.
         self.name = partition.checkpoint_name(name)
-        self.batch_max = batch_max
         self.source: BatchSource = source or functools.partial(
             event_batches, bus, **partition.reading(), batch_max=batch_max
         )
