@@ -35,7 +35,6 @@ from jobstream.events import (
     POSTGRES_PROJECTION,
     BatchSource,
     Bus,
-    JobTasksAdded,
     SourceItem,
     TaskChunkFinished,
     backoff_s,
@@ -45,7 +44,12 @@ from jobstream.events import (
 )
 from jobstream.projections._database import DATA_ERRORS, RETRY_CAP_S, RETRY_ERRORS, connection
 from jobstream.projections._layout import LayoutMismatch, Locked, check_layout, lock_checkpoint
-from jobstream.projections._listing import TaskLister, unlisted_batches
+from jobstream.projections._listing import (
+    LIST_AFTER_S,
+    ListingPace,
+    TaskLister,
+    unlisted_batches,
+)
 from jobstream.projections._migrate import DEFAULT_SCHEMA, quote_ident
 from jobstream.projections._partitions import ONE_PARTITION, Partition
 from jobstream.projections._queries import load_queries
@@ -221,9 +225,12 @@ class PostgresProjector:
         partition: Partition = ONE_PARTITION,
         batch_max: int = DEFAULT_BATCH_MAX,
         source: BatchSource | None = None,
+        list_after_s: float = LIST_AFTER_S,
     ) -> None:
         """`source`: where the log is read (`events.SharedSource.batches`, a read shared with
-        the process's NDJSON projector); by default, a reader of its own."""
+        the process's NDJSON projector); by default, a reader of its own. `list_after_s`: how
+        far the log goes on past a batch of tasks before its lister writes their rows
+        (`ListingPace`)."""
         if source is not None and partition.count > 1:
             raise ValueError("a partition reads its own part of the log, not a shared read")
         self.bus = bus
@@ -245,7 +252,10 @@ class PostgresProjector:
         )
         self._read_path = f"SET search_path TO {quote_ident(schema)}"
         self._queries = load_queries()
-        self.lister = TaskLister(bus, pool, schema=schema, name=name, partition=partition)
+        pace = ListingPace(after_s=list_after_s)
+        self.lister = TaskLister(
+            bus, pool, schema=schema, name=name, partition=partition, pace=pace
+        )
         self._written: _Written | None = None
         # The batches written as applied ahead, while the batch before them was written.
         self.written_ahead = 0
@@ -381,7 +391,8 @@ class PostgresProjector:
         for rejected in parked:
             log.warning("parked seq %d on %s: %s", rejected.seq, rejected.subject, rejected.error)
         self.last_seq = last_seq
-        if any(isinstance(item.event, JobTasksAdded) for item in batch.items):
+        self.lister.pace.applied(batch.items)
+        if self.lister.pace.any_due():
             self.lister.wake.set()
         return last_seq
 

@@ -16,10 +16,13 @@ events may touch (`Keys`) and write back what changed:
   `results` of the read models are no table of their own but the view of the finished task
   rows (migration 013; `result_row` is a row of it).
 
-So the three outputs cannot drift apart. A job's tasks are not expanded row by row: a
-`job.submitted` (or a listed `job.tasks_added` batch) leaves a `TaskRange` per TaskSpec, and a
-task's row is made from its range when an event touches it. The live projector writes the
-rest of the ranges in SQL (`generate_series`), the replay expands them when it writes.
+So the three outputs cannot drift apart. A job's tasks come as batches (a `job.submitted`'s,
+then a streamed job's `job.tasks_added`), and are not expanded row by row: a listed batch
+leaves a `TaskRange` per TaskSpec, and a task's row is made from its range when an event
+touches it. The replay lists each batch as it takes it and expands the ranges when it writes.
+The live projector only records a batch; its lister lists it a little later, once most of
+its tasks may have ended (`_listing.py`), and writes the rest of the ranges in SQL
+(`generate_series`): a task that ends first has its row written once, by its event.
 
 jsonb values are kept as their JSON text (`msgspec.Raw`), never decoded.
 """
@@ -340,15 +343,16 @@ def check_task_limit(job_id: str, first_index: int, specs: list[TaskSpec]) -> No
 
 
 def job_submitted(
-    job: JobRow | None, seq: int, at: datetime, event: JobSubmitted
-) -> tuple[JobRow, list[TaskRange]]:
-    """The job and the ranges of its task rows. A second job.submitted for a known job id
-    changes nothing, its tasks included. A streamed job is `submitting` until its
-    job.sealed. (A new job has no task rows yet: a task event makes one only for a known
-    job.)"""
+    job: JobRow | None, seq: int, at: datetime, event: JobSubmitted, *, listed: bool
+) -> tuple[JobRow, BatchRow | None]:
+    """The job, and its tasks as its first batch (`listed`: its task rows come with it; else
+    the lister writes them later, as a streamed job's batches). A second job.submitted for a
+    known job id changes nothing, its tasks included. A streamed job is `submitting` until
+    its job.sealed. The job counts no task row yet: a batch's rows count when they are made
+    (`ReadModel.list_batch`), and readers show the rest of `total_tasks` as queued."""
     check_task_limit(event.job_id, 0, event.tasks)
     if job is not None:
-        return job, []
+        return job, None
     row = JobRow(
         job_id=event.job_id,
         name=event.name,
@@ -364,9 +368,13 @@ def job_submitted(
         submitted_at=at,
         submitted_seq=seq,
         updated_seq=seq,
-        tasks_queued=event.task_count,
     )
-    return row, task_ranges(event.job_id, 0, event.tasks, seq)
+    if event.task_count == 0:
+        return row, None
+    batch = BatchRow(
+        job_id=event.job_id, first_index=0, task_count=event.task_count, seq=seq, listed=listed
+    )
+    return row, batch
 
 
 def job_tasks_added(
@@ -808,8 +816,9 @@ class ReadModel:
     Rows not held are taken not to exist: a caller applying events to a part of the tables
     must first put in every row the events name (`Keys` says which).
 
-    `list_batches`: a taken `job.tasks_added` batch gets its task rows at once (the replay);
-    else it is only recorded, unlisted, for the projector's lister (`list_batch`).
+    `list_batches`: a batch taken (a job.submitted's tasks, a job.tasks_added) gets its task
+    rows at once (the replay); else it is only recorded, unlisted, for the projector's lister
+    (`list_batch`).
 
     `partition`: the index of the projection partition these rows are of (`_partitions.py`):
     the events given are that partition's, and the rows it alone keeps say so: a worker's
@@ -817,8 +826,9 @@ class ReadModel:
     `job_status_counts`).
 
     A job's counts by state (`JobRow.tasks_*`) count its task rows: a row is counted when it
-    is made (the ranges of a job.submitted at once, those of a batch when it is listed, a row
-    a task event makes on its own) and moves between counts with its state. Likewise the jobs
+    is made (the ranges of a batch when it is listed, a row a task event makes on its own)
+    and moves between counts with its state; readers show the job's tasks with no row yet
+    as queued. Likewise the jobs
     by status (`status_counts`): a job is counted when its row is made and moves with its
     status (`_put_job`, which every change of a job row goes through).
     """
@@ -907,17 +917,14 @@ class ReadModel:
         job = self.jobs.get(event.job_id)
         match event:
             case JobSubmitted():
-                job, ranges = job_submitted(job, seq, at, event)
-                for task_range in ranges:
-                    self._add_range(task_range)
+                job, batch = job_submitted(job, seq, at, event, listed=self.list_batches)
+                if batch is not None:
+                    # A new job: no task event made a row of it yet.
+                    job = self._take_batch(job, batch, event.tasks, present=())
             case JobTasksAdded():
                 job, batch = job_tasks_added(job, seq, event, listed=self.list_batches)
                 if job is not None and batch is not None:
-                    self.batches.append(batch)
-                    if self.list_batches:
-                        self._put_job(job)
-                        self.list_batch(event.job_id, event.first_index, event.tasks, seq)
-                        job = self.jobs[event.job_id]
+                    job = self._take_batch(job, batch, event.tasks, present=None)
             case JobRejected():
                 job = job_rejected(job, seq, at, event)
             case _ if job is not None:
@@ -942,20 +949,52 @@ class ReadModel:
             row = JobStatusCountRow(status=status, partition=self.partition)
         self.status_counts[status] = status_counted(row, sign)
 
-    def list_batch(self, job_id: str, first_index: int, specs: list[TaskSpec], seq: int) -> None:
+    def _take_batch(
+        self, job: JobRow, batch: BatchRow, specs: list[TaskSpec], *, present: Sequence[int] | None
+    ) -> JobRow:
+        """Record a batch the job took; its task rows come now if `list_batches`
+        (`present`: as `list_batch` takes it)."""
+        self.batches.append(batch)
+        if not self.list_batches:
+            return job
+        self._put_job(job)
+        self.list_batch(batch.job_id, batch.first_index, specs, batch.seq, present=present)
+        return self.jobs[batch.job_id]
+
+    def list_batch(
+        self,
+        job_id: str,
+        first_index: int,
+        specs: list[TaskSpec],
+        seq: int,
+        *,
+        present: Sequence[int] | None = None,
+    ) -> None:
         """The task rows of a taken batch: its ranges, and the rows task events made first
-        (the batch's rows are written apart from the log's order: `TaskLister`) listed. The
-        rows the ranges make count as queued in the job's row (if held)."""
-        made = 0
-        for task_range in task_ranges(job_id, first_index, specs, seq):
-            made += task_range.count
-            for index in range(task_range.first_index, task_range.first_index + task_range.count):
-                task_id = task_id_for(job_id, index)
-                task = self.tasks.get(task_id)
-                if task is not None:
-                    self.tasks[task_id] = task_listed(task, task_range, index)
-                    made -= 1
-            self._add_range(task_range)
+        (the batch's rows are written apart from the log's order: `TaskLister`) listed.
+        `present` (sorted): the indexes of the batch's rows the table holds already, of which
+        the model holds those the listing changes, the others staying as they are; None:
+        the model holds every row there is (each index of the batch is looked up). The rows
+        the ranges make count as queued in the job's row (if held)."""
+        ranges = task_ranges(job_id, first_index, specs, seq)
+        starts = [task_range.first_index for task_range in ranges]
+        if present is None:
+            present = [
+                index
+                for task_range in ranges
+                for index in range(task_range.first_index, task_range.end)
+                if task_id_for(job_id, index) in self.tasks
+            ]
+        made = sum(task_range.count for task_range in ranges) - len(present)
+        for index in present:
+            task_id = task_id_for(job_id, index)
+            task = self.tasks.get(task_id)
+            if task is not None:
+                task_range = ranges[bisect_right(starts, index) - 1]
+                self.tasks[task_id] = task_listed(task, task_range, index)
+        for task_range in ranges:
+            for part in task_range.without(present) if present else [task_range]:
+                self._add_range(part)
         job = self.jobs.get(job_id)
         if job is not None:
             self._put_job(tasks_moved(job, None, "queued", made))

@@ -107,10 +107,20 @@ SELECT
 
 
 -- name: load_batch_tasks
--- $1 job, $2 first index, $3 end index: the task rows a batch's listing may meet (rows that
--- task events made before the listing).
-SELECT coalesce(json_agg(t), '[]') FROM tasks AS t
-WHERE job_id = $1 AND task_index >= $2 AND task_index < $3;
+-- $1 job, $2 first index, $3 end index, $4 seq of a batch; $5 its ranges' first indexes and
+-- $6 their args (TaskRange): the indexes of the rows task events made before the listing, in
+-- order, and as a JSON array those of them the listing may change (`task_listed`). It leaves
+-- as it is a finished row that has its range's args and a later seq, as most of a job that
+-- ended before its listing are: those are not loaded. (width_bucket finds a row's range.)
+SELECT
+    coalesce(array_agg(t.task_index ORDER BY t.task_index), '{}'),
+    coalesce(json_agg(t) FILTER (
+        WHERE t.state NOT IN ('succeeded', 'dead_lettered')
+           OR t.updated_seq < $4::bigint
+           OR t.args IS DISTINCT FROM (($6::text[])[width_bucket(t.task_index, $5::integer[])])::jsonb
+    ), '[]')
+FROM tasks AS t
+WHERE t.job_id = $1 AND t.task_index >= $2 AND t.task_index < $3;
 
 
 -- name: write_rows

@@ -160,8 +160,8 @@ class Readiness(BaseModel):
     log_last_seq: int | None
     # The dispatcher and each projection: how far they have applied the log.
     consumers: dict[str, ConsumerProgress]
-    # Batches of streamed jobs whose task rows the projector is still writing (they follow
-    # the job's other events by design: not a problem). None: not known.
+    # Batches of job tasks whose task rows the projector's lister is still to write (they
+    # follow the job's other events by design: not a problem). None: not known.
     task_batches_unlisted: int | None = None
     # Why not ready (empty when ready).
     problems: list[str]
@@ -382,7 +382,7 @@ async def metrics(request: Request) -> Response:
     )
     unlisted = Gauge(
         "jobstream_task_batches_unlisted",
-        "Batches of streamed jobs whose task rows the projector is still writing",
+        "Batches of job tasks whose task rows the projector is still to write",
         registry=registry,
     )
     bus = _live(request).connected()

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from jobstream.events import Bus, JobSubmitted, TaskSpec, TaskSucceeded, new_id
-from jobstream.projections import PostgresProjector, checkpoint
+from jobstream.projections import PostgresProjector, caught_up
 from jobstream.services.api import create_app
 from tests._serving import serving
 from tests.integration.test_worker_dispatcher import running
@@ -28,7 +28,7 @@ async def project_all(bus: Bus, database_url: str) -> None:
     try:
         async with running(PostgresProjector(bus, pool).run):
             last = await bus.stream_last_seq()
-            while await checkpoint(pool) < last:
+            while not await caught_up(pool, last):  # its task rows listed too
                 await asyncio.sleep(0.05)
     finally:
         await pool.close()

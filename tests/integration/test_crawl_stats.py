@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 
 from jobstream.events import Bus, JobSubmitted, TaskSpec, TaskSucceeded
-from jobstream.projections import NdjsonProjector, PostgresProjector, checkpoint, replay_postgres
+from jobstream.projections import NdjsonProjector, PostgresProjector, caught_up, replay_postgres
 from jobstream.projections._crawl import SUMMED
 from jobstream.services.api import create_app
 from tests.integration.crawl_log import (
@@ -46,7 +46,12 @@ async def publish_and_project(bus: Bus, pool: asyncpg.Pool, log: CrawlLog, batch
         await bus.publish_event(event)
     last = await bus.stream_last_seq()
     async with running(PostgresProjector(bus, pool, batch_max=batch_max).run):
-        await _until(lambda: checkpoint(pool), last)
+
+        async def listed() -> None:  # the task rows of every job listed too
+            while not await caught_up(pool, last):
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(listed(), TIMEOUT_S)
     return last
 
 

@@ -52,6 +52,7 @@ from jobstream.events import (
 from jobstream.projections import (
     NdjsonProjector,
     PostgresProjector,
+    caught_up,
     checkpoint,
     last_written_seq,
     migrate,
@@ -737,14 +738,18 @@ async def test_a_database_that_lost_commits_is_caught_up(bus: Bus, pool: asyncpg
 
     def reached(seq: int) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
-            return await checkpoint(pool) >= seq
+            return await caught_up(pool, seq)
 
         return check
 
     async with running(projector.run):
         await wait_until(reached(first), "the first job")
         async with pool.acquire() as conn, conn.transaction():
-            for table in ("jobs", "tasks", "attempt_rows", "workers", "rejected_events"):
+            # As a restore would: every table at once, the projector and its lister waiting
+            # on the checkpoint rows meanwhile.
+            await conn.execute("SELECT 1 FROM jobstream.projection_checkpoints FOR UPDATE")
+            tables = ("jobs", "tasks", "attempt_rows", "workers", "rejected_events", "job_batches")
+            for table in tables:
                 await conn.execute(f"DELETE FROM jobstream.{table}")
             await conn.execute("UPDATE jobstream.projection_checkpoints SET last_seq = 0")
         last = await publish(bus, three_task_job("J9"))

@@ -479,6 +479,39 @@ def test_a_listed_batch_fills_in_the_rows_task_events_made_first() -> None:
     assert _sorted_tables(replayed)["tasks"] == _sorted_tables(live)["tasks"]
 
 
+def test_live_a_jobs_tasks_are_its_first_batch_and_wait_for_the_lister() -> None:
+    """Live, a job.submitted records its tasks as a batch, unlisted: the tasks that end before
+    the listing have their rows written once, by their events. The lister then loads only the
+    rows it changes (not a finished row with its range's args) and makes the rest queued:
+    the tables are the replay's, which lists at once."""
+    submitted = job(count=5)
+    log: list[Event] = [submitted, succeeded(0, 1), started(1, 2), succeeded(3, 3, args={})]
+    live = ReadModel(list_batches=False)
+    for item in items(log):
+        live.apply_item(item)
+    assert live.batches == [BatchRow(job_id="J", first_index=0, task_count=5, seq=1, listed=False)]
+    assert not live.unmade_ranges()
+    assert sorted(live.tasks) == ["J-0", "J-1", "J-3"]
+    assert _counts(live, "J") == dict.fromkeys(TASK_STATES, 0) | {"succeeded": 2, "running": 1}
+
+    # The lister's model: the job, and of the rows in the table (J-0, J-1, J-3) those the
+    # listing changes: J-1 (no kind nor args yet), J-3 (its event reported no args).
+    lister = ReadModel(list_batches=False)
+    lister.jobs = dict(live.jobs)
+    lister.tasks = {task_id: live.tasks[task_id] for task_id in ("J-1", "J-3")}
+    lister.list_batch("J", 0, submitted.tasks, 1, present=[0, 1, 3])
+    assert [(part.first_index, part.count) for part in lister.unmade_ranges()] == [(2, 1), (4, 1)]
+    written = {**live.tasks, **lister.tasks}
+    written |= {row.task_id: row for row in lister.expanded_tasks()}
+
+    replayed = model_of(log)
+    assert {row.task_id: row for row in replayed.expanded_tasks()} == written
+    assert lister.jobs["J"] == replayed.jobs["J"]
+    assert replayed.batches == [
+        BatchRow(job_id="J", first_index=0, task_count=5, seq=1, listed=True)
+    ]
+
+
 # --- only the rows a batch names ------------------------------------------------------------
 
 
