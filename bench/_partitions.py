@@ -87,10 +87,11 @@ async def _project(
                 meter = meter_for(
                     {f"{PROJECTOR_PREFIX}{i}": p.pid for i, p in enumerate(processes)}
                 )
-                first = await _wait_for(conn, schema, max(1, int(last * START_FRACTION)), processes)
+                start = max(1, int(last * START_FRACTION))
+                first = await _wait_for(conn, schema, start, processes, listed=False)
                 meter.start()
                 started = time.monotonic()
-                await _wait_for(conn, schema, last, processes)
+                await _wait_for(conn, schema, last, processes, listed=True)
                 seconds = time.monotonic() - started
                 cpu = meter.stop()
             finally:
@@ -149,9 +150,12 @@ async def _wait_for(
     schema: str,
     seq: int,
     processes: list["subprocess.Popen[bytes]"],
+    *,
+    listed: bool,
 ) -> int:
-    """Wait until every partition applied the log up to `seq`, the task rows of its jobs
-    included; return how far the slowest got."""
+    """Wait until every partition applied the log up to `seq` (`listed`: the task rows of
+    its jobs included, which the listers write a little after their batches); return how far
+    the slowest got."""
     deadline = time.monotonic() + DEADLINE_S
     ident = quote_ident(schema)
     while time.monotonic() < deadline:
@@ -160,8 +164,9 @@ async def _wait_for(
                 raise RuntimeError(f"a projector exited with {process.returncode}")
         rows = await conn.fetch(f"SELECT projection, last_seq FROM {ident}.projection_checkpoints")
         reached = combined_checkpoints({row[0]: row[1] for row in rows}).get("postgres", 0)
-        if reached >= seq and not await conn.fetchval(
-            f"SELECT count(*) FROM {ident}.job_batches WHERE NOT listed"
+        if reached >= seq and not (
+            listed
+            and await conn.fetchval(f"SELECT count(*) FROM {ident}.job_batches WHERE NOT listed")
         ):
             return int(reached)
         await asyncio.sleep(POLL_S)

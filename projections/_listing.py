@@ -49,7 +49,7 @@ IDLE_WAIT_S = 1.0
 # a job of a few thousand tasks takes to run when workers are free.
 LIST_AFTER_S = 2.0
 # How long the projector applies nothing new before the lister takes it as caught up.
-QUIET_S = 0.5
+QUIET_S = 0.25
 
 
 async def unlisted_batches(pool: asyncpg.Pool, *, schema: str = DEFAULT_SCHEMA) -> int:
