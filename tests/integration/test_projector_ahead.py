@@ -194,3 +194,56 @@ async def test_a_batch_applied_ahead_is_applied_again_in_a_schema_swapped_in_sin
         await assert_replay_equals_live(bus, pool)
     finally:
         await pool.close()
+
+
+async def test_a_batch_listed_after_its_tasks_ran_gives_the_replays_tables(
+    bus: Bus, database_url: str
+) -> None:
+    """The lister's way (`TaskLister`) against the database: the rows task events made first
+    are found by the listing; it rewrites only those it changes (a row from a started task,
+    a finished one that reported no args or other args) and makes the others queued."""
+    job = JobSubmitted(
+        job_id="L",
+        tasks=[TaskSpec(kind="sum", args={"a": 1}, count=3), TaskSpec(kind="sum", args={"a": 2})],
+        at=at(0),
+    )
+
+    def done(index: int, args: dict[str, int]) -> TaskSucceeded:
+        return TaskSucceeded(
+            job_id="L",
+            task_id=f"L-{index}",
+            kind="sum",
+            args=dict(args),
+            worker_id="w1",
+            attempt=1,
+            result=index,
+            duration_s=0.1,
+            at=at(1 + index),
+        )
+
+    started = TaskStarted(
+        job_id="L", task_id="L-4", worker_id="w1", attempt=1, lease_deadline=at(60), at=at(5)
+    )
+    events = [job, done(0, {"a": 1}), done(1, {}), done(3, {"a": 99}), started]
+    for event in events:
+        await bus.publish_event(event)
+    last = await bus.stream_last_seq()
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        projector = PostgresProjector(bus, pool)
+        await projector.apply_batch(await read_log(bus, last), list_tasks=False)
+        async with pool.acquire() as conn:
+            made = await conn.fetch("SELECT task_id, xmin FROM jobstream.tasks ORDER BY task_id")
+            assert [row["task_id"] for row in made] == ["L-0", "L-1", "L-3", "L-4"]
+            assert await conn.fetchval("SELECT tasks_queued FROM jobstream.jobs") == 0
+            assert await projector.lister.list_pending() == 1
+            after = {
+                row["task_id"]: row["xmin"]
+                for row in await conn.fetch("SELECT task_id, xmin FROM jobstream.tasks")
+            }
+        assert sorted(after) == ["L-0", "L-1", "L-2", "L-3", "L-4"]
+        assert after["L-0"] == made[0]["xmin"]  # finished with its range's args: left as is
+        assert await caught_up(pool, last)
+        await assert_replay_equals_live(bus, pool)
+    finally:
+        await pool.close()
