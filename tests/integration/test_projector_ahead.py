@@ -224,7 +224,7 @@ async def test_a_batch_listed_after_its_tasks_ran_gives_the_replays_tables(
     started = TaskStarted(
         job_id="L", task_id="L-4", worker_id="w1", attempt=1, lease_deadline=at(60), at=at(5)
     )
-    events = [job, done(0, {"a": 1}), done(1, {}), done(3, {"a": 99}), started]
+    events: list[Event] = [job, done(0, {"a": 1}), done(1, {}), done(3, {"a": 99}), started]
     for event in events:
         await bus.publish_event(event)
     last = await bus.stream_last_seq()
