@@ -83,8 +83,9 @@ class ListingPace:
         self._log_time: datetime | None = None
         self._applied_at = clock()
 
-    def applied(self, items: Iterable[SourceItem]) -> None:
-        """The projector committed `items`, in log order."""
+    def applied(self, items: Iterable[SourceItem]) -> bool:
+        """The projector committed `items`, in log order; whether they took a batch."""
+        took = False
         for item in items:
             event = item.event
             if event is None:
@@ -93,7 +94,9 @@ class ListingPace:
                 self._log_time = event.at
             if isinstance(event, JobSubmitted | JobTasksAdded):
                 self._taken[item.seq] = event.at
+                took = True
         self._applied_at = self._clock()
+        return took
 
     def due(self, seq: int) -> bool:
         """Whether the batch at `seq` is to be listed now."""
@@ -152,7 +155,8 @@ class TaskLister:
         # with the partition's projector.
         self.projection = name
         self.pace = pace or ListingPace()
-        # Set by the projector when a batch it took is due: list it now, not at the next poll.
+        # Set by the projector when it took a batch (the lister's wait shortens to the
+        # quiet time) or one is due (list it now, not at the next poll).
         self.wake = asyncio.Event()
         self._search_path = (
             f"SET LOCAL search_path TO {quote_ident(schema)}; SET LOCAL synchronous_commit TO off"

@@ -391,8 +391,7 @@ class PostgresProjector:
         for rejected in parked:
             log.warning("parked seq %d on %s: %s", rejected.seq, rejected.subject, rejected.error)
         self.last_seq = last_seq
-        self.lister.pace.applied(batch.items)
-        if self.lister.pace.any_due():
+        if self.lister.pace.applied(batch.items) or self.lister.pace.any_due():
             self.lister.wake.set()
         return last_seq
 

@@ -52,10 +52,10 @@ def succeeded(job_id: str, at_s: float) -> TaskSucceeded:
 def test_a_batch_is_due_once_the_log_has_gone_on_past_it_by_its_own_times() -> None:
     clock = Clock()
     pace = ListingPace(after_s=2.0, quiet_s=0.5, clock=clock)
-    pace.applied([item(1, submitted("A", 0)), item(2, submitted("B", 1.5))])
+    assert pace.applied([item(1, submitted("A", 0)), item(2, submitted("B", 1.5))])
     assert not pace.due(1) and not pace.any_due()
     clock.now += 0.4  # busy: another batch applied, but the log is 1.9 s on
-    pace.applied([item(3, succeeded("A", 1.9))])
+    assert not pace.applied([item(3, succeeded("A", 1.9))])
     assert not pace.due(1)
     pace.applied([item(4, succeeded("A", 2.0))])
     assert pace.due(1) and pace.any_due()
