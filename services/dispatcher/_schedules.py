@@ -9,6 +9,7 @@ and only acks. A tick that is not one of ours is set aside and terminated, never
 """
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -122,7 +123,13 @@ class ScheduleFirer:
                     SCHEDULE_TICKS_CONSUMER, SCHEDULES_STREAM
                 )
                 failures = 0
-                await self._fire_ticks(ticks, stop)
+                try:
+                    await self._fire_ticks(ticks, stop)
+                finally:
+                    # Else a reply to the last fetch waits in the subscription, and closing
+                    # the connection waits out its drain timeout (5 s) for it to be read.
+                    with contextlib.suppress(nats.errors.Error):
+                        await ticks.unsubscribe()
             except SchedulesUnsupportedError as exc:
                 log.warning("schedules are off: %s", exc)
                 return

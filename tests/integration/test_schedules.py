@@ -27,7 +27,9 @@ from jobstream.events import (
     Header,
     JobSubmitted,
     Schedule,
+    ensure_buckets,
     ensure_schedules,
+    ensure_streams,
     is_transient,
     schedule_subject,
     schedule_tick_subject,
@@ -235,6 +237,27 @@ async def test_foreign_ticks_are_set_aside_and_the_good_schedule_goes_on(bus: Bu
         and entry.event.labels.get(SCHEDULE_LABEL) != "good"
     ]
     assert foreign == []
+
+
+async def test_a_stopped_dispatcher_leaves_nothing_for_the_connection_to_drain(
+    nats_url: str,
+) -> None:
+    """Its schedule-ticks subscription goes with it: a reply to its last fetch left there
+    would hold the connection's close for the drain timeout (5 s)."""
+    bus = await Bus.connect([nats_url], name="test-close")
+    closed = False
+    try:
+        await ensure_streams(bus.js)
+        await ensure_buckets(bus.js)
+        async with running(Dispatcher(bus, lease_s=5).run):
+            await asyncio.sleep(1.5)  # a few ticks fetches (each waits up to FETCH_WAIT_S)
+        began = time.monotonic()
+        await bus.close()
+        closed = True
+        assert time.monotonic() - began < 2.5
+    finally:
+        if not closed:
+            await bus.close()
 
 
 def invoke(*args: str) -> Result:
