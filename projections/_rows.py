@@ -166,8 +166,10 @@ class Carried:
     from them, its own load reading only the rest, while this one's transaction runs.
 
     Only a batch whose every change is a whole row carries (`carries`): task ranges are
-    made into rows by SQL, a taken batch is listed by the lister, and a requeue's minute rows
-    follow a task's row as it is on the server."""
+    made into rows by SQL, and a requeue's minute rows follow a task's row as it is on the
+    server. A batch that took a job's tasks carries: its `job_batches` row is one more whole
+    row, and the lister's listing of it later is another writer, which the checkpoint row's
+    token shows (`_postgres._ahead_holds`)."""
 
     def __init__(self, loaded: Loaded, keys: Keys) -> None:
         self.model = loaded.model
@@ -177,7 +179,7 @@ class Carried:
     @staticmethod
     def carries(loaded: Loaded, keys: Keys) -> bool:
         model = loaded.model
-        return not model.ranges and len(model.batches) == loaded.batches and not keys.requeued
+        return not model.ranges and not keys.requeued
 
 
 def unknown_keys(keys: Keys, carried: Carried) -> Keys:
