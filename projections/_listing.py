@@ -235,7 +235,7 @@ class TaskLister:
                 [bytes(task_range.args).decode() for task_range in ranges],
             )
             loaded.take_tasks(rows)
-            model.list_batch(job_id, first_index, specs, seq, present=present)
+            model.list_batch(job_id, ranges, present=present)
             await write(conn, self._queries, loaded, schema=self.schema)
 
     async def _specs(self, job_id: str, first_index: int, seq: int) -> list[TaskSpec]:

@@ -828,9 +828,9 @@ class ReadModel:
     A job's counts by state (`JobRow.tasks_*`) count its task rows: a row is counted when it
     is made (the ranges of a batch when it is listed, a row a task event makes on its own)
     and moves between counts with its state; readers show the job's tasks with no row yet
-    as queued. Likewise the jobs
-    by status (`status_counts`): a job is counted when its row is made and moves with its
-    status (`_put_job`, which every change of a job row goes through).
+    as queued. Likewise the jobs by status (`status_counts`): a job is counted when its row
+    is made and moves with its status (`_put_job`, which every change of a job row goes
+    through).
     """
 
     def __init__(self, *, list_batches: bool, partition: int = 0) -> None:
@@ -958,25 +958,19 @@ class ReadModel:
         if not self.list_batches:
             return job
         self._put_job(job)
-        self.list_batch(batch.job_id, batch.first_index, specs, batch.seq, present=present)
+        ranges = task_ranges(batch.job_id, batch.first_index, specs, batch.seq)
+        self.list_batch(batch.job_id, ranges, present=present)
         return self.jobs[batch.job_id]
 
     def list_batch(
-        self,
-        job_id: str,
-        first_index: int,
-        specs: list[TaskSpec],
-        seq: int,
-        *,
-        present: Sequence[int] | None = None,
+        self, job_id: str, ranges: list[TaskRange], *, present: Sequence[int] | None = None
     ) -> None:
-        """The task rows of a taken batch: its ranges, and the rows task events made first
-        (the batch's rows are written apart from the log's order: `TaskLister`) listed.
-        `present` (sorted): the indexes of the batch's rows the table holds already, of which
-        the model holds those the listing changes, the others staying as they are; None:
-        the model holds every row there is (each index of the batch is looked up). The rows
-        the ranges make count as queued in the job's row (if held)."""
-        ranges = task_ranges(job_id, first_index, specs, seq)
+        """The task rows of a taken batch (its `task_ranges`): its ranges, and the rows task
+        events made first (the batch's rows are written apart from the log's order:
+        `TaskLister`) listed. `present` (sorted): the indexes of the batch's rows the table
+        holds already, of which the model holds those the listing changes, the others staying
+        as they are; None: the model holds every row there is (each index of the batch is
+        looked up). The rows the ranges make count as queued in the job's row (if held)."""
         starts = [task_range.first_index for task_range in ranges]
         if present is None:
             present = [

@@ -56,6 +56,7 @@ from jobstream.projections._rules import (
     RejectedEvent,
     minute_of,
     result_of,
+    task_ranges,
 )
 from tests.integration.test_replay_fold import chunk_finished, tricky_log
 
@@ -467,7 +468,7 @@ def test_a_listed_batch_fills_in_the_rows_task_events_made_first() -> None:
         live.apply_item(item)
     assert live.batches == [BatchRow(job_id="S", first_index=0, task_count=2, seq=2, listed=False)]
     assert (live.tasks["S-1"].kind, live.tasks["S-1"].args) == ("", EMPTY_JSON)
-    live.list_batch("S", 0, specs, 2)  # the lister, later
+    live.list_batch("S", task_ranges("S", 0, specs, 2))  # the lister, later
     task = live.tasks["S-1"]
     assert (task.kind, task.args, task.state, task.updated_seq) == (
         "sum",
@@ -499,7 +500,7 @@ def test_live_a_jobs_tasks_are_its_first_batch_and_wait_for_the_lister() -> None
     lister = ReadModel(list_batches=False)
     lister.jobs = dict(live.jobs)
     lister.tasks = {task_id: live.tasks[task_id] for task_id in ("J-1", "J-3")}
-    lister.list_batch("J", 0, submitted.tasks, 1, present=[0, 1, 3])
+    lister.list_batch("J", task_ranges("J", 0, submitted.tasks, 1), present=[0, 1, 3])
     assert [(part.first_index, part.count) for part in lister.unmade_ranges()] == [(2, 1), (4, 1)]
     written = {**live.tasks, **lister.tasks}
     written |= {row.task_id: row for row in lister.expanded_tasks()}
@@ -722,7 +723,7 @@ def test_a_streamed_jobs_tasks_count_once_their_rows_are_made() -> None:
         live.apply_item(item)
     assert live.jobs["J"].total_tasks == 4
     assert _counts(live, "J") == dict.fromkeys(TASK_STATES, 0) | {"succeeded": 1, "running": 2}
-    live.list_batch("J", 0, batch.tasks, 2)
+    live.list_batch("J", task_ranges("J", 0, batch.tasks, 2))
     assert _counts(live, "J") == dict.fromkeys(TASK_STATES, 0) | {
         "queued": 2,
         "succeeded": 1,
