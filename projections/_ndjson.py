@@ -90,7 +90,7 @@ def partition_path(results_dir: Path, at: datetime) -> Path:
 def result_lines(item: SourceItem) -> list[ResultLine]:
     """The lines of `item`: that of a finished task, or one per task of a chunk that
     succeeded, numbered when there are several; none for other items."""
-    if not isinstance(item.event, TaskChunkFinished):
+    if type(item.event) is not TaskChunkFinished:
         line = result_line(item)
         return [] if line is None else [line]
     succeeded = [e for e in chunk_task_events(item.event) if isinstance(e, TaskSucceeded)]

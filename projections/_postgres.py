@@ -133,7 +133,7 @@ def _by_tasks(items: list[SourceItem], most: int) -> Iterator[list[SourceItem]]:
     for item in items:
         run.append(item)
         event = item.event
-        if isinstance(event, TaskChunkFinished):
+        if type(event) is TaskChunkFinished:
             tasks += len(event.results) + len(event.failed)
         else:
             tasks += 1

@@ -41,7 +41,6 @@ import msgspec
 
 from jobstream.events import (
     EMPTY_JSON,
-    JOB_EVENTS,
     JSON_NULL,
     TABLE_ROWS,
     TASK_COUNT_COLUMNS,
@@ -88,6 +87,9 @@ from jobstream.events import (
     chunk_task_events,
     duration_bucket,
     encode,
+    is_job_event,
+    is_one_task_event,
+    is_worker_event,
     task_id_for,
     task_index_of,
 )
@@ -158,7 +160,9 @@ def counted_back(at: datetime, duration_s: float) -> datetime:
     """`at` less `duration_s` (a negative or NaN duration as 0; `at` itself on overflow):
     when an attempt began, from its finish event."""
     try:
-        return at - timedelta(seconds=max(0.0, duration_s))
+        # Positional, not `seconds=`: timedelta parses keywords slowly, and this runs for
+        # every finishing event.
+        return at - timedelta(0, duration_s if duration_s > 0.0 else 0.0)
     except OverflowError:
         return at
 
@@ -775,17 +779,17 @@ def check_subject(subject: str, event: Event) -> None:
     """`RejectedEvent` unless `event` came on the subject of its job or worker (what
     `subject_for` gives): a partition picks its events by subject, so an event on another
     job's subject would change rows another partition keeps."""
-    if isinstance(event, WorkerStarted | WorkerStopped | WorkerLost | WorkerForgotten):
+    if is_worker_event(event):
         if subject != worker_subject_of(event.worker_id):
             raise RejectedEvent(f"a {_tag(event)} of worker {event.worker_id!r} on {subject!r}")
-    elif isinstance(event, JOB_EVENTS):
+    elif is_job_event(event):
         if job_of_event_subject(subject) != event.job_id:
             raise RejectedEvent(f"a {_tag(event)} of job {event.job_id!r} on {subject!r}")
     elif not is_task_subject_of(subject, event.job_id, event.task_id):
         raise RejectedEvent(f"a {_tag(event)} of task {event.task_id!r} on {subject!r}")
     else:
         named = [event.task_id]
-        if isinstance(event, TaskChunkFinished):
+        if type(event) is TaskChunkFinished:
             named += [item.task_id for item in event.results]
             named += [item.task_id for item in event.failed]
         for task_id in named:
@@ -878,7 +882,10 @@ class ReadModel:
     def apply(self, seq: int, event: Event) -> None:
         """Apply `event`; `RejectedEvent` (nothing changed) if it cannot be projected."""
         at = utc(event.at)
-        if isinstance(event, JOB_EVENTS):
+        if is_one_task_event(event):
+            self._task_event(seq, at, event)
+            return
+        if is_job_event(event):
             self._job_event(seq, at, event)
             return
         match event:
@@ -908,8 +915,6 @@ class ReadModel:
             case TaskChunkFinished():
                 for task_event in chunk_task_events(event):
                     self._task_event(seq, at, task_event)
-            case _:
-                self._task_event(seq, at, event)
 
     # --- jobs ------------------------------------------------------------------------------
 
@@ -1057,7 +1062,10 @@ class ReadModel:
             self._put_job(tasks_moved(job, state, task.state))
 
     def _task_event(self, seq: int, at: datetime, event: OneTaskEvent) -> None:
+        # The most frequent first: a case whose class the event is not of costs ~0.1 µs.
         match event:
+            case TaskSucceeded():
+                self._task_succeeded(seq, at, event)
             case TaskStarted():
                 self._task_started(seq, at, event)
             case TaskProgress():
@@ -1066,8 +1074,6 @@ class ReadModel:
                     self._set_task(task_progress(task, seq, event))
                 self._job_running(seq, event.job_id, at)
                 self._worker_seen(seq, at, event.worker_id)
-            case TaskSucceeded():
-                self._task_succeeded(seq, at, event)
             case TaskFailed():
                 self._task_failed(seq, at, event)
             case TaskDeadLettered():
@@ -1257,13 +1263,13 @@ class Keys:
         self.requeued: set[str] = set()
 
     def add(self, event: Event) -> None:
-        if isinstance(event, WorkerStarted | WorkerStopped | WorkerLost | WorkerForgotten):
+        if is_worker_event(event):
             self.workers.add(event.worker_id)
             return
         self.jobs.add(event.job_id)
-        if isinstance(event, JOB_EVENTS):
+        if is_job_event(event):
             return
-        if isinstance(event, TaskChunkFinished):
+        if type(event) is TaskChunkFinished:
             self.workers.add(event.worker_id)
             self.tasks.update(item.task_id for item in event.results)
             self.tasks.update(item.task_id for item in event.failed)
@@ -1273,13 +1279,21 @@ class Keys:
                 self.crawl_jobs.add(event.job_id)
             return
         self.tasks.add(event.task_id)
-        if isinstance(event, TaskSucceeded | TaskDeadLettered):
-            self.minutes.add(minute_of(event.at))
-        if isinstance(event, TaskRequeued):
-            self.requeued.add(event.task_id)
-        if isinstance(event, TaskStarted | TaskProgress | TaskSucceeded | TaskFailed):
-            self.workers.add(event.worker_id)
-        if isinstance(event, TaskSucceeded | TaskDeadLettered | TaskRequeued) and (
-            event.kind == CRAWL_KIND
-        ):
+        # The most frequent first: a case whose class the event is not of costs ~0.1 µs.
+        match event:
+            case TaskSucceeded():
+                self.minutes.add(minute_of(event.at))
+                self.workers.add(event.worker_id)
+                self._crawl_page(event)
+            case TaskStarted() | TaskProgress() | TaskFailed():
+                self.workers.add(event.worker_id)
+            case TaskDeadLettered():
+                self.minutes.add(minute_of(event.at))
+                self._crawl_page(event)
+            case TaskRequeued():
+                self.requeued.add(event.task_id)
+                self._crawl_page(event)
+
+    def _crawl_page(self, event: TaskSucceeded | TaskDeadLettered | TaskRequeued) -> None:
+        if event.kind == CRAWL_KIND:
             self.crawl_jobs.add(event.job_id)

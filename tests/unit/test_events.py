@@ -1,16 +1,23 @@
 """The event catalogue and codec: JSON on the wire, tolerant of new fields, strict on types."""
 
 import json
+import typing
 
 import pytest
 
 from jobstream.events import (
+    JOB_EVENTS,
     DecodeError,
+    Event,
+    JobEvent,
     JobSubmitted,
+    OneTaskEvent,
     PriorityLevel,
     TaskExpander,
     TaskSpec,
     TaskSucceeded,
+    WorkerEvent,
+    chunk_index_of,
     decode_event,
     decode_task_message,
     encode,
@@ -18,13 +25,18 @@ from jobstream.events import (
     event_type,
     expand_chunks,
     expand_tasks,
+    is_job_event,
+    is_one_task_event,
+    is_worker_event,
     job_subject,
     overlapping,
     stored_patterns,
     subject_for,
     task_event_subject,
+    task_index_of,
     task_queue_subject,
 )
+from tests.unit.test_schema import ONE_OF_EACH
 
 
 def test_round_trip_and_wire_name() -> None:
@@ -66,6 +78,52 @@ def test_task_ids_are_derived_from_the_job() -> None:
     assert [m.task_id for m in messages] == ["J-0", "J-1", "J-2"]
     assert decode_task_message(encode(messages[0])) == messages[0]
     assert job.task_count == 3
+
+
+@pytest.mark.parametrize(
+    ("task_id", "index"),
+    [
+        ("J-0", 0),
+        ("J-7", 7),
+        ("J-99999999", 99_999_999),
+        ("J-100000000", None),  # MAX_TASKS_PER_JOB
+        ("J-1000000000", None),
+        ("J-9" * 500, None),
+        ("J-", None),
+        ("J-00", None),
+        ("J-07", None),
+        ("J--1", None),
+        ("J-+1", None),
+        ("J- 1", None),
+        ("J-1 ", None),
+        ("J-1_000", None),
+        ("J-١٢", None),  # Arabic-Indic digits: digits to `str.isdigit`, not to `task_id_for`
+        ("J-²", None),
+        ("J-c0", None),
+        ("JJ-0", None),
+        ("K-0", None),
+        ("J0", None),
+        ("", None),
+    ],
+)
+def test_a_task_index_is_read_only_from_an_id_task_id_for_makes(
+    task_id: str, index: int | None
+) -> None:
+    assert task_index_of("J", task_id) == index
+    assert chunk_index_of("J", task_id.replace("J-", "J-c", 1)) == index
+
+
+def test_the_event_groups_by_type_are_their_unions() -> None:
+    """The projections check an event's group by its exact type: no event type may be
+    subclassed, and each group holds what its union does."""
+    event_types = typing.get_args(Event)
+    assert all(event_type.__subclasses__() == [] for event_type in event_types)
+    assert set(JOB_EVENTS) == set(typing.get_args(JobEvent))
+    assert {type(event) for event in ONE_OF_EACH} == set(event_types)
+    for event in ONE_OF_EACH:
+        assert is_job_event(event) == isinstance(event, JobEvent)
+        assert is_worker_event(event) == isinstance(event, WorkerEvent)
+        assert is_one_task_event(event) == isinstance(event, OneTaskEvent)
 
 
 def test_subjects() -> None:
