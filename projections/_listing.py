@@ -16,10 +16,12 @@ task ends, so the tasks that end before the listing have their rows written once
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import asyncpg
 
@@ -39,11 +41,14 @@ from jobstream.projections._migrate import DEFAULT_SCHEMA, quote_ident
 from jobstream.projections._partitions import ONE_PARTITION, Partition
 from jobstream.projections._queries import load_queries
 from jobstream.projections._rows import load, write
-from jobstream.projections._rules import Keys, ReadModel, task_ranges
+from jobstream.projections._rules import Keys, ReadModel, TaskRange, task_ranges
 
 log = logging.getLogger(__name__)
 
 UNLISTED_PAGE = 16
+# The most tasks the batches listed in one transaction may hold, about (one batch at least):
+# listings due together go in one transaction (`TaskLister.list_pending`), up to this.
+LISTING_TASKS = 50_000
 IDLE_WAIT_S = 1.0
 # How far the log goes on past a batch before it is listed, by the events' times: about what
 # a job of a few thousand tasks takes to run when workers are free.
@@ -58,6 +63,10 @@ async def unlisted_batches(pool: asyncpg.Pool, *, schema: str = DEFAULT_SCHEMA) 
         await conn.execute(f"SET LOCAL search_path TO {quote_ident(schema)}")
         count = await conn.fetchval(load_queries()["count_unlisted_batches"])
     return int(count)
+
+
+# The events that take a batch; matched by type, as the pace sees every event.
+_BATCH_EVENTS = (JobSubmitted, JobTasksAdded)
 
 
 class ListingPace:
@@ -92,7 +101,7 @@ class ListingPace:
                 continue
             if self._log_time is None or event.at > self._log_time:
                 self._log_time = event.at
-            if isinstance(event, JobSubmitted | JobTasksAdded):
+            if type(event) in _BATCH_EVENTS:
                 self._taken[item.seq] = event.at
                 took = True
         self._applied_at = self._clock()
@@ -131,6 +140,15 @@ class ListingPace:
         """Batches up to `seq` (excluded) are listed, or were not taken (a job's repeat)."""
         for taken in [taken for taken in self._taken if taken < seq]:
             del self._taken[taken]
+
+
+class _Listing(NamedTuple):
+    """A batch to list: its job, first task index and seq, and its tasks' ranges."""
+
+    job_id: str
+    first_index: int
+    seq: int
+    ranges: list[TaskRange]
 
 
 class TaskLister:
@@ -183,7 +201,8 @@ class TaskLister:
 
     async def list_pending(self, *, due: Callable[[int], bool] | None = None) -> int:
         """Write the task rows of every batch not listed yet (`due`: those of them, in log
-        order, up to the first not due); return how many were listed."""
+        order, up to the first not due), those due together in one transaction (`_list`);
+        return how many were listed."""
         listed = 0
         while True:
             newest = self.pace.newest()
@@ -198,16 +217,38 @@ class TaskLister:
             self.pace.forget_before(pending[0]["seq"] if pending else newest + 1)
             if not pending:
                 return listed
-            for batch in pending:
-                if due is not None and not due(batch["seq"]):
-                    return listed
-                await self._list(batch["job_id"], batch["first_index"], batch["seq"])
-                self.pace.listed(batch["seq"])
-                listed += 1
+            due_now = list(
+                itertools.takewhile(lambda batch: due is None or due(batch["seq"]), pending)
+            )
+            rest = due_now
+            while rest:
+                together = await self._listings(rest)
+                await self._list(together)
+                for listing in together:
+                    self.pace.listed(listing.seq)
+                listed += len(together)
+                rest = rest[len(together) :]
+            if len(due_now) < len(pending):  # the rest are not due yet
+                return listed
 
-    async def _list(self, job_id: str, first_index: int, seq: int) -> None:
-        specs = await self._specs(job_id, first_index, seq)
-        ranges = task_ranges(job_id, first_index, specs, seq)
+    async def _listings(self, batches: list[asyncpg.Record]) -> list[_Listing]:
+        """The first of `batches` to list together: up to about `LISTING_TASKS` tasks."""
+        listings: list[_Listing] = []
+        tasks = 0
+        for batch in batches:
+            if listings and tasks >= LISTING_TASKS:
+                break
+            job_id, first_index, seq = batch["job_id"], batch["first_index"], batch["seq"]
+            specs = await self._specs(job_id, first_index, seq)
+            ranges = task_ranges(job_id, first_index, specs, seq)
+            listings.append(_Listing(job_id, first_index, seq, ranges))
+            tasks += sum(task_range.count for task_range in ranges)
+        return listings
+
+    async def _list(self, listings: list[_Listing]) -> None:
+        """List the batches in one transaction: a listing between two of the projector's
+        batches makes the second load and apply again (the checkpoint row has had another
+        writer), so the listings due together go together."""
         async with connection(self.pool) as conn, conn.transaction():
             await conn.execute(self._search_path)
             # Take turns with the projector's batches (the checkpoint row's lock): each reads
@@ -215,28 +256,33 @@ class TaskLister:
             # is changing. The layout is checked as by a batch (`LayoutMismatch`): a lister
             # of another partition count would write rows of another partition's jobs.
             await lock_checkpoint(conn, self._queries, self.projection, self.partition)
-            count = await conn.fetchval(self._queries["take_batch"], job_id, first_index, seq)
-            if count is None:  # listed already
-                return
-            # The rows task events made before the listing: the rules give them their index,
-            # kind and args (`ReadModel.list_batch`); the others are written as ranges and
-            # counted in the job's row.
-            model = ReadModel(list_batches=False, partition=self.partition.index)
-            keys = Keys()
-            keys.jobs.add(job_id)
-            loaded = await load(conn, self._queries, keys, model)
-            present, rows = await conn.fetchrow(
-                self._queries["load_batch_tasks"],
-                job_id,
-                first_index,
-                ranges[-1].end if ranges else first_index,
-                seq,
-                [task_range.first_index for task_range in ranges],
-                [bytes(task_range.args).decode() for task_range in ranges],
-            )
-            loaded.take_tasks(rows)
-            model.list_batch(job_id, ranges, present=present)
-            await write(conn, self._queries, loaded, schema=self.schema)
+            for listing in listings:
+                await self._list_one(conn, listing)
+
+    async def _list_one(self, conn: asyncpg.Connection, listing: _Listing) -> None:
+        job_id, first_index, seq, ranges = listing
+        count = await conn.fetchval(self._queries["take_batch"], job_id, first_index, seq)
+        if count is None:  # listed already
+            return
+        # The rows task events made before the listing: the rules give them their index, kind
+        # and args (`ReadModel.list_batch`); the others are written as ranges and counted in
+        # the job's row.
+        model = ReadModel(list_batches=False, partition=self.partition.index)
+        keys = Keys()
+        keys.jobs.add(job_id)
+        loaded = await load(conn, self._queries, keys, model)
+        present, rows = await conn.fetchrow(
+            self._queries["load_batch_tasks"],
+            job_id,
+            first_index,
+            ranges[-1].end if ranges else first_index,
+            seq,
+            [task_range.first_index for task_range in ranges],
+            [bytes(task_range.args).decode() for task_range in ranges],
+        )
+        loaded.take_tasks(rows)
+        model.list_batch(job_id, ranges, present=present)
+        await write(conn, self._queries, loaded, schema=self.schema)
 
     async def _specs(self, job_id: str, first_index: int, seq: int) -> list[TaskSpec]:
         """The tasks of the batch at `seq`, read back from the log."""

@@ -17,6 +17,7 @@ from jobstream.events import (
     TaskSucceeded,
 )
 from jobstream.projections import PostgresProjector, caught_up, replay_postgres
+from jobstream.projections._listing import LISTING_TASKS
 from jobstream.projections._postgres import _Batch
 from tests.integration.test_projections import read_log
 from tests.integration.test_replay_fold import (
@@ -244,6 +245,36 @@ async def test_a_batch_listed_after_its_tasks_ran_gives_the_replays_tables(
         assert sorted(after) == ["L-0", "L-1", "L-2", "L-3", "L-4"]
         assert after["L-0"] == made[0]["xmin"]  # finished with its range's args: left as is
         assert await caught_up(pool, last)
+        await assert_replay_equals_live(bus, pool)
+    finally:
+        await pool.close()
+
+
+@pytest.mark.parametrize("listing_tasks", [LISTING_TASKS, 1])
+async def test_batches_due_together_are_listed_in_one_transaction(
+    bus: Bus, database_url: str, monkeypatch: pytest.MonkeyPatch, listing_tasks: int
+) -> None:
+    """Each listing's transaction that falls between two of the projector's batches makes the
+    second apply again, so the batches due at once are listed in one (their `job_batches`
+    rows share its `xmin`), up to about `LISTING_TASKS` tasks a transaction."""
+    monkeypatch.setattr("jobstream.projections._listing.LISTING_TASKS", listing_tasks)
+    jobs = [f"J{number}" for number in range(3)]
+    for number, job in enumerate(jobs):
+        await bus.publish_event(
+            JobSubmitted(at=at(number), job_id=job, tasks=[TaskSpec(kind="sum", count=2)])
+        )
+    items = await read_log(bus, await bus.stream_last_seq())
+    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=4)
+    try:
+        projector = PostgresProjector(bus, pool)
+        await projector.apply_batch(items, list_tasks=False)
+        assert await projector.lister.list_pending() == len(jobs)
+        transactions = await pool.fetch(
+            "SELECT DISTINCT xmin::text FROM jobstream.job_batches WHERE listed"
+        )
+        assert len(transactions) == (1 if listing_tasks == LISTING_TASKS else len(jobs))
+        tasks = await pool.fetchval("SELECT count(*) FROM jobstream.tasks")
+        assert tasks == 2 * len(jobs)
         await assert_replay_equals_live(bus, pool)
     finally:
         await pool.close()
