@@ -4,22 +4,7 @@ import functools
 from collections.abc import Sequence
 from enum import StrEnum
 
-from jobstream.events._catalogue import (
-    JOB_EVENTS,
-    Event,
-    TaskCancelled,
-    TaskChunkFinished,
-    TaskDeadLettered,
-    TaskFailed,
-    TaskProgress,
-    TaskRequeued,
-    TaskStarted,
-    TaskSucceeded,
-    WorkerForgotten,
-    WorkerLost,
-    WorkerStarted,
-    WorkerStopped,
-)
+from jobstream.events._catalogue import Event, is_job_event, is_worker_event
 from jobstream.events._names import NameKind, PriorityLevel, check_name, quote
 
 EVENTS_STREAM = "JOBSTREAM_EVENTS"
@@ -240,22 +225,12 @@ def worker_consumer_name(queue: str, level: PriorityLevel = PriorityLevel.NORMAL
 
 def subject_for(event: Event) -> str:
     """The subject an event is published on: one subject per job, per task, per worker."""
-    if isinstance(event, JOB_EVENTS):
+    # By type, not `isinstance`: this runs for every event published and acted on.
+    if is_job_event(event):
         return job_subject(event.job_id)
-    match event:
-        case (
-            TaskStarted()
-            | TaskProgress()
-            | TaskSucceeded()
-            | TaskFailed()
-            | TaskDeadLettered()
-            | TaskRequeued()
-            | TaskCancelled()
-            | TaskChunkFinished()
-        ):
-            return task_event_subject(event.job_id, event.task_id)
-        case WorkerStarted() | WorkerStopped() | WorkerLost() | WorkerForgotten():
-            return worker_subject(event.worker_id)
+    if is_worker_event(event):
+        return worker_subject(event.worker_id)
+    return task_event_subject(event.job_id, event.task_id)
 
 
 # --- schedules -------------------------------------------------------------------------

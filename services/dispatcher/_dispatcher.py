@@ -302,13 +302,16 @@ class Dispatcher:
 
     async def _on_event(self, seq: int, event: Event) -> None:
         self._track_workers(seq, event)
+        # The most frequent first: a case whose class the event is not of costs ~0.1 µs.
         match event:
-            case JobSubmitted() | JobTasksAdded() | JobSealed():
-                await self._on_submission(seq, event)
-            case TaskSucceeded() | TaskDeadLettered() | TaskCancelled() | TaskChunkFinished():
+            case TaskSucceeded() | TaskChunkFinished() | TaskDeadLettered() | TaskCancelled():
                 finished = self.state.on_task_ended(event)
                 if finished is not None:
                     await self._end_job(finished)
+            case TaskStarted() | TaskProgress() | TaskFailed():
+                pass  # no change to a job
+            case JobSubmitted() | JobTasksAdded() | JobSealed():
+                await self._on_submission(seq, event)
             case TaskRequeued():
                 await self._outbox.settle()
                 await self._requeue(seq, event)
@@ -354,7 +357,22 @@ class Dispatcher:
         """The workers watched for silence: those started, and those reported lost that are
         seen working again (so they can be reported lost again)."""
         workers, lost = self.state.workers, self.state.lost_workers
+        # The most frequent first: a case whose class the event is not of costs ~0.1 µs.
         match event:
+            case (
+                TaskSucceeded()
+                | TaskStarted()
+                | TaskChunkFinished()
+                | TaskFailed()
+                | TaskProgress()
+            ):
+                if event.worker_id in lost:
+                    log.info("worker %s, reported lost, is working again", event.worker_id)
+                    workers[event.worker_id] = LiveWorker(
+                        worker_id=event.worker_id,
+                        worker_seq=lost.pop(event.worker_id),
+                        started_at=event.at,
+                    )
             case WorkerStarted():
                 workers[event.worker_id] = _live_worker(seq, event)
                 lost.pop(event.worker_id, None)
@@ -366,19 +384,6 @@ class Dispatcher:
                 lost[event.worker_id] = seq
                 if len(lost) > MAX_LOST_WORKERS:  # the oldest reports are forgotten
                     del lost[next(iter(lost))]
-            case (
-                TaskStarted()
-                | TaskProgress()
-                | TaskSucceeded()
-                | TaskFailed()
-                | TaskChunkFinished()
-            ) if event.worker_id in lost:
-                log.info("worker %s, reported lost, is working again", event.worker_id)
-                workers[event.worker_id] = LiveWorker(
-                    worker_id=event.worker_id,
-                    worker_seq=lost.pop(event.worker_id),
-                    started_at=event.at,
-                )
 
     async def _queue_job(self, job: OpenJob, submitted: JobSubmitted | None) -> None:
         """Queue a sealed job's tasks: a small one's at once, from its `job.submitted`; a big
@@ -836,7 +841,7 @@ def _unusable(event: Event, subject: str) -> str | None:
             check_name(queue, NameKind.QUEUE)
     except ValueError as exc:
         return str(exc)
-    if isinstance(event, JobSubmitted) and event.task_count > MAX_TASKS_PER_JOB:
+    if type(event) is JobSubmitted and event.task_count > MAX_TASKS_PER_JOB:
         return f"{event.task_count:,} tasks, over the limit of {MAX_TASKS_PER_JOB:,} per job"
     return None
 
