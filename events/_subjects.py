@@ -84,7 +84,13 @@ def stored_subject(subject: str) -> str:
     with its job's bucket (`TASK_SUBJECT_TRANSFORM_DESTINATION`), any other (a pattern
     too) as it is."""
     tokens = subject.split(".")
-    if len(tokens) == 4 and tokens[:2] == ["evt", "task"] and not {"*", ">"} & {*tokens[2:]}:
+    if (
+        len(tokens) == 4
+        and tokens[0] == "evt"
+        and tokens[1] == "task"
+        and "*" not in tokens
+        and ">" not in tokens
+    ):
         return f"{subject}.{job_bucket(tokens[2])}"
     return subject
 
