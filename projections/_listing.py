@@ -46,9 +46,11 @@ from jobstream.projections._rules import Keys, ReadModel, TaskRange, task_ranges
 log = logging.getLogger(__name__)
 
 UNLISTED_PAGE = 16
-# The most tasks the batches listed in one transaction may hold, about (one batch at least):
-# listings due together go in one transaction (`TaskLister.list_pending`), up to this.
+# Listings due together go in one transaction (`TaskLister.list_pending`), up to about this
+# many tasks (the listing's work) and task ranges (what it holds in memory: a batch of
+# distinct args is a range per task), one batch at least.
 LISTING_TASKS = 50_000
+LISTING_RANGES = 1_000
 IDLE_WAIT_S = 1.0
 # How far the log goes on past a batch before it is listed, by the events' times: about what
 # a job of a few thousand tasks takes to run when workers are free.
@@ -232,17 +234,19 @@ class TaskLister:
                 return listed
 
     async def _listings(self, batches: list[asyncpg.Record]) -> list[_Listing]:
-        """The first of `batches` to list together: up to about `LISTING_TASKS` tasks."""
+        """The first of `batches` to list together: up to about `LISTING_TASKS` tasks and
+        `LISTING_RANGES` ranges."""
         listings: list[_Listing] = []
-        tasks = 0
+        tasks = ranges_held = 0
         for batch in batches:
-            if listings and tasks >= LISTING_TASKS:
+            if listings and (tasks >= LISTING_TASKS or ranges_held >= LISTING_RANGES):
                 break
             job_id, first_index, seq = batch["job_id"], batch["first_index"], batch["seq"]
             specs = await self._specs(job_id, first_index, seq)
             ranges = task_ranges(job_id, first_index, specs, seq)
             listings.append(_Listing(job_id, first_index, seq, ranges))
             tasks += sum(task_range.count for task_range in ranges)
+            ranges_held += len(ranges)
         return listings
 
     async def _list(self, listings: list[_Listing]) -> None:

@@ -17,7 +17,7 @@ from jobstream.events import (
     TaskSucceeded,
 )
 from jobstream.projections import PostgresProjector, caught_up, replay_postgres
-from jobstream.projections._listing import LISTING_TASKS
+from jobstream.projections._listing import LISTING_RANGES, LISTING_TASKS
 from jobstream.projections._postgres import _Batch
 from tests.integration.test_projections import read_log
 from tests.integration.test_replay_fold import (
@@ -250,14 +250,24 @@ async def test_a_batch_listed_after_its_tasks_ran_gives_the_replays_tables(
         await pool.close()
 
 
-@pytest.mark.parametrize("listing_tasks", [LISTING_TASKS, 1])
+@pytest.mark.parametrize(
+    ("listing_tasks", "listing_ranges", "transactions"),
+    [(LISTING_TASKS, LISTING_RANGES, 1), (1, LISTING_RANGES, 3), (LISTING_TASKS, 1, 3)],
+)
 async def test_batches_due_together_are_listed_in_one_transaction(
-    bus: Bus, database_url: str, monkeypatch: pytest.MonkeyPatch, listing_tasks: int
+    bus: Bus,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    listing_tasks: int,
+    listing_ranges: int,
+    transactions: int,
 ) -> None:
     """Each listing's transaction that falls between two of the projector's batches makes the
     second apply again, so the batches due at once are listed in one (their `job_batches`
-    rows share its `xmin`), up to about `LISTING_TASKS` tasks a transaction."""
+    rows share its `xmin`), up to about `LISTING_TASKS` tasks and `LISTING_RANGES` ranges a
+    transaction."""
     monkeypatch.setattr("jobstream.projections._listing.LISTING_TASKS", listing_tasks)
+    monkeypatch.setattr("jobstream.projections._listing.LISTING_RANGES", listing_ranges)
     jobs = [f"J{number}" for number in range(3)]
     for number, job in enumerate(jobs):
         await bus.publish_event(
@@ -269,10 +279,10 @@ async def test_batches_due_together_are_listed_in_one_transaction(
         projector = PostgresProjector(bus, pool)
         await projector.apply_batch(items, list_tasks=False)
         assert await projector.lister.list_pending() == len(jobs)
-        transactions = await pool.fetch(
+        xmins = await pool.fetch(
             "SELECT DISTINCT xmin::text FROM jobstream.job_batches WHERE listed"
         )
-        assert len(transactions) == (1 if listing_tasks == LISTING_TASKS else len(jobs))
+        assert len(xmins) == transactions
         tasks = await pool.fetchval("SELECT count(*) FROM jobstream.tasks")
         assert tasks == 2 * len(jobs)
         await assert_replay_equals_live(bus, pool)
